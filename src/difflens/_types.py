@@ -1,0 +1,28 @@
+"""jaxtyping aliases: the one vocabulary of dimension names used across difflens.
+
+Dimension names: ``batch`` (sequences in a forward pass), ``seq`` (token positions),
+``rows`` (stored token rows), ``layer``, ``d_model`` and ``vocab``.
+"""
+
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+TokenIds = Int[Tensor, "batch seq"]
+AttentionMask = Int[Tensor, "batch seq"]
+Logits = Float[Tensor, "batch seq vocab"]
+LogProbs = Float[Tensor, "*rows vocab"]
+Hidden = Float[Tensor, "batch seq d_model"]
+HiddenRows = Float[Tensor, "rows d_model"]
+PerToken = Float[Tensor, "*rows"]
+TokenMask = Bool[Tensor, "batch seq"]
+
+__all__ = [
+    "AttentionMask",
+    "Hidden",
+    "HiddenRows",
+    "LogProbs",
+    "Logits",
+    "PerToken",
+    "TokenIds",
+    "TokenMask",
+]

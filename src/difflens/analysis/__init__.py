@@ -1,0 +1,5 @@
+"""Analyses: pure functions over stored runs that return data objects."""
+
+from difflens.analysis.divergence import bootstrap_ci, layer_divergence, summarize_pair_stats
+
+__all__ = ["bootstrap_ci", "layer_divergence", "summarize_pair_stats"]

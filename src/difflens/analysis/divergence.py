@@ -1,0 +1,57 @@
+"""Summaries of how a pair diverges: per-token KL with bootstrap CIs, and per layer."""
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from difflens.capture.store import RunStore
+
+
+def bootstrap_ci(
+    values: np.ndarray, *, seed: int = 0, n_boot: int = 1000, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean (seeded, reproducible)."""
+    x = np.asarray(values, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    if len(x) == 0:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, len(x), size=(n_boot, len(x)))].mean(axis=1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return (float(lo), float(hi))
+
+
+def _summary(values: np.ndarray, seed: int) -> dict[str, Any]:
+    x = np.asarray(values, dtype=np.float64)
+    return {"mean": float(np.nanmean(x)), "ci95": list(bootstrap_ci(x, seed=seed)),
+            "n": int(np.isfinite(x).sum())}
+
+
+def summarize_pair_stats(stats: pd.DataFrame, *, seed: int = 0) -> dict[str, Any]:
+    """Mean KL both ways, top-1 agreement and each model's entropy, with n and 95% CIs."""
+    cols = ["kl_tuned_base", "kl_base_tuned", "top1_agree", "base_entropy", "tuned_entropy"]
+    missing = [c for c in cols if c not in stats]
+    if missing:
+        raise ValueError(f"not a pair's statistics table: missing columns {missing}")
+    return {c: _summary(stats[c].to_numpy(dtype=np.float64), seed) for c in cols}
+
+
+def layer_divergence(store: RunStore) -> list[dict[str, Any]]:
+    """Per captured layer: max |base - tuned| and mean cosine of the stored states."""
+    if set(store.labels) != {"base", "tuned"}:
+        raise ValueError(f"{store.path} is not a pair run (models: {store.labels})")
+    rows = []
+    for layer in store.layers:
+        max_diff, cos_sum, n = 0.0, 0.0, 0
+        for (_, hb), (_, ht) in zip(store.layer_rows(layer, "base"),
+                                    store.layer_rows(layer, "tuned")):
+            hb, ht = hb.float(), ht.float()
+            if hb.shape == ht.shape and len(hb):
+                max_diff = max(max_diff, float((hb - ht).abs().max()))
+                cos_sum += float(torch.nn.functional.cosine_similarity(hb, ht, dim=-1).sum())
+                n += len(hb)
+        rows.append({"layer": layer, "max_abs_diff": max_diff,
+                     "mean_cosine": cos_sum / n if n else float("nan"), "n_rows": n})
+    return rows

@@ -1,0 +1,592 @@
+"""Batched capture of all-layer activations and next-token statistics into a run store.
+
+``capture`` tokenizes the prompts, splits them into shards fixed by the data (never by the
+batch size), and for each shard runs length-bucketed batches through every model with
+scoped hooks on the real Hugging Face modules. It writes the shard's tensors and per-token
+statistics atomically, then moves on; a rerun skips finished shards, so a killed run
+resumes and ends with byte-identical files.
+"""
+
+import dataclasses
+import hashlib
+import inspect
+import json
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from difflens.capture.stats import pair_stats, token_stats
+from difflens.capture.store import (
+    FORMAT_VERSION,
+    MANIFEST,
+    RUN_JSON,
+    RunStore,
+    build_index,
+    check_writable,
+    remove_stale_temporaries,
+    shard_name,
+    write_json_atomic,
+    write_parquet_atomic,
+    write_tensors_atomic,
+)
+from difflens.errors import DifflensWarning, InputError, StoreError
+from difflens.models.loading import LoadedModel
+from difflens.models.pair import ModelPair
+
+Positions = Literal["all", "last"] | Sequence[int]
+
+
+@dataclasses.dataclass(frozen=True)
+class CaptureConfig:
+    """What to capture. Everything here except the batching fields is in the cache key."""
+
+    layers: tuple[int, ...]
+    """Captured layers, normalised to ``0..n_layers`` (base numbering for a pair)."""
+    positions: str | tuple[int, ...] = "all"
+    """``"all"`` token positions, the ``"last"`` one, or a tuple of indices (negatives
+    count from the end; indices a prompt does not have are skipped)."""
+    store_dtype: str = "float32"
+    """dtype of stored hidden states: ``float32`` or ``float16``."""
+    top_k: int = 5
+    """How many top next tokens to record per position."""
+    logprob_positions: tuple[int, ...] = ()
+    """Positions at which to store the full next-token log-prob vector."""
+    truncate: bool = True
+    """Truncate prompts longer than the context from the left (else raise)."""
+    batch_size: int = 32
+    """Most prompts in one forward pass (not in the key: it does not change the result)."""
+    max_batch_tokens: int = 8192
+    """Most padded tokens in one forward pass (not in the key)."""
+    shard_mb: int = 128
+    """Target size of one tensor shard; fixed per run once written to ``run.json``."""
+    padding_side: str = "right"
+    """Where padding goes inside a batch; results do not depend on it."""
+
+    def __post_init__(self) -> None:
+        if self.store_dtype not in ("float32", "float16"):
+            raise InputError(f"store dtype must be float32 or float16, got {self.store_dtype!r}")
+        if self.padding_side not in ("left", "right"):
+            raise InputError(f"padding_side must be 'left' or 'right', got {self.padding_side!r}")
+        if isinstance(self.positions, str) and self.positions not in ("all", "last"):
+            raise InputError(f"positions must be 'all', 'last' or integers, got {self.positions!r}")
+        if self.batch_size < 1 or self.max_batch_tokens < 1 or self.shard_mb < 1:
+            raise InputError("batch_size, max_batch_tokens and shard_mb must be positive")
+        if self.top_k < 1:
+            raise InputError(f"top_k must be at least 1, got {self.top_k}")
+
+    def key_fields(self) -> dict[str, Any]:
+        return {
+            "layers": list(self.layers),
+            "positions": self.positions if isinstance(self.positions, str) else list(self.positions),
+            "store_dtype": self.store_dtype,
+            "top_k": self.top_k,
+            "logprob_positions": list(self.logprob_positions),
+            "truncate": self.truncate,
+        }
+
+
+# -- hooks --------------------------------------------------------------------------------
+
+
+@contextmanager
+def record_layers(lm: LoadedModel, layers: Sequence[int]) -> Iterator[dict[int, Tensor]]:
+    """Record the residual stream at ``layers`` during forward passes, without changing it.
+
+    Layer 0 is read as the input of block 0, layer ``i`` as the output of block ``i-1``,
+    and the last layer as the input of the LM head (after the final norm), which matches
+    ``output_hidden_states`` exactly. The hooks are removed on exit.
+    """
+    blocks = lm.layers.blocks(lm.model)
+    n = lm.n_layers
+    out: dict[int, Tensor] = {}
+    handles = []
+
+    def first_arg(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor:
+        return args[0] if args else kwargs["hidden_states"]
+
+    def pre(layer: int) -> Callable[..., None]:
+        def hook(_m: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            out[layer] = first_arg(args, kwargs).detach()
+        return hook
+
+    def post(layer: int) -> Callable[..., None]:
+        def hook(_m: Any, _a: Any, _k: Any, output: Any) -> None:
+            out[layer] = (output[0] if isinstance(output, tuple) else output).detach()
+        return hook
+
+    try:
+        for layer in sorted(set(layers)):
+            if layer == 0:
+                handles.append(blocks[0].register_forward_pre_hook(pre(0), with_kwargs=True))
+            elif layer < n:
+                handles.append(
+                    blocks[layer - 1].register_forward_hook(post(layer), with_kwargs=True)
+                )
+            else:
+                head = lm.model.get_output_embeddings()
+                if head is None:
+                    raise InputError(f"{lm.identity.name} has no output embeddings (LM head)")
+                handles.append(head.register_forward_pre_hook(pre(n), with_kwargs=True))
+        yield out
+    finally:
+        for h in handles:
+            h.remove()
+
+
+# -- planning -----------------------------------------------------------------------------
+
+
+def _models_of(model_or_pair: object) -> dict[str, LoadedModel]:
+    if isinstance(model_or_pair, ModelPair):
+        return model_or_pair.models
+    if isinstance(model_or_pair, LoadedModel):
+        return {"model": model_or_pair}
+    raise InputError(
+        f"capture takes a LoadedModel or a ModelPair (see difflens.load_model), got "
+        f"{type(model_or_pair).__name__}"
+    )
+
+
+def parse_layers(layers: str | int | Sequence[int], lm: LoadedModel) -> tuple[int, ...]:
+    """``"all"``, ``"0,3,5"``, an int or a list -> sorted normalised layer indices."""
+    if isinstance(layers, str):
+        if layers == "all":
+            return tuple(range(lm.n_layers + 1))
+        try:
+            items = [int(x) for x in layers.split(",") if x.strip()]
+        except ValueError:
+            raise InputError(f"layers must be 'all' or integers like '0,3,5', got {layers!r}")
+    elif isinstance(layers, int):
+        items = [layers]
+    else:
+        items = [int(x) for x in layers]
+    if not items:
+        raise InputError("no layers given")
+    return tuple(sorted({lm.layers.normalize(x) for x in items}))
+
+
+def _tokenize(
+    lm: LoadedModel, prompts: Sequence[str], max_len: int | None, truncate: bool
+) -> tuple[list[list[int]], list[bool]]:
+    enc = lm.tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
+    truncated: list[bool] = []
+    out: list[list[int]] = []
+    for i, ids in enumerate(enc):
+        if not ids:
+            raise InputError(f"prompt {i} tokenizes to nothing; remove it")
+        if max_len is not None and len(ids) > max_len:
+            if not truncate:
+                raise InputError(
+                    f"prompt {i} has {len(ids)} tokens, more than the context of {max_len}; "
+                    f"shorten it or drop --no-truncate to keep its last {max_len} tokens"
+                )
+            ids = ids[-max_len:]
+            truncated.append(True)
+        else:
+            truncated.append(False)
+        out.append(list(ids))
+    return out, truncated
+
+
+def _rows_of(n_tokens: int, positions: str | tuple[int, ...]) -> list[int]:
+    if positions == "all":
+        return list(range(n_tokens))
+    if positions == "last":
+        return [n_tokens - 1]
+    assert isinstance(positions, tuple)
+    resolved = [p + n_tokens if p < 0 else p for p in positions]
+    return sorted({p for p in resolved if 0 <= p < n_tokens})
+
+
+def _plan_shards(row_counts: Sequence[int], bytes_per_row: int, shard_mb: int) -> list[list[int]]:
+    """Consecutive prompt ranges ``[start, end)`` whose stored rows fill about ``shard_mb``."""
+    budget = max(1, shard_mb * 2**20 // max(bytes_per_row, 1))
+    plan, start, acc = [], 0, 0
+    for i, rows in enumerate(row_counts):
+        if acc and acc + rows > budget:
+            plan.append([start, i])
+            start, acc = i, 0
+        acc += max(rows, 1)
+    plan.append([start, len(row_counts)])
+    return plan
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def cache_key(
+    models: dict[str, LoadedModel],
+    token_ids: Sequence[Sequence[int]],
+    cfg: CaptureConfig,
+    layer_map: dict[int, int] | None,
+) -> str:
+    """Hash of everything that changes the stored result, and nothing else."""
+    idents = {k: {f: v for f, v in m.identity.to_dict().items() if f != "name"}
+              for k, m in models.items()}
+    tok_hash = hashlib.sha256()
+    for ids in token_ids:
+        tok_hash.update(json.dumps(ids).encode())
+    return _hash({
+        "format": FORMAT_VERSION,
+        "models": idents,
+        "prompts": tok_hash.hexdigest(),
+        "config": cfg.key_fields(),
+        "layer_map": layer_map,
+    })[:32]
+
+
+# -- forward ------------------------------------------------------------------------------
+
+
+def _batches(lengths: Sequence[int], order: Sequence[int], cfg: CaptureConfig) -> list[list[int]]:
+    """Group prompt indices (already sorted by length, longest first) into batches."""
+    out: list[list[int]] = []
+    cur: list[int] = []
+    width = 0
+    for i in order:
+        w = max(width, lengths[i])
+        if cur and (len(cur) >= cfg.batch_size or w * (len(cur) + 1) > cfg.max_batch_tokens):
+            out.append(cur)
+            cur, w = [], lengths[i]
+        cur.append(i)
+        width = w
+    if cur:
+        out.append(cur)
+    return out
+
+
+def _pad(
+    seqs: Sequence[Sequence[int]], side: str, device: torch.device
+) -> tuple[Tensor, Tensor, Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.zeros((len(seqs), width), dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for b, s in enumerate(seqs):
+        sl = slice(0, len(s)) if side == "right" else slice(width - len(s), width)
+        ids[b, sl] = torch.tensor(s)
+        mask[b, sl] = 1
+    pos = (mask.cumsum(-1) - 1).clamp_min(0)
+    return ids.to(device), mask.to(device), pos.to(device)
+
+
+def _accepts(model: Any, name: str) -> bool:
+    try:
+        return name in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return True
+
+
+def forward_batch(
+    lm: LoadedModel,
+    seqs: Sequence[Sequence[int]],
+    layers: Sequence[int],
+    padding_side: str = "right",
+) -> tuple[dict[int, list[Tensor]], list[Float[Tensor, "seq vocab"]]]:
+    """One padded forward pass; per sequence, unpadded hidden states and logits.
+
+    Returns:
+        ``(hidden, logits)``: ``hidden[layer][b]`` is ``[len_b, d_model]`` and
+        ``logits[b]`` is ``[len_b, vocab]``, with padding removed.
+    """
+    ids, mask, pos = _pad(seqs, padding_side, lm.device)
+    kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "use_cache": False}
+    if _accepts(lm.model, "position_ids"):
+        kwargs["position_ids"] = pos
+    with torch.inference_mode(), record_layers(lm, layers) as rec:
+        logits = lm.model(**kwargs).logits
+    width = ids.shape[1]
+    sls = [slice(0, len(s)) if padding_side == "right" else slice(width - len(s), width)
+           for s in seqs]
+    hidden = {layer: [rec[layer][b, sl] for b, sl in enumerate(sls)] for layer in layers}
+    return hidden, [logits[b, sl] for b, sl in enumerate(sls)]
+
+
+# -- the run ------------------------------------------------------------------------------
+
+
+def capture(
+    model_or_pair: LoadedModel | ModelPair,
+    prompts: Sequence[str],
+    *,
+    store: str | Path,
+    layers: str | int | Sequence[int] = "all",
+    positions: Positions = "all",
+    store_dtype: str = "float32",
+    top_k: int = 5,
+    logprob_positions: Sequence[int] = (),
+    truncate: bool = True,
+    batch_size: int = 32,
+    max_batch_tokens: int | None = None,
+    shard_mb: int = 128,
+    padding_side: str = "right",
+    progress: bool = False,
+) -> RunStore:
+    """Capture hidden states and next-token statistics for ``prompts`` into ``store``.
+
+    Args:
+        model_or_pair: one :class:`LoadedModel` (label ``model``) or a :class:`ModelPair`
+            (labels ``base`` and ``tuned``; both read the same token ids).
+        prompts: the texts; each is tokenized with the model's special tokens.
+        store: the run directory. A finished run with the same cache key is reused; an
+            unfinished one is resumed.
+        layers: ``"all"``, ``"0,3,5"``, an int or a list (negatives count from the end).
+        positions: ``"all"``, ``"last"`` or a list of token indices to store states at.
+        store_dtype: ``float32`` or ``float16`` for stored states.
+        top_k: top next tokens recorded per position.
+        logprob_positions: positions at which to store the full log-prob vector.
+        truncate: keep the last context-length tokens of a too-long prompt (counted in the
+            manifest) instead of raising.
+        batch_size: most prompts in one forward pass.
+        max_batch_tokens: most padded tokens in one forward pass (default: sized to the
+            vocabulary so the logits fit in about 1 GB).
+        shard_mb: target size of a tensor shard.
+        padding_side: ``right`` or ``left``; the results do not depend on it.
+        progress: show a rich progress bar with tokens/s on stderr.
+
+    Returns:
+        The finished :class:`RunStore`.
+    """
+    models = _models_of(model_or_pair)
+    first = next(iter(models.values()))
+    if not prompts:
+        raise InputError("no prompts to capture")
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str) or not p.strip():
+            raise InputError(f"prompt {i} is empty; every prompt needs text")
+    layer_idx = parse_layers(layers, first)
+    layer_map: dict[int, int] | None = None
+    if isinstance(model_or_pair, ModelPair) and model_or_pair.layer_map is not None:
+        layer_map = {b: model_or_pair.tuned_layer(b) for b in layer_idx}
+    pos_cfg: str | tuple[int, ...] = positions if isinstance(positions, str) else tuple(
+        int(p) for p in positions)
+    vocab = int(first.model.get_output_embeddings().weight.shape[0])
+    if max_batch_tokens is None:
+        max_batch_tokens = max(64, min(8192, 2**30 // (4 * vocab * 2 * len(models))))
+    cfg = CaptureConfig(
+        layers=layer_idx, positions=pos_cfg, store_dtype=store_dtype, top_k=top_k,
+        logprob_positions=tuple(int(p) for p in logprob_positions), truncate=truncate,
+        batch_size=batch_size, max_batch_tokens=max_batch_tokens, shard_mb=shard_mb,
+        padding_side=padding_side,
+    )
+    max_lens = [m.max_length for m in models.values() if m.max_length]
+    token_ids, truncated = _tokenize(first, prompts, min(max_lens) if max_lens else None, truncate)
+    n_trunc = sum(truncated)
+    if n_trunc:
+        warnings.warn(f"{n_trunc} prompt(s) were longer than the context and were truncated "
+                      f"from the left", DifflensWarning, stacklevel=2)
+    key = cache_key(models, token_ids, cfg, layer_map)
+
+    out = Path(store)
+    if (out / MANIFEST).is_file():
+        done = RunStore.open(out)
+        if done.key == key:
+            return done
+        raise StoreError(
+            f"{out} already holds a different finished run (key {done.key[:12]}, this one "
+            f"{key[:12]}); choose another --out or delete it"
+        )
+    check_writable(out)
+    remove_stale_temporaries(out)
+    lengths = [len(t) for t in token_ids]
+    rows = [len(_rows_of(n, cfg.positions)) for n in lengths]
+    elem = 2 if cfg.store_dtype == "float16" else 4
+    bytes_per_row = sum(len(cfg.layers) * m.d_model * elem for m in models.values())
+    run_json = out / RUN_JSON
+    if run_json.is_file():
+        prior = json.loads(run_json.read_text())
+        if prior.get("key") != key:
+            raise StoreError(
+                f"{out} holds an unfinished different run (key {str(prior.get('key'))[:12]}); "
+                f"rerun that capture to finish it, or choose another --out"
+            )
+        plan = prior["plan"]
+    else:
+        plan = _plan_shards(rows, bytes_per_row, cfg.shard_mb)
+        write_parquet_atomic(out / "prompts.parquet", pd.DataFrame({
+            "prompt_idx": range(len(prompts)), "text": list(prompts), "token_ids": token_ids,
+            "n_tokens": lengths,
+            "truncated": truncated,
+        }))
+        write_json_atomic(run_json, {
+            "key": key, "format_version": FORMAT_VERSION, "config": dataclasses.asdict(cfg),
+            "plan": plan, "labels": list(models), "layer_map": layer_map,
+        })
+
+    total_tokens = sum(lengths)
+    with _progress(progress, total_tokens) as advance:
+        for shard, (start, end) in enumerate(plan):
+            if (out / "stats" / f"{shard_name(shard)}.parquet").is_file():
+                advance(sum(lengths[start:end]))
+                continue
+            _run_shard(out, shard, range(start, end), token_ids, models, cfg, layer_map, key,
+                       advance)
+
+    n_shards = len(plan)
+    index = build_index(out, next(iter(models)), n_shards)
+    index = (index.set_index("prompt_idx")
+             .reindex(range(len(prompts)), fill_value=0).reset_index())
+    write_parquet_atomic(out / "index.parquet", index)
+    write_json_atomic(out / MANIFEST, {
+        "format_version": FORMAT_VERSION,
+        "key": key,
+        "models": {k: m.identity.to_dict() for k, m in models.items()},
+        "layer_map": layer_map,
+        "config": cfg.key_fields(),
+        "n_layers": first.n_layers,
+        "n_prompts": len(prompts),
+        "n_tokens": total_tokens,
+        "n_rows": int(sum(rows)),
+        "n_truncated": n_trunc,
+        "n_shards": n_shards,
+        "vocab_size": vocab,
+    })
+    return RunStore.open(out)
+
+
+def _run_shard(
+    out: Path,
+    shard: int,
+    prompt_range: range,
+    token_ids: Sequence[Sequence[int]],
+    models: dict[str, LoadedModel],
+    cfg: CaptureConfig,
+    layer_map: dict[int, int] | None,
+    key: str,
+    advance: Callable[[int], None],
+) -> None:
+    idx = list(prompt_range)
+    lengths = {i: len(token_ids[i]) for i in idx}
+    order = sorted(idx, key=lambda i: (-lengths[i], i))
+    dtype = torch.float16 if cfg.store_dtype == "float16" else torch.float32
+    hidden: dict[str, dict[int, dict[int, Tensor]]] = {k: {} for k in models}
+    lps: dict[str, dict[int, Tensor]] = {k: {} for k in models}
+    stat_frames: dict[int, pd.DataFrame] = {}
+    for batch in _batches([len(t) for t in token_ids], order, cfg):
+        seqs = [token_ids[i] for i in batch]
+        logits_by: dict[str, list[Tensor]] = {}
+        for label, lm in models.items():
+            lay = [layer_map[x] for x in cfg.layers] if (label == "tuned" and layer_map) else list(
+                cfg.layers)
+            hid, logits = forward_batch(lm, seqs, lay, cfg.padding_side)
+            logits_by[label] = logits
+            for b, i in enumerate(batch):
+                sel = torch.tensor(_rows_of(lengths[i], cfg.positions), dtype=torch.long)
+                hidden[label][i] = {
+                    base_l: hid[model_l][b].index_select(0, sel.to(hid[model_l][b].device))
+                    .to("cpu", dtype)
+                    for base_l, model_l in zip(cfg.layers, lay)
+                }
+                if cfg.logprob_positions:
+                    lp_sel = _rows_of(lengths[i], tuple(cfg.logprob_positions))
+                    lps[label][i] = torch.log_softmax(logits[b][lp_sel].float(), -1).cpu()
+        for b, i in enumerate(batch):
+            stat_frames[i] = _stats_frame(i, seqs[b], {k: v[b] for k, v in logits_by.items()},
+                                          models, cfg.top_k)
+        advance(sum(len(s) for s in seqs))
+
+    meta = {"difflens_key": key, "shard": str(shard)}
+    for label in models:
+        tensors: dict[str, Tensor] = {}
+        for layer in cfg.layers:
+            parts = [hidden[label][i][layer] for i in idx]
+            tensors[f"layer.{layer}"] = torch.cat(parts) if parts else torch.empty(0)
+        tensors["prompt_idx"] = torch.cat([torch.full((len(hidden[label][i][cfg.layers[0]]),), i,
+                                                      dtype=torch.long) for i in idx])
+        tensors["token_pos"] = torch.cat([torch.tensor(_rows_of(lengths[i], cfg.positions),
+                                                       dtype=torch.long) for i in idx])
+        if cfg.logprob_positions:
+            tensors["logprobs"] = torch.cat([lps[label][i] for i in idx])
+            tensors["logprobs_prompt_idx"] = torch.cat([
+                torch.full((len(lps[label][i]),), i, dtype=torch.long) for i in idx])
+            tensors["logprobs_pos"] = torch.cat([
+                torch.tensor(_rows_of(lengths[i], tuple(cfg.logprob_positions)),
+                             dtype=torch.long) for i in idx])
+        write_tensors_atomic(out / "tensors" / label / f"{shard_name(shard)}.safetensors",
+                             tensors, {**meta, "model": label})
+    frame = pd.concat([stat_frames[i] for i in idx], ignore_index=True)
+    write_parquet_atomic(out / "stats" / f"{shard_name(shard)}.parquet", frame)
+
+
+def _stats_frame(
+    prompt: int,
+    ids: Sequence[int],
+    logits: dict[str, Tensor],
+    models: dict[str, LoadedModel],
+    top_k: int,
+) -> pd.DataFrame:
+    n = len(ids)
+    ids_t = torch.tensor(ids, dtype=torch.long)
+    next_ids = torch.cat([ids_t[1:], torch.tensor([-1])])
+    tokenizer = next(iter(models.values())).tokenizer
+    cols: dict[str, Any] = {
+        "prompt_idx": [prompt] * n,
+        "pos": list(range(n)),
+        "token_id": list(ids),
+        "token": tokenizer.convert_ids_to_tokens(list(ids)),
+    }
+    for label, lg in logits.items():
+        st = token_stats(lg, next_ids, top_k)
+        cols[f"{label}_entropy"] = st.entropy.numpy()
+        cols[f"{label}_logprob_next"] = st.logprob_next.numpy()
+        cols[f"{label}_topk_ids"] = list(st.topk_ids.numpy().astype("int32"))
+        cols[f"{label}_topk_logprobs"] = list(st.topk_logprobs.numpy())
+    if "base" in logits and "tuned" in logits:
+        ps = pair_stats(logits["base"], logits["tuned"])
+        cols["kl_tuned_base"] = ps.kl_tuned_base.numpy()
+        cols["kl_base_tuned"] = ps.kl_base_tuned.numpy()
+        cols["top1_agree"] = ps.top1_agree.numpy().astype(bool)
+    return pd.DataFrame(cols)
+
+
+@contextmanager
+def _progress(show: bool, total: int) -> Iterator[Callable[[int], None]]:
+    if not show:
+        yield lambda _n: None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+    from rich.text import Text
+
+    class TokensPerSecond(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text("-- tok/s" if speed is None else f"{speed:,.0f} tok/s", style="cyan")
+
+    with Progress(
+        TextColumn("capture"), BarColumn(), MofNCompleteColumn(), TextColumn("tokens"),
+        TokensPerSecond(), TimeRemainingColumn(), transient=False,
+    ) as bar:
+        task = bar.add_task("capture", total=total)
+        yield lambda n: bar.advance(task, n)
+        bar.update(task, completed=total)
+
+
+def expected_row_count(n_tokens: int, positions: Positions) -> int:
+    """How many hidden-state rows a prompt of ``n_tokens`` stores (helper for callers)."""
+    pos = positions if isinstance(positions, str) else tuple(positions)
+    return len(_rows_of(n_tokens, pos))
+
+
+__all__ = [
+    "CaptureConfig",
+    "capture",
+    "forward_batch",
+    "parse_layers",
+    "record_layers",
+    "expected_row_count",
+]
+

@@ -1,0 +1,87 @@
+"""``difflens capture`` and ``difflens info``."""
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from difflens.capture import RunStore, capture, read_prompts
+from difflens.cli._common import friendly_errors
+from difflens.models import ModelPair, load_model
+
+out = Console()
+
+
+@friendly_errors
+def capture_cmd(
+    base: str = typer.Option(..., "--base", help="Model: hub id, folder, .gguf or preset."),
+    prompts: Path = typer.Option(..., "--prompts", help="Prompt file: .txt .jsonl .json .csv"),
+    out_dir: Path = typer.Option(..., "--out", help="Run store directory (resumable)."),
+    tuned: str | None = typer.Option(None, "--tuned", help="Tuned sibling, for a pair."),
+    layers: str = typer.Option("all", help="'all' or a list like 0,3,5 (negatives allowed)."),
+    positions: str = typer.Option("all", help="'all', 'last' or a list like -1,-2."),
+    field: str | None = typer.Option(None, help="JSONL/JSON/CSV field holding the prompt."),
+    dtype: str = typer.Option("float32", help="Stored hidden-state dtype: float32|float16."),
+    top_k: int = typer.Option(5, help="Top next tokens recorded per position."),
+    logprob_positions: str = typer.Option("", help="Positions to store full log-probs at."),
+    no_truncate: bool = typer.Option(False, "--no-truncate", help="Error on too-long prompts."),
+    batch_size: int = typer.Option(32, help="Most prompts per forward pass."),
+    shard_mb: int = typer.Option(128, help="Target size of one tensor shard (MB)."),
+    device: str | None = typer.Option(None, help="cpu or cuda (default: cuda if available)."),
+    revision: str | None = typer.Option(None, help="Hub revision for the models."),
+    layers_path: str | None = typer.Option(None, help="Module path of the decoder blocks."),
+) -> None:
+    """Capture all-layer activations and next-token statistics into a run store."""
+    texts = read_prompts(prompts, field=field)
+    pos = positions if positions in ("all", "last") else _ints(positions, "--positions")
+    model = load_model(base, revision=revision, device=device, layers_path=layers_path)
+    target = model if tuned is None else ModelPair(
+        model, load_model(tuned, revision=revision, device=device, layers_path=layers_path))
+    store = capture(
+        target, texts, store=out_dir, layers=layers, positions=pos, store_dtype=dtype,
+        top_k=top_k, logprob_positions=_ints(logprob_positions, "--logprob-positions"),
+        truncate=not no_truncate, batch_size=batch_size, shard_mb=shard_mb, progress=True,
+    )
+    d = store.describe()
+    out.print(f"[green]stored[/] {d['n_prompts']} prompts, {d['n_tokens']} tokens, layers "
+              f"{_span(d['layers'])} of {', '.join(d['models'])} in {d['path']} "
+              f"({d['size_mb']} MB)")
+
+
+def _ints(text: str, option: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        from difflens.errors import InputError
+
+        raise InputError(f"{option} takes integers like -1,0,3, got {text!r}") from None
+
+
+def _span(layers: list[int]) -> str:
+    if layers == list(range(layers[0], layers[-1] + 1)) and len(layers) > 2:
+        return f"{layers[0]}..{layers[-1]}"
+    return ",".join(map(str, layers))
+
+
+@friendly_errors
+def info_cmd(
+    path: Path = typer.Argument(..., help="A run store directory."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Show what a run store holds."""
+    d = RunStore.open(path).describe()
+    if as_json:
+        print(json.dumps(d, indent=2))
+        return
+    table = Table(title=f"run store {d['path']}", show_header=False)
+    for label, m in d["models"].items():
+        table.add_row(f"model [{label}]", f"{m['name']} ({m['architecture']}, {m['n_layers']} "
+                      f"layers, d_model {m['d_model']}, weights {m['weights_sha256']})")
+    for k in ("key", "n_prompts", "n_tokens", "n_rows", "positions", "dtype", "n_truncated",
+              "n_shards", "size_mb"):
+        table.add_row(k, str(d[k]))
+    table.add_row("layers", _span(d["layers"]))
+    table.add_row("stats columns", ", ".join(d["stats_columns"]))
+    out.print(table)

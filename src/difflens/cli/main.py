@@ -1,0 +1,20 @@
+"""The ``difflens`` Typer application."""
+
+import typer
+
+from difflens.cli.capture import capture_cmd, info_cmd
+from difflens.cli.demo import demo_cmd
+
+app = typer.Typer(
+    name="difflens",
+    help="See what alignment fine-tuning changed in a language model.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.command("capture")(capture_cmd)
+app.command("info")(info_cmd)
+app.command("demo")(demo_cmd)
+
+if __name__ == "__main__":
+    app()

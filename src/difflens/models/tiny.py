@@ -1,0 +1,81 @@
+"""Tiny config-built models with a word-level tokenizer, for tests and the offline example.
+
+Nothing is downloaded: the tokenizer is built with ``tokenizers`` from a word list and the
+model from a ``LlamaConfig``. ``tiny_pair`` plants a known change in the tuned copy, at
+one block, so tests can check that divergence starts exactly there.
+"""
+
+import copy
+
+import torch
+
+from difflens.models.loading import LoadedModel, wrap_model
+from difflens.models.pair import ModelPair
+
+EXAMPLE_PROMPTS: tuple[str, ...] = (
+    "once upon a time there was a little fox",
+    "the fox went to the forest to find a friend",
+    "the rabbit was afraid of the dark forest",
+    "they found a box of gold under the old tree",
+    "everyone came to the party and they danced all night",
+    "the storm broke the bridge and the village was sad",
+    "she rolled a die and it landed on four",
+    "pick a number from one to ten",
+    "the coin came up heads",
+    "and they lived happily ever after",
+)
+
+
+def word_tokenizer(words: list[str] | None = None) -> object:
+    """A fast word-level tokenizer (with ``<bos>``, ``<eos>``, ``<pad>``, ``<unk>``)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab_words = words or sorted({w for p in EXAMPLE_PROMPTS for w in p.split()})
+    specials = ["<pad>", "<unk>", "<bos>", "<eos>"]
+    vocab = {t: i for i, t in enumerate(specials + [w for w in vocab_words if w not in specials])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", special_tokens=[("<bos>", vocab["<bos>"])]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
+        unk_token="<unk>",
+    )
+
+
+def tiny_model(
+    seed: int = 0, *, n_layers: int = 4, d_model: int = 32, tokenizer: object | None = None,
+    name: str = "tiny-llama", max_positions: int = 128,
+) -> LoadedModel:
+    """A randomly initialised tiny Llama with the word tokenizer, seeded."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = tokenizer or word_tokenizer()
+    cfg = LlamaConfig(
+        vocab_size=len(tok), hidden_size=d_model, intermediate_size=2 * d_model,  # type: ignore[arg-type]
+        num_hidden_layers=n_layers, num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=max_positions, bos_token_id=tok.bos_token_id,  # type: ignore[attr-defined]
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,  # type: ignore[attr-defined]
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(cfg).eval()
+    return wrap_model(model, tok, name=name)
+
+
+def tiny_pair(seed: int = 0, *, planted_block: int = 2, scale: float = 0.5,
+              n_layers: int = 4) -> ModelPair:
+    """A tiny base and a copy whose block ``planted_block`` MLP output is scaled.
+
+    Captured layers ``0..planted_block`` are identical in both models; from captured layer
+    ``planted_block + 1`` (the planted block's output) on, they differ.
+    """
+    base = tiny_model(seed, n_layers=n_layers, name="tiny-base")
+    tuned_model = copy.deepcopy(base.model)
+    with torch.no_grad():
+        block = tuned_model.model.layers[planted_block]
+        block.mlp.down_proj.weight.mul_(1.0 + scale)
+    tuned = wrap_model(tuned_model, base.tokenizer, name="tiny-tuned")
+    return ModelPair(base, tuned)

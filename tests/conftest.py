@@ -1,0 +1,47 @@
+"""Shared fixtures: tiny config-built models (nothing downloaded) and the shared data."""
+
+from pathlib import Path
+
+import pytest
+
+from difflens.models.tiny import EXAMPLE_PROMPTS, tiny_model, tiny_pair
+
+SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+STORIES = SHARED / "models" / "stories260k"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
+    """Each test gets its own difflens cache unless it sets one."""
+    monkeypatch.setenv("DIFFLENS_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture
+def prompts() -> list[str]:
+    return list(EXAMPLE_PROMPTS)
+
+
+@pytest.fixture
+def tiny():
+    return tiny_model(0)
+
+
+@pytest.fixture
+def pair():
+    return tiny_pair(0, planted_block=2, scale=3.0)
+
+
+@pytest.fixture
+def stories_path() -> Path:
+    if not (STORIES / "config.json").is_file():
+        pytest.skip(f"shared data not found at {STORIES} (it sits beside the repo in CI)")
+    return STORIES
+
+
+@pytest.fixture
+def tiny_folder(tmp_path: Path, tiny) -> Path:
+    """The tiny model saved as a normal HF folder."""
+    folder = tmp_path / "tiny-model"
+    tiny.model.save_pretrained(folder)
+    tiny.tokenizer.save_pretrained(folder)
+    return folder

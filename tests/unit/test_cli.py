@@ -1,0 +1,154 @@
+"""The command line: capture, info, one-line errors, and resume after kill -9."""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from difflens.cli.main import app
+
+runner = CliRunner()
+CLI = [sys.executable, "-m", "difflens.cli.main"]
+
+
+def run(*args: str):
+    return runner.invoke(app, list(args))
+
+
+def one_line_error(result, pattern: str) -> None:
+    assert result.exit_code == 2, result.output
+    text = result.output.strip()
+    assert "Traceback" not in text
+    lines = text.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), text
+    assert pattern in lines[0], text
+
+
+@pytest.fixture
+def prompt_file(tmp_path: Path, prompts) -> Path:
+    path = tmp_path / "prompts.txt"
+    path.write_text("\n".join(prompts) + "\n")
+    return path
+
+
+def test_capture_and_info(tiny_folder, prompt_file, tmp_path):
+    out = tmp_path / "run"
+    res = run("capture", "--base", str(tiny_folder), "--tuned", str(tiny_folder), "--prompts",
+              str(prompt_file), "--layers", "0,2,-1", "--out", str(out))
+    assert res.exit_code == 0, res.output
+    assert "stored 10 prompts" in res.output
+    res = run("info", str(out), "--json")
+    info = json.loads(res.output)
+    assert info["layers"] == [0, 2, 4] and set(info["models"]) == {"base", "tuned"}
+    assert "kl_tuned_base" in info["stats_columns"]
+    res = run("info", str(out))
+    assert res.exit_code == 0 and "n_tokens" in res.output
+
+
+@pytest.mark.parametrize(
+    ("content", "args", "pattern"),
+    [
+        ("ok\n\nok\n", [], "prompts.txt:2: empty prompt"),
+        ("ok\n", ["--layers", "12"], "layer 12 is out of range: this model has layers 0..4"),
+        ("ok\n", ["--positions", "last,first"], "--positions takes integers"),
+    ],
+)
+def test_bad_input_is_one_line(tiny_folder, tmp_path, content, args, pattern):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(content)
+    res = run("capture", "--base", str(tiny_folder), "--prompts", str(prompts), "--out",
+              str(tmp_path / "run"), *args)
+    one_line_error(res, pattern)
+
+
+def test_bad_jsonl_non_utf8_and_missing_model(tiny_folder, tmp_path):
+    bad = tmp_path / "p.jsonl"
+    bad.write_text('{"prompt": "a"}\n{oops}\n')
+    common = ["--out", str(tmp_path / "run")]
+    one_line_error(run("capture", "--base", str(tiny_folder), "--prompts", str(bad), *common),
+                   "p.jsonl:2: malformed JSON")
+    raw = tmp_path / "r.txt"
+    raw.write_bytes(b"ab\xffc\n")
+    one_line_error(run("capture", "--base", str(tiny_folder), "--prompts", str(raw), *common),
+                   "not valid UTF-8 at byte offset 2")
+    good = tmp_path / "g.txt"
+    good.write_text("the fox\n")
+    one_line_error(run("capture", "--base", str(tmp_path / "nope"), "--prompts", str(good),
+                       *common), "does not exist")
+    one_line_error(run("info", str(tmp_path / "nope")), "is not a run store directory")
+
+
+def test_tokenizer_mismatch_and_unwritable_out(tiny_folder, tmp_path):
+    from difflens.models.tiny import tiny_model, word_tokenizer
+
+    other = tmp_path / "other"
+    lm = tiny_model(0, tokenizer=word_tokenizer(["cat", "dog"]))
+    lm.model.save_pretrained(other)
+    lm.tokenizer.save_pretrained(other)
+    good = tmp_path / "g.txt"
+    good.write_text("the fox\n")
+    one_line_error(run("capture", "--base", str(tiny_folder), "--tuned", str(other), "--prompts",
+                       str(good), "--out", str(tmp_path / "run")), "the tokenizers differ")
+    blocker = tmp_path / "blocker"
+    blocker.write_text("")
+    one_line_error(run("capture", "--base", str(tiny_folder), "--prompts", str(good), "--out",
+                       str(blocker / "run")), "is not writable")
+
+
+def test_too_long_prompt_warns_or_errors(tmp_path):
+    from difflens.models.tiny import tiny_model
+
+    lm = tiny_model(0, max_positions=4)
+    folder = tmp_path / "short"
+    lm.model.save_pretrained(folder)
+    lm.tokenizer.save_pretrained(folder)
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("once upon a time there was\nthe fox\n")
+    res = run("capture", "--base", str(folder), "--prompts", str(prompts), "--out",
+              str(tmp_path / "run"))
+    assert res.exit_code == 0 and "warning: 1 prompt(s) were longer" in res.output
+    one_line_error(run("capture", "--base", str(folder), "--prompts", str(prompts), "--out",
+                       str(tmp_path / "strict"), "--no-truncate"),
+                   "prompt 0 has 7 tokens, more than the context of 4")
+
+
+def _digest(run_dir: Path) -> dict[str, str]:
+    return {str(p.relative_to(run_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(run_dir.rglob("*"))
+            if p.is_file() and (p.suffix == ".safetensors" or p.parent.name == "stats")}
+
+
+def test_kill_9_then_rerun_gives_identical_files(tiny_folder, tmp_path, prompts):
+    many = tmp_path / "many.txt"
+    many.write_text("\n".join(prompts * 400) + "\n")
+    args = ["capture", "--base", str(tiny_folder), "--tuned", str(tiny_folder), "--prompts",
+            str(many), "--out"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([*CLI, *args, str(killed), "--shard-mb", "1", "--batch-size", "8"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((killed / "stats").glob("shard-00001.parquet")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "manifest.json").exists(), "run finished before it could be killed"
+    done = len(list((killed / "stats").glob("*.parquet")))
+    res = subprocess.run([*CLI, *args, str(killed), "--shard-mb", "1", "--batch-size", "8"],
+                         env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    straight = tmp_path / "straight"
+    res = subprocess.run([*CLI, *args, str(straight), "--shard-mb", "1", "--batch-size", "8"],
+                         env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    a, b = _digest(killed), _digest(straight)
+    assert len(a) > done >= 2
+    assert a == b
+    assert not list(killed.rglob("*.tmp"))

@@ -1,0 +1,127 @@
+"""Model loading, identities, layer discovery and pairs."""
+
+import copy
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import difflens as dl
+from difflens.models import loading
+from difflens.models.tiny import tiny_model, word_tokenizer
+
+
+def test_load_local_folder_records_identity(tiny_folder, tiny):
+    lm = dl.load_model(tiny_folder, device="cpu")
+    ident = lm.identity
+    assert ident.name == str(tiny_folder)
+    assert ident.architecture == "LlamaForCausalLM"
+    assert (ident.n_layers, ident.d_model, ident.dtype) == (4, 32, "float32")
+    assert ident.layers_path == "model.layers"
+    assert ident.weights_sha256 == tiny.identity.weights_sha256
+    assert ident.tokenizer_sha256 == tiny.identity.tokenizer_sha256
+    assert dl.ModelIdentity.from_dict({**ident.to_dict(), "future_field": 1}) == ident
+
+
+def test_weights_hash_changes_with_one_weight(tiny):
+    other = copy.deepcopy(tiny.model)
+    with torch.no_grad():
+        other.model.layers[1].mlp.up_proj.weight[0, 0] += 1e-3
+    assert loading.weights_sha256(other) != tiny.identity.weights_sha256
+
+
+def test_default_dtype_is_float32_on_cpu(tiny_folder):
+    assert dl.load_model(tiny_folder, device="cpu").model.dtype == torch.float32
+    assert dl.load_model(tiny_folder, device="cpu", dtype="bfloat16").model.dtype == torch.bfloat16
+    with pytest.raises(dl.InputError, match="unknown dtype 'float8'"):
+        dl.load_model(tiny_folder, device="cpu", dtype="float8")
+
+
+def test_hub_id_loads_through_the_hub_cache(tiny_folder, tmp_path):
+    """The hub code path (from_pretrained by id + revision), served offline from a cache."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--difflens-test--tiny"
+    shutil.copytree(tiny_folder, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    code = ("import difflens, json; lm = difflens.load_model('difflens-test/tiny', "
+            "revision='main', device='cpu'); print(json.dumps(lm.identity.to_dict()))")
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    ident = json.loads(res.stdout.strip().splitlines()[-1])
+    assert ident["name"] == "difflens-test/tiny" and ident["revision"] == "main"
+    assert ident["n_layers"] == 4
+    code_missing = "import difflens; difflens.load_model('difflens-test/absent', device='cpu')"
+    res = subprocess.run([sys.executable, "-c", code_missing], env=env, capture_output=True,
+                         text=True)
+    assert "could not load model 'difflens-test/absent'" in res.stderr
+
+
+def test_missing_path_and_non_model_folder(tmp_path):
+    with pytest.raises(dl.InputError, match="model path '\\./nowhere/model' does not exist"):
+        dl.load_model("./nowhere/model")
+    with pytest.raises(dl.InputError, match="has no config.json"):
+        dl.load_model(tmp_path)
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    with pytest.raises(dl.InputError, match="is a file but not .gguf"):
+        dl.load_model(tmp_path / "weights.bin")
+
+
+def test_gguf_preset_missing_package_is_explained(monkeypatch):
+    monkeypatch.setitem(loading.GGUF_PRESETS, "fake-preset",
+                        ("difflens_no_such_pkg", "x.gguf", "pip install nothing"))
+    with pytest.raises(dl.InputError, match="needs the package 'difflens_no_such_pkg'"):
+        dl.load_model("fake-preset")
+
+
+def test_folder_preset_is_accepted_as_a_name(tiny_folder, monkeypatch):
+    monkeypatch.setitem(loading.FOLDER_PRESETS, "my-preset", lambda: tiny_folder)
+    assert dl.load_model("my-preset", device="cpu").identity.name == "my-preset"
+    assert "my-preset" in loading.known_presets()
+
+
+def test_layer_discovery_override_and_error(tiny):
+    assert dl.find_layers(tiny.model).path == "model.layers"
+    assert dl.find_layers(tiny.model, "model.layers").n_layers == 4
+    with pytest.raises(dl.InputError, match="layers path 'model.blocks' is not a ModuleList"):
+        dl.find_layers(tiny.model, "model.blocks")
+
+    class NoBlocks(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stack = torch.nn.ModuleList([torch.nn.Linear(2, 2)])
+
+    with pytest.raises(dl.InputError, match="could not find the decoder blocks .*modules seen: "
+                                            "stack.*pass layers_path"):
+        dl.find_layers(NoBlocks())
+
+
+def test_pair_checks_tokenizers(tiny):
+    words = sorted({w for w in "the a fox dog".split()})
+    other = tiny_model(0, tokenizer=word_tokenizer(words + ["zebra"]))
+    with pytest.raises(dl.InputError, match="tokenizers differ: base has 60 tokens, tuned has 9; "
+                                            "first differences:"):
+        dl.ModelPair(tiny, other)
+
+
+def test_pair_checks_shapes_or_takes_a_layer_map(tiny, tmp_path):
+    deeper = tiny_model(1, n_layers=6)
+    with pytest.raises(dl.InputError, match="base has 4 layers of width 32, tuned has 6"):
+        dl.ModelPair(tiny, deeper)
+    pair = dl.ModelPair(tiny, deeper, layer_map={0: 0, 2: 3, -1: -1})
+    assert pair.tuned_layer(2) == 3 and pair.tuned_layer(4) == 6
+    store = dl.capture(pair, ["the fox", "once upon a time"], store=tmp_path / "run",
+                       layers=[0, 2, -1])
+    assert store.manifest["layer_map"] == {"0": 0, "2": 3, "4": 6}
+    ids = deeper.tokenizer("the fox", return_tensors="pt")
+    with torch.no_grad():
+        ref = deeper.model(**ids, output_hidden_states=True).hidden_states
+    assert (store.hidden(0, 2, "tuned") - ref[3][0]).abs().max() < 1e-5
+    with pytest.raises(dl.InputError, match="layer 9 is out of range"):
+        dl.ModelPair(tiny, deeper, layer_map={9: 0})

@@ -1,0 +1,50 @@
+"""Per-token statistics on distributions whose answers are known."""
+
+import math
+
+import numpy as np
+import torch
+
+from difflens import pair_stats, token_stats
+from difflens.analysis import bootstrap_ci
+from difflens.capture import stats as stats_mod
+
+
+def test_uniform_entropy_and_logprob():
+    logits = torch.zeros(3, 8)
+    st = token_stats(logits, torch.tensor([1, 7, -1]), top_k=2)
+    assert torch.allclose(st.entropy, torch.full((3,), math.log(8)))
+    assert torch.allclose(st.logprob_next[:2], torch.full((2,), -math.log(8)))
+    assert math.isnan(st.logprob_next[2])
+    assert st.topk_ids.shape == (3, 2)
+
+
+def test_point_mass_and_known_kl():
+    p = torch.tensor([[0.5, 0.5]]).log()
+    q = torch.tensor([[0.9, 0.1]]).log()
+    ps = pair_stats(base_logits=q, tuned_logits=p)
+    expect = 0.5 * math.log(0.5 / 0.9) + 0.5 * math.log(0.5 / 0.1)
+    assert abs(ps.kl_tuned_base.item() - expect) < 1e-6
+    reverse = 0.9 * math.log(0.9 / 0.5) + 0.1 * math.log(0.1 / 0.5)
+    assert abs(ps.kl_base_tuned.item() - reverse) < 1e-6
+    assert ps.top1_agree.item() in (0, 1)
+    sharp = token_stats(torch.tensor([[100.0, 0.0, 0.0]]), torch.tensor([0]))
+    assert sharp.entropy.item() < 1e-6 and sharp.logprob_next.item() > -1e-6
+
+
+def test_chunking_does_not_change_results(monkeypatch):
+    torch.manual_seed(0)
+    logits = torch.randn(50, 300)
+    nxt = torch.randint(0, 300, (50,))
+    whole = token_stats(logits, nxt)
+    monkeypatch.setattr(stats_mod, "CHUNK_BYTES", 300 * 4 * 4 * 3)  # 3 rows a chunk
+    chunked = token_stats(logits, nxt)
+    assert torch.equal(whole.entropy, chunked.entropy)
+    assert torch.equal(whole.topk_ids, chunked.topk_ids)
+
+
+def test_bootstrap_ci_covers_the_mean_and_is_seeded():
+    x = np.random.default_rng(1).normal(2.0, 1.0, size=400)
+    lo, hi = bootstrap_ci(x, seed=3)
+    assert lo < x.mean() < hi and hi - lo < 0.3
+    assert bootstrap_ci(x, seed=3) == (lo, hi)
