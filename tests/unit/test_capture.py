@@ -168,8 +168,10 @@ def test_rerun_reuses_store_and_other_run_is_refused(tiny, tmp_path, monkeypatch
 
 
 def test_cache_key_covers_what_changes_the_result(tiny, tmp_path):
-    k = lambda **kw: dl.capture(tiny, LONG[:2], store=tmp_path / str(len(list(tmp_path.iterdir()))),
-                                **kw).key
+    def k(**kw):
+        run = tmp_path / str(len(list(tmp_path.iterdir())))
+        return dl.capture(tiny, LONG[:2], store=run, **kw).key
+
     base = k()
     assert k(batch_size=1) == base
     assert k(layers="0,1") != base

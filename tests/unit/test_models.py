@@ -6,7 +6,6 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -103,7 +102,7 @@ def test_layer_discovery_override_and_error(tiny):
 
 
 def test_pair_checks_tokenizers(tiny):
-    words = sorted({w for w in "the a fox dog".split()})
+    words = sorted({w for w in ["the", "a", "fox", "dog"]})
     other = tiny_model(0, tokenizer=word_tokenizer(words + ["zebra"]))
     with pytest.raises(dl.InputError, match="tokenizers differ: base has 60 tokens, tuned has 9; "
                                             "first differences:"):

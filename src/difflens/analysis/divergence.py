@@ -46,7 +46,7 @@ def layer_divergence(store: RunStore) -> list[dict[str, Any]]:
     for layer in store.layers:
         max_diff, cos_sum, n = 0.0, 0.0, 0
         for (_, hb), (_, ht) in zip(store.layer_rows(layer, "base"),
-                                    store.layer_rows(layer, "tuned")):
+                                    store.layer_rows(layer, "tuned"), strict=True):
             hb, ht = hb.float(), ht.float()
             if hb.shape == ht.shape and len(hb):
                 max_diff = max(max_diff, float((hb - ht).abs().max()))

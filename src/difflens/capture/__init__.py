@@ -1,6 +1,12 @@
 """Capture: batched forward passes with scoped hooks, and the on-disk run store."""
 
-from difflens.capture.engine import CaptureConfig, capture, forward_batch, parse_layers, record_layers
+from difflens.capture.engine import (
+    CaptureConfig,
+    capture,
+    forward_batch,
+    parse_layers,
+    record_layers,
+)
 from difflens.capture.prompts import read_prompts
 from difflens.capture.stats import PairStats, TokenStats, pair_stats, token_stats
 from difflens.capture.store import RunStore

@@ -17,12 +17,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import pandas as pd
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from difflens.capture.stats import pair_stats, token_stats
+from difflens.capture.stats import next_token_stats
 from difflens.capture.store import (
     FORMAT_VERSION,
     MANIFEST,
@@ -84,7 +85,8 @@ class CaptureConfig:
     def key_fields(self) -> dict[str, Any]:
         return {
             "layers": list(self.layers),
-            "positions": self.positions if isinstance(self.positions, str) else list(self.positions),
+            "positions": (self.positions if isinstance(self.positions, str)
+                          else list(self.positions)),
             "store_dtype": self.store_dtype,
             "top_k": self.top_k,
             "logprob_positions": list(self.logprob_positions),
@@ -162,7 +164,8 @@ def parse_layers(layers: str | int | Sequence[int], lm: LoadedModel) -> tuple[in
         try:
             items = [int(x) for x in layers.split(",") if x.strip()]
         except ValueError:
-            raise InputError(f"layers must be 'all' or integers like '0,3,5', got {layers!r}")
+            raise InputError(
+                f"layers must be 'all' or integers like '0,3,5', got {layers!r}") from None
     elif isinstance(layers, int):
         items = [layers]
     else:
@@ -284,18 +287,37 @@ def _accepts(model: Any, name: str) -> bool:
         return True
 
 
+@dataclasses.dataclass(frozen=True)
+class BatchOutput:
+    """One padded forward pass: states and logits still padded, with where each row starts."""
+
+    hidden: dict[int, Float[Tensor, "batch seq d_model"]]
+    """Captured layer -> padded hidden states."""
+    logits: Float[Tensor, "batch seq vocab"]
+    offsets: list[int]
+    """Column of each sequence's first token (0 with right padding)."""
+
+    @property
+    def width(self) -> int:
+        return int(self.logits.shape[1])
+
+    def sequence(self, b: int, length: int) -> slice:
+        return slice(self.offsets[b], self.offsets[b] + length)
+
+    def flat_rows(self, rows: Sequence[Sequence[int]]) -> Tensor:
+        """Indices into the flattened ``[batch * seq]`` axis of each sequence's positions."""
+        w = self.width
+        flat = [b * w + self.offsets[b] + p for b, ps in enumerate(rows) for p in ps]
+        return torch.tensor(flat, dtype=torch.long, device=self.logits.device)
+
+
 def forward_batch(
     lm: LoadedModel,
     seqs: Sequence[Sequence[int]],
     layers: Sequence[int],
     padding_side: str = "right",
-) -> tuple[dict[int, list[Tensor]], list[Float[Tensor, "seq vocab"]]]:
-    """One padded forward pass; per sequence, unpadded hidden states and logits.
-
-    Returns:
-        ``(hidden, logits)``: ``hidden[layer][b]`` is ``[len_b, d_model]`` and
-        ``logits[b]`` is ``[len_b, vocab]``, with padding removed.
-    """
+) -> BatchOutput:
+    """One padded forward pass that records ``layers`` through scoped hooks."""
     ids, mask, pos = _pad(seqs, padding_side, lm.device)
     kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "use_cache": False}
     if _accepts(lm.model, "position_ids"):
@@ -303,10 +325,9 @@ def forward_batch(
     with torch.inference_mode(), record_layers(lm, layers) as rec:
         logits = lm.model(**kwargs).logits
     width = ids.shape[1]
-    sls = [slice(0, len(s)) if padding_side == "right" else slice(width - len(s), width)
-           for s in seqs]
-    hidden = {layer: [rec[layer][b, sl] for b, sl in enumerate(sls)] for layer in layers}
-    return hidden, [logits[b, sl] for b, sl in enumerate(sls)]
+    offsets = [0 if padding_side == "right" else width - len(s) for s in seqs]
+    return BatchOutput(hidden={layer: rec[layer] for layer in layers}, logits=logits,
+                       offsets=offsets)
 
 
 # -- the run ------------------------------------------------------------------------------
@@ -369,7 +390,7 @@ def capture(
         int(p) for p in positions)
     vocab = int(first.model.get_output_embeddings().weight.shape[0])
     if max_batch_tokens is None:
-        max_batch_tokens = max(64, min(8192, 2**30 // (4 * vocab * 2 * len(models))))
+        max_batch_tokens = max(64, min(2048, 2**30 // (4 * vocab * 2 * len(models))))
     cfg = CaptureConfig(
         layers=layer_idx, positions=pos_cfg, store_dtype=store_dtype, top_k=top_k,
         logprob_positions=tuple(int(p) for p in logprob_positions), truncate=truncate,
@@ -462,87 +483,93 @@ def _run_shard(
     key: str,
     advance: Callable[[int], None],
 ) -> None:
+    """Capture one shard of prompts and write its files (tensors first, stats last)."""
     idx = list(prompt_range)
     lengths = {i: len(token_ids[i]) for i in idx}
-    order = sorted(idx, key=lambda i: (-lengths[i], i))
+    keep = {i: _rows_of(lengths[i], cfg.positions) for i in idx}
+    full_lp = {i: _rows_of(lengths[i], cfg.logprob_positions) for i in idx}
+    # Rows are stored in prompt order, whatever order the batches run in.
+    start, lp_start, acc, lp_acc = {}, {}, 0, 0
+    for i in idx:
+        start[i], lp_start[i] = acc, lp_acc
+        acc, lp_acc = acc + len(keep[i]), lp_acc + len(full_lp[i])
     dtype = torch.float16 if cfg.store_dtype == "float16" else torch.float32
-    hidden: dict[str, dict[int, dict[int, Tensor]]] = {k: {} for k in models}
-    lps: dict[str, dict[int, Tensor]] = {k: {} for k in models}
-    stat_frames: dict[int, pd.DataFrame] = {}
+    layers_of = {label: [layer_map[x] for x in cfg.layers] if (label == "tuned" and layer_map)
+                 else list(cfg.layers) for label in models}
+    buffers = {label: {layer: torch.empty((acc, lm.d_model), dtype=dtype) for layer in cfg.layers}
+               for label, lm in models.items()}
+    vocab = int(next(iter(models.values())).model.get_output_embeddings().weight.shape[0])
+    lp_buf = {label: torch.empty((lp_acc, vocab)) for label in models} if lp_acc else {}
+    frames = []
+    order = sorted(idx, key=lambda i: (-lengths[i], i))
     for batch in _batches([len(t) for t in token_ids], order, cfg):
         seqs = [token_ids[i] for i in batch]
-        logits_by: dict[str, list[Tensor]] = {}
+        dst = torch.tensor([start[i] + k for i in batch for k in range(len(keep[i]))])
+        lp_dst = torch.tensor([lp_start[i] + k for i in batch for k in range(len(full_lp[i]))])
+        logits: dict[str, Tensor] = {}
         for label, lm in models.items():
-            lay = [layer_map[x] for x in cfg.layers] if (label == "tuned" and layer_map) else list(
-                cfg.layers)
-            hid, logits = forward_batch(lm, seqs, lay, cfg.padding_side)
-            logits_by[label] = logits
-            for b, i in enumerate(batch):
-                sel = torch.tensor(_rows_of(lengths[i], cfg.positions), dtype=torch.long)
-                hidden[label][i] = {
-                    base_l: hid[model_l][b].index_select(0, sel.to(hid[model_l][b].device))
-                    .to("cpu", dtype)
-                    for base_l, model_l in zip(cfg.layers, lay)
-                }
-                if cfg.logprob_positions:
-                    lp_sel = _rows_of(lengths[i], tuple(cfg.logprob_positions))
-                    lps[label][i] = torch.log_softmax(logits[b][lp_sel].float(), -1).cpu()
-        for b, i in enumerate(batch):
-            stat_frames[i] = _stats_frame(i, seqs[b], {k: v[b] for k, v in logits_by.items()},
-                                          models, cfg.top_k)
+            res = forward_batch(lm, seqs, layers_of[label], cfg.padding_side)
+            src = res.flat_rows([keep[i] for i in batch])
+            for base_l, model_l in zip(cfg.layers, layers_of[label], strict=True):
+                h = res.hidden[model_l].reshape(-1, res.hidden[model_l].shape[-1])
+                rows = h.index_select(0, src).to("cpu", dtype)
+                buffers[label][base_l].index_copy_(0, dst, rows)
+            flat = res.logits.reshape(-1, res.logits.shape[-1])
+            logits[label] = flat.index_select(0, res.flat_rows([range(lengths[i]) for i in batch]))
+            if lp_acc:
+                lp_src = res.flat_rows([full_lp[i] for i in batch])
+                lp_buf[label].index_copy_(
+                    0, lp_dst, torch.log_softmax(flat.index_select(0, lp_src).float(), -1).cpu())
+            del res, flat
+        frames.append(_stats_frame(batch, seqs, logits, models, cfg.top_k))
         advance(sum(len(s) for s in seqs))
 
     meta = {"difflens_key": key, "shard": str(shard)}
+    prompt_col = torch.tensor([i for i in idx for _ in keep[i]], dtype=torch.long)
+    pos_col = torch.tensor([p for i in idx for p in keep[i]], dtype=torch.long)
     for label in models:
-        tensors: dict[str, Tensor] = {}
-        for layer in cfg.layers:
-            parts = [hidden[label][i][layer] for i in idx]
-            tensors[f"layer.{layer}"] = torch.cat(parts) if parts else torch.empty(0)
-        tensors["prompt_idx"] = torch.cat([torch.full((len(hidden[label][i][cfg.layers[0]]),), i,
-                                                      dtype=torch.long) for i in idx])
-        tensors["token_pos"] = torch.cat([torch.tensor(_rows_of(lengths[i], cfg.positions),
-                                                       dtype=torch.long) for i in idx])
-        if cfg.logprob_positions:
-            tensors["logprobs"] = torch.cat([lps[label][i] for i in idx])
-            tensors["logprobs_prompt_idx"] = torch.cat([
-                torch.full((len(lps[label][i]),), i, dtype=torch.long) for i in idx])
-            tensors["logprobs_pos"] = torch.cat([
-                torch.tensor(_rows_of(lengths[i], tuple(cfg.logprob_positions)),
-                             dtype=torch.long) for i in idx])
+        tensors: dict[str, Tensor] = {f"layer.{la}": buf for la, buf in buffers[label].items()}
+        tensors["prompt_idx"], tensors["token_pos"] = prompt_col, pos_col
+        if lp_acc:
+            tensors["logprobs"] = lp_buf[label]
+            tensors["logprobs_prompt_idx"] = torch.tensor(
+                [i for i in idx for _ in full_lp[i]], dtype=torch.long)
+            tensors["logprobs_pos"] = torch.tensor([p for i in idx for p in full_lp[i]],
+                                                   dtype=torch.long)
         write_tensors_atomic(out / "tensors" / label / f"{shard_name(shard)}.safetensors",
                              tensors, {**meta, "model": label})
-    frame = pd.concat([stat_frames[i] for i in idx], ignore_index=True)
-    write_parquet_atomic(out / "stats" / f"{shard_name(shard)}.parquet", frame)
+    frame = pd.concat(frames, ignore_index=True).sort_values(["prompt_idx", "pos"], kind="stable")
+    write_parquet_atomic(out / "stats" / f"{shard_name(shard)}.parquet",
+                         frame.reset_index(drop=True))
 
 
 def _stats_frame(
-    prompt: int,
-    ids: Sequence[int],
+    batch: Sequence[int],
+    seqs: Sequence[Sequence[int]],
     logits: dict[str, Tensor],
     models: dict[str, LoadedModel],
     top_k: int,
 ) -> pd.DataFrame:
-    n = len(ids)
-    ids_t = torch.tensor(ids, dtype=torch.long)
-    next_ids = torch.cat([ids_t[1:], torch.tensor([-1])])
+    """Per-token statistics of one batch (rows: every token of every sequence, in order)."""
+    ids = [t for s in seqs for t in s]
+    next_ids = torch.tensor([t for s in seqs for t in [*s[1:], -1]], dtype=torch.long)
     tokenizer = next(iter(models.values())).tokenizer
     cols: dict[str, Any] = {
-        "prompt_idx": [prompt] * n,
-        "pos": list(range(n)),
-        "token_id": list(ids),
-        "token": tokenizer.convert_ids_to_tokens(list(ids)),
+        "prompt_idx": np.repeat(np.asarray(batch, dtype=np.int64), [len(s) for s in seqs]),
+        "pos": np.concatenate([np.arange(len(s)) for s in seqs]),
+        "token_id": np.asarray(ids, dtype=np.int64),
+        "token": tokenizer.convert_ids_to_tokens(ids),
     }
-    for label, lg in logits.items():
-        st = token_stats(lg, next_ids, top_k)
+    per_model, pair = next_token_stats(logits, next_ids, top_k)
+    for label, st in per_model.items():
         cols[f"{label}_entropy"] = st.entropy.numpy()
         cols[f"{label}_logprob_next"] = st.logprob_next.numpy()
         cols[f"{label}_topk_ids"] = list(st.topk_ids.numpy().astype("int32"))
         cols[f"{label}_topk_logprobs"] = list(st.topk_logprobs.numpy())
-    if "base" in logits and "tuned" in logits:
-        ps = pair_stats(logits["base"], logits["tuned"])
-        cols["kl_tuned_base"] = ps.kl_tuned_base.numpy()
-        cols["kl_base_tuned"] = ps.kl_base_tuned.numpy()
-        cols["top1_agree"] = ps.top1_agree.numpy().astype(bool)
+    if pair is not None:
+        cols["kl_tuned_base"] = pair.kl_tuned_base.numpy()
+        cols["kl_base_tuned"] = pair.kl_base_tuned.numpy()
+        cols["top1_agree"] = pair.top1_agree.numpy().astype(bool)
     return pd.DataFrame(cols)
 
 

@@ -71,7 +71,8 @@ def read_prompts(path: str | Path, *, field: str | None = None) -> list[str]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise InputError(f"{path}:{i}: malformed JSON ({exc.msg} at column {exc.colno})")
+                raise InputError(
+                    f"{path}:{i}: malformed JSON ({exc.msg} at column {exc.colno})") from None
             if not isinstance(obj, dict) or key not in obj:
                 got = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
                 raise InputError(f"{path}:{i}: expected an object with field {key!r}, got {got}")
@@ -80,7 +81,7 @@ def read_prompts(path: str | Path, *, field: str | None = None) -> list[str]:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise InputError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg})")
+            raise InputError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg})") from None
         if not isinstance(data, list):
             raise InputError(f"{path}: expected a JSON array of prompts, got {type(data).__name__}")
         for i, item in enumerate(data):

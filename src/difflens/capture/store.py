@@ -23,11 +23,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 from jaxtyping import Float
 from torch import Tensor
 
@@ -44,13 +43,19 @@ def shard_name(i: int) -> str:
 
 
 @contextmanager
-def _atomic_file(path: Path) -> Iterator[BinaryIO]:
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success fsync it and rename it into place.
+
+    Readers see either the old file or the whole new one, never a partial write. A full
+    disk or a read-only folder becomes a one-line :class:`StoreError`.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
+        yield tmp
+        with tmp.open("rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as exc:
@@ -63,14 +68,13 @@ def _atomic_file(path: Path) -> Iterator[BinaryIO]:
             raise StoreError(f"cannot write {path}: {exc.strerror}; choose another --out") from exc
         raise
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the whole new one."""
-    with _atomic_file(path) as f:
-        f.write(data)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
@@ -82,8 +86,8 @@ def write_parquet_atomic(path: Path, df: pd.DataFrame) -> None:
     import pyarrow.parquet as pq
 
     table = pa.Table.from_pandas(df, preserve_index=False)
-    with _atomic_file(path) as f:
-        pq.write_table(table, f, compression="zstd")
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
 
 
 def write_tensors_atomic(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str]) -> None:
@@ -92,10 +96,11 @@ def write_tensors_atomic(path: Path, tensors: dict[str, Tensor], metadata: dict[
     safetensors serialises its metadata map in no fixed order, so several keys would make
     the bytes of identical shards differ between runs.
     """
-    from safetensors.torch import save
+    from safetensors.torch import save_file
 
     meta = {"difflens": json.dumps(metadata, sort_keys=True)}
-    write_bytes_atomic(path, save({k: v.contiguous() for k, v in tensors.items()}, meta))
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
 
 
 def check_writable(out: Path) -> None:
@@ -240,8 +245,9 @@ class RunStore:
         label = self._label(model)
         row = self._row(prompt)
         with safe_open(str(self._shard_file(label, int(row.shard))), "pt") as f:
-            if "logprobs" not in f.keys():
-                raise StoreError(f"{self.path} stores no full log-probs (capture logprob_positions)")
+            if "logprobs" not in f.keys():  # noqa: SIM118 (safe_open has no __contains__)
+                raise StoreError(
+                    f"{self.path} stores no full log-probs (capture with logprob_positions)")
             idx = f.get_tensor("logprobs_prompt_idx")
             sel = (idx == prompt).nonzero().flatten()
             return f.get_tensor("logprobs_pos")[sel].tolist(), f.get_tensor("logprobs")[sel]

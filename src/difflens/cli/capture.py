@@ -35,12 +35,14 @@ def capture_cmd(
 ) -> None:
     """Capture all-layer activations and next-token statistics into a run store."""
     texts = read_prompts(prompts, field=field)
-    pos = positions if positions in ("all", "last") else _ints(positions, "--positions")
+    pos: str | list[int] = (
+        positions if positions in ("all", "last") else _ints(positions, "--positions"))
     model = load_model(base, revision=revision, device=device, layers_path=layers_path)
     target = model if tuned is None else ModelPair(
         model, load_model(tuned, revision=revision, device=device, layers_path=layers_path))
     store = capture(
-        target, texts, store=out_dir, layers=layers, positions=pos, store_dtype=dtype,
+        target, texts, store=out_dir, layers=layers, positions=pos,  # type: ignore[arg-type]
+        store_dtype=dtype,
         top_k=top_k, logprob_positions=_ints(logprob_positions, "--logprob-positions"),
         truncate=not no_truncate, batch_size=batch_size, shard_mb=shard_mb, progress=True,
     )

@@ -2,6 +2,7 @@
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -25,12 +26,12 @@ def demo_cmd(
     """
     from difflens.analysis.divergence import layer_divergence, summarize_pair_stats
     from difflens.capture import capture
-    from difflens.models.tiny import EXAMPLE_PROMPTS, tiny_pair
     from difflens.capture.store import write_json_atomic
+    from difflens.models.tiny import EXAMPLE_PROMPTS, tiny_pair
 
     pair = tiny_pair(seed, planted_block=2)
     store = capture(pair, list(EXAMPLE_PROMPTS), store=out_dir / "capture", progress=True)
-    summary = {
+    summary: dict[str, Any] = {
         "example": "tiny random-weight Llama pair; tuned = base with block 2's MLP scaled",
         "capture": store.describe(),
         "pair": summarize_pair_stats(store.stats(), seed=seed),

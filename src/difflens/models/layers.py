@@ -44,7 +44,9 @@ class LayerSpec:
     """Number of blocks; captured layers run ``0..n_layers``."""
 
     def blocks(self, model: torch.nn.Module) -> list[torch.nn.Module]:
-        return list(model.get_submodule(self.path))
+        blocks = model.get_submodule(self.path)
+        assert isinstance(blocks, torch.nn.ModuleList)
+        return list(blocks)
 
     def normalize(self, layer: int) -> int:
         """Map a possibly negative layer index into ``0..n_layers``, or raise ValueError."""

