@@ -29,10 +29,10 @@ def demo_cmd(
     from difflens.capture.store import write_json_atomic
     from difflens.models.tiny import EXAMPLE_PROMPTS, tiny_pair
 
-    pair = tiny_pair(seed, planted_block=2)
+    pair = tiny_pair(seed, planted_block=2, scale=3.0)
     store = capture(pair, list(EXAMPLE_PROMPTS), store=out_dir / "capture", progress=True)
     summary: dict[str, Any] = {
-        "example": "tiny random-weight Llama pair; tuned = base with block 2's MLP scaled",
+        "example": "tiny random-weight Llama pair; tuned = base with block 2's MLP output x4",
         "capture": store.describe(),
         "pair": summarize_pair_stats(store.stats(), seed=seed),
         "layer_divergence": layer_divergence(store),
@@ -40,8 +40,8 @@ def demo_cmd(
     write_json_atomic(out_dir / "summary.json", summary)
     kl = summary["pair"]["kl_tuned_base"]
     out.print(f"[green]demo written to[/] {out_dir}")
-    out.print(f"KL(tuned‖base) mean {kl['mean']:.4f} nats [95% CI {kl['ci95'][0]:.4f}, "
-              f"{kl['ci95'][1]:.4f}] over n={kl['n']} tokens")
+    out.print(f"KL(tuned‖base) mean {kl['mean']:.3g} nats [95% CI {kl['ci95'][0]:.3g}, "
+              f"{kl['ci95'][1]:.3g}] over n={kl['n']} tokens")
     first = next((d for d in summary["layer_divergence"] if d["max_abs_diff"] > 0), None)
     out.print(f"first layer where base and tuned differ: {first['layer'] if first else 'none'}")
     print(json.dumps({"summary": str(out_dir / "summary.json")}))
