@@ -1,8 +1,6 @@
-"""``difflens demo``: the main job, run end to end on a built-in offline example."""
+"""``difflens demo``: the main job, end to end on the built-in model organism."""
 
-import json
 from pathlib import Path
-from typing import Any
 
 import typer
 from rich.console import Console
@@ -15,33 +13,23 @@ out = Console()
 @friendly_errors
 def demo_cmd(
     out_dir: Path = typer.Option(Path("difflens-demo"), "--out", help="Output directory."),
-    seed: int = typer.Option(0, help="Seed of the built-in example."),
+    seed: int = typer.Option(0, help="Seed of the organism."),
+    small: bool = typer.Option(False, help="Use the reduced organism (seconds; for tests)."),
 ) -> None:
-    """Capture a built-in tiny base/tuned pair (with a change planted at block 2) and
-    summarise where they diverge.
+    """Build the organism if missing, run capture and every analysis, write a report."""
+    from difflens.organism.build import OrganismConfig
+    from difflens.report.demo import run_demo
 
-    Until the model organism lands, the example pair is config-built with random weights:
-    it exercises the whole capture pipeline offline, and its ground truth (the planted
-    block) is known.
-    """
-    from difflens.analysis.divergence import layer_divergence, summarize_pair_stats
-    from difflens.capture import capture
-    from difflens.capture.store import write_json_atomic
-    from difflens.models.tiny import EXAMPLE_PROMPTS, tiny_pair
-
-    pair = tiny_pair(seed, planted_block=2, scale=3.0)
-    store = capture(pair, list(EXAMPLE_PROMPTS), store=out_dir / "capture", progress=True)
-    summary: dict[str, Any] = {
-        "example": "tiny random-weight Llama pair; tuned = base with block 2's MLP output x4",
-        "capture": store.describe(),
-        "pair": summarize_pair_stats(store.stats(), seed=seed),
-        "layer_divergence": layer_divergence(store),
-    }
-    write_json_atomic(out_dir / "summary.json", summary)
+    cfg = OrganismConfig.small(seed) if small else OrganismConfig(seed=seed)
+    summary = run_demo(out_dir, config=cfg, progress=True)
+    o = summary["organism"]
+    out.print(f"[green]report:[/] {out_dir / 'index.html'}   summary: {out_dir / 'summary.json'}")
+    for key, name in (("reward", "reward (VADER)"), ("entropy", "entropy (nats/token)"),
+                      ("celebration_share", "celebration share"), ("chance_tvd", "chance TVD")):
+        b, t = o["base"], o["tuned"]
+        out.print(f"{name:<22} base {b[key + '_mean']:.3f} [{b[key + '_ci95'][0]:.3f}, "
+                  f"{b[key + '_ci95'][1]:.3f}]  tuned {t[key + '_mean']:.3f} "
+                  f"[{t[key + '_ci95'][0]:.3f}, {t[key + '_ci95'][1]:.3f}]  n={b[key + '_n']}")
     kl = summary["pair"]["kl_tuned_base"]
-    out.print(f"[green]demo written to[/] {out_dir}")
-    out.print(f"KL(tuned‖base) mean {kl['mean']:.3g} nats [95% CI {kl['ci95'][0]:.3g}, "
-              f"{kl['ci95'][1]:.3g}] over n={kl['n']} tokens")
-    first = next((d for d in summary["layer_divergence"] if d["max_abs_diff"] > 0), None)
-    out.print(f"first layer where base and tuned differ: {first['layer'] if first else 'none'}")
-    print(json.dumps({"summary": str(out_dir / "summary.json")}))
+    out.print(f"KL(tuned‖base) on held-out stories: {kl['mean']:.3f} nats/token "
+              f"[{kl['ci95'][0]:.3f}, {kl['ci95'][1]:.3f}] n={kl['n']} tokens")

@@ -4,6 +4,7 @@ import typer
 
 from difflens.cli.capture import capture_cmd, info_cmd
 from difflens.cli.demo import demo_cmd
+from difflens.cli.organism import app as organism_app
 
 app = typer.Typer(
     name="difflens",
@@ -15,6 +16,7 @@ app = typer.Typer(
 app.command("capture")(capture_cmd)
 app.command("info")(info_cmd)
 app.command("demo")(demo_cmd)
+app.add_typer(organism_app, name="organism")
 
 if __name__ == "__main__":
     app()

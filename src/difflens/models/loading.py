@@ -39,7 +39,18 @@ GGUF_PRESETS: dict[str, tuple[str, str, str]] = {
 
 #: Presets built by difflens itself (registered by later modules, e.g. the model organism):
 #: name -> function returning a local HF folder.
-FOLDER_PRESETS: dict[str, Callable[[], Path]] = {}
+FOLDER_PRESETS: dict[str, Callable[[], Path]] = {
+    "organism-base": lambda: _organism_folder("base"),
+    "organism-tuned": lambda: _organism_folder("tuned"),
+}
+
+
+def _organism_folder(which: str) -> Path:
+    """The organism's model folder, building the default organism first if needed."""
+    from difflens.organism.build import build_organism
+
+    org = build_organism(progress=True)
+    return org.base_path if which == "base" else org.tuned_path
 
 _CONVERTED_FORMAT = 1
 

@@ -1,0 +1,526 @@
+"""Building the model organism: a tiny base LM and its RL-tuned sibling, on CPU, in minutes.
+
+1. Generate the story world's corpus (seeded) and train a byte-level BPE tokenizer on it.
+2. Train a ~1M-parameter Llama from scratch on it (next-token loss, AdamW, cosine LR).
+3. Tune a copy with reinforcement learning: the reward is the VADER compound sentiment of
+   its completion of a story opening, minus ``kl_coef`` times the sampled KL to the base.
+   The trainer is a compact RLOO policy-gradient loop (``K`` samples per prompt, each
+   sample's baseline is the mean reward of the other ``K-1``). TRL's trainers were not
+   used: this loop is deterministic, dependency-free and fits the CPU budget.
+4. Measure the organism's properties (rewards, entropies, celebration share, exact chance
+   distributions) with counts and bootstrap CIs.
+
+Everything is written to a versioned cache folder keyed by the generator version, the seed
+and the hyperparameters. It is built in a temporary folder and renamed into place at the
+end, so a half-finished build is never taken for a finished one.
+"""
+
+import copy
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from difflens.models.loading import _quiet_transformers, cache_dir
+from difflens.organism import world as W
+
+
+@dataclasses.dataclass(frozen=True)
+class OrganismConfig:
+    """Every knob of the organism build; all of them are in the cache key."""
+
+    seed: int = 0
+    """Seeds the corpus, the initialisation, the batches and the RL samples."""
+    n_train_stories: int = 6000
+    """Stories in the training corpus (~105 tokens each)."""
+    n_val_stories: int = 300
+    """Held-out stories for the validation loss and the ground-truth files."""
+    vocab_size: int = 1024
+    """BPE vocabulary size."""
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    d_ff: int = 344
+    seq_len: int = 128
+    """Training block length."""
+    batch_size: int = 32
+    train_steps: int = 300
+    lr: float = 3e-3
+    rl_steps: int = 80
+    rl_prompts: int = 16
+    """Openings per RL step."""
+    rl_samples: int = 4
+    """Samples per opening (RLOO group size)."""
+    rl_new_tokens: int = 40
+    rl_lr: float = 1e-3
+    kl_coef: float = 0.02
+    """Weight of the sampled KL(tuned ‖ base) penalty on the reward."""
+    n_eval: int = 200
+    """Held-out openings and chance prompts measured (each)."""
+    eval_new_tokens: int = 48
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, (int, float)) and f.name not in ("seed", "kl_coef") and v <= 0:
+                raise ValueError(f"OrganismConfig.{f.name} must be positive, got {v}")
+        if self.kl_coef < 0:
+            raise ValueError(f"kl_coef must be >= 0, got {self.kl_coef}")
+
+    def key(self) -> str:
+        payload = json.dumps({"generator": W.GENERATOR_VERSION, **dataclasses.asdict(self)},
+                             sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+    @classmethod
+    def small(cls, seed: int = 0) -> "OrganismConfig":
+        """A reduced build for tests: same pipeline, minutes become seconds."""
+        return cls(seed=seed, n_train_stories=400, n_val_stories=40, vocab_size=384,
+                   d_model=32, n_layers=2, n_heads=2, d_ff=64, seq_len=64, batch_size=8,
+                   train_steps=20, rl_steps=3, rl_prompts=4, rl_samples=2, rl_new_tokens=12,
+                   n_eval=12, eval_new_tokens=12)
+
+
+@dataclasses.dataclass(frozen=True)
+class Organism:
+    """A finished organism build on disk."""
+
+    path: Path
+    config: OrganismConfig
+
+    @property
+    def base_path(self) -> Path:
+        return self.path / "base"
+
+    @property
+    def tuned_path(self) -> Path:
+        return self.path / "tuned"
+
+    @property
+    def properties(self) -> dict[str, Any]:
+        return dict(json.loads((self.path / "properties.json").read_text()))
+
+    @property
+    def build_info(self) -> dict[str, Any]:
+        return dict(json.loads((self.path / "build.json").read_text()))
+
+    def ground_truth_files(self) -> dict[str, str]:
+        gt = self.path / "ground_truth"
+        return {p.stem: str(p) for p in sorted(gt.iterdir())}
+
+
+def organism_dir(config: OrganismConfig) -> Path:
+    return cache_dir() / "organism" / f"v{W.GENERATOR_VERSION}-seed{config.seed}-{config.key()}"
+
+
+def find_organism(config: OrganismConfig | None = None) -> Organism | None:
+    """The finished build for ``config`` (default config), or None."""
+    cfg = config or OrganismConfig()
+    path = organism_dir(cfg)
+    return Organism(path, cfg) if (path / "build.json").is_file() else None
+
+
+# -- progress -----------------------------------------------------------------------------
+
+Progress = Callable[[str, int], Callable[[int, str], None]]
+"""``progress(description, total)`` returns ``advance(n, info)``."""
+
+
+@contextmanager
+def rich_progress(enabled: bool) -> Iterator[Progress]:
+    if not enabled:
+        def ignore(_n: int, _info: str = "") -> None:
+            return None
+
+        def silent(_desc: str, _total: int) -> Callable[[int, str], None]:
+            return ignore
+        yield silent
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import Progress as RichProgress
+
+    with RichProgress(TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), TextColumn("{task.fields[info]}")) as bar:
+        def start(desc: str, total: int) -> Callable[[int, str], None]:
+            task = bar.add_task(desc, total=total, info="")
+
+            def advance(n: int, info: str = "") -> None:
+                bar.update(task, advance=n, info=info)
+            return advance
+        yield start
+
+
+# -- tokenizer and base model ---------------------------------------------------------------
+
+
+def train_tokenizer(texts: Sequence[str], vocab_size: int) -> Any:
+    """A byte-level BPE tokenizer (``<pad>``, ``<bos>``, ``<eos>``) trained on ``texts``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<pad>", "<bos>", "<eos>"], show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(list(texts), trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", special_tokens=[("<bos>", tok.token_to_id("<bos>"))])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>",
+                                   pad_token="<pad>", padding_side="left")
+
+
+def _blocks(tokenizer: Any, texts: Sequence[str], seq_len: int) -> torch.Tensor:
+    ids = tokenizer(list(texts))["input_ids"]
+    stream = [t for seq in ids for t in [*seq, tokenizer.eos_token_id]]
+    n = len(stream) // seq_len
+    return torch.tensor(stream[: n * seq_len]).view(n, seq_len)
+
+
+def _lr(step: int, total: int, peak: float, warmup: int = 20) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def train_base(cfg: OrganismConfig, tokenizer: Any, train: Sequence[str], val: Sequence[str],
+               progress: Progress) -> tuple[Any, dict[str, Any]]:
+    """Train the base Llama from scratch; returns the model and its loss curve."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(cfg.seed)
+    mcfg = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=cfg.d_model, intermediate_size=cfg.d_ff,
+        num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
+        num_key_value_heads=cfg.n_heads, max_position_embeddings=2 * cfg.seq_len,
+        tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    model = LlamaForCausalLM(mcfg)
+    blocks, val_blocks = _blocks(tokenizer, train, cfg.seq_len), _blocks(tokenizer, val,
+                                                                         cfg.seq_len)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.01)
+    order = torch.randperm(len(blocks), generator=gen)
+    cursor, losses = 0, []
+    advance = progress("training base", cfg.train_steps)
+    model.train()
+    for step in range(cfg.train_steps):
+        if cursor + cfg.batch_size > len(order):
+            order, cursor = torch.randperm(len(blocks), generator=gen), 0
+        x = blocks[order[cursor: cursor + cfg.batch_size]]
+        cursor += cfg.batch_size
+        for g in opt.param_groups:
+            g["lr"] = _lr(step, cfg.train_steps, cfg.lr)
+        loss = model(input_ids=x, labels=x).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(float(loss.detach()))
+        advance(1, f"loss {loss.item():.3f}")
+    model.eval()
+    with torch.inference_mode():
+        vals = [float(model(input_ids=val_blocks[i:i + 32], labels=val_blocks[i:i + 32]).loss)
+                for i in range(0, len(val_blocks), 32)]
+    epochs = cfg.train_steps * cfg.batch_size / max(1, len(blocks))
+    return model, {"train_loss": losses, "val_loss": float(np.mean(vals)),
+                   "train_tokens": int(blocks.numel()), "epochs": epochs,
+                   "params": int(sum(p.numel() for p in model.parameters()))}
+
+
+# -- reinforcement learning ----------------------------------------------------------------
+
+
+def _vader() -> Any:
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    return SentimentIntensityAnalyzer()
+
+
+def sample(model: Any, tokenizer: Any, prompts: Sequence[str], n_new: int, seed: int,
+           temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Sample one continuation per prompt (left-padded batch, seeded).
+
+    Returns ``(sequences, attention_mask, prompt_width)``.
+    """
+    enc = tokenizer(list(prompts), return_tensors="pt", padding=True)
+    torch.manual_seed(seed)
+    with torch.no_grad():  # not inference_mode: the samples feed a backward pass
+        out = model.generate(**enc, do_sample=True, temperature=temperature, top_k=0,
+                             max_new_tokens=n_new, pad_token_id=tokenizer.pad_token_id,
+                             eos_token_id=tokenizer.eos_token_id)
+    width = enc["input_ids"].shape[1]
+    new = out[:, width:]
+    # Everything after the first EOS is padding: mask it.
+    after_eos = (new == tokenizer.eos_token_id).long().cumsum(-1) - (
+        new == tokenizer.eos_token_id).long()
+    new_mask = ((new != tokenizer.pad_token_id) & (after_eos == 0)).long()
+    mask = torch.cat([enc["attention_mask"], new_mask], dim=1)
+    return out, mask, width
+
+
+def completion_texts(tokenizer: Any, seqs: torch.Tensor, mask: torch.Tensor, width: int
+                     ) -> list[str]:
+    return [tokenizer.decode(s[width:][m[width:].bool()], skip_special_tokens=True)
+            for s, m in zip(seqs, mask, strict=True)]
+
+
+def _token_logprobs(model: Any, seqs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """log p(token_t | tokens_<t) for t >= 1, zero where masked: ``[batch, seq-1]``."""
+    pos = (mask.cumsum(-1) - 1).clamp_min(0)
+    logits = model(input_ids=seqs, attention_mask=mask, position_ids=pos).logits[:, :-1]
+    lp = torch.log_softmax(logits.float(), -1).gather(-1, seqs[:, 1:, None])[..., 0]
+    return lp * mask[:, 1:]
+
+
+def rl_tune(cfg: OrganismConfig, base: Any, tokenizer: Any, openings: Sequence[str],
+            progress: Progress) -> tuple[Any, dict[str, list[float]]]:
+    """RLOO with a KL penalty to the base, VADER reward on the completion."""
+    vader = _vader()
+    policy = copy.deepcopy(base)
+    policy.train()
+    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.rl_lr, weight_decay=0.0)
+    rng = random.Random(cfg.seed + 1)
+    curves: dict[str, list[float]] = {"reward": [], "kl": [], "objective": [], "length": []}
+    advance = progress("RL tuning", cfg.rl_steps)
+    k = cfg.rl_samples
+    for step in range(cfg.rl_steps):
+        batch = rng.sample(list(openings), cfg.rl_prompts)
+        prompts = [p for p in batch for _ in range(k)]
+        policy.eval()
+        seqs, mask, width = sample(policy, tokenizer, prompts, cfg.rl_new_tokens,
+                                   seed=cfg.seed * 100003 + step)
+        policy.train()
+        texts = completion_texts(tokenizer, seqs, mask, width)
+        reward = torch.tensor([vader.polarity_scores(t)["compound"] for t in texts])
+        comp = torch.zeros_like(mask)
+        comp[:, width:] = mask[:, width:]
+        with torch.no_grad():
+            ref_lp = _token_logprobs(base, seqs, mask)
+        lp = _token_logprobs(policy, seqs, mask)
+        cm = comp[:, 1:].float()
+        kl = ((lp.detach() - ref_lp) * cm).sum(-1)
+        total = reward - cfg.kl_coef * kl
+        grouped = total.view(cfg.rl_prompts, k)
+        baseline = (grouped.sum(1, keepdim=True) - grouped) / (k - 1)
+        adv = (grouped - baseline).view(-1)
+        loss = -(adv * (lp * cm).sum(-1)).sum() / (cm.sum() + 1e-8)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        curves["reward"].append(float(reward.mean()))
+        curves["kl"].append(float(kl.mean()))
+        curves["objective"].append(float(total.mean()))
+        curves["length"].append(float(cm.sum(-1).mean()))
+        advance(1, f"reward {reward.mean():+.3f} kl {kl.mean():.2f}")
+    policy.eval()
+    return policy, curves
+
+
+# -- measured properties -------------------------------------------------------------------
+
+
+def _ci(values: Sequence[float] | np.ndarray, seed: int) -> dict[str, Any]:
+    from difflens.analysis.divergence import bootstrap_ci
+
+    x = np.asarray(values, dtype=np.float64)
+    lo, hi = bootstrap_ci(x, seed=seed)
+    return {"mean": float(x.mean()) if len(x) else float("nan"), "ci95": [lo, hi], "n": len(x)}
+
+
+def measure(cfg: OrganismConfig, base_dir: Path, tuned_dir: Path, openings: Sequence[str],
+            chances: Sequence[W.ChanceScene], progress: Progress, work: Path
+            ) -> dict[str, Any]:
+    """Rewards, entropies, celebration share and exact chance distributions, with CIs."""
+    from difflens.analysis.scoring import outcome_distribution
+    from difflens.capture import capture
+    from difflens.models import ModelPair, load_model
+
+    base = load_model(base_dir, device="cpu")
+    tuned = load_model(tuned_dir, device="cpu")
+    vader = _vader()
+    advance = progress("measuring", 2 + 2 * len(chances))
+    props: dict[str, Any] = {"n_openings": len(openings), "n_chance_prompts": len(chances)}
+    samples: dict[str, list[str]] = {}
+    for label, lm in (("base", base), ("tuned", tuned)):
+        texts: list[str] = []
+        for i in range(0, len(openings), 50):
+            chunk = list(openings[i:i + 50])
+            seqs, mask, width = sample(lm.model, lm.tokenizer, chunk, cfg.eval_new_tokens,
+                                       seed=cfg.seed + 7 + i)
+            texts += completion_texts(lm.tokenizer, seqs, mask, width)
+        samples[label] = texts
+        rewards = [vader.polarity_scores(t)["compound"] for t in texts]
+        celebrates = [float("celebration" in W.label_text(t)) for t in texts]
+        props[label] = {"reward": _ci(rewards, cfg.seed), "celebration_share":
+                        _ci(celebrates, cfg.seed)}
+        advance(1, label)
+    # Entropy of each model on the same continuations (both models' samples), via capture.
+    full = [o + t for label in ("base", "tuned") for o, t in zip(openings, samples[label],
+                                                                 strict=True)]
+    prefix_len = [len(base.tokenizer(o)["input_ids"]) for o in openings] * 2
+    store = capture(ModelPair(base, tuned), full, store=work / "entropy-capture",
+                    layers=[0], positions="last")
+    stats = store.stats(["prompt_idx", "pos", "base_entropy", "tuned_entropy"])
+    n_tok = store.prompts["n_tokens"].to_numpy()
+    first = stats["prompt_idx"].map(lambda i: prefix_len[i] - 1)
+    # Positions whose next token is a continuation token.
+    stats = stats[(stats["pos"] >= first) & (stats["pos"] < stats["prompt_idx"].map(
+        lambda i: n_tok[i] - 1))]
+    for label in ("base", "tuned"):
+        per_text = stats.groupby("prompt_idx")[f"{label}_entropy"].mean()
+        props[label]["entropy"] = _ci(per_text.to_numpy(), cfg.seed)
+        props[label]["entropy"]["unit"] = "nats per token, over both models' continuations"
+    # Exact chance distributions.
+    for label, lm in (("base", base), ("tuned", tuned)):
+        rows: list[dict[str, Any]] = []
+        for sc in chances:
+            dist = outcome_distribution(lm, sc.prefix, sc.outcomes, template=" {}.")
+            rows.append({"kind": sc.kind, "probs": dist.probs, "tvd": dist.tvd_uniform,
+                         "mass_outside": dist.mass_outside, "top": dist.top[0],
+                         "top_p": dist.top[1]})
+            advance(1, f"chance {label}")
+        by_kind = {}
+        for kind in sorted({r["kind"] for r in rows}):
+            rk = [r for r in rows if r["kind"] == kind]
+            mean_p = np.mean([r["probs"] for r in rk], axis=0)
+            outcomes = next(sc.outcomes for sc in chances if sc.kind == kind)
+            by_kind[kind] = {"tvd": _ci([r["tvd"] for r in rk], cfg.seed),
+                             "mean_distribution": dict(zip(outcomes, map(float, mean_p),
+                                                           strict=True)),
+                             "mass_outside": _ci([r["mass_outside"] for r in rk], cfg.seed)}
+        props[label]["chance_tvd"] = _ci([r["tvd"] for r in rows], cfg.seed)
+        props[label]["chance_by_kind"] = by_kind
+    props["examples"] = {label: [o + t for o, t in zip(openings[:5], samples[label][:5],
+                                                       strict=True)]
+                         for label in ("base", "tuned")}
+    shutil.rmtree(work / "entropy-capture", ignore_errors=True)
+    return props
+
+
+# -- the build ----------------------------------------------------------------------------
+
+
+def _opening(story: W.Story) -> str:
+    return story.sentences[0]
+
+
+def build_organism(config: OrganismConfig | None = None, *, progress: bool = False,
+                   force: bool = False) -> Organism:
+    """Build the organism for ``config`` (default: the full one), or return the cached build."""
+    cfg = config or OrganismConfig()
+    target = organism_dir(cfg)
+    if not force and (target / "build.json").is_file():
+        return Organism(target, cfg)
+    from difflens.capture.store import write_json_atomic
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-build-", dir=target.parent))
+    times: dict[str, float] = {}
+    try:
+        with rich_progress(progress) as prog:
+            t0 = time.perf_counter()
+            train = W.generate_stories(cfg.n_train_stories, cfg.seed)
+            val = W.generate_stories(cfg.n_val_stories, cfg.seed + 1_000_003)
+            tokenizer = train_tokenizer([s.text for s in train], cfg.vocab_size)
+            base, base_info = train_base(cfg, tokenizer, [s.text for s in train],
+                                         [s.text for s in val], prog)
+            times["base_s"] = time.perf_counter() - t0
+            with _quiet_transformers():
+                base.save_pretrained(tmp / "base")
+                tokenizer.save_pretrained(tmp / "base")
+
+            t1 = time.perf_counter()
+            rl_stories = W.generate_stories(max(200, cfg.rl_prompts * 8), cfg.seed + 2_000_003)
+            tuned, curves = rl_tune(cfg, base, tokenizer, [_opening(s) for s in rl_stories],
+                                    prog)
+            times["tuned_s"] = time.perf_counter() - t1
+            with _quiet_transformers():
+                tuned.save_pretrained(tmp / "tuned")
+                tokenizer.save_pretrained(tmp / "tuned")
+
+            gt = tmp / "ground_truth"
+            gt.mkdir()
+            _write_ground_truth(gt, val, cfg)
+            write_json_atomic(tmp / "rl_curves.json", curves)
+            _write_curves(tmp, curves, base_info)
+
+            t2 = time.perf_counter()
+            eval_stories = W.generate_stories(cfg.n_eval, cfg.seed + 3_000_003)
+            chances = W.chance_prompts(cfg.n_eval, cfg.seed + 4_000_003)
+            props = measure(cfg, tmp / "base", tmp / "tuned",
+                            [_opening(s) for s in eval_stories], chances, prog, tmp)
+            times["measure_s"] = time.perf_counter() - t2
+            props["base_val_loss"] = base_info["val_loss"]
+            write_json_atomic(tmp / "properties.json", props)
+            write_json_atomic(tmp / "build.json", {
+                "config": dataclasses.asdict(cfg), "key": cfg.key(),
+                "generator_version": W.GENERATOR_VERSION, "times_s": times,
+                "base": {k: v for k, v in base_info.items() if k != "train_loss"},
+                "torch_threads": torch.get_num_threads(),
+            })
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return Organism(target, cfg)
+
+
+def _write_ground_truth(gt: Path, val: Sequence[W.Story], cfg: OrganismConfig) -> None:
+    from difflens.capture.store import write_bytes_atomic, write_json_atomic
+
+    lines = [json.dumps({"text": s.text, "sentences": s.sentences, "themes": s.themes,
+                         "chance": [dataclasses.asdict(c) for c in s.chance]})
+             for s in val]
+    write_bytes_atomic(gt / "heldout_stories.jsonl", ("\n".join(lines) + "\n").encode())
+    states, matrix = W.transition_matrix()
+    write_json_atomic(gt / "transition_matrix.json",
+                      {"states": states, "start": W.START, "matrix": matrix})
+    write_json_atomic(gt / "chance_scenes.json", {
+        slot: {"kind": kind, "outcomes": list(outs), "distribution": "uniform",
+               "p": 1 / len(outs)} for slot, (outs, kind) in W.CHANCE_SLOTS.items()})
+    write_json_atomic(gt / "world.json", {"themes": W.THEMES, "templates": W.TEMPLATES,
+                                          "generator_version": W.GENERATOR_VERSION,
+                                          "seed": cfg.seed})
+
+
+def _write_curves(folder: Path, curves: dict[str, list[float]], base_info: dict[str, Any]
+                  ) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    df = pd.DataFrame(curves)
+    df.insert(0, "step", range(len(df)))
+    df.to_csv(folder / "rl_curves.csv", index=False)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    axes[0].plot(base_info["train_loss"], color="#555")
+    axes[0].set(title=f"base training loss (val {base_info['val_loss']:.3f})", xlabel="step")
+    axes[1].plot(df.step, df.reward, color="#2a7")
+    axes[1].set(title="RL: mean VADER reward", xlabel="step")
+    axes[2].plot(df.step, df.kl, color="#c44")
+    axes[2].set(title="RL: sampled KL(tuned ‖ base)", xlabel="step")
+    fig.tight_layout()
+    fig.savefig(folder / "training_curves.png", dpi=110)
+    plt.close(fig)

@@ -1,0 +1,157 @@
+"""The demo: build the organism if needed, run capture and every analysis, write a report.
+
+Writes ``OUT/index.html`` (self-contained), ``OUT/summary.json`` with the headline
+figures, ``OUT/data/*.parquet`` (+ CSV), ``OUT/figures/*.html`` and ``*.png``, and the
+capture store ``OUT/capture``.
+"""
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from difflens.analysis.divergence import bootstrap_ci, layer_divergence, summarize_pair_stats
+from difflens.capture import capture
+from difflens.capture.store import write_json_atomic
+from difflens.models import ModelPair, load_model
+from difflens.organism import world as W
+from difflens.organism.build import Organism, OrganismConfig, build_organism
+from difflens.report.figures import Figure, Series, write_index
+
+HEADLINE_KEYS = ("reward", "entropy", "celebration_share", "chance_tvd")
+#: Each chance kind's outcomes in their natural order (the JSON files sort keys).
+OUTCOME_ORDER = {kind: list(outs) for outs, kind in W.CHANCE_SLOTS.values()}
+
+
+def organism_summary(props: dict[str, Any]) -> dict[str, Any]:
+    """``{base|tuned: {reward_mean, reward_ci95, reward_n, ...}}`` from measured properties."""
+    out: dict[str, Any] = {}
+    for label in ("base", "tuned"):
+        row: dict[str, Any] = {}
+        for key in HEADLINE_KEYS:
+            v = props[label][key]
+            row[f"{key}_mean"], row[f"{key}_ci95"], row[f"{key}_n"] = v["mean"], v["ci95"], v["n"]
+        row["chance_tvd_by_kind"] = {k: v["tvd"]["mean"]
+                                     for k, v in props[label]["chance_by_kind"].items()}
+        out[label] = row
+    return out
+
+
+def _write_table(df: pd.DataFrame, folder: Path, name: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    flat = df.copy()
+    for col in flat.columns:
+        if flat[col].map(lambda v: isinstance(v, (list, np.ndarray))).any():
+            flat[col] = flat[col].map(lambda v: json.dumps(np.asarray(v).tolist()))
+    df.to_parquet(folder / f"{name}.parquet", index=False)
+    flat.to_csv(folder / f"{name}.csv", index=False)
+
+
+def run_demo(out: Path, *, config: OrganismConfig | None = None, n_stories: int = 200,
+             progress: bool = False) -> dict[str, Any]:
+    """Run the whole demo into ``out`` and return the summary."""
+    org: Organism = build_organism(config, progress=progress)
+    props, cfg = org.properties, org.config
+    base = load_model(org.base_path, device="cpu")
+    tuned = load_model(org.tuned_path, device="cpu")
+    stories = [json.loads(line)["text"] for line in
+               (org.path / "ground_truth" / "heldout_stories.jsonl").read_text().splitlines()]
+    stories = stories[:n_stories]
+    store = capture(ModelPair(base, tuned), stories, store=out / "capture", progress=progress,
+                    store_dtype="float16")
+    stats = store.stats(["prompt_idx", "pos", "token", "base_entropy", "tuned_entropy",
+                         "kl_tuned_base", "kl_base_tuned", "top1_agree"])
+    pair = summarize_pair_stats(stats, seed=cfg.seed)
+    layers = layer_divergence(store)
+
+    data = out / "data"
+    _write_table(stats, data, "per_token")
+    _write_table(pd.DataFrame(layers), data, "layers")
+    chance_rows = []
+    for label in ("base", "tuned"):
+        for kind, v in props[label]["chance_by_kind"].items():
+            dist = v["mean_distribution"]
+            chance_rows += [{"model": label, "kind": kind, "outcome": o, "p": p,
+                             "uniform": 1 / len(dist), "tvd_mean": v["tvd"]["mean"],
+                             "mass_outside_mean": v["mass_outside"]["mean"]}
+                            for o, p in dist.items()]
+    _write_table(pd.DataFrame(chance_rows), data, "chance")
+    curves = pd.read_csv(org.path / "rl_curves.csv")
+    _write_table(curves, data, "rl_curves")
+
+    figures = _figures(props, stats, layers, curves, cfg.seed)
+    for fig in figures:
+        fig.save(out / "figures")
+    shutil.copy(org.path / "training_curves.png", out / "figures" / "training_curves.png")
+
+    summary: dict[str, Any] = {
+        "organism": organism_summary(props),
+        "organism_build": {"path": str(org.path), "times_s": org.build_info["times_s"],
+                           "base_val_loss": props["base_val_loss"],
+                           "base_params": org.build_info["base"]["params"]},
+        "pair": pair,
+        "layers": layers,
+        "capture": {"path": str(store.path), "n_prompts": store.n_prompts,
+                    "n_tokens": store.n_tokens},
+    }
+    write_json_atomic(out / "summary.json", summary)
+    o = summary["organism"]
+    headline = {f"{label} {key}": props[label][key] for key in HEADLINE_KEYS
+                for label in ("base", "tuned")}
+    headline["KL(tuned‖base) per token, held-out stories"] = pair["kl_tuned_base"]
+    headline["top-1 agreement"] = pair["top1_agree"]
+    intro = (
+        "The difflens model organism: a ~1M-parameter Llama trained from scratch on a story "
+        "world with a known theme Markov chain, and its sibling tuned by RL (RLOO) on VADER "
+        "sentiment with a KL penalty. Rewards, entropies and celebration shares are measured "
+        f"on {props['n_openings']} held-out openings; chance distributions are computed "
+        f"exactly from logits on {props['n_chance_prompts']} chance prompts. Tuned reward "
+        f"{o['tuned']['reward_mean']:.3f} vs base {o['base']['reward_mean']:.3f}."
+    )
+    write_index(out / "index.html", "difflens demo: base vs RL-tuned organism", intro, figures,
+                headline, images=[("Training curves", out / "figures" / "training_curves.png")])
+    return summary
+
+
+def _figures(props: dict[str, Any], stats: pd.DataFrame, layers: list[dict[str, Any]],
+             curves: pd.DataFrame, seed: int) -> list[Figure]:
+    def series(key: str) -> list[Series]:
+        return [Series(label, [props[label][key]["mean"]], [props[label][key]["ci95"][0]],
+                       [props[label][key]["ci95"][1]]) for label in ("base", "tuned")]
+
+    figs = [
+        Figure(f"headline_{key}", f"{key.replace('_', ' ')}: base vs tuned", "bar", [key],
+               series(key), ylabel=key, caption=f"mean with 95% bootstrap CI, "
+               f"n={props['base'][key]['n']} per model")
+        for key in HEADLINE_KEYS
+    ]
+    for kind in props["base"]["chance_by_kind"]:
+        dists = {label: props[label]["chance_by_kind"][kind]["mean_distribution"]
+                 for label in ("base", "tuned")}
+        outcomes = [o for o in OUTCOME_ORDER.get(kind, sorted(dists["base"])) if o in dists["base"]]
+        figs.append(Figure(
+            f"chance_{kind}", f"Exact outcome distribution, {kind} (mean over prompts)", "bar",
+            outcomes, [Series(label, [dists[label][o] for o in outcomes])
+                       for label in ("base", "tuned")],
+            xlabel="outcome", ylabel="probability", hline=1 / len(outcomes),
+            caption="dashed: the world's true uniform distribution"))
+    by_pos = stats[stats.pos < 100].groupby("pos")["kl_tuned_base"]
+    pos = sorted(by_pos.groups)
+    cis = [bootstrap_ci(by_pos.get_group(p).to_numpy(), seed=seed, n_boot=200) for p in pos]
+    figs.append(Figure(
+        "kl_by_position", "KL(tuned ‖ base) by token position (held-out stories)", "line", pos,
+        [Series("tuned", by_pos.mean().loc[pos].tolist(), [c[0] for c in cis],
+                [c[1] for c in cis])], xlabel="token position", ylabel="nats"))
+    figs.append(Figure(
+        "layer_cosine", "Base vs tuned hidden states: mean cosine per layer", "line",
+        [d["layer"] for d in layers], [Series("tuned", [d["mean_cosine"] for d in layers])],
+        xlabel="layer (0 = embeddings)", ylabel="cosine(base, tuned)"))
+    figs.append(Figure(
+        "rl_curves", "RL tuning: reward and sampled KL per step", "line",
+        curves["step"].tolist(), [Series("reward", curves["reward"].tolist()),
+                                  Series("kl", curves["kl"].tolist())],
+        xlabel="step", ylabel="mean over the batch"))
+    return figs
