@@ -18,7 +18,7 @@ def demo_cmd(
 ) -> None:
     """Build the organism if missing, run capture and every analysis, write a report."""
     from difflens.organism.build import OrganismConfig
-    from difflens.report.demo import run_demo
+    from difflens.report.demo import MEAN_KEY, run_demo
 
     cfg = OrganismConfig.small(seed) if small else OrganismConfig(seed=seed)
     summary = run_demo(out_dir, config=cfg, progress=True)
@@ -27,8 +27,9 @@ def demo_cmd(
     for key, name in (("reward", "reward (VADER)"), ("entropy", "entropy (nats/token)"),
                       ("celebration_share", "celebration share"), ("chance_tvd", "chance TVD")):
         b, t = o["base"], o["tuned"]
-        out.print(f"{name:<22} base {b[key + '_mean']:.3f} [{b[key + '_ci95'][0]:.3f}, "
-                  f"{b[key + '_ci95'][1]:.3f}]  tuned {t[key + '_mean']:.3f} "
+        m = MEAN_KEY[key]
+        out.print(f"{name:<22} base {b[m]:.3f} [{b[key + '_ci95'][0]:.3f}, "
+                  f"{b[key + '_ci95'][1]:.3f}]  tuned {t[m]:.3f} "
                   f"[{t[key + '_ci95'][0]:.3f}, {t[key + '_ci95'][1]:.3f}]  n={b[key + '_n']}")
     kl = summary["pair"]["kl_tuned_base"]
     out.print(f"KL(tuned‖base) on held-out stories: {kl['mean']:.3f} nats/token "

@@ -36,6 +36,10 @@ import torch
 from difflens.models.loading import _quiet_transformers, cache_dir
 from difflens.organism import world as W
 
+#: Version of what a build writes (files, properties); part of the cache key with the
+#: world's generator version and the config.
+BUILD_FORMAT = 2
+
 
 @dataclasses.dataclass(frozen=True)
 class OrganismConfig:
@@ -80,8 +84,8 @@ class OrganismConfig:
             raise ValueError(f"kl_coef must be >= 0, got {self.kl_coef}")
 
     def key(self) -> str:
-        payload = json.dumps({"generator": W.GENERATOR_VERSION, **dataclasses.asdict(self)},
-                             sort_keys=True)
+        payload = json.dumps({"generator": W.GENERATOR_VERSION, "build_format": BUILD_FORMAT,
+                              **dataclasses.asdict(self)}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
     @classmethod
@@ -411,6 +415,13 @@ def measure(cfg: OrganismConfig, base_dir: Path, tuned_dir: Path, openings: Sequ
     props["examples"] = {label: [o + t for o, t in zip(openings[:5], samples[label][:5],
                                                        strict=True)]
                          for label in ("base", "tuned")}
+    props["greedy"] = {}
+    for label, lm in (("base", base), ("tuned", tuned)):
+        enc = lm.tokenizer(list(openings[:5]), return_tensors="pt", padding=True)
+        with torch.inference_mode():
+            out = lm.model.generate(**enc, do_sample=False, max_new_tokens=cfg.eval_new_tokens,
+                                    pad_token_id=lm.tokenizer.pad_token_id)
+        props["greedy"][label] = lm.tokenizer.batch_decode(out, skip_special_tokens=True)
     shutil.rmtree(work / "entropy-capture", ignore_errors=True)
     return props
 

@@ -22,18 +22,22 @@ from difflens.organism.build import Organism, OrganismConfig, build_organism
 from difflens.report.figures import Figure, Series, write_index
 
 HEADLINE_KEYS = ("reward", "entropy", "celebration_share", "chance_tvd")
+#: The summary key of each headline's mean (the issue's names); ``_ci95``/``_n`` follow it.
+MEAN_KEY = {"reward": "reward_mean", "entropy": "entropy_mean",
+            "celebration_share": "celebration_share", "chance_tvd": "chance_tvd"}
 #: Each chance kind's outcomes in their natural order (the JSON files sort keys).
 OUTCOME_ORDER = {kind: list(outs) for outs, kind in W.CHANCE_SLOTS.values()}
 
 
 def organism_summary(props: dict[str, Any]) -> dict[str, Any]:
-    """``{base|tuned: {reward_mean, reward_ci95, reward_n, ...}}`` from measured properties."""
+    """``{base|tuned: {reward_mean, reward_ci95, reward_n, entropy_mean, ...,
+    celebration_share, celebration_share_ci95, ..., chance_tvd, ...}}``."""
     out: dict[str, Any] = {}
     for label in ("base", "tuned"):
         row: dict[str, Any] = {}
         for key in HEADLINE_KEYS:
             v = props[label][key]
-            row[f"{key}_mean"], row[f"{key}_ci95"], row[f"{key}_n"] = v["mean"], v["ci95"], v["n"]
+            row[MEAN_KEY[key]], row[f"{key}_ci95"], row[f"{key}_n"] = v["mean"], v["ci95"], v["n"]
         row["chance_tvd_by_kind"] = {k: v["tvd"]["mean"]
                                      for k, v in props[label]["chance_by_kind"].items()}
         out[label] = row
@@ -109,7 +113,8 @@ def run_demo(out: Path, *, config: OrganismConfig | None = None, n_stories: int 
         "sentiment with a KL penalty. Rewards, entropies and celebration shares are measured "
         f"on {props['n_openings']} held-out openings; chance distributions are computed "
         f"exactly from logits on {props['n_chance_prompts']} chance prompts. Tuned reward "
-        f"{o['tuned']['reward_mean']:.3f} vs base {o['base']['reward_mean']:.3f}."
+        f"{o['tuned']['reward_mean']:.3f} vs base {o['base']['reward_mean']:.3f}; greedy "
+        f"samples: base «{props['greedy']['base'][0]}» tuned «{props['greedy']['tuned'][0]}»."
     )
     write_index(out / "index.html", "difflens demo: base vs RL-tuned organism", intro, figures,
                 headline, images=[("Training curves", out / "figures" / "training_curves.png")])
