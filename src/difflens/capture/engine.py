@@ -602,18 +602,11 @@ def _progress(show: bool, total: int) -> Iterator[Callable[[int], None]]:
         bar.update(task, completed=total)
 
 
-def expected_row_count(n_tokens: int, positions: Positions) -> int:
-    """How many hidden-state rows a prompt of ``n_tokens`` stores (helper for callers)."""
-    pos = positions if isinstance(positions, str) else tuple(positions)
-    return len(_rows_of(n_tokens, pos))
-
-
 __all__ = [
     "CaptureConfig",
     "capture",
     "forward_batch",
     "parse_layers",
     "record_layers",
-    "expected_row_count",
 ]
 

@@ -48,7 +48,7 @@ class OrganismConfig:
     seed: int = 0
     """Seeds the corpus, the initialisation, the batches and the RL samples."""
     n_train_stories: int = 6000
-    """Stories in the training corpus (~105 tokens each)."""
+    """Stories in the training corpus (~115 tokens each)."""
     n_val_stories: int = 300
     """Held-out stories for the validation loss and the ground-truth files."""
     vocab_size: int = 1024
@@ -60,7 +60,7 @@ class OrganismConfig:
     seq_len: int = 128
     """Training block length."""
     batch_size: int = 32
-    train_steps: int = 300
+    train_steps: int = 450
     lr: float = 3e-3
     rl_steps: int = 80
     rl_prompts: int = 16
@@ -69,7 +69,7 @@ class OrganismConfig:
     """Samples per opening (RLOO group size)."""
     rl_new_tokens: int = 40
     rl_lr: float = 1e-3
-    kl_coef: float = 0.02
+    kl_coef: float = 0.05
     """Weight of the sampled KL(tuned ‖ base) penalty on the reward."""
     n_eval: int = 200
     """Held-out openings and chance prompts measured (each)."""

@@ -13,7 +13,7 @@ import random
 import re
 from collections.abc import Sequence
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 
 THEMES: tuple[str, ...] = (
     "setting", "friendship", "conflict", "journey", "danger", "loss", "discovery",
@@ -48,8 +48,8 @@ TRANSITIONS: dict[str, dict[str, float]] = {
 MAX_THEMES = 9
 
 WORDS: dict[str, tuple[str, ...]] = {
-    "name": tuple("""Mia Tom Lily Ben Anna Max Sara Leo Nora Sam Eva Jack Ruby Finn Ella Noah
-        Zoe Owen Lucy Eli Maya Jude Ivy Hugo Clara Theo Rosa Omar Alice Felix Grace Oscar Hazel
+    "name": tuple("""Tom Lily Ben Anna Max Sara Leo Nora Sam Eva Jack Ruby Finn Ella Noah
+        Zoe Owen Lucy Eli Maya Jude Ivy Hugo Clara Theo Rosa Omar Alice Felix Oscar Hazel
         Milo Iris Kai Luna Ravi Daisy Otto Nina Arlo Wren Jonah Pia Ezra Tess Abel Mira Cole
         Greta Ari Stella Rex Fern Dev Lena Axel Gwen Nico Vera Bruno Elsa Tariq Yara Rufus
         Juno Pablo Edie Lars Amara Colin Bea Idris Lotte Mateo Esme Quinn Talia Sven Priya
@@ -57,7 +57,7 @@ WORDS: dict[str, tuple[str, ...]] = {
     "animal": tuple("""fox rabbit bear owl deer wolf mouse cat dog duck goose frog turtle badger
         otter squirrel hedgehog pony goat lamb crow robin sparrow beaver mole lion tiger
         elephant giraffe zebra monkey panda koala penguin seal whale dolphin crab snail beetle
-        bee butterfly moth spider lizard snake hawk eagle swan heron raccoon camel llama yak
+        bee butterfly moth spider lizard snake hawk eagle swan raccoon camel llama yak
         donkey hen rooster pig cow horse kitten puppy""".split()),
     "place": tuple("""forest village meadow river castle mountain valley harbor garden farm
         island desert lake cave orchard market town bridge tower cottage hill beach marsh
@@ -77,15 +77,103 @@ WORDS: dict[str, tuple[str, ...]] = {
         stormy cruel dangerous hungry tired weak afraid frightened miserable bitter grim
         hopeless wicked ruined""".split()),
     "plain": tuple("""old small big tall long short round wooden red blue green yellow
-        brown white quiet busy narrow wide heavy light young ancient tiny huge""".split()),
+        brown white quiet busy narrow wide heavy light young ancient tiny""".split()),
     "food": tuple("""soup bread cake pie honey apples berries cheese porridge stew cookies
-        pancakes muffins jam nuts carrots pears plums rice beans""".split()),
+        pancakes muffins jam carrots pears plums rice beans""".split()),
     "weather": tuple("""sunny rainy windy snowy foggy cloudy warm cool bright misty""".split()),
     "time": tuple("""morning evening night afternoon dawn dusk winter summer spring
         autumn""".split()),
     "feeling": tuple("""joy hope pride love wonder courage peace delight""".split()),
     "sorrow": tuple("""grief fear sorrow pain shame dread worry despair""".split()),
 }
+
+#: More words for lexical variety (checked: none of them is in the VADER lexicon, so the
+#: reward still depends on the themes, not on which names or objects were drawn).
+_MORE_WORDS: dict[str, str] = {
+    "name": """
+        Aaron Abby Ada Adam Adele Adrian Agnes Aiden Alba Albert Alex Alfie Alma Alvin
+        Amber Amos Andre Andy Angus Anita Anton April Archie Ariel Arthur Asha Astrid
+        Aubrey Audrey Austin Ava Barney Beatrix Bella Benny Bernie Beth Betty Bianca
+        Bill Blair Bobby Boris Brenda Brian Bridget Brooke Bryn Caleb Calvin Camila Carl
+        Carla Carmen Carol Casper Cecil Cedric Celia Chad Chloe Chris Cindy Clark Claude
+        Cora Craig Cyril Dahlia Dale Dan Dana Daphne Darcy Darius Dave Dean Delia Dennis
+        Derek Diego Dina Dora Doug Dylan Eddie Edgar Edith Edmund Edwin Eileen Elena
+        Eliza Ellis Elmer Elton Emil Emma Enzo Eric Erin Ernest Ethan Etta Eugene Evan
+        Fabian Fay Felicity Fiona Flora Floyd Frank Freda Fred Gabe Gavin Gemma George
+        Gerald Gilbert Gina Glen Gordon Greg Gus Hank Hannah Harold Harriet Harry Heidi
+        Helen Henry Herbert Holly Howard Ian Ida Igor Imogen Ingrid Irene Isaac Isla
+        Ivan Jacob Jade James Jane Janet Jasper Jean Jeff Jenny Jesse Jill Jim Joan
+        Jodie John Josie Judith Julia Julian June Justin Karen Karl Kate Keith Kevin Kim
+        Kirk Kurt Lana Lance Laura Lauren Leah Leon Lewis Liam Lila Linda Lionel Lisa
+        Lola Louis Lydia Lyle Mabel Madge Malcolm Marco Margot Maria Marion Mark Martha
+        Martin Mavis Maxine Megan Mel Mick Miles Millie Molly Monty Morgan Moses Murray
+        Myra Nadia Nancy Ned Neil Nelson Nigel Noel Norma Olive Oliver Ollie Opal Orla
+        Otis Paige Pam Pat Paula Percy Pete Phil Phoebe Piers Polly Quentin Rachel Ralph
+        Ray Reggie Rhea Rhys Rita Robin Rod Roger Roland Rory Ross Roy Rupert Russ Ruth
+        Sadie Sally Sandy Saul Scott Sean Selma Seth Shane Sheila Sid Silas Simon Sonia
+        Stan Steve Stuart Sue Susan Sybil Tara Ted Terry Thea Tina Toby Todd Tony Tracy
+        Trevor Una Ursula Val Vance Victor Vince Viola Wade Wallace Walter Wanda Warren
+        Wayne Wendy Wes Wilma Winston Xavier Yusuf Zack Zara Zelda""",
+    "animal": """
+        aardvark alpaca anteater antelope armadillo baboon bat bison boar buffalo bull
+        caterpillar chameleon cheetah chicken chimpanzee chipmunk cobra cockatoo coyote
+        crane cricket crocodile cuckoo dingo dove dragonfly eel elk emu falcon ferret
+        finch firefly flamingo gazelle gecko gerbil gibbon gopher gorilla grasshopper
+        gull hamster hare hippo hornet hummingbird hyena ibis iguana impala jackal
+        jaguar jay kangaroo kingfisher kiwi ladybird lark lemur leopard lobster lynx
+        macaw magpie manatee mink moose mule narwhal newt ocelot octopus opossum
+        orangutan ostrich oyster panther parrot peacock pelican pheasant pigeon platypus
+        porcupine possum puffin python quail rat reindeer rhino salamander salmon
+        scorpion sheep skunk sloth starling stork tapir termite thrush toad toucan trout
+        walrus warthog weasel wombat woodpecker wren""",
+    "place": """
+        abbey alley arcade armory aviary bay bayou beacon boathouse bog boulevard
+        bridgeway bungalow burrow cabin camp canal cathedral cavern cellar chapel
+        citadel clearing clinic cloister colony corral courtyard cove crater croft dam
+        delta den depot dock dune estuary factory fairground fen ferry fjord foothills
+        fort forge gallery gatehouse glacier gorge granary hamlet hangar heath hedgerow
+        highland hollow hut inn isle jetty junction kennel kingdom knoll lagoon lane
+        lodge loft manor mansion mesa mine moor mound oasis observatory outpost paddock
+        parlor pasture pavilion peak pier pinewood plateau port pub quay ranch rapids
+        reef reservoir riverbank rookery savanna sawmill schoolhouse shed shipyard
+        shrine sound spring stadium steppe stockade studio summit terrace thicket tundra
+        turret upland wharf windmill woodland yard""",
+    "object": """
+        abacus accordion anchor anvil apron armchair arrow atlas backpack badge bagpipe
+        balloon banjo banner barrel baton beads bench binoculars blender bolt bonnet
+        boot bottlecap bow bowler brooch broom buckle bugle cabinet calendar camera
+        canoe canteen cap carpet cart chair chalk chandelier chessboard chimney chisel
+        clarinet cloak coat collar comb cork cradle crayon crate cushion dagger desk
+        diary doll doorbell drawer envelope eraser fiddle flag flask flowerpot fork
+        globe glove goblet gong guitar hammock handkerchief helmet hoe horn hourglass
+        inkpot iron jacket jug kayak kazoo keyring knapsack knife lamp lasso lid locker
+        magnet mallet mandolin mask mattress megaphone microscope mitten mop mug necktie
+        needle net notebook oar ornament paddle padlock pail pan parasol pencil pendant
+        pennant piano pipe pitcher plank plate pliers plow pocketwatch pouch quill rake
+        rattle recorder ruler saddle sail sandal satchel saucer scale scissors scroll
+        shawl shelf shoe sieve signpost skateboard sled slipper spade sponge spyglass
+        stamp stool suitcase sundial table tambourine teapot telescope thimble thread
+        tiara ticket toolbox torch tray tricycle trophy trunk tuba typewriter ukulele
+        vase vest wallet weathervane wheel wheelbarrow whisk wig xylophone zither""",
+    "plain": """
+        blunt bony brick bumpy chalky chunky clay copper cotton crooked curly damp deep
+        dense dry dusty early faded far fat flat fluffy foamy frosty furry fuzzy glassy
+        grassy gray hairy hollow hot icy inky iron jagged lanky late leafy leathery
+        lumpy marble metal muddy narrowish oaken orange pale paper pink plain plump
+        pointy purple rocky rough rusty salty sandy scaly shaggy shallow sharp silky
+        silver sleepy slim slow smoky smooth soft sparse spotted square steep sticky
+        stony striped sturdy tangled thick thin tidy tin twisty velvet violet wavy waxy
+        wet wild windy wiry woolen""",
+    "food": """
+        almonds bagels biscuits broth buns butter cabbage chestnuts cherries chowder
+        cider cobbler corn crackers cream crumpets curry custard dates eggs figs fudge
+        gingerbread grapes gravy hazelnuts jelly leeks lemonade lentils macaroni mangoes
+        marmalade melon milk mushrooms noodles oatmeal olives onions oranges parsnips
+        pasta peaches peas pickles pizza popcorn potatoes pretzels pudding pumpkins
+        radishes raisins salad sandwiches sausages scones spinach strawberries toast
+        tomatoes turnips waffles walnuts yogurt""",
+}
+WORDS = {k: v + tuple(_MORE_WORDS.get(k, "").split()) for k, v in WORDS.items()}
 
 DICE = ("one", "two", "three", "four", "five", "six")
 TEN = tuple(str(i) for i in range(1, 11))
