@@ -96,6 +96,10 @@ def test_cli_build_info_and_demo(tmp_path):
     info = json.loads(runner.invoke(app, ["organism", "info", "--small", "--json"]).output)
     assert set(info["models"]) == {"base", "tuned"}
     assert "reward_mean" in info["properties"]["tuned"]
+    blocker = tmp_path / "blocker"
+    blocker.write_text("")
+    res = runner.invoke(app, ["demo", "--small", "--out", str(blocker / "demo")])
+    assert res.exit_code == 2 and "is not writable" in res.output
     out = tmp_path / "demo"
     res = runner.invoke(app, ["demo", "--small", "--out", str(out)])
     assert res.exit_code == 0, res.output

@@ -15,7 +15,7 @@ import pandas as pd
 
 from difflens.analysis.divergence import bootstrap_ci, layer_divergence, summarize_pair_stats
 from difflens.capture import capture
-from difflens.capture.store import write_json_atomic
+from difflens.capture.store import check_writable, write_json_atomic
 from difflens.models import ModelPair, load_model
 from difflens.organism import world as W
 from difflens.organism.build import Organism, OrganismConfig, build_organism
@@ -57,6 +57,7 @@ def _write_table(df: pd.DataFrame, folder: Path, name: str) -> None:
 def run_demo(out: Path, *, config: OrganismConfig | None = None, n_stories: int = 200,
              progress: bool = False) -> dict[str, Any]:
     """Run the whole demo into ``out`` and return the summary."""
+    check_writable(out)  # fail in a second, not after a 2-minute organism build
     org: Organism = build_organism(config, progress=progress)
     props, cfg = org.properties, org.config
     base = load_model(org.base_path, device="cpu")
