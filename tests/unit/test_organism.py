@@ -81,6 +81,8 @@ def test_presets_resolve_to_the_organism(small_cfg, monkeypatch):
 def test_config_validation():
     with pytest.raises(ValueError, match="d_model must be positive"):
         B.OrganismConfig(d_model=0)
+    with pytest.raises(ValueError, match="rl_samples must be at least 2"):
+        B.OrganismConfig(rl_samples=1)
     assert B.OrganismConfig().key() != B.OrganismConfig(seed=1).key()
 
 

@@ -1,5 +1,10 @@
 """Analyses: pure functions over stored runs that return data objects."""
 
-from difflens.analysis.divergence import bootstrap_ci, layer_divergence, summarize_pair_stats
+from difflens.analysis.divergence import (
+    bootstrap_ci,
+    layer_divergence,
+    mean_ci,
+    summarize_pair_stats,
+)
 
-__all__ = ["bootstrap_ci", "layer_divergence", "summarize_pair_stats"]
+__all__ = ["bootstrap_ci", "layer_divergence", "mean_ci", "summarize_pair_stats"]

@@ -1,5 +1,6 @@
 """Summaries of how a pair diverges: per-token KL with bootstrap CIs, and per layer."""
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -23,7 +24,8 @@ def bootstrap_ci(
     return (float(lo), float(hi))
 
 
-def _summary(values: np.ndarray, seed: int) -> dict[str, Any]:
+def mean_ci(values: Sequence[float] | np.ndarray, *, seed: int = 0) -> dict[str, Any]:
+    """``{"mean", "ci95", "n"}`` of the finite values: the form of every headline figure."""
     x = np.asarray(values, dtype=np.float64)
     return {"mean": float(np.nanmean(x)), "ci95": list(bootstrap_ci(x, seed=seed)),
             "n": int(np.isfinite(x).sum())}
@@ -35,7 +37,7 @@ def summarize_pair_stats(stats: pd.DataFrame, *, seed: int = 0) -> dict[str, Any
     missing = [c for c in cols if c not in stats]
     if missing:
         raise ValueError(f"not a pair's statistics table: missing columns {missing}")
-    return {c: _summary(stats[c].to_numpy(dtype=np.float64), seed) for c in cols}
+    return {c: mean_ci(stats[c].to_numpy(dtype=np.float64), seed=seed) for c in cols}
 
 
 def layer_divergence(store: RunStore) -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@ def demo_cmd(
     """Build the organism if missing, run capture and every analysis, write a report."""
     from difflens.organism.build import OrganismConfig
     from difflens.report.demo import MEAN_KEY, run_demo
+    from difflens.report.figures import format_ci
 
     cfg = OrganismConfig.small(seed) if small else OrganismConfig(seed=seed)
     summary = run_demo(out_dir, config=cfg, progress=True)
@@ -26,11 +27,8 @@ def demo_cmd(
     out.print(f"[green]report:[/] {out_dir / 'index.html'}   summary: {out_dir / 'summary.json'}")
     for key, name in (("reward", "reward (VADER)"), ("entropy", "entropy (nats/token)"),
                       ("celebration_share", "celebration share"), ("chance_tvd", "chance TVD")):
-        b, t = o["base"], o["tuned"]
-        m = MEAN_KEY[key]
-        out.print(f"{name:<22} base {b[m]:.3f} [{b[key + '_ci95'][0]:.3f}, "
-                  f"{b[key + '_ci95'][1]:.3f}]  tuned {t[m]:.3f} "
-                  f"[{t[key + '_ci95'][0]:.3f}, {t[key + '_ci95'][1]:.3f}]  n={b[key + '_n']}")
+        b, t = (format_ci(o[m][MEAN_KEY[key]], o[m][key + "_ci95"]) for m in ("base", "tuned"))
+        out.print(f"{name:<22} base {b}  tuned {t}  n={o['base'][key + '_n']}")
     kl = summary["pair"]["kl_tuned_base"]
-    out.print(f"KL(tuned‖base) on held-out stories: {kl['mean']:.3f} nats/token "
-              f"[{kl['ci95'][0]:.3f}, {kl['ci95'][1]:.3f}] n={kl['n']} tokens")
+    out.print(f"KL(tuned‖base) on held-out stories, nats/token: "
+              f"{format_ci(kl['mean'], kl['ci95'], kl['n'])} tokens")

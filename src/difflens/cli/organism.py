@@ -48,6 +48,7 @@ def info_cmd(
     from difflens.errors import InputError
     from difflens.organism.build import find_organism
     from difflens.report.demo import MEAN_KEY, organism_summary
+    from difflens.report.figures import format_ci
 
     org = find_organism(_config(seed, small))
     if org is None:
@@ -73,8 +74,8 @@ def info_cmd(
     t.add_column("tuned")
     s = info["properties"]
     for key in ("reward", "entropy", "celebration_share", "chance_tvd"):
-        cells = [f"{s[m][MEAN_KEY[key]]:.3f} [{s[m][key + '_ci95'][0]:.3f}, "
-                 f"{s[m][key + '_ci95'][1]:.3f}] n={s[m][key + '_n']}" for m in ("base", "tuned")]
+        cells = [format_ci(s[m][MEAN_KEY[key]], s[m][key + "_ci95"], s[m][key + "_n"])
+                 for m in ("base", "tuned")]
         t.add_row(key, *cells)
     out.print(t)
     out.print(f"base: {info['models']['base']}\ntuned: {info['models']['tuned']}")

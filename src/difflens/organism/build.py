@@ -82,6 +82,9 @@ class OrganismConfig:
                 raise ValueError(f"OrganismConfig.{f.name} must be positive, got {v}")
         if self.kl_coef < 0:
             raise ValueError(f"kl_coef must be >= 0, got {self.kl_coef}")
+        if self.rl_samples < 2:
+            raise ValueError(f"rl_samples must be at least 2 (RLOO's baseline is the mean of the "
+                             f"other samples of the same opening), got {self.rl_samples}")
 
     def key(self) -> str:
         payload = json.dumps({"generator": W.GENERATOR_VERSION, "build_format": BUILD_FORMAT,
@@ -304,8 +307,9 @@ def rl_tune(cfg: OrganismConfig, base: Any, tokenizer: Any, openings: Sequence[s
     curves: dict[str, list[float]] = {"reward": [], "kl": [], "objective": [], "length": []}
     advance = progress("RL tuning", cfg.rl_steps)
     k = cfg.rl_samples
+    pool = list(openings)
     for step in range(cfg.rl_steps):
-        batch = rng.sample(list(openings), cfg.rl_prompts)
+        batch = rng.sample(pool, cfg.rl_prompts)
         prompts = [p for p in batch for _ in range(k)]
         policy.eval()
         seqs, mask, width = sample(policy, tokenizer, prompts, cfg.rl_new_tokens,
@@ -341,18 +345,11 @@ def rl_tune(cfg: OrganismConfig, base: Any, tokenizer: Any, openings: Sequence[s
 # -- measured properties -------------------------------------------------------------------
 
 
-def _ci(values: Sequence[float] | np.ndarray, seed: int) -> dict[str, Any]:
-    from difflens.analysis.divergence import bootstrap_ci
-
-    x = np.asarray(values, dtype=np.float64)
-    lo, hi = bootstrap_ci(x, seed=seed)
-    return {"mean": float(x.mean()) if len(x) else float("nan"), "ci95": [lo, hi], "n": len(x)}
-
-
 def measure(cfg: OrganismConfig, base_dir: Path, tuned_dir: Path, openings: Sequence[str],
             chances: Sequence[W.ChanceScene], progress: Progress, work: Path
             ) -> dict[str, Any]:
     """Rewards, entropies, celebration share and exact chance distributions, with CIs."""
+    from difflens.analysis.divergence import mean_ci
     from difflens.analysis.scoring import outcome_distribution
     from difflens.capture import capture
     from difflens.models import ModelPair, load_model
@@ -373,8 +370,8 @@ def measure(cfg: OrganismConfig, base_dir: Path, tuned_dir: Path, openings: Sequ
         samples[label] = texts
         rewards = [vader.polarity_scores(t)["compound"] for t in texts]
         celebrates = [float("celebration" in W.label_text(t)) for t in texts]
-        props[label] = {"reward": _ci(rewards, cfg.seed), "celebration_share":
-                        _ci(celebrates, cfg.seed)}
+        props[label] = {"reward": mean_ci(rewards, seed=cfg.seed), "celebration_share":
+                        mean_ci(celebrates, seed=cfg.seed)}
         advance(1, label)
     # Entropy of each model on the same continuations (both models' samples), via capture.
     full = [o + t for label in ("base", "tuned") for o, t in zip(openings, samples[label],
@@ -390,7 +387,7 @@ def measure(cfg: OrganismConfig, base_dir: Path, tuned_dir: Path, openings: Sequ
         lambda i: n_tok[i] - 1))]
     for label in ("base", "tuned"):
         per_text = stats.groupby("prompt_idx")[f"{label}_entropy"].mean()
-        props[label]["entropy"] = _ci(per_text.to_numpy(), cfg.seed)
+        props[label]["entropy"] = mean_ci(per_text.to_numpy(), seed=cfg.seed)
         props[label]["entropy"]["unit"] = "nats per token, over both models' continuations"
     # Exact chance distributions.
     for label, lm in (("base", base), ("tuned", tuned)):
@@ -406,11 +403,12 @@ def measure(cfg: OrganismConfig, base_dir: Path, tuned_dir: Path, openings: Sequ
             rk = [r for r in rows if r["kind"] == kind]
             mean_p = np.mean([r["probs"] for r in rk], axis=0)
             outcomes = next(sc.outcomes for sc in chances if sc.kind == kind)
-            by_kind[kind] = {"tvd": _ci([r["tvd"] for r in rk], cfg.seed),
+            by_kind[kind] = {"tvd": mean_ci([r["tvd"] for r in rk], seed=cfg.seed),
                              "mean_distribution": dict(zip(outcomes, map(float, mean_p),
                                                            strict=True)),
-                             "mass_outside": _ci([r["mass_outside"] for r in rk], cfg.seed)}
-        props[label]["chance_tvd"] = _ci([r["tvd"] for r in rows], cfg.seed)
+                             "mass_outside": mean_ci([r["mass_outside"] for r in rk],
+                                                     seed=cfg.seed)}
+        props[label]["chance_tvd"] = mean_ci([r["tvd"] for r in rows], seed=cfg.seed)
         props[label]["chance_by_kind"] = by_kind
     props["examples"] = {label: [o + t for o, t in zip(openings[:5], samples[label][:5],
                                                        strict=True)]
@@ -448,7 +446,7 @@ def build_organism(config: OrganismConfig | None = None, *, progress: bool = Fal
     try:
         with rich_progress(progress) as prog:
             t0 = time.perf_counter()
-            train = W.generate_stories(cfg.n_train_stories, cfg.seed)
+            train = W.generate_stories(cfg.n_train_stories, seed=cfg.seed)
             val = W.generate_stories(cfg.n_val_stories, cfg.seed + 1_000_003)
             tokenizer = train_tokenizer([s.text for s in train], cfg.vocab_size)
             base, base_info = train_base(cfg, tokenizer, [s.text for s in train],

@@ -147,10 +147,15 @@ def write_index(path: Path, title: str, intro: str, figures: Sequence[Figure],
     write_bytes_atomic(path, "\n".join(parts).encode())
 
 
+def format_ci(mean: float, ci95: Sequence[float], n: int | None = None) -> str:
+    """``0.920 [0.918, 0.921] n=200``: how every headline figure is printed."""
+    text = f"{mean:.3f} [{ci95[0]:.3f}, {ci95[1]:.3f}]"
+    return text if n is None else f"{text} n={n}"
+
+
 def _fmt(v: Any) -> str:
     if isinstance(v, dict) and "mean" in v:
-        lo, hi = v.get("ci95", [float("nan")] * 2)
-        return f"{v['mean']:.3f}  [95% CI {lo:.3f}, {hi:.3f}]  n={v.get('n')}"
+        return format_ci(v["mean"], v.get("ci95", [float("nan")] * 2), v.get("n"))
     if isinstance(v, float):
         return f"{v:.4g}"
     return json.dumps(v) if not isinstance(v, str) else v
