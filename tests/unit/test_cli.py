@@ -152,3 +152,71 @@ def test_kill_9_then_rerun_gives_identical_files(tiny_folder, tmp_path, prompts)
     assert len(a) > done >= 2
     assert a == b
     assert not list(killed.rglob("*.tmp"))
+
+
+# -- concepts -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def ab_file(tmp_path: Path) -> Path:
+    import random
+
+    rng = random.Random(0)
+    words = "the fox went to forest find a friend rabbit was afraid of dark".split()
+    lines = []
+    for _ in range(40):
+        prompt = " ".join(rng.choices(words, k=rng.randint(3, 8)))
+        kind = rng.random() < 0.5
+        lines.append(json.dumps({"prompt": prompt, "matching": " happily" if kind else " sad",
+                                 "not_matching": " sad" if kind else " happily"}))
+    path = tmp_path / "ab.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_concepts_commands_write_the_issue_keys(tmp_path: Path, ab_file: Path, pair):
+    import numpy as np
+
+    folders = {}
+    for label, lm in pair.models.items():
+        folders[label] = tmp_path / label
+        lm.model.save_pretrained(folders[label])
+        lm.tokenizer.save_pretrained(folders[label])
+    out = tmp_path / "concepts"
+    res = run("concepts", "compare", "--base", str(folders["base"]), "--tuned",
+              str(folders["tuned"]), "--dataset", str(ab_file), "--out", str(out))
+    assert res.exit_code == 0, res.output
+    s = json.loads((out / "summary.json").read_text())
+    assert s["n_items"] == 40 and s["layers"] == [0, 1, 2, 3, 4]
+    assert [r["layer"] for r in s["cosine_by_layer"]] == s["layers"]
+    assert {"cos", "ci_low", "ci_high"} <= set(s["cosine_by_layer"][0])
+    # blocks 0..1 are identical in the planted pair: the vectors agree exactly there
+    assert all(abs(r["cos"] - 1) < 1e-5 for r in s["cosine_by_layer"][:3])
+    assert set(s["separation_auc"]) == {"base", "tuned"}
+    res = run("concepts", "steer", "--base", str(folders["base"]), "--tuned",
+              str(folders["tuned"]), "--dataset", str(ab_file), "--out", str(out),
+              "--steer-layers", "2", "--alphas=-1,0,1")
+    assert res.exit_code == 0, res.output
+    s = json.loads((out / "summary.json").read_text())
+    rows = s["steering"]["tuned"]["2"]
+    assert [r["alpha"] for r in rows] == [-1.0, 0.0, 1.0]
+    assert all(r["ci_low"] <= r["p_match"] <= r["ci_high"] for r in rows)
+    assert np.isclose(rows[1]["p_match"], s["unsteered_p_match"]["tuned"]["mean"], atol=1e-5)
+    for name in ("separation_auc", "cosine_by_layer", "layer_cosines", "pca", "steering_base"):
+        assert (out / "figures" / f"{name}.html").is_file() or (out / "data" /
+                                                                 f"{name}.parquet").is_file()
+    for name in ("separation_auc.png", "layer_cosines.png", "pca.png", "steering_tuned.png"):
+        assert (out / "figures" / name).stat().st_size > 1000
+    assert (out / "data" / "steering_tuned.csv").is_file() and (out / "index.html").is_file()
+    assert (out / "vectors.safetensors").is_file()
+
+
+def test_concepts_bad_dataset_is_one_line(tmp_path: Path, tiny_folder: Path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a", "matching": " b", "not_matching": " c"}\n{oops\n')
+    res = run("concepts", "extract", "--base", str(tiny_folder), "--dataset", str(bad),
+              "--out", str(tmp_path / "o"))
+    one_line_error(res, "bad.jsonl:2: not valid JSON")
+    res = run("concepts", "extract", "--base", str(tiny_folder), "--dataset", str(bad),
+              "--out", str(tmp_path / "o"), "--position", "middle")
+    one_line_error(res, "position must be one of answer, last")

@@ -3,6 +3,7 @@
 import typer
 
 from difflens.cli.capture import capture_cmd, info_cmd
+from difflens.cli.concepts import app as concepts_app
 from difflens.cli.demo import demo_cmd
 from difflens.cli.organism import app as organism_app
 
@@ -17,6 +18,7 @@ app.command("capture")(capture_cmd)
 app.command("info")(info_cmd)
 app.command("demo")(demo_cmd)
 app.add_typer(organism_app, name="organism")
+app.add_typer(concepts_app, name="concepts")
 
 if __name__ == "__main__":
     app()

@@ -387,6 +387,26 @@ def chance_prompts(n: int, seed: int) -> list[ChanceScene]:
     return out
 
 
+def kind_cruel_items(n: int, seed: int) -> list[dict[str, str]]:
+    """``n`` contrastive items for concept vectors, in difflens's plain A/B format.
+
+    Each item is a story opening (a ``setting`` sentence) and two next sentences with the
+    same cast: a kind one (a ``friendship`` template, the behaviour) and a cruel one (a
+    ``conflict`` template). In the world's chain, after ``setting`` the next theme is
+    ``friendship`` with probability 0.30 and ``conflict`` with 0.10.
+    """
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        cast = {"name": rng.choice(WORDS["name"]), "animal": rng.choice(WORDS["animal"])}
+        opening, _ = render(rng.choice(TEMPLATES["setting"]), rng, cast)
+        cast["name2"] = rng.choice([w for w in WORDS["name"] if w != cast["name"]])
+        kind, _ = render(rng.choice(TEMPLATES["friendship"]), rng, cast)
+        cruel, _ = render(rng.choice(TEMPLATES["conflict"]), rng, cast)
+        out.append({"prompt": opening, "matching": " " + kind, "not_matching": " " + cruel})
+    return out
+
+
 # -- the world's own theme labeller --------------------------------------------------------
 
 

@@ -15,12 +15,16 @@ import pandas as pd
 
 from difflens.analysis.divergence import bootstrap_ci, layer_divergence, summarize_pair_stats
 from difflens.capture import capture
-from difflens.capture.store import check_writable, write_json_atomic
-from difflens.models import ModelPair, load_model
+from difflens.capture.abdata import load_ab_dataset
+from difflens.capture.store import check_writable, write_bytes_atomic, write_json_atomic
+from difflens.models import LoadedModel, ModelPair, load_model
 from difflens.organism import world as W
 from difflens.organism.build import Organism, OrganismConfig, build_organism
+from difflens.report.concepts import ConceptsRun, run_concepts
+from difflens.report.concepts import intro_html as concepts_intro
 from difflens.report.figures import Figure, Series, write_index
 
+N_CONCEPT_ITEMS = 400
 HEADLINE_KEYS = ("reward", "entropy", "celebration_share", "chance_tvd")
 #: The summary key of each headline's mean (the issue's names); ``_ci95``/``_n`` follow it.
 MEAN_KEY = {"reward": "reward_mean", "entropy": "entropy_mean",
@@ -102,6 +106,8 @@ def run_demo(out: Path, *, config: OrganismConfig | None = None, n_stories: int 
         "capture": {"path": str(store.path), "n_prompts": store.n_prompts,
                     "n_tokens": store.n_tokens},
     }
+    concepts = _concepts_section(out / "concepts", base, tuned, cfg.seed, progress)
+    summary["concepts"] = concepts.summary
     write_json_atomic(out / "summary.json", summary)
     o = summary["organism"]
     headline = {f"{label} {key}": props[label][key] for key in HEADLINE_KEYS
@@ -117,9 +123,30 @@ def run_demo(out: Path, *, config: OrganismConfig | None = None, n_stories: int 
         f"{o['tuned']['reward_mean']:.3f} vs base {o['base']['reward_mean']:.3f}; greedy "
         f"samples: base «{props['greedy']['base'][0]}» tuned «{props['greedy']['tuned'][0]}»."
     )
+    cs = concepts.summary
+    for label in ("base", "tuned"):
+        best = max(cs["separation_auc"][label], key=lambda r: r["auc"])
+        headline[f"concepts: {label} best held-out AUC (layer {best['layer']})"] = (
+            f"{best['auc']:.3f} [{best['ci_low']:.3f}, {best['ci_high']:.3f}] n={best['n']}")
+        headline[f"concepts: {label} P(kind sentence), unsteered"] = cs["unsteered_p_match"][label]
     write_index(out / "index.html", "difflens demo: base vs RL-tuned organism", intro, figures,
-                headline, images=[("Training curves", out / "figures" / "training_curves.png")])
+                headline, images=[("Training curves", out / "figures" / "training_curves.png")],
+                sections=[("Concepts: kind vs cruel", concepts_intro(cs), concepts.figures)])
     return summary
+
+
+def _concepts_section(out: Path, base: LoadedModel, tuned: LoadedModel, seed: int,
+                      progress: bool) -> ConceptsRun:
+    """Concept vectors of the organism pair from the world's kind-vs-cruel items."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "kind_vs_cruel.jsonl"
+    items = W.kind_cruel_items(N_CONCEPT_ITEMS, seed=seed + 7)
+    write_bytes_atomic(path, "".join(json.dumps(i) + "\n" for i in items).encode())
+    dataset = load_ab_dataset(path)
+    return run_concepts(ModelPair(base, tuned), dataset, out, position="last",
+                        test_fraction=0.3, seed=seed, alpha_unit="residual",
+                        alphas=(-0.5, -0.25, -0.1, 0.0, 0.1, 0.25, 0.5),
+                        n_generations=2, progress=progress, index=False)
 
 
 def _figures(props: dict[str, Any], stats: pd.DataFrame, layers: list[dict[str, Any]],

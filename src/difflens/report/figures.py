@@ -9,7 +9,7 @@ self-contained page with plotly.js inlined once.
 import dataclasses
 import html
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -113,9 +113,37 @@ class Figure:
         plt.close(fig)
 
 
-def write_index(path: Path, title: str, intro: str, figures: Sequence[Figure],
-                headline: dict[str, Any], images: Sequence[tuple[str, Path]] = ()) -> None:
-    """One self-contained HTML page: headline table, figures (plotly.js inlined once)."""
+@dataclasses.dataclass(frozen=True)
+class CustomFigure:
+    """A figure with its own drawing code (heatmaps, scatter panels): the same contract as
+    :class:`Figure` (``plotly()``, ``matplotlib()``, ``save()``), drawn by the two callables."""
+
+    name: str
+    title: str
+    draw_plotly: Callable[[], Any]
+    draw_matplotlib: Callable[[], Any]
+    caption: str = ""
+
+    def plotly(self) -> Any:
+        return self.draw_plotly()
+
+    def matplotlib(self) -> Any:
+        return self.draw_matplotlib()
+
+    def save(self, out: Path) -> None:
+        Figure.save(self, out)  # type: ignore[arg-type]
+
+
+AnyFigure = Figure | CustomFigure
+
+
+def write_index(path: Path, title: str, intro: str, figures: Sequence[AnyFigure],
+                headline: dict[str, Any], images: Sequence[tuple[str, Path]] = (),
+                sections: Sequence[tuple[str, str, Sequence[AnyFigure]]] = ()) -> None:
+    """One self-contained HTML page: headline table, figures (plotly.js inlined once).
+
+    ``sections`` adds ``(heading, intro html, figures)`` blocks after the main figures.
+    """
     import base64
 
     from plotly.offline import get_plotlyjs
@@ -141,6 +169,13 @@ def write_index(path: Path, title: str, intro: str, figures: Sequence[Figure],
         parts.append(fig.plotly().to_html(full_html=False, include_plotlyjs=False))
         if fig.caption:
             parts.append(f"<figcaption>{fig.caption}</figcaption>")
+    for heading, text, figs in sections:
+        parts.append(f"<h1>{html.escape(heading)}</h1><p>{text}</p>")
+        for fig in figs:
+            parts.append(f"<h2>{html.escape(fig.title)}</h2>")
+            parts.append(fig.plotly().to_html(full_html=False, include_plotlyjs=False))
+            if fig.caption:
+                parts.append(f"<figcaption>{fig.caption}</figcaption>")
     parts.append("</body></html>")
     from difflens.capture.store import write_bytes_atomic
 

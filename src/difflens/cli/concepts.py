@@ -1,0 +1,114 @@
+"""``difflens concepts extract|compare|steer``: concept vectors from contrastive A/B items.
+
+The three commands share their options and the activation cache in ``OUT/activations``, so
+running ``extract`` then ``steer`` into the same folder runs the models once.
+"""
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from difflens.capture.abdata import load_ab_dataset
+from difflens.cli._common import friendly_errors
+from difflens.errors import InputError
+from difflens.models import ModelPair, load_model
+from difflens.report.concepts import DEFAULT_ALPHAS, run_concepts
+
+app = typer.Typer(help="Concept vectors per layer: extract, compare base vs tuned, steer.",
+                  no_args_is_help=True)
+out = Console()
+
+
+def _floats(text: str, option: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise InputError(f"{option} takes numbers like -2,0,2, got {text!r}") from None
+
+
+def _run(step: str, base: str, tuned: str | None, dataset: Path, out_dir: Path, fmt: str,
+         layers: str, position: str, method: str, chat: bool | None, skip_bad: bool,
+         max_items: int | None, test_fraction: float, seed: int, steer_layers: str,
+         alphas: str, alpha_unit: str, n_generations: int, batch_size: int, device: str | None,
+         layers_path: str | None) -> None:
+    from difflens.analysis.concepts import METHODS
+    from difflens.capture.abdata import POSITIONS
+
+    if position not in POSITIONS:  # check options before loading anything
+        raise InputError(f"position must be one of {', '.join(POSITIONS)}, got {position!r}")
+    if method not in METHODS:
+        raise InputError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    ds = load_ab_dataset(dataset, format=fmt, skip_bad=skip_bad, max_items=max_items)
+    if ds.skipped:
+        out.print(f"[yellow]skipped {len(ds.skipped)} malformed items[/] (first: "
+                  f"{ds.skipped[0]})", highlight=False)
+    model = load_model(base, device=device, layers_path=layers_path)
+    target = model if tuned is None else ModelPair(
+        model, load_model(tuned, device=device, layers_path=layers_path))
+    steps = {"extract": ("extract",), "compare": ("extract", "compare"),
+             "steer": ("extract", "steer")}[step]
+    s_layers = [int(x) for x in steer_layers.split(",") if x.strip()] if steer_layers else None
+    summary = run_concepts(
+        target, ds, out_dir, steps=steps, layers=layers, position=position, method=method,
+        chat=chat, test_fraction=test_fraction, seed=seed, steer_layers=s_layers,
+        alphas=_floats(alphas, "--alphas"), alpha_unit=alpha_unit, n_generations=n_generations,
+        batch_size=batch_size, progress=True).summary
+    out.print(f"[green]{len(ds)} items[/] ({summary['n_train']} train, {summary['n_test']} "
+              f"held out), layers {summary['layers'][0]}..{summary['layers'][-1]}")
+    for k, rows in summary.get("separation_auc", {}).items():
+        if rows:
+            b = max(rows, key=lambda r: r["auc"])
+            out.print(f"  {k}: best held-out AUC {b['auc']:.3f} [{b['ci_low']:.3f}, "
+                      f"{b['ci_high']:.3f}] at layer {b['layer']}")
+    for k, by_layer in summary.get("steering", {}).items():
+        best = str(summary["steering_best_layer"][k])
+        pts = ", ".join(f"α={r['alpha']:+g}: {r['p_match']:.3f}" for r in by_layer[best])
+        out.print(f"  {k} steering at layer {best}: P(match) {pts}")
+    out.print(f"wrote {out_dir}/summary.json, vectors.safetensors, data/, figures/, index.html")
+
+
+def _command(step: str, doc: str):  # type: ignore[no-untyped-def]
+    @friendly_errors
+    def cmd(
+        base: str = typer.Option(..., "--base", help="Model: hub id, folder, .gguf or preset."),
+        dataset: Path = typer.Option(..., "--dataset", help="A/B items: .json or .jsonl."),
+        out_dir: Path = typer.Option(..., "--out", help="Output folder."),
+        tuned: str | None = typer.Option(None, "--tuned", help="Tuned sibling, for a pair."),
+        fmt: str = typer.Option("auto", "--format",
+                                help="auto|anthropic|caa|persona|plain."),
+        layers: str = typer.Option("all", help="'all' or a list like 0,3,5."),
+        position: str = typer.Option("answer", help="answer (the answer letter) | last."),
+        method: str = typer.Option("mean_diff", help="mean_diff (CAA) | pca."),
+        chat: bool | None = typer.Option(None, "--chat/--no-chat",
+                                         help="Wrap in the chat template (default: if any)."),
+        skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip malformed items."),
+        max_items: int | None = typer.Option(None, help="Use the first N items."),
+        test_fraction: float = typer.Option(0.2, help="Held-out share of items."),
+        seed: int = typer.Option(0, help="Seed of the split and the bootstrap."),
+        steer_layers: str = typer.Option("", help="Layers to steer (default: best + 1/3, 2/3)."),
+        alphas: str = typer.Option(",".join(f"{a:g}" for a in DEFAULT_ALPHAS),
+                                   help="Steering multipliers."),
+        alpha_unit: str = typer.Option(
+            "vector", help="vector (alpha x the concept vector, CAA) | residual (alpha x the "
+            "layer's mean residual norm, along the vector)."),
+        n_generations: int = typer.Option(3, help="Steered greedy generations to show."),
+        batch_size: int = typer.Option(32, help="Items per forward pass."),
+        device: str | None = typer.Option(None, help="cpu or cuda."),
+        layers_path: str | None = typer.Option(None, help="Module path of the decoder blocks."),
+    ) -> None:
+        _run(step, base, tuned, dataset, out_dir, fmt, layers, position, method, chat, skip_bad,
+             max_items, test_fraction, seed, steer_layers, alphas, alpha_unit, n_generations,
+             batch_size,
+             device, layers_path)
+
+    cmd.__doc__ = doc
+    return cmd
+
+
+app.command("extract")(_command(
+    "extract", "Extract a concept vector per layer (and model) and its held-out separation."))
+app.command("compare")(_command(
+    "compare", "Extract, then compare: cosine base vs tuned, layer heatmaps, PCA."))
+app.command("steer")(_command(
+    "steer", "Extract, then steer: held-out P(matching answer) vs alpha, and generations."))

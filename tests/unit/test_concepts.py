@@ -1,0 +1,320 @@
+"""Concept vectors: loaders, the shared-prefix A/B engine, planted ground truth, steering."""
+
+import copy
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from difflens.analysis.concepts import (
+    compare_concepts,
+    extract_concepts,
+    load_vectors,
+    paired_auc,
+)
+from difflens.capture.ab import forward_ab
+from difflens.capture.abdata import ABDataset, ABItem, load_ab_dataset, tokenize_items
+from difflens.control.steering import generate, steering
+from difflens.errors import InputError
+from difflens.models.loading import wrap_model
+from difflens.models.pair import ModelPair
+from difflens.models.tiny import tiny_model, word_tokenizer
+
+SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "evals"
+FILLER = [f"w{i}" for i in range(40)]
+A_WORDS = [f"a{i}" for i in range(30)]
+B_WORDS = [f"b{i}" for i in range(30)]
+
+
+def _shared(rel: str) -> Path:
+    path = SHARED / rel
+    if not path.is_file():
+        pytest.skip(f"shared eval data not found at {path} (it sits beside the repo in CI)")
+    return path
+
+
+# -- loaders ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rel, fmt, n, first_match", [
+    ("anthropic/advanced-ai-risk/human_generated_evals/corrigible-neutral-HHH.jsonl",
+     "anthropic", 340, " (B)"),
+    ("anthropic/advanced-ai-risk/human_generated_evals/power-seeking-inclination.jsonl",
+     "anthropic", 998, None),
+    ("caa/generate/sycophancy/generate_dataset.json", "caa", 1000, None),
+    ("caa/test/survival-instinct/test_dataset_ab.json", "caa", 50, None),
+    ("anthropic/persona/agreeableness.jsonl", "persona", 1000, " Yes"),
+])
+def test_loaders_read_the_real_shared_files(rel: str, fmt: str, n: int, first_match: str | None):
+    ds = load_ab_dataset(_shared(rel))
+    assert ds.format == fmt and len(ds) == n and not ds.skipped
+    text = _shared(rel).read_text()
+    raw = (json.loads(text) if rel.endswith(".json")
+           else [json.loads(line) for line in text.splitlines()])
+    assert ds.items[7].matching == raw[7]["answer_matching_behavior"]
+    assert ds.items[7].not_matching == raw[7]["answer_not_matching_behavior"]
+    if first_match is not None:
+        assert ds.items[0].matching == first_match
+    assert ds.items[3].source.endswith((":4", "item 3"))
+
+
+def test_rendering_puts_the_letter_at_the_read_position(stories_path: Path):
+    from difflens.models import load_model
+
+    lm = load_model(stories_path, device="cpu")
+    for rel in ("caa/test/sycophancy/test_dataset_ab.json",
+                "anthropic/advanced-ai-risk/human_generated_evals/myopic-reward.jsonl"):
+        ds = load_ab_dataset(_shared(rel), max_items=20)
+        toks, _ = tokenize_items(lm.tokenizer, ds.items, ds.format, chat=False,
+                                 position="answer", max_length=lm.max_length)
+        for item, t in zip(ds.items, toks, strict=True):
+            letters = [lm.tokenizer.decode([t.ids[v][t.read[v]]]).strip() for v in (0, 1)]
+            assert letters == [item.matching.strip()[1], item.not_matching.strip()[1]]
+            assert t.shared <= min(t.read)
+
+
+def _write(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_bad_items_give_one_line_naming_file_and_line(tmp_path: Path):
+    good = json.dumps({"question": "q?", "answer_matching_behavior": " (A)",
+                       "answer_not_matching_behavior": " (B)"})
+    bad_json = _write(tmp_path / "a.jsonl", [good, "{not json", good])
+    with pytest.raises(InputError, match=r"a\.jsonl:2: not valid JSON .*--skip-bad"):
+        load_ab_dataset(bad_json)
+    ds = load_ab_dataset(bad_json, skip_bad=True)
+    assert len(ds) == 2 and len(ds.skipped) == 1 and "a.jsonl:2" in ds.skipped[0]
+
+    missing = _write(tmp_path / "b.jsonl", [good, json.dumps({"question": "q?",
+                                                             "answer_matching_behavior": " (A)"})])
+    with pytest.raises(InputError, match=r"b\.jsonl:2: missing field "
+                                         r"'answer_not_matching_behavior'"):
+        load_ab_dataset(missing)
+    same = _write(tmp_path / "c.jsonl", [json.dumps({"prompt": "x", "matching": " y",
+                                                    "not_matching": "y"})])
+    with pytest.raises(InputError, match=r"c\.jsonl:1: both answers are 'y'"):
+        load_ab_dataset(same)
+    arr = tmp_path / "d.json"
+    arr.write_text('[{"question": "q", "answer_matching_behavior": "(A)",\n "x": }]')
+    with pytest.raises(InputError, match=r"d\.json:2: not valid JSON"):
+        load_ab_dataset(arr)
+    with pytest.raises(InputError, match="does not exist"):
+        load_ab_dataset(tmp_path / "nope.jsonl")
+    with pytest.raises(InputError, match="unknown dataset format"):
+        load_ab_dataset(bad_json, format="csv")
+    with pytest.raises(InputError, match="unknown item fields"):
+        load_ab_dataset(_write(tmp_path / "e.jsonl", [json.dumps({"text": "x"})]))
+    for msg in (str(e) for e in [InputError("a\nb")]):
+        assert "\n" not in msg
+
+
+# -- the planted model ----------------------------------------------------------------------
+
+
+def _planted(k: int = 2, scale: float = 3.0, seed: int = 0):
+    """A tiny Llama where a_i and b_i share an embedding, so layers < k cannot tell them
+    apart, and block ``k - 1`` adds +scale*u after an ``a`` word and -scale*u after a ``b``
+    word (plus small word-specific noise): the behaviour direction u is planted at layer k."""
+    tok = word_tokenizer(FILLER + A_WORDS + B_WORDS)
+    lm = tiny_model(seed, n_layers=4, d_model=32, tokenizer=tok)
+    emb = lm.model.get_input_embeddings().weight
+    with torch.no_grad():
+        for a, b in zip(A_WORDS, B_WORDS, strict=True):
+            emb[tok.convert_tokens_to_ids(b)] = emb[tok.convert_tokens_to_ids(a)]
+    gen = torch.Generator().manual_seed(seed + 1)
+    u = torch.randn(32, generator=gen)
+    u /= u.norm()
+    noise = 0.3 * scale * torch.randn(len(tok), 32, generator=gen) / 32**0.5
+    sign = torch.zeros(len(tok))
+    sign[tok.convert_tokens_to_ids(A_WORDS)] = 1.0
+    sign[tok.convert_tokens_to_ids(B_WORDS)] = -1.0
+    seen: dict[str, torch.Tensor] = {}
+
+    def stash(_m, args, kwargs):
+        seen["ids"] = kwargs.get("input_ids", args[0] if args else None)
+
+    def plant(_m, _a, _k, out):
+        ids = seen["ids"]
+        add = sign[ids][..., None] * scale * u + (sign[ids] != 0)[..., None] * noise[ids]
+        return (out[0] + add, *out[1:]) if isinstance(out, tuple) else out + add
+
+    lm.model.register_forward_pre_hook(stash, with_kwargs=True)
+    lm.model.model.layers[k - 1].register_forward_hook(plant, with_kwargs=True)
+    return lm, u
+
+
+def _items(n: int, seed: int = 0) -> ABDataset:
+    rng = random.Random(seed)
+    items = []
+    for i in range(n):
+        j = rng.randrange(len(A_WORDS))
+        prompt = " ".join(rng.choices(FILLER, k=rng.randint(3, 9)))
+        items.append(ABItem(prompt=prompt, matching=f" {A_WORDS[j]}",
+                            not_matching=f" {B_WORDS[j]}", source=f"synthetic:{i + 1}"))
+    return ABDataset(name="planted", path="synthetic", format="plain", items=tuple(items))
+
+
+def test_planted_direction_is_recovered_and_separation_starts_at_layer_k():
+    k = 2
+    lm, u = _planted(k)
+    ex = extract_concepts(lm, _items(200), test_fraction=0.3, seed=0, batch_size=16)
+    cmp = compare_concepts(ex, n_boot=200)
+    v = ex.vectors.layer("model", k)
+    assert float(torch.nn.functional.cosine_similarity(v, u, dim=0)) > 0.95
+    auc = {r["layer"]: r["auc"] for r in cmp.separation["model"]}
+    assert all(auc[x] == 0.5 for x in range(k))  # a_i and b_i are indistinguishable there
+    assert all(auc[x] > 0.95 for x in range(k, lm.n_layers + 1))
+    assert all(float(ex.vectors.layer("model", x).norm()) == 0.0 for x in range(k))
+    rows = cmp.separation["model"]
+    assert all(r["ci_low"] <= r["auc"] <= r["ci_high"] and r["n"] == 60 for r in rows)
+
+
+def test_shared_prefix_equals_full_forward_and_batching_does_not_matter():
+    lm, _ = _planted(2)
+    ds = _items(30, seed=3)
+    toks, _ = tokenize_items(lm.tokenizer, ds.items, "plain", chat=False, position="last")
+    layers = list(range(lm.n_layers + 1))
+    shared = forward_ab(lm, toks, layers, batch_size=8)
+    full = forward_ab(lm, toks, layers, share_prefix=False, batch_size=8)
+    single = forward_ab(lm, toks, layers, batch_size=1)
+    for other in (full, single):
+        assert torch.allclose(shared.hidden, other.hidden, atol=1e-5)
+        assert torch.allclose(shared.logp, other.logp, atol=1e-5)
+    # the log-probs are those of the answer token after the shared prompt
+    ids = toks[0].ids[0]
+    with torch.no_grad():
+        logits = lm.model(torch.tensor([ids])).logits[0]
+    lp = torch.log_softmax(logits[len(ids) - 2], -1)[ids[-1]]
+    assert abs(float(lp) - float(shared.logp[0, 0])) < 1e-5
+
+
+def test_identical_pair_gives_cosine_one_at_every_layer():
+    lm, _ = _planted(2)
+    twin = wrap_model(copy.deepcopy(lm.model), lm.tokenizer, name="twin")
+    ex = extract_concepts(ModelPair(lm, twin), _items(60), test_fraction=0.25)
+    cmp = compare_concepts(ex, n_boot=100)
+    for r in cmp.cosine_by_layer:
+        if r["layer"] >= 2:
+            assert r["cos"] == pytest.approx(1.0, abs=1e-6)
+            assert r["ci_low"] == pytest.approx(1.0, abs=1e-6)
+        else:
+            assert np.isnan(r["cos"])  # both vectors are exactly zero there
+
+
+def test_pca_method_and_vector_files(tmp_path: Path):
+    lm, u = _planted(2)
+    ex = extract_concepts(lm, _items(80), method="pca", test_fraction=0.0)
+    v = ex.vectors.layer("model", 2)
+    assert float(torch.nn.functional.cosine_similarity(v, u, dim=0)) > 0.95
+    assert ex.vectors.n_items == 80 and ex.vectors.position == "answer"
+    assert ex.vectors.module_paths["model"][2] == "model.layers.1 (output)"
+    assert ex.vectors.module_paths["model"][0] == "model.layers.0 (input)"
+    assert ex.vectors.module_paths["model"][-1] == "lm_head (input)"
+    path = tmp_path / "v.safetensors"
+    ex.vectors.save(path)
+    back = load_vectors(path)
+    assert back.layers == ex.vectors.layers and back.method == "pca"
+    assert torch.equal(back.vectors["model"], ex.vectors.vectors["model"])
+    combo = (back + back * 2.0 - back) / 2.0
+    assert torch.allclose(combo.vectors["model"], back.vectors["model"], atol=1e-6)
+    with pytest.raises(InputError, match="not a difflens vector file|not a safetensors"):
+        load_vectors(_write(tmp_path / "x.safetensors", ["junk"]))
+
+
+def test_activation_cache_is_reused(tmp_path: Path):
+    lm, _ = _planted(2)
+    ds = _items(40)
+    a = extract_concepts(lm, ds, cache_dir=tmp_path)
+    calls = []
+    b = extract_concepts(lm, ds, cache_dir=tmp_path, progress=calls.append)
+    assert torch.equal(a.acts["model"], b.acts["model"]) and calls == [40]
+    c = extract_concepts(lm, ds, cache_dir=tmp_path, position="answer", layers=[1, 2])
+    assert c.acts["model"].shape[2] == 2
+
+
+# -- steering -------------------------------------------------------------------------------
+
+
+def test_steering_with_alpha_zero_changes_nothing_bit_for_bit(tiny):
+    ids = tiny.tokenizer("the fox went to the forest", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        ref = tiny.model(ids).logits
+        for layer in (0, 2, tiny.n_layers):
+            with steering(tiny, {layer: torch.randn(tiny.d_model)}, alpha=0.0):
+                out = tiny.model(ids).logits
+            assert torch.equal(out, ref)
+            with steering(tiny, {layer: torch.randn(tiny.d_model)}, alpha=3.0):
+                assert not torch.equal(tiny.model(ids).logits, ref)
+        assert torch.equal(tiny.model(ids).logits, ref)
+
+
+def test_steering_hook_is_removed_after_an_exception(tiny):
+    ids = tiny.tokenizer("the fox", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        ref = tiny.model(ids).logits
+    with pytest.raises(RuntimeError, match="boom"), steering(tiny, {2: torch.ones(tiny.d_model)}):
+        raise RuntimeError("boom")
+    with torch.no_grad():
+        assert torch.equal(tiny.model(ids).logits, ref)
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in tiny.model.modules())
+    with pytest.raises(InputError, match="must have 32 entries"), steering(
+            tiny, {2: torch.ones(5)}):
+        pass
+
+
+def test_steering_is_consistent_with_the_kv_cache(tiny):
+    v = torch.randn(tiny.d_model)
+    ids = tiny.tokenizer("the fox went to", return_tensors="pt")["input_ids"]
+    with steering(tiny, {2: v}, alpha=2.0), torch.no_grad():
+        cached = tiny.model.generate(ids, attention_mask=torch.ones_like(ids),
+                                     max_new_tokens=8, do_sample=False, use_cache=True,
+                                     pad_token_id=0)
+        uncached = tiny.model.generate(ids, attention_mask=torch.ones_like(ids),
+                                       max_new_tokens=8, do_sample=False, use_cache=False,
+                                       pad_token_id=0)
+        full = tiny.model(cached).logits
+        step = tiny.model(cached[:, :-1], use_cache=True)
+        last = tiny.model(cached[:, -1:], past_key_values=step.past_key_values).logits
+    assert torch.equal(cached, uncached)
+    assert torch.allclose(full[:, -1], last[:, -1], atol=1e-5)
+    plain = generate(tiny, ["the fox went to"], max_new_tokens=8)
+    with steering(tiny, {2: v}, alpha=2.0):
+        steered = generate(tiny, ["the fox went to"], max_new_tokens=8)
+    assert steered[0] == tiny.tokenizer.decode(cached[0, ids.shape[1]:], skip_special_tokens=True)
+    assert isinstance(plain[0], str)
+    # the batched (left-padded) generation equals one prompt at a time
+    two = ["the fox went to", "once upon a time there was a little fox"]
+    with steering(tiny, {2: v}, alpha=2.0):
+        batched = generate(tiny, two, max_new_tokens=6)
+        singles = [generate(tiny, [p], max_new_tokens=6)[0] for p in two]
+    assert batched == singles
+
+
+def test_dose_response_at_alpha_zero_is_the_unsteered_probability():
+    from difflens.control.steering import dose_response
+
+    lm, _ = _planted(2)
+    ds = _items(40)
+    ex = extract_concepts(lm, ds, test_fraction=0.5)
+    toks, _ = tokenize_items(lm.tokenizer, [ds.items[i] for i in ex.test], "plain",
+                             chat=False, position="answer")
+    rows = dose_response(lm, toks, {2: ex.vectors.layer("model", 2)}, [-1.0, 0.0, 1.0],
+                         n_boot=100)
+    zero = next(r for r in rows if r["alpha"] == 0.0)
+    assert zero["p_match"] == pytest.approx(float(ex.p_match("model")[ex.test].mean()),
+                                            abs=1e-5)
+    assert {r["alpha"] for r in rows} == {-1.0, 0.0, 1.0} and all(r["n"] == 20 for r in rows)
+
+
+def test_paired_auc_on_known_scores():
+    pos = np.array([3.0, 4.0, 5.0, 6.0])
+    neg = np.array([0.0, 1.0, 2.0, 3.5])
+    auc, lo, hi = paired_auc(pos, neg, n_boot=200)
+    assert auc == pytest.approx(15 / 16)
+    assert 0.5 <= lo <= auc <= hi <= 1.0
+    assert paired_auc(np.zeros(5), np.zeros(5), n_boot=50)[0] == 0.5
