@@ -113,6 +113,11 @@ def test_cli_build_info_and_demo(tmp_path):
     assert 0 <= summary["organism"]["tuned"]["celebration_share"] <= 1
     page = (out / "index.html").read_text()
     assert "Headline figures" in page and "plotly" in page.lower()
+    concepts = summary["concepts"]
+    assert concepts["n_items"] == 60 and "Concepts: kind vs cruel" in page
+    assert [r["layer"] for r in concepts["cosine_by_layer"]] == concepts["layers"]
+    assert set(concepts["steering"]) == {"base", "tuned"}
+    assert (out / "concepts" / "figures" / "pca.png").stat().st_size > 1000
     for name in ("headline_reward", "kl_by_position", "layer_cosine", "rl_curves"):
         assert (out / "figures" / f"{name}.html").is_file()
         assert (out / "figures" / f"{name}.png").stat().st_size > 1000

@@ -22,13 +22,19 @@ def demo_cmd(
     from difflens.report.figures import format_ci
 
     cfg = OrganismConfig.small(seed) if small else OrganismConfig(seed=seed)
-    summary = run_demo(out_dir, config=cfg, progress=True)
+    summary = run_demo(out_dir, config=cfg, n_concept_items=60 if small else 400,
+                       progress=True)
     o = summary["organism"]
     out.print(f"[green]report:[/] {out_dir / 'index.html'}   summary: {out_dir / 'summary.json'}")
     for key, name in (("reward", "reward (VADER)"), ("entropy", "entropy (nats/token)"),
                       ("celebration_share", "celebration share"), ("chance_tvd", "chance TVD")):
         b, t = (format_ci(o[m][MEAN_KEY[key]], o[m][key + "_ci95"]) for m in ("base", "tuned"))
         out.print(f"{name:<22} base {b}  tuned {t}  n={o['base'][key + '_n']}")
+    for label, rows in summary["concepts"]["separation_auc"].items():
+        best = max(rows, key=lambda r: r["auc"])
+        out.print(f"kind-vs-cruel vector, {label}: best held-out AUC "
+                  f"{format_ci(best['auc'], [best['ci_low'], best['ci_high']], best['n'])} "
+                  f"at layer {best['layer']}")
     kl = summary["pair"]["kl_tuned_base"]
     out.print(f"KL(tuned‖base) on held-out stories, nats/token: "
               f"{format_ci(kl['mean'], kl['ci95'], kl['n'])} tokens")

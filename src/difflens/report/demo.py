@@ -59,7 +59,7 @@ def _write_table(df: pd.DataFrame, folder: Path, name: str) -> None:
 
 
 def run_demo(out: Path, *, config: OrganismConfig | None = None, n_stories: int = 200,
-             progress: bool = False) -> dict[str, Any]:
+             n_concept_items: int = N_CONCEPT_ITEMS, progress: bool = False) -> dict[str, Any]:
     """Run the whole demo into ``out`` and return the summary."""
     check_writable(out)  # fail in a second, not after a 2-minute organism build
     org: Organism = build_organism(config, progress=progress)
@@ -106,7 +106,8 @@ def run_demo(out: Path, *, config: OrganismConfig | None = None, n_stories: int 
         "capture": {"path": str(store.path), "n_prompts": store.n_prompts,
                     "n_tokens": store.n_tokens},
     }
-    concepts = _concepts_section(out / "concepts", base, tuned, cfg.seed, progress)
+    concepts = _concepts_section(out / "concepts", base, tuned, cfg.seed, n_concept_items,
+                                 progress)
     summary["concepts"] = concepts.summary
     write_json_atomic(out / "summary.json", summary)
     o = summary["organism"]
@@ -136,11 +137,11 @@ def run_demo(out: Path, *, config: OrganismConfig | None = None, n_stories: int 
 
 
 def _concepts_section(out: Path, base: LoadedModel, tuned: LoadedModel, seed: int,
-                      progress: bool) -> ConceptsRun:
+                      n_items: int, progress: bool) -> ConceptsRun:
     """Concept vectors of the organism pair from the world's kind-vs-cruel items."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / "kind_vs_cruel.jsonl"
-    items = W.kind_cruel_items(N_CONCEPT_ITEMS, seed=seed + 7)
+    items = W.kind_cruel_items(n_items, seed=seed + 7)
     write_bytes_atomic(path, "".join(json.dumps(i) + "\n" for i in items).encode())
     dataset = load_ab_dataset(path)
     return run_concepts(ModelPair(base, tuned), dataset, out, position="last",
