@@ -6,8 +6,8 @@
 forward passes (matching, then non-matching) with ``output_hidden_states=True``, reading
 the answer-letter position. difflens runs each item's question once in a batch, reuses its
 KV cache for both answers, and asks for logits only where they are needed. Both run in
-this process, twice each (interleaved; the best time counts); the states must agree. Last line: ``naive_s=<a> difflens_s=<b>
-max_abs_diff=<c> concepts_speedup=<x>``.
+this process, twice each (interleaved; the best time counts); the states must agree.
+Last line: ``naive_s=<a> difflens_s=<b> max_abs_diff=<c> concepts_speedup=<x>``.
 """
 
 import sys
