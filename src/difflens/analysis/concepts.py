@@ -388,20 +388,27 @@ class ConceptComparison:
 
 def _pca_rows(vectors: dict[str, Tensor], layers: Sequence[int], normalised: bool
               ) -> tuple[list[dict[str, Any]], np.ndarray]:
+    """One PCA over every layer's vector of every model; zero vectors (a position whose
+    state cannot differ yet, e.g. layer 0 at a shared token) are left out, with NaN coords."""
     labels = list(vectors)
     x = torch.cat([vectors[k] for k in labels]).double()
+    keep = x.norm(dim=-1) > 0
     if normalised:
-        x = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    xc = x - x.mean(0)
-    _, s, vt = torch.linalg.svd(xc, full_matrices=False)
-    coords = (xc @ vt[:2].T).numpy()
-    # fix the sign so that the first layer has a non-negative PC1 and PC2 (deterministic)
-    sign = np.where(coords[0] < 0, -1.0, 1.0)
-    coords = coords * sign
-    ev = (s**2 / (s**2).sum()).numpy()[:2] if float(s.sum()) > 0 else np.zeros(2)
+        x = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-300)
+    coords = np.full((len(x), 2), np.nan)
+    ev = np.zeros(2)
+    if int(keep.sum()) >= 2:
+        xk = x[keep]
+        xc = xk - xk.mean(0)
+        _, s, vt = torch.linalg.svd(xc, full_matrices=False)
+        c = (xc @ vt[:2].T).numpy()
+        c = c * np.where(c[0] < 0, -1.0, 1.0)  # deterministic sign: first point non-negative
+        coords[keep.numpy(), : c.shape[1]] = c
+        if float((s**2).sum()) > 0:
+            ev[: min(2, len(s))] = (s**2 / (s**2).sum()).numpy()[:2]
     rows = [{"model": k, "layer": layer, "normalised": normalised,
              "pc1": float(coords[i * len(layers) + j, 0]),
-             "pc2": float(coords[i * len(layers) + j, 1]) if coords.shape[1] > 1 else 0.0}
+             "pc2": float(coords[i * len(layers) + j, 1])}
             for i, k in enumerate(labels) for j, layer in enumerate(layers)]
     return rows, ev
 

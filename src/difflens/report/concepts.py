@@ -344,7 +344,7 @@ def _heatmap_figure(ex: ConceptExtraction, cmp: ConceptComparison) -> CustomFigu
 
 
 def _pca_figure(ex: ConceptExtraction, cmp: ConceptComparison) -> CustomFigure:
-    df = pd.DataFrame(cmp.pca)
+    df = pd.DataFrame(cmp.pca).dropna(subset=["pc1"])  # zero vectors are not in the PCA
     ev = cmp.pca_explained
     titles = [f"{'normalised (unit vectors)' if n else 'raw'}: PC1 {ev[key][0]['explained']:.0%}"
               f", PC2 {ev[key][1]['explained'] if len(ev[key]) > 1 else 0:.0%}"
@@ -385,8 +385,8 @@ def _pca_figure(ex: ConceptExtraction, cmp: ConceptComparison) -> CustomFigure:
         "pca", "PCA of the concept vectors across layers (raw vs normalised)", draw_plotly,
         draw_mpl, caption="one point per layer, both models in one PCA; numbers are layers. "
         "Normalised: each vector scaled to unit length before the PCA, so that the growth of "
-        "the residual norm with depth does not decide PC1. Explained-variance CIs are in "
-        "summary.json (pca_explained).")
+        "the residual norm with depth does not decide PC1. Layers whose vector is exactly zero "
+        "are left out. Explained-variance CIs are in summary.json (pca_explained).")
 
 
 def _dose_figure(label: str, rows: list[dict[str, Any]], unit: str) -> Figure:
