@@ -74,6 +74,11 @@ def test_rendering_puts_the_letter_at_the_read_position(stories_path: Path):
             letters = [lm.tokenizer.decode([t.ids[v][t.read[v]]]).strip() for v in (0, 1)]
             assert letters == [item.matching.strip()[1], item.not_matching.strip()[1]]
             assert t.shared <= min(t.read)
+        layers = list(range(lm.n_layers + 1))
+        shared = forward_ab(lm, toks, layers, batch_size=7)
+        full = forward_ab(lm, toks, layers, share_prefix=False, batch_size=5)
+        assert torch.allclose(shared.hidden, full.hidden, atol=1e-5)
+        assert torch.allclose(shared.logp, full.logp, atol=1e-5)
 
 
 def _write(path: Path, lines: list[str]) -> Path:
