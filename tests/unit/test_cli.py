@@ -198,6 +198,7 @@ def test_concepts_commands_write_the_issue_keys(tmp_path: Path, ab_file: Path, p
               "--steer-layers", "2", "--alphas=-1,0,1")
     assert res.exit_code == 0, res.output
     s = json.loads((out / "summary.json").read_text())
+    assert s["cosine_by_layer"] and s["pca_explained"]  # kept from the compare step
     rows = s["steering"]["tuned"]["2"]
     assert [r["alpha"] for r in rows] == [-1.0, 0.0, 1.0]
     assert all(r["ci_low"] <= r["p_match"] <= r["ci_high"] for r in rows)

@@ -152,6 +152,8 @@ class ConceptExtraction:
     """Held-out item indices."""
     vectors: ConceptVectors
     n_truncated: int = 0
+    key: str = ""
+    """The activation cache key (models, items, layers, position, template)."""
 
     @property
     def labels(self) -> list[str]:
@@ -293,7 +295,7 @@ def extract_concepts(
         models={k: m.identity.to_dict() for k, m in models.items()}, dataset=dataset.name)
     return ConceptExtraction(dataset=dataset, layers=layer_idx, position=position, chat=chats,
                              acts=acts, logp=logp, train=train, test=test, vectors=vectors,
-                             n_truncated=n_truncated)
+                             n_truncated=n_truncated, key=key)
 
 
 def _read_cache(folder: str | Path | None, label: str, key: str

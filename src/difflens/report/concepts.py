@@ -126,7 +126,9 @@ def run_concepts(
                               batch_size=batch_size, cache_dir=out / "activations",
                               progress=lambda n: tick(n, ""))
         ex.vectors.save(out / "vectors.safetensors")
-        summary: dict[str, Any] = {
+        summary: dict[str, Any] = _previous(out, ex.key, method, test_fraction, seed)
+        summary |= {
+            "extraction_key": ex.key, "test_fraction": test_fraction, "seed": seed,
             "dataset": {"name": dataset.name, "path": dataset.path, "format": dataset.format,
                         "n_skipped": len(dataset.skipped)},
             "n_items": len(dataset), "n_train": len(ex.train), "n_test": len(ex.test),
@@ -202,6 +204,23 @@ def run_concepts(
         write_index(out / "index.html", f"difflens concepts: {dataset.name}",
                     intro_html(summary), figures, headline(summary))
     return ConceptsRun(summary=summary, figures=figures, extraction=ex)
+
+
+def _previous(out: Path, key: str, method: str, test_fraction: float, seed: int
+              ) -> dict[str, Any]:
+    """The summary an earlier step wrote into ``out`` for the same extraction and split, so
+    that ``compare`` then ``steer`` into one folder keeps both steps' keys."""
+    import json
+
+    path = out / "summary.json"
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    same = (isinstance(old, dict) and old.get("extraction_key") == key
+            and old.get("method") == method and old.get("test_fraction") == test_fraction
+            and old.get("seed") == seed)
+    return old if same else {}
 
 
 def _mean_ci(x: np.ndarray, seed: int) -> dict[str, Any]:
