@@ -6,6 +6,7 @@ from difflens.cli.capture import capture_cmd, info_cmd
 from difflens.cli.concepts import app as concepts_app
 from difflens.cli.demo import demo_cmd
 from difflens.cli.organism import app as organism_app
+from difflens.cli.trajectories import app as trajectories_app
 
 app = typer.Typer(
     name="difflens",
@@ -19,6 +20,7 @@ app.command("info")(info_cmd)
 app.command("demo")(demo_cmd)
 app.add_typer(organism_app, name="organism")
 app.add_typer(concepts_app, name="concepts")
+app.add_typer(trajectories_app, name="trajectories")
 
 if __name__ == "__main__":
     app()

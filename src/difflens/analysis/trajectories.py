@@ -1,0 +1,424 @@
+"""Trajectories on the sphere: cumulative-mean paths, their projection, and how they compare.
+
+For a text ``w_1..w_T`` with token vectors ``v_i`` (a layer's residual stream), the path is
+``Y_t = mean_{i<=t} v_i / |v_i|``. Paths of both models are projected together onto a
+sphere (:class:`SphereProjection`) and compared in a long **trajectory table** with columns
+``prompt_id, model, segment, step, token, x, y, z`` (``segment`` is ``"prompt"`` or
+``"continuation:i"``). Every statistic here is vectorised over the whole table, works on
+any point dimension (the sphere's 3 coordinates, or the full-dimension cumulative means,
+where the geodesic is the angle between the vectors), and carries counts and bootstrap CIs
+that resample prompts (the paths of one prompt are not independent).
+
+Jump convention: the jump at step ``t`` is the geodesic from ``Y_{t-1}`` to ``Y_t``, the move
+caused by adding token ``t``; it is attributed to token ``t`` (the token *after which* the
+path stands at its new point).
+"""
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from difflens.errors import InputError
+
+TABLE_COLUMNS = ("prompt_id", "model", "segment", "step", "token", "x", "y", "z")
+REQUIRED_COLUMNS = ("prompt_id", "model", "segment", "step", "x", "y", "z")
+
+
+def cumulative_mean_path(states: Float[Tensor, "seq d_model"]) -> Float[Tensor, "seq d_model"]:
+    """``Y_t = mean_{i<=t} v_i/|v_i|`` for a sequence of token vectors (float64 sums)."""
+    v = states.double()
+    v = v / v.norm(dim=-1, keepdim=True).clamp_min(1e-300)
+    steps = torch.arange(1, len(v) + 1, dtype=torch.float64, device=v.device)[:, None]
+    return (v.cumsum(0) / steps).to(states.dtype)
+
+
+def geodesic(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Great-circle distance between the directions of ``a`` and ``b`` (rows), in radians.
+
+    Points need not be unit vectors: the angle between them is used, so the same function
+    serves sphere coordinates and full-dimension cumulative means.
+    """
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    ua = a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-300)
+    ub = b / np.maximum(np.linalg.norm(b, axis=-1, keepdims=True), 1e-300)
+    # 2 atan2(|a - b|, |a + b|) is exact near 0 and pi, where arccos(a.b) is not
+    return 2.0 * np.arctan2(np.linalg.norm(ua - ub, axis=-1), np.linalg.norm(ua + ub, axis=-1))
+
+
+class SphereProjection:
+    """Project points onto a sphere, following the scikit-learn contract.
+
+    Args:
+        method: ``"umap"`` (UMAP with ``output_metric="haversine"``; the two angles are
+            mapped to x, y, z) or ``"pca"`` (project onto ``dim + 1`` principal components,
+            then normalise: fast and deterministic).
+        dim: 2 for the ordinary sphere (x, y, z), 3 for the 3-sphere (4-D unit points;
+            PCA only).
+        random_state: seed of UMAP.
+        n_neighbors, min_dist: UMAP's parameters.
+
+    Learned attributes end in ``_``: ``embedding_`` (the fitted points on the sphere).
+    """
+
+    def __init__(self, method: str = "umap", dim: int = 2, random_state: int | None = 0,
+                 n_neighbors: int = 15, min_dist: float = 0.1) -> None:
+        self.method = method
+        self.dim = dim
+        self.random_state = random_state
+        self.n_neighbors = n_neighbors
+        self.min_dist = min_dist
+
+    def _validate(self) -> None:
+        if self.method not in ("umap", "pca"):
+            raise InputError(f"projection method must be 'umap' or 'pca', got {self.method!r}")
+        if self.dim not in (2, 3):
+            raise InputError(f"sphere dim must be 2 or 3, got {self.dim}")
+        if self.method == "umap" and self.dim != 2:
+            raise InputError("UMAP's haversine output is the 2-sphere only; use method='pca' "
+                             "for the 3-sphere")
+
+    def fit(self, X: np.ndarray, y: Any = None) -> "SphereProjection":
+        self._validate()
+        X = np.asarray(X, dtype=np.float32)
+        if X.ndim != 2 or len(X) < self.dim + 2:
+            raise InputError(f"need a 2-D array of at least {self.dim + 2} points, got shape "
+                             f"{X.shape}")
+        if self.method == "pca":
+            from sklearn.decomposition import PCA
+
+            self.pca_ = PCA(n_components=self.dim + 1, random_state=0).fit(X)
+            self.embedding_ = self._pca_points(X)
+        else:
+            import umap  # heavy import: only here
+
+            self.umap_ = umap.UMAP(output_metric="haversine", n_components=2, n_jobs=1,
+                                   n_neighbors=min(self.n_neighbors, len(X) - 1),
+                                   min_dist=self.min_dist, random_state=self.random_state)
+            self.umap_.fit(X)
+            self.embedding_ = self._angles_to_xyz(self.umap_.embedding_)
+        return self
+
+    def _pca_points(self, X: np.ndarray) -> np.ndarray:
+        p = self.pca_.transform(X).astype(np.float64)
+        norm = np.linalg.norm(p, axis=1, keepdims=True)
+        return p / np.maximum(norm, 1e-300)
+
+    @staticmethod
+    def _angles_to_xyz(angles: np.ndarray) -> np.ndarray:
+        """UMAP's haversine embedding is (theta, phi) in radians; map it as UMAP's docs do."""
+        theta, phi = angles[:, 0].astype(np.float64), angles[:, 1].astype(np.float64)
+        return np.stack([np.sin(theta) * np.cos(phi), np.sin(theta) * np.sin(phi),
+                         np.cos(theta)], axis=1)
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        if not hasattr(self, "embedding_"):
+            raise InputError("SphereProjection is not fitted; call fit first")
+        X = np.asarray(X, dtype=np.float32)
+        if self.method == "pca":
+            return self._pca_points(X)
+        return self._angles_to_xyz(self.umap_.transform(X))
+
+    def fit_transform(self, X: np.ndarray, y: Any = None) -> np.ndarray:
+        return self.fit(X).embedding_
+
+
+def faithfulness(full: np.ndarray, sphere: np.ndarray, *, n_pairs: int = 20000,
+                 seed: int = 0) -> dict[str, Any]:
+    """Spearman correlation between sphere geodesics and full-dimension angles on random
+    point pairs, with a bootstrap CI over the pairs."""
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(seed)
+    n = len(full)
+    i, j = rng.integers(0, n, n_pairs), rng.integers(0, n, n_pairs)
+    keep = i != j
+    a = geodesic(full[i[keep]], full[j[keep]])
+    b = geodesic(sphere[i[keep]], sphere[j[keep]])
+    rho = float(spearmanr(a, b).statistic)
+    boots = []
+    for _ in range(100):
+        k = rng.integers(0, len(a), len(a))
+        boots.append(spearmanr(a[k], b[k]).statistic)
+    lo, hi = np.quantile(boots, [0.025, 0.975])
+    return {"mean": rho, "ci95": [float(lo), float(hi)], "n": int(keep.sum())}
+
+
+# -- the table ------------------------------------------------------------------------------
+
+
+def check_table(df: pd.DataFrame, where: str = "trajectory table") -> pd.DataFrame:
+    """Validate a trajectory table; returns it sorted by path and step."""
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise InputError(f"{where}: missing column {missing[0]!r}; a trajectory table has "
+                         f"{', '.join(TABLE_COLUMNS)}")
+    if "token" not in df.columns:
+        df = df.assign(token=None)
+    bad = df[["x", "y", "z"]].isna().any(axis=1)
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise InputError(f"{where}: row {row + 1} has an empty coordinate; every point needs "
+                         f"x, y and z")
+    models = set(df["model"].unique())
+    if not models:
+        raise InputError(f"{where}: no rows")
+    df = df.sort_values(["prompt_id", "model", "segment", "step"], kind="stable")
+    return df.reset_index(drop=True)
+
+
+def point_columns(df: pd.DataFrame) -> list[str]:
+    return ["x", "y", "z"] + (["w"] if "w" in df.columns else [])
+
+
+def _cluster_weights(n: int, n_boot: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(n_boot, n))
+    w = np.zeros((n_boot, n))
+    np.add.at(w, (np.arange(n_boot)[:, None], idx), 1.0)
+    return w
+
+
+def _ratio_ci(num: np.ndarray, den: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """CI of sum(num)/sum(den) per column, resampling rows (prompts) with weights ``w``."""
+    import warnings
+
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an index no resample contains
+        boots = (w @ num) / (w @ den)
+        lo, hi = np.nanquantile(boots, [0.025, 0.975], axis=0)
+    return lo, hi
+
+
+@dataclasses.dataclass(frozen=True)
+class TrajectoryStats:
+    """What :func:`trajectory_stats` measured on one point set (sphere or full dimension)."""
+
+    distance_by_index: dict[str, list[dict[str, Any]]]
+    """``prompt`` / ``continuation`` -> ``{index, mean, ci_low, ci_high, n}`` (radians)."""
+    jumps_by_index: dict[str, list[dict[str, Any]]]
+    """Model -> mean jump per step index (all segments)."""
+    top_tokens: list[dict[str, Any]]
+    bottom_tokens: list[dict[str, Any]]
+    top_tokens_adjusted: list[dict[str, Any]]
+    """Ranked by jump relative to the mean jump at the same step (``mean_jump`` is then a
+    ratio): early steps of a cumulative mean always move more, and this removes that."""
+    bottom_tokens_adjusted: list[dict[str, Any]]
+    sentiment: dict[str, Any]
+    jumps: pd.DataFrame
+    """One row per jump: prompt_id, model, segment, step, token, jump, sentiment."""
+
+
+def path_jumps(df: pd.DataFrame, points: np.ndarray) -> np.ndarray:
+    """Jump into each row's point from the previous step of the same path (NaN at step 0)."""
+    key = (df["prompt_id"].astype(str) + "\x00" + df["model"].astype(str) + "\x00"
+           + df["segment"].astype(str)).to_numpy()
+    same = np.r_[False, key[1:] == key[:-1]]
+    out = np.full(len(df), np.nan)
+    out[1:][same[1:]] = geodesic(points[1:][same[1:]], points[:-1][same[1:]])
+    return out
+
+
+def _distance_by_index(df: pd.DataFrame, points: np.ndarray, models: tuple[str, str],
+                       kind: str, w_seed: int, n_boot: int, max_index: int | None
+                       ) -> list[dict[str, Any]]:
+    seg_kind = np.where(df["segment"].astype(str) == "prompt", "prompt", "continuation")
+    sub = df[seg_kind == kind]
+    if sub.empty:
+        return []
+    pts = points[sub.index.to_numpy()]
+    cols = [f"p{i}" for i in range(pts.shape[1])]
+    frame = sub[["prompt_id", "model", "segment", "step"]].copy()
+    frame[cols] = pts
+    a = frame[frame.model == models[0]]
+    b = frame[frame.model == models[1]]
+    m = a.merge(b, on=["prompt_id", "segment", "step"], suffixes=("_a", "_b"))
+    if m.empty:
+        return []
+    d = geodesic(m[[c + "_a" for c in cols]].to_numpy(), m[[c + "_b" for c in cols]].to_numpy())
+    m = m.assign(d=d)
+    if max_index is not None:
+        m = m[m.step < max_index]
+    prompts = {p: i for i, p in enumerate(m.prompt_id.unique())}
+    steps = np.sort(m.step.unique())
+    pi = m.prompt_id.map(prompts).to_numpy()
+    si = np.searchsorted(steps, m.step.to_numpy())
+    num = np.zeros((len(prompts), len(steps)))
+    den = np.zeros_like(num)
+    np.add.at(num, (pi, si), m.d.to_numpy())
+    np.add.at(den, (pi, si), 1.0)
+    w = _cluster_weights(len(prompts), n_boot, w_seed)
+    lo, hi = _ratio_ci(num, den, w)
+    mean = num.sum(0) / den.sum(0)
+    return [{"index": int(s), "mean": float(mean[k]), "ci_low": float(lo[k]),
+             "ci_high": float(hi[k]), "n": int(den[:, k].sum())} for k, s in enumerate(steps)]
+
+
+def token_sentiment(tokens: Sequence[Any]) -> np.ndarray:
+    """VADER compound score of each token's readable word (0 for unknown / None)."""
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    sia = SentimentIntensityAnalyzer()
+    cache: dict[str, float] = {}
+    out = np.zeros(len(tokens))
+    for i, t in enumerate(tokens):
+        if not isinstance(t, str):
+            continue
+        word = readable_token(t).strip()
+        if word not in cache:
+            cache[word] = float(sia.polarity_scores(word)["compound"]) if word else 0.0
+        out[i] = cache[word]
+    return out
+
+
+_BYTE_DECODER: dict[str, int] | None = None
+
+
+def readable_token(token: str) -> str:
+    """A GPT-2 byte-level BPE token string (``Ġ`` = space, ``Ċ`` = newline) as text."""
+    global _BYTE_DECODER
+    if _BYTE_DECODER is None:
+        bs = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+              + list(range(ord("®"), ord("ÿ") + 1)))
+        cs = bs[:]
+        n = 0
+        for b in range(256):
+            if b not in bs:
+                bs.append(b)
+                cs.append(256 + n)
+                n += 1
+        _BYTE_DECODER = {chr(c): b for b, c in zip(bs, cs, strict=True)}
+    if "\u2581" in token:  # SentencePiece's word boundary
+        return token.replace("\u2581", " ")
+    if not any(ch in _BYTE_DECODER and ord(ch) > 255 for ch in token):
+        return token
+    data = bytes(_BYTE_DECODER.get(ch, ord("?") if ord(ch) > 255 else ord(ch)) for ch in token)
+    return data.decode("utf-8", errors="replace")
+
+
+def trajectory_stats(
+    df: pd.DataFrame,
+    points: np.ndarray | None = None,
+    *,
+    models: tuple[str, str] = ("base", "tuned"),
+    min_count: int = 20,
+    first_n: int | None = None,
+    top_k: int = 15,
+    rank_segments: str = "all",
+    n_boot: int = 500,
+    seed: int = 0,
+) -> TrajectoryStats:
+    """Distances per token index, jumps and tokens ranked by jump, sentiment.
+
+    Args:
+        df: a trajectory table (:func:`check_table`).
+        points: one row per table row (default: the table's x, y, z); pass the
+            full-dimension cumulative means to measure in the full dimension.
+        models: the two model labels compared (base first).
+        min_count: tokens seen fewer times are not ranked.
+        first_n: use only the first N steps of continuations for the token ranking and the
+            sentiment (prompts are used whole).
+        top_k: how many top and bottom tokens to report.
+        rank_segments: ``all``, ``prompt`` or ``continuation``: which segments' jumps the
+            token ranking and the sentiment use.
+        n_boot: bootstrap resamples (over prompts).
+        seed: bootstrap seed.
+    """
+    df = df.reset_index(drop=True)
+    pts = df[point_columns(df)].to_numpy(np.float64) if points is None else np.asarray(points)
+    if len(pts) != len(df):
+        raise InputError(f"{len(pts)} points for {len(df)} table rows")
+    distance = {kind: _distance_by_index(df, pts, models, kind, seed, n_boot, None)
+                for kind in ("prompt", "continuation")}
+    jump = path_jumps(df, pts)
+    j = df[["prompt_id", "model", "segment", "step", "token"]].assign(jump=jump)
+    j = j[np.isfinite(jump)]
+    by_index = {m: [{"index": int(s), "mean": float(g.jump.mean()), "n": len(g)}
+                    for s, g in j[j.model == m].groupby("step")] for m in models}
+    ranked = j[j.token.map(lambda t: isinstance(t, str))]
+    if rank_segments not in ("all", "prompt", "continuation"):
+        raise InputError(f"rank segments must be all, prompt or continuation, got "
+                         f"{rank_segments!r}")
+    if rank_segments != "all":
+        is_prompt = ranked.segment == "prompt"
+        ranked = ranked[is_prompt if rank_segments == "prompt" else ~is_prompt]
+    if first_n is not None:
+        ranked = ranked[(ranked.segment == "prompt") | (ranked.step < first_n)]
+    ranked = ranked.assign(sentiment=token_sentiment(ranked.token.tolist()))
+    kind = np.where(j.segment == "prompt", "p", "c")
+    step_mean = j.groupby([kind, j.step]).jump.transform("mean")
+    ranked = ranked.assign(jump_rel=(ranked.jump / step_mean.loc[ranked.index]).to_numpy())
+    top, bottom = _rank_tokens(ranked, min_count, top_k, n_boot, seed)
+    top_a, bottom_a = _rank_tokens(ranked, min_count, top_k, n_boot, seed, col="jump_rel")
+    sentiment = _sentiment(ranked, models, n_boot, seed)
+    return TrajectoryStats(distance_by_index=distance, jumps_by_index=by_index, top_tokens=top,
+                           bottom_tokens=bottom, top_tokens_adjusted=top_a,
+                           bottom_tokens_adjusted=bottom_a, sentiment=sentiment, jumps=ranked)
+
+
+def _rank_tokens(j: pd.DataFrame, min_count: int, k: int, n_boot: int, seed: int,
+                 col: str = "jump") -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    if j.empty:
+        return [], []
+    g = j.groupby("token")[col].agg(["mean", "count"])
+    g = g[g["count"] >= min_count].sort_values("mean", ascending=False)
+    rng = np.random.default_rng(seed)
+
+    def rows(tokens: Sequence[str]) -> list[dict[str, Any]]:
+        out = []
+        for t in tokens:
+            x = j[col][j.token == t].to_numpy()
+            boots = x[rng.integers(0, len(x), size=(n_boot, len(x)))].mean(1)
+            lo, hi = np.quantile(boots, [0.025, 0.975])
+            out.append({"token": t, "text": readable_token(t), "mean_jump": float(x.mean()),
+                        "ci_low": float(lo), "ci_high": float(hi), "n": len(x)})
+        return out
+
+    return rows(list(g.index[:k])), rows(list(g.index[::-1][:k]))
+
+
+def _sentiment(j: pd.DataFrame, models: Sequence[str], n_boot: int, seed: int
+               ) -> dict[str, Any]:
+    """Jump-weighted mean sentiment per model and the jump-sentiment correlation, with CIs
+    that resample prompts."""
+    out: dict[str, Any] = {"jump_weighted": {}, "correlation": {}, "mean_unweighted": {}}
+    for m in models:
+        s = j[j.model == m]
+        if s.empty:
+            continue
+        prompts = {p: i for i, p in enumerate(s.prompt_id.unique())}
+        pi = s.prompt_id.map(prompts).to_numpy()
+        x, y = s.jump.to_numpy(), s.sentiment.to_numpy()
+        sums = np.zeros((len(prompts), 6))
+        np.add.at(sums, pi, np.stack([x * y, x, y, x * x, y * y, np.ones_like(x)], 1))
+        w = _cluster_weights(len(prompts), n_boot, seed)
+        jw = sums[:, 0].sum() / sums[:, 1].sum()
+        lo, hi = _ratio_ci(sums[:, [0]], sums[:, [1]], w)
+        out["jump_weighted"][m] = {"mean": float(jw), "ci95": [float(lo[0]), float(hi[0])],
+                                   "n": len(x)}
+        out["mean_unweighted"][m] = {"mean": float(y.mean()), "n": len(y)}
+
+        def corr(t: np.ndarray) -> np.ndarray:
+            t = np.atleast_2d(t)
+            n = t[:, 5]
+            cov = t[:, 0] / n - (t[:, 1] / n) * (t[:, 2] / n)
+            vx = t[:, 3] / n - (t[:, 1] / n) ** 2
+            vy = t[:, 4] / n - (t[:, 2] / n) ** 2
+            with np.errstate(invalid="ignore", divide="ignore"):
+                return np.asarray(cov / np.sqrt(vx * vy))
+
+        import warnings
+
+        r = float(corr(sums.sum(0))[0])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # no variance: r is undefined
+            boots = corr(w @ sums)
+            lo2, hi2 = np.nanquantile(boots, [0.025, 0.975])
+        out["correlation"][m] = {"pearson_r": r, "ci95": [float(lo2), float(hi2)], "n": len(x)}
+    return out

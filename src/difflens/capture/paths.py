@@ -1,0 +1,123 @@
+"""Cumulative-mean paths of prompts and sampled continuations, from a model or a pair.
+
+For every prompt, each model samples ``k`` continuations with the same seeded settings
+(continuation ``i`` of prompt ``p`` uses seed ``seed + 1000 * p + i`` in both models). Each
+text (the prompt, and each continuation on its own) is run through the model, the residual
+stream at one layer is read through scoped hooks, and its cumulative mean of L2-normalised
+token vectors is kept in the full dimension. A continuation's path restarts at its first
+token: it is the path of the continuation's own text, read in the context of the prompt.
+"""
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from difflens.analysis.trajectories import cumulative_mean_path
+from difflens.capture.engine import _pad, forward_batch
+from difflens.errors import InputError
+from difflens.models.loading import LoadedModel
+from difflens.models.pair import ModelPair
+
+
+@dataclasses.dataclass(frozen=True)
+class PathSet:
+    """Rows of the trajectory table (without x, y, z) and their full-dimension points."""
+
+    table: pd.DataFrame
+    """prompt_id, model, segment, step, token, token_id."""
+    points: np.ndarray
+    """[rows, d_model] cumulative means, aligned with ``table``."""
+    continuations: pd.DataFrame
+    """prompt_id, model, segment, token_ids, text: the sampled continuations."""
+    layer: int
+
+
+def sample_continuations(lm: LoadedModel, prompt_ids: Sequence[Sequence[int]], k: int,
+                         max_new_tokens: int, seed: int, temperature: float = 1.0
+                         ) -> list[list[list[int]]]:
+    """``k`` sampled continuations (token ids, cut at EOS) per prompt; seeded per (prompt, i)."""
+    tok = lm.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    out: list[list[list[int]]] = []
+    for p, ids in enumerate(prompt_ids):
+        conts = []
+        for i in range(k):
+            x, mask, _ = _pad([ids], "left", lm.device)
+            torch.manual_seed(seed + 1000 * p + i)
+            with torch.inference_mode():
+                gen = lm.model.generate(x, attention_mask=mask, do_sample=True,
+                                        temperature=temperature, top_k=0, top_p=1.0,
+                                        max_new_tokens=max_new_tokens, pad_token_id=pad)
+            new = gen[0, len(ids):].tolist()
+            if tok.eos_token_id is not None and tok.eos_token_id in new:
+                new = new[: new.index(tok.eos_token_id)]
+            conts.append(new)
+        out.append(conts)
+    return out
+
+
+def build_paths(
+    model_or_pair: LoadedModel | ModelPair,
+    prompts: Sequence[str],
+    *,
+    layer: int | None = None,
+    continuations: int = 4,
+    max_new_tokens: int = 40,
+    seed: int = 0,
+    temperature: float = 1.0,
+    progress: Callable[[int], None] | None = None,
+) -> PathSet:
+    """Paths of every prompt and ``continuations`` sampled continuations, per model.
+
+    Args:
+        model_or_pair: one model or a pair.
+        prompts: the prompt texts.
+        layer: captured layer (default: the middle one, ``n_layers // 2``; 0 = the input
+            embeddings, the original method).
+        continuations: sampled continuations per prompt and model.
+        max_new_tokens: length of each continuation.
+        seed: sampling seed.
+        temperature: sampling temperature.
+        progress: called with 1 after each prompt and model.
+    """
+    models = (model_or_pair.models if isinstance(model_or_pair, ModelPair)
+              else {"model": model_or_pair})
+    first = next(iter(models.values()))
+    layer = first.n_layers // 2 if layer is None else first.layers.normalize(layer)
+    if not prompts:
+        raise InputError("no prompts given")
+    rows: list[dict] = []
+    points: list[np.ndarray] = []
+    conts_rows: list[dict] = []
+    for label, lm in models.items():
+        tok = lm.tokenizer
+        prompt_ids = [list(tok(p, add_special_tokens=True)["input_ids"]) for p in prompts]
+        samples = sample_continuations(lm, prompt_ids, continuations, max_new_tokens, seed,
+                                       temperature)
+        for p, ids in enumerate(prompt_ids):
+            seqs = [ids] + [ids + c for c in samples[p] if c]
+            res = forward_batch(lm, seqs, [layer])
+            h = res.hidden[layer]
+            segs: list[tuple[str, list[int], torch.Tensor]] = []
+            segs.append(("prompt", ids, h[0, res.sequence(0, len(ids))]))
+            kept = [c for c in samples[p] if c]
+            for i, c in enumerate(kept):
+                sl = res.sequence(i + 1, len(ids) + len(c))
+                segs.append((f"continuation:{i}", c, h[i + 1, sl][len(ids):]))
+                conts_rows.append({"prompt_id": p, "model": label,
+                                   "segment": f"continuation:{i}", "token_ids": c,
+                                   "text": tok.decode(c, skip_special_tokens=True)})
+            for segment, token_ids, states in segs:
+                path = cumulative_mean_path(states.float()).double().cpu().numpy()
+                toks = tok.convert_ids_to_tokens(token_ids)
+                for s, (tid, t) in enumerate(zip(token_ids, toks, strict=True)):
+                    rows.append({"prompt_id": p, "model": label, "segment": segment,
+                                 "step": s, "token": t, "token_id": int(tid)})
+                points.append(path)
+            if progress:
+                progress(1)
+    return PathSet(table=pd.DataFrame(rows), points=np.concatenate(points),
+                   continuations=pd.DataFrame(conts_rows), layer=layer)

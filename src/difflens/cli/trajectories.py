@@ -1,0 +1,104 @@
+"""``difflens trajectories run|import``: cumulative-mean paths on the sphere."""
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from difflens.capture import read_prompts
+from difflens.cli._common import friendly_errors
+from difflens.errors import InputError
+from difflens.models import ModelPair, load_model
+
+app = typer.Typer(help="Trajectories on the sphere: paths of base and tuned, jumps, sentiment.",
+                  no_args_is_help=True)
+out = Console()
+
+
+def _report(summary: dict, out_dir: Path) -> None:  # type: ignore[type-arg]
+    for kind in ("prompt", "continuation"):
+        rows = summary[kind]["distance_by_index"]
+        if rows:
+            r0 = rows[0]
+            out.print(f"{kind}: base-tuned distance at index 0: {r0['mean']:.3f} rad "
+                      f"[{r0['ci_low']:.3f}, {r0['ci_high']:.3f}] n={r0['n']}")
+    top = summary["jumps"]["top_tokens"][:5]
+    if top:
+        out.print("largest jumps after: " + ", ".join(
+            f"{t['text']!r} {t['mean_jump']:.2f} (n={t['n']})" for t in top))
+    for m, v in summary["sentiment"]["jump_weighted"].items():
+        out.print(f"jump-weighted sentiment {m}: {v['mean']:.4f} [{v['ci95'][0]:.4f}, "
+                  f"{v['ci95'][1]:.4f}] n={v['n']}")
+    out.print(f"wrote {out_dir}/summary.json, data/, figures/, index.html")
+
+
+@app.command("run")
+@friendly_errors
+def run_cmd(
+    base: str = typer.Option(..., "--base", help="Model: hub id, folder, .gguf or preset."),
+    prompts: Path = typer.Option(..., "--prompts", help="Prompt file: .txt .jsonl .json .csv"),
+    out_dir: Path = typer.Option(..., "--out", help="Output folder."),
+    tuned: str | None = typer.Option(None, "--tuned", help="Tuned sibling, for a pair."),
+    layer: int | None = typer.Option(None, help="Layer (default: the middle; 0 = embeddings)."),
+    continuations: int = typer.Option(4, help="Sampled continuations per prompt and model."),
+    max_new_tokens: int = typer.Option(40, help="Tokens per continuation."),
+    method: str = typer.Option("umap", help="Projection: umap | pca."),
+    field: str | None = typer.Option(None, help="JSONL/JSON/CSV field holding the prompt."),
+    min_count: int = typer.Option(5, help="Least occurrences for a token to be ranked."),
+    first_n: int | None = typer.Option(None, help="Rank tokens in the first N continuation "
+                                                   "steps only."),
+    seed: int = typer.Option(0, help="Sampling and projection seed."),
+    device: str | None = typer.Option(None, help="cpu or cuda."),
+) -> None:
+    """Paths of prompts and sampled continuations from one model or a pair."""
+    from difflens.report.trajectory_run import run_trajectories
+
+    if method not in ("umap", "pca"):
+        raise InputError(f"--method must be umap or pca, got {method!r}")
+    texts = read_prompts(prompts, field=field)
+    model = load_model(base, device=device)
+    target = model if tuned is None else ModelPair(model, load_model(tuned, device=device))
+    res = run_trajectories(target, texts, out_dir, layer=layer, continuations=continuations,
+                           max_new_tokens=max_new_tokens, method=method, seed=seed,
+                           min_count=min_count, first_n=first_n, progress=True)
+    f = res.summary["projection"]["faithfulness_spearman"]
+    out.print(f"layer {res.summary['layer']}; projection faithfulness (Spearman) "
+              f"{f['mean']:.3f} [{f['ci95'][0]:.3f}, {f['ci95'][1]:.3f}] n={f['n']} pairs")
+    _report(res.summary, out_dir)
+
+
+@app.command("import")
+@friendly_errors
+def import_cmd(
+    file: Path = typer.Argument(..., help="Trajectory table (.parquet/.csv) or traces JSONL."),
+    out_dir: Path = typer.Option(..., "--out", help="Output folder."),
+    models: str = typer.Option("GPTJ=base,GPTJ-RLHF=tuned",
+                               help="Trace model names -> labels, NAME=label,..."),
+    name_pattern: str | None = typer.Option(
+        None, help="Regex for trace names with groups model and prompt|cont (default fits "
+                   "'GPTJ Prompt', 'GPTJ-RLHF Continuation 3')."),
+    min_count: int = typer.Option(20, help="Least occurrences for a token to be ranked."),
+    first_n: int | None = typer.Option(None, help="Rank tokens in the first N continuation "
+                                                   "steps only."),
+    max_prompts: int | None = typer.Option(None, help="Read only the first N prompts."),
+    rank_segments: str = typer.Option("all", help="Jumps used for token ranking and "
+                                                  "sentiment: all | prompt | continuation."),
+    seed: int = typer.Option(0, help="Bootstrap seed."),
+) -> None:
+    """Import published trajectories (or a trajectory table) and analyse them."""
+    from difflens.report.trajectory_run import import_trajectories
+
+    mapping = {}
+    for part in models.split(","):
+        if part.strip():
+            if "=" not in part:
+                raise InputError(f"--models takes NAME=label pairs like GPTJ=base, got {part!r}")
+            k, v = part.split("=", 1)
+            mapping[k.strip()] = v.strip()
+    res = import_trajectories(file, out_dir, name_pattern=name_pattern, models=mapping,
+                              min_count=min_count, first_n=first_n, max_prompts=max_prompts,
+                              rank_segments=rank_segments, seed=seed)
+    s = res.summary
+    out.print(f"{s['n_prompts']} prompts, {s['n_traces']} traces ({s['n_empty_traces']} empty, "
+              f"{s['n_token_mismatch']} with tokens ≠ points: tokens dropped)")
+    _report(s, out_dir)

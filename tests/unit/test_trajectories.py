@@ -1,0 +1,256 @@
+"""Trajectories: paths, projection, vectorised statistics, the importer and the CLI."""
+
+import copy
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from difflens.analysis.trajectories import (
+    SphereProjection,
+    check_table,
+    cumulative_mean_path,
+    faithfulness,
+    geodesic,
+    readable_token,
+    trajectory_stats,
+)
+from difflens.capture.paths import build_paths
+from difflens.capture.trajfiles import read_trajectories
+from difflens.cli.main import app
+from difflens.errors import InputError
+from difflens.models.loading import wrap_model
+from difflens.models.pair import ModelPair
+from difflens.models.tiny import tiny_model
+
+GPTJ = (Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "trajectories"
+        / "gptj-vs-ppo-gptj" / "trajectories_from_figs.jsonl.gz")
+
+
+def test_cumulative_mean_path_is_the_mean_of_unit_vectors():
+    v = torch.tensor([[3.0, 0.0], [0.0, 2.0], [-5.0, 0.0]])
+    y = cumulative_mean_path(v)
+    assert torch.allclose(y, torch.tensor([[1.0, 0.0], [0.5, 0.5], [0.0, 1 / 3]]))
+
+
+def _planted_pair(token: str = "forest"):
+    """tuned = base with the embedding of one word changed: before that word appears, both
+    models compute exactly the same states."""
+    base = tiny_model(0, n_layers=3)
+    m = copy.deepcopy(base.model)
+    tid = base.tokenizer.convert_tokens_to_ids(token)
+    with torch.no_grad():
+        m.get_input_embeddings().weight[tid] += 0.5
+    return ModelPair(base, wrap_model(m, base.tokenizer, name="tuned"))
+
+
+def test_planted_pair_paths_agree_until_the_planted_token_and_differ_after():
+    pair = _planted_pair()
+    prompts = ["the fox went to the forest to find a friend",
+               "the rabbit was afraid of the dark forest", "once upon a time there was a fox"]
+    paths = build_paths(pair, prompts, continuations=0)
+    t = paths.table.assign(row=np.arange(len(paths.table)), x=0.0, y=0.0, z=0.0)
+    t = check_table(t)
+    st = trajectory_stats(t, paths.points[t.row.to_numpy()], min_count=1, n_boot=50)
+    by_prompt = t[t.model == "base"].merge(t[t.model == "tuned"], on=["prompt_id", "step"])
+    d = geodesic(paths.points[by_prompt.row_x], paths.points[by_prompt.row_y])
+    for p, text in enumerate(prompts):
+        words = ["<bos>"] + text.split()
+        k = words.index("forest") if "forest" in words else len(words)
+        dp = d[by_prompt.prompt_id.to_numpy() == p]
+        assert np.all(dp[:k] == 0.0), (p, dp)
+        assert np.all(dp[k:] > 1e-4), (p, dp)
+    rows = st.distance_by_index["prompt"]
+    assert rows[0]["mean"] == 0.0 and rows[0]["n"] == 3
+    assert rows[4]["mean"] == 0.0 and rows[-1]["mean"] > 0
+
+
+def _synthetic_table(n_prompts: int = 30, steps: int = 12, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for p in range(n_prompts):
+        for model in ("base", "tuned"):
+            for seg in ("prompt", "continuation:0", "continuation:1"):
+                pts = rng.normal(size=(steps, 3))
+                pts /= np.linalg.norm(pts, axis=1, keepdims=True)
+                for s in range(steps):
+                    rows.append({"prompt_id": p, "model": model, "segment": seg, "step": s,
+                                 "token": f"t{rng.integers(0, 6)}", "x": pts[s, 0],
+                                 "y": pts[s, 1], "z": pts[s, 2]})
+    return check_table(pd.DataFrame(rows))
+
+
+def test_vectorised_statistics_equal_a_per_path_loop():
+    t = _synthetic_table()
+    st = trajectory_stats(t, min_count=1, n_boot=50)
+    # per-path loop: distance by index and jumps
+    for kind in ("prompt", "continuation"):
+        sums: dict[int, list[float]] = {}
+        for (_p, seg), g in t.groupby(["prompt_id", "segment"]):
+            if (seg == "prompt") != (kind == "prompt"):
+                continue
+            a = g[g.model == "base"].sort_values("step")
+            b = g[g.model == "tuned"].sort_values("step")
+            for (_, ra), (_, rb) in zip(a.iterrows(), b.iterrows(), strict=True):
+                pa, pb = ra[["x", "y", "z"]].to_numpy(float), rb[["x", "y", "z"]].to_numpy(float)
+                sums.setdefault(int(ra.step), []).append(
+                    float(np.arccos(np.clip(pa @ pb, -1, 1))))
+        got = {r["index"]: r for r in st.distance_by_index[kind]}
+        for s, vals in sums.items():
+            assert got[s]["mean"] == pytest.approx(np.mean(vals), abs=1e-9)
+            assert got[s]["n"] == len(vals)
+            assert got[s]["ci_low"] <= got[s]["mean"] <= got[s]["ci_high"]
+    jumps = []
+    for _, g in t.groupby(["prompt_id", "model", "segment"]):
+        pts = g.sort_values("step")[["x", "y", "z"]].to_numpy(float)
+        jumps += list(np.arccos(np.clip((pts[1:] * pts[:-1]).sum(1), -1, 1)))
+    assert st.jumps.jump.sum() == pytest.approx(sum(jumps))
+    tok = st.top_tokens[0]
+    manual = st.jumps[st.jumps.token == tok["token"]].jump.mean()
+    assert tok["mean_jump"] == pytest.approx(manual)
+
+
+def test_sentiment_weights_jumps():
+    t = _synthetic_table(10)
+    t["token"] = np.where(t.step % 2 == 0, "Ġhappy", "Ġthe")  # happy: VADER +0.57
+    st = trajectory_stats(t, min_count=1, n_boot=50)
+    j = st.jumps
+    expect = (j.jump * j.sentiment).sum() / j.jump.sum()
+    pooled = st.sentiment["jump_weighted"]
+    both = (j.jump * j.sentiment).groupby(j.model).sum() / j.jump.groupby(j.model).sum()
+    assert pooled["base"]["mean"] == pytest.approx(both["base"])
+    assert 0 < expect < 0.6 and set(j.sentiment.round(3)) == {0.0, 0.572}
+
+
+def test_pca_projection_is_faithful_on_known_structure():
+    rng = np.random.default_rng(0)
+    # points on a great circle of a 3-D subspace of 40-D, plus a little noise
+    ang = rng.uniform(0, 2 * np.pi, 600)
+    basis = np.linalg.qr(rng.normal(size=(40, 3)))[0]
+    x = np.stack([np.cos(ang), np.sin(ang), 0.3 * rng.normal(size=600)], 1) @ basis.T
+    x += 0.01 * rng.normal(size=x.shape)
+    proj = SphereProjection(method="pca", dim=2)
+    xyz = proj.fit_transform(x)
+    assert np.allclose(np.linalg.norm(xyz, axis=1), 1.0)
+    good = faithfulness(x, xyz, n_pairs=3000)
+    assert good["mean"] > 0.9 and good["ci95"][0] <= good["mean"] <= good["ci95"][1]
+    shuffled = faithfulness(x, xyz[rng.permutation(600)], n_pairs=3000)
+    assert abs(shuffled["mean"]) < 0.1
+    four = SphereProjection(method="pca", dim=3).fit_transform(x)
+    assert four.shape == (600, 4) and np.allclose(np.linalg.norm(four, axis=1), 1.0)
+    assert np.allclose(proj.transform(x[:5]), xyz[:5])
+    with pytest.raises(InputError, match="haversine output is the 2-sphere only"):
+        SphereProjection(method="umap", dim=3).fit(x)
+    with pytest.raises(InputError, match="not fitted"):
+        SphereProjection().transform(x)
+
+
+@pytest.mark.slow
+def test_umap_projection_is_faithful_on_known_structure():
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(5, 30)) * 4
+    x = np.concatenate([c + rng.normal(size=(80, 30)) for c in centers])
+    label = np.repeat(np.arange(5), 80)
+    xyz = SphereProjection(method="umap", random_state=0).fit_transform(x)
+    assert np.allclose(np.linalg.norm(xyz, axis=1), 1.0, atol=1e-6)
+    # UMAP keeps clusters, not global distances: clusters stay apart on the sphere ...
+    i, k = rng.integers(0, 400, 3000), rng.integers(0, 400, 3000)
+    d = geodesic(xyz[i], xyz[k])
+    same = label[i] == label[k]
+    assert d[~same].mean() > 2 * d[same].mean()
+    # ... and the rank correlation with full-dimension angles is clearly positive
+    assert faithfulness(x, xyz, n_pairs=3000)["mean"] > 0.3
+
+
+def test_readable_gpt2_tokens():
+    assert readable_token("Ġgoing") == " going"
+    assert readable_token("ĊĊ") == "\n\n"
+    assert readable_token("'m") == "'m"
+    assert readable_token("\u2581Once") == " Once"
+
+
+def test_bad_tables_give_one_line(tmp_path: Path):
+    df = _synthetic_table(2).drop(columns=["z"])
+    csv = tmp_path / "t.csv"
+    df.to_csv(csv, index=False)
+    with pytest.raises(InputError, match=r"t\.csv: missing column 'z'"):
+        read_trajectories(csv)
+    ragged = tmp_path / "r.jsonl"
+    ragged.write_text(json.dumps({"sample_idx": 0, "title": "x", "traces": [
+        {"name": "GPTJ Prompt", "tokens": ["a", "b"], "xyz": [[1, 0, 0], [0, 1]]}]}) + "\n")
+    with pytest.raises(InputError, match=r"r\.jsonl:1: trace 'GPTJ Prompt' point 1 has 2 "
+                                         r"coordinates, expected 3"):
+        read_trajectories(ragged)
+    odd = tmp_path / "o.jsonl"
+    odd.write_text(json.dumps({"traces": [{"name": "weird", "xyz": [[1, 0, 0]]}]}) + "\n")
+    with pytest.raises(InputError, match="does not match the name pattern"):
+        read_trajectories(odd)
+    res = CliRunner().invoke(app, ["trajectories", "import", str(ragged), "--out",
+                                   str(tmp_path / "out")])
+    assert res.exit_code == 2 and res.output.count("\n") == 1
+    assert res.output.startswith("error: ") and "expected 3" in res.output
+
+
+def test_importer_reads_the_shared_gptj_file():
+    if not GPTJ.is_file():
+        pytest.skip(f"shared trajectories not found at {GPTJ}")
+    imp = read_trajectories(GPTJ, max_prompts=50)
+    t = imp.table
+    assert t.prompt_id.nunique() == 50 and set(t.model) == {"base", "tuned"}
+    assert set(t.segment) == {"prompt"} | {f"continuation:{i}" for i in range(5)}
+    first = t[(t.prompt_id == "0") & (t.model == "base") & (t.segment == "prompt")]
+    assert first.token.tolist()[:4] == ["I", "'m", "Ġgoing", "Ġto"]
+    assert len(first) == 22 and np.allclose(first[["x", "y", "z"]].pow(2).sum(axis=1), 1, atol=1e-5)
+    # continuation 1..4 tokens are copies of continuation 0's in that file: not trusted
+    assert t[t.segment == "continuation:1"].token.isna().all()
+    full = read_trajectories(GPTJ)
+    assert (full.n_traces, full.n_empty, full.n_token_mismatch) == (12000, 24, 1171)
+    assert full.table.prompt_id.nunique() == 1000
+    with gzip.open(GPTJ, "rt") as f:
+        line = json.loads(f.readline())
+    assert full.titles["0"] == line["title"]
+
+
+def test_cli_import_and_run(tmp_path: Path, pair):
+    runner = CliRunner()
+    table = _synthetic_table(6)
+    table.to_parquet(tmp_path / "t.parquet")
+    res = runner.invoke(app, ["trajectories", "import", str(tmp_path / "t.parquet"), "--out",
+                              str(tmp_path / "imp"), "--min-count", "2"])
+    assert res.exit_code == 0, res.output
+    s = json.loads((tmp_path / "imp" / "summary.json").read_text())
+    for key in ("n_prompts", "layer", "projection", "prompt", "continuation", "jumps",
+                "sentiment"):
+        assert key in s
+    assert s["n_prompts"] == 6 and s["projection"]["faithfulness_spearman"] is None
+    assert {"index", "mean", "ci_low", "ci_high", "n"} <= set(s["prompt"]["distance_by_index"][0])
+    assert {"token", "mean_jump", "n"} <= set(s["jumps"]["top_tokens"][0])
+    assert set(s["sentiment"]["jump_weighted"]) == {"base", "tuned"}
+
+    folders = {}
+    for label, lm in pair.models.items():
+        folders[label] = tmp_path / label
+        lm.model.save_pretrained(folders[label])
+        lm.tokenizer.save_pretrained(folders[label])
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("the fox went to the forest\nonce upon a time there was a fox\n")
+    res = runner.invoke(app, ["trajectories", "run", "--base", str(folders["base"]),
+                              "--tuned", str(folders["tuned"]), "--prompts", str(prompts),
+                              "--continuations", "2", "--max-new-tokens", "6", "--method",
+                              "pca", "--out", str(tmp_path / "run"), "--min-count", "1"])
+    assert res.exit_code == 0, res.output
+    s = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert s["layer"] == 2 and s["n_prompts"] == 2
+    assert -1 <= s["projection"]["faithfulness_spearman"]["mean"] <= 1
+    assert s["full"]["prompt"]["distance_by_index"][0]["mean"] == pytest.approx(0, abs=1e-6)
+    cont = pd.read_parquet(tmp_path / "run" / "data" / "continuations.parquet")
+    assert set(cont.model) == {"base", "tuned"} and len(cont) <= 8
+    for name in ("sphere_0", "distance_prompt", "sentiment"):
+        assert (tmp_path / "run" / "figures" / f"{name}.png").stat().st_size > 1000
+        assert (tmp_path / "run" / "figures" / f"{name}.html").is_file()
+    assert (tmp_path / "run" / "data" / "trajectories.csv").is_file()
