@@ -217,9 +217,10 @@ class TrajectoryStats:
 
 def path_jumps(df: pd.DataFrame, points: np.ndarray) -> np.ndarray:
     """Jump into each row's point from the previous step of the same path (NaN at step 0)."""
-    key = (df["prompt_id"].astype(str) + "\x00" + df["model"].astype(str) + "\x00"
-           + df["segment"].astype(str)).to_numpy()
-    same = np.r_[False, key[1:] == key[:-1]]
+    same = np.r_[False, np.ones(len(df) - 1, dtype=bool)] if len(df) else np.zeros(0, bool)
+    for col in ("prompt_id", "model", "segment"):  # rows of a path are consecutive
+        v = pd.factorize(df[col])[0]
+        same[1:] &= v[1:] == v[:-1]
     out = np.full(len(df), np.nan)
     out[1:][same[1:]] = geodesic(points[1:][same[1:]], points[:-1][same[1:]])
     return out
@@ -228,26 +229,31 @@ def path_jumps(df: pd.DataFrame, points: np.ndarray) -> np.ndarray:
 def _distance_by_index(df: pd.DataFrame, points: np.ndarray, models: tuple[str, str],
                        kind: str, w_seed: int, n_boot: int, max_index: int | None
                        ) -> list[dict[str, Any]]:
-    seg_kind = np.where(df["segment"].astype(str) == "prompt", "prompt", "continuation")
-    sub = df[seg_kind == kind]
+    is_prompt = (df["segment"] == "prompt").to_numpy()
+    sub = df[is_prompt if kind == "prompt" else ~is_prompt]
     if sub.empty:
         return []
-    pts = points[sub.index.to_numpy()]
-    cols = [f"p{i}" for i in range(pts.shape[1])]
-    frame = sub[["prompt_id", "model", "segment", "step"]].copy()
-    frame[cols] = pts
-    a = frame[frame.model == models[0]]
-    b = frame[frame.model == models[1]]
-    m = a.merge(b, on=["prompt_id", "segment", "step"], suffixes=("_a", "_b"))
-    if m.empty:
+    rows = sub.index.to_numpy()
+    pc, sc = pd.factorize(sub.prompt_id)[0], pd.factorize(sub.segment)[0]
+    step = sub.step.to_numpy().astype(np.int64)
+    key = (pc.astype(np.int64) * (sc.max() + 1) + sc) * (step.max() + 1) + step
+    cell = pd.factorize(key)[0]
+    model = sub.model.to_numpy()
+    ia = np.full(cell.max() + 1, -1)
+    ib = np.full(cell.max() + 1, -1)
+    ia[cell[model == models[0]]] = rows[model == models[0]]
+    ib[cell[model == models[1]]] = rows[model == models[1]]
+    both = (ia >= 0) & (ib >= 0)
+    if not both.any():
         return []
-    d = geodesic(m[[c + "_a" for c in cols]].to_numpy(), m[[c + "_b" for c in cols]].to_numpy())
-    m = m.assign(d=d)
+    ra, rb = ia[both], ib[both]
+    m = pd.DataFrame({"prompt_id": df.prompt_id.to_numpy()[ra],
+                      "step": df.step.to_numpy()[ra],
+                      "d": geodesic(points[ra], points[rb])})
     if max_index is not None:
         m = m[m.step < max_index]
-    prompts = {p: i for i, p in enumerate(m.prompt_id.unique())}
+    pi, prompts = pd.factorize(m.prompt_id)
     steps = np.sort(m.step.unique())
-    pi = m.prompt_id.map(prompts).to_numpy()
     si = np.searchsorted(steps, m.step.to_numpy())
     num = np.zeros((len(prompts), len(steps)))
     den = np.zeros_like(num)
@@ -265,16 +271,12 @@ def token_sentiment(tokens: Sequence[Any]) -> np.ndarray:
     from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
     sia = SentimentIntensityAnalyzer()
-    cache: dict[str, float] = {}
-    out = np.zeros(len(tokens))
-    for i, t in enumerate(tokens):
-        if not isinstance(t, str):
-            continue
-        word = readable_token(t).strip()
-        if word not in cache:
-            cache[word] = float(sia.polarity_scores(word)["compound"]) if word else 0.0
-        out[i] = cache[word]
-    return out
+    codes, uniques = pd.factorize(pd.Series(list(tokens), dtype=object), use_na_sentinel=True)
+    scores = np.zeros(len(uniques) + 1)  # the last slot scores missing tokens as 0
+    for k, t in enumerate(uniques):
+        word = readable_token(t).strip() if isinstance(t, str) else ""
+        scores[k] = float(sia.polarity_scores(word)["compound"]) if word else 0.0
+    return scores[np.where(codes < 0, len(uniques), codes)]
 
 
 _BYTE_DECODER: dict[str, int] | None = None
@@ -339,9 +341,10 @@ def trajectory_stats(
     jump = path_jumps(df, pts)
     j = df[["prompt_id", "model", "segment", "step", "token"]].assign(jump=jump)
     j = j[np.isfinite(jump)]
-    by_index = {m: [{"index": int(s), "mean": float(g.jump.mean()), "n": len(g)}
-                    for s, g in j[j.model == m].groupby("step")] for m in models}
-    ranked = j[j.token.map(lambda t: isinstance(t, str))]
+    agg = j.groupby(["model", "step"]).jump.agg(["mean", "count"])
+    by_index = {m: [{"index": int(s), "mean": float(r["mean"]), "n": int(r["count"])}
+                    for (mm, s), r in agg.iterrows() if mm == m] for m in models}
+    ranked = j[j.token.notna()]
     if rank_segments not in ("all", "prompt", "continuation"):
         raise InputError(f"rank segments must be all, prompt or continuation, got "
                          f"{rank_segments!r}")
@@ -369,11 +372,13 @@ def _rank_tokens(j: pd.DataFrame, min_count: int, k: int, n_boot: int, seed: int
     g = j.groupby("token")[col].agg(["mean", "count"])
     g = g[g["count"] >= min_count].sort_values("mean", ascending=False)
     rng = np.random.default_rng(seed)
+    where = j.groupby("token").indices
+    values = j[col].to_numpy()
 
     def rows(tokens: Sequence[str]) -> list[dict[str, Any]]:
         out = []
         for t in tokens:
-            x = j[col][j.token == t].to_numpy()
+            x = values[where[t]]
             boots = x[rng.integers(0, len(x), size=(n_boot, len(x)))].mean(1)
             lo, hi = np.quantile(boots, [0.025, 0.975])
             out.append({"token": t, "text": readable_token(t), "mean_jump": float(x.mean()),
