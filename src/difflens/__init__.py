@@ -15,6 +15,7 @@ from difflens.analysis.concepts import (
     extract_concepts,
     load_vectors,
 )
+from difflens.analysis.trajectories import SphereProjection, trajectory_stats
 from difflens.capture import (
     CaptureConfig,
     PairStats,
@@ -55,6 +56,7 @@ __all__ = [
     "ModelPair",
     "PairStats",
     "RunStore",
+    "SphereProjection",
     "StoreError",
     "TokenStats",
     "capture",
@@ -70,5 +72,6 @@ __all__ = [
     "record_layers",
     "steering",
     "token_stats",
+    "trajectory_stats",
     "wrap_model",
 ]

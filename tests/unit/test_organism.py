@@ -118,6 +118,10 @@ def test_cli_build_info_and_demo(tmp_path):
     assert [r["layer"] for r in concepts["cosine_by_layer"]] == concepts["layers"]
     assert set(concepts["steering"]) == {"base", "tuned"}
     assert (out / "concepts" / "figures" / "pca.png").stat().st_size > 1000
+    traj = summary["trajectories"]
+    assert traj["n_prompts"] == 8 and "Trajectories" in page
+    assert traj["continuation"]["distance_by_index"] and traj["jumps"]["top_tokens"]
+    assert (out / "trajectories" / "figures" / "sphere_0.png").stat().st_size > 1000
     for name in ("headline_reward", "kl_by_position", "layer_cosine", "rl_curves"):
         assert (out / "figures" / f"{name}.html").is_file()
         assert (out / "figures" / f"{name}.png").stat().st_size > 1000

@@ -214,6 +214,15 @@ def test_importer_reads_the_shared_gptj_file():
     with gzip.open(GPTJ, "rt") as f:
         line = json.loads(f.readline())
     assert full.titles["0"] == line["title"]
+    # the analysis on the whole file (the figures of docs/examples/gptj-vs-ppo-gptj.md)
+    st = trajectory_stats(full.table, rank_segments="continuation", n_boot=200)
+    prompt = st.distance_by_index["prompt"]
+    cont = st.distance_by_index["continuation"]
+    assert prompt[0]["n"] == 1000 and prompt[0]["mean"] == pytest.approx(1.422, abs=2e-3)
+    assert cont[0]["n"] == 4988 and cont[0]["mean"] < cont[10]["mean"] < cont[19]["mean"]
+    jw = st.sentiment["jump_weighted"]
+    assert jw["tuned"]["ci95"][0] > jw["base"]["mean"]
+    assert len(st.top_tokens) == 15 and all(r["n"] >= 20 for r in st.top_tokens)
 
 
 def test_cli_import_and_run(tmp_path: Path, pair):
@@ -254,3 +263,29 @@ def test_cli_import_and_run(tmp_path: Path, pair):
         assert (tmp_path / "run" / "figures" / f"{name}.png").stat().st_size > 1000
         assert (tmp_path / "run" / "figures" / f"{name}.html").is_file()
     assert (tmp_path / "run" / "data" / "trajectories.csv").is_file()
+
+
+def test_paths_resume_after_an_interruption_with_the_same_result(tmp_path: Path, pair):
+    prompts = ["the fox went to", "once upon a time", "the rabbit was", "she rolled a die",
+               "the coin came up"]
+    clean = build_paths(pair, prompts, continuations=2, max_new_tokens=5, seed=3, chunk=2)
+    calls = []
+
+    def stop_after_three(n: int) -> None:
+        calls.append(n)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # a kill in the middle of the second chunk of "base"
+
+    with pytest.raises(KeyboardInterrupt):
+        build_paths(pair, prompts, continuations=2, max_new_tokens=5, seed=3, chunk=2,
+                    cache_dir=tmp_path, progress=stop_after_three)
+    assert len(list(tmp_path.glob("base-*.continuations.parquet"))) == 1
+    resumed = build_paths(pair, prompts, continuations=2, max_new_tokens=5, seed=3, chunk=2,
+                          cache_dir=tmp_path)
+    assert np.array_equal(resumed.points, clean.points)
+    pd.testing.assert_frame_equal(resumed.table, clean.table)
+    assert resumed.continuations.token_ids.map(list).tolist() == \
+        clean.continuations.token_ids.map(list).tolist()
+    # the same model, the same prompts and settings: continuations are the same for any chunk
+    other = build_paths(pair, prompts, continuations=2, max_new_tokens=5, seed=3, chunk=5)
+    assert np.array_equal(other.points, clean.points)

@@ -9,7 +9,10 @@ token: it is the path of the continuation's own text, read in the context of the
 """
 
 import dataclasses
+import hashlib
+import json
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,9 +20,12 @@ import torch
 
 from difflens.analysis.trajectories import cumulative_mean_path
 from difflens.capture.engine import _pad, forward_batch
+from difflens.capture.store import write_parquet_atomic
 from difflens.errors import InputError
 from difflens.models.loading import LoadedModel
 from difflens.models.pair import ModelPair
+
+PATHS_FORMAT = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +44,10 @@ class PathSet:
 def sample_continuations(lm: LoadedModel, prompt_ids: Sequence[Sequence[int]], k: int,
                          max_new_tokens: int, seed: int, temperature: float = 1.0
                          ) -> list[list[list[int]]]:
-    """``k`` sampled continuations (token ids, cut at EOS) per prompt; seeded per (prompt, i)."""
+    """``k`` sampled continuations (token ids, cut at EOS) per prompt.
+
+    Continuation ``i`` of the ``p``-th prompt given uses seed ``seed + 1000 * p + i``.
+    """
     tok = lm.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     out: list[list[list[int]]] = []
@@ -69,6 +78,8 @@ def build_paths(
     seed: int = 0,
     temperature: float = 1.0,
     progress: Callable[[int], None] | None = None,
+    cache_dir: str | Path | None = None,
+    chunk: int = 16,
 ) -> PathSet:
     """Paths of every prompt and ``continuations`` sampled continuations, per model.
 
@@ -82,6 +93,10 @@ def build_paths(
         seed: sampling seed.
         temperature: sampling temperature.
         progress: called with 1 after each prompt and model.
+        cache_dir: keep finished chunks of ``chunk`` prompts here (one Parquet file per
+            model and chunk, keyed by the model, the prompts and the settings); a rerun after
+            a kill continues from the first missing chunk and gives the same result.
+        chunk: prompts per cached chunk (does not change the result).
     """
     models = (model_or_pair.models if isinstance(model_or_pair, ModelPair)
               else {"model": model_or_pair})
@@ -89,35 +104,75 @@ def build_paths(
     layer = first.n_layers // 2 if layer is None else first.layers.normalize(layer)
     if not prompts:
         raise InputError("no prompts given")
-    rows: list[dict] = []
-    points: list[np.ndarray] = []
-    conts_rows: list[dict] = []
+    frames: list[pd.DataFrame] = []
+    conts: list[pd.DataFrame] = []
     for label, lm in models.items():
-        tok = lm.tokenizer
-        prompt_ids = [list(tok(p, add_special_tokens=True)["input_ids"]) for p in prompts]
-        samples = sample_continuations(lm, prompt_ids, continuations, max_new_tokens, seed,
-                                       temperature)
-        for p, ids in enumerate(prompt_ids):
-            seqs = [ids] + [ids + c for c in samples[p] if c]
-            res = forward_batch(lm, seqs, [layer])
-            h = res.hidden[layer]
-            segs: list[tuple[str, list[int], torch.Tensor]] = []
-            segs.append(("prompt", ids, h[0, res.sequence(0, len(ids))]))
-            kept = [c for c in samples[p] if c]
-            for i, c in enumerate(kept):
-                sl = res.sequence(i + 1, len(ids) + len(c))
-                segs.append((f"continuation:{i}", c, h[i + 1, sl][len(ids):]))
-                conts_rows.append({"prompt_id": p, "model": label,
-                                   "segment": f"continuation:{i}", "token_ids": c,
-                                   "text": tok.decode(c, skip_special_tokens=True)})
-            for segment, token_ids, states in segs:
-                path = cumulative_mean_path(states.float()).double().cpu().numpy()
-                toks = tok.convert_ids_to_tokens(token_ids)
-                for s, (tid, t) in enumerate(zip(token_ids, toks, strict=True)):
-                    rows.append({"prompt_id": p, "model": label, "segment": segment,
-                                 "step": s, "token": t, "token_id": int(tid)})
-                points.append(path)
-            if progress:
-                progress(1)
-    return PathSet(table=pd.DataFrame(rows), points=np.concatenate(points),
-                   continuations=pd.DataFrame(conts_rows), layer=layer)
+        for start in range(0, len(prompts), chunk):
+            part = list(prompts[start:start + chunk])
+            key = _key(lm, part, start, layer, continuations, max_new_tokens, seed, temperature)
+            path = Path(cache_dir) / f"{label}-{start:06d}.parquet" if cache_dir else None
+            done = _read_chunk(path, key)
+            if done is None:
+                done = _paths_of(lm, label, part, start, layer, continuations,
+                                 max_new_tokens, seed, temperature, progress)
+                if path is not None:
+                    write_parquet_atomic(path, done[0].assign(key=key))
+                    write_parquet_atomic(path.with_suffix(".continuations.parquet"), done[1])
+            elif progress:
+                progress(len(part))
+            frames.append(done[0])
+            conts.append(done[1])
+    table = pd.concat(frames, ignore_index=True)
+    points = np.stack(table.pop("point").to_numpy()).astype(np.float64)
+    return PathSet(table=table, points=points, continuations=pd.concat(conts, ignore_index=True),
+                   layer=layer)
+
+
+def _key(lm: LoadedModel, prompts: Sequence[str], start: int, layer: int, k: int,
+         max_new_tokens: int, seed: int, temperature: float) -> str:
+    ident = {f: v for f, v in lm.identity.to_dict().items() if f != "name"}
+    payload = [ident, list(prompts), start, layer, k, max_new_tokens, seed, temperature,
+               PATHS_FORMAT]
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _read_chunk(path: Path | None, key: str) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    if path is None or not path.is_file():
+        return None
+    conts = path.with_suffix(".continuations.parquet")
+    df = pd.read_parquet(path)
+    if not conts.is_file() or df.empty or df.key.iloc[0] != key:
+        return None
+    return df.drop(columns=["key"]), pd.read_parquet(conts)
+
+
+def _paths_of(lm: LoadedModel, label: str, prompts: Sequence[str], start: int, layer: int,
+              k: int, max_new_tokens: int, seed: int, temperature: float,
+              progress: Callable[[int], None] | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    tok = lm.tokenizer
+    rows: list[dict] = []
+    conts_rows: list[dict] = []
+    for q, text in enumerate(prompts):
+        p = start + q
+        ids = list(tok(text, add_special_tokens=True)["input_ids"])
+        samples = sample_continuations(lm, [ids], k, max_new_tokens, seed + 1000 * p,
+                                       temperature)[0]
+        kept = [c for c in samples if c]
+        res = forward_batch(lm, [ids] + [ids + c for c in kept], [layer])
+        h = res.hidden[layer]
+        segs: list[tuple[str, list[int], torch.Tensor]] = [
+            ("prompt", ids, h[0, res.sequence(0, len(ids))])]
+        for i, c in enumerate(kept):
+            sl = res.sequence(i + 1, len(ids) + len(c))
+            segs.append((f"continuation:{i}", c, h[i + 1, sl][len(ids):]))
+            conts_rows.append({"prompt_id": p, "model": label, "segment": f"continuation:{i}",
+                               "token_ids": c, "text": tok.decode(c, skip_special_tokens=True)})
+        for segment, token_ids, states in segs:
+            path = cumulative_mean_path(states.float()).double().cpu().numpy()
+            toks = tok.convert_ids_to_tokens(token_ids)
+            for s, (tid, t) in enumerate(zip(token_ids, toks, strict=True)):
+                rows.append({"prompt_id": p, "model": label, "segment": segment, "step": s,
+                             "token": t, "token_id": int(tid), "point": path[s]})
+        if progress:
+            progress(1)
+    return pd.DataFrame(rows), pd.DataFrame(conts_rows)

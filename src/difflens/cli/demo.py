@@ -23,7 +23,7 @@ def demo_cmd(
 
     cfg = OrganismConfig.small(seed) if small else OrganismConfig(seed=seed)
     summary = run_demo(out_dir, config=cfg, n_concept_items=60 if small else 400,
-                       progress=True)
+                       n_trajectory_prompts=8 if small else 40, progress=True)
     o = summary["organism"]
     out.print(f"[green]report:[/] {out_dir / 'index.html'}   summary: {out_dir / 'summary.json'}")
     for key, name in (("reward", "reward (VADER)"), ("entropy", "entropy (nats/token)"),
@@ -35,6 +35,15 @@ def demo_cmd(
         out.print(f"kind-vs-cruel vector, {label}: best held-out AUC "
                   f"{format_ci(best['auc'], [best['ci_low'], best['ci_high']], best['n'])} "
                   f"at layer {best['layer']}")
+    tr = summary["trajectories"]
+    rows = tr["continuation"]["distance_by_index"]
+    full = tr["full"]["continuation"]["distance_by_index"]
+    if rows and full:
+        last = [r for r in full if r["n"] >= 30][-1]
+        f = tr["projection"]["faithfulness_spearman"]
+        out.print(f"trajectories: base-tuned continuation angle {full[0]['mean']:.3f} rad at step "
+                  f"0 → {last['mean']:.3f} at step {last['index']} (full dimension, "
+                  f"n={full[0]['n']} paths); sphere faithfulness {f['mean']:.3f}")
     kl = summary["pair"]["kl_tuned_base"]
     out.print(f"KL(tuned‖base) on held-out stories, nats/token: "
               f"{format_ci(kl['mean'], kl['ci95'], kl['n'])} tokens")

@@ -23,6 +23,8 @@ from difflens.organism.build import Organism, OrganismConfig, build_organism
 from difflens.report.concepts import ConceptsRun, run_concepts
 from difflens.report.concepts import intro_html as concepts_intro
 from difflens.report.figures import Figure, Series, write_index
+from difflens.report.trajectories import intro_html as trajectories_intro
+from difflens.report.trajectory_run import TrajectoriesRun, run_trajectories
 
 N_CONCEPT_ITEMS = 400
 HEADLINE_KEYS = ("reward", "entropy", "celebration_share", "chance_tvd")
@@ -59,7 +61,8 @@ def _write_table(df: pd.DataFrame, folder: Path, name: str) -> None:
 
 
 def run_demo(out: Path, *, config: OrganismConfig | None = None, n_stories: int = 200,
-             n_concept_items: int = N_CONCEPT_ITEMS, progress: bool = False) -> dict[str, Any]:
+             n_concept_items: int = N_CONCEPT_ITEMS, n_trajectory_prompts: int = 40,
+             progress: bool = False) -> dict[str, Any]:
     """Run the whole demo into ``out`` and return the summary."""
     check_writable(out)  # fail in a second, not after a 2-minute organism build
     org: Organism = build_organism(config, progress=progress)
@@ -109,6 +112,9 @@ def run_demo(out: Path, *, config: OrganismConfig | None = None, n_stories: int 
     concepts = _concepts_section(out / "concepts", base, tuned, cfg.seed, n_concept_items,
                                  progress)
     summary["concepts"] = concepts.summary
+    trajectories = _trajectories_section(out / "trajectories", base, tuned, cfg.seed,
+                                         n_trajectory_prompts, progress)
+    summary["trajectories"] = trajectories.summary
     write_json_atomic(out / "summary.json", summary)
     o = summary["organism"]
     headline = {f"{label} {key}": props[label][key] for key in HEADLINE_KEYS
@@ -132,8 +138,20 @@ def run_demo(out: Path, *, config: OrganismConfig | None = None, n_stories: int 
         headline[f"concepts: {label} P(kind sentence), unsteered"] = cs["unsteered_p_match"][label]
     write_index(out / "index.html", "difflens demo: base vs RL-tuned organism", intro, figures,
                 headline, images=[("Training curves", out / "figures" / "training_curves.png")],
-                sections=[("Concepts: kind vs cruel", concepts_intro(cs), concepts.figures)])
+                sections=[("Concepts: kind vs cruel", concepts_intro(cs), concepts.figures),
+                          ("Trajectories", trajectories_intro(trajectories.summary),
+                           trajectories.figures)])
     return summary
+
+
+def _trajectories_section(out: Path, base: LoadedModel, tuned: LoadedModel, seed: int,
+                          n_prompts: int, progress: bool) -> TrajectoriesRun:
+    """Paths of held-out openings and 4 sampled continuations per model, on one sphere."""
+    stories = W.generate_stories(n_prompts, seed=seed + 11)
+    openings = [st.sentences[0] for st in stories]
+    return run_trajectories(ModelPair(base, tuned), openings, out, continuations=4,
+                            max_new_tokens=30, method="umap", seed=seed, min_count=5,
+                            progress=progress)
 
 
 def _concepts_section(out: Path, base: LoadedModel, tuned: LoadedModel, seed: int,

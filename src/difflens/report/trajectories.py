@@ -176,3 +176,17 @@ def _sphere_figure(df: pd.DataFrame, pid: str, title: str) -> CustomFigure:
     return CustomFigure(name, f"Paths on the sphere, prompt {pid}", draw_plotly,
                         draw_mpl, caption=f"{title[:200]} (solid: prompt, dotted: "
                         "continuations; hover for tokens)")
+
+
+def intro_html(s: dict[str, Any]) -> str:
+    """A paragraph for a report section."""
+    f = s["projection"]["faithfulness_spearman"]
+    parts = [f"{s['n_prompts']} prompts; layer {s['layer']}."]
+    if f:
+        parts.append(f"Projection faithfulness (Spearman of sphere geodesics vs full-dimension "
+                     f"angles): {f['mean']:.3f} [{f['ci95'][0]:.3f}, {f['ci95'][1]:.3f}], "
+                     f"n={f['n']} pairs.")
+    for m, v in s["sentiment"]["jump_weighted"].items():
+        parts.append(f"Jump-weighted sentiment {html.escape(m)}: {v['mean']:.3f} "
+                     f"[{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}].")
+    return " ".join(parts)

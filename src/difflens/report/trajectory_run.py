@@ -63,7 +63,7 @@ def run_trajectories(
         tick = bar("paths", len(prompts) * n_models)
         paths = build_paths(target, prompts, layer=layer, continuations=continuations,
                             max_new_tokens=max_new_tokens, seed=seed,
-                            progress=lambda n: tick(n, ""))
+                            progress=lambda n: tick(n, ""), cache_dir=out / "paths")
         done = bar(f"project ({method})", 1)
         proj = SphereProjection(method=method, dim=2, random_state=seed)
         xyz = proj.fit_transform(paths.points.astype(np.float32))
