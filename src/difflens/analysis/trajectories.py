@@ -229,6 +229,8 @@ def path_jumps(df: pd.DataFrame, points: np.ndarray) -> np.ndarray:
 def _distance_by_index(df: pd.DataFrame, points: np.ndarray, models: tuple[str, str],
                        kind: str, w_seed: int, n_boot: int, max_index: int | None
                        ) -> list[dict[str, Any]]:
+    if models[0] == models[1]:  # one model: there is no second path to compare with
+        return []
     is_prompt = (df["segment"] == "prompt").to_numpy()
     sub = df[is_prompt if kind == "prompt" else ~is_prompt]
     if sub.empty:
