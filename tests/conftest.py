@@ -45,3 +45,14 @@ def tiny_folder(tmp_path: Path, tiny) -> Path:
     tiny.model.save_pretrained(folder)
     tiny.tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture
+def pair_folders(tmp_path: Path, pair) -> dict[str, Path]:
+    """The planted tiny pair saved as two normal HF folders (label -> folder)."""
+    folders = {}
+    for label, lm in pair.models.items():
+        folders[label] = tmp_path / label
+        lm.model.save_pretrained(folders[label])
+        lm.tokenizer.save_pretrained(folders[label])
+    return folders

@@ -174,14 +174,10 @@ def ab_file(tmp_path: Path) -> Path:
     return path
 
 
-def test_concepts_commands_write_the_issue_keys(tmp_path: Path, ab_file: Path, pair):
+def test_concepts_commands_write_the_issue_keys(tmp_path: Path, ab_file: Path, pair_folders):
     import numpy as np
 
-    folders = {}
-    for label, lm in pair.models.items():
-        folders[label] = tmp_path / label
-        lm.model.save_pretrained(folders[label])
-        lm.tokenizer.save_pretrained(folders[label])
+    folders = pair_folders
     out = tmp_path / "concepts"
     res = run("concepts", "compare", "--base", str(folders["base"]), "--tuned",
               str(folders["tuned"]), "--dataset", str(ab_file), "--out", str(out))

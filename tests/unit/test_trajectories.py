@@ -225,7 +225,7 @@ def test_importer_reads_the_shared_gptj_file():
     assert len(st.top_tokens) == 15 and all(r["n"] >= 20 for r in st.top_tokens)
 
 
-def test_cli_import_and_run(tmp_path: Path, pair):
+def test_cli_import_and_run(tmp_path: Path, pair_folders):
     runner = CliRunner()
     table = _synthetic_table(6)
     table.to_parquet(tmp_path / "t.parquet")
@@ -241,11 +241,7 @@ def test_cli_import_and_run(tmp_path: Path, pair):
     assert {"token", "mean_jump", "n"} <= set(s["jumps"]["top_tokens"][0])
     assert set(s["sentiment"]["jump_weighted"]) == {"base", "tuned"}
 
-    folders = {}
-    for label, lm in pair.models.items():
-        folders[label] = tmp_path / label
-        lm.model.save_pretrained(folders[label])
-        lm.tokenizer.save_pretrained(folders[label])
+    folders = pair_folders
     prompts = tmp_path / "p.txt"
     prompts.write_text("the fox went to the forest\nonce upon a time there was a fox\n")
     res = runner.invoke(app, ["trajectories", "run", "--base", str(folders["base"]),
