@@ -31,6 +31,7 @@ from difflens.errors import InputError
 from difflens.models.loading import LoadedModel
 from difflens.models.pair import ModelPair
 from difflens.report.figures import COLORS, AnyFigure, CustomFigure, Figure, Series, write_index
+from difflens.report.tables import write_table
 
 STEPS = ("extract", "compare", "steer")
 
@@ -62,20 +63,6 @@ def steering_vector(ex: ConceptExtraction, label: str, layer: int, unit: str) ->
         raise InputError(f"the concept vector of {label} at layer {layer} is zero; choose "
                          f"another layer to steer")
     return v * (scale / norm)
-
-
-def write_table(df: pd.DataFrame, folder: Path, name: str) -> None:
-    """``NAME.parquet`` and ``NAME.csv`` (lists as JSON strings in the CSV)."""
-    import json
-
-    folder.mkdir(parents=True, exist_ok=True)
-    flat = df.copy()
-    for col in flat.columns:
-        if flat[col].map(lambda v: isinstance(v, (list, tuple, np.ndarray, dict))).any():
-            flat[col] = flat[col].map(lambda v: json.dumps(np.asarray(v).tolist()
-                                                           if not isinstance(v, dict) else v))
-    df.to_parquet(folder / f"{name}.parquet", index=False)
-    flat.to_csv(folder / f"{name}.csv", index=False)
 
 
 def default_steer_layers(n_layers: int, separation: Sequence[dict[str, Any]]) -> list[int]:

@@ -10,7 +10,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from difflens.analysis.divergence import bootstrap_ci, layer_divergence, summarize_pair_stats
@@ -23,6 +22,7 @@ from difflens.organism.build import Organism, OrganismConfig, build_organism
 from difflens.report.concepts import ConceptsRun, run_concepts
 from difflens.report.concepts import intro_html as concepts_intro
 from difflens.report.figures import Figure, Series, write_index
+from difflens.report.tables import write_table
 from difflens.report.trajectories import intro_html as trajectories_intro
 from difflens.report.trajectory_run import TrajectoriesRun, run_trajectories
 
@@ -50,16 +50,6 @@ def organism_summary(props: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _write_table(df: pd.DataFrame, folder: Path, name: str) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    flat = df.copy()
-    for col in flat.columns:
-        if flat[col].map(lambda v: isinstance(v, (list, np.ndarray))).any():
-            flat[col] = flat[col].map(lambda v: json.dumps(np.asarray(v).tolist()))
-    df.to_parquet(folder / f"{name}.parquet", index=False)
-    flat.to_csv(folder / f"{name}.csv", index=False)
-
-
 def run_demo(out: Path, *, config: OrganismConfig | None = None, n_stories: int = 200,
              n_concept_items: int = N_CONCEPT_ITEMS, n_trajectory_prompts: int = 40,
              progress: bool = False) -> dict[str, Any]:
@@ -80,8 +70,8 @@ def run_demo(out: Path, *, config: OrganismConfig | None = None, n_stories: int 
     layers = layer_divergence(store)
 
     data = out / "data"
-    _write_table(stats, data, "per_token")
-    _write_table(pd.DataFrame(layers), data, "layers")
+    write_table(stats, data, "per_token")
+    write_table(pd.DataFrame(layers), data, "layers")
     chance_rows = []
     for label in ("base", "tuned"):
         for kind, v in props[label]["chance_by_kind"].items():
@@ -90,9 +80,9 @@ def run_demo(out: Path, *, config: OrganismConfig | None = None, n_stories: int 
                              "uniform": 1 / len(dist), "tvd_mean": v["tvd"]["mean"],
                              "mass_outside_mean": v["mass_outside"]["mean"]}
                             for o, p in dist.items()]
-    _write_table(pd.DataFrame(chance_rows), data, "chance")
+    write_table(pd.DataFrame(chance_rows), data, "chance")
     curves = pd.read_csv(org.path / "rl_curves.csv")
-    _write_table(curves, data, "rl_curves")
+    write_table(curves, data, "rl_curves")
 
     figures = _figures(props, stats, layers, curves, cfg.seed)
     for fig in figures:

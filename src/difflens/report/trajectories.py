@@ -10,8 +10,8 @@ import pandas as pd
 
 from difflens.analysis.trajectories import TrajectoryStats, readable_token
 from difflens.capture.store import write_json_atomic
-from difflens.report.concepts import write_table
 from difflens.report.figures import COLORS, AnyFigure, CustomFigure, Figure, Series, write_index
+from difflens.report.tables import write_table
 
 SEGMENT_STYLE = {"prompt": "solid", "continuation": "dot"}
 

@@ -14,12 +14,12 @@ from difflens.analysis.trajectories import (
     trajectory_stats,
 )
 from difflens.capture.paths import build_paths
-from difflens.capture.store import check_writable
+from difflens.capture.store import check_writable, write_parquet_atomic
 from difflens.capture.trajfiles import read_trajectories
 from difflens.models.loading import LoadedModel
 from difflens.models.pair import ModelPair
-from difflens.report.concepts import write_table
 from difflens.report.figures import AnyFigure
+from difflens.report.tables import write_table
 from difflens.report.trajectories import summarize, write_outputs
 
 
@@ -88,7 +88,7 @@ def run_trajectories(
     # the full-dimension cumulative means, referenced by the table's state_ref column
     states = pd.DataFrame({"row": np.arange(len(full_points))})
     states["state"] = list(full_points.astype(np.float32))
-    states.to_parquet(out / "data" / "states.parquet", index=False)
+    write_parquet_atomic(out / "data" / "states.parquet", states)
     table = table.assign(state_ref=table.row).drop(columns=["row"])
     figures = write_outputs(
         out, table, sphere, full, summary, {str(i): p for i, p in enumerate(prompts)},
