@@ -420,7 +420,6 @@ def compare_concepts(ex: ConceptExtraction, *, n_boot: int = 500, seed: int = 0
     """Cosine per layer, layer x layer cosines, PCA and held-out separation, with CIs."""
     labels = ex.labels
     layers = ex.layers
-    tr = torch.as_tensor(ex.train)
     d = {k: ex.diffs(k, ex.train).double() for k in labels}  # item layer d_model
     n = len(ex.train)
     w = _weights(n, n_boot, seed)  # n_boot item
@@ -474,7 +473,6 @@ def compare_concepts(ex: ConceptExtraction, *, n_boot: int = 500, seed: int = 0
                 rows.append({"layer": layer, "auc": auc, "ci_low": lo_, "ci_high": hi_,
                              "n": len(ex.test)})
             separation[k] = rows
-    del tr
     return ConceptComparison(
         cosine_by_layer=cosine_rows, heatmaps=heatmaps, pca=pca_rows, pca_explained=explained,
         separation=separation,
