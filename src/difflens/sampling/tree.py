@@ -94,7 +94,7 @@ def probability_tree(lm: LoadedModel, prompt: str, *, depth: int = 4, top_k: int
     with torch.inference_mode():
         out = lm.model(input_ids=torch.tensor([ids], device=dev), use_cache=reuse_cache)
         logp = torch.log_softmax(out.logits[:, -1].double(), -1)
-        cache = out.past_key_values if reuse_cache else None
+        cache: Any = out.past_key_values if reuse_cache else None
         frontier: list[tuple[TreeNode, list[int]]] = [(root, [])]
         for level in range(1, depth + 1):
             children, parents = [], []
@@ -111,7 +111,7 @@ def probability_tree(lm: LoadedModel, prompt: str, *, depth: int = 4, top_k: int
             if level == depth or not children:
                 break
             new_tokens = torch.tensor([[path[-1]] for _, path in children], device=dev)
-            if reuse_cache:
+            if cache is not None:
                 cache.batch_select_indices(torch.tensor(parents, device=dev))
                 past = len(ids) + level - 1
                 out = lm.model(input_ids=new_tokens, past_key_values=cache, use_cache=True,
