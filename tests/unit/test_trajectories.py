@@ -165,6 +165,11 @@ def test_umap_projection_is_faithful_on_known_structure():
     assert d[~same].mean() > 2 * d[same].mean()
     # ... and the rank correlation with full-dimension angles is clearly positive
     assert faithfulness(x, xyz, n_pairs=3000)["mean"] > 0.3
+    # reproducible from the seed (exact neighbours), also above UMAP's 4,096-point switch
+    big = np.concatenate([x] * 11)[:4200] + 1e-3 * rng.normal(size=(4200, 30))
+    a = SphereProjection(method="umap", random_state=1, n_epochs=20).fit_transform(big)
+    b = SphereProjection(method="umap", random_state=1, n_epochs=20).fit_transform(big)
+    assert np.array_equal(a, b)
 
 
 def test_readable_gpt2_tokens():

@@ -62,14 +62,18 @@ class SphereProjection:
         dim: 2 for the ordinary sphere (x, y, z), 3 for the 3-sphere (4-D unit points;
             PCA only).
         random_state: seed of UMAP.
-        n_neighbors, min_dist: UMAP's parameters.
+        n_neighbors, min_dist, n_epochs: UMAP's parameters. Neighbours are found exactly
+            (scikit-learn), so a UMAP fit is reproducible from ``random_state``;
+            ``transform`` of new points is therefore PCA-only.
 
     Learned attributes end in ``_``: ``embedding_`` (the fitted points on the sphere).
     """
 
     def __init__(self, method: str = "umap", dim: int = 2, random_state: int | None = 0,
-                 n_neighbors: int = 15, min_dist: float = 0.1) -> None:
+                 n_neighbors: int = 15, min_dist: float = 0.1,
+                 n_epochs: int | None = None) -> None:
         self.method = method
+        self.n_epochs = n_epochs
         self.dim = dim
         self.random_state = random_state
         self.n_neighbors = n_neighbors
@@ -97,10 +101,17 @@ class SphereProjection:
             self.embedding_ = self._pca_points(X)
         else:
             import umap  # heavy import: only here
+            from sklearn.neighbors import NearestNeighbors
 
+            # Exact neighbours (deterministic); UMAP's own approximate search above 4,096
+            # points is not reproducible from a seed (measured: points moved by up to 2 rad
+            # between two fits of the same 10k points).
+            k = min(self.n_neighbors, len(X) - 1)
+            dist, idx = NearestNeighbors(n_neighbors=k).fit(X).kneighbors(X)
             self.umap_ = umap.UMAP(output_metric="haversine", n_components=2, n_jobs=1,
-                                   n_neighbors=min(self.n_neighbors, len(X) - 1),
-                                   min_dist=self.min_dist, random_state=self.random_state)
+                                   n_neighbors=k, min_dist=self.min_dist,
+                                   random_state=self.random_state, n_epochs=self.n_epochs,
+                                   precomputed_knn=(idx, dist, None))
             self.umap_.fit(X)
             self.embedding_ = self._angles_to_xyz(self.umap_.embedding_)
         return self
@@ -123,7 +134,8 @@ class SphereProjection:
         X = np.asarray(X, dtype=np.float32)
         if self.method == "pca":
             return self._pca_points(X)
-        return self._angles_to_xyz(self.umap_.transform(X))
+        raise InputError("the UMAP sphere is fitted with exact neighbours and cannot place new "
+                         "points; fit it on all the points (fit_transform)")
 
     def fit_transform(self, X: np.ndarray, y: Any = None) -> np.ndarray:
         return self.fit(X).embedding_
