@@ -27,6 +27,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from difflens.analysis.divergence import bootstrap_weights
 from difflens.capture.ab import forward_ab
 from difflens.capture.abdata import ABDataset, tokenize_items, uses_chat
 from difflens.capture.engine import parse_layers
@@ -333,15 +334,6 @@ def _cos(a: Tensor, b: Tensor) -> Tensor:
     return torch.where((na > 0) & (nb > 0), out, torch.full_like(out, float("nan")))
 
 
-def _weights(n: int, n_boot: int, seed: int) -> Tensor:
-    """Bootstrap resampling weights: row b counts how often each item was drawn."""
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, n, size=(n_boot, n))
-    w = np.zeros((n_boot, n))
-    np.add.at(w, (np.arange(n_boot)[:, None], idx), 1.0)
-    return torch.as_tensor(w / n, dtype=torch.float64)
-
-
 def _ci(samples: np.ndarray, axis: int = 0) -> tuple[Any, Any]:
     """Percentile 95% interval along ``axis`` (NaN where every sample is NaN)."""
     import warnings
@@ -364,7 +356,7 @@ def paired_auc(pos: np.ndarray, neg: np.ndarray, *, n_boot: int = 1000, seed: in
     n = len(pos)
     auc = float(roc_auc_score(np.r_[np.ones(n), np.zeros(n)], np.r_[pos, neg]))
     cmp = (pos[:, None] > neg[None, :]).astype(np.float64) + 0.5 * (pos[:, None] == neg[None])
-    w = _weights(n, n_boot, seed).numpy()
+    w = bootstrap_weights(n, n_boot, seed) / n
     boots = np.round(((w @ cmp) * w).sum(1), 12)  # exact ties stay exact
     lo, hi = _ci(boots)
     return auc, float(lo), float(hi)
@@ -422,7 +414,7 @@ def compare_concepts(ex: ConceptExtraction, *, n_boot: int = 500, seed: int = 0
     layers = ex.layers
     d = {k: ex.diffs(k, ex.train).double() for k in labels}  # item layer d_model
     n = len(ex.train)
-    w = _weights(n, n_boot, seed)  # n_boot item
+    w = torch.as_tensor(bootstrap_weights(n, n_boot, seed) / n)  # n_boot item
     boot = {k: torch.einsum("bi,ild->bld", w, d[k]) for k in labels}  # bootstrap mean vectors
     vec = {k: d[k].mean(0) for k in labels}
 

@@ -24,6 +24,19 @@ def bootstrap_ci(
     return (float(lo), float(hi))
 
 
+def bootstrap_weights(n: int, n_boot: int, seed: int) -> np.ndarray:
+    """[n_boot, n] resampling counts: row b counts how often each of n units was drawn.
+
+    Weighted sums ``w @ x`` give every bootstrap replicate of a sum at once (vectorised
+    bootstraps of means, ratios and cluster resamples).
+    """
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(n_boot, n))
+    w = np.zeros((n_boot, n))
+    np.add.at(w, (np.arange(n_boot)[:, None], idx), 1.0)
+    return w
+
+
 def mean_ci(values: Sequence[float] | np.ndarray, *, seed: int = 0) -> dict[str, Any]:
     """``{"mean", "ci95", "n"}`` of the finite values: the form of every headline figure."""
     x = np.asarray(values, dtype=np.float64)

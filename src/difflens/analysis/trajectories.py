@@ -24,6 +24,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from difflens.analysis.divergence import bootstrap_weights
 from difflens.errors import InputError
 
 TABLE_COLUMNS = ("prompt_id", "model", "segment", "step", "token", "x", "y", "z")
@@ -189,14 +190,6 @@ def point_columns(df: pd.DataFrame) -> list[str]:
     return ["x", "y", "z"] + (["w"] if "w" in df.columns else [])
 
 
-def _cluster_weights(n: int, n_boot: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, n, size=(n_boot, n))
-    w = np.zeros((n_boot, n))
-    np.add.at(w, (np.arange(n_boot)[:, None], idx), 1.0)
-    return w
-
-
 def _ratio_ci(num: np.ndarray, den: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """CI of sum(num)/sum(den) per column, resampling rows (prompts) with weights ``w``."""
     import warnings
@@ -273,7 +266,7 @@ def _distance_by_index(df: pd.DataFrame, points: np.ndarray, models: tuple[str, 
     den = np.zeros_like(num)
     np.add.at(num, (pi, si), m.d.to_numpy())
     np.add.at(den, (pi, si), 1.0)
-    w = _cluster_weights(len(prompts), n_boot, w_seed)
+    w = bootstrap_weights(len(prompts), n_boot, w_seed)
     lo, hi = _ratio_ci(num, den, w)
     mean = num.sum(0) / den.sum(0)
     return [{"index": int(s), "mean": float(mean[k]), "ci_low": float(lo[k]),
@@ -416,7 +409,7 @@ def _sentiment(j: pd.DataFrame, models: Sequence[str], n_boot: int, seed: int
         x, y = s.jump.to_numpy(), s.sentiment.to_numpy()
         sums = np.zeros((len(prompts), 6))
         np.add.at(sums, pi, np.stack([x * y, x, y, x * x, y * y, np.ones_like(x)], 1))
-        w = _cluster_weights(len(prompts), n_boot, seed)
+        w = bootstrap_weights(len(prompts), n_boot, seed)
         jw = sums[:, 0].sum() / sums[:, 1].sum()
         lo, hi = _ratio_ci(sums[:, [0]], sums[:, [1]], w)
         out["jump_weighted"][m] = {"mean": float(jw), "ci95": [float(lo[0]), float(hi[0])],

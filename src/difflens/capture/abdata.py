@@ -94,7 +94,7 @@ def _records(path: Path) -> Iterator[tuple[str, Any]]:
             yield f"{path}:{lineno}", ValueError(f"not valid JSON ({exc.msg})")
 
 
-def _detect(obj: dict[str, Any], raw: str) -> str:
+def _detect(obj: dict[str, Any]) -> str:
     if "prompt" in obj and "matching" in obj:
         return "plain"
     if "statement" in obj:
@@ -162,7 +162,7 @@ def load_ab_dataset(path: str | Path, *, format: str = "auto", skip_bad: bool = 
             if fmt is None:
                 if isinstance(obj, Exception):
                     raise obj
-                fmt = _detect(obj, where) if isinstance(obj, dict) else "plain"
+                fmt = _detect(obj) if isinstance(obj, dict) else "plain"
             items.append(_item(obj, fmt, where))
         except ValueError as exc:
             if not skip_bad:

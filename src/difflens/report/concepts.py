@@ -24,6 +24,7 @@ from difflens.analysis.concepts import (
     compare_concepts,
     extract_concepts,
 )
+from difflens.analysis.divergence import mean_ci
 from difflens.capture.abdata import ABDataset, tokenize_items
 from difflens.capture.store import check_writable, write_json_atomic
 from difflens.control.steering import dose_response, generate, steering
@@ -122,8 +123,8 @@ def run_concepts(
             "layers": list(ex.layers), "position": position, "method": method,
             "chat": ex.chat, "n_truncated": ex.n_truncated,
             "models": {k: m.identity.name for k, m in models.items()},
-            "unsteered_p_match": {k: _mean_ci(ex.p_match(k)[ex.test if len(ex.test) else
-                                                            ex.train], seed)
+            "unsteered_p_match": {k: mean_ci(ex.p_match(k)[ex.test if len(ex.test) else
+                                                           ex.train], seed=seed)
                                   for k in ex.labels},
         }
         data = out / "data"
@@ -208,12 +209,6 @@ def _previous(out: Path, key: str, method: str, test_fraction: float, seed: int
             and old.get("method") == method and old.get("test_fraction") == test_fraction
             and old.get("seed") == seed)
     return old if same else {}
-
-
-def _mean_ci(x: np.ndarray, seed: int) -> dict[str, Any]:
-    from difflens.analysis.divergence import mean_ci
-
-    return mean_ci(x, seed=seed)
 
 
 def headline(summary: dict[str, Any]) -> dict[str, Any]:

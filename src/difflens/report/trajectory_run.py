@@ -82,7 +82,7 @@ def run_trajectories(
                         faithfulness=faith, extra={
                             "projection_method": method, "continuations": continuations,
                             "max_new_tokens": max_new_tokens, "seed": seed,
-                            "models": {k: v for k, v in zip(models, models, strict=True)}})
+                            "models": list(models)})
     out.mkdir(parents=True, exist_ok=True)
     write_table(paths.continuations, out / "data", "continuations")
     # the full-dimension cumulative means, referenced by the table's state_ref column
