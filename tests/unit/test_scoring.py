@@ -29,5 +29,5 @@ def test_outcome_distribution_is_normalised(tiny):
 
 
 def test_prefix_changing_continuation_is_rejected(tiny):
-    with pytest.raises(ValueError, match="changes the prefix's tokens"):
+    with pytest.raises(ValueError, match="changes the prompt's last tokens"):
         score_continuations(tiny, "the fox", [""])

@@ -23,7 +23,8 @@ def demo_cmd(
 
     cfg = OrganismConfig.small(seed) if small else OrganismConfig(seed=seed)
     summary = run_demo(out_dir, config=cfg, n_concept_items=60 if small else 400,
-                       n_trajectory_prompts=8 if small else 40, progress=True)
+                       n_trajectory_prompts=8 if small else 40,
+                       n_collapse_prompts=6 if small else 24, progress=True)
     o = summary["organism"]
     out.print(f"[green]report:[/] {out_dir / 'index.html'}   summary: {out_dir / 'summary.json'}")
     for key, name in (("reward", "reward (VADER)"), ("entropy", "entropy (nats/token)"),
@@ -44,6 +45,17 @@ def demo_cmd(
         out.print(f"trajectories: base-tuned continuation angle {full[0]['mean']:.3f} rad at step "
                   f"0 → {last['mean']:.3f} at step {last['index']} (full dimension, "
                   f"n={full[0]['n']} paths); sphere faithfulness {f['mean']:.3f}")
+    col = summary["collapse"]
+    for label in ("base", "tuned"):
+        a, d = col["attractors"][label], col["diversity"][label]
+        out.print(f"collapse, {label}: attractor strength "
+                  f"{format_ci(a['strength'], [a['ci_low'], a['ci_high']], a['n'])}; Vendi "
+                  f"{format_ci(d['vendi'], d['vendi_ci95'], d['n_prompts'])}; top tree path p="
+                  f"{col['tree'][label]['top_path_prob']:.3f}")
+    t = col["temperature"]
+    out.print(f"is the tuned model a colder base? best T {t['best_T']:.3g}, TVD left "
+              f"{format_ci(t['residual_tvd'], t['residual_tvd_ci95'], t['n'])} (at T=1 "
+              f"{t['tvd_at_1']:.3f})")
     kl = summary["pair"]["kl_tuned_base"]
     out.print(f"KL(tuned‖base) on held-out stories, nats/token: "
               f"{format_ci(kl['mean'], kl['ci95'], kl['n'])} tokens")

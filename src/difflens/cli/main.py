@@ -3,6 +3,7 @@
 import typer
 
 from difflens.cli.capture import capture_cmd, info_cmd
+from difflens.cli.collapse import app as collapse_app
 from difflens.cli.concepts import app as concepts_app
 from difflens.cli.demo import demo_cmd
 from difflens.cli.organism import app as organism_app
@@ -21,6 +22,7 @@ app.command("demo")(demo_cmd)
 app.add_typer(organism_app, name="organism")
 app.add_typer(concepts_app, name="concepts")
 app.add_typer(trajectories_app, name="trajectories")
+app.add_typer(collapse_app, name="collapse")
 
 if __name__ == "__main__":
     app()

@@ -79,3 +79,39 @@ def tiny_pair(seed: int = 0, *, planted_block: int = 2, scale: float = 0.5,
         block.mlp.down_proj.weight.mul_(1.0 + scale)
     tuned = wrap_model(tuned_model, base.tokenizer, name="tiny-tuned")
     return ModelPair(base, tuned)
+
+
+def bigram_model(words: list[str], logits: torch.Tensor, *, n_layers: int = 2,
+                 name: str = "tiny-bigram") -> LoadedModel:
+    """A real Llama whose next-token logits are planted: ``logits[current token]``.
+
+    Attention and MLP outputs are zeroed, so the residual stream is the current token's
+    embedding; embeddings are one-hot and the LM head holds the table, so the model is an
+    exact bigram model (tokens are ``<pad> <unk> <bos> <eos>`` then ``words``). Every
+    probability a test asks for is known in closed form.
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = word_tokenizer(words)
+    vocab = len(tok)  # type: ignore[arg-type]
+    if logits.shape != (vocab, vocab):
+        raise ValueError(f"logits must be [{vocab}, {vocab}] (specials + words), got "
+                         f"{tuple(logits.shape)}")
+    d = vocab
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=d, intermediate_size=8,
+                      num_hidden_layers=n_layers, num_attention_heads=1,
+                      num_key_value_heads=1, head_dim=8, max_position_embeddings=256,
+                      bos_token_id=tok.bos_token_id,  # type: ignore[attr-defined]
+                      eos_token_id=tok.eos_token_id,  # type: ignore[attr-defined]
+                      pad_token_id=tok.pad_token_id,  # type: ignore[attr-defined]
+                      tie_word_embeddings=False, rms_norm_eps=0.0)
+    model = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for block in model.model.layers:
+            block.self_attn.o_proj.weight.zero_()
+            block.mlp.down_proj.weight.zero_()
+        model.model.embed_tokens.weight.copy_(torch.eye(vocab))
+        model.model.norm.weight.fill_(1.0)
+        # RMSNorm(e_i) = sqrt(d) * e_i, so the head's column i is the table's row i / sqrt(d).
+        model.lm_head.weight.copy_(logits.T / d ** 0.5)
+    return wrap_model(model, tok, name=name)

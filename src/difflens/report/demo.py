@@ -19,6 +19,8 @@ from difflens.capture.store import check_writable, write_bytes_atomic, write_jso
 from difflens.models import LoadedModel, ModelPair, load_model
 from difflens.organism import world as W
 from difflens.organism.build import Organism, OrganismConfig, build_organism
+from difflens.report.collapse import CollapseConfig, CollapseRun, run_collapse
+from difflens.report.collapse import intro_html as collapse_intro
 from difflens.report.concepts import ConceptsRun, run_concepts
 from difflens.report.concepts import intro_html as concepts_intro
 from difflens.report.figures import Figure, Series, write_index
@@ -52,7 +54,7 @@ def organism_summary(props: dict[str, Any]) -> dict[str, Any]:
 
 def run_demo(out: Path, *, config: OrganismConfig | None = None, n_stories: int = 200,
              n_concept_items: int = N_CONCEPT_ITEMS, n_trajectory_prompts: int = 40,
-             progress: bool = False) -> dict[str, Any]:
+             n_collapse_prompts: int = 24, progress: bool = False) -> dict[str, Any]:
     """Run the whole demo into ``out`` and return the summary."""
     check_writable(out)  # fail in a second, not after a 2-minute organism build
     org: Organism = build_organism(config, progress=progress)
@@ -105,6 +107,9 @@ def run_demo(out: Path, *, config: OrganismConfig | None = None, n_stories: int 
     trajectories = _trajectories_section(out / "trajectories", base, tuned, cfg.seed,
                                          n_trajectory_prompts, progress)
     summary["trajectories"] = trajectories.summary
+    collapse = _collapse_section(out / "collapse", base, tuned, cfg.seed, n_collapse_prompts,
+                                 progress)
+    summary["collapse"] = collapse.summary
     write_json_atomic(out / "summary.json", summary)
     o = summary["organism"]
     headline = {f"{label} {key}": props[label][key] for key in HEADLINE_KEYS
@@ -130,8 +135,32 @@ def run_demo(out: Path, *, config: OrganismConfig | None = None, n_stories: int 
                 headline, images=[("Training curves", out / "figures" / "training_curves.png")],
                 sections=[("Concepts: kind vs cruel", concepts_intro(cs), concepts.figures),
                           ("Trajectories", trajectories_intro(trajectories.summary),
-                           trajectories.figures)])
+                           trajectories.figures),
+                          ("Mode collapse", collapse_intro(collapse.summary),
+                           collapse.figures)])
     return summary
+
+
+def _collapse_section(out: Path, base: LoadedModel, tuned: LoadedModel, seed: int,
+                      n_prompts: int, progress: bool) -> CollapseRun:
+    """Every collapse step on the organism: the world's own chance scenes are the probes
+    (their true distribution is uniform), held-out story text is the Fréchet reference."""
+    out.mkdir(parents=True, exist_ok=True)
+    probe_file = out / "world_chance_probes.jsonl"
+    scenes = W.chance_prompts(40, seed=seed + 17)
+    write_bytes_atomic(probe_file, "".join(json.dumps(
+        {"probe": sc.kind, "phrasing": f"scene{i}", "prompt": sc.prefix,
+         "answers": list(sc.outcomes)}) + "\n" for i, sc in enumerate(scenes)).encode())
+    stories = W.generate_stories(n_prompts + 200, seed=seed + 13)
+    openings = tuple(st.sentences[0] for st in stories[:n_prompts])
+    reference = tuple(" ".join(st.sentences[1:4]) for st in stories[n_prompts:]
+                      if len(st.sentences) > 1)
+    config = CollapseConfig(prompts=openings, probes=str(probe_file), tree_prompt=openings[0],
+                            max_new_tokens=40, k_samples=8, reference=reference,
+                            reference_name="held-out world stories (sentences 2-4)",
+                            seed=seed)
+    return run_collapse(ModelPair(base, tuned), out, config=config, progress=progress,
+                        index=False)
 
 
 def _trajectories_section(out: Path, base: LoadedModel, tuned: LoadedModel, seed: int,

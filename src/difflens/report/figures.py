@@ -50,8 +50,9 @@ class Figure:
                 err = None
                 if s.lo is not None and s.hi is not None:
                     err = {"type": "data", "symmetric": False,
-                           "array": [h - y for h, y in zip(s.hi, s.y, strict=True)],
-                           "arrayminus": [y - lo for y, lo in zip(s.y, s.lo, strict=True)]}
+                           "array": [max(0.0, h - y) for h, y in zip(s.hi, s.y, strict=True)],
+                           "arrayminus": [max(0.0, y - lo)
+                                          for y, lo in zip(s.y, s.lo, strict=True)]}
                 fig.add_bar(x=list(map(str, self.x)), y=list(s.y), name=s.label, error_y=err,
                             marker_color=color)
             else:
@@ -85,7 +86,8 @@ class Figure:
                 width = 0.8 / n
                 err = None
                 if s.lo is not None and s.hi is not None:
-                    err = [y - np.asarray(s.lo), np.asarray(s.hi) - y]
+                    err = [np.clip(y - np.asarray(s.lo), 0, None),
+                           np.clip(np.asarray(s.hi) - y, 0, None)]
                 ax.bar(xs + (k - (n - 1) / 2) * width, y, width, yerr=err, label=s.label,
                        color=color, capsize=3)
             else:

@@ -100,8 +100,13 @@ def probability_tree(lm: LoadedModel, prompt: str, *, depth: int = 4, top_k: int
             children, parents = [], []
             for row, (node, path) in enumerate(frontier):
                 lp, top = logp[row].topk(top_k)
+                # A token's text is what it adds to its path's text (SentencePiece drops a
+                # lone token's leading space, so decoding it alone would glue words).
+                said = tok.decode(path)
                 for p, t in zip(lp.exp().tolist(), top.tolist(), strict=True):
-                    child = TreeNode(token_id=t, text=tok.decode([t]), prob=p,
+                    text = tok.decode(path + [t])
+                    child = TreeNode(token_id=t, text=text[len(said):] if text.startswith(said)
+                                     else tok.decode([t]), prob=p,
                                      seq_prob=node.seq_prob * p, depth=level)
                     node.children.append(child)
                     n_nodes += 1

@@ -1,0 +1,179 @@
+"""How varied are a model's samples? distinct-n, self-BLEU, embedding spread, Vendi, Fréchet.
+
+All metrics are computed per prompt over its K samples (except the Fréchet distance, which
+compares a model's pooled sample embeddings with a reference set, "FID for text"), then
+averaged over prompts with bootstrap CIs over prompts.
+
+- distinct-n: unique n-grams / all n-grams (whitespace words, lower-cased) of the K samples.
+- self-BLEU: mean sentence BLEU (sacrebleu, effective order) of each sample against the other
+  K - 1; higher = more alike.
+- mean pairwise embedding distance: mean 1 - cos over pairs of samples.
+- Vendi score: exp of the Shannon entropy of the eigenvalues of K/n, with K the cosine
+  similarity matrix (Friedman & Dieng 2023): the effective number of distinct samples,
+  between 1 (all the same) and n (all orthogonal).
+- Fréchet distance: |mu_a - mu_b|^2 + Tr(S_a + S_b - 2 (S_a S_b)^1/2) between Gaussians fitted
+  to two sets of embeddings. Its CI is the spread of a prompt bootstrap re-centred on the
+  estimate (resampling with replacement biases the distance upward). With fewer samples than
+  dimensions it carries a large small-sample bias, so compare models against the same
+  reference at the same sample count, and read a model's own second draw as the floor.
+"""
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from jaxtyping import Float
+
+from difflens.analysis.divergence import bootstrap_weights
+from difflens.analysis.embeddings import DEFAULT_ENCODER, Encoder, embed_texts
+from difflens.errors import InputError
+
+
+def _words(text: str) -> list[str]:
+    return text.lower().split()
+
+
+def distinct_n(texts: Sequence[str], n: int = 2) -> float:
+    """Unique n-grams / all n-grams over ``texts`` (NaN when there are none)."""
+    grams = [tuple(w[i:i + n]) for w in map(_words, texts) for i in range(len(w) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else float("nan")
+
+
+def self_bleu(texts: Sequence[str]) -> float:
+    """Mean sentence BLEU (0..1) of each text against all the others."""
+    from sacrebleu.metrics import BLEU
+
+    if len(texts) < 2:
+        return float("nan")
+    bleu = BLEU(effective_order=True)
+    scores = [bleu.sentence_score(t, [o for j, o in enumerate(texts) if j != i]).score
+              for i, t in enumerate(texts)]
+    return float(np.mean(scores)) / 100.0
+
+
+def pairwise_distance(emb: Float[np.ndarray, "n dim"]) -> float:
+    """Mean 1 - cosine over distinct pairs of (L2-normalised) embeddings."""
+    n = len(emb)
+    if n < 2:
+        return float("nan")
+    sim = emb @ emb.T
+    return float(1.0 - (sim.sum() - np.trace(sim)) / (n * (n - 1)))
+
+
+def vendi_score(emb: Float[np.ndarray, "n dim"]) -> float:
+    """exp(entropy of the eigenvalues of K / n), K the cosine similarity matrix."""
+    n = len(emb)
+    if n == 0:
+        return float("nan")
+    ev = np.linalg.eigvalsh((emb @ emb.T).astype(np.float64) / n)
+    ev = ev[ev > 1e-12]
+    return float(np.exp(-(ev * np.log(ev)).sum()))
+
+
+def frechet_distance(a: Float[np.ndarray, "n dim"], b: Float[np.ndarray, "m dim"]) -> float:
+    """Fréchet distance between Gaussians fitted to two embedding sets (needs >= 2 each)."""
+    if len(a) < 2 or len(b) < 2:
+        return float("nan")
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    mu = a.mean(0) - b.mean(0)
+    sa, sb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    # Tr (Sa Sb)^1/2 = sum of sqrt eigenvalues of Sa^1/2 Sb Sa^1/2 (symmetric, PSD).
+    w, v = np.linalg.eigh(sa)
+    root = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    cross = np.sqrt(np.clip(np.linalg.eigvalsh(root @ sb @ root), 0, None)).sum()
+    return float(mu @ mu + np.trace(sa) + np.trace(sb) - 2 * cross)
+
+
+@dataclasses.dataclass(frozen=True)
+class DiversityResult:
+    per_prompt: pd.DataFrame
+    """One row per model and prompt: distinct_1, distinct_2, self_bleu, pairwise_distance,
+    vendi, n_samples."""
+    frechet: dict[str, dict[str, Any]]
+    """model -> {frechet, ci95, n_samples, n_reference}."""
+    reference: str
+    """What the Fréchet reference set is."""
+    encoder: str
+
+    def summary(self, *, seed: int = 0, n_boot: int = 1000) -> dict[str, Any]:
+        """``{model: {distinct_2, self_bleu, vendi, frechet, ..._ci95, n_prompts}}``."""
+        out: dict[str, Any] = {}
+        for model, g in self.per_prompt.groupby("model", sort=False):
+            row: dict[str, Any] = {"n_prompts": len(g),
+                                   "k_samples": int(g.n_samples.median())}
+            for col in ("distinct_1", "distinct_2", "self_bleu", "pairwise_distance", "vendi"):
+                x = g[col].to_numpy(dtype=np.float64)
+                x = x[np.isfinite(x)]
+                row[col] = float(x.mean()) if len(x) else float("nan")
+                if len(x):
+                    means = bootstrap_weights(len(x), n_boot, seed) @ x / len(x)
+                    row[f"{col}_ci95"] = [float(np.quantile(means, 0.025)),
+                                          float(np.quantile(means, 0.975))]
+            f = self.frechet.get(str(model))
+            if f is not None:
+                row["frechet"], row["frechet_ci95"] = f["frechet"], f["ci95"]
+                row["frechet_reference"] = self.reference
+            out[str(model)] = row
+        return out
+
+
+def diversity(samples: Mapping[str, Sequence[Sequence[str]]], *,
+              reference: Sequence[str] | None = None, reference_name: str = "",
+              encoder: Encoder = DEFAULT_ENCODER, seed: int = 0, n_boot: int = 200,
+              progress: Callable[[int], None] | None = None) -> DiversityResult:
+    """Diversity of each model's samples (``model -> [prompt][sample] texts``).
+
+    Args:
+        samples: K samples per prompt, per model.
+        reference: texts for the Fréchet distance (e.g. held-out human text, or a second
+            independent draw of the base's samples, whose distance is the noise floor). None:
+            no Fréchet distance.
+        reference_name: how the summary describes the reference.
+        encoder: sentence encoder name or callable (see :mod:`difflens.analysis.embeddings`).
+        seed: bootstrap seed.
+        n_boot: bootstrap resamples of prompts for the Fréchet CI.
+        progress: called with 1 per model and prompt.
+    """
+    if not samples or not any(samples.values()):
+        raise InputError("no samples to score")
+    rows: list[dict[str, Any]] = []
+    pooled: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for model, per_prompt in samples.items():
+        flat = [t for texts in per_prompt for t in texts]
+        emb = embed_texts(flat, encoder)
+        owner = np.repeat(np.arange(len(per_prompt)), [len(t) for t in per_prompt])
+        pooled[model] = (emb, owner)
+        for p, texts in enumerate(per_prompt):
+            e = emb[owner == p]
+            rows.append({"model": model, "prompt_id": p, "n_samples": len(texts),
+                         "distinct_1": distinct_n(texts, 1), "distinct_2": distinct_n(texts, 2),
+                         "self_bleu": self_bleu(texts), "pairwise_distance": pairwise_distance(e),
+                         "vendi": vendi_score(e)})
+            if progress is not None:
+                progress(1)
+    frechet: dict[str, dict[str, Any]] = {}
+    if reference is not None:
+        ref = embed_texts(list(reference), encoder)
+        rng = np.random.default_rng(seed)
+        for model, (emb, owner) in pooled.items():
+            n_p = int(owner.max()) + 1 if len(owner) else 0
+            boots = []
+            for _ in range(n_boot):
+                pick = rng.integers(0, n_p, n_p)
+                idx = np.concatenate([np.flatnonzero(owner == p) for p in pick])
+                boots.append(frechet_distance(emb[idx], ref[rng.integers(0, len(ref),
+                                                                         len(ref))]))
+            # Resampling with replacement repeats rows, which biases the distance upward,
+            # so the raw percentile interval can sit above the estimate; the interval is
+            # the bootstrap's spread around its median, re-centred on the estimate.
+            theta = frechet_distance(emb, ref)
+            q_lo, med, q_hi = np.nanquantile(boots, [0.025, 0.5, 0.975])
+            frechet[model] = {"frechet": theta,
+                              "ci95": [max(0.0, float(theta - (med - q_lo))),
+                                       float(theta + (q_hi - med))],
+                              "n_samples": len(emb), "n_reference": len(ref)}
+    return DiversityResult(per_prompt=pd.DataFrame(rows), frechet=frechet,
+                           reference=reference_name,
+                           encoder=encoder if isinstance(encoder, str) else "custom")

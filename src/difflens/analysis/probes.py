@@ -1,0 +1,292 @@
+"""Random-number, dice and coin probes, scored exactly from logits, and temperature sweeps.
+
+A probe is a question with a closed answer set ("a random number between 0 and 100"),
+asked in several phrasings. Each phrasing is one line of a JSONL file::
+
+    {"probe": "d6", "phrasing": "python", "prompt": ">>> random.randint(1, 6)\\n",
+     "answers": {"range": [1, 6]}, "template": "{}", "chat": false, "boundary": true}
+
+``answers`` is a list of strings or ``{"range": [lo, hi]}``; ``template`` writes an answer
+after the prompt (default ``" {}"``, or ``"{}"`` in a chat turn); ``chat: true`` makes the
+prompt a user turn, wrapped in the model's chat template when it has one and in a plain
+``Question: ...\\nAnswer:`` frame otherwise; ``boundary`` (default true) requires the answer
+to end there (" 1" does not also count " 10"). Multi-token answers are scored by chaining
+their tokens' probabilities (:func:`~difflens.analysis.scoring.continuation_logprobs`), then
+renormalised over the answer set; the mass outside it is reported. The built-in probes are
+in ``difflens/data/probes.jsonl``; a user file works the same way.
+"""
+
+import dataclasses
+import json
+import math
+from collections.abc import Callable, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from difflens.analysis.divergence import bootstrap_weights
+from difflens.analysis.scoring import OutcomeDistribution, continuation_logprobs
+from difflens.capture.engine import _models_of
+from difflens.errors import InputError
+from difflens.models.loading import LoadedModel
+from difflens.models.pair import ModelPair
+
+#: Temperatures of the default sweep (log-spaced, with 1.0 exactly).
+DEFAULT_TEMPERATURES: tuple[float, ...] = tuple(
+    sorted({round(float(t), 4) for t in np.geomspace(0.25, 4.0, 33)} | {1.0}))
+
+
+@dataclasses.dataclass(frozen=True)
+class Probe:
+    """One phrasing of a probe."""
+
+    name: str
+    phrasing: str
+    prompt: str
+    answers: tuple[str, ...]
+    template: str | None = None
+    """How an answer is written after the prompt (None: ``" {}"``, or ``"{}"`` in chat)."""
+    chat: bool = False
+    boundary: bool = True
+    source: str = ""
+    """Where it was read from (``file:line``)."""
+
+
+def builtin_probes_path() -> Path:
+    """The probe file that ships with difflens."""
+    return Path(str(resources.files("difflens") / "data" / "probes.jsonl"))
+
+
+def _answers(value: Any, where: str) -> tuple[str, ...]:
+    if isinstance(value, dict) and set(value) == {"range"}:
+        r = value["range"]
+        if (not isinstance(r, list) or len(r) != 2 or not all(isinstance(x, int) for x in r)
+                or r[0] > r[1]):
+            raise InputError(f"{where}: answers.range must be [lo, hi] integers with lo <= hi, "
+                             f"got {r!r}")
+        return tuple(str(i) for i in range(r[0], r[1] + 1))
+    if isinstance(value, list) and all(isinstance(a, str) and a for a in value):
+        if len(value) < 2:
+            raise InputError(f"{where}: the answer set needs at least 2 answers, got "
+                             f"{len(value)}; list every valid answer")
+        if len(set(value)) != len(value):
+            raise InputError(f"{where}: the answer set has duplicates; list each answer once")
+        return tuple(value)
+    raise InputError(f"{where}: answers must be a list of at least 2 non-empty strings or "
+                     f"{{\"range\": [lo, hi]}}, got {value!r}")
+
+
+def load_probes(path: str | Path | None = None, *, names: Sequence[str] | None = None
+                ) -> list[Probe]:
+    """Read probes from a JSONL file (default: the built-in ones), optionally by name."""
+    p = builtin_probes_path() if path is None else Path(path)
+    if not p.is_file():
+        raise InputError(f"probe file {p} does not exist; give a JSONL file, one phrasing a "
+                         f"line")
+    probes: list[Probe] = []
+    for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{p}:{i}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{where}: not valid JSON ({exc.msg}); fix the line") from None
+        if not isinstance(obj, dict):
+            raise InputError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+        missing = [k for k in ("probe", "prompt", "answers") if k not in obj]
+        if missing:
+            raise InputError(f"{where}: missing field(s) {', '.join(missing)}; a probe line "
+                             f"needs probe, prompt and answers")
+        if not isinstance(obj["prompt"], str) or not obj["prompt"].strip():
+            raise InputError(f"{where}: the prompt is empty; give the probe's question")
+        template = obj.get("template")
+        if template is not None and (not isinstance(template, str) or "{}" not in template):
+            raise InputError(f"{where}: template must be a string containing {{}}, got "
+                             f"{template!r}")
+        probes.append(Probe(name=str(obj["probe"]), phrasing=str(obj.get("phrasing", i)),
+                            prompt=obj["prompt"], answers=_answers(obj["answers"], where),
+                            template=template, chat=bool(obj.get("chat", False)),
+                            boundary=bool(obj.get("boundary", True)), source=where))
+    if names:
+        unknown = sorted(set(names) - {pr.name for pr in probes})
+        if unknown:
+            raise InputError(f"unknown probe(s) {', '.join(unknown)} in {p}; available: "
+                             f"{', '.join(sorted({pr.name for pr in probes}))}")
+        probes = [pr for pr in probes if pr.name in names]
+    if not probes:
+        raise InputError(f"{p} holds no probes")
+    return probes
+
+
+def render_probe(lm: LoadedModel, probe: Probe) -> tuple[str, str, bool, str]:
+    """``(prefix, template, add_special_tokens, framing)`` of a probe for this model."""
+    tok = lm.tokenizer
+    if probe.chat and getattr(tok, "chat_template", None):
+        prefix = tok.apply_chat_template([{"role": "user", "content": probe.prompt}],
+                                         tokenize=False, add_generation_prompt=True)
+        return prefix, probe.template or "{}", False, "chat template"
+    if probe.chat:
+        return f"Question: {probe.prompt}\nAnswer:", probe.template or " {}", True, "Q/A text"
+    return probe.prompt, probe.template or " {}", True, "text"
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeResults:
+    """Exact answer distributions of every probe phrasing and model."""
+
+    answers: pd.DataFrame
+    """One row per probe, phrasing, model and answer: ``p`` (renormalised), ``p_raw``."""
+    phrasings: pd.DataFrame
+    """One row per probe, phrasing and model: entropy_bits, max_entropy_bits, tvd_uniform,
+    top_answer, top_prob, outside_mass, framing."""
+    temperatures: tuple[float, ...]
+    logprobs: dict[tuple[str, str, str], np.ndarray]
+    """(probe, phrasing, model) -> [answers, temperatures] chained log-probs."""
+
+    def summary(self, *, seed: int = 0) -> dict[str, Any]:
+        """``{probe: {model: {entropy_bits, tvd_uniform, top_answer, top_prob,
+        outside_mass, ..._ci95, n_phrasings}}}``: means over phrasings with bootstrap CIs."""
+        out: dict[str, Any] = {}
+        for (name, model), g in self.phrasings.groupby(["probe", "model"], sort=False):
+            mean_dist = (self.answers[(self.answers.probe == name)
+                                      & (self.answers.model == model)]
+                         .groupby("answer", sort=False)["p"].mean())
+            row: dict[str, Any] = {"n_phrasings": len(g),
+                                   "max_entropy_bits": float(g.max_entropy_bits.iloc[0])}
+            for col in ("entropy_bits", "tvd_uniform", "outside_mass"):
+                x = g[col].to_numpy(dtype=np.float64)
+                row[col] = float(x.mean())
+                row[f"{col}_ci95"] = _ci(x, seed)
+            row["top_answer"] = str(mean_dist.idxmax())
+            row["top_prob"] = float(mean_dist.max())
+            row["top_answer_by_phrasing"] = dict(zip(g.phrasing, g.top_answer, strict=True))
+            out.setdefault(str(name), {})[str(model)] = row
+        return out
+
+
+def _ci(x: np.ndarray, seed: int, n_boot: int = 2000) -> list[float]:
+    """Percentile bootstrap CI of the mean of a few values (exact for one value)."""
+    if len(x) == 1:
+        return [float(x[0]), float(x[0])]
+    w = bootstrap_weights(len(x), n_boot, seed)
+    means = w @ x / len(x)
+    return [float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))]
+
+
+def run_probes(model_or_pair: LoadedModel | ModelPair, probes: Sequence[Probe], *,
+               temperatures: Sequence[float] = (1.0,),
+               progress: Callable[[int], None] | None = None) -> ProbeResults:
+    """Score every probe phrasing with every model, exactly, at every temperature."""
+    temps = tuple(sorted(set(temperatures) | {1.0}))
+    t1 = temps.index(1.0)
+    models = _models_of(model_or_pair)
+    ans_rows: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
+    lps: dict[tuple[str, str, str], np.ndarray] = {}
+    for probe in probes:
+        for label, lm in models.items():
+            prefix, template, special, framing = render_probe(lm, probe)
+            try:
+                lp = continuation_logprobs(lm, prefix, [template.format(a) for a in probe.answers],
+                                           temperatures=temps, boundary=probe.boundary,
+                                           add_special_tokens=special)
+            except InputError as exc:
+                raise InputError(f"{probe.source}: {exc}") from None
+            lps[(probe.name, probe.phrasing, label)] = lp
+            dist = OutcomeDistribution.from_logprobs(probe.answers, lp[:, t1])
+            top, top_p = dist.top
+            rows.append({"probe": probe.name, "phrasing": probe.phrasing, "model": label,
+                         "framing": framing, "n_answers": len(probe.answers),
+                         "entropy_bits": dist.entropy_bits,
+                         "max_entropy_bits": dist.max_entropy_bits,
+                         "tvd_uniform": dist.tvd_uniform, "top_answer": top, "top_prob": top_p,
+                         "outside_mass": dist.mass_outside})
+            ans_rows += [{"probe": probe.name, "phrasing": probe.phrasing, "model": label,
+                          "answer": a, "p": p, "p_raw": float(math.exp(r))}
+                         for a, p, r in zip(probe.answers, dist.probs, lp[:, t1], strict=True)]
+            if progress is not None:
+                progress(1)
+    return ProbeResults(answers=pd.DataFrame(ans_rows), phrasings=pd.DataFrame(rows),
+                        temperatures=temps, logprobs=lps)
+
+
+def _dist(lp: np.ndarray) -> np.ndarray:
+    p = np.exp(lp - lp.max(axis=0, keepdims=True))
+    return p / p.sum(axis=0, keepdims=True)
+
+
+def _entropy_bits(p: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return -np.where(p > 0, p * np.log2(p), 0.0).sum(axis=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class TemperatureSweep:
+    """Is the tuned model just the base at a lower temperature? One number per phrasing."""
+
+    table: pd.DataFrame
+    """One row per probe, phrasing and temperature: the tuned model's entropy_bits,
+    tvd_uniform and tvd_base (TVD from the base's distribution at T = 1), and base_entropy."""
+    best_T: float
+    """The temperature at which the tuned model's entropy best matches the base's, averaged
+    over phrasings (minimises the mean |H_tuned(T) - H_base|)."""
+    residual_tvd: float
+    """Mean TVD(tuned at best_T, base) over phrasings: what temperature cannot explain."""
+    residual_tvd_ci95: tuple[float, float]
+    tvd_at_1: float
+    """Mean TVD(tuned, base) at T = 1, for comparison."""
+    tvd_at_1_ci95: tuple[float, float]
+    n: int
+    """Phrasings (probes x phrasings)."""
+    best_T_by_probe: dict[str, float]
+
+    def summary(self) -> dict[str, Any]:
+        return {"best_T": self.best_T, "residual_tvd": self.residual_tvd,
+                "residual_tvd_ci95": list(self.residual_tvd_ci95), "tvd_at_1": self.tvd_at_1,
+                "tvd_at_1_ci95": list(self.tvd_at_1_ci95),
+                "explained_share": (1 - self.residual_tvd / self.tvd_at_1
+                                    if self.tvd_at_1 > 0 else float("nan")),
+                "n": self.n, "best_T_by_probe": self.best_T_by_probe}
+
+
+def temperature_sweep(results: ProbeResults, *, base: str = "base", tuned: str = "tuned",
+                      seed: int = 0) -> TemperatureSweep:
+    """Sweep the tuned model's temperature against the base at T = 1 (needs a pair)."""
+    temps = np.asarray(results.temperatures)
+    t1 = results.temperatures.index(1.0)
+    rows: list[dict[str, Any]] = []
+    gaps, tvds, keys = [], [], []
+    for (name, phrasing, model), lp in results.logprobs.items():
+        if model != tuned or (name, phrasing, base) not in results.logprobs:
+            continue
+        pb = _dist(results.logprobs[(name, phrasing, base)][:, [t1]])[:, 0]
+        pt = _dist(lp)  # [answers, T]
+        hb = float(_entropy_bits(pb[:, None])[0])
+        ht = _entropy_bits(pt)
+        tvd_u = 0.5 * np.abs(pt - 1.0 / len(pb)).sum(axis=0)
+        tvd_b = 0.5 * np.abs(pt - pb[:, None]).sum(axis=0)
+        rows += [{"probe": name, "phrasing": phrasing, "T": float(t), "entropy_bits": float(h),
+                  "tvd_uniform": float(u), "tvd_base": float(v), "base_entropy": hb}
+                 for t, h, u, v in zip(temps, ht, tvd_u, tvd_b, strict=True)]
+        gaps.append(np.abs(ht - hb))
+        tvds.append(tvd_b)
+        keys.append(name)
+    if not gaps:
+        raise InputError(f"the temperature sweep needs both {base!r} and {tuned!r} models; "
+                         f"give a pair (--base and --tuned)")
+    gap, tvd = np.stack(gaps), np.stack(tvds)  # [phrasings, T]
+    best = int(np.argmin(gap.mean(axis=0)))
+    by_probe = {}
+    for name in dict.fromkeys(keys):
+        sel = [i for i, k in enumerate(keys) if k == name]
+        by_probe[name] = float(temps[int(np.argmin(gap[sel].mean(axis=0)))])
+    res, at1 = tvd[:, best], tvd[:, t1]
+    return TemperatureSweep(
+        table=pd.DataFrame(rows), best_T=float(temps[best]), residual_tvd=float(res.mean()),
+        residual_tvd_ci95=tuple(_ci(res, seed)),  # type: ignore[arg-type]
+        tvd_at_1=float(at1.mean()), tvd_at_1_ci95=tuple(_ci(at1, seed)),  # type: ignore[arg-type]
+        n=len(res), best_T_by_probe=by_probe)
