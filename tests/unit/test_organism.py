@@ -122,6 +122,17 @@ def test_cli_build_info_and_demo(tmp_path):
     assert traj["n_prompts"] == 8 and "Trajectories" in page
     assert traj["continuation"]["distance_by_index"] and traj["jumps"]["top_tokens"]
     assert (out / "trajectories" / "figures" / "sphere_0.png").stat().st_size > 1000
+    col = summary["collapse"]
+    assert "Mode collapse" in page
+    assert set(col["probes"]) == {"d6", "number10", "coin", "qa"}
+    for label in ("base", "tuned"):
+        assert {"entropy_bits", "tvd_uniform", "top_answer", "top_prob",
+                "outside_mass"} <= set(col["probes"]["d6"][label])
+        assert {"strength", "ci_low", "ci_high"} <= set(col["attractors"][label])
+        assert {"distinct_2", "self_bleu", "vendi", "frechet"} <= set(col["diversity"][label])
+    assert {"best_T", "residual_tvd"} <= set(col["temperature"])
+    assert col["divergence"]["kl_tuned_base_mean"] >= 0
+    assert (out / "collapse" / "figures" / "tree.png").stat().st_size > 1000
     for name in ("headline_reward", "kl_by_position", "layer_cosine", "rl_curves"):
         assert (out / "figures" / f"{name}.html").is_file()
         assert (out / "figures" / f"{name}.png").stat().st_size > 1000

@@ -6,7 +6,9 @@ asked in several phrasings. Each phrasing is one line of a JSONL file::
     {"probe": "d6", "phrasing": "python", "prompt": ">>> random.randint(1, 6)\\n",
      "answers": {"range": [1, 6]}, "template": "{}", "chat": false, "boundary": true}
 
-``answers`` is a list of strings or ``{"range": [lo, hi]}``; ``template`` writes an answer
+``answers`` is a list of strings, ``{"range": [lo, hi]}``, or ``{"forms": {answer: [surface
+forms]}}`` when one answer can be written several ways ("heads", "Heads": their
+probabilities add up); ``template`` writes an answer
 after the prompt (default ``" {}"``, or ``"{}"`` in a chat turn); ``chat: true`` makes the
 prompt a user turn, wrapped in the model's chat template when it has one and in a plain
 ``Question: ...\\nAnswer:`` frame otherwise; ``boundary`` (default true) requires the answer
@@ -48,6 +50,8 @@ class Probe:
     prompt: str
     answers: tuple[str, ...]
     template: str | None = None
+    forms: tuple[tuple[str, ...], ...] = ()
+    """Surface forms of each answer (default: the answer itself)."""
     """How an answer is written after the prompt (None: ``" {}"``, or ``"{}"`` in chat)."""
     chat: bool = False
     boundary: bool = True
@@ -58,6 +62,20 @@ class Probe:
 def builtin_probes_path() -> Path:
     """The probe file that ships with difflens."""
     return Path(str(resources.files("difflens") / "data" / "probes.jsonl"))
+
+
+def _forms(value: Any, where: str) -> tuple[tuple[str, ...], tuple[tuple[str, ...], ...]]:
+    """(answers, surface forms of each) from a probe line's ``answers`` field."""
+    if isinstance(value, dict) and set(value) == {"forms"}:
+        forms = value["forms"]
+        if (not isinstance(forms, dict) or len(forms) < 2 or not all(
+                isinstance(f, list) and f and all(isinstance(x, str) and x for x in f)
+                for f in forms.values())):
+            raise InputError(f"{where}: answers.forms must map at least 2 answers to "
+                             f"non-empty lists of surface forms, got {forms!r}")
+        return tuple(forms), tuple(tuple(f) for f in forms.values())
+    answers = _answers(value, where)
+    return answers, tuple((a,) for a in answers)
 
 
 def _answers(value: Any, where: str) -> tuple[str, ...]:
@@ -103,12 +121,13 @@ def load_probes(path: str | Path | None = None, *, names: Sequence[str] | None =
                              f"needs probe, prompt and answers")
         if not isinstance(obj["prompt"], str) or not obj["prompt"].strip():
             raise InputError(f"{where}: the prompt is empty; give the probe's question")
+        answers, forms = _forms(obj["answers"], where)
         template = obj.get("template")
         if template is not None and (not isinstance(template, str) or "{}" not in template):
             raise InputError(f"{where}: template must be a string containing {{}}, got "
                              f"{template!r}")
         probes.append(Probe(name=str(obj["probe"]), phrasing=str(obj.get("phrasing", i)),
-                            prompt=obj["prompt"], answers=_answers(obj["answers"], where),
+                            prompt=obj["prompt"], answers=answers, forms=forms,
                             template=template, chat=bool(obj.get("chat", False)),
                             boundary=bool(obj.get("boundary", True)), source=where))
     if names:
@@ -190,12 +209,17 @@ def run_probes(model_or_pair: LoadedModel | ModelPair, probes: Sequence[Probe], 
     for probe in probes:
         for label, lm in models.items():
             prefix, template, special, framing = render_probe(lm, probe)
+            forms = probe.forms or tuple((a,) for a in probe.answers)
+            flat = [template.format(f) for fs in forms for f in fs]
             try:
-                lp = continuation_logprobs(lm, prefix, [template.format(a) for a in probe.answers],
-                                           temperatures=temps, boundary=probe.boundary,
-                                           add_special_tokens=special)
+                lp_forms = continuation_logprobs(lm, prefix, flat, temperatures=temps,
+                                                 boundary=probe.boundary,
+                                                 add_special_tokens=special)
             except InputError as exc:
                 raise InputError(f"{probe.source}: {exc}") from None
+            owner = np.repeat(np.arange(len(forms)), [len(fs) for fs in forms])
+            lp = np.stack([np.logaddexp.reduce(lp_forms[owner == i], axis=0)
+                           for i in range(len(forms))])
             lps[(probe.name, probe.phrasing, label)] = lp
             dist = OutcomeDistribution.from_logprobs(probe.answers, lp[:, t1])
             top, top_p = dist.top

@@ -102,9 +102,9 @@ def probability_tree(lm: LoadedModel, prompt: str, *, depth: int = 4, top_k: int
                 lp, top = logp[row].topk(top_k)
                 # A token's text is what it adds to its path's text (SentencePiece drops a
                 # lone token's leading space, so decoding it alone would glue words).
-                said = tok.decode(path)
+                said = tok.decode(ids + path)
                 for p, t in zip(lp.exp().tolist(), top.tolist(), strict=True):
-                    text = tok.decode(path + [t])
+                    text = tok.decode(ids + path + [t])
                     child = TreeNode(token_id=t, text=text[len(said):] if text.startswith(said)
                                      else tok.decode([t]), prob=p,
                                      seq_prob=node.seq_prob * p, depth=level)
