@@ -32,6 +32,7 @@ import torch
 from difflens.analysis.divergence import bootstrap_weights
 from difflens.analysis.embeddings import DEFAULT_ENCODER, Encoder, embed_texts
 from difflens.capture.engine import _models_of, _pad
+from difflens.capture.paths import cut_at_eos
 from difflens.errors import InputError
 from difflens.models.loading import LoadedModel
 from difflens.models.pair import ModelPair
@@ -54,11 +55,8 @@ def greedy_ids(lm: LoadedModel, seqs: Sequence[Sequence[int]], budgets: Sequence
         with torch.inference_mode():
             gen = lm.model.generate(ids, attention_mask=mask, do_sample=False,
                                     max_new_tokens=max(1, max(bud)), pad_token_id=pad)
-        for row, b in zip(gen[:, ids.shape[1]:].tolist(), bud, strict=True):
-            row = row[:b]
-            if eos is not None and eos in row:
-                row = row[: row.index(eos)]
-            out.append(row)
+        out += [cut_at_eos(row[:b], eos)
+                for row, b in zip(gen[:, ids.shape[1]:].tolist(), bud, strict=True)]
     return out
 
 

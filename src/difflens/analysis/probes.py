@@ -19,7 +19,6 @@ in ``difflens/data/probes.jsonl``; a user file works the same way.
 """
 
 import dataclasses
-import json
 import math
 from collections.abc import Callable, Sequence
 from importlib import resources
@@ -32,6 +31,7 @@ import pandas as pd
 from difflens.analysis.divergence import bootstrap_weights
 from difflens.analysis.scoring import OutcomeDistribution, continuation_logprobs
 from difflens.capture.engine import _models_of
+from difflens.capture.prompts import jsonl_objects
 from difflens.errors import InputError
 from difflens.models.loading import LoadedModel
 from difflens.models.pair import ModelPair
@@ -105,14 +105,7 @@ def load_probes(path: str | Path | None = None, *, names: Sequence[str] | None =
         raise InputError(f"probe file {p} does not exist; give a JSONL file, one phrasing a "
                          f"line")
     probes: list[Probe] = []
-    for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{p}:{i}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{where}: not valid JSON ({exc.msg}); fix the line") from None
+    for where, obj in jsonl_objects(p):
         if not isinstance(obj, dict):
             raise InputError(f"{where}: expected a JSON object, got {type(obj).__name__}")
         missing = [k for k in ("probe", "prompt", "answers") if k not in obj]
@@ -126,7 +119,7 @@ def load_probes(path: str | Path | None = None, *, names: Sequence[str] | None =
         if template is not None and (not isinstance(template, str) or "{}" not in template):
             raise InputError(f"{where}: template must be a string containing {{}}, got "
                              f"{template!r}")
-        probes.append(Probe(name=str(obj["probe"]), phrasing=str(obj.get("phrasing", i)),
+        probes.append(Probe(name=str(obj["probe"]), phrasing=str(obj.get("phrasing", len(probes))),
                             prompt=obj["prompt"], answers=answers, forms=forms,
                             template=template, chat=bool(obj.get("chat", False)),
                             boundary=bool(obj.get("boundary", True)), source=where))

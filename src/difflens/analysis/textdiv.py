@@ -8,7 +8,6 @@ Summaries average per text first, so the bootstrap CIs are over texts, not token
 """
 
 import dataclasses
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from difflens.analysis.divergence import bootstrap_ci, mean_ci
 from difflens.capture import capture
 from difflens.capture.engine import _models_of
 from difflens.capture.paths import sample_continuations
+from difflens.capture.prompts import jsonl_objects
 from difflens.errors import InputError
 from difflens.models.loading import LoadedModel
 from difflens.models.pair import ModelPair
@@ -42,17 +42,11 @@ def read_corpus(path: str | Path) -> Corpus:
     if not p.is_file():
         raise InputError(f"corpus file {p} does not exist")
     prompts, conts, sources = [], [], []
-    for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{p}:{i}: not valid JSON ({exc.msg}); fix the line") from None
+    for where, obj in jsonl_objects(p):
         if (not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str)
                 or not isinstance(obj.get("continuation"), str) or not obj["prompt"].strip()
                 or not obj["continuation"].strip()):
-            raise InputError(f"{p}:{i}: expected {{\"prompt\": text, \"continuation\": text}} "
+            raise InputError(f"{where}: expected {{\"prompt\": text, \"continuation\": text}} "
                              f"with both non-empty")
         prompts.append(obj["prompt"])
         conts.append(obj["continuation"])

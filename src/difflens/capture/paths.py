@@ -41,6 +41,11 @@ class PathSet:
     layer: int
 
 
+def cut_at_eos(ids: list[int], eos: int | None) -> list[int]:
+    """``ids`` up to (not including) the first ``eos``."""
+    return ids[: ids.index(eos)] if eos is not None and eos in ids else ids
+
+
 def sample_continuations(lm: LoadedModel, prompt_ids: Sequence[Sequence[int]], k: int,
                          max_new_tokens: int, seed: int, temperature: float = 1.0
                          ) -> list[list[list[int]]]:
@@ -60,10 +65,7 @@ def sample_continuations(lm: LoadedModel, prompt_ids: Sequence[Sequence[int]], k
                 gen = lm.model.generate(x, attention_mask=mask, do_sample=True,
                                         temperature=temperature, top_k=0, top_p=1.0,
                                         max_new_tokens=max_new_tokens, pad_token_id=pad)
-            new = gen[0, len(ids):].tolist()
-            if tok.eos_token_id is not None and tok.eos_token_id in new:
-                new = new[: new.index(tok.eos_token_id)]
-            conts.append(new)
+            conts.append(cut_at_eos(gen[0, len(ids):].tolist(), tok.eos_token_id))
         out.append(conts)
     return out
 

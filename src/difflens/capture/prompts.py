@@ -7,7 +7,9 @@ byte offset) so the user can fix it in one go.
 import csv
 import io
 import json
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 from difflens.errors import InputError
 
@@ -24,6 +26,18 @@ def _decode(path: Path) -> str:
             f"{path}:{line}: not valid UTF-8 at byte offset {exc.start} "
             f"(byte 0x{data[exc.start]:02x}); re-save the file as UTF-8"
         ) from None
+
+
+def jsonl_objects(path: Path, lines: Iterable[str] | None = None) -> Iterator[tuple[str, Any]]:
+    """``("file:line", parsed JSON)`` for each non-blank line (of ``lines``, default the
+    file's text); a line that is not JSON raises one :class:`InputError` naming it."""
+    for i, line in enumerate(_decode(path).splitlines() if lines is None else lines, 1):
+        if not line.strip():
+            continue
+        try:
+            yield f"{path}:{i}", json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path}:{i}: not valid JSON ({exc.msg}); fix the line") from None
 
 
 def _check(path: Path, line: int, value: object, field: str | None) -> str:

@@ -21,7 +21,6 @@ shift labels against coordinates, the original pipeline's bug.)
 
 import dataclasses
 import gzip
-import json
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -29,6 +28,7 @@ from pathlib import Path
 import pandas as pd
 
 from difflens.analysis.trajectories import check_table
+from difflens.capture.prompts import jsonl_objects
 from difflens.errors import InputError
 
 DEFAULT_PATTERN = r"^(?P<model>.+?) (?:(?P<prompt>Prompt)|Continuation (?P<cont>\d+))$"
@@ -115,14 +115,8 @@ def _traces(path: Path, pattern: re.Pattern[str], models: dict[str, str],
     titles: dict[str, str] = {}
     n_traces = n_empty = n_mismatch = 0
     n_prompts = 0
-    for lineno, line in enumerate(_open_text(path), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{where}: not valid JSON ({exc.msg})") from None
+    for where, obj in jsonl_objects(path, _open_text(path)):
+        lineno = int(where.rsplit(":", 1)[1])
         if not isinstance(obj, dict) or not isinstance(obj.get("traces"), list):
             raise InputError(f"{where}: expected an object with a 'traces' list "
                              f"({{sample_idx, title, traces: [{{name, tokens, xyz}}]}})")

@@ -31,6 +31,7 @@ from difflens.analysis.probes import (
 )
 from difflens.analysis.textdiv import read_corpus, sample_corpus, text_divergence
 from difflens.capture.engine import _models_of, _pad
+from difflens.capture.paths import cut_at_eos
 from difflens.capture.store import check_writable, write_json_atomic, write_parquet_atomic
 from difflens.errors import InputError
 from difflens.models.loading import LoadedModel
@@ -136,7 +137,12 @@ def run_collapse(target: LoadedModel | ModelPair, out: Path, *, steps: Sequence[
             corpus = (read_corpus(config.corpus) if config.corpus else sample_corpus(
                 target, config.prompts, sources=config.sources or None,
                 max_new_tokens=config.max_new_tokens, seed=config.seed))
-            div = text_divergence(target, corpus, store=out / "capture", progress=False)
+            # One store per corpus, so a rerun with other prompts does not meet a finished
+            # store of different texts (and the same corpus resumes or reuses its store).
+            digest = hashlib.sha256(json.dumps([corpus.prompts, corpus.continuations]
+                                               ).encode()).hexdigest()[:12]
+            div = text_divergence(target, corpus, store=out / "capture" / digest,
+                                  progress=False)
             write_table(div.tokens, data, "divergence_tokens")
             curve = div.by_position(seed=config.seed)
             write_table(curve, data, "divergence_by_position")
@@ -259,8 +265,7 @@ def _samples(lm: LoadedModel, label: str, config: CollapseConfig, data: Path,
                                     top_k=0, top_p=1.0, max_new_tokens=config.max_new_tokens,
                                     pad_token_id=pad)
         for i, row in enumerate(gen[:, len(ids):].tolist()):
-            if tok.eos_token_id is not None and tok.eos_token_id in row:
-                row = row[: row.index(tok.eos_token_id)]
+            row = cut_at_eos(row, tok.eos_token_id)
             rows.append({"prompt_id": p, "sample": i,
                          "text": tok.decode(row, skip_special_tokens=True), "key": key})
         if advance is not None:
