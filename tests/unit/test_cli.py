@@ -256,6 +256,13 @@ def test_collapse_all_writes_the_issue_keys(tmp_path: Path, pair_folders, prompt
     assert res.exit_code == 0, res.output
     again = json.loads((out / "summary.json").read_text())
     assert "probes" in again and again["tree"]["model"]["n_nodes"] > 0
+    # Divergence on other prompts into the same folder gets its own capture store.
+    other = tmp_path / "other.txt"
+    other.write_text("the rabbit was afraid of the dark forest\n")
+    res = run("collapse", "divergence", "--base", str(pair_folders["base"]), "--tuned",
+              str(pair_folders["tuned"]), "--out", str(out), "--prompts", str(other))
+    assert res.exit_code == 0, res.output
+    assert len(list((out / "capture").iterdir())) == 2
 
 
 @pytest.mark.parametrize(("args", "pattern"), [
