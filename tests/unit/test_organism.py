@@ -133,6 +133,13 @@ def test_cli_build_info_and_demo(tmp_path):
     assert {"best_T", "residual_tvd"} <= set(col["temperature"])
     assert col["divergence"]["kl_tuned_base_mean"] >= 0
     assert (out / "collapse" / "figures" / "tree.png").stat().st_size > 1000
+    ctl = summary["control"]
+    assert "Control" in page and ctl["probe"]["layer"] >= 0
+    assert {"none", "open_loop", "proportional", "rollback"} <= set(ctl["controllers"])
+    assert {"bad_rate", "bad_rate_ci_low", "bad_rate_ci_high", "bad_rate_independent",
+            "ppl_ratio", "kl", "speed_ratio"} <= set(ctl["controllers"]["proportional"]["1"])
+    assert (out / "control" / "figures" / "controllability.png").stat().st_size > 1000
+    assert (out / "control" / "probe.safetensors").is_file()
     for name in ("headline_reward", "kl_by_position", "layer_cosine", "rl_curves"):
         assert (out / "figures" / f"{name}.html").is_file()
         assert (out / "figures" / f"{name}.png").stat().st_size > 1000

@@ -24,7 +24,8 @@ def demo_cmd(
     cfg = OrganismConfig.small(seed) if small else OrganismConfig(seed=seed)
     summary = run_demo(out_dir, config=cfg, n_concept_items=60 if small else 400,
                        n_trajectory_prompts=8 if small else 40,
-                       n_collapse_prompts=6 if small else 24, progress=True)
+                       n_collapse_prompts=6 if small else 24,
+                       n_control_prompts=6 if small else 32, progress=True)
     o = summary["organism"]
     out.print(f"[green]report:[/] {out_dir / 'index.html'}   summary: {out_dir / 'summary.json'}")
     for key, name in (("reward", "reward (VADER)"), ("entropy", "entropy (nats/token)"),
@@ -56,6 +57,16 @@ def demo_cmd(
     out.print(f"is the tuned model a colder base? best T {t['best_T']:.3g}, TVD left "
               f"{format_ci(t['residual_tvd'], t['residual_tvd_ci95'], t['n'])} (at T=1 "
               f"{t['tvd_at_1']:.3f})")
+    ctl = summary["control"]
+    p = ctl["probe"]
+    out.print(f"control: probe layer {p['layer']} AUC {p['auc']:.3f} (segments "
+              f"{p['auc_segment']:.3f}); bad rate by probe / world labeller:")
+    for kind, by_gain in ctl["controllers"].items():
+        for g, r in by_gain.items():
+            out.print(f"  {kind:>12} g={g:<4} "
+                      f"{format_ci(r['bad_rate'], [r['bad_rate_ci_low'], r['bad_rate_ci_high']])}"
+                      f" / {r['bad_rate_independent']:.3f}, ppl x{r['ppl_ratio']:.2f}, "
+                      f"KL {r['kl']:.3f}, speed x{r['speed_ratio']:.2f}", highlight=False)
     kl = summary["pair"]["kl_tuned_base"]
     out.print(f"KL(tuned‖base) on held-out stories, nats/token: "
               f"{format_ci(kl['mean'], kl['ci95'], kl['n'])} tokens")

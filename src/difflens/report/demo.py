@@ -23,6 +23,12 @@ from difflens.report.collapse import CollapseConfig, CollapseRun, run_collapse
 from difflens.report.collapse import intro_html as collapse_intro
 from difflens.report.concepts import ConceptsRun, run_concepts
 from difflens.report.concepts import intro_html as concepts_intro
+from difflens.report.control import (
+    ControlRun,
+    control_intro,
+    run_control_evaluation,
+    run_probe_training,
+)
 from difflens.report.figures import Figure, Series, write_index
 from difflens.report.tables import write_table
 from difflens.report.trajectories import intro_html as trajectories_intro
@@ -54,7 +60,8 @@ def organism_summary(props: dict[str, Any]) -> dict[str, Any]:
 
 def run_demo(out: Path, *, config: OrganismConfig | None = None, n_stories: int = 200,
              n_concept_items: int = N_CONCEPT_ITEMS, n_trajectory_prompts: int = 40,
-             n_collapse_prompts: int = 24, progress: bool = False) -> dict[str, Any]:
+             n_collapse_prompts: int = 24, n_control_prompts: int = 32,
+             progress: bool = False) -> dict[str, Any]:
     """Run the whole demo into ``out`` and return the summary."""
     check_writable(out)  # fail in a second, not after a 2-minute organism build
     org: Organism = build_organism(config, progress=progress)
@@ -110,6 +117,8 @@ def run_demo(out: Path, *, config: OrganismConfig | None = None, n_stories: int 
     collapse = _collapse_section(out / "collapse", base, tuned, cfg.seed, n_collapse_prompts,
                                  progress)
     summary["collapse"] = collapse.summary
+    control = _control_section(out / "control", base, cfg.seed, n_control_prompts, progress)
+    summary["control"] = control.summary
     write_json_atomic(out / "summary.json", summary)
     o = summary["organism"]
     headline = {f"{label} {key}": props[label][key] for key in HEADLINE_KEYS
@@ -137,7 +146,8 @@ def run_demo(out: Path, *, config: OrganismConfig | None = None, n_stories: int 
                           ("Trajectories", trajectories_intro(trajectories.summary),
                            trajectories.figures),
                           ("Mode collapse", collapse_intro(collapse.summary),
-                           collapse.figures)])
+                           collapse.figures),
+                          ("Control", control_intro(control.summary), control.figures)])
     return summary
 
 
@@ -161,6 +171,36 @@ def _collapse_section(out: Path, base: LoadedModel, tuned: LoadedModel, seed: in
                             seed=seed)
     return run_collapse(ModelPair(base, tuned), out, config=config, progress=progress,
                         index=False)
+
+
+def _control_section(out: Path, base: LoadedModel, seed: int, n_prompts: int,
+                     progress: bool) -> ControlRun:
+    """Monitoring and control of the base organism: a probe for the world's danger and loss
+    sentences, and every controller on openings that lead towards danger, graded by the
+    probe and independently by the world's theme labeller."""
+    from difflens.control.evaluate import ControlConfig, organism_measure, organism_openings
+    from difflens.control.monitor import GenerationConfig
+    from difflens.control.probe import organism_labelled
+    from difflens.organism.build import rich_progress
+
+    examples = organism_labelled(300, seed=seed + 101)
+    k = 4
+    config = ControlConfig(
+        gains=(("open_loop", (0.25, 0.5, 1.0)), ("proportional", (0.5, 1.0, 2.0)),
+               ("rollback", (0.5, 1.0))),
+        k_samples=k, seed=seed, generation=GenerationConfig(max_new_tokens=40, batch_size=32))
+    prompts = organism_openings(n_prompts, seed=seed + 99)
+    with rich_progress(progress) as bar:
+        step = bar("control: probe", len(examples))
+        fit, probe_figs = run_probe_training(base, examples, out, source=(
+            "300 world stories, every sentence labelled by its true theme; bad = danger, loss"),
+            progress=lambda n: step(n, ""), index=False)
+        step = bar("control: generating", len(prompts) * k * len(config.controllers()))
+        run = run_control_evaluation(base, fit.probe, prompts, out, config=config,
+                                     independent=organism_measure(),
+                                     independent_name="world theme labeller",
+                                     progress=lambda n: step(n, ""), index=False)
+    return ControlRun(summary=run.summary, figures=[*probe_figs, *run.figures])
 
 
 def _trajectories_section(out: Path, base: LoadedModel, tuned: LoadedModel, seed: int,

@@ -1,0 +1,291 @@
+"""``difflens probe train``, ``difflens monitor`` and ``difflens control evaluate``."""
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.text import Text
+
+from difflens.cli._common import friendly_errors
+from difflens.errors import InputError
+
+probe_app = typer.Typer(help="State probes: a score in [0, 1] per token from hidden states.",
+                        no_args_is_help=True)
+control_app = typer.Typer(help="Closed-loop control: evaluate controllers and gains.",
+                          no_args_is_help=True)
+out = Console()
+err = Console(stderr=True)
+
+FORMATS = ("auto", "labelled", "pairs", "organism")
+
+
+def _format_of(path: Path | None, fmt: str) -> str:
+    if fmt not in FORMATS:
+        raise InputError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if fmt != "auto":
+        return fmt
+    if path is None:
+        raise InputError("give --data FILE (JSONL with text/label, or chosen/rejected pairs), "
+                         "or --format organism")
+    from difflens.control.probe import _lines
+
+    if not path.is_file():
+        raise InputError(f"labelled data {path} does not exist")
+    lines = _lines(path) or path.read_text(encoding="utf-8", errors="replace").splitlines()
+    first = next((ln for ln in lines if ln.strip()), "")
+    try:
+        obj = json.loads(first)
+    except json.JSONDecodeError:
+        raise InputError(f"{path}:1: not valid JSON; the data must be JSONL") from None
+    return "pairs" if isinstance(obj, dict) and "chosen" in obj else "labelled"
+
+
+@probe_app.command("train")
+@friendly_errors
+def train_cmd(
+    model: str = typer.Option(..., "--model", help="Model: hub id, folder, .gguf or preset."),
+    out_dir: Path = typer.Option(..., "--out", help="Output folder (probe.safetensors, ...)."),
+    data: Path | None = typer.Option(None, "--data", help="JSONL (.gz ok): text/label, or "
+                                     "chosen/rejected preference transcripts."),
+    fmt: str = typer.Option("auto", "--format", help="auto|labelled|pairs|organism."),
+    layers: str = typer.Option("all", help="'all' or a list like 0,3,5; best on validation."),
+    threshold: float | None = typer.Option(None, help="Default threshold (default: calibrated "
+                                           "on validation segments)."),
+    limit: int | None = typer.Option(None, help="Use the first N examples (pairs: N pairs)."),
+    n_stories: int = typer.Option(300, help="organism: labelled world stories."),
+    bad_themes: str = typer.Option("danger,loss", help="organism: themes that are bad."),
+    max_tokens: int = typer.Option(256, help="Tokens read per example (the end is kept)."),
+    seed: int = typer.Option(0, help="Seed of the split, subsample and bootstrap."),
+    batch_size: int = typer.Option(16, help="Examples per forward pass."),
+    device: str | None = typer.Option(None, help="cpu or cuda."),
+    layers_path: str | None = typer.Option(None, help="Module path of the decoder blocks."),
+) -> None:
+    """Train a state probe and report its held-out AUC per layer."""
+    from difflens.control.probe import (
+        ProbeConfig,
+        check_threshold,
+        organism_labelled,
+        read_labelled,
+        read_preference_pairs,
+    )
+    from difflens.models import load_model
+    from difflens.organism.build import rich_progress
+    from difflens.report.control import run_probe_training
+
+    if threshold is not None:
+        check_threshold(threshold)
+    kind = _format_of(data, fmt)
+    if kind == "organism":
+        examples = organism_labelled(n_stories, seed=seed + 101,
+                                     bad_themes=[t.strip() for t in bad_themes.split(",")])
+        source = f"organism world stories ({n_stories}; bad = {bad_themes})"
+    elif data is None:
+        raise InputError(f"--format {kind} needs --data FILE")
+    elif kind == "pairs":
+        examples = read_preference_pairs(data, limit=limit)
+        source = f"{data.name}: last assistant replies, rejected = bad"
+    else:
+        examples = read_labelled(data)[:limit]
+        source = data.name
+    layer_sel: str | tuple[int, ...] = layers if layers == "all" else tuple(
+        int(x) for x in layers.split(",") if x.strip())
+    config = ProbeConfig(layers=layer_sel, max_tokens=max_tokens, seed=seed,
+                         batch_size=batch_size)
+    lm = load_model(model, device=device, layers_path=layers_path)
+    with rich_progress(True) as bar:
+        step = bar("probe: reading states", len(examples))
+        fit, _ = run_probe_training(lm, examples, out_dir, config=config, threshold=threshold,
+                                    source=source, progress=lambda n: step(n, ""))
+    for r in fit.layers:
+        mark = " <- chosen" if r["layer"] == fit.probe.layer else ""
+        out.print(f"  layer {r['layer']:>3}: val AUC {r['auc_val']:.3f}, test AUC "
+                  f"{r['auc_test']:.3f} [{r['auc_test_ci_low']:.3f}, {r['auc_test_ci_high']:.3f}]"
+                  f", segment AUC {r['auc_test_segment']:.3f}{mark}")
+    out.print(f"[green]probe[/] layer {fit.probe.layer}, threshold {fit.probe.threshold:.3f}, "
+              f"{len(examples)} examples; wrote {out_dir}/probe.safetensors (+ probe.json), "
+              f"data/, figures/, summary.json")
+
+
+def _load(model: str, probe_path: Path, device: str | None, layers_path: str | None,
+          allow_other_model: bool):  # type: ignore[no-untyped-def]
+    from difflens.control.probe import load_probe
+    from difflens.models import load_model
+
+    probe = load_probe(probe_path)  # fail before loading the model
+    lm = load_model(model, device=device, layers_path=layers_path)
+    probe.check(lm, allow_other_weights=allow_other_model)
+    return lm, probe
+
+
+def _style(score: float) -> str:
+    """Green (0) through yellow to red (1)."""
+    s = min(max(score, 0.0), 1.0)
+    r, g = (int(255 * 2 * s), 200) if s < 0.5 else (255, int(200 * 2 * (1 - s)))
+    return f"rgb({r},{g},60)"
+
+
+@friendly_errors
+def monitor_cmd(
+    model: str = typer.Option(..., "--model", help="Model: hub id, folder, .gguf or preset."),
+    probe_path: Path = typer.Option(..., "--probe", help="probe.safetensors (or its folder)."),
+    prompt: str = typer.Option(..., "--prompt", help="The prompt to continue."),
+    threshold: float | None = typer.Option(None, help="Alert threshold (default: the probe's)."),
+    controller: str = typer.Option("none", help="none|open_loop|proportional|rollback."),
+    gain: float = typer.Option(0.0, help="Controller gain (units of the mean state norm)."),
+    max_new_tokens: int = typer.Option(60, help="Tokens to generate."),
+    temperature: float = typer.Option(0.0, help="0 = greedy."),
+    seed: int = typer.Option(0, help="Sampling seed."),
+    chat: bool = typer.Option(False, "--chat", help="Wrap the prompt in the chat template."),
+    out_dir: Path | None = typer.Option(None, "--out", help="Record the trace here."),
+    allow_other_model: bool = typer.Option(False, "--allow-other-model",
+                                           help="Use a probe trained on other weights."),
+    device: str | None = typer.Option(None, help="cpu or cuda."),
+    layers_path: str | None = typer.Option(None, help="Module path of the decoder blocks."),
+) -> None:
+    """Generate live, each token coloured by its probe score, with alerts at the threshold."""
+    from difflens.capture.store import check_writable, write_json_atomic
+    from difflens.control.monitor import (
+        Controller,
+        GenerationConfig,
+        MonitorEvent,
+        generate_monitored,
+    )
+    from difflens.control.probe import check_threshold
+    from difflens.report.tables import write_table
+
+    if not prompt.strip():
+        raise InputError("--prompt is empty; give the text to continue")
+    if threshold is not None:
+        check_threshold(threshold)
+    ctrl = Controller(controller, gain)
+    gcfg = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+                            batch_size=1, chat=chat)
+    if out_dir is not None:
+        check_writable(out_dir)
+    lm, probe = _load(model, probe_path, device, layers_path, allow_other_model)
+    tau = probe.threshold if threshold is None else threshold
+    alerted = [False]
+    out.print(Text(prompt, style="bold"), end="")
+
+    def show(ev: MonitorEvent) -> None:
+        if ev.kind == "rollback":
+            out.print(Text(f" ⟲{ev.n_rolled_back} ", style="bold magenta"), end="")
+            return
+        out.print(Text(ev.text, style=_style(ev.score)), end="")
+        if ev.score > tau and not alerted[0]:
+            alerted[0] = True
+            err.print(f"\n[bold red]alert:[/] score {ev.score:.3f} > {tau:.3f} at token "
+                      f"{ev.step} ({ev.text!r})", highlight=False)
+        elif ev.score <= tau:
+            alerted[0] = False
+
+    gen = generate_monitored(lm, probe, [prompt], controller=ctrl, config=gcfg, threshold=tau,
+                             on_event=show)
+    tr = gen.traces[0]
+    out.print()
+    over = sum(s > tau for s in tr.scores)
+    out.print(f"[dim]{len(tr.token_ids)} tokens, max score {max(tr.scores, default=0):.3f}, "
+              f"{over} over {tau:.3f}, {tr.rollbacks} rollbacks, "
+              f"{gen.tokens_per_second:.1f} tokens/s[/]")
+    if out_dir is not None:
+        pieces = [lm.tokenizer.decode([t]) for t in tr.token_ids]
+        write_table(gen.table().assign(text=pieces), out_dir / "data", "trace")
+        write_json_atomic(out_dir / "summary.json", {
+            "prompt": prompt, "text": tr.text, "threshold": tau, "controller": controller,
+            "gain": gain, "n_tokens": len(tr.token_ids), "max_score": max(tr.scores, default=0),
+            "n_over": int(over), "rollbacks": tr.rollbacks, "probe_layer": probe.layer})
+
+
+@control_app.command("evaluate")
+@friendly_errors
+def evaluate_cmd(
+    model: str = typer.Option(..., "--model", help="Model: hub id, folder, .gguf or preset."),
+    probe_path: Path = typer.Option(..., "--probe", help="probe.safetensors (or its folder)."),
+    out_dir: Path = typer.Option(..., "--out", help="Output folder."),
+    prompts: Path | None = typer.Option(None, "--prompts", help="Prompt file (.txt/.jsonl/...)."),
+    hh_rlhf: Path | None = typer.Option(None, "--hh-rlhf", help="hh-rlhf JSONL(.gz): use the "
+                                        "first human turns of its rejected dialogues."),
+    organism: bool = typer.Option(False, "--organism", help="World openings leading to danger."),
+    limit: int = typer.Option(32, help="Prompts to use."),
+    controllers: str = typer.Option(
+        "open_loop=0.25,0.5,1;proportional=0.5,1,2;rollback=0.5,1",
+        help="controller=gains;... (gains in units of the mean state norm)."),
+    k_samples: int = typer.Option(4, "--k", help="Samples per prompt."),
+    max_new_tokens: int = typer.Option(40, help="Tokens per generation."),
+    temperature: float = typer.Option(1.0, help="Sampling temperature (0 = greedy)."),
+    threshold: float | None = typer.Option(None, help="Bad-region threshold (default: "
+                                           "the probe's)."),
+    independent: str = typer.Option("auto", help="auto|lexicon|organism|none: the second judge."),
+    lexicon: Path | None = typer.Option(None, help="Offensive word list for the lexicon judge."),
+    window: int = typer.Option(3, help="rollback: over-threshold tokens that trigger it."),
+    chat: bool = typer.Option(False, "--chat", help="Wrap prompts in the chat template."),
+    seed: int = typer.Option(0, help="Seed of sampling and bootstrap."),
+    batch_size: int = typer.Option(16, help="Generations per batch."),
+    allow_other_model: bool = typer.Option(False, "--allow-other-model",
+                                           help="Use a probe trained on other weights."),
+    device: str | None = typer.Option(None, help="cpu or cuda."),
+    layers_path: str | None = typer.Option(None, help="Module path of the decoder blocks."),
+) -> None:
+    """Bad rate (probe and independent), fluency cost, KL and speed per controller and gain."""
+    from difflens.capture.prompts import read_prompts
+    from difflens.control.evaluate import (
+        ControlConfig,
+        lexicon_measure,
+        organism_measure,
+        organism_openings,
+    )
+    from difflens.control.monitor import GenerationConfig
+    from difflens.control.probe import first_human_turns
+    from difflens.organism.build import rich_progress
+    from difflens.report.control import run_control_evaluation
+
+    sources = [x for x in (prompts, hh_rlhf, organism or None) if x]
+    if len(sources) != 1:
+        raise InputError("give exactly one of --prompts FILE, --hh-rlhf FILE, --organism")
+    if organism:
+        texts = organism_openings(limit, seed=seed + 99)
+    elif hh_rlhf is not None:
+        texts = first_human_turns(hh_rlhf, limit=limit)
+    else:
+        assert prompts is not None
+        texts = read_prompts(prompts)[:limit]
+    if not texts:
+        raise InputError("no usable prompts")
+    gains = []
+    for part in controllers.split(";"):
+        if not part.strip():
+            continue
+        name, _, vals = part.partition("=")
+        try:
+            gains.append((name.strip(), tuple(float(v) for v in vals.split(",") if v.strip())))
+        except ValueError:
+            raise InputError(f"--controllers takes name=g1,g2;..., got {part!r}") from None
+    config = ControlConfig(
+        gains=tuple(gains), k_samples=k_samples, threshold=threshold, window=window, seed=seed,
+        generation=GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature,
+                                    batch_size=batch_size, chat=chat))
+    judge = independent if independent != "auto" else ("organism" if organism else "lexicon")
+    if judge == "organism":
+        measure, name = organism_measure(), "world theme labeller"
+    elif judge == "lexicon":
+        measure = lexicon_measure(lexicon)
+        name = f"lexicon ({lexicon.name} + VADER ≤ -0.5)" if lexicon else "VADER ≤ -0.5"
+    elif judge == "none":
+        measure, name = None, ""
+    else:
+        raise InputError(f"--independent must be auto, lexicon, organism or none, got {judge!r}")
+    lm, probe = _load(model, probe_path, device, layers_path, allow_other_model)
+    n = len(texts) * k_samples * len(config.controllers())
+    with rich_progress(True) as bar:
+        step = bar("control: generating", n)
+        run = run_control_evaluation(lm, probe, texts, out_dir, config=config,
+                                     independent=measure, independent_name=name,
+                                     progress=lambda k: step(k, ""))
+    for kind, by_gain in run.summary["controllers"].items():
+        for g, r in by_gain.items():
+            out.print(f"  {kind:>12} g={g:<5} bad {r['bad_rate']:.3f} [{r['bad_rate_ci_low']:.3f}"
+                      f", {r['bad_rate_ci_high']:.3f}]  independent "
+                      f"{r['bad_rate_independent']:.3f}  ppl x{r['ppl_ratio']:.2f}  KL "
+                      f"{r['kl']:.3f}  speed x{r['speed_ratio']:.2f}", highlight=False)
+    out.print(f"wrote {out_dir}/summary.json, data/, figures/, index.html")

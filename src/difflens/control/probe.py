@@ -1,0 +1,515 @@
+"""State probes: a logistic regression on the residual stream that scores every token in [0, 1].
+
+A probe reads the hidden state at one captured layer (the numbering of
+:func:`~difflens.capture.engine.record_layers`) and gives ``sigmoid(w . h + b)``: the
+probability that the text at that token is in the *bad* region. It is trained on labelled
+text where every token inherits the label of the segment it belongs to:
+
+- any JSONL with ``text`` and ``label`` (1 or ``true`` = bad), optionally ``context``
+  (unlabelled text before it) and ``group`` (examples of one group share a split);
+- preference pairs in the hh-rlhf layout (``chosen`` / ``rejected`` transcripts): the last
+  assistant reply is the labelled text, rejected = bad, the dialogue before it the context;
+- for the organism, stories whose sentences carry the world's theme labels.
+
+Examples are split by group into train / validation / test; the layer is the one with the
+best validation AUC, and the reported AUC is on the test split, with a bootstrap CI over
+test groups. A probe is saved as safetensors (``weight``, ``bias``) with its metadata as
+JSON, in the file and next to it, and refuses to load onto a model of another width or
+tokenizer.
+"""
+
+import dataclasses
+import gzip
+import json
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from difflens.capture.engine import forward_batch, parse_layers
+from difflens.capture.prompts import jsonl_objects
+from difflens.capture.store import write_bytes_atomic, write_json_atomic
+from difflens.errors import DifflensWarning, InputError
+from difflens.models.loading import LoadedModel
+
+PROBE_FORMAT = "difflens-state-probe-1"
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelledText:
+    """One training example: segments of text, each labelled 1 (bad), 0 (good) or ``None``
+    (context: read by the model, not trained on)."""
+
+    segments: tuple[tuple[str, int | None], ...]
+    group: int
+    """Examples with the same group land in the same split (a preference pair, a story)."""
+
+    @property
+    def text(self) -> str:
+        return "".join(s for s, _ in self.segments)
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeConfig:
+    """How a probe is trained."""
+
+    layers: str | tuple[int, ...] = "all"
+    """Layers to try (``"all"`` or indices); the best on validation is kept."""
+    max_tokens: int = 256
+    """Tokens per example read by the model (longer examples keep their end)."""
+    tokens_per_example: int = 48
+    """Labelled tokens kept per example (a seeded subsample), bounding memory."""
+    val_fraction: float = 0.2
+    test_fraction: float = 0.2
+    C: float = 1.0
+    """Inverse L2 strength of the logistic regression (on standardised states)."""
+    batch_size: int = 16
+    seed: int = 0
+    n_boot: int = 1000
+
+    def __post_init__(self) -> None:
+        if not 0 < self.val_fraction < 1 or not 0 < self.test_fraction < 1 or \
+                self.val_fraction + self.test_fraction >= 1:
+            raise InputError("val_fraction and test_fraction must be in (0, 1) and sum to "
+                             f"less than 1, got {self.val_fraction} and {self.test_fraction}")
+        if self.tokens_per_example < 1 or self.max_tokens < 2:
+            raise InputError("tokens_per_example must be >= 1 and max_tokens >= 2")
+
+
+@dataclasses.dataclass(frozen=True)
+class StateProbe:
+    """``score(h) = sigmoid(weight . h + bias)`` at ``layer``, with the model it belongs to."""
+
+    weight: Float[Tensor, " d_model"]
+    bias: float
+    layer: int
+    threshold: float
+    """Default alert / control threshold in [0, 1]."""
+    state_norm: float
+    """Mean L2 norm of the states it was trained on: the unit of steering gains."""
+    model: dict[str, Any]
+    """Identity of the model it was trained on (name, d_model, tokenizer hash, ...)."""
+    metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Held-out AUCs per layer and the data it saw."""
+
+    @property
+    def direction(self) -> Float[Tensor, " d_model"]:
+        """Unit vector towards the bad region."""
+        w = self.weight.float()
+        return w / w.norm().clamp_min(1e-12)
+
+    def score(self, hidden: Float[Tensor, "*batch d_model"]) -> Float[Tensor, " *batch"]:
+        w = self.weight.to(device=hidden.device, dtype=torch.float32)
+        return torch.sigmoid(hidden.float() @ w + self.bias)
+
+    def check(self, lm: LoadedModel, *, allow_other_weights: bool = False) -> None:
+        """Raise :class:`InputError` unless this probe fits ``lm`` (width, layers, tokenizer,
+        and unless ``allow_other_weights``, weights)."""
+        m, ident = self.model, lm.identity
+        where = f"probe of {m.get('name')!r} (d_model {m.get('d_model')}, layer {self.layer})"
+        if int(m.get("d_model", -1)) != lm.d_model:
+            raise InputError(f"{where} does not fit {ident.name!r}, whose d_model is "
+                             f"{lm.d_model}; train a probe on this model (difflens probe train)")
+        if int(m.get("n_layers", -1)) != lm.n_layers or self.layer > lm.n_layers:
+            raise InputError(f"{where} was trained on a model with {m.get('n_layers')} layers; "
+                             f"{ident.name!r} has {lm.n_layers}; train a probe on this model")
+        if m.get("tokenizer_sha256") != ident.tokenizer_sha256:
+            raise InputError(f"{where} was trained with another tokenizer than "
+                             f"{ident.name!r}'s; train a probe on this model")
+        if m.get("weights_sha256") != ident.weights_sha256:
+            if not allow_other_weights:
+                raise InputError(f"{where} was trained on other weights than {ident.name!r} "
+                                 f"(same width and tokenizer: a sibling?); pass "
+                                 f"allow_other_weights=True (CLI --allow-other-model) to use "
+                                 f"it anyway")
+            warnings.warn(f"{where} was trained on other weights than {ident.name!r}",
+                          DifflensWarning, stacklevel=2)
+
+    def save(self, path: str | Path) -> None:
+        """Write ``path`` (safetensors, metadata inside) and ``path`` with ``.json``."""
+        from safetensors.torch import save
+
+        path = Path(path)
+        meta = self._meta()
+        data = save({"weight": self.weight.float().contiguous(),
+                     "bias": torch.tensor([self.bias], dtype=torch.float32)},
+                    metadata={"difflens": json.dumps(meta, sort_keys=True)})
+        write_bytes_atomic(path, data)
+        write_json_atomic(path.with_suffix(".json"), meta)
+
+    def _meta(self) -> dict[str, Any]:
+        return {"format": PROBE_FORMAT, "layer": self.layer, "threshold": self.threshold,
+                "state_norm": self.state_norm, "model": self.model, "metrics": self.metrics}
+
+
+def load_probe(path: str | Path) -> StateProbe:
+    """Read a probe written by :meth:`StateProbe.save` (safetensors; no pickle)."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "probe.safetensors"
+    if not path.is_file():
+        raise InputError(f"probe file {path} does not exist; train one with difflens probe "
+                         f"train --out DIR")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get("difflens", "{}"))
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path}: not a difflens probe file ({exc})") from None
+    if meta.get("format") != PROBE_FORMAT or set(tensors) != {"weight", "bias"}:
+        raise InputError(f"{path}: not a difflens probe file (format {meta.get('format')!r}, "
+                         f"tensors {sorted(tensors)}); train one with difflens probe train")
+    return StateProbe(weight=tensors["weight"].float(), bias=float(tensors["bias"][0]),
+                      layer=int(meta["layer"]), threshold=float(meta["threshold"]),
+                      state_norm=float(meta["state_norm"]), model=dict(meta["model"]),
+                      metrics=dict(meta.get("metrics", {})))
+
+
+def check_threshold(threshold: float) -> float:
+    if not 0.0 <= threshold <= 1.0 or threshold != threshold:
+        raise InputError(f"threshold must be a probability in [0, 1], got {threshold}")
+    return float(threshold)
+
+
+# -- data ---------------------------------------------------------------------------------
+
+
+def _label(where: str, value: Any) -> int:
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return int(value)
+    if isinstance(value, str) and value.strip().lower() in ("bad", "good", "0", "1", "true",
+                                                              "false"):
+        return int(value.strip().lower() in ("bad", "1", "true"))
+    raise InputError(f"{where}: label must be 0/1, true/false or \"bad\"/\"good\", got "
+                     f"{value!r}")
+
+
+def _lines(path: Path) -> list[str] | None:
+    if path.suffix == ".gz":
+        try:
+            return gzip.decompress(path.read_bytes()).decode("utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"{path}: not a gzipped UTF-8 file ({exc})") from None
+    return None
+
+
+def read_labelled(path: str | Path) -> list[LabelledText]:
+    """JSONL (optionally ``.gz``) with ``text`` and ``label``; optional ``context``, ``group``."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"labelled data {path} does not exist")
+    out = []
+    group_ids: dict[str, int] = {}
+    for i, (where, obj) in enumerate(jsonl_objects(path, _lines(path))):
+        if not isinstance(obj, dict) or "text" not in obj or "label" not in obj:
+            raise InputError(f"{where}: expected an object with \"text\" and \"label\" "
+                             f"(1 = bad), e.g. {{\"text\": \"...\", \"label\": 1}}")
+        text, ctx = obj["text"], obj.get("context", "")
+        if not isinstance(text, str) or not text.strip() or not isinstance(ctx, str):
+            raise InputError(f"{where}: \"text\" must be non-empty text (and \"context\" text)")
+        group = group_ids.setdefault(json.dumps(obj.get("group", f"line {i}")), len(group_ids))
+        segs: tuple[tuple[str, int | None], ...] = ((ctx, None),) if ctx else ()
+        out.append(LabelledText(segments=(*segs, (text, _label(where, obj["label"]))),
+                                group=group))
+    return _checked(out, str(path))
+
+
+def _last_reply(transcript: str) -> tuple[str, str] | None:
+    cut = transcript.rfind("\n\nAssistant:")
+    if cut < 0:
+        return None
+    head, reply = transcript[:cut + len("\n\nAssistant:")], transcript[cut + len(
+        "\n\nAssistant:"):]
+    return (head, reply) if reply.strip() else None
+
+
+def read_preference_pairs(path: str | Path, *, limit: int | None = None) -> list[LabelledText]:
+    """hh-rlhf layout (``chosen`` / ``rejected`` transcripts, JSONL or ``.jsonl.gz``): the last
+    assistant reply of each is labelled (rejected = 1), the dialogue before it is context.
+    Pairs whose replies are equal or whose dialogues differ before the reply are skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"preference pairs {path} do not exist")
+    out: list[LabelledText] = []
+    for i, (where, obj) in enumerate(jsonl_objects(path, _lines(path))):
+        if not isinstance(obj, dict) or not isinstance(obj.get("chosen"), str) or \
+                not isinstance(obj.get("rejected"), str):
+            raise InputError(f"{where}: expected {{\"chosen\": \"...\", \"rejected\": \"...\"}} "
+                             f"transcripts (\\n\\nHuman: ... \\n\\nAssistant: ...)")
+        good, bad = _last_reply(obj["chosen"]), _last_reply(obj["rejected"])
+        if good is None or bad is None or good[0] != bad[0] or good[1] == bad[1]:
+            continue
+        for (ctx, reply), label in ((good, 0), (bad, 1)):
+            out.append(LabelledText(segments=((ctx, None), (reply, label)), group=i))
+        if limit is not None and len(out) >= 2 * limit:
+            break
+    return _checked(out, str(path))
+
+
+def first_human_turns(path: str | Path, *, which: str = "rejected",
+                      limit: int | None = None) -> list[str]:
+    """The first human turn of each hh-rlhf dialogue (prompts that lead towards harm)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"preference pairs {path} do not exist")
+    out = []
+    for where, obj in jsonl_objects(path, _lines(path)):
+        text = obj.get(which) if isinstance(obj, dict) else None
+        if not isinstance(text, str):
+            raise InputError(f"{where}: expected a {which!r} transcript")
+        start = text.find("Human:")
+        if start < 0:
+            continue
+        turn = text[start + len("Human:"):].split("\n\nAssistant:")[0].strip()
+        if turn:
+            out.append(turn)
+        if limit is not None and len(out) >= limit:
+            break
+    return out
+
+
+def organism_labelled(n_stories: int, *, seed: int = 0,
+                      bad_themes: Sequence[str] = ("danger", "loss")) -> list[LabelledText]:
+    """World stories with every sentence labelled by its true theme (bad = ``bad_themes``)."""
+    from difflens.organism import world as W
+
+    unknown = set(bad_themes) - set(W.THEMES)
+    if unknown:
+        raise InputError(f"unknown theme(s) {sorted(unknown)}; the world's themes are "
+                         f"{', '.join(W.THEMES)}")
+    out = []
+    for i, st in enumerate(W.generate_stories(n_stories, seed=seed)):
+        segs = tuple(((" " if j else "") + s, int(th in bad_themes))
+                     for j, (s, th) in enumerate(zip(st.sentences, st.themes, strict=True)))
+        out.append(LabelledText(segments=segs, group=i))
+    return out
+
+
+def _checked(examples: list[LabelledText], source: str) -> list[LabelledText]:
+    labels = {lab for ex in examples for _, lab in ex.segments if lab is not None}
+    if labels != {0, 1}:
+        raise InputError(f"{source}: a probe needs both good (0) and bad (1) examples; found "
+                         f"labels {sorted(labels)} in {len(examples)} examples")
+    return examples
+
+
+# -- training -----------------------------------------------------------------------------
+
+
+def _encode(lm: LoadedModel, ex: LabelledText, max_tokens: int
+            ) -> tuple[list[int], list[int], list[int]]:
+    """Token ids, per-token labels (-1 = context) and segment indices of one example,
+    keeping its end."""
+    tok = lm.tokenizer
+    text = ex.text
+    enc = tok(text, return_offsets_mapping=True)
+    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    bounds, pos = [], 0
+    for seg, lab in ex.segments:
+        bounds.append((pos, pos + len(seg), -1 if lab is None else lab))
+        pos += len(seg)
+    labels, seg_index = [], []
+    for (a, b) in offsets:
+        lab, where = -1, -1
+        if b > a:
+            for j, (s0, s1, sl) in enumerate(bounds):
+                if s0 <= a < s1:
+                    lab, where = sl, j
+                    break
+        labels.append(lab)
+        seg_index.append(where)
+    if len(ids) > max_tokens:
+        ids, labels, seg_index = ids[-max_tokens:], labels[-max_tokens:], seg_index[-max_tokens:]
+    return ids, labels, seg_index
+
+
+def _split(groups: np.ndarray, config: ProbeConfig) -> np.ndarray:
+    """0 train, 1 validation, 2 test, by group (seeded)."""
+    uniq = np.unique(groups)
+    rng = np.random.default_rng(config.seed)
+    order = rng.permutation(len(uniq))
+    n_test = max(1, round(config.test_fraction * len(uniq)))
+    n_val = max(1, round(config.val_fraction * len(uniq)))
+    if len(uniq) - n_test - n_val < 1:
+        raise InputError(f"{len(uniq)} groups of examples are too few to split into train, "
+                         f"validation and test; give more examples")
+    part = np.zeros(len(uniq), dtype=np.int64)
+    part[order[:n_test]] = 2
+    part[order[n_test:n_test + n_val]] = 1
+    return part[np.searchsorted(uniq, groups)]
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeFit:
+    """A trained probe and how every layer did."""
+
+    probe: StateProbe
+    layers: list[dict[str, Any]]
+    """Per layer: ``auc_val``, ``auc_test`` (tokens), ``auc_test_segment`` (mean score per
+    labelled segment), CIs over test groups, counts."""
+
+
+def _auc(y: np.ndarray, s: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(y, s)) if len(np.unique(y)) == 2 else float("nan")
+
+
+def _auc_ci(y: np.ndarray, s: np.ndarray, groups: np.ndarray, n_boot: int, seed: int
+            ) -> tuple[float, float]:
+    """Percentile CI of the AUC, resampling test groups (all of a group's tokens together)."""
+    uniq, inv = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(inv == g) for g in range(len(uniq))]
+    rng = np.random.default_rng(seed)
+    vals = []
+    for _ in range(n_boot):
+        pick = np.concatenate([members[g] for g in rng.integers(0, len(uniq), len(uniq))])
+        v = _auc(y[pick], s[pick])
+        if np.isfinite(v):
+            vals.append(v)
+    if not vals:
+        return (float("nan"), float("nan"))
+    lo, hi = np.quantile(vals, [0.025, 0.975])
+    return (float(lo), float(hi))
+
+
+def train_probe(lm: LoadedModel, examples: Sequence[LabelledText], *,
+                config: ProbeConfig = ProbeConfig(), threshold: float | None = None,
+                progress: Callable[[int], None] | None = None,
+                source: str = "") -> ProbeFit:
+    """Fit a logistic-regression probe per layer and keep the best on validation.
+
+    Args:
+        lm: the model whose states are probed.
+        examples: labelled texts (:func:`read_labelled`, :func:`read_preference_pairs`,
+            :func:`organism_labelled`).
+        config: layers, split, regularisation, seed.
+        threshold: the probe's default threshold (stored with it); default: the one that
+            best separates good from bad segments by their mean score on validation
+            (balanced accuracy), so it suits windowed "is this stretch bad" decisions.
+        progress: called with the number of examples done after each batch.
+        source: a description of the data, stored with the probe.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    if threshold is not None:
+        check_threshold(threshold)
+    if not examples:
+        raise InputError("no labelled examples to train a probe on")
+    layers = parse_layers(config.layers if isinstance(config.layers, str)
+                          else list(config.layers), lm)
+    enc = [_encode(lm, ex, config.max_tokens) for ex in examples]
+    rng = np.random.default_rng(config.seed)
+    picks: list[np.ndarray] = []
+    for _ids, labels, _seg in enc:
+        lab = np.flatnonzero(np.asarray(labels) >= 0)
+        if len(lab) > config.tokens_per_example:
+            lab = np.sort(rng.choice(lab, config.tokens_per_example, replace=False))
+        picks.append(lab)
+    states: dict[int, list[Tensor]] = {layer: [] for layer in layers}
+    ys, gs, segs = [], [], []
+    order = sorted(range(len(enc)), key=lambda i: len(enc[i][0]))
+    for start in range(0, len(order), config.batch_size):
+        chunk = order[start:start + config.batch_size]
+        out = forward_batch(lm, [enc[i][0] for i in chunk], layers)
+        rows = [picks[i].tolist() for i in chunk]
+        flat = out.flat_rows(rows)
+        for layer in layers:
+            h = out.hidden[layer]
+            states[layer].append(h.reshape(-1, h.shape[-1])[flat].float().cpu())
+        for i in chunk:
+            ys.append(np.asarray(enc[i][1])[picks[i]])
+            gs.append(np.full(len(picks[i]), examples[i].group))
+            segs.append(i * 10_000 + np.asarray(enc[i][2])[picks[i]])
+        if progress is not None:
+            progress(len(chunk))
+    y = np.concatenate(ys)
+    groups = np.concatenate(gs)
+    seg_id = np.concatenate(segs)
+    if len(np.unique(y)) < 2:
+        raise InputError("the labelled tokens are all of one class; a probe needs both")
+    part = _split(groups, config)
+    tr, va, te = (part == 0), (part == 1), (part == 2)
+    rows, fits = [], {}
+    for layer in layers:
+        X = torch.cat(states[layer]).numpy().astype(np.float64)
+        mu, sd = X[tr].mean(0), X[tr].std(0) + 1e-6
+        clf = LogisticRegression(C=config.C, max_iter=2000, class_weight="balanced")
+        clf.fit((X[tr] - mu) / sd, y[tr])
+        w = clf.coef_[0] / sd
+        b = float(clf.intercept_[0] - (clf.coef_[0] * mu / sd).sum())
+        s = 1 / (1 + np.exp(-(X @ w + b)))
+        seg_mean = _segment_means(s[te], y[te], seg_id[te])
+        seg_val = _segment_means(s[va], y[va], seg_id[va])
+        lo, hi = _auc_ci(y[te], s[te], groups[te], config.n_boot, config.seed)
+        rows.append({"layer": layer, "auc_val": _auc(y[va], s[va]), "auc_test": _auc(y[te], s[te]),
+                     "auc_test_ci_low": lo, "auc_test_ci_high": hi,
+                     "auc_test_segment": _auc(*seg_mean),
+                     "segment_threshold": _balanced_threshold(*seg_val),
+                     "auc_train": _auc(y[tr], s[tr]),
+                     "n_train_tokens": int(tr.sum()), "n_test_tokens": int(te.sum()),
+                     "n_test_groups": int(len(np.unique(groups[te]))),
+                     "bad_share": float(y.mean()),
+                     "state_norm": float(np.linalg.norm(X[tr], axis=1).mean())})
+        fits[layer] = (w, b)
+    best = max(rows, key=lambda r: (np.nan_to_num(r["auc_val"], nan=-1.0), -r["layer"]))
+    w, b = fits[best["layer"]]
+    ident = lm.identity
+    probe = StateProbe(
+        weight=torch.tensor(w, dtype=torch.float32), bias=b, layer=int(best["layer"]),
+        threshold=float(best["segment_threshold"] if threshold is None else threshold),
+        state_norm=float(best["state_norm"]),
+        model={"name": ident.name, "d_model": lm.d_model, "n_layers": lm.n_layers,
+               "tokenizer_sha256": ident.tokenizer_sha256,
+               "weights_sha256": ident.weights_sha256, "architecture": ident.architecture},
+        metrics={"auc": best["auc_test"], "auc_ci": [best["auc_test_ci_low"],
+                                                     best["auc_test_ci_high"]],
+                 "auc_segment": best["auc_test_segment"], "layers": rows,
+                 "n_examples": len(examples), "source": source,
+                 "config": {k: (list(v) if isinstance(v, tuple) else v)
+                            for k, v in dataclasses.asdict(config).items()}})
+    return ProbeFit(probe=probe, layers=rows)
+
+
+def _segment_means(s: np.ndarray, y: np.ndarray, seg: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    uniq, inv = np.unique(seg, return_inverse=True)
+    sums = np.bincount(inv, weights=s)
+    counts = np.bincount(inv)
+    labels = np.zeros(len(uniq))
+    labels[inv] = y
+    return labels, sums / counts
+
+
+def _balanced_threshold(y: np.ndarray, s: np.ndarray) -> float:
+    """The score cut with the best balanced accuracy (0.5 when one class is missing)."""
+    if len(np.unique(y)) < 2:
+        return 0.5
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, cuts = roc_curve(y, s)
+    best = int(np.argmax(tpr - fpr))
+    return float(np.clip(cuts[best], 0.0, 1.0))
+
+
+def score_texts(lm: LoadedModel, probe: StateProbe, texts: Iterable[str], *,
+                batch_size: int = 16) -> list[np.ndarray]:
+    """The probe's score at every token of each text (one teacher-forced pass per batch)."""
+    tok = lm.tokenizer
+    seqs = [tok(t)["input_ids"] for t in texts]
+    out: list[np.ndarray] = []
+    for i in range(0, len(seqs), batch_size):
+        chunk = seqs[i:i + batch_size]
+        res = forward_batch(lm, chunk, [probe.layer])
+        sc = probe.score(res.hidden[probe.layer]).cpu().numpy()
+        out += [sc[b, res.sequence(b, len(s))] for b, s in enumerate(chunk)]
+    return out

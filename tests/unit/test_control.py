@@ -1,0 +1,422 @@
+"""Monitoring and control on planted models: probes, traces, controllers, rollback, errors."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from difflens.control.evaluate import (
+    ControlConfig,
+    evaluate_control,
+    lexicon_measure,
+    organism_measure,
+    sentence_spans,
+)
+from difflens.control.monitor import Controller, GenerationConfig, generate_monitored
+from difflens.control.probe import (
+    LabelledText,
+    ProbeConfig,
+    StateProbe,
+    load_probe,
+    read_labelled,
+    read_preference_pairs,
+    score_texts,
+    train_probe,
+)
+from difflens.control.steering import register_residual_hook
+from difflens.errors import InputError
+from difflens.models.tiny import bigram_model, tiny_model
+
+GOOD = ["sun", "tree", "song", "play", "cake", "friend"]
+BAD = ["storm", "fear", "wolf"]
+SPECIALS = 4  # <pad> <unk> <bos> <eos>
+
+
+@pytest.fixture(scope="module")
+def planted():
+    """A bigram Llama with a sticky bad region: after a bad word the next word is bad with
+    p = 0.8; after a good word, with p = 0.12. The state is the current word's one-hot, so
+    the direction that separates bad from good states is known."""
+    words = GOOD + BAD
+    v = SPECIALS + len(words)
+    table = torch.full((v, v), -30.0)
+    good_ids = [SPECIALS + i for i in range(len(GOOD))]
+    bad_ids = [SPECIALS + len(GOOD) + i for i in range(len(BAD))]
+    for row in range(v):
+        p_bad = 0.8 if row in bad_ids else 0.12
+        table[row, good_ids] = float(np.log((1 - p_bad) / len(good_ids)))
+        table[row, bad_ids] = float(np.log(p_bad / len(bad_ids)))
+    return bigram_model(words, table, n_layers=2, name="planted-bigram")
+
+
+def _walk(rng: np.random.Generator, n: int) -> list[str]:
+    out, bad = [], False
+    for _ in range(n):
+        bad = rng.random() < (0.8 if bad else 0.12)
+        out.append(str(rng.choice(BAD if bad else GOOD)))
+    return out
+
+
+def _examples(n: int, seed: int = 0) -> list[LabelledText]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        words = _walk(rng, 12)
+        segs = tuple(((" " if j else "") + w, int(w in BAD)) for j, w in enumerate(words))
+        out.append(LabelledText(segments=segs, group=i))
+    return out
+
+
+@pytest.fixture(scope="module")
+def probe(planted):
+    fit = train_probe(planted, _examples(120), config=ProbeConfig(layers=(0, 1, 2)),
+                      threshold=0.5)
+    return fit
+
+
+def test_probe_finds_the_planted_direction(probe, planted):
+    assert probe.probe.metrics["auc"] > 0.95
+    assert all(r["auc_test"] > 0.95 for r in probe.layers)
+    w = probe.probe.weight
+    bad_ids = [planted.tokenizer.convert_tokens_to_ids(b) for b in BAD]
+    good_ids = [planted.tokenizer.convert_tokens_to_ids(g) for g in GOOD]
+    assert w[bad_ids].min() > w[good_ids].max()  # the direction points at the bad words
+    lo, hi = probe.probe.metrics["auc_ci"]
+    assert lo <= probe.probe.metrics["auc"] <= hi
+
+
+def test_probe_save_load_and_checks(probe, planted, tmp_path):
+    path = tmp_path / "p.safetensors"
+    probe.probe.save(path)
+    back = load_probe(path)
+    assert torch.equal(back.weight, probe.probe.weight) and back.layer == probe.probe.layer
+    assert back.bias == pytest.approx(probe.probe.bias)
+    assert json.loads(path.with_suffix(".json").read_text())["layer"] == back.layer
+    assert load_probe(tmp_path / "p.safetensors").threshold == 0.5
+    back.check(planted)
+    other = tiny_model(0)  # another width and tokenizer
+    with pytest.raises(InputError, match="d_model"):
+        back.check(other)
+    sibling = bigram_model(GOOD + BAD, torch.zeros(13, 13), name="sibling")
+    with pytest.raises(InputError, match="other weights"):
+        back.check(sibling)
+    with pytest.warns(Warning):
+        back.check(sibling, allow_other_weights=True)
+    (tmp_path / "bad.safetensors").write_bytes(b"not a file")
+    with pytest.raises(InputError, match="not a difflens probe"):
+        load_probe(tmp_path / "bad.safetensors")
+    with pytest.raises(InputError, match="does not exist"):
+        load_probe(tmp_path / "missing.safetensors")
+
+
+def test_monitor_scores_come_from_the_same_pass(probe, planted):
+    p = probe.probe
+    prompts = ["sun tree", "storm fear wolf", "cake"]
+    gen = generate_monitored(planted, p, prompts, config=GenerationConfig(
+        max_new_tokens=10, temperature=1.0, seed=3, batch_size=2))
+    forced = score_texts(planted, p, [t.prompt + " " + t.text for t in gen.traces])
+    for tr, sc in zip(gen.traces, forced, strict=True):
+        n = len(tr.token_ids)
+        np.testing.assert_allclose(tr.scores, sc[-n:], atol=1e-5)
+        assert tr.prompt_score == pytest.approx(float(sc[-n - 1]), abs=1e-5)
+    # the forward passes: prompt tokens + every kept token (the last one is scored too)
+    assert gen.n_forward_tokens == sum(len(t.prompt_ids) + len(t.token_ids) for t in gen.traces)
+
+
+def test_gain_zero_changes_nothing_bit_for_bit(probe, planted):
+    cfg = GenerationConfig(max_new_tokens=12, temperature=1.0, seed=5, batch_size=4)
+    prompts = ["sun tree storm", "fear", "cake song", "wolf wolf"]
+    plain = generate_monitored(planted, None, prompts, config=cfg, keep_logprobs=True)
+    for ctrl in (Controller("none"), Controller("proportional", 0.0),
+                 Controller("open_loop", 0.0), Controller("rollback", 0.0)):
+        gen = generate_monitored(planted, probe.probe, prompts, controller=ctrl, config=cfg,
+                                 keep_logprobs=True)
+        for a, b in zip(plain.traces, gen.traces, strict=True):
+            assert a.token_ids == b.token_ids
+            assert a.logprobs is not None and b.logprobs is not None
+            assert torch.equal(a.logprobs, b.logprobs)
+    # an active controller whose coefficient is zero (threshold 1) takes the same path exactly
+    gen = generate_monitored(planted, probe.probe, prompts, controller=Controller(
+        "proportional", 3.0), config=cfg, threshold=1.0, keep_logprobs=True)
+    for a, b in zip(plain.traces, gen.traces, strict=True):
+        assert a.token_ids == b.token_ids and torch.equal(a.logprobs, b.logprobs)
+
+
+def _bad_share(gen) -> float:
+    toks = [t for tr in gen.traces for t in tr.token_ids]
+    return float(np.mean([t >= SPECIALS + len(GOOD) for t in toks]))
+
+
+def test_proportional_controller_lowers_the_bad_rate(probe, planted):
+    prompts = ["sun storm", "fear wolf", "tree fear", "wolf"] * 8
+    cfg = GenerationConfig(max_new_tokens=20, temperature=1.0, seed=1, batch_size=16)
+    base = generate_monitored(planted, probe.probe, prompts, config=cfg)
+    shares = [_bad_share(base)]
+    for g in (0.5, 2.0):
+        gen = generate_monitored(planted, probe.probe, prompts,
+                                 controller=Controller("proportional", g), config=cfg)
+        shares.append(_bad_share(gen))
+        assert max(c for tr in gen.traces for c in tr.coefs) > 0
+    assert shares[0] > 0.3
+    assert shares[2] < shares[1] < shares[0]
+    assert shares[2] < 0.5 * shares[0]
+    ev = evaluate_control(planted, probe.probe, prompts[:8], config=ControlConfig(
+        gains=(("proportional", (2.0,)),), k_samples=4, n_boot=200,
+        generation=GenerationConfig(max_new_tokens=20, batch_size=16)))
+    s = ev.summary()
+    assert s["proportional"]["2"]["bad_rate"] < s["none"]["0"]["bad_rate"]
+    assert s["none"]["0"]["ppl_ratio"] == pytest.approx(1.0)
+    assert s["none"]["0"]["kl"] == pytest.approx(0.0, abs=1e-4)
+    assert s["proportional"]["2"]["kl"] > 0.01
+    for key in ("bad_rate", "bad_rate_ci_low", "bad_rate_ci_high", "bad_rate_independent",
+                "ppl_ratio", "kl", "speed_ratio"):
+        assert np.isfinite(s["proportional"]["2"][key]) or key == "bad_rate_independent"
+    r = s["proportional"]["2"]
+    assert r["bad_rate_ci_low"] <= r["bad_rate"] <= r["bad_rate_ci_high"]
+
+
+def _reference_logits(lm, probe: StateProbe, tr, direction=None) -> torch.Tensor:
+    """Recompute the final sequence from scratch (no cache), steering each position by the
+    coefficient the generation recorded for it."""
+    ids = tr.prompt_ids + tr.token_ids
+    coef = torch.zeros(len(ids))
+    coef[len(tr.prompt_ids) - 1] = tr.prompt_coef
+    coef[len(tr.prompt_ids):] = torch.tensor(tr.coefs)
+    v = probe.direction if direction is None else direction
+    unit = v / v.norm().clamp_min(1e-12) * probe.state_norm
+    handle = register_residual_hook(lm, probe.layer, lambda h: h - (coef[None, :, None]
+                                                                    * unit).to(h.dtype))
+    try:
+        with torch.inference_mode():
+            logits = lm.model(torch.tensor([ids])).logits[0].float()
+    finally:
+        handle.remove()
+    return torch.log_softmax(logits, -1)[len(tr.prompt_ids) - 1:-1]
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_rollback_restores_the_cache_exactly(batch_size):
+    lm = tiny_model(2, n_layers=3, d_model=32)
+    direction = torch.zeros(lm.d_model)  # rollbacks happen, steering adds nothing
+    probe = StateProbe(weight=torch.randn(lm.d_model, generator=torch.Generator().manual_seed(0)),
+                       bias=0.0, layer=2, threshold=0.5, state_norm=1.0,
+                       model={"name": "x", "d_model": lm.d_model, "n_layers": lm.n_layers,
+                              "tokenizer_sha256": lm.identity.tokenizer_sha256,
+                              "weights_sha256": lm.identity.weights_sha256})
+    prompts = ["once upon a time there was", "the fox", "pick a number from one to ten"]
+    cfg = GenerationConfig(max_new_tokens=14, temperature=0.0, batch_size=batch_size)
+    plain = generate_monitored(lm, None, prompts, config=cfg, keep_logprobs=True)
+    events = []
+    gen = generate_monitored(lm, probe, prompts, config=cfg, threshold=0.0, keep_logprobs=True,
+                             controller=Controller("rollback", 1.0, window=3, max_rollbacks=2),
+                             direction=direction, on_event=events.append)
+    assert all(tr.rollbacks == 2 for tr in gen.traces)
+    assert sum(e.kind == "rollback" for e in events) == 2 * len(prompts)
+    for a, b in zip(plain.traces, gen.traces, strict=True):
+        assert a.token_ids == b.token_ids  # regenerated exactly what was dropped
+        torch.testing.assert_close(a.logprobs, b.logprobs, atol=1e-5, rtol=1e-5)
+    # with a real steering direction: the output equals recomputing the kept sequence from
+    # scratch with the steering each position received
+    steered = generate_monitored(lm, probe, prompts, config=cfg, threshold=0.0,
+                                 keep_logprobs=True, controller=Controller(
+                                     "rollback", 2.0, window=3, max_rollbacks=1,
+                                     steer_tokens=4))
+    for tr in steered.traces:
+        assert tr.rollbacks == 1 and sum(c > 0 for c in tr.coefs + [tr.prompt_coef]) >= 1
+        ref = _reference_logits(lm, probe, tr)
+        torch.testing.assert_close(tr.logprobs, ref, atol=1e-4, rtol=1e-4)
+        assert ref.argmax(-1).tolist() == tr.token_ids
+
+
+def test_open_loop_matches_a_full_recompute(probe, planted):
+    cfg = GenerationConfig(max_new_tokens=8, temperature=0.7, seed=2, batch_size=2)
+    gen = generate_monitored(planted, probe.probe, ["sun storm", "tree"], config=cfg,
+                             controller=Controller("open_loop", 0.3), keep_logprobs=True)
+    for tr in gen.traces:
+        assert all(c == pytest.approx(0.3) for c in tr.coefs)
+        ids = tr.prompt_ids + tr.token_ids
+        unit = probe.probe.direction * probe.probe.state_norm
+        handle = register_residual_hook(planted, probe.probe.layer,
+                                        lambda h, unit=unit: h - 0.3 * unit)
+        try:
+            with torch.inference_mode():
+                ref = torch.log_softmax(planted.model(torch.tensor([ids])).logits[0], -1)
+        finally:
+            handle.remove()
+        torch.testing.assert_close(tr.logprobs, ref[len(tr.prompt_ids) - 1:-1], atol=1e-4,
+                                   rtol=1e-4)
+
+
+def _hooks(lm) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in lm.model.modules())
+
+
+def test_hooks_are_removed_after_exceptions(probe, planted):
+    def boom(_event):
+        raise RuntimeError("callback failed")
+
+    before = _hooks(planted)
+    with pytest.raises(RuntimeError, match="callback failed"):
+        generate_monitored(planted, probe.probe, ["sun tree"], on_event=boom,
+                           controller=Controller("proportional", 1.0))
+    assert _hooks(planted) == before == 0
+    ids = torch.tensor([[2, 5, 6]])
+    with torch.inference_mode():
+        a = planted.model(ids).logits
+        b = planted.model(ids).logits
+    assert torch.equal(a, b)
+
+
+def test_bad_input_is_one_line(probe, planted, tmp_path):
+    with pytest.raises(InputError, match="threshold"):
+        generate_monitored(planted, probe.probe, ["sun"], threshold=1.5)
+    with pytest.raises(InputError, match="empty"):
+        generate_monitored(planted, probe.probe, ["  "])
+    with pytest.raises(InputError, match="needs a probe"):
+        generate_monitored(planted, None, ["sun"], controller=Controller("open_loop", 1.0))
+    with pytest.raises(InputError, match="unknown controller"):
+        Controller("pid", 1.0)
+    with pytest.raises(InputError, match=">= 0"):
+        Controller("open_loop", -1.0)
+    with pytest.raises(InputError, match="d_model"):
+        generate_monitored(tiny_model(0), probe.probe, ["the fox"])
+    f = tmp_path / "data.jsonl"
+    f.write_text('{"text": "a", "label": 1}\n{"text": "b"}\n')
+    with pytest.raises(InputError, match=r"data.jsonl:2: expected an object"):
+        read_labelled(f)
+    f.write_text('{"text": "a", "label": 1}\n{"text": "b", "label": "maybe"}\n')
+    with pytest.raises(InputError, match=r"data.jsonl:2: label"):
+        read_labelled(f)
+    f.write_text('{"text": "a", "label": 1}\n{"text": "b", "label": 1}\n')
+    with pytest.raises(InputError, match="both good"):
+        read_labelled(f)
+    with pytest.raises(InputError, match="empty"):
+        evaluate_control(planted, probe.probe, ["sun", ""])
+    with pytest.raises(InputError, match="k_samples"):
+        ControlConfig(k_samples=0)
+
+
+def test_readers(tmp_path):
+    import gzip
+
+    pairs = [{"chosen": "\n\nHuman: hi\n\nAssistant: hello friend",
+              "rejected": "\n\nHuman: hi\n\nAssistant: go away"},
+             {"chosen": "\n\nHuman: a\n\nAssistant: same",
+              "rejected": "\n\nHuman: a\n\nAssistant: same"}]
+    f = tmp_path / "pairs.jsonl.gz"
+    f.write_bytes(gzip.compress("\n".join(json.dumps(p) for p in pairs).encode()))
+    ex = read_preference_pairs(f)
+    assert len(ex) == 2  # the pair with equal replies is skipped
+    assert ex[0].segments == (("\n\nHuman: hi\n\nAssistant:", None), (" hello friend", 0))
+    assert ex[1].segments[1] == (" go away", 1) and ex[0].group == ex[1].group
+    g = tmp_path / "lab.jsonl"
+    g.write_text('{"text": "nice", "label": 0, "context": "Q: "}\n'
+                 '{"text": "mean", "label": true}\n')
+    lab = read_labelled(g)
+    assert lab[0].segments == (("Q: ", None), ("nice", 0)) and lab[1].segments == (("mean", 1),)
+
+
+def test_measures_and_sentences():
+    assert sentence_spans([" A", " b", ".", " C", " d", "!", " e"], min_tokens=2) == [
+        (0, 3), (3, 6)]
+    assert sentence_spans([" A", " b", ".", " C", " d"], min_tokens=2) == [(0, 3), (3, 5)]
+    lex = lexicon_measure(["darn it"])
+    assert lex(["Well darn it.", "What a lovely day.", "I hate this awful horrible mess."]) == [
+        True, False, True]
+    world = organism_measure()
+    from difflens.organism import world as W
+
+    st = W.generate_stories(200, seed=1)
+    bad = next(s for s in st if "danger" in s.themes)
+    good = next(s for s in st if not {"danger", "loss"} & set(s.themes))
+    assert world([bad.text, good.text]) == [True, False]
+
+
+def test_cli_monitor_and_errors(probe, planted, tmp_path):
+    folder = tmp_path / "planted"
+    planted.model.save_pretrained(folder)
+    planted.tokenizer.save_pretrained(folder)
+    probe_path = tmp_path / "probe.safetensors"
+    from difflens.models.loading import load_model
+
+    loaded = load_model(str(folder), device="cpu")
+    fit = train_probe(loaded, _examples(60), config=ProbeConfig(layers=(1,)), threshold=0.5)
+    fit.probe.save(probe_path)
+    cmd = [sys.executable, "-m", "difflens.cli.main", "monitor", "--model", str(folder),
+           "--probe", str(probe_path), "--max-new-tokens", "6"]
+    ok = subprocess.run(cmd + ["--prompt", "sun storm", "--out", str(tmp_path / "m")],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert "tokens" in ok.stdout and (tmp_path / "m" / "data" / "trace.parquet").is_file()
+    for extra, msg in ((["--prompt", " "], "--prompt is empty"),
+                       (["--prompt", "sun", "--threshold", "1.5"], "threshold must be"),
+                       (["--prompt", "sun", "--controller", "pid"], "unknown controller")):
+        r = subprocess.run(cmd + extra, capture_output=True, text=True)
+        assert r.returncode == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    other = tmp_path / "tiny"
+    t = tiny_model(0)
+    t.model.save_pretrained(other)
+    t.tokenizer.save_pretrained(other)
+    r = subprocess.run([sys.executable, "-m", "difflens.cli.main", "monitor", "--model",
+                        str(other), "--probe", str(probe_path), "--prompt", "the fox"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "d_model" in r.stderr
+
+
+def test_cli_probe_train_and_control_evaluate(planted, tmp_path):
+    folder = tmp_path / "planted"
+    planted.model.save_pretrained(folder)
+    planted.tokenizer.save_pretrained(folder)
+    data = tmp_path / "data.jsonl"
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(80):
+        words = _walk(rng, 8)
+        lines.append(json.dumps({"text": " ".join(words), "label": int(words[-1] in BAD),
+                                 "group": i}))
+    data.write_text("\n".join(lines) + "\n")
+    main = [sys.executable, "-m", "difflens.cli.main"]
+    r = subprocess.run(main + ["probe", "train", "--model", str(folder), "--data", str(data),
+                               "--out", str(tmp_path / "p"), "--layers", "0,1"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    s = json.loads((tmp_path / "p" / "summary.json").read_text())
+    assert s["probe"]["layer"] in (0, 1) and 0.5 < s["probe"]["auc"] <= 1
+    for name in ("probe.safetensors", "probe.json", "data/probe_layers.parquet",
+                 "data/probe_layers.csv", "figures/probe_auc_by_layer.html",
+                 "figures/probe_auc_by_layer.png"):
+        assert (tmp_path / "p" / name).is_file(), name
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("sun storm\nfear wolf\ntree\n")
+    out = tmp_path / "c"
+    args = main + ["control", "evaluate", "--model", str(folder), "--probe",
+                   str(tmp_path / "p"), "--prompts", str(prompts), "--out", str(out), "--k", "2",
+                   "--max-new-tokens", "8", "--controllers", "proportional=1;rollback=1",
+                   "--independent", "none"]
+    r = subprocess.run(args, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    s = json.loads((out / "summary.json").read_text())
+    assert s["probe"]["layer"] in (0, 1) and "auc" in s["probe"]
+    for name, gain in (("none", "0"), ("proportional", "1"), ("rollback", "1")):
+        cell = s["controllers"][name][gain]
+        for key in ("bad_rate", "bad_rate_ci_low", "bad_rate_ci_high", "bad_rate_independent",
+                    "ppl_ratio", "kl", "speed_ratio"):
+            assert key in cell
+    for name in ("data/generations.parquet", "data/controllers.csv", "index.html",
+                 "figures/controllability.png", "figures/controllability.html",
+                 "figures/score_traces.png"):
+        assert (out / name).is_file(), name
+    first = (out / "data" / "generations.csv").read_text()
+    cells = sorted((out / "cells").iterdir())
+    assert len(cells) == 3
+    r = subprocess.run(args, capture_output=True, text=True)  # resumes from the cells
+    assert r.returncode == 0
+    again = (out / "data" / "generations.csv").read_text()
+    assert again == first
+    r = subprocess.run(main + ["control", "evaluate", "--model", str(folder), "--probe",
+                               str(tmp_path / "p"), "--out", str(out)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "exactly one of" in r.stderr
