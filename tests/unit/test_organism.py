@@ -140,6 +140,10 @@ def test_cli_build_info_and_demo(tmp_path):
             "ppl_ratio", "kl", "speed_ratio"} <= set(ctl["controllers"]["proportional"]["1"])
     assert (out / "control" / "figures" / "controllability.png").stat().st_size > 1000
     assert (out / "control" / "probe.safetensors").is_file()
+    th = summary["themes"]
+    assert "Themes" in page and th["n_prompts"] == 24 and th["k_samples"] == 8
+    assert 0 <= th["organism"]["ari"] <= 1 and th["n_themes"] >= 4
+    assert (out / "themes" / "figures" / "theme_map.png").stat().st_size > 1000
     for name in ("headline_reward", "kl_by_position", "layer_cosine", "rl_curves"):
         assert (out / "figures" / f"{name}.html").is_file()
         assert (out / "figures" / f"{name}.png").stat().st_size > 1000

@@ -265,7 +265,7 @@ def markov_logprob(first: np.ndarray, trans_counts: np.ndarray, chain: tuple[int
 
 
 def ece(pred: np.ndarray, emp: np.ndarray, weight: np.ndarray, n_bins: int = 10
-        ) -> tuple[float, list[dict[str, float]]]:
+        ) -> tuple[float, list[dict[str, Any]]]:
     """Expected calibration error and the reliability bins."""
     conf = pred.max(1)
     acc = emp[np.arange(len(emp)), pred.argmax(1)]

@@ -186,7 +186,7 @@ def cluster(emb: Float[np.ndarray, "n dim"], *, method: str = "kmeans",
         best = max(scores, key=lambda kk: scores[kk])
         return fits[int(best)], scores
     if method == "hdbscan":
-        labels = HDBSCAN(min_cluster_size=min_cluster_size).fit(emb).labels_
+        labels = HDBSCAN(min_cluster_size=min_cluster_size, copy=True).fit(emb).labels_
         if labels.max() < 0:
             raise InputError(f"HDBSCAN found no cluster among {n} segments (all outliers); "
                              f"lower --min-cluster-size or use k-means")
@@ -218,7 +218,7 @@ def fit_themes(segments: Sequence[str], *, encoder: Encoder = DEFAULT_ENCODER,
         examples.append([segments[members[j]] for j in np.argsort(-sims)[:3]])
         floors.append(float(np.quantile(sims, 0.05)))
         sizes.append(int(len(members)))
-    kw = _ctfidf({t: [segments[i] for i in np.flatnonzero(labels == t)]
+    kw = _ctfidf({t: [segments[int(i)] for i in np.flatnonzero(labels == t)]
                   for t in range(len(ids))}, n_keywords)
     keywords = [kw[t] for t in range(len(ids))]
     names = [labeller(keywords[t], examples[t]) if labeller is not None

@@ -25,7 +25,9 @@ def demo_cmd(
     summary = run_demo(out_dir, config=cfg, n_concept_items=60 if small else 400,
                        n_trajectory_prompts=8 if small else 40,
                        n_collapse_prompts=6 if small else 24,
-                       n_control_prompts=6 if small else 32, progress=True)
+                       n_control_prompts=6 if small else 32,
+                       n_theme_prompts=24 if small else 300, theme_samples=8 if small else 16,
+                       progress=True)
     o = summary["organism"]
     out.print(f"[green]report:[/] {out_dir / 'index.html'}   summary: {out_dir / 'summary.json'}")
     for key, name in (("reward", "reward (VADER)"), ("entropy", "entropy (nats/token)"),
@@ -67,6 +69,14 @@ def demo_cmd(
                       f"{format_ci(r['bad_rate'], [r['bad_rate_ci_low'], r['bad_rate_ci_high']])}"
                       f" / {r['bad_rate_independent']:.3f}, ppl x{r['ppl_ratio']:.2f}, "
                       f"KL {r['kl']:.3f}, speed x{r['speed_ratio']:.2f}", highlight=False)
+    th = summary["themes"]
+    if "best_layer" in th:
+        pr = th["predictors"]["probe"][str(th["best_layer"])]
+        mg = th["baselines"]["marginal"]
+        out.print(f"themes: {th['n_themes']} themes, ARI vs the world's themes "
+                  f"{th['organism']['ari']:.3f}; first-theme KL probe (layer {th['best_layer']})"
+                  f" {format_ci(pr['kl'], [pr['kl_ci_low'], pr['kl_ci_high']])} vs marginal "
+                  f"{format_ci(mg['kl'], [mg['kl_ci_low'], mg['kl_ci_high']])}")
     kl = summary["pair"]["kl_tuned_base"]
     out.print(f"KL(tuned‖base) on held-out stories, nats/token: "
               f"{format_ci(kl['mean'], kl['ci95'], kl['n'])} tokens")

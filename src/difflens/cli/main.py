@@ -8,6 +8,7 @@ from difflens.cli.concepts import app as concepts_app
 from difflens.cli.control import control_app, monitor_cmd, probe_app
 from difflens.cli.demo import demo_cmd
 from difflens.cli.organism import app as organism_app
+from difflens.cli.themes import app as themes_app
 from difflens.cli.trajectories import app as trajectories_app
 
 app = typer.Typer(
@@ -27,6 +28,7 @@ app.add_typer(collapse_app, name="collapse")
 app.add_typer(probe_app, name="probe")
 app.command("monitor")(monitor_cmd)
 app.add_typer(control_app, name="control")
+app.add_typer(themes_app, name="themes")
 
 if __name__ == "__main__":
     app()

@@ -31,6 +31,8 @@ from difflens.report.control import (
 )
 from difflens.report.figures import Figure, Series, write_index
 from difflens.report.tables import write_table
+from difflens.report.themes import ThemesConfig, ThemesRun, organism_theme_prompts, run_themes
+from difflens.report.themes import intro_html as themes_intro
 from difflens.report.trajectories import intro_html as trajectories_intro
 from difflens.report.trajectory_run import TrajectoriesRun, run_trajectories
 
@@ -61,6 +63,7 @@ def organism_summary(props: dict[str, Any]) -> dict[str, Any]:
 def run_demo(out: Path, *, config: OrganismConfig | None = None, n_stories: int = 200,
              n_concept_items: int = N_CONCEPT_ITEMS, n_trajectory_prompts: int = 40,
              n_collapse_prompts: int = 24, n_control_prompts: int = 32,
+             n_theme_prompts: int = 300, theme_samples: int = 16,
              progress: bool = False) -> dict[str, Any]:
     """Run the whole demo into ``out`` and return the summary."""
     check_writable(out)  # fail in a second, not after a 2-minute organism build
@@ -119,6 +122,9 @@ def run_demo(out: Path, *, config: OrganismConfig | None = None, n_stories: int 
     summary["collapse"] = collapse.summary
     control = _control_section(out / "control", base, cfg.seed, n_control_prompts, progress)
     summary["control"] = control.summary
+    themes = _themes_section(out / "themes", base, tuned, cfg.seed, n_theme_prompts,
+                             theme_samples, progress)
+    summary["themes"] = themes.summary
     write_json_atomic(out / "summary.json", summary)
     o = summary["organism"]
     headline = {f"{label} {key}": props[label][key] for key in HEADLINE_KEYS
@@ -147,7 +153,8 @@ def run_demo(out: Path, *, config: OrganismConfig | None = None, n_stories: int 
                            trajectories.figures),
                           ("Mode collapse", collapse_intro(collapse.summary),
                            collapse.figures),
-                          ("Control", control_intro(control.summary), control.figures)])
+                          ("Control", control_intro(control.summary), control.figures),
+                          ("Themes", themes_intro(themes.summary), themes.figures)])
     return summary
 
 
@@ -201,6 +208,17 @@ def _control_section(out: Path, base: LoadedModel, seed: int, n_prompts: int,
                                      independent_name="world theme labeller",
                                      progress=lambda n: step(n, ""), index=False)
     return ControlRun(summary=run.summary, figures=[*probe_figs, *run.figures])
+
+
+def _themes_section(out: Path, base: LoadedModel, tuned: LoadedModel, seed: int,
+                    n_prompts: int, k_samples: int, progress: bool) -> ThemesRun:
+    """Themes of both models' continuations of held-out world openings, chains, predictors
+    on the base, and the world's ground truth."""
+    prompts, truth = organism_theme_prompts(n_prompts, seed=seed + 555)
+    config = ThemesConfig(prompts=prompts, truth=truth, k_samples=k_samples,
+                          max_new_tokens=48, seed=seed)
+    return run_themes(ModelPair(base, tuned), out, config=config, progress=progress,
+                      index=False)
 
 
 def _trajectories_section(out: Path, base: LoadedModel, tuned: LoadedModel, seed: int,

@@ -37,6 +37,7 @@ from difflens.analysis.themes import (
     ChainDistributions,
     ThemeModel,
     chain_distributions,
+    chat_labeller,
     fit_themes,
     load_theme_model,
     segment,
@@ -81,6 +82,9 @@ class ThemesConfig:
     n_boot: int = 1000
     truth: tuple[str, ...] | None = None
     """Organism: the true theme of each prompt's last sentence (enables ground truth)."""
+    labeller_url: str = ""
+    """An OpenAI-compatible endpoint that names the themes (off when empty)."""
+    labeller_model: str = ""
 
     def __post_init__(self) -> None:
         if self.k_samples < 1:
@@ -140,6 +144,19 @@ def sample_continuations(lm: LoadedModel, label: str, config: ThemesConfig, fold
     return pd.concat(frames, ignore_index=True)
 
 
+def organism_theme_prompts(n: int, *, seed: int = 0) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Held-out world openings (the first one or two sentences of a story) and the true
+    theme of each opening's last sentence."""
+    from difflens.organism import world as W
+
+    prompts, truth = [], []
+    for st in W.generate_stories(n, seed=seed):
+        j = 1 if len(st.sentences) < 3 or st.themes[0] != "setting" else 2
+        prompts.append(" ".join(st.sentences[:j]))
+        truth.append(st.themes[j - 1])
+    return tuple(prompts), tuple(truth)
+
+
 # -- the run ------------------------------------------------------------------------------
 
 
@@ -185,9 +202,12 @@ def run_themes(target: LoadedModel | ModelPair, out: Path, *, config: ThemesConf
             if segs.empty:
                 raise InputError("every continuation is empty; no segments to fit themes on")
             advance = bar("themes: embed + cluster", 1)
+            labeller = (chat_labeller(config.labeller_url, config.labeller_model)
+                        if config.labeller_url else None)
             fit = fit_themes(segs["text"].tolist(), encoder=config.encoder,
                              method=config.method, k_range=(config.k_min, config.k_max),
-                             seed=config.seed, min_cluster_size=config.min_cluster_size)
+                             seed=config.seed, min_cluster_size=config.min_cluster_size,
+                             labeller=labeller)
             fit.model.save(model_path)
             segs["theme"] = fit.labels
             advance(1)
@@ -282,7 +302,7 @@ def _chain_summary(d: ChainDistributions, chains: list[list[tuple[int, ...]]],
                    config: ThemesConfig) -> dict[str, Any]:
     lengths = [len(c) for per in chains for c in per]
     ent = -(d.first * np.log(np.clip(d.first, 1e-12, None))).sum(1)
-    return {"mean_length": mean_ci(lengths, seed=config.seed),
+    return {"mean_length": mean_ci(np.asarray(lengths, dtype=np.float64), seed=config.seed),
             "first_theme_entropy": mean_ci(ent[d.n_samples > 0], seed=config.seed),
             "first_theme_marginal": (d.first[d.n_samples > 0].mean(0)).tolist()}
 
@@ -471,7 +491,7 @@ def organism_validation(segs: pd.DataFrame, model: ThemeModel,
         truth = np.array([true_first_distribution(config.truth[int(i)]) @ conf
                           for i in predictions["prompt_idx"]])
         kl_true: dict[str, Any] = {}
-        for name in ("probe", "transformer", "marginal", "sentence_embedding", "empirical"):
+        for name in ("probe", "transformer", "marginal", "sentence_embedding"):
             q = np.array(predictions[name].tolist())
             kl_true[name] = mean_ci(kl_rows(truth, q), seed=config.seed)
         out["kl_true"] = kl_true

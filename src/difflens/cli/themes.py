@@ -1,0 +1,122 @@
+"""``difflens themes sample|fit|chains|predict|evaluate|all``: themes of sampled continuations.
+
+Every step writes into ``--out`` and reuses what earlier steps stored there, so they can run
+one at a time or together (``all``)."""
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from difflens.cli._common import friendly_errors
+from difflens.errors import InputError
+
+app = typer.Typer(help="Themes and trajectory prediction: sample, cluster into themes, "
+                  "chains, predict chains from activations.", no_args_is_help=True)
+out = Console()
+
+STEP_SETS = {"sample": ("sample",), "fit": ("sample", "fit"),
+             "chains": ("sample", "fit", "chains"),
+             "predict": ("sample", "fit", "chains", "predict"),
+             "evaluate": ("sample", "fit", "chains", "predict", "evaluate"),
+             "all": ("sample", "fit", "chains", "predict", "evaluate")}
+
+
+def _print(summary: dict, out_dir: Path) -> None:  # type: ignore[type-arg]
+    out.print(f"{summary['n_prompts']} prompts × {summary['k_samples']} continuations "
+              f"({summary.get('empty_continuations', 0)} empty)")
+    if "n_themes" in summary:
+        out.print(f"{summary['n_themes']} themes from {summary['n_segments']} segments "
+                  f"(outliers {summary['outlier_share']:.3f}):")
+        for t in summary["themes"]:
+            out.print(f"  {t['theme']:>2} {t['name']:<30} n={t['size']:<6} e.g. "
+                      f"{t['examples'][0][:70]!r}", highlight=False)
+    if "best_layer" in summary:
+        for name, by_layer in summary["predictors"].items():
+            for layer, r in by_layer.items():
+                if name == "probe" and int(layer) != summary["best_layer"]:
+                    continue
+                out.print(f"  {name} (layer {layer}): KL {r['kl']:.3f} [{r['kl_ci_low']:.3f}, "
+                          f"{r['kl_ci_high']:.3f}], top-1 {r['top1']:.3f}, ECE {r['ece']:.3f}")
+        for name, r in summary["baselines"].items():
+            out.print(f"  baseline {name}: KL {r['kl']:.3f} [{r['kl_ci_low']:.3f}, "
+                      f"{r['kl_ci_high']:.3f}], top-1 {r['top1']:.3f}")
+    if "organism" in summary:
+        o = summary["organism"]
+        out.print(f"organism: ARI {o['ari']:.3f}, transition TVD {o['transition_tvd']:.3f}")
+    out.print(f"wrote {out_dir}/summary.json, data/, figures/, index.html")
+
+
+def _command(step: str, doc: str):  # type: ignore[no-untyped-def]
+    @friendly_errors
+    def cmd(
+        model: str = typer.Option(..., "--model", help="Model (the base, for a pair)."),
+        out_dir: Path = typer.Option(..., "--out", help="Output folder."),
+        tuned: str | None = typer.Option(None, "--tuned", help="Tuned sibling (a pair)."),
+        prompts: Path | None = typer.Option(None, "--prompts", help="Prompt file."),
+        organism: int = typer.Option(0, "--organism", help="Use N held-out world openings "
+                                     "(enables the ground-truth checks)."),
+        k: int = typer.Option(16, "--k", help="Continuations per prompt."),
+        max_new_tokens: int = typer.Option(48, help="Tokens per continuation."),
+        temperature: float = typer.Option(1.0, help="Sampling temperature."),
+        segment: str = typer.Option("sentences", help="sentences | tokens:N."),
+        encoder: str = typer.Option("all-MiniLM-L6-v2", help="Sentence encoder."),
+        method: str = typer.Option("kmeans", help="kmeans | hdbscan."),
+        k_min: int = typer.Option(4, help="k-means: fewest themes."),
+        k_max: int = typer.Option(16, help="k-means: most themes."),
+        min_cluster_size: int = typer.Option(15, help="HDBSCAN: smallest theme."),
+        merge_repeats: bool = typer.Option(True, "--merge-repeats/--keep-repeats",
+                                           help="Merge consecutive repeats in chains."),
+        max_chain: int = typer.Option(3, help="Chain length m for distributions."),
+        layers: str = typer.Option("all", help="Layers for the probes."),
+        m_act: int = typer.Option(8, help="Last prompt states fed to the transformer."),
+        test_fraction: float = typer.Option(0.3, help="Held-out share of prompts."),
+        seed: int = typer.Option(0, help="Seed."),
+        chat: bool = typer.Option(False, "--chat", help="Wrap prompts in the chat template."),
+        labeller_url: str = typer.Option("", help="OpenAI-compatible endpoint to name themes."),
+        labeller_model: str = typer.Option("", help="Model name for the labeller."),
+        batch_size: int = typer.Option(32, help="Continuations per generation batch."),
+        device: str | None = typer.Option(None, help="cpu or cuda."),
+    ) -> None:
+        from difflens.capture.prompts import read_prompts
+        from difflens.models import ModelPair, load_model
+        from difflens.report.themes import ThemesConfig, organism_theme_prompts, run_themes
+
+        if (prompts is None) == (organism == 0):
+            raise InputError("give exactly one of --prompts FILE or --organism N")
+        truth = None
+        if organism:
+            texts, truth = organism_theme_prompts(organism, seed=seed + 555)
+        else:
+            assert prompts is not None
+            texts = tuple(read_prompts(prompts))
+        if not texts:
+            raise InputError(f"{prompts}: no usable prompts")
+        mode, _, n = segment.partition(":")
+        try:
+            window = int(n) if n else 16
+        except ValueError:
+            raise InputError(f"--segment takes sentences or tokens:N, got {segment!r}") from None
+        config = ThemesConfig(
+            prompts=texts, truth=truth, k_samples=k, max_new_tokens=max_new_tokens,
+            temperature=temperature, seed=seed, batch_size=batch_size, chat=chat,
+            segment=mode, window=window, encoder=encoder, method=method, k_min=k_min,
+            k_max=k_max, min_cluster_size=min_cluster_size, merge_repeats=merge_repeats,
+            max_chain=max_chain, layers=layers, m_act=m_act, test_fraction=test_fraction,
+            labeller_url=labeller_url, labeller_model=labeller_model)
+        lm = load_model(model, device=device)
+        target = lm if tuned is None else ModelPair(lm, load_model(tuned, device=device))
+        run = run_themes(target, out_dir, config=config, steps=STEP_SETS[step], progress=True)
+        _print(run.summary, out_dir)
+
+    cmd.__doc__ = doc
+    return cmd
+
+
+for _name, _doc in (("sample", "Sample K continuations per prompt (stored, resumable)."),
+                    ("fit", "Segment, embed and cluster the continuations into themes."),
+                    ("chains", "Chains of themes per continuation, and their distributions."),
+                    ("predict", "Predict theme distributions from the prompt's activations."),
+                    ("evaluate", "Everything, plus the organism's ground-truth checks."),
+                    ("all", "Every step.")):
+    app.command(_name)(_command(_name, _doc))

@@ -1,0 +1,189 @@
+"""Themes and chain prediction: planted clusters, planted linear themes, the pipeline, errors."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from difflens.analysis.theme_predict import (
+    ChainTransformer,
+    evaluate_prediction,
+    fit_probe_cv,
+    kl_rows,
+    markov_logprob,
+)
+from difflens.analysis.themes import (
+    chain_distributions,
+    cluster,
+    fit_themes,
+    load_theme_model,
+    segment,
+    to_chain,
+)
+from difflens.errors import InputError
+from difflens.report.themes import ThemesConfig, run_themes
+
+
+def _blobs(n_per: int, k: int, dim: int = 24, seed: int = 0, spread: float = 0.05):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(k, dim))
+    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
+    x = np.concatenate([c + spread * rng.normal(size=(n_per, dim)) for c in centers])
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x.astype(np.float32), np.repeat(np.arange(k), n_per)
+
+
+def test_clustering_recovers_planted_clusters():
+    from sklearn.metrics import adjusted_rand_score
+
+    x, y = _blobs(60, 5)
+    labels, sil = cluster(x, method="kmeans", k_range=(3, 8), seed=0)
+    assert max(sil, key=lambda k: sil[k]) == "5"
+    assert adjusted_rand_score(y, labels) > 0.9
+    noisy = np.concatenate([x, np.random.default_rng(1).normal(size=(20, 24)).astype(np.float32)])
+    noisy /= np.linalg.norm(noisy, axis=1, keepdims=True)
+    hl, _ = cluster(noisy, method="hdbscan", min_cluster_size=10)
+    assert adjusted_rand_score(y, hl[:300]) > 0.9
+    assert (hl[300:] == -1).mean() > 0.5  # the noise points are reported as outliers
+
+
+def _encoder(texts):
+    """A deterministic toy encoder: the planted theme is the first word."""
+    words = ["sun", "rain", "wolf", "cake"]
+    x, _ = _blobs(1, 4, seed=3)
+    rng = np.random.default_rng(0)
+    out = []
+    for t in texts:
+        w = t.split()[0].lower().strip(".")
+        v = x[words.index(w)] if w in words else rng.normal(size=24)
+        out.append(v + 0.01 * rng.normal(size=24))
+    out = np.asarray(out, dtype=np.float32)
+    return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def test_theme_model_labels_saves_and_assigns(tmp_path):
+    segs = [f"{w} {x} day." for w in ("Sun", "Rain", "Wolf", "Cake") for x in
+            ("bright", "grey", "long", "sweet", "odd", "new")] * 3
+    fit = fit_themes(segs, encoder=_encoder, k_range=(2, 6), seed=0)
+    assert fit.model.k == 4
+    assert {kw[0] for kw in fit.model.keywords} == {"sun", "rain", "wolf", "cake"}
+    assert all(len(ex) == 3 for ex in fit.model.examples)
+    path = tmp_path / "themes.safetensors"
+    fit.model.save(path)
+    back = load_theme_model(path)
+    assert np.allclose(back.centroids, fit.model.centroids) and back.names == fit.model.names
+    got = back.assign(["Wolf at night.", "Cake again."], encoder=_encoder)
+    assert [back.keywords[t][0] for t in got] == ["wolf", "cake"]
+    assert json.loads(path.with_suffix(".json").read_text())["method"] == "kmeans"
+
+
+def test_segments_and_chains():
+    assert segment("One day. Two days! Three?\nFour and more") == [
+        "One day.", "Two days!", "Three?", "Four and more"]
+    assert segment("a. b.") == []  # too short
+    with pytest.raises(InputError, match="segment mode"):
+        segment("x", mode="words")
+    assert to_chain([1, 1, 2, 2, 1]) == (1, 2, 1)
+    assert to_chain([1, 1, 2], merge_repeats=False) == (1, 1, 2)
+    d = chain_distributions([[(0, 1), (0, 2, 1), (1,)], [(), (2,)]], 3, m=2)
+    np.testing.assert_allclose(d.first, [[2 / 3, 1 / 3, 0], [0, 0, 1]])
+    assert d.chains[0] == {(0, 1): 1, (0, 2): 1, (1,): 1} and d.n_samples.tolist() == [3, 1]
+    assert d.transitions[3, 0] == 2 and d.transitions[1, 3] == 3  # start -> 0, 1 -> end
+
+
+def test_probe_recovers_a_planted_linear_theme():
+    """Theme distribution = softmax of a planted linear map of the state."""
+    rng = np.random.default_rng(0)
+    n, d, k = 400, 16, 4
+    X = rng.normal(size=(n, d))
+    W = rng.normal(size=(d, k)) * 1.5
+    P = np.exp(X @ W)
+    P /= P.sum(1, keepdims=True)
+    train, test = np.arange(300), np.arange(300, 400)
+    probe = fit_probe_cv(X[train], P[train], np.ones(300), seed=0)
+    pred = probe.predict(X[test])
+    marginal = np.tile(P[train].mean(0), (100, 1))
+    assert kl_rows(P[test], pred).mean() < 0.05
+    assert kl_rows(P[test], marginal).mean() > 0.5
+
+
+def test_chain_transformer_learns_planted_chains():
+    """The first theme is planted in the states; the second follows it deterministically."""
+    rng = np.random.default_rng(1)
+    n, m, d = 200, 4, 8
+    first = rng.integers(0, 3, n)
+    A = rng.normal(size=(n, m, d)) * 0.1
+    A[np.arange(n), -1, first] += 3.0
+    chains = [[(int(f), int((f + 1) % 3))] * 4 for f in first]
+    mask = np.ones((n, m), dtype=bool)
+    ct = ChainTransformer(k=3, max_chain=3, steps=300, seed=0).fit(A[:150], mask[:150],
+                                                                    chains[:150])
+    p = ct.first(A[150:], mask[150:])
+    assert (p.argmax(1) == first[150:]).mean() > 0.95
+    lp = ct.chain_logprob(A[150:], mask[150:], list(range(50)), [chains[150 + i][0]
+                                                                   for i in range(50)])
+    assert np.exp(lp).mean() > 0.8  # first, second and END all right
+    top = ct.beam(A[150:152], mask[150:152], width=3)
+    assert top[0][0][0] == chains[150][0] and top[0][0][1] > 0.7
+
+
+def test_metrics_and_markov():
+    from difflens.analysis.themes import ChainDistributions
+
+    emp = np.array([[1.0, 0, 0], [0, 1, 0], [0.5, 0.5, 0]])
+    d = ChainDistributions(first=emp, chains=[], transitions=np.zeros((4, 4)),
+                           n_samples=np.array([4, 4, 4]), m=3)
+    m = evaluate_prediction(emp.copy() * 0.97 + 0.01, d, np.arange(3), None, n_boot=100)
+    assert m["top1"] == 1.0 and m["kl"] < 0.05 and m["ece"] < 0.3
+    T = np.zeros((4, 4))
+    T[0, 1] = 10
+    lp = markov_logprob(np.array([1.0, 0, 0]), T, (0, 1), max_chain=3)
+    assert lp == pytest.approx(np.log(11 / 14) + np.log(1 / 4))
+
+
+def test_themes_pipeline_on_tiny_model_and_bad_input(tiny, tmp_path):
+    prompts = tuple(f"the fox went to the forest {w}" for w in
+                    ("to find a friend", "and was sad", "with a box of gold", "at night",
+                     "and danced", "and the coin came up heads", "with the rabbit", "alone"))
+    cfg = ThemesConfig(prompts=prompts, k_samples=4, max_new_tokens=12, k_min=2, k_max=4,
+                       segment="tokens", window=4, encoder="all-MiniLM-L6-v2", n_boot=50,
+                       layers="0,2,4", m_act=4, test_fraction=0.25)
+    run = run_themes(tiny, tmp_path / "t", config=cfg, progress=False)
+    s = run.summary
+    assert s["n_prompts"] == 8 and s["k_samples"] == 4 and 2 <= s["n_themes"] <= 4
+    assert set(s["predictors"]["probe"]) == {"0", "2", "4"} and s["best_layer"] in (0, 2, 4)
+    for r in (*s["predictors"]["probe"].values(), *s["predictors"]["transformer"].values()):
+        assert {"kl", "kl_ci_low", "kl_ci_high", "top1", "ece"} <= set(r)
+    assert {"marginal", "sentence_embedding"} <= set(s["baselines"])
+    for f in ("themes.safetensors", "data/segments.parquet", "data/chains.csv",
+              "figures/theme_map.png", "figures/theme_flows.html", "figures/layer_sweep.png",
+              "figures/calibration.png", "index.html"):
+        assert (tmp_path / "t" / f).is_file(), f
+    parts = sorted((tmp_path / "t" / "samples").rglob("*.parquet"))
+    stamps = [p.stat().st_mtime_ns for p in parts]
+    again = run_themes(tiny, tmp_path / "t", config=cfg, steps=("sample",), progress=False)
+    assert [p.stat().st_mtime_ns for p in parts] == stamps  # nothing sampled twice
+    assert again.summary["n_themes"] == s["n_themes"]
+    with pytest.raises(InputError, match="K"):
+        ThemesConfig(prompts=prompts, k_samples=0)
+    with pytest.raises(InputError, match="empty"):
+        ThemesConfig(prompts=("a", " "))
+    with pytest.raises(InputError, match="no usable prompts"):
+        run_themes(tiny, tmp_path / "u", config=ThemesConfig(prompts=()))
+
+
+def test_cli_themes_errors(tmp_path):
+    empty = tmp_path / "p.txt"
+    empty.write_text("\n\n")
+    main = [sys.executable, "-m", "difflens.cli.main", "themes", "sample"]
+    r = subprocess.run(main + ["--model", "x", "--out", str(tmp_path / "o")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "exactly one of" in r.stderr
+    r = subprocess.run(main + ["--model", "x", "--out", str(tmp_path / "o"), "--prompts",
+                               str(empty)], capture_output=True, text=True)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    r = subprocess.run(main + ["--model", "x", "--out", str(tmp_path / "o"), "--organism", "5",
+                               "--k", "0"], capture_output=True, text=True)
+    assert r.returncode == 2 and "K" in r.stderr
