@@ -33,6 +33,13 @@ from difflens.analysis.themes import ChainDistributions
 EPS = 1e-9
 
 
+def _scale(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation per feature; a constant feature keeps scale 1 (so a value
+    never seen in training does not blow up)."""
+    sd = X.std(0)
+    return X.mean(0), np.where(sd > 1e-6, sd, 1.0)
+
+
 def _standardize(X: np.ndarray, mu: np.ndarray, sd: np.ndarray) -> torch.Tensor:
     return torch.tensor((X - mu) / sd, dtype=torch.float32)
 
@@ -48,7 +55,7 @@ class SoftmaxProbe:
 
     def fit(self, X: Float[np.ndarray, "n d"], P: Float[np.ndarray, "n k"],
             weight: np.ndarray | None = None) -> "SoftmaxProbe":
-        self.mu, self.sd = X.mean(0), X.std(0) + 1e-6
+        self.mu, self.sd = _scale(X)
         x = _standardize(X, self.mu, self.sd)
         p = torch.tensor(P, dtype=torch.float32)
         w = torch.ones(len(X)) if weight is None else torch.tensor(weight, dtype=torch.float32)
@@ -108,13 +115,13 @@ def kl_rows(P: np.ndarray, Q: np.ndarray) -> np.ndarray:
 
 class _ChainNet(torch.nn.Module):
     def __init__(self, d_in: int, k: int, m_act: int, max_chain: int, d: int = 64,
-                 layers: int = 2, heads: int = 4) -> None:
+                 layers: int = 2, heads: int = 4, dropout: float = 0.1) -> None:
         super().__init__()
         self.k = k
         self.proj = torch.nn.Sequential(torch.nn.LayerNorm(d_in), torch.nn.Linear(d_in, d))
         self.tok = torch.nn.Embedding(k + 2, d)  # themes, END = k, BOS = k + 1
         self.pos = torch.nn.Parameter(torch.zeros(m_act + max_chain + 1, d))
-        layer = torch.nn.TransformerEncoderLayer(d, heads, 2 * d, dropout=0.1,
+        layer = torch.nn.TransformerEncoderLayer(d, heads, 2 * d, dropout=dropout,
                                                  batch_first=True, norm_first=True)
         self.body = torch.nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.head = torch.nn.Linear(d, k + 1)
@@ -142,6 +149,8 @@ class ChainTransformer:
     max_chain: int = 3
     steps: int = 400
     lr: float = 3e-3
+    weight_decay: float = 0.1
+    dropout: float = 0.2
     seed: int = 0
     net: _ChainNet | None = None
     mu: np.ndarray | None = None
@@ -159,9 +168,10 @@ class ChainTransformer:
     def fit(self, A: Float[np.ndarray, "n m d"], mask: np.ndarray,
             chains: Sequence[Sequence[tuple[int, ...]]]) -> "ChainTransformer":
         flat = A.reshape(-1, A.shape[-1])[mask.reshape(-1)]
-        self.mu, self.sd = flat.mean(0), flat.std(0) + 1e-6
+        self.mu, self.sd = _scale(flat)
         torch.manual_seed(self.seed)
-        self.net = _ChainNet(A.shape[-1], self.k, A.shape[1], self.max_chain)
+        self.net = _ChainNet(A.shape[-1], self.k, A.shape[1], self.max_chain,
+                             dropout=self.dropout)
         rows = [(i, self._targets(ch)) for i, chs in enumerate(chains) for ch in chs if ch]
         if not rows:
             raise ValueError("no chains to train on")
@@ -174,17 +184,36 @@ class ChainTransformer:
             if len(t) > 1:
                 inp[r, 1:len(t)] = torch.tensor(t[:-1])
         acts, am = self._acts(A, mask), torch.tensor(mask)
-        opt = torch.optim.AdamW(self.net.parameters(), lr=self.lr, weight_decay=1e-2)
+        opt = torch.optim.AdamW(self.net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         g = torch.Generator().manual_seed(self.seed)
-        self.net.train()
-        for _ in range(self.steps):
-            b = torch.randint(0, len(rows), (min(256, len(rows)),), generator=g)
-            logits = self.net(acts[prompt[b]], am[prompt[b]], inp[b])
-            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, self.k + 1),
+        # early stopping: a fifth of the training prompts is held out from the updates
+        held = torch.randperm(len(A), generator=g)[:max(1, len(A) // 5)]
+        is_val = torch.isin(prompt, held)
+        tr_rows = torch.nonzero(~is_val).flatten() if (~is_val).any() else torch.arange(len(rows))
+        va_rows = torch.nonzero(is_val).flatten()
+
+        def loss_of(b: torch.Tensor) -> torch.Tensor:
+            logits = self.net(acts[prompt[b]], am[prompt[b]], inp[b])  # type: ignore[misc]
+            return torch.nn.functional.cross_entropy(logits.reshape(-1, self.k + 1),
                                                      tgt[b].reshape(-1), ignore_index=-100)
+
+        best, best_state = float("inf"), None
+        for step in range(self.steps):
+            self.net.train()
+            b = tr_rows[torch.randint(0, len(tr_rows), (min(256, len(tr_rows)),), generator=g)]
+            loss = loss_of(b)
             opt.zero_grad()
             loss.backward()
             opt.step()
+            if len(va_rows) and (step % 20 == 19 or step == self.steps - 1):
+                self.net.eval()
+                with torch.no_grad():
+                    v = float(loss_of(va_rows))
+                if v < best:
+                    best = v
+                    best_state = {k: t.clone() for k, t in self.net.state_dict().items()}
+        if best_state is not None:
+            self.net.load_state_dict(best_state)
         self.net.eval()
         return self
 
@@ -227,7 +256,7 @@ class ChainTransformer:
             for step in range(self.max_chain + 1):
                 cand = []
                 for ch, lp, done in beams:
-                    if done:
+                    if done or step == self.max_chain:  # ended, or cut at max_chain
                         cand.append((ch, lp, True))
                         continue
                     toks = torch.tensor([[self.k + 1, *ch]])
@@ -236,8 +265,8 @@ class ChainTransformer:
                         logit[self.k] = -torch.inf
                     lps = torch.log_softmax(logit, -1)
                     for t in torch.topk(lps, min(width, self.k + 1)).indices.tolist():
-                        if t == self.k or step == self.max_chain:
-                            cand.append((ch, lp + float(lps[t]) if t == self.k else lp, True))
+                        if t == self.k:
+                            cand.append((ch, lp + float(lps[t]), True))
                         else:
                             cand.append(((*ch, t), lp + float(lps[t]), False))
                 beams = sorted(cand, key=lambda c: -c[1])[:width]
@@ -284,14 +313,16 @@ def ece(pred: np.ndarray, emp: np.ndarray, weight: np.ndarray, n_bins: int = 10
 
 
 def evaluate_prediction(pred: np.ndarray, dist: ChainDistributions, test: np.ndarray,
-                        chain_lp: np.ndarray | None, *, n_boot: int = 1000, seed: int = 0
-                        ) -> dict[str, Any]:
+                        chain_lp: np.ndarray | None, *, n_boot: int = 1000, seed: int = 0,
+                        reference: np.ndarray | None = None) -> dict[str, Any]:
     """Metrics on the test prompts with bootstrap CIs over them.
 
     Args:
         pred: predicted first-theme distributions of the test prompts.
         dist: the empirical distributions (all prompts); test: their indices.
         chain_lp: mean chain log-likelihood per test prompt (or None).
+        reference: another predictor's distributions for the same prompts (the marginal):
+            adds ``kl_gain``, its KL minus ours per prompt, with a paired CI.
     """
     emp = dist.first[test]
     kl = kl_rows(emp, pred)
@@ -311,6 +342,9 @@ def evaluate_prediction(pred: np.ndarray, dist: ChainDistributions, test: np.nda
         out[name], out[f"{name}_ci_low"], out[f"{name}_ci_high"] = ci(x)
     if chain_lp is not None:
         out["chain_ll"], out["chain_ll_ci_low"], out["chain_ll_ci_high"] = ci(chain_lp)
+    if reference is not None:
+        gain = kl_rows(emp, reference) - kl
+        out["kl_gain"], out["kl_gain_ci_low"], out["kl_gain_ci_high"] = ci(gain)
     e, rel = ece(pred, emp, np.ones(len(test)))
     reps = []
     rng = np.random.default_rng(seed)

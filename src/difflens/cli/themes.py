@@ -37,7 +37,9 @@ def _print(summary: dict, out_dir: Path) -> None:  # type: ignore[type-arg]
                 if name == "probe" and int(layer) != summary["best_layer"]:
                     continue
                 out.print(f"  {name} (layer {layer}): KL {r['kl']:.3f} [{r['kl_ci_low']:.3f}, "
-                          f"{r['kl_ci_high']:.3f}], top-1 {r['top1']:.3f}, ECE {r['ece']:.3f}")
+                          f"{r['kl_ci_high']:.3f}], gain over marginal {r['kl_gain']:.3f} "
+                          f"[{r['kl_gain_ci_low']:.3f}, {r['kl_gain_ci_high']:.3f}], top-1 "
+                          f"{r['top1']:.3f}, ECE {r['ece']:.3f}")
         for name, r in summary["baselines"].items():
             out.print(f"  baseline {name}: KL {r['kl']:.3f} [{r['kl_ci_low']:.3f}, "
                       f"{r['kl_ci_high']:.3f}], top-1 {r['top1']:.3f}")

@@ -215,8 +215,9 @@ def _themes_section(out: Path, base: LoadedModel, tuned: LoadedModel, seed: int,
     """Themes of both models' continuations of held-out world openings, chains, predictors
     on the base, and the world's ground truth."""
     prompts, truth = organism_theme_prompts(n_prompts, seed=seed + 555)
+    # the world has 10 themes; k is still chosen by silhouette, within 6..14
     config = ThemesConfig(prompts=prompts, truth=truth, k_samples=k_samples,
-                          max_new_tokens=48, seed=seed)
+                          max_new_tokens=48, seed=seed, k_min=6, k_max=14)
     return run_themes(ModelPair(base, tuned), out, config=config, progress=progress,
                       index=False)
 

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from difflens.analysis.divergence import mean_ci
-from difflens.analysis.embeddings import DEFAULT_ENCODER, embed_texts
+from difflens.analysis.embeddings import DEFAULT_ENCODER, Encoder, embed_texts
 from difflens.analysis.theme_predict import (
     ChainTransformer,
     evaluate_prediction,
@@ -68,7 +68,8 @@ class ThemesConfig:
     chat: bool = False
     segment: str = "sentences"
     window: int = 16
-    encoder: str = DEFAULT_ENCODER
+    encoder: Encoder = DEFAULT_ENCODER
+    """A sentence-transformers name or folder, or a callable ``texts -> array``."""
     method: str = "kmeans"
     k_min: int = 4
     k_max: int = 16
@@ -227,7 +228,8 @@ def run_themes(target: LoadedModel | ModelPair, out: Path, *, config: ThemesConf
         if {"chains", "predict", "evaluate"} & set(steps) or "fit" in steps:
             theme_model = load_theme_model(model_path)
             if "theme" not in segs:
-                segs["theme"] = theme_model.assign(segs["text"].tolist()) if len(segs) else []
+                segs["theme"] = (theme_model.assign(segs["text"].tolist(), encoder=config.encoder)
+                                 if len(segs) else [])
             write_table(segs, data, "segments")
         dists: dict[str, ChainDistributions] = {}
         chains_by: dict[str, list[list[tuple[int, ...]]]] = {}
@@ -266,7 +268,8 @@ def run_themes(target: LoadedModel | ModelPair, out: Path, *, config: ThemesConf
                                                       config, preds)
     for fig in figures:
         fig.save(figdir)
-    summary["config"] = {k: v for k, v in dataclasses.asdict(config).items()
+    summary["config"] = {k: (v if k != "encoder" or isinstance(v, str) else "callable")
+                         for k, v in dataclasses.asdict(config).items()
                          if k not in ("prompts", "truth")}
     write_json_atomic(spath, summary)
     if index:
@@ -376,6 +379,8 @@ def predict_themes(lm: LoadedModel, config: ThemesConfig, dist: ChainDistributio
             out.append(float(np.mean(lps)))
         return np.asarray(out)
 
+    marginal = np.average(P[train], axis=0, weights=w[train])
+    mpred = np.tile(marginal, (len(test), 1))
     predictors: dict[str, Any] = {"probe": {}}
     rows: list[dict[str, Any]] = []
     val_kl = {}
@@ -383,7 +388,8 @@ def predict_themes(lm: LoadedModel, config: ThemesConfig, dist: ChainDistributio
         probe = fit_probe_cv(final[layer][train], P[train], w[train], seed=config.seed)
         pred = probe.predict(final[layer][test])
         predictors["probe"][str(layer)] = _strip(evaluate_prediction(
-            pred, dist, test, chain_ll(pred), n_boot=config.n_boot, seed=config.seed))
+            pred, dist, test, chain_ll(pred), n_boot=config.n_boot, seed=config.seed,
+            reference=mpred))
         # validation KL inside the training prompts (choose the layer without the test set)
         half = train[: max(2, len(train) // 4)]
         rest = np.setdiff1d(train, half)
@@ -391,15 +397,14 @@ def predict_themes(lm: LoadedModel, config: ThemesConfig, dist: ChainDistributio
         val_kl[layer] = float(np.average(kl_rows(P[half], vp.predict(final[layer][half])),
                                          weights=w[half]))
     best = min(val_kl, key=lambda lay: val_kl[lay])
-    marginal = np.average(P[train], axis=0, weights=w[train])
-    mpred = np.tile(marginal, (len(test), 1))
     baselines = {"marginal": _strip(evaluate_prediction(
         mpred, dist, test, chain_ll(mpred), n_boot=config.n_boot, seed=config.seed))}
     emb = embed_texts(list(config.prompts), config.encoder)
     ep = fit_probe_cv(emb[train], P[train], w[train], seed=config.seed)
     epred = ep.predict(emb[test])
     baselines["sentence_embedding"] = _strip(evaluate_prediction(
-        epred, dist, test, chain_ll(epred), n_boot=config.n_boot, seed=config.seed))
+        epred, dist, test, chain_ll(epred), n_boot=config.n_boot, seed=config.seed,
+        reference=mpred))
     ct = ChainTransformer(k=k, max_chain=config.max_chain, seed=config.seed).fit(
         last[best][train], mask[train], [chains[i] for i in train])
     tpred = ct.first(last[best][test], mask[test])
@@ -410,7 +415,7 @@ def predict_themes(lm: LoadedModel, config: ThemesConfig, dist: ChainDistributio
     per = np.array([np.mean([lp for (r, _), lp in zip(pairs, lps, strict=True) if r == row])
                     for row in range(len(test))])
     predictors["transformer"] = {str(best): _strip(evaluate_prediction(
-        tpred, dist, test, per, n_boot=config.n_boot, seed=config.seed))}
+        tpred, dist, test, per, n_boot=config.n_boot, seed=config.seed, reference=mpred))}
     beams = ct.beam(last[best][test[:5]], mask[test[:5]])
     best_probe = fit_probe_cv(final[best][train], P[train], w[train], seed=config.seed)
     bpred = best_probe.predict(final[best][test])
@@ -687,7 +692,9 @@ def intro_html(summary: dict[str, Any]) -> str:
             f"First-theme KL on held-out prompts: probe (layer {summary['best_layer']}) "
             f"{pr['kl']:.3f} [{pr['kl_ci_low']:.3f}, {pr['kl_ci_high']:.3f}], transformer "
             f"{tr['kl']:.3f}, marginal {b['marginal']['kl']:.3f}, sentence embedding "
-            f"{b['sentence_embedding']['kl']:.3f}.")
+            f"{b['sentence_embedding']['kl']:.3f}. The probe's paired gain over the marginal: "
+            f"{pr['kl_gain']:.3f} [{pr['kl_gain_ci_low']:.3f}, {pr['kl_gain_ci_high']:.3f}] "
+            f"nats (n={pr['n_test']} test prompts).")
     if "organism" in summary:
         o = summary["organism"]
         parts.append(f"Organism: ARI {o['ari']:.3f}, transition TVD {o['transition_tvd']:.3f}.")
