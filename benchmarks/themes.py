@@ -5,9 +5,9 @@ difflens's: ``embed_texts`` (batches of 256) and k-means (k = 10) with vectorise
 centroid assignment. The baseline encodes one segment per ``encode`` call and assigns it
 with its own loop. Both run in this process. By default the baseline runs on the first
 2,000 segments and its per-segment time is scaled to 50,000: it takes about 7 minutes on 2
-cores in full, and ``--full`` runs it on all of them. ``--device cuda`` runs both on a GPU. The two paths' embeddings of the
-timed segments must agree. Last line: ``batched_s=<a> one_at_a_time_s=<b> measured_on=<n>
-themes_speedup=<x>``.
+cores in full, and ``--full`` runs it on all of them. ``--device cuda`` runs both on a GPU.
+The two paths' embeddings of the timed segments must agree. Last line: ``batched_s=<a>
+one_at_a_time_s=<b> measured_on=<n> themes_speedup=<x>``.
 """
 
 import sys
