@@ -71,6 +71,15 @@ def atomic_path(path: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def digest(*parts: Any, length: int = 16) -> str:
+    """A short SHA-256 key of JSON-serialisable parts (others by ``str``): names stored
+    results so a rerun with the same inputs finds them."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()
+                          ).hexdigest()[:length]
+
+
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the whole new one."""
     with atomic_path(path) as tmp:

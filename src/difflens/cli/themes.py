@@ -1,7 +1,8 @@
 """``difflens themes sample|fit|chains|predict|evaluate|all``: themes of sampled continuations.
 
-Every step writes into ``--out`` and reuses what earlier steps stored there, so they can run
-one at a time or together (``all``)."""
+Every step writes into ``--out`` and reuses what earlier steps stored there (samples, the
+theme model, each segment's theme, predictions), so they can run one at a time, in order,
+or together (``all``)."""
 
 from pathlib import Path
 
@@ -15,10 +16,8 @@ app = typer.Typer(help="Themes and trajectory prediction: sample, cluster into t
                   "chains, predict chains from activations.", no_args_is_help=True)
 out = Console()
 
-STEP_SETS = {"sample": ("sample",), "fit": ("sample", "fit"),
-             "chains": ("sample", "fit", "chains"),
-             "predict": ("sample", "fit", "chains", "predict"),
-             "evaluate": ("sample", "fit", "chains", "predict", "evaluate"),
+STEP_SETS = {"sample": ("sample",), "fit": ("sample", "fit"), "chains": ("sample", "chains"),
+             "predict": ("sample", "predict"), "evaluate": ("sample", "evaluate"),
              "all": ("sample", "fit", "chains", "predict", "evaluate")}
 
 

@@ -23,8 +23,6 @@ samples are resampled together); ratios are paired with the baseline.
 """
 
 import dataclasses
-import hashlib
-import json
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -38,7 +36,7 @@ from torch import Tensor
 
 from difflens.analysis.divergence import bootstrap_weights
 from difflens.capture.engine import forward_batch
-from difflens.capture.store import write_parquet_atomic
+from difflens.capture.store import digest, write_parquet_atomic
 from difflens.control.monitor import (
     Controller,
     GenerationConfig,
@@ -166,11 +164,6 @@ class ControlEvaluation:
             cell = {k: v for k, v in row.items() if k not in ("controller", "gain")}
             out.setdefault(row["controller"], {})[gain_key(row["gain"])] = cell
         return out
-
-
-def _digest(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()
-                          ).hexdigest()[:16]
 
 
 _END = re.compile(r"[.!?][\"')\]]*\s*$|\n")
@@ -308,7 +301,7 @@ def evaluate_control(
         raise InputError("a prompt is empty; every prompt needs text")
     probe.check(lm, allow_other_weights=True)
     tau = check_threshold(probe.threshold if config.threshold is None else config.threshold)
-    base_key = _digest(lm.identity.weights_sha256, probe.weight.tolist(), probe.bias,
+    base_key = digest(lm.identity.weights_sha256, probe.weight.tolist(), probe.bias,
                        probe.layer, list(prompts), config.k_samples, config.generation,
                        tau, config.min_segment_tokens, config.seed,
                        None if direction is None else torch.as_tensor(direction).tolist(),
@@ -316,7 +309,7 @@ def evaluate_control(
     frames = []
     controllers = config.controllers()
     for ctrl in controllers:
-        path = (store / f"{ctrl.kind}_{gain_key(ctrl.gain)}_{_digest(base_key, ctrl)}.parquet"
+        path = (store / f"{ctrl.kind}_{gain_key(ctrl.gain)}_{digest(base_key, ctrl)}.parquet"
                 if store is not None else None)
         if path is not None and path.is_file():
             frames.append(pd.read_parquet(path))

@@ -208,7 +208,8 @@ def monitor_hook(lm: LoadedModel, probe: StateProbe, controller: Controller, thr
         handle.remove()
 
 
-def _encode_prompts(lm: LoadedModel, prompts: Sequence[str], chat: bool) -> list[list[int]]:
+def encode_prompts(lm: LoadedModel, prompts: Sequence[str], chat: bool) -> list[list[int]]:
+    """Token ids of each prompt (in the chat template when ``chat``); empty ones are errors."""
     tok = lm.tokenizer
     out = []
     for i, p in enumerate(prompts):
@@ -268,7 +269,7 @@ def generate_monitored(
                           else 0.5 if threshold is None else threshold)
     if probe is not None:
         probe.check(lm, allow_other_weights=True)
-    seqs = _encode_prompts(lm, prompts, config.chat)
+    seqs = encode_prompts(lm, prompts, config.chat)
     traces: list[Trace] = []
     seconds, n_forward = 0.0, 0
     for start in range(0, len(seqs), config.batch_size):

@@ -14,7 +14,6 @@ Every step reads what the earlier steps left in ``OUT`` and merges its keys into
 """
 
 import dataclasses
-import hashlib
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -44,8 +43,13 @@ from difflens.analysis.themes import (
     to_chain,
 )
 from difflens.capture.engine import _models_of, forward_batch, parse_layers
-from difflens.capture.store import check_writable, write_json_atomic, write_parquet_atomic
-from difflens.control.monitor import GenerationConfig, generate_monitored
+from difflens.capture.store import (
+    check_writable,
+    digest,
+    write_json_atomic,
+    write_parquet_atomic,
+)
+from difflens.control.monitor import GenerationConfig, encode_prompts, generate_monitored
 from difflens.errors import InputError
 from difflens.models.loading import LoadedModel
 from difflens.models.pair import ModelPair
@@ -106,18 +110,13 @@ class ThemesRun:
     figures: list[AnyFigure]
 
 
-def _digest(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()
-                          ).hexdigest()[:12]
-
-
 # -- sample -------------------------------------------------------------------------------
 
 
 def sample_continuations(lm: LoadedModel, label: str, config: ThemesConfig, folder: Path,
                          progress: Callable[[int], None] | None = None) -> pd.DataFrame:
     """K seeded continuations per prompt; one stored part per batch of prompts (resumable)."""
-    key = _digest(lm.identity.weights_sha256, config.prompts, config.k_samples,
+    key = digest(lm.identity.weights_sha256, config.prompts, config.k_samples,
                   config.max_new_tokens, config.temperature, config.seed, config.chat)
     part_dir = folder / f"{label}-{key}"
     per_batch = max(1, config.batch_size // config.k_samples)
@@ -228,6 +227,8 @@ def run_themes(target: LoadedModel | ModelPair, out: Path, *, config: ThemesConf
         if {"chains", "predict", "evaluate"} & set(steps) or "fit" in steps:
             theme_model = load_theme_model(model_path)
             if "theme" not in segs:
+                segs["theme"] = _stored_themes(data / "segments.parquet", segs)
+            if segs["theme"].isna().any():  # not stored for these segments: assign them
                 segs["theme"] = (theme_model.assign(segs["text"].tolist(), encoder=config.encoder)
                                  if len(segs) else [])
             write_table(segs, data, "segments")
@@ -278,6 +279,17 @@ def run_themes(target: LoadedModel | ModelPair, out: Path, *, config: ThemesConf
     return ThemesRun(summary=summary, figures=figures)
 
 
+def _stored_themes(path: Path, segs: pd.DataFrame) -> pd.Series:
+    """The themes a previous ``fit`` stored for exactly these segments, else NaN."""
+    cols = ["model", "prompt_idx", "sample", "seg_idx", "text"]
+    if path.is_file():
+        old = pd.read_parquet(path)
+        if "theme" in old and old[cols].reset_index(drop=True).equals(
+                segs[cols].reset_index(drop=True)):
+            return old["theme"].reset_index(drop=True)
+    return pd.Series([np.nan] * len(segs), dtype="float64")
+
+
 def _segments(samples: dict[str, pd.DataFrame], config: ThemesConfig, lm: LoadedModel
               ) -> pd.DataFrame:
     rows = []
@@ -318,15 +330,7 @@ def prompt_states(lm: LoadedModel, prompts: Sequence[str], layers: Sequence[int]
                   ) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray], np.ndarray]:
     """Final-token states per layer [n, d], the last ``m`` states per layer [n, m, d]
     (right-aligned) and their mask [n, m]."""
-    tok = lm.tokenizer
-    seqs = []
-    for p in prompts:
-        if chat:
-            text = tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                           add_generation_prompt=True)
-            seqs.append(tok(text, add_special_tokens=False)["input_ids"])
-        else:
-            seqs.append(tok(p)["input_ids"])
+    seqs = encode_prompts(lm, prompts, chat)
     final = {layer: np.zeros((len(seqs), lm.d_model), np.float32) for layer in layers}
     last = {layer: np.zeros((len(seqs), m, lm.d_model), np.float32) for layer in layers}
     mask = np.zeros((len(seqs), m), dtype=bool)
