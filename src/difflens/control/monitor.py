@@ -343,6 +343,7 @@ def _run_batch(lm: LoadedModel, probe: StateProbe | None, seqs: Sequence[Sequenc
             feed = [pad] * B
             live = [False] * B
             fresh = [False] * B
+            step_lp = torch.log_softmax(logits, -1).cpu() if keep_logprobs else None
             for b in range(B):
                 if b in refeed:
                     feed[b], live[b] = refeed.pop(b), True
@@ -354,8 +355,8 @@ def _run_batch(lm: LoadedModel, probe: StateProbe | None, seqs: Sequence[Sequenc
                     done[b] = True
                     continue
                 tokens[b].append(t)
-                if keep_logprobs:
-                    lps[b].append(torch.log_softmax(logits[b], -1).cpu())
+                if step_lp is not None:
+                    lps[b].append(step_lp[b])
                 feed[b], live[b], fresh[b] = t, True, True
             if not any(live):
                 break

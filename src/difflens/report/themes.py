@@ -388,12 +388,15 @@ def predict_themes(lm: LoadedModel, config: ThemesConfig, dist: ChainDistributio
     predictors: dict[str, Any] = {"probe": {}}
     rows: list[dict[str, Any]] = []
     val_kl = {}
+    test_pred: dict[int, np.ndarray] = {}
+    reliability: dict[str, Any] = {}
     for layer in layers:
         probe = fit_probe_cv(final[layer][train], P[train], w[train], seed=config.seed)
-        pred = probe.predict(final[layer][test])
-        predictors["probe"][str(layer)] = _strip(evaluate_prediction(
-            pred, dist, test, chain_ll(pred), n_boot=config.n_boot, seed=config.seed,
-            reference=mpred))
+        test_pred[layer] = probe.predict(final[layer][test])
+        res = evaluate_prediction(test_pred[layer], dist, test, chain_ll(test_pred[layer]),
+                                  n_boot=config.n_boot, seed=config.seed, reference=mpred)
+        reliability[f"probe {layer}"] = res["reliability"]
+        predictors["probe"][str(layer)] = _strip(res)
         # validation KL inside the training prompts (choose the layer without the test set)
         half = train[: max(2, len(train) // 4)]
         rest = np.setdiff1d(train, half)
@@ -418,14 +421,12 @@ def predict_themes(lm: LoadedModel, config: ThemesConfig, dist: ChainDistributio
                            [tuple(t for t in ch if t != OUTLIER) for _, ch in pairs])
     per = np.array([np.mean([lp for (r, _), lp in zip(pairs, lps, strict=True) if r == row])
                     for row in range(len(test))])
-    predictors["transformer"] = {str(best): _strip(evaluate_prediction(
-        tpred, dist, test, per, n_boot=config.n_boot, seed=config.seed, reference=mpred))}
+    res = evaluate_prediction(tpred, dist, test, per, n_boot=config.n_boot, seed=config.seed,
+                              reference=mpred)
+    predictors["transformer"] = {str(best): _strip(res)}
     beams = ct.beam(last[best][test[:5]], mask[test[:5]])
-    best_probe = fit_probe_cv(final[best][train], P[train], w[train], seed=config.seed)
-    bpred = best_probe.predict(final[best][test])
-    reliability = {"probe": evaluate_prediction(bpred, dist, test, None, n_boot=50)["reliability"],
-                   "transformer": evaluate_prediction(tpred, dist, test, None,
-                                                      n_boot=50)["reliability"]}
+    bpred = test_pred[best]
+    reliability = {"probe": reliability[f"probe {best}"], "transformer": res["reliability"]}
     for row, i in enumerate(test):
         rows.append({"prompt_idx": int(i), "empirical": P[i].tolist(),
                      "probe": bpred[row].tolist(), "transformer": tpred[row].tolist(),
@@ -437,7 +438,7 @@ def predict_themes(lm: LoadedModel, config: ThemesConfig, dist: ChainDistributio
             "top_chains": [{"prompt_idx": int(test[j]), "chains": [
                 {"chain": list(ch), "p": p} for ch, p in b]} for j, b in enumerate(beams)],
             "rows": rows, "reliability": reliability, "train": train.tolist(),
-            "test": test.tolist(), "probe_test_pred": bpred, "test_idx": test}
+            "test": test.tolist()}
 
 
 def _strip(m: dict[str, Any]) -> dict[str, Any]:
