@@ -19,8 +19,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import capture_throughput as ct  # noqa: E402
-from difflens.capture.ab import forward_ab  # noqa: E402
-from difflens.capture.abdata import ABItem, tokenize_items  # noqa: E402
+from difflens.capture.contrastive import forward_ab  # noqa: E402
+from difflens.inputs.ab_items import ABItem, tokenize_items  # noqa: E402
 
 
 def items(n: int, seed: int = 0) -> list[ABItem]:

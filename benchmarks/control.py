@@ -20,9 +20,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import capture_throughput as ct  # noqa: E402
-from difflens.capture.engine import _pad  # noqa: E402
-from difflens.control.monitor import Controller, GenerationConfig, generate_monitored  # noqa: E402
-from difflens.control.probe import StateProbe  # noqa: E402
+from difflens.control.monitor import Controller, generate_monitored  # noqa: E402
+from difflens.control.state_probe import StateProbe  # noqa: E402
+from difflens.models.batching import pad_batch
+from difflens.sampling.generate import GenerationConfig  # noqa: E402
 
 
 def main() -> None:
@@ -44,7 +45,7 @@ def main() -> None:
     best = dict.fromkeys([*settings, "hf_generate"], float("inf"))
     tokens: dict[str, int] = {}
     seqs = [lm.tokenizer(p)["input_ids"] for p in prompts]
-    ids, mask, _ = _pad(seqs, "left", lm.device)
+    ids, mask, _ = pad_batch(seqs, "left", lm.device)
     for _ in range(3):
         for name, (p, ctrl) in settings.items():
             t0 = time.perf_counter()

@@ -20,7 +20,8 @@ import time
 import numpy as np
 import pandas as pd
 
-from difflens.analysis.trajectories import SphereProjection, check_table, trajectory_stats
+from difflens.analysis.trajectories import SphereProjection, trajectory_stats
+from difflens.inputs.trajectory_files import check_table
 
 
 def table(n_prompts: int = 1000, steps: int = 40, seed: int = 0) -> pd.DataFrame:

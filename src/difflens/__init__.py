@@ -4,17 +4,10 @@ The public API, by stage: load models (:func:`load_model`, :class:`ModelPair`), 
 activations and next-token statistics (:func:`capture`), and read them back
 (:class:`RunStore`); concept vectors from contrastive A/B items (:func:`load_ab_dataset`,
 :func:`extract_concepts`, :func:`compare_concepts`) and steering with them
-(:func:`steering`, :func:`dose_response`).
+(:func:`steering`, :class:`SteeringVector`, :func:`dose_response`); and the one
+generation path (:func:`generate`, :class:`GenerationConfig`).
 """
 
-from difflens.analysis.concepts import (
-    ConceptComparison,
-    ConceptExtraction,
-    ConceptVectors,
-    compare_concepts,
-    extract_concepts,
-    load_vectors,
-)
 from difflens.analysis.trajectories import SphereProjection, trajectory_stats
 from difflens.capture import (
     CaptureConfig,
@@ -27,9 +20,17 @@ from difflens.capture import (
     record_layers,
     token_stats,
 )
-from difflens.capture.abdata import ABDataset, ABItem, load_ab_dataset
-from difflens.control.steering import dose_response, steering
+from difflens.capture.concepts import (
+    ConceptComparison,
+    ConceptExtraction,
+    ConceptVectors,
+    compare_concepts,
+    extract_concepts,
+    load_vectors,
+)
+from difflens.control.steering import SteeringVector, dose_response, steering
 from difflens.errors import InputError, StoreError
+from difflens.inputs.ab_items import ABDataset, ABItem, load_ab_dataset
 from difflens.models import (
     LayerSpec,
     LoadedModel,
@@ -40,6 +41,11 @@ from difflens.models import (
     wrap_model,
 )
 
+# The organism registers its presets (``organism-base``, ``organism-tuned``) with
+# ``load_model``; importing it here makes them known wherever difflens is used.
+from difflens.organism import build as _organism_build  # noqa: E402,F401
+from difflens.sampling.generate import Generation, GenerationConfig, generate
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -49,6 +55,8 @@ __all__ = [
     "ConceptComparison",
     "ConceptExtraction",
     "ConceptVectors",
+    "Generation",
+    "GenerationConfig",
     "InputError",
     "LayerSpec",
     "LoadedModel",
@@ -57,6 +65,7 @@ __all__ = [
     "PairStats",
     "RunStore",
     "SphereProjection",
+    "SteeringVector",
     "StoreError",
     "TokenStats",
     "capture",
@@ -64,6 +73,7 @@ __all__ = [
     "dose_response",
     "extract_concepts",
     "find_layers",
+    "generate",
     "load_ab_dataset",
     "load_model",
     "load_vectors",

@@ -15,6 +15,10 @@ Hidden = Float[Tensor, "batch seq d_model"]
 HiddenRows = Float[Tensor, "rows d_model"]
 PerToken = Float[Tensor, "*rows"]
 TokenMask = Bool[Tensor, "batch seq"]
+NextLogits = Float[Tensor, "batch vocab"]
+"""Next-token logits of each row of a batch (the last position)."""
+Vector = Float[Tensor, " d_model"]
+"""One residual-stream direction (a steering vector's layer, a probe's weight)."""
 
 __all__ = [
     "AttentionMask",
@@ -22,7 +26,9 @@ __all__ = [
     "HiddenRows",
     "LogProbs",
     "Logits",
+    "NextLogits",
     "PerToken",
     "TokenIds",
     "TokenMask",
+    "Vector",
 ]

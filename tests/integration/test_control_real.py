@@ -8,16 +8,12 @@ import pytest
 import torch
 
 import difflens as dl
-from difflens.control.evaluate import ControlConfig, evaluate_control, organism_measure
-from difflens.control.monitor import Controller, GenerationConfig, generate_monitored
-from difflens.control.probe import (
-    ProbeConfig,
-    first_human_turns,
-    organism_labelled,
-    read_preference_pairs,
-    score_texts,
-    train_probe,
-)
+from difflens.control.evaluate import ControlConfig, evaluate_control
+from difflens.control.monitor import Controller, generate_monitored
+from difflens.control.state_probe import ProbeConfig, score_texts, train_probe
+from difflens.inputs.labelled import first_human_turns, read_preference_pairs
+from difflens.organism.truth import organism_labelled, organism_measure
+from difflens.sampling.generate import GenerationConfig
 
 HH = Path(__file__).resolve().parents[3] / "shared" / "data" / "dialogues" / \
     "hh-rlhf-harmless-base-test.jsonl.gz"

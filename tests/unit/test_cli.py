@@ -1,4 +1,4 @@
-"""The command line: capture, info, one-line errors, and resume after kill -9."""
+"""The command line: capture run, capture info, one-line errors, and resume after kill -9."""
 
 import hashlib
 import json
@@ -22,6 +22,10 @@ def run(*args: str):
     return runner.invoke(app, list(args))
 
 
+def capture(*args: str):
+    return run("capture", "run", *args)
+
+
 def one_line_error(result, pattern: str) -> None:
     assert result.exit_code == 2, result.output
     text = result.output.strip()
@@ -40,15 +44,15 @@ def prompt_file(tmp_path: Path, prompts) -> Path:
 
 def test_capture_and_info(tiny_folder, prompt_file, tmp_path):
     out = tmp_path / "run"
-    res = run("capture", "--base", str(tiny_folder), "--tuned", str(tiny_folder), "--prompts",
+    res = capture("--base", str(tiny_folder), "--tuned", str(tiny_folder), "--prompts",
               str(prompt_file), "--layers", "0,2,-1", "--out", str(out))
     assert res.exit_code == 0, res.output
     assert "stored 10 prompts" in res.output
-    res = run("info", str(out), "--json")
+    res = run("capture", "info", str(out), "--json")
     info = json.loads(res.output)
     assert info["layers"] == [0, 2, 4] and set(info["models"]) == {"base", "tuned"}
     assert "kl_tuned_base" in info["stats_columns"]
-    res = run("info", str(out))
+    res = run("capture", "info", str(out))
     assert res.exit_code == 0 and "n_tokens" in res.output
 
 
@@ -63,7 +67,7 @@ def test_capture_and_info(tiny_folder, prompt_file, tmp_path):
 def test_bad_input_is_one_line(tiny_folder, tmp_path, content, args, pattern):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text(content)
-    res = run("capture", "--base", str(tiny_folder), "--prompts", str(prompts), "--out",
+    res = capture("--base", str(tiny_folder), "--prompts", str(prompts), "--out",
               str(tmp_path / "run"), *args)
     one_line_error(res, pattern)
 
@@ -72,17 +76,17 @@ def test_bad_jsonl_non_utf8_and_missing_model(tiny_folder, tmp_path):
     bad = tmp_path / "p.jsonl"
     bad.write_text('{"prompt": "a"}\n{oops}\n')
     common = ["--out", str(tmp_path / "run")]
-    one_line_error(run("capture", "--base", str(tiny_folder), "--prompts", str(bad), *common),
+    one_line_error(capture("--base", str(tiny_folder), "--prompts", str(bad), *common),
                    "p.jsonl:2: malformed JSON")
     raw = tmp_path / "r.txt"
     raw.write_bytes(b"ab\xffc\n")
-    one_line_error(run("capture", "--base", str(tiny_folder), "--prompts", str(raw), *common),
+    one_line_error(capture("--base", str(tiny_folder), "--prompts", str(raw), *common),
                    "not valid UTF-8 at byte offset 2")
     good = tmp_path / "g.txt"
     good.write_text("the fox\n")
-    one_line_error(run("capture", "--base", str(tmp_path / "nope"), "--prompts", str(good),
+    one_line_error(capture("--base", str(tmp_path / "nope"), "--prompts", str(good),
                        *common), "does not exist")
-    one_line_error(run("info", str(tmp_path / "nope")), "is not a run store directory")
+    one_line_error(run("capture", "info", str(tmp_path / "nope")), "is not a run store directory")
 
 
 def test_tokenizer_mismatch_and_unwritable_out(tiny_folder, tmp_path):
@@ -94,11 +98,11 @@ def test_tokenizer_mismatch_and_unwritable_out(tiny_folder, tmp_path):
     lm.tokenizer.save_pretrained(other)
     good = tmp_path / "g.txt"
     good.write_text("the fox\n")
-    one_line_error(run("capture", "--base", str(tiny_folder), "--tuned", str(other), "--prompts",
+    one_line_error(capture("--base", str(tiny_folder), "--tuned", str(other), "--prompts",
                        str(good), "--out", str(tmp_path / "run")), "the tokenizers differ")
     blocker = tmp_path / "blocker"
     blocker.write_text("")
-    one_line_error(run("capture", "--base", str(tiny_folder), "--prompts", str(good), "--out",
+    one_line_error(capture("--base", str(tiny_folder), "--prompts", str(good), "--out",
                        str(blocker / "run")), "is not writable")
 
 
@@ -111,10 +115,10 @@ def test_too_long_prompt_warns_or_errors(tmp_path):
     lm.tokenizer.save_pretrained(folder)
     prompts = tmp_path / "p.txt"
     prompts.write_text("once upon a time there was\nthe fox\n")
-    res = run("capture", "--base", str(folder), "--prompts", str(prompts), "--out",
+    res = capture("--base", str(folder), "--prompts", str(prompts), "--out",
               str(tmp_path / "run"))
     assert res.exit_code == 0 and "warning: 1 prompt(s) were longer" in res.output
-    one_line_error(run("capture", "--base", str(folder), "--prompts", str(prompts), "--out",
+    one_line_error(capture("--base", str(folder), "--prompts", str(prompts), "--out",
                        str(tmp_path / "strict"), "--no-truncate"),
                    "prompt 0 has 7 tokens, more than the context of 4")
 
@@ -128,7 +132,7 @@ def _digest(run_dir: Path) -> dict[str, str]:
 def test_kill_9_then_rerun_gives_identical_files(tiny_folder, tmp_path, prompts):
     many = tmp_path / "many.txt"
     many.write_text("\n".join(prompts * 400) + "\n")
-    args = ["capture", "--base", str(tiny_folder), "--tuned", str(tiny_folder), "--prompts",
+    args = ["capture", "run", "--base", str(tiny_folder), "--tuned", str(tiny_folder), "--prompts",
             str(many), "--out"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     killed = tmp_path / "killed"
@@ -229,7 +233,7 @@ def test_collapse_all_writes_the_issue_keys(tmp_path: Path, pair_folders, prompt
                                   "boundary": False}) + "\n")
     res = run("collapse", "all", "--base", str(pair_folders["base"]), "--tuned",
               str(pair_folders["tuned"]), "--out", str(out), "--prompts", str(prompt_file),
-              "--probes", str(probes), "--k-samples", "3", "--max-new-tokens", "12",
+              "--probes", str(probes), "--samples", "3", "--max-new-tokens", "12",
               "--reference", str(ref), "--temperatures", "0.5,1,2")
     assert res.exit_code == 0, res.output
     s = json.loads((out / "summary.json").read_text())

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-from difflens.analysis.attractors import attractor_test, edit_distance, final_sentence
 from difflens.analysis.diversity import (
     distinct_n,
     diversity,
@@ -22,12 +21,13 @@ from difflens.analysis.diversity import (
     self_bleu,
     vendi_score,
 )
-from difflens.analysis.probes import load_probes, run_probes, temperature_sweep
-from difflens.analysis.scoring import continuation_logprobs
-from difflens.analysis.textdiv import Corpus, text_divergence
+from difflens.capture.outcomes import load_probes, run_probes, temperature_sweep
+from difflens.capture.scoring import continuation_logprobs
+from difflens.capture.text_divergence import Corpus, text_divergence
 from difflens.errors import InputError
 from difflens.models import ModelPair
 from difflens.models.tiny import bigram_model, tiny_pair
+from difflens.sampling.attractors import attractor_test, edit_distance, final_sentence
 
 WORDS = ["pick", "number", "one", "two", "twenty", "three", "."]
 SPECIALS = 4  # <pad> <unk> <bos> <eos>

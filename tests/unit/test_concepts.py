@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from difflens.analysis.concepts import (
+from difflens.capture.concepts import (
     compare_concepts,
     extract_concepts,
     load_vectors,
     paired_auc,
 )
-from difflens.capture.ab import forward_ab
-from difflens.capture.abdata import ABDataset, ABItem, load_ab_dataset, tokenize_items
-from difflens.control.steering import generate, steering
+from difflens.capture.contrastive import forward_ab
+from difflens.control.steering import greedy_texts, steering
 from difflens.errors import InputError
+from difflens.inputs.ab_items import ABDataset, ABItem, load_ab_dataset, tokenize_items
 from difflens.models.loading import wrap_model
 from difflens.models.pair import ModelPair
 from difflens.models.tiny import tiny_model, word_tokenizer
@@ -287,16 +287,16 @@ def test_steering_is_consistent_with_the_kv_cache(tiny):
         last = tiny.model(cached[:, -1:], past_key_values=step.past_key_values).logits
     assert torch.equal(cached, uncached)
     assert torch.allclose(full[:, -1], last[:, -1], atol=1e-5)
-    plain = generate(tiny, ["the fox went to"], max_new_tokens=8)
+    plain = greedy_texts(tiny, ["the fox went to"], max_new_tokens=8)
     with steering(tiny, {2: v}, alpha=2.0):
-        steered = generate(tiny, ["the fox went to"], max_new_tokens=8)
+        steered = greedy_texts(tiny, ["the fox went to"], max_new_tokens=8)
     assert steered[0] == tiny.tokenizer.decode(cached[0, ids.shape[1]:], skip_special_tokens=True)
     assert isinstance(plain[0], str)
     # the batched (left-padded) generation equals one prompt at a time
     two = ["the fox went to", "once upon a time there was a little fox"]
     with steering(tiny, {2: v}, alpha=2.0):
-        batched = generate(tiny, two, max_new_tokens=6)
-        singles = [generate(tiny, [p], max_new_tokens=6)[0] for p in two]
+        batched = greedy_texts(tiny, two, max_new_tokens=6)
+        singles = [greedy_texts(tiny, [p], max_new_tokens=6)[0] for p in two]
     assert batched == singles
 
 

@@ -12,23 +12,22 @@ from difflens.control.evaluate import (
     ControlConfig,
     evaluate_control,
     lexicon_measure,
-    organism_measure,
     sentence_spans,
 )
-from difflens.control.monitor import Controller, GenerationConfig, generate_monitored
-from difflens.control.probe import (
-    LabelledText,
+from difflens.control.monitor import Controller, generate_monitored
+from difflens.control.state_probe import (
     ProbeConfig,
     StateProbe,
     load_probe,
-    read_labelled,
-    read_preference_pairs,
     score_texts,
     train_probe,
 )
-from difflens.control.steering import register_residual_hook
 from difflens.errors import InputError
+from difflens.inputs.labelled import LabelledText, read_labelled, read_preference_pairs
+from difflens.models.hooks import register_residual_hook
 from difflens.models.tiny import bigram_model, tiny_model
+from difflens.organism.truth import organism_measure
+from difflens.sampling.generate import GenerationConfig
 
 GOOD = ["sun", "tree", "song", "play", "cake", "friend"]
 BAD = ["storm", "fear", "wolf"]
@@ -185,7 +184,7 @@ def _reference_logits(lm, probe: StateProbe, tr, direction=None) -> torch.Tensor
     coef = torch.zeros(len(ids))
     coef[len(tr.prompt_ids) - 1] = tr.prompt_coef
     coef[len(tr.prompt_ids):] = torch.tensor(tr.coefs)
-    v = probe.direction if direction is None else direction
+    v = probe.direction[probe.layer] if direction is None else direction
     unit = v / v.norm().clamp_min(1e-12) * probe.state_norm
     handle = register_residual_hook(lm, probe.layer, lambda h: h - (coef[None, :, None]
                                                                     * unit).to(h.dtype))
@@ -238,7 +237,7 @@ def test_open_loop_matches_a_full_recompute(probe, planted):
     for tr in gen.traces:
         assert all(c == pytest.approx(0.3) for c in tr.coefs)
         ids = tr.prompt_ids + tr.token_ids
-        unit = probe.probe.direction * probe.probe.state_norm
+        unit = probe.probe.direction[probe.probe.layer] * probe.probe.state_norm
         handle = register_residual_hook(planted, probe.probe.layer,
                                         lambda h, unit=unit: h - 0.3 * unit)
         try:
@@ -345,7 +344,8 @@ def test_cli_monitor_and_errors(probe, planted, tmp_path):
     loaded = load_model(str(folder), device="cpu")
     fit = train_probe(loaded, _examples(60), config=ProbeConfig(layers=(1,)), threshold=0.5)
     fit.probe.save(probe_path)
-    cmd = [sys.executable, "-m", "difflens.cli.main", "monitor", "--model", str(folder),
+    cmd = [sys.executable, "-m", "difflens.cli.main", "control", "monitor", "--model",
+           str(folder),
            "--probe", str(probe_path), "--max-new-tokens", "6"]
     ok = subprocess.run(cmd + ["--prompt", "sun storm", "--out", str(tmp_path / "m")],
                         capture_output=True, text=True)
@@ -360,8 +360,8 @@ def test_cli_monitor_and_errors(probe, planted, tmp_path):
     t = tiny_model(0)
     t.model.save_pretrained(other)
     t.tokenizer.save_pretrained(other)
-    r = subprocess.run([sys.executable, "-m", "difflens.cli.main", "monitor", "--model",
-                        str(other), "--probe", str(probe_path), "--prompt", "the fox"],
+    r = subprocess.run([sys.executable, "-m", "difflens.cli.main", "control", "monitor",
+                        "--model", str(other), "--probe", str(probe_path), "--prompt", "the fox"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "d_model" in r.stderr
 
@@ -379,7 +379,8 @@ def test_cli_probe_train_and_control_evaluate(planted, tmp_path):
                                  "group": i}))
     data.write_text("\n".join(lines) + "\n")
     main = [sys.executable, "-m", "difflens.cli.main"]
-    r = subprocess.run(main + ["probe", "train", "--model", str(folder), "--data", str(data),
+    r = subprocess.run(main + ["control", "train-probe", "--model", str(folder), "--data",
+                               str(data),
                                "--out", str(tmp_path / "p"), "--layers", "0,1"],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
@@ -393,9 +394,9 @@ def test_cli_probe_train_and_control_evaluate(planted, tmp_path):
     prompts.write_text("sun storm\nfear wolf\ntree\n")
     out = tmp_path / "c"
     args = main + ["control", "evaluate", "--model", str(folder), "--probe",
-                   str(tmp_path / "p"), "--prompts", str(prompts), "--out", str(out), "--k", "2",
-                   "--max-new-tokens", "8", "--controllers", "proportional=1;rollback=1",
-                   "--independent", "none"]
+                   str(tmp_path / "p"), "--prompts", str(prompts), "--out", str(out),
+                   "--samples", "2", "--max-new-tokens", "8", "--controllers",
+                   "proportional=1;rollback=1", "--independent", "none"]
     r = subprocess.run(args, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     s = json.loads((out / "summary.json").read_text())

@@ -62,6 +62,17 @@ def test_hub_id_loads_through_the_hub_cache(tiny_folder, tmp_path):
     assert "could not load model 'difflens-test/absent'" in res.stderr
 
 
+def test_unreachable_hub_fails_at_once_in_one_line(tmp_path):
+    """A hub id that is neither cached nor reachable: one line, no retry loop."""
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env.update(HF_HUB_CACHE=str(tmp_path / "empty-hub"), HF_ENDPOINT="http://127.0.0.1:9")
+    code = "import difflens; difflens.load_model('difflens-test/absent', device='cpu')"
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert res.returncode != 0
+    assert "the Hugging Face hub cannot be reached" in res.stderr
+    assert "Retrying" not in res.stderr
+
+
 def test_missing_path_and_non_model_folder(tmp_path):
     with pytest.raises(dl.InputError, match="model path '\\./nowhere/model' does not exist"):
         dl.load_model("./nowhere/model")

@@ -3,12 +3,14 @@
 import json
 
 import pytest
+from syrupy.extensions.json import JSONSnapshotExtension
 from typer.testing import CliRunner
 
 import difflens as dl
 from difflens.cli.main import app
 from difflens.models import loading
 from difflens.organism import build as B
+from difflens.report.summary_numbers import summary_numbers
 
 
 @pytest.fixture
@@ -86,7 +88,7 @@ def test_config_validation():
     assert B.OrganismConfig().key() != B.OrganismConfig(seed=1).key()
 
 
-def test_cli_build_info_and_demo(tmp_path):
+def test_cli_build_info_and_demo(tmp_path, snapshot):
     runner = CliRunner()
     res = runner.invoke(app, ["organism", "info", "--small"])
     assert res.exit_code == 2 and "run: difflens organism build --small" in res.output
@@ -106,6 +108,10 @@ def test_cli_build_info_and_demo(tmp_path):
     res = runner.invoke(app, ["demo", "--small", "--out", str(out)])
     assert res.exit_code == 0, res.output
     summary = json.loads((out / "summary.json").read_text())
+    # Every number of the small demo (timings left out), to 6 significant digits: a change
+    # of any result shows up here. After a deliberate change, rerun with --snapshot-update
+    # and explain the diff.
+    assert summary_numbers(summary) == snapshot(extension_class=JSONSnapshotExtension)
     for label in ("base", "tuned"):
         for key in ("reward_mean", "entropy_mean", "celebration_share", "chance_tvd"):
             assert isinstance(summary["organism"][label][key], float), key

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from difflens.analysis.scoring import outcome_distribution, score_continuations
+from difflens.capture.scoring import outcome_distribution, score_continuations
 
 
 def test_scores_match_direct_logprobs(tiny):

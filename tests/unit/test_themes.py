@@ -23,7 +23,7 @@ from difflens.analysis.themes import (
     to_chain,
 )
 from difflens.errors import InputError
-from difflens.report.themes import ThemesConfig, run_themes
+from difflens.pipelines.themes import ThemesConfig, run_themes
 
 
 def _blobs(n_per: int, k: int, dim: int = 24, seed: int = 0, spread: float = 0.05):
@@ -178,14 +178,14 @@ def test_cli_themes_errors(tmp_path):
     empty = tmp_path / "p.txt"
     empty.write_text("\n\n")
     main = [sys.executable, "-m", "difflens.cli.main", "themes", "sample"]
-    r = subprocess.run(main + ["--model", "x", "--out", str(tmp_path / "o")],
+    r = subprocess.run(main + ["--base", "x", "--out", str(tmp_path / "o")],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "exactly one of" in r.stderr
-    r = subprocess.run(main + ["--model", "x", "--out", str(tmp_path / "o"), "--prompts",
+    r = subprocess.run(main + ["--base", "x", "--out", str(tmp_path / "o"), "--prompts",
                                str(empty)], capture_output=True, text=True)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
-    r = subprocess.run(main + ["--model", "x", "--out", str(tmp_path / "o"), "--organism", "5",
-                               "--k", "0"], capture_output=True, text=True)
+    r = subprocess.run(main + ["--base", "x", "--out", str(tmp_path / "o"), "--organism", "5",
+                               "--samples", "0"], capture_output=True, text=True)
     assert r.returncode == 2 and "K" in r.stderr
 
 

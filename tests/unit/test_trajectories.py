@@ -13,17 +13,16 @@ from typer.testing import CliRunner
 
 from difflens.analysis.trajectories import (
     SphereProjection,
-    check_table,
     cumulative_mean_path,
     faithfulness,
     geodesic,
     readable_token,
     trajectory_stats,
 )
-from difflens.capture.paths import build_paths
-from difflens.capture.trajfiles import read_trajectories
+from difflens.capture.cumulative_paths import build_paths
 from difflens.cli.main import app
 from difflens.errors import InputError
+from difflens.inputs.trajectory_files import check_table, read_trajectories
 from difflens.models.loading import wrap_model
 from difflens.models.pair import ModelPair
 from difflens.models.tiny import tiny_model
@@ -251,7 +250,7 @@ def test_cli_import_and_run(tmp_path: Path, pair_folders):
     prompts.write_text("the fox went to the forest\nonce upon a time there was a fox\n")
     res = runner.invoke(app, ["trajectories", "run", "--base", str(folders["base"]),
                               "--tuned", str(folders["tuned"]), "--prompts", str(prompts),
-                              "--continuations", "2", "--max-new-tokens", "6", "--method",
+                              "--samples", "2", "--max-new-tokens", "6", "--method",
                               "pca", "--out", str(tmp_path / "run"), "--min-count", "1"])
     assert res.exit_code == 0, res.output
     s = json.loads((tmp_path / "run" / "summary.json").read_text())

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from difflens.analysis.scoring import score_continuations
+from difflens.capture.scoring import score_continuations
 from difflens.errors import InputError
 from difflens.sampling.tree import probability_tree
 

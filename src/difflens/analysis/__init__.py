@@ -1,10 +1,5 @@
 """Analyses: pure functions over stored runs that return data objects."""
 
-from difflens.analysis.divergence import (
-    bootstrap_ci,
-    layer_divergence,
-    mean_ci,
-    summarize_pair_stats,
-)
+from difflens.analysis.divergence import bootstrap_ci, mean_ci, summarize_pair_stats
 
-__all__ = ["bootstrap_ci", "layer_divergence", "mean_ci", "summarize_pair_stats"]
+__all__ = ["bootstrap_ci", "mean_ci", "summarize_pair_stats"]

@@ -5,9 +5,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
-
-from difflens.capture.store import RunStore
 
 
 def bootstrap_ci(
@@ -53,20 +50,3 @@ def summarize_pair_stats(stats: pd.DataFrame, *, seed: int = 0) -> dict[str, Any
     return {c: mean_ci(stats[c].to_numpy(dtype=np.float64), seed=seed) for c in cols}
 
 
-def layer_divergence(store: RunStore) -> list[dict[str, Any]]:
-    """Per captured layer: max |base - tuned| and mean cosine of the stored states."""
-    if set(store.labels) != {"base", "tuned"}:
-        raise ValueError(f"{store.path} is not a pair run (models: {store.labels})")
-    rows = []
-    for layer in store.layers:
-        max_diff, cos_sum, n = 0.0, 0.0, 0
-        for (_, hb), (_, ht) in zip(store.layer_rows(layer, "base"),
-                                    store.layer_rows(layer, "tuned"), strict=True):
-            hb, ht = hb.float(), ht.float()
-            if hb.shape == ht.shape and len(hb):
-                max_diff = max(max_diff, float((hb - ht).abs().max()))
-                cos_sum += float(torch.nn.functional.cosine_similarity(hb, ht, dim=-1).sum())
-                n += len(hb)
-        rows.append({"layer": layer, "max_abs_diff": max_diff,
-                     "mean_cosine": cos_sum / n if n else float("nan"), "n_rows": n})
-    return rows

@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 from jaxtyping import Float, Int
 
+from difflens._io import write_bytes_atomic, write_json_atomic
 from difflens.analysis.embeddings import DEFAULT_ENCODER, Encoder, embed_texts
-from difflens.capture.store import write_bytes_atomic, write_json_atomic
 from difflens.errors import InputError
 
 THEME_FORMAT = "difflens-themes-1"

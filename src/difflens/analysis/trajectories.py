@@ -1,5 +1,8 @@
 """Trajectories on the sphere: cumulative-mean paths, their projection, and how they compare.
 
+Why one long module: paths, their projection and the statistics comparing them share one
+table layout and one bootstrap over prompts.
+
 For a text ``w_1..w_T`` with token vectors ``v_i`` (a layer's residual stream), the path is
 ``Y_t = mean_{i<=t} v_i / |v_i|``. Paths of both models are projected together onto a
 sphere (:class:`SphereProjection`) and compared in a long **trajectory table** with columns
@@ -26,9 +29,6 @@ from torch import Tensor
 
 from difflens.analysis.divergence import bootstrap_weights
 from difflens.errors import InputError
-
-TABLE_COLUMNS = ("prompt_id", "model", "segment", "step", "token", "x", "y", "z")
-REQUIRED_COLUMNS = ("prompt_id", "model", "segment", "step", "x", "y", "z")
 
 
 def cumulative_mean_path(states: Float[Tensor, "seq d_model"]) -> Float[Tensor, "seq d_model"]:
@@ -164,26 +164,6 @@ def faithfulness(full: np.ndarray, sphere: np.ndarray, *, n_pairs: int = 20000,
 
 
 # -- the table ------------------------------------------------------------------------------
-
-
-def check_table(df: pd.DataFrame, where: str = "trajectory table") -> pd.DataFrame:
-    """Validate a trajectory table; returns it sorted by path and step."""
-    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
-    if missing:
-        raise InputError(f"{where}: missing column {missing[0]!r}; a trajectory table has "
-                         f"{', '.join(TABLE_COLUMNS)}")
-    if "token" not in df.columns:
-        df = df.assign(token=None)
-    bad = df[["x", "y", "z"]].isna().any(axis=1)
-    if bad.any():
-        row = int(np.flatnonzero(bad.to_numpy())[0])
-        raise InputError(f"{where}: row {row + 1} has an empty coordinate; every point needs "
-                         f"x, y and z")
-    models = set(df["model"].unique())
-    if not models:
-        raise InputError(f"{where}: no rows")
-    df = df.sort_values(["prompt_id", "model", "segment", "step"], kind="stable")
-    return df.reset_index(drop=True)
 
 
 def point_columns(df: pd.DataFrame) -> list[str]:

@@ -1,15 +1,11 @@
 """Capture: batched forward passes with scoped hooks, and the on-disk run store."""
 
-from difflens.capture.engine import (
-    CaptureConfig,
-    capture,
-    forward_batch,
-    parse_layers,
-    record_layers,
-)
-from difflens.capture.prompts import read_prompts
+from difflens.capture.engine import CaptureConfig, capture, forward_batch
 from difflens.capture.stats import PairStats, TokenStats, pair_stats, token_stats
 from difflens.capture.store import RunStore
+from difflens.inputs.prompts import read_prompts
+from difflens.models.hooks import record_layers
+from difflens.models.layers import parse_layers
 
 __all__ = [
     "CaptureConfig",

@@ -1,5 +1,8 @@
 """Batched capture of all-layer activations and next-token statistics into a run store.
 
+Why one long module: planning shards, batching, the forward pass and resuming after a kill
+share one cache key and one shard plan; split apart, each piece would re-derive them.
+
 ``capture`` tokenizes the prompts, splits them into shards fixed by the data (never by the
 batch size), and for each shard runs length-bucketed batches through every model with
 scoped hooks on the real Hugging Face modules. It writes the shard's tensors and per-token
@@ -8,8 +11,6 @@ resumes and ends with byte-identical files.
 """
 
 import dataclasses
-import hashlib
-import inspect
 import json
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -23,6 +24,14 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from difflens._io import (
+    check_writable,
+    fingerprint,
+    remove_stale_temporaries,
+    write_json_atomic,
+    write_parquet_atomic,
+    write_tensors_atomic,
+)
 from difflens.capture.stats import next_token_stats
 from difflens.capture.store import (
     FORMAT_VERSION,
@@ -30,18 +39,20 @@ from difflens.capture.store import (
     RUN_JSON,
     RunStore,
     build_index,
-    check_writable,
-    remove_stale_temporaries,
     shard_name,
-    write_json_atomic,
-    write_parquet_atomic,
-    write_tensors_atomic,
 )
 from difflens.errors import DifflensWarning, InputError, StoreError
+from difflens.models.batching import accepts, pad_batch
+from difflens.models.hooks import record_layers
+from difflens.models.layers import parse_layers
 from difflens.models.loading import LoadedModel
-from difflens.models.pair import ModelPair
+from difflens.models.pair import ModelPair, models_of
 
 Positions = Literal["all", "last"] | Sequence[int]
+
+
+KEY_VERSION = 2
+"""How cache keys are made: 2 = :func:`difflens._io.fingerprint` (difflens 0.2)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,82 +108,7 @@ class CaptureConfig:
 # -- hooks --------------------------------------------------------------------------------
 
 
-@contextmanager
-def record_layers(lm: LoadedModel, layers: Sequence[int]) -> Iterator[dict[int, Tensor]]:
-    """Record the residual stream at ``layers`` during forward passes, without changing it.
-
-    Layer 0 is read as the input of block 0, layer ``i`` as the output of block ``i-1``,
-    and the last layer as the input of the LM head (after the final norm), which matches
-    ``output_hidden_states`` exactly. The hooks are removed on exit.
-    """
-    blocks = lm.layers.blocks(lm.model)
-    n = lm.n_layers
-    out: dict[int, Tensor] = {}
-    handles = []
-
-    def first_arg(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor:
-        return args[0] if args else kwargs["hidden_states"]
-
-    def pre(layer: int) -> Callable[..., None]:
-        def hook(_m: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            out[layer] = first_arg(args, kwargs).detach()
-        return hook
-
-    def post(layer: int) -> Callable[..., None]:
-        def hook(_m: Any, _a: Any, _k: Any, output: Any) -> None:
-            out[layer] = (output[0] if isinstance(output, tuple) else output).detach()
-        return hook
-
-    try:
-        for layer in sorted(set(layers)):
-            if layer == 0:
-                handles.append(blocks[0].register_forward_pre_hook(pre(0), with_kwargs=True))
-            elif layer < n:
-                handles.append(
-                    blocks[layer - 1].register_forward_hook(post(layer), with_kwargs=True)
-                )
-            else:
-                head = lm.model.get_output_embeddings()
-                if head is None:
-                    raise InputError(f"{lm.identity.name} has no output embeddings (LM head)")
-                handles.append(head.register_forward_pre_hook(pre(n), with_kwargs=True))
-        yield out
-    finally:
-        for h in handles:
-            h.remove()
-
-
 # -- planning -----------------------------------------------------------------------------
-
-
-def _models_of(model_or_pair: object) -> dict[str, LoadedModel]:
-    if isinstance(model_or_pair, ModelPair):
-        return model_or_pair.models
-    if isinstance(model_or_pair, LoadedModel):
-        return {"model": model_or_pair}
-    raise InputError(
-        f"capture takes a LoadedModel or a ModelPair (see difflens.load_model), got "
-        f"{type(model_or_pair).__name__}"
-    )
-
-
-def parse_layers(layers: str | int | Sequence[int], lm: LoadedModel) -> tuple[int, ...]:
-    """``"all"``, ``"0,3,5"``, an int or a list -> sorted normalised layer indices."""
-    if isinstance(layers, str):
-        if layers == "all":
-            return tuple(range(lm.n_layers + 1))
-        try:
-            items = [int(x) for x in layers.split(",") if x.strip()]
-        except ValueError:
-            raise InputError(
-                f"layers must be 'all' or integers like '0,3,5', got {layers!r}") from None
-    elif isinstance(layers, int):
-        items = [layers]
-    else:
-        items = [int(x) for x in layers]
-    if not items:
-        raise InputError("no layers given")
-    return tuple(sorted({lm.layers.normalize(x) for x in items}))
 
 
 def _tokenize(
@@ -221,10 +157,6 @@ def _plan_shards(row_counts: Sequence[int], bytes_per_row: int, shard_mb: int) -
     return plan
 
 
-def _hash(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
-
-
 def cache_key(
     models: dict[str, LoadedModel],
     token_ids: Sequence[Sequence[int]],
@@ -234,16 +166,14 @@ def cache_key(
     """Hash of everything that changes the stored result, and nothing else."""
     idents = {k: {f: v for f, v in m.identity.to_dict().items() if f != "name"}
               for k, m in models.items()}
-    tok_hash = hashlib.sha256()
-    for ids in token_ids:
-        tok_hash.update(json.dumps(ids).encode())
-    return _hash({
+    return fingerprint({
         "format": FORMAT_VERSION,
+        "key_version": KEY_VERSION,
         "models": idents,
-        "prompts": tok_hash.hexdigest(),
+        "prompts": fingerprint([list(map(int, ids)) for ids in token_ids], length=64),
         "config": cfg.key_fields(),
         "layer_map": layer_map,
-    })[:32]
+    }, length=32)
 
 
 # -- forward ------------------------------------------------------------------------------
@@ -264,27 +194,6 @@ def _batches(lengths: Sequence[int], order: Sequence[int], cfg: CaptureConfig) -
     if cur:
         out.append(cur)
     return out
-
-
-def _pad(
-    seqs: Sequence[Sequence[int]], side: str, device: torch.device
-) -> tuple[Tensor, Tensor, Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.zeros((len(seqs), width), dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for b, s in enumerate(seqs):
-        sl = slice(0, len(s)) if side == "right" else slice(width - len(s), width)
-        ids[b, sl] = torch.tensor(s)
-        mask[b, sl] = 1
-    pos = (mask.cumsum(-1) - 1).clamp_min(0)
-    return ids.to(device), mask.to(device), pos.to(device)
-
-
-def _accepts(model: Any, name: str) -> bool:
-    try:
-        return name in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -318,9 +227,9 @@ def forward_batch(
     padding_side: str = "right",
 ) -> BatchOutput:
     """One padded forward pass that records ``layers`` through scoped hooks."""
-    ids, mask, pos = _pad(seqs, padding_side, lm.device)
+    ids, mask, pos = pad_batch(seqs, padding_side, lm.device)
     kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "use_cache": False}
-    if _accepts(lm.model, "position_ids"):
+    if accepts(lm.model, "position_ids"):
         kwargs["position_ids"] = pos
     with torch.inference_mode(), record_layers(lm, layers) as rec:
         logits = lm.model(**kwargs).logits
@@ -375,7 +284,7 @@ def capture(
     Returns:
         The finished :class:`RunStore`.
     """
-    models = _models_of(model_or_pair)
+    models = models_of(model_or_pair)
     first = next(iter(models.values()))
     if not prompts:
         raise InputError("no prompts to capture")
@@ -410,6 +319,12 @@ def capture(
         done = RunStore.open(out)
         if done.key == key:
             return done
+        if done.manifest.get("key_version", 1) < KEY_VERSION:
+            raise StoreError(
+                f"{out} holds a run keyed by an older difflens (key version "
+                f"{done.manifest.get('key_version', 1)}, now {KEY_VERSION}): it still reads "
+                f"with RunStore.open, but cannot be reused; choose another --out or delete it"
+            )
         raise StoreError(
             f"{out} already holds a different finished run (key {done.key[:12]}, this one "
             f"{key[:12]}); choose another --out or delete it"
@@ -437,7 +352,8 @@ def capture(
             "truncated": truncated,
         }))
         write_json_atomic(run_json, {
-            "key": key, "format_version": FORMAT_VERSION, "config": dataclasses.asdict(cfg),
+            "key": key, "key_version": KEY_VERSION, "format_version": FORMAT_VERSION,
+            "config": dataclasses.asdict(cfg),
             "plan": plan, "labels": list(models), "layer_map": layer_map,
         })
 
@@ -457,6 +373,7 @@ def capture(
     write_parquet_atomic(out / "index.parquet", index)
     write_json_atomic(out / MANIFEST, {
         "format_version": FORMAT_VERSION,
+        "key_version": KEY_VERSION,
         "key": key,
         "models": {k: m.identity.to_dict() for k, m in models.items()},
         "layer_map": layer_map,

@@ -15,18 +15,16 @@ into place, so no half-written file is ever visible. A shard is complete when it
 file exists (it is written after the shard's tensors), which is what resuming relies on.
 """
 
-import errno
 import json
 import os
-import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 from jaxtyping import Float
 from torch import Tensor
 
@@ -40,98 +38,6 @@ RUN_JSON = "run.json"
 
 def shard_name(i: int) -> str:
     return f"shard-{i:05d}"
-
-
-@contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success fsync it and rename it into place.
-
-    Readers see either the old file or the whole new one, never a partial write. A full
-    disk or a read-only folder becomes a one-line :class:`StoreError`.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        with tmp.open("rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            raise StoreError(
-                f"out of disk space while writing {path}; completed shards are kept: free "
-                f"space and rerun the same command to continue"
-            ) from exc
-        if exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
-            raise StoreError(f"cannot write {path}: {exc.strerror}; choose another --out") from exc
-        raise
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def digest(*parts: Any, length: int = 16) -> str:
-    """A short SHA-256 key of JSON-serialisable parts (others by ``str``): names stored
-    results so a rerun with the same inputs finds them."""
-    import hashlib
-
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()
-                          ).hexdigest()[:length]
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the whole new one."""
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
-
-
-def write_parquet_atomic(path: Path, df: pd.DataFrame) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    table = pa.Table.from_pandas(df, preserve_index=False)
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
-
-
-def write_tensors_atomic(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str]) -> None:
-    """Write a safetensors file atomically; ``metadata`` goes under the one key ``difflens``.
-
-    safetensors serialises its metadata map in no fixed order, so several keys would make
-    the bytes of identical shards differ between runs.
-    """
-    from safetensors.torch import save_file
-
-    meta = {"difflens": json.dumps(metadata, sort_keys=True)}
-    with atomic_path(path) as tmp:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
-
-
-def check_writable(out: Path) -> None:
-    """Create ``out`` and prove that files can be written in it, or raise StoreError."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".probe-{os.getpid()}"
-        probe.write_bytes(b"ok")
-        probe.unlink()
-    except OSError as exc:
-        raise StoreError(
-            f"output directory {out} is not writable ({exc.strerror}); choose another --out"
-        ) from exc
-
-
-def remove_stale_temporaries(out: Path) -> int:
-    """Delete temporary files left by a killed writer; return how many there were."""
-    n = 0
-    for tmp in out.rglob(".*.tmp"):
-        tmp.unlink(missing_ok=True)
-        n += 1
-    return n
 
 
 class RunStore:
@@ -323,3 +229,22 @@ def build_index(path: Path, label: str, n_shards: int) -> pd.DataFrame:
         parts.append(pd.DataFrame({"prompt_idx": pidx[starts], "shard": shard,
                                    "row_start": starts, "n_rows": counts}))
     return pd.concat(parts, ignore_index=True)
+
+
+def layer_divergence(store: RunStore) -> list[dict[str, Any]]:
+    """Per captured layer: max |base - tuned| and mean cosine of the stored states."""
+    if set(store.labels) != {"base", "tuned"}:
+        raise ValueError(f"{store.path} is not a pair run (models: {store.labels})")
+    rows = []
+    for layer in store.layers:
+        max_diff, cos_sum, n = 0.0, 0.0, 0
+        for (_, hb), (_, ht) in zip(store.layer_rows(layer, "base"),
+                                    store.layer_rows(layer, "tuned"), strict=True):
+            hb, ht = hb.float(), ht.float()
+            if hb.shape == ht.shape and len(hb):
+                max_diff = max(max_diff, float((hb - ht).abs().max()))
+                cos_sum += float(torch.nn.functional.cosine_similarity(hb, ht, dim=-1).sum())
+                n += len(hb)
+        rows.append({"layer": layer, "max_abs_diff": max_diff,
+                     "mean_cosine": cos_sum / n if n else float("nan"), "n_rows": n})
+    return rows

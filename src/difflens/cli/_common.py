@@ -1,14 +1,21 @@
-"""What every command shares: one-line errors and the stderr console."""
+"""What every command shares: one-line errors, the stderr console, the option vocabulary
+(one definition per flag, reused by every command that takes it), model loading from those
+options, and the deprecated spellings kept for one release."""
 
 import functools
 import warnings
 from collections.abc import Callable
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, TypeVar
 
 import typer
 from rich.console import Console
+from typer.core import TyperCommand, TyperGroup
 
 from difflens.errors import DifflensWarning, InputError
+
+if TYPE_CHECKING:
+    from difflens.models import LoadedModel, ModelPair
 
 err = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -35,3 +42,136 @@ def friendly_errors(fn: F) -> F:
                         err.print(f"[yellow]warning:[/] {w.message}", highlight=False)
 
     return wrapper  # type: ignore[return-value]
+
+
+# -- the vocabulary: one definition per flag ------------------------------------------------
+# A command declares ``name: Alias = default``; the default stays with the command (and,
+# where the library has one, is the library's).
+
+_MODEL = "hub id, folder, .gguf or preset (see `difflens list presets`)"
+Base = Annotated[str, typer.Option("--base", help=f"Base model (or the only one): {_MODEL}.")]
+Tuned = Annotated[str | None, typer.Option("--tuned", help="Tuned sibling, for a pair.")]
+Model = Annotated[str, typer.Option("--model", help=f"Model: {_MODEL}.")]
+BatchSize = Annotated[int, typer.Option("--batch-size", help="Most inputs per forward pass.")]
+Device = Annotated[str | None, typer.Option(
+    "--device", help="cpu or cuda[:N] (default: cuda if available).")]
+Dtype = Annotated[str | None, typer.Option(
+    "--dtype", help="The model's weights dtype: float32|float16|bfloat16 (default: float32 on "
+    "CPU, bfloat16 on CUDA).")]
+Revision = Annotated[str | None, typer.Option(
+    "--revision", help="Hub revision (branch, tag or commit) of the model(s).")]
+LayersPath = Annotated[str | None, typer.Option(
+    "--layers-path", help="Module path of the decoder blocks (default: found).")]
+UnusedBatchSize = Annotated[int | None, typer.Option(
+    "--batch-size", help="Most inputs per forward pass. Not used by this command yet: its "
+    "library step takes no batch size.")]
+Samples = Annotated[int, typer.Option("--samples", help="Samples per prompt (and model).")]
+_MAX_INPUTS = typer.Option(
+    "--max-inputs", help="Use only the first N inputs (prompts, items, examples).")
+MaxInputs = Annotated[int | None, _MAX_INPUTS]
+MaxInputsCount = Annotated[int, _MAX_INPUTS]  # where the command needs a number
+MaxNewTokens = Annotated[int, typer.Option("--max-new-tokens", help="Tokens per generation.")]
+Seed = Annotated[int, typer.Option("--seed", help="Seed of sampling, splits and bootstraps.")]
+OutDir = Annotated[Path, typer.Option("--out", help="Output folder.")]
+PromptsFile = Annotated[Path | None, typer.Option(
+    "--prompts", help="Prompt file: .txt .jsonl .json .csv.")]
+
+
+def unused_batch_size(value: int | None, command: str) -> None:
+    """Say so when ``--batch-size`` is given to a command whose library step has none."""
+    if value is not None:
+        err.print(f"[yellow]warning:[/] --batch-size has no effect on `difflens {command}` "
+                  f"yet: its library step takes no batch size", highlight=False, soft_wrap=True)
+
+
+def load(name: str, *, revision: str | None, dtype: str | None, device: str | None,
+         layers_path: str | None = None) -> "LoadedModel":
+    """``load_model`` with the loading options every model command takes."""
+    from difflens.models import load_model
+
+    return load_model(name, revision=revision, dtype=dtype, device=device,
+                      layers_path=layers_path)
+
+
+def load_target(base: str, tuned: str | None, *, revision: str | None, dtype: str | None,
+                device: str | None, layers_path: str | None = None
+                ) -> "LoadedModel | ModelPair":
+    """One model, or the (base, tuned) pair when ``tuned`` is given."""
+    from difflens.models import ModelPair
+
+    kw: dict[str, Any] = dict(revision=revision, dtype=dtype, device=device,
+                              layers_path=layers_path)
+    model = load(base, **kw)
+    return model if tuned is None else ModelPair(model, load(tuned, **kw))
+
+
+# -- deprecated spellings, kept for one release ---------------------------------------------
+
+
+def warn_deprecated(old: str, new: str) -> None:
+    """The one-line notice an old spelling prints on stderr."""
+    err.print(f"[yellow]warning:[/] {old} is deprecated; use {new}", highlight=False,
+              soft_wrap=True, markup=True)
+
+
+def rename_flags(args: list[str], renamed: dict[str, str], where: str = "") -> list[str]:
+    """``args`` with old flag names (``--old`` or ``--old=value``) replaced by the new ones,
+    each announced once; nothing after ``--`` is touched."""
+    out: list[str] = []
+    for i, arg in enumerate(args):
+        if arg == "--":
+            return out + args[i:]
+        name, eq, value = arg.partition("=")
+        if name in renamed:
+            warn_deprecated(name + where, renamed[name])
+            arg = renamed[name] + eq + value
+        out.append(arg)
+    return out
+
+
+class VocabCommand(TyperCommand):
+    """A command that still accepts its old flag names (``renamed``: old -> new) and, for a
+    hidden copy at an old path, says where the command went (``moved``: old, new path)."""
+
+    renamed: ClassVar[dict[str, str]] = {}
+    moved: ClassVar[tuple[str, str] | None] = None
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:  # a (vendored) click Context
+        if not ctx.resilient_parsing:
+            if self.moved is not None:
+                warn_deprecated(f"`difflens {self.moved[0]}`", f"`difflens {self.moved[1]}`")
+            args = rename_flags(args, self.renamed)
+        return super().parse_args(ctx, args)
+
+
+def vocab(renamed: dict[str, str] | None = None,
+          moved: tuple[str, str] | None = None) -> type[VocabCommand]:
+    """A :class:`VocabCommand` class for ``app.command(..., cls=vocab(...))``."""
+    attrs: dict[str, Any] = {"renamed": dict(renamed or {}), "moved": moved}
+    return type("VocabCommand", (VocabCommand,), attrs)
+
+
+class DefaultVerbGroup(TyperGroup):
+    """A group whose old form was a single command: ``difflens NOUN --opt ...`` (options
+    right after the noun) runs ``difflens NOUN VERB --opt ...`` with a deprecation notice.
+    ``legacy_renamed`` maps flags whose meaning changed in the move (old -> new)."""
+
+    default_verb: ClassVar[str] = ""
+    legacy_renamed: ClassVar[dict[str, str]] = {}
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:  # a (vendored) click Context
+        if (args and args[0].startswith("-") and args[0] not in ctx.help_option_names
+                and not ctx.resilient_parsing):
+            noun = ctx.info_name or self.name or ""
+            warn_deprecated(f"`difflens {noun} OPTIONS`",
+                            f"`difflens {noun} {self.default_verb} OPTIONS`")
+            args = [self.default_verb, *rename_flags(args, self.legacy_renamed,
+                                                     f" of the old `difflens {noun}`")]
+        return super().parse_args(ctx, args)
+
+
+def default_verb_group(verb: str, legacy_renamed: dict[str, str] | None = None
+                       ) -> type[DefaultVerbGroup]:
+    """A :class:`DefaultVerbGroup` class for ``typer.Typer(cls=...)``."""
+    attrs: dict[str, Any] = {"default_verb": verb, "legacy_renamed": dict(legacy_renamed or {})}
+    return type("DefaultVerbGroup", (DefaultVerbGroup,), attrs)

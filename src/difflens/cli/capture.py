@@ -1,4 +1,7 @@
-"""``difflens capture`` and ``difflens info``."""
+"""``difflens capture run|info``: capture activations into a run store, and describe one.
+
+``difflens capture OPTIONS`` (the old single command) still runs ``capture run`` for one
+release, with its old ``--dtype`` (the stored dtype) read as ``--store-dtype``."""
 
 import json
 from pathlib import Path
@@ -8,41 +11,58 @@ from rich.console import Console
 from rich.table import Table
 
 from difflens.capture import RunStore, capture, read_prompts
-from difflens.cli._common import friendly_errors
-from difflens.models import ModelPair, load_model
+from difflens.cli._common import (
+    Base,
+    BatchSize,
+    Device,
+    Dtype,
+    LayersPath,
+    OutDir,
+    Revision,
+    Tuned,
+    default_verb_group,
+    friendly_errors,
+    load_target,
+)
 
+app = typer.Typer(help="Capture all-layer activations and next-token statistics, and read "
+                  "run stores.", no_args_is_help=True,
+                  cls=default_verb_group("run", legacy_renamed={"--dtype": "--store-dtype"}))
 out = Console()
 
 
+@app.command("run")
 @friendly_errors
-def capture_cmd(
-    base: str = typer.Option(..., "--base", help="Model: hub id, folder, .gguf or preset."),
+def run_cmd(
+    base: Base,
+    out_dir: OutDir,
     prompts: Path = typer.Option(..., "--prompts", help="Prompt file: .txt .jsonl .json .csv"),
-    out_dir: Path = typer.Option(..., "--out", help="Run store directory (resumable)."),
-    tuned: str | None = typer.Option(None, "--tuned", help="Tuned sibling, for a pair."),
+    tuned: Tuned = None,
     layers: str = typer.Option("all", help="'all' or a list like 0,3,5 (negatives allowed)."),
     positions: str = typer.Option("all", help="'all', 'last' or a list like -1,-2."),
     field: str | None = typer.Option(None, help="JSONL/JSON/CSV field holding the prompt."),
-    dtype: str = typer.Option("float32", help="Stored hidden-state dtype: float32|float16."),
+    store_dtype: str = typer.Option("float32", help="Stored hidden-state dtype: "
+                                    "float32|float16."),
     top_k: int = typer.Option(5, help="Top next tokens recorded per position."),
     logprob_positions: str = typer.Option("", help="Positions to store full log-probs at."),
     no_truncate: bool = typer.Option(False, "--no-truncate", help="Error on too-long prompts."),
-    batch_size: int = typer.Option(32, help="Most prompts per forward pass."),
+    batch_size: BatchSize = 32,
     shard_mb: int = typer.Option(128, help="Target size of one tensor shard (MB)."),
-    device: str | None = typer.Option(None, help="cpu or cuda (default: cuda if available)."),
-    revision: str | None = typer.Option(None, help="Hub revision for the models."),
-    layers_path: str | None = typer.Option(None, help="Module path of the decoder blocks."),
+    device: Device = None,
+    dtype: Dtype = None,
+    revision: Revision = None,
+    layers_path: LayersPath = None,
 ) -> None:
-    """Capture all-layer activations and next-token statistics into a run store."""
+    """Capture all-layer activations and next-token statistics into a run store (resumable:
+    rerun the same command after an interruption)."""
     texts = read_prompts(prompts, field=field)
     pos: str | list[int] = (
         positions if positions in ("all", "last") else _ints(positions, "--positions"))
-    model = load_model(base, revision=revision, device=device, layers_path=layers_path)
-    target = model if tuned is None else ModelPair(
-        model, load_model(tuned, revision=revision, device=device, layers_path=layers_path))
+    target = load_target(base, tuned, revision=revision, dtype=dtype, device=device,
+                         layers_path=layers_path)
     store = capture(
         target, texts, store=out_dir, layers=layers, positions=pos,  # type: ignore[arg-type]
-        store_dtype=dtype,
+        store_dtype=store_dtype,
         top_k=top_k, logprob_positions=_ints(logprob_positions, "--logprob-positions"),
         truncate=not no_truncate, batch_size=batch_size, shard_mb=shard_mb, progress=True,
     )
@@ -67,6 +87,7 @@ def _span(layers: list[int]) -> str:
     return ",".join(map(str, layers))
 
 
+@app.command("info")
 @friendly_errors
 def info_cmd(
     path: Path = typer.Argument(..., help="A run store directory."),

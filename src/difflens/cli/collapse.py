@@ -1,23 +1,107 @@
 """``difflens collapse divergence|probes|temperature|tree|attractors|diversity|all``.
 
 Every command writes into ``--out`` and merges its keys into ``OUT/summary.json``, so the
-steps can be run one at a time or together (``all``).
+steps can be run one at a time or together (``all``). Each step's command takes only the
+options that step reads (``_STEP_OPTIONS``); every option is defined once (``_OPTIONS``),
+with the library's default, and ``all`` takes the union.
 """
 
 import dataclasses
+import inspect
 from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
-from difflens.cli._common import friendly_errors
+from difflens.cli._common import (
+    Base,
+    Device,
+    Dtype,
+    LayersPath,
+    MaxNewTokens,
+    OutDir,
+    PromptsFile,
+    Revision,
+    Samples,
+    Seed,
+    Tuned,
+    UnusedBatchSize,
+    friendly_errors,
+    load_target,
+    unused_batch_size,
+    vocab,
+)
 from difflens.errors import InputError
-from difflens.report.collapse import STEPS, CollapseConfig, run_collapse
+from difflens.pipelines.collapse import STEPS, CollapseConfig, run_collapse
 
 app = typer.Typer(help="Mode collapse and attractors: divergence along text, exact probes, "
                   "temperature sweeps, probability trees, attractor tests, diversity.",
                   no_args_is_help=True)
 out = Console()
+
+_C = CollapseConfig  # the library's defaults
+_REQUIRED = inspect.Parameter.empty
+
+#: option name -> (annotated type, default), in help order.
+_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "base": (Base, _REQUIRED),
+    "out_dir": (OutDir, _REQUIRED),
+    "tuned": (Tuned, None),
+    "prompts": (PromptsFile, None),
+    "corpus": (Annotated[Path | None, typer.Option(
+        "--corpus", help="Divergence corpus: JSONL with prompt and continuation (else "
+        "sampled).")], None),
+    "sources": (Annotated[str, typer.Option(
+        "--sources", help="Models whose samples form the divergence corpus, e.g. tuned "
+        "(default: all).")], ""),
+    "max_new_tokens": (MaxNewTokens, _C.max_new_tokens),
+    "probes": (Annotated[Path | None, typer.Option(
+        "--probes", help="Probe JSONL (default: built-in random number, dice, coin; see "
+        "`difflens list probes`).")], None),
+    "probe_names": (Annotated[str, typer.Option(
+        "--probe-names", help="Only these probes, e.g. d6,coin.")], ""),
+    "temperatures": (Annotated[str, typer.Option(
+        "--temperatures", help="Temperature grid (default: 0.25..4, log-spaced).")], ""),
+    "tree_prompt": (Annotated[str, typer.Option(
+        "--tree-prompt", help="Prompt of the probability tree.")], _C.tree_prompt),
+    "depth": (Annotated[int, typer.Option("--depth", help="Tree depth.")], _C.tree_depth),
+    "top_k": (Annotated[int, typer.Option("--top-k", help="Children per tree node.")],
+              _C.tree_top_k),
+    "min_prob": (Annotated[float, typer.Option(
+        "--min-prob", help="Do not expand paths below this probability.")], _C.tree_min_prob),
+    "perturb_at": (Annotated[str, typer.Option(
+        "--perturb-at", help="Perturbation points (fractions of the completion).")],
+        ",".join(f"{x:g}" for x in _C.positions)),
+    "insert": (Annotated[str, typer.Option(
+        "--insert", help="Phrase inserted by the attractor test.")], _C.insert),
+    "samples": (Samples, _C.k_samples),
+    "reference": (Annotated[Path | None, typer.Option(
+        "--reference", help="Reference texts for the Fréchet distance (.txt/.jsonl; default: "
+        "a second draw of the first model).")], None),
+    "encoder": (Annotated[str, typer.Option(
+        "--encoder", help="Sentence encoder (name or folder).")], _C.encoder),
+    "seed": (Seed, _C.seed),
+    "batch_size": (UnusedBatchSize, None),
+    "device": (Device, None),
+    "dtype": (Dtype, None),
+    "revision": (Revision, None),
+    "layers_path": (LayersPath, None),
+}
+_COMMON = ("base", "out_dir", "tuned")
+_LOADING = ("batch_size", "device", "dtype", "revision", "layers_path")
+#: the options each step reads (besides the models, --out and the loading options).
+_STEP_OPTIONS: dict[str, tuple[str, ...]] = {
+    "divergence": ("prompts", "corpus", "sources", "max_new_tokens", "seed"),
+    "probes": ("probes", "probe_names", "seed"),
+    "temperature": ("probes", "probe_names", "temperatures", "seed"),
+    "tree": ("tree_prompt", "depth", "top_k", "min_prob"),
+    "attractors": ("prompts", "max_new_tokens", "perturb_at", "insert", "encoder", "seed"),
+    "diversity": ("prompts", "samples", "max_new_tokens", "reference", "encoder", "seed"),
+}
+#: old flag names (one release): the samples per prompt, and --positions, which elsewhere
+#: means token positions.
+_RENAMED = {"--k-samples": "--samples", "--positions": "--perturb-at"}
 
 
 def _floats(text: str, option: str) -> tuple[float, ...]:
@@ -64,74 +148,53 @@ def _print(summary: dict, steps: tuple[str, ...], out_dir: Path) -> None:  # typ
     out.print(f"wrote {out_dir}/summary.json, data/, figures/, index.html")
 
 
+def _run(steps: tuple[str, ...], values: dict[str, Any]) -> None:
+    from difflens.capture.outcomes import DEFAULT_TEMPERATURES
+    from difflens.inputs.prompts import read_prompts
+
+    v = {name: default for name, (_, default) in _OPTIONS.items()} | values
+    prompts, reference, tuned = v["prompts"], v["reference"], v["tuned"]
+    depth, top_k, min_prob = v["depth"], v["top_k"], v["min_prob"]
+    unused_batch_size(v["batch_size"], "collapse")
+    ps = tuple(read_prompts(prompts)) if prompts else ()
+    ref = tuple(read_prompts(reference, field="text")) if reference else None
+    cfg = CollapseConfig(
+        prompts=ps, corpus=str(v["corpus"]) if v["corpus"] else None,
+        sources=tuple(s for s in v["sources"].split(",") if s),
+        max_new_tokens=v["max_new_tokens"], probes=str(v["probes"]) if v["probes"] else None,
+        probe_names=tuple(n for n in v["probe_names"].split(",") if n),
+        temperatures=_floats(v["temperatures"], "--temperatures") or DEFAULT_TEMPERATURES,
+        tree_prompt=v["tree_prompt"], tree_depth=depth, tree_top_k=top_k,
+        tree_min_prob=min_prob, positions=_floats(v["perturb_at"], "--perturb-at"),
+        insert=v["insert"], k_samples=v["samples"], reference=ref,
+        reference_name=str(reference) if reference else "", encoder=v["encoder"],
+        seed=v["seed"])
+    if "tree" in steps and (depth < 1 or top_k < 1 or not 0 <= min_prob < 1):
+        raise InputError(f"need --depth >= 1, --top-k >= 1 and 0 <= --min-prob < 1; got "
+                         f"{depth}, {top_k}, {min_prob}")
+    run_steps = steps
+    if len(steps) > 1:  # `all`: the tree defaults to the first prompt; one model
+        if not cfg.tree_prompt and ps:  # cannot be compared with itself in temperature
+            cfg = dataclasses.replace(cfg, tree_prompt=ps[0])
+        run_steps = tuple(s for s in steps if s != "temperature" or tuned is not None)
+    target = load_target(v["base"], tuned, revision=v["revision"], dtype=v["dtype"],
+                         device=v["device"], layers_path=v["layers_path"])
+    run = run_collapse(target, v["out_dir"], steps=run_steps, config=cfg, progress=True)
+    _print(run.summary, run_steps, v["out_dir"])
+
+
 def _command(steps: tuple[str, ...], doc: str):  # type: ignore[no-untyped-def]
-    @friendly_errors
-    def cmd(
-        base: str = typer.Option(..., "--base", help="Model: hub id, folder, .gguf or preset."),
-        out_dir: Path = typer.Option(..., "--out", help="Output folder."),
-        tuned: str | None = typer.Option(None, "--tuned", help="Tuned sibling, for a pair."),
-        prompts: Path | None = typer.Option(None, "--prompts", help="Prompts (.txt, .jsonl, "
-                                            ".json, .csv) for divergence, attractors, "
-                                            "diversity."),
-        corpus: Path | None = typer.Option(None, "--corpus", help="Divergence corpus: JSONL "
-                                           "with prompt and continuation (else sampled)."),
-        sources: str = typer.Option("", help="Models whose samples form the divergence "
-                                    "corpus, e.g. tuned (default: all)."),
-        max_new_tokens: int = typer.Option(40, help="Tokens per sampled/greedy completion."),
-        probes: Path | None = typer.Option(None, "--probes", help="Probe JSONL (default: "
-                                           "built-in random number, dice, coin)."),
-        probe_names: str = typer.Option("", help="Only these probes, e.g. d6,coin."),
-        temperatures: str = typer.Option("", help="Temperature grid (default: 0.25..4, "
-                                         "log-spaced)."),
-        tree_prompt: str = typer.Option("", help="Prompt of the probability tree."),
-        depth: int = typer.Option(4, help="Tree depth."),
-        top_k: int = typer.Option(5, help="Children per tree node."),
-        min_prob: float = typer.Option(1e-3, help="Do not expand paths below this "
-                                       "probability."),
-        positions: str = typer.Option("0.2,0.4,0.6", help="Perturbation points (fractions "
-                                      "of the completion)."),
-        insert: str = typer.Option(" Suddenly,", help="Phrase inserted by the attractor "
-                                   "test."),
-        k_samples: int = typer.Option(16, help="Samples per prompt for diversity."),
-        reference: Path | None = typer.Option(None, "--reference", help="Reference texts "
-                                              "for the Fréchet distance (.txt/.jsonl; default: "
-                                              "a second draw of the first model)."),
-        encoder: str = typer.Option("all-MiniLM-L6-v2", help="Sentence encoder (name or "
-                                    "folder)."),
-        seed: int = typer.Option(0, help="Seed of sampling and bootstraps."),
-        device: str | None = typer.Option(None, help="cpu or cuda."),
-    ) -> None:
-        from difflens.analysis.probes import DEFAULT_TEMPERATURES
-        from difflens.capture.prompts import read_prompts
-        from difflens.models import ModelPair, load_model
+    """The command of ``steps``, taking exactly the options they read."""
+    wanted = {*_COMMON, *_LOADING, *(n for s in steps for n in _STEP_OPTIONS[s])}
 
-        ps = tuple(read_prompts(prompts)) if prompts else ()
-        ref = tuple(read_prompts(reference, field="text")) if reference else None
-        cfg = CollapseConfig(
-            prompts=ps, corpus=str(corpus) if corpus else None,
-            sources=tuple(s for s in sources.split(",") if s), max_new_tokens=max_new_tokens,
-            probes=str(probes) if probes else None,
-            probe_names=tuple(n for n in probe_names.split(",") if n),
-            temperatures=_floats(temperatures, "--temperatures") or DEFAULT_TEMPERATURES,
-            tree_prompt=tree_prompt, tree_depth=depth, tree_top_k=top_k,
-            tree_min_prob=min_prob, positions=_floats(positions, "--positions"),
-            insert=insert, k_samples=k_samples, reference=ref,
-            reference_name=str(reference) if reference else "", encoder=encoder, seed=seed)
-        if "tree" in steps and (depth < 1 or top_k < 1 or not 0 <= min_prob < 1):
-            raise InputError(f"need --depth >= 1, --top-k >= 1 and 0 <= --min-prob < 1; got "
-                             f"{depth}, {top_k}, {min_prob}")
-        run_steps = steps
-        if len(steps) > 1:  # `all`: the tree defaults to the first prompt; one model
-            if not cfg.tree_prompt and ps:  # cannot be compared with itself in temperature
-                cfg = dataclasses.replace(cfg, tree_prompt=ps[0])
-            run_steps = tuple(s for s in steps if s != "temperature" or tuned is not None)
-        model = load_model(base, device=device)
-        target = model if tuned is None else ModelPair(model, load_model(tuned, device=device))
-        run = run_collapse(target, out_dir, steps=run_steps, config=cfg, progress=True)
-        _print(run.summary, run_steps, out_dir)
+    def cmd(**values: Any) -> None:
+        _run(steps, values)
 
+    cmd.__signature__ = inspect.Signature([  # type: ignore[attr-defined]
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=ann, default=default)
+        for name, (ann, default) in _OPTIONS.items() if name in wanted])
     cmd.__doc__ = doc
-    return cmd
+    return friendly_errors(cmd)
 
 
 _DOCS = {
@@ -143,6 +206,9 @@ _DOCS = {
     "diversity": "distinct-n, self-BLEU, embedding spread, Vendi and Fréchet of K samples.",
 }
 for _step in STEPS:
-    app.command(_step)(_command((_step,), _DOCS[_step]))
-app.command("all")(_command(STEPS, "Every step (the tree defaults to the first prompt; the "
-                                   "temperature sweep runs for a pair)."))
+    _renamed = {old: new for old, new in _RENAMED.items()
+                if new.lstrip("-").replace("-", "_") in _STEP_OPTIONS[_step]}
+    app.command(_step, cls=vocab(_renamed))(_command((_step,), _DOCS[_step]))
+app.command("all", cls=vocab(_RENAMED))(_command(
+    STEPS, "Every step (the tree defaults to the first prompt; the temperature sweep runs for "
+    "a pair)."))

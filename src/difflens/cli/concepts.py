@@ -9,11 +9,24 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from difflens.capture.abdata import load_ab_dataset
-from difflens.cli._common import friendly_errors
+from difflens.cli._common import (
+    Base,
+    BatchSize,
+    Device,
+    Dtype,
+    LayersPath,
+    MaxInputs,
+    OutDir,
+    Revision,
+    Seed,
+    Tuned,
+    friendly_errors,
+    load_target,
+    vocab,
+)
 from difflens.errors import InputError
-from difflens.models import ModelPair, load_model
-from difflens.report.concepts import DEFAULT_ALPHAS, run_concepts
+from difflens.inputs.ab_items import load_ab_dataset
+from difflens.pipelines.concepts import DEFAULT_ALPHAS, run_concepts
 
 app = typer.Typer(help="Concept vectors per layer: extract, compare base vs tuned, steer.",
                   no_args_is_help=True)
@@ -31,9 +44,9 @@ def _run(step: str, base: str, tuned: str | None, dataset: Path, out_dir: Path, 
          layers: str, position: str, method: str, chat: bool | None, skip_bad: bool,
          max_items: int | None, test_fraction: float, seed: int, steer_layers: str,
          alphas: str, alpha_unit: str, n_generations: int, batch_size: int, device: str | None,
-         layers_path: str | None) -> None:
-    from difflens.analysis.concepts import METHODS
-    from difflens.capture.abdata import POSITIONS
+         dtype: str | None, revision: str | None, layers_path: str | None) -> None:
+    from difflens.capture.concepts import METHODS
+    from difflens.inputs.ab_items import POSITIONS
 
     if position not in POSITIONS:  # check options before loading anything
         raise InputError(f"position must be one of {', '.join(POSITIONS)}, got {position!r}")
@@ -43,9 +56,8 @@ def _run(step: str, base: str, tuned: str | None, dataset: Path, out_dir: Path, 
     if ds.skipped:
         out.print(f"[yellow]skipped {len(ds.skipped)} malformed items[/] (first: "
                   f"{ds.skipped[0]})", highlight=False)
-    model = load_model(base, device=device, layers_path=layers_path)
-    target = model if tuned is None else ModelPair(
-        model, load_model(tuned, device=device, layers_path=layers_path))
+    target = load_target(base, tuned, revision=revision, dtype=dtype, device=device,
+                         layers_path=layers_path)
     steps = {"extract": ("extract",), "compare": ("extract", "compare"),
              "steer": ("extract", "steer")}[step]
     s_layers = [int(x) for x in steer_layers.split(",") if x.strip()] if steer_layers else None
@@ -71,10 +83,10 @@ def _run(step: str, base: str, tuned: str | None, dataset: Path, out_dir: Path, 
 def _command(step: str, doc: str):  # type: ignore[no-untyped-def]
     @friendly_errors
     def cmd(
-        base: str = typer.Option(..., "--base", help="Model: hub id, folder, .gguf or preset."),
+        base: Base,
+        out_dir: OutDir,
         dataset: Path = typer.Option(..., "--dataset", help="A/B items: .json or .jsonl."),
-        out_dir: Path = typer.Option(..., "--out", help="Output folder."),
-        tuned: str | None = typer.Option(None, "--tuned", help="Tuned sibling, for a pair."),
+        tuned: Tuned = None,
         fmt: str = typer.Option("auto", "--format",
                                 help="auto|anthropic|caa|persona|plain."),
         layers: str = typer.Option("all", help="'all' or a list like 0,3,5."),
@@ -83,9 +95,9 @@ def _command(step: str, doc: str):  # type: ignore[no-untyped-def]
         chat: bool | None = typer.Option(None, "--chat/--no-chat",
                                          help="Wrap in the chat template (default: if any)."),
         skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip malformed items."),
-        max_items: int | None = typer.Option(None, help="Use the first N items."),
+        max_inputs: MaxInputs = None,
         test_fraction: float = typer.Option(0.2, help="Held-out share of items."),
-        seed: int = typer.Option(0, help="Seed of the split and the bootstrap."),
+        seed: Seed = 0,
         steer_layers: str = typer.Option("", help="Layers to steer (default: best + 1/3, 2/3)."),
         alphas: str = typer.Option(",".join(f"{a:g}" for a in DEFAULT_ALPHAS),
                                    help="Steering multipliers."),
@@ -93,22 +105,24 @@ def _command(step: str, doc: str):  # type: ignore[no-untyped-def]
             "vector", help="vector (alpha x the concept vector, CAA) | residual (alpha x the "
             "layer's mean residual norm, along the vector)."),
         n_generations: int = typer.Option(3, help="Steered greedy generations to show."),
-        batch_size: int = typer.Option(32, help="Items per forward pass."),
-        device: str | None = typer.Option(None, help="cpu or cuda."),
-        layers_path: str | None = typer.Option(None, help="Module path of the decoder blocks."),
+        batch_size: BatchSize = 32,
+        device: Device = None,
+        dtype: Dtype = None,
+        revision: Revision = None,
+        layers_path: LayersPath = None,
     ) -> None:
         _run(step, base, tuned, dataset, out_dir, fmt, layers, position, method, chat, skip_bad,
-             max_items, test_fraction, seed, steer_layers, alphas, alpha_unit, n_generations,
-             batch_size,
-             device, layers_path)
+             max_inputs, test_fraction, seed, steer_layers, alphas, alpha_unit, n_generations,
+             batch_size, device, dtype, revision, layers_path)
 
     cmd.__doc__ = doc
     return cmd
 
 
-app.command("extract")(_command(
+_RENAMED = {"--max-items": "--max-inputs"}  # old flag names (one release)
+app.command("extract", cls=vocab(_RENAMED))(_command(
     "extract", "Extract a concept vector per layer (and model) and its held-out separation."))
-app.command("compare")(_command(
+app.command("compare", cls=vocab(_RENAMED))(_command(
     "compare", "Extract, then compare: cosine base vs tuned, layer heatmaps, PCA."))
-app.command("steer")(_command(
+app.command("steer", cls=vocab(_RENAMED))(_command(
     "steer", "Extract, then steer: held-out P(matching answer) vs alpha, and generations."))

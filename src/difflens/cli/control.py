@@ -1,4 +1,11 @@
-"""``difflens probe train``, ``difflens monitor`` and ``difflens control evaluate``."""
+"""``difflens control train-probe|monitor|evaluate``: closed-loop control with state probes.
+
+Noun-verb, like the other groups: the noun is what the group works on (here, controlling a
+generation through a state probe), the verbs are the steps in the order they are used:
+``train-probe`` (fit the probe the other two read), ``monitor`` (one live generation, each
+token coloured by its score) and ``evaluate`` (bad rate, fluency and speed per controller).
+The old paths ``difflens probe train`` and ``difflens monitor`` still work for one release.
+"""
 
 import json
 from pathlib import Path
@@ -7,13 +14,31 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from difflens.cli._common import friendly_errors
+from difflens.cli._common import (
+    BatchSize,
+    Device,
+    Dtype,
+    LayersPath,
+    MaxInputs,
+    MaxInputsCount,
+    MaxNewTokens,
+    Model,
+    OutDir,
+    Revision,
+    Samples,
+    Seed,
+    friendly_errors,
+    load,
+    vocab,
+)
+from difflens.control.evaluate import ControlConfig
+from difflens.control.state_probe import ProbeConfig
 from difflens.errors import InputError
+from difflens.models.layers import parse_layer_list
 
-probe_app = typer.Typer(help="State probes: a score in [0, 1] per token from hidden states.",
-                        no_args_is_help=True)
-control_app = typer.Typer(help="Closed-loop control: evaluate controllers and gains.",
-                          no_args_is_help=True)
+app = typer.Typer(help="Closed-loop control with state probes (a score in [0, 1] per token "
+                  "from hidden states): train a probe, monitor a generation, evaluate "
+                  "controllers and gains.", no_args_is_help=True)
 out = Console()
 err = Console(stderr=True)
 
@@ -28,11 +53,11 @@ def _format_of(path: Path | None, fmt: str) -> str:
     if path is None:
         raise InputError("give --data FILE (JSONL with text/label, or chosen/rejected pairs), "
                          "or --format organism")
-    from difflens.control.probe import _lines
+    from difflens._io import text_lines
 
     if not path.is_file():
         raise InputError(f"labelled data {path} does not exist")
-    lines = _lines(path) or path.read_text(encoding="utf-8", errors="replace").splitlines()
+    lines = text_lines(path) or path.read_text(encoding="utf-8", errors="replace").splitlines()
     first = next((ln for ln in lines if ln.strip()), "")
     try:
         obj = json.loads(first)
@@ -41,37 +66,34 @@ def _format_of(path: Path | None, fmt: str) -> str:
     return "pairs" if isinstance(obj, dict) and "chosen" in obj else "labelled"
 
 
-@probe_app.command("train")
 @friendly_errors
 def train_cmd(
-    model: str = typer.Option(..., "--model", help="Model: hub id, folder, .gguf or preset."),
-    out_dir: Path = typer.Option(..., "--out", help="Output folder (probe.safetensors, ...)."),
+    model: Model,
+    out_dir: OutDir,
     data: Path | None = typer.Option(None, "--data", help="JSONL (.gz ok): text/label, or "
                                      "chosen/rejected preference transcripts."),
     fmt: str = typer.Option("auto", "--format", help="auto|labelled|pairs|organism."),
     layers: str = typer.Option("all", help="'all' or a list like 0,3,5; best on validation."),
     threshold: float | None = typer.Option(None, help="Default threshold (default: calibrated "
                                            "on validation segments)."),
-    limit: int | None = typer.Option(None, help="Use the first N examples (pairs: N pairs)."),
+    max_inputs: MaxInputs = None,
     n_stories: int = typer.Option(300, help="organism: labelled world stories."),
     bad_themes: str = typer.Option("danger,loss", help="organism: themes that are bad."),
     max_tokens: int = typer.Option(256, help="Tokens read per example (the end is kept)."),
-    seed: int = typer.Option(0, help="Seed of the split, subsample and bootstrap."),
-    batch_size: int = typer.Option(16, help="Examples per forward pass."),
-    device: str | None = typer.Option(None, help="cpu or cuda."),
-    layers_path: str | None = typer.Option(None, help="Module path of the decoder blocks."),
+    seed: Seed = ProbeConfig.seed,
+    batch_size: BatchSize = ProbeConfig.batch_size,
+    device: Device = None,
+    dtype: Dtype = None,
+    revision: Revision = None,
+    layers_path: LayersPath = None,
 ) -> None:
-    """Train a state probe and report its held-out AUC per layer."""
-    from difflens.control.probe import (
-        ProbeConfig,
-        check_threshold,
-        organism_labelled,
-        read_labelled,
-        read_preference_pairs,
-    )
-    from difflens.models import load_model
-    from difflens.organism.build import rich_progress
-    from difflens.report.control import run_probe_training
+    """Train a state probe and report its held-out AUC per layer (examples: --max-inputs
+    examples, or pairs for preference data)."""
+    from difflens._io import rich_progress
+    from difflens.control.state_probe import check_threshold
+    from difflens.inputs.labelled import read_labelled, read_preference_pairs
+    from difflens.organism.truth import organism_labelled
+    from difflens.pipelines.control import run_probe_training
 
     if threshold is not None:
         check_threshold(threshold)
@@ -83,16 +105,15 @@ def train_cmd(
     elif data is None:
         raise InputError(f"--format {kind} needs --data FILE")
     elif kind == "pairs":
-        examples = read_preference_pairs(data, limit=limit)
+        examples = read_preference_pairs(data, limit=max_inputs)
         source = f"{data.name}: last assistant replies, rejected = bad"
     else:
-        examples = read_labelled(data)[:limit]
+        examples = read_labelled(data)[:max_inputs]
         source = data.name
-    layer_sel: str | tuple[int, ...] = layers if layers == "all" else tuple(
-        int(x) for x in layers.split(",") if x.strip())
+    layer_sel = parse_layer_list(layers)
     config = ProbeConfig(layers=layer_sel, max_tokens=max_tokens, seed=seed,
                          batch_size=batch_size)
-    lm = load_model(model, device=device, layers_path=layers_path)
+    lm = load(model, revision=revision, dtype=dtype, device=device, layers_path=layers_path)
     with rich_progress(True) as bar:
         step = bar("probe: reading states", len(examples))
         fit, _ = run_probe_training(lm, examples, out_dir, config=config, threshold=threshold,
@@ -107,13 +128,13 @@ def train_cmd(
               f"data/, figures/, summary.json")
 
 
-def _load(model: str, probe_path: Path, device: str | None, layers_path: str | None,
-          allow_other_model: bool):  # type: ignore[no-untyped-def]
-    from difflens.control.probe import load_probe
-    from difflens.models import load_model
+def _load(model: str, probe_path: Path, allow_other_model: bool, *, revision: str | None,
+          dtype: str | None, device: str | None,
+          layers_path: str | None):  # type: ignore[no-untyped-def]
+    from difflens.control.state_probe import load_probe
 
     probe = load_probe(probe_path)  # fail before loading the model
-    lm = load_model(model, device=device, layers_path=layers_path)
+    lm = load(model, revision=revision, dtype=dtype, device=device, layers_path=layers_path)
     probe.check(lm, allow_other_weights=allow_other_model)
     return lm, probe
 
@@ -127,31 +148,34 @@ def _style(score: float) -> str:
 
 @friendly_errors
 def monitor_cmd(
-    model: str = typer.Option(..., "--model", help="Model: hub id, folder, .gguf or preset."),
+    model: Model,
     probe_path: Path = typer.Option(..., "--probe", help="probe.safetensors (or its folder)."),
     prompt: str = typer.Option(..., "--prompt", help="The prompt to continue."),
     threshold: float | None = typer.Option(None, help="Alert threshold (default: the probe's)."),
     controller: str = typer.Option("none", help="none|open_loop|proportional|rollback."),
     gain: float = typer.Option(0.0, help="Controller gain (units of the mean state norm)."),
-    max_new_tokens: int = typer.Option(60, help="Tokens to generate."),
+    max_new_tokens: MaxNewTokens = 60,
     temperature: float = typer.Option(0.0, help="0 = greedy."),
-    seed: int = typer.Option(0, help="Sampling seed."),
+    seed: Seed = 0,
     chat: bool = typer.Option(False, "--chat", help="Wrap the prompt in the chat template."),
     out_dir: Path | None = typer.Option(None, "--out", help="Record the trace here."),
     allow_other_model: bool = typer.Option(False, "--allow-other-model",
                                            help="Use a probe trained on other weights."),
-    device: str | None = typer.Option(None, help="cpu or cuda."),
-    layers_path: str | None = typer.Option(None, help="Module path of the decoder blocks."),
+    batch_size: BatchSize = 1,
+    device: Device = None,
+    dtype: Dtype = None,
+    revision: Revision = None,
+    layers_path: LayersPath = None,
 ) -> None:
     """Generate live, each token coloured by its probe score, with alerts at the threshold."""
-    from difflens.capture.store import check_writable, write_json_atomic
+    from difflens._io import check_writable, write_json_atomic
     from difflens.control.monitor import (
         Controller,
         GenerationConfig,
         MonitorEvent,
         generate_monitored,
     )
-    from difflens.control.probe import check_threshold
+    from difflens.control.state_probe import check_threshold
     from difflens.report.tables import write_table
 
     if not prompt.strip():
@@ -160,10 +184,11 @@ def monitor_cmd(
         check_threshold(threshold)
     ctrl = Controller(controller, gain)
     gcfg = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
-                            batch_size=1, chat=chat)
+                            batch_size=batch_size, chat=chat)
     if out_dir is not None:
         check_writable(out_dir)
-    lm, probe = _load(model, probe_path, device, layers_path, allow_other_model)
+    lm, probe = _load(model, probe_path, allow_other_model, revision=revision, dtype=dtype,
+                      device=device, layers_path=layers_path)
     tau = probe.threshold if threshold is None else threshold
     alerted = [False]
     out.print(Text(prompt, style="bold"), end="")
@@ -197,22 +222,21 @@ def monitor_cmd(
             "n_over": int(over), "rollbacks": tr.rollbacks, "probe_layer": probe.layer})
 
 
-@control_app.command("evaluate")
 @friendly_errors
 def evaluate_cmd(
-    model: str = typer.Option(..., "--model", help="Model: hub id, folder, .gguf or preset."),
+    model: Model,
+    out_dir: OutDir,
     probe_path: Path = typer.Option(..., "--probe", help="probe.safetensors (or its folder)."),
-    out_dir: Path = typer.Option(..., "--out", help="Output folder."),
     prompts: Path | None = typer.Option(None, "--prompts", help="Prompt file (.txt/.jsonl/...)."),
     hh_rlhf: Path | None = typer.Option(None, "--hh-rlhf", help="hh-rlhf JSONL(.gz): use the "
                                         "first human turns of its rejected dialogues."),
     organism: bool = typer.Option(False, "--organism", help="World openings leading to danger."),
-    limit: int = typer.Option(32, help="Prompts to use."),
+    max_inputs: MaxInputsCount = 32,
     controllers: str = typer.Option(
         "open_loop=0.25,0.5,1;proportional=0.5,1,2;rollback=0.5,1",
         help="controller=gains;... (gains in units of the mean state norm)."),
-    k_samples: int = typer.Option(4, "--k", help="Samples per prompt."),
-    max_new_tokens: int = typer.Option(40, help="Tokens per generation."),
+    samples: Samples = ControlConfig.k_samples,
+    max_new_tokens: MaxNewTokens = 40,
     temperature: float = typer.Option(1.0, help="Sampling temperature (0 = greedy)."),
     threshold: float | None = typer.Option(None, help="Bad-region threshold (default: "
                                            "the probe's)."),
@@ -220,36 +244,34 @@ def evaluate_cmd(
     lexicon: Path | None = typer.Option(None, help="Offensive word list for the lexicon judge."),
     window: int = typer.Option(3, help="rollback: over-threshold tokens that trigger it."),
     chat: bool = typer.Option(False, "--chat", help="Wrap prompts in the chat template."),
-    seed: int = typer.Option(0, help="Seed of sampling and bootstrap."),
-    batch_size: int = typer.Option(16, help="Generations per batch."),
+    seed: Seed = 0,
+    batch_size: BatchSize = 16,
     allow_other_model: bool = typer.Option(False, "--allow-other-model",
                                            help="Use a probe trained on other weights."),
-    device: str | None = typer.Option(None, help="cpu or cuda."),
-    layers_path: str | None = typer.Option(None, help="Module path of the decoder blocks."),
+    device: Device = None,
+    dtype: Dtype = None,
+    revision: Revision = None,
+    layers_path: LayersPath = None,
 ) -> None:
     """Bad rate (probe and independent), fluency cost, KL and speed per controller and gain."""
-    from difflens.capture.prompts import read_prompts
-    from difflens.control.evaluate import (
-        ControlConfig,
-        lexicon_measure,
-        organism_measure,
-        organism_openings,
-    )
-    from difflens.control.monitor import GenerationConfig
-    from difflens.control.probe import first_human_turns
-    from difflens.organism.build import rich_progress
-    from difflens.report.control import run_control_evaluation
+    from difflens._io import rich_progress
+    from difflens.control.evaluate import lexicon_measure
+    from difflens.inputs.labelled import first_human_turns
+    from difflens.inputs.prompts import read_prompts
+    from difflens.organism.truth import organism_measure, organism_openings
+    from difflens.pipelines.control import run_control_evaluation
+    from difflens.sampling.generate import GenerationConfig
 
     sources = [x for x in (prompts, hh_rlhf, organism or None) if x]
     if len(sources) != 1:
         raise InputError("give exactly one of --prompts FILE, --hh-rlhf FILE, --organism")
     if organism:
-        texts = organism_openings(limit, seed=seed + 99)
+        texts = organism_openings(max_inputs, seed=seed + 99)
     elif hh_rlhf is not None:
-        texts = first_human_turns(hh_rlhf, limit=limit)
+        texts = first_human_turns(hh_rlhf, limit=max_inputs)
     else:
         assert prompts is not None
-        texts = read_prompts(prompts)[:limit]
+        texts = read_prompts(prompts)[:max_inputs]
     if not texts:
         raise InputError("no usable prompts")
     gains = []
@@ -262,7 +284,7 @@ def evaluate_cmd(
         except ValueError:
             raise InputError(f"--controllers takes name=g1,g2;..., got {part!r}") from None
     config = ControlConfig(
-        gains=tuple(gains), k_samples=k_samples, threshold=threshold, window=window, seed=seed,
+        gains=tuple(gains), k_samples=samples, threshold=threshold, window=window, seed=seed,
         generation=GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature,
                                     batch_size=batch_size, chat=chat))
     judge = independent if independent != "auto" else ("organism" if organism else "lexicon")
@@ -275,8 +297,9 @@ def evaluate_cmd(
         measure, name = None, ""
     else:
         raise InputError(f"--independent must be auto, lexicon, organism or none, got {judge!r}")
-    lm, probe = _load(model, probe_path, device, layers_path, allow_other_model)
-    n = len(texts) * k_samples * len(config.controllers())
+    lm, probe = _load(model, probe_path, allow_other_model, revision=revision, dtype=dtype,
+                      device=device, layers_path=layers_path)
+    n = len(texts) * samples * len(config.controllers())
     with rich_progress(True) as bar:
         step = bar("control: generating", n)
         run = run_control_evaluation(lm, probe, texts, out_dir, config=config,
@@ -289,3 +312,15 @@ def evaluate_cmd(
                       f"{r['bad_rate_independent']:.3f}  ppl x{r['ppl_ratio']:.2f}  KL "
                       f"{r['kl']:.3f}  speed x{r['speed_ratio']:.2f}", highlight=False)
     out.print(f"wrote {out_dir}/summary.json, data/, figures/, index.html")
+
+
+_TRAIN_RENAMED = {"--limit": "--max-inputs"}  # old flag names (one release)
+app.command("train-probe", cls=vocab(_TRAIN_RENAMED))(train_cmd)
+app.command("monitor")(monitor_cmd)
+app.command("evaluate", cls=vocab({"--limit": "--max-inputs", "--k": "--samples"}))(evaluate_cmd)
+
+#: The old ``difflens probe train`` (one release); ``difflens monitor`` is kept in main.
+probe_app = typer.Typer(help="Deprecated: use `difflens control train-probe`.",
+                        no_args_is_help=True, hidden=True)
+probe_app.command("train", cls=vocab(_TRAIN_RENAMED, moved=(
+    "probe train", "control train-probe")))(train_cmd)

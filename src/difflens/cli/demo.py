@@ -18,7 +18,7 @@ def demo_cmd(
 ) -> None:
     """Build the organism if missing, run capture and every analysis, write a report."""
     from difflens.organism.build import OrganismConfig
-    from difflens.report.demo import MEAN_KEY, run_demo
+    from difflens.pipelines.demo import MEAN_KEY, run_demo
     from difflens.report.figures import format_ci
 
     cfg = OrganismConfig.small(seed) if small else OrganismConfig(seed=seed)

@@ -47,7 +47,7 @@ def info_cmd(
     """Model folders, ground-truth files and measured properties of a built organism."""
     from difflens.errors import InputError
     from difflens.organism.build import find_organism
-    from difflens.report.demo import MEAN_KEY, organism_summary
+    from difflens.pipelines.demo import MEAN_KEY, organism_summary
     from difflens.report.figures import format_ci
 
     org = find_organism(_config(seed, small))

@@ -9,8 +9,25 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from difflens.cli._common import friendly_errors
+from difflens.cli._common import (
+    Base,
+    BatchSize,
+    Device,
+    Dtype,
+    LayersPath,
+    MaxNewTokens,
+    OutDir,
+    PromptsFile,
+    Revision,
+    Samples,
+    Seed,
+    Tuned,
+    friendly_errors,
+    load_target,
+    vocab,
+)
 from difflens.errors import InputError
+from difflens.pipelines.themes import ThemesConfig
 
 app = typer.Typer(help="Themes and trajectory prediction: sample, cluster into themes, "
                   "chains, predict chains from activations.", no_args_is_help=True)
@@ -51,14 +68,14 @@ def _print(summary: dict, out_dir: Path) -> None:  # type: ignore[type-arg]
 def _command(step: str, doc: str):  # type: ignore[no-untyped-def]
     @friendly_errors
     def cmd(
-        model: str = typer.Option(..., "--model", help="Model (the base, for a pair)."),
-        out_dir: Path = typer.Option(..., "--out", help="Output folder."),
-        tuned: str | None = typer.Option(None, "--tuned", help="Tuned sibling (a pair)."),
-        prompts: Path | None = typer.Option(None, "--prompts", help="Prompt file."),
+        base: Base,
+        out_dir: OutDir,
+        tuned: Tuned = None,
+        prompts: PromptsFile = None,
         organism: int = typer.Option(0, "--organism", help="Use N held-out world openings "
                                      "(enables the ground-truth checks)."),
-        k: int = typer.Option(16, "--k", help="Continuations per prompt."),
-        max_new_tokens: int = typer.Option(48, help="Tokens per continuation."),
+        samples: Samples = ThemesConfig.k_samples,
+        max_new_tokens: MaxNewTokens = ThemesConfig.max_new_tokens,
         temperature: float = typer.Option(1.0, help="Sampling temperature."),
         segment: str = typer.Option("sentences", help="sentences | tokens:N."),
         encoder: str = typer.Option("all-MiniLM-L6-v2", help="Sentence encoder."),
@@ -72,16 +89,19 @@ def _command(step: str, doc: str):  # type: ignore[no-untyped-def]
         layers: str = typer.Option("all", help="Layers for the probes."),
         m_act: int = typer.Option(8, help="Last prompt states fed to the transformer."),
         test_fraction: float = typer.Option(0.3, help="Held-out share of prompts."),
-        seed: int = typer.Option(0, help="Seed."),
+        seed: Seed = ThemesConfig.seed,
         chat: bool = typer.Option(False, "--chat", help="Wrap prompts in the chat template."),
         labeller_url: str = typer.Option("", help="OpenAI-compatible endpoint to name themes."),
         labeller_model: str = typer.Option("", help="Model name for the labeller."),
-        batch_size: int = typer.Option(32, help="Continuations per generation batch."),
-        device: str | None = typer.Option(None, help="cpu or cuda."),
+        batch_size: BatchSize = ThemesConfig.batch_size,
+        device: Device = None,
+        dtype: Dtype = None,
+        revision: Revision = None,
+        layers_path: LayersPath = None,
     ) -> None:
-        from difflens.capture.prompts import read_prompts
-        from difflens.models import ModelPair, load_model
-        from difflens.report.themes import ThemesConfig, organism_theme_prompts, run_themes
+        from difflens.inputs.prompts import read_prompts
+        from difflens.organism.truth import organism_theme_prompts
+        from difflens.pipelines.themes import run_themes
 
         if (prompts is None) == (organism == 0):
             raise InputError("give exactly one of --prompts FILE or --organism N")
@@ -99,14 +119,14 @@ def _command(step: str, doc: str):  # type: ignore[no-untyped-def]
         except ValueError:
             raise InputError(f"--segment takes sentences or tokens:N, got {segment!r}") from None
         config = ThemesConfig(
-            prompts=texts, truth=truth, k_samples=k, max_new_tokens=max_new_tokens,
+            prompts=texts, truth=truth, k_samples=samples, max_new_tokens=max_new_tokens,
             temperature=temperature, seed=seed, batch_size=batch_size, chat=chat,
             segment=mode, window=window, encoder=encoder, method=method, k_min=k_min,
             k_max=k_max, min_cluster_size=min_cluster_size, merge_repeats=merge_repeats,
             max_chain=max_chain, layers=layers, m_act=m_act, test_fraction=test_fraction,
             labeller_url=labeller_url, labeller_model=labeller_model)
-        lm = load_model(model, device=device)
-        target = lm if tuned is None else ModelPair(lm, load_model(tuned, device=device))
+        target = load_target(base, tuned, revision=revision, dtype=dtype, device=device,
+                             layers_path=layers_path)
         run = run_themes(target, out_dir, config=config, steps=STEP_SETS[step], progress=True)
         _print(run.summary, out_dir)
 
@@ -114,10 +134,12 @@ def _command(step: str, doc: str):  # type: ignore[no-untyped-def]
     return cmd
 
 
+#: old flag names (one release): themes compares two models, so the base is --base.
+_RENAMED = {"--model": "--base", "--k": "--samples"}
 for _name, _doc in (("sample", "Sample K continuations per prompt (stored, resumable)."),
                     ("fit", "Segment, embed and cluster the continuations into themes."),
                     ("chains", "Chains of themes per continuation, and their distributions."),
                     ("predict", "Predict theme distributions from the prompt's activations."),
                     ("evaluate", "Everything, plus the organism's ground-truth checks."),
                     ("all", "Every step.")):
-    app.command(_name)(_command(_name, _doc))
+    app.command(_name, cls=vocab(_RENAMED))(_command(_name, _doc))

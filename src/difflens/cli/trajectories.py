@@ -6,9 +6,25 @@ import typer
 from rich.console import Console
 
 from difflens.capture import read_prompts
-from difflens.cli._common import friendly_errors
+from difflens.cli._common import (
+    Base,
+    Device,
+    Dtype,
+    LayersPath,
+    MaxInputs,
+    MaxNewTokens,
+    OutDir,
+    Revision,
+    Samples,
+    Seed,
+    Tuned,
+    UnusedBatchSize,
+    friendly_errors,
+    load_target,
+    unused_batch_size,
+    vocab,
+)
 from difflens.errors import InputError
-from difflens.models import ModelPair, load_model
 
 app = typer.Typer(help="Trajectories on the sphere: paths of base and tuned, jumps, sentiment.",
                   no_args_is_help=True)
@@ -32,33 +48,38 @@ def _report(summary: dict, out_dir: Path) -> None:  # type: ignore[type-arg]
     out.print(f"wrote {out_dir}/summary.json, data/, figures/, index.html")
 
 
-@app.command("run")
+@app.command("run", cls=vocab({"--continuations": "--samples"}))
 @friendly_errors
 def run_cmd(
-    base: str = typer.Option(..., "--base", help="Model: hub id, folder, .gguf or preset."),
+    base: Base,
+    out_dir: OutDir,
     prompts: Path = typer.Option(..., "--prompts", help="Prompt file: .txt .jsonl .json .csv"),
-    out_dir: Path = typer.Option(..., "--out", help="Output folder."),
-    tuned: str | None = typer.Option(None, "--tuned", help="Tuned sibling, for a pair."),
+    tuned: Tuned = None,
     layer: int | None = typer.Option(None, help="Layer (default: the middle; 0 = embeddings)."),
-    continuations: int = typer.Option(4, help="Sampled continuations per prompt and model."),
-    max_new_tokens: int = typer.Option(40, help="Tokens per continuation."),
+    samples: Samples = 4,
+    max_new_tokens: MaxNewTokens = 40,
     method: str = typer.Option("umap", help="Projection: umap | pca."),
     field: str | None = typer.Option(None, help="JSONL/JSON/CSV field holding the prompt."),
     min_count: int = typer.Option(5, help="Least occurrences for a token to be ranked."),
     first_n: int | None = typer.Option(None, help="Rank tokens in the first N continuation "
                                                    "steps only."),
-    seed: int = typer.Option(0, help="Sampling and projection seed."),
-    device: str | None = typer.Option(None, help="cpu or cuda."),
+    seed: Seed = 0,
+    batch_size: UnusedBatchSize = None,
+    device: Device = None,
+    dtype: Dtype = None,
+    revision: Revision = None,
+    layers_path: LayersPath = None,
 ) -> None:
     """Paths of prompts and sampled continuations from one model or a pair."""
-    from difflens.report.trajectory_run import run_trajectories
+    from difflens.pipelines.trajectories import run_trajectories
 
     if method not in ("umap", "pca"):
         raise InputError(f"--method must be umap or pca, got {method!r}")
+    unused_batch_size(batch_size, "trajectories run")
     texts = read_prompts(prompts, field=field)
-    model = load_model(base, device=device)
-    target = model if tuned is None else ModelPair(model, load_model(tuned, device=device))
-    res = run_trajectories(target, texts, out_dir, layer=layer, continuations=continuations,
+    target = load_target(base, tuned, revision=revision, dtype=dtype, device=device,
+                         layers_path=layers_path)
+    res = run_trajectories(target, texts, out_dir, layer=layer, continuations=samples,
                            max_new_tokens=max_new_tokens, method=method, seed=seed,
                            min_count=min_count, first_n=first_n, progress=True)
     f = res.summary["projection"]["faithfulness_spearman"]
@@ -67,7 +88,7 @@ def run_cmd(
     _report(res.summary, out_dir)
 
 
-@app.command("import")
+@app.command("import", cls=vocab({"--max-prompts": "--max-inputs"}))
 @friendly_errors
 def import_cmd(
     file: Path = typer.Argument(..., help="Trajectory table (.parquet/.csv) or traces JSONL."),
@@ -80,13 +101,13 @@ def import_cmd(
     min_count: int = typer.Option(20, help="Least occurrences for a token to be ranked."),
     first_n: int | None = typer.Option(None, help="Rank tokens in the first N continuation "
                                                    "steps only."),
-    max_prompts: int | None = typer.Option(None, help="Read only the first N prompts."),
+    max_inputs: MaxInputs = None,
     rank_segments: str = typer.Option("all", help="Jumps used for token ranking and "
                                                   "sentiment: all | prompt | continuation."),
-    seed: int = typer.Option(0, help="Bootstrap seed."),
+    seed: Seed = 0,
 ) -> None:
     """Import published trajectories (or a trajectory table) and analyse them."""
-    from difflens.report.trajectory_run import import_trajectories
+    from difflens.pipelines.trajectories import import_trajectories
 
     mapping = {}
     for part in models.split(","):
@@ -96,7 +117,7 @@ def import_cmd(
             k, v = part.split("=", 1)
             mapping[k.strip()] = v.strip()
     res = import_trajectories(file, out_dir, name_pattern=name_pattern, models=mapping,
-                              min_count=min_count, first_n=first_n, max_prompts=max_prompts,
+                              min_count=min_count, first_n=first_n, max_prompts=max_inputs,
                               rank_segments=rank_segments, seed=seed)
     s = res.summary
     out.print(f"{s['n_prompts']} prompts, {s['n_traces']} traces ({s['n_empty_traces']} empty, "

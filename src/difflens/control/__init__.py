@@ -5,8 +5,6 @@ from difflens.control.evaluate import (
     ControlEvaluation,
     evaluate_control,
     lexicon_measure,
-    organism_measure,
-    organism_openings,
 )
 from difflens.control.monitor import (
     Controller,
@@ -16,26 +14,28 @@ from difflens.control.monitor import (
     Trace,
     generate_monitored,
 )
-from difflens.control.probe import (
-    LabelledText,
+from difflens.control.state_probe import (
     ProbeConfig,
     ProbeFit,
     StateProbe,
-    first_human_turns,
     load_probe,
-    organism_labelled,
-    read_labelled,
-    read_preference_pairs,
     score_texts,
     train_probe,
 )
-from difflens.control.steering import dose_response, generate, register_residual_hook, steering
+from difflens.control.steering import SteeringVector, dose_response, greedy_texts, steering
+from difflens.inputs.labelled import (
+    LabelledText,
+    first_human_turns,
+    read_labelled,
+    read_preference_pairs,
+)
+from difflens.models.hooks import register_residual_hook
 
 __all__ = [
     "ControlConfig", "ControlEvaluation", "Controller", "GenerationConfig", "LabelledText",
-    "MonitorEvent", "MonitoredGeneration", "ProbeConfig", "ProbeFit", "StateProbe", "Trace",
-    "dose_response", "evaluate_control", "first_human_turns", "generate", "generate_monitored",
-    "lexicon_measure", "load_probe", "organism_labelled", "organism_measure",
-    "organism_openings", "read_labelled", "read_preference_pairs", "register_residual_hook",
-    "score_texts", "steering", "train_probe",
+    "MonitorEvent", "MonitoredGeneration", "ProbeConfig", "ProbeFit", "StateProbe",
+    "SteeringVector", "Trace", "dose_response", "evaluate_control", "first_human_turns",
+    "generate_monitored", "greedy_texts", "lexicon_measure", "load_probe", "read_labelled",
+    "read_preference_pairs", "register_residual_hook", "score_texts", "steering",
+    "train_probe",
 ]

@@ -34,16 +34,16 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from difflens._io import fingerprint, write_parquet_atomic
 from difflens.analysis.divergence import bootstrap_weights
 from difflens.capture.engine import forward_batch
-from difflens.capture.store import digest, write_parquet_atomic
 from difflens.control.monitor import (
     Controller,
     GenerationConfig,
     MonitoredGeneration,
     generate_monitored,
 )
-from difflens.control.probe import StateProbe, check_threshold
+from difflens.control.state_probe import StateProbe, check_threshold
 from difflens.errors import InputError
 from difflens.models.loading import LoadedModel
 
@@ -123,22 +123,6 @@ def lexicon_measure(words: str | Path | Sequence[str] | None = None, *,
     def measure(texts: Sequence[str]) -> list[bool]:
         return [bool((rx is not None and rx.search(t))
                      or vader.polarity_scores(t)["compound"] <= vader_threshold) for t in texts]
-
-    return measure
-
-
-def organism_measure(bad_themes: Sequence[str] = ("danger", "loss")) -> Measure:
-    """Bad when the world's labeller puts a complete generated sentence in ``bad_themes``."""
-    from difflens.organism import world as W
-
-    bad = set(bad_themes)
-
-    def measure(texts: Sequence[str]) -> list[bool]:
-        out = []
-        for t in texts:
-            sents = [s for s in W.split_sentences(t) if s.strip()[-1:] in ".!?"]
-            out.append(any(W.label_sentence(s) in bad for s in sents))
-        return out
 
     return measure
 
@@ -301,16 +285,15 @@ def evaluate_control(
         raise InputError("a prompt is empty; every prompt needs text")
     probe.check(lm, allow_other_weights=True)
     tau = check_threshold(probe.threshold if config.threshold is None else config.threshold)
-    base_key = digest(lm.identity.weights_sha256, probe.weight.tolist(), probe.bias,
-                       probe.layer, list(prompts), config.k_samples, config.generation,
-                       tau, config.min_segment_tokens, config.seed,
-                       None if direction is None else torch.as_tensor(direction).tolist(),
-                       independent_name)
+    base_key = fingerprint([lm.identity.weights_sha256, probe.weight, probe.bias, probe.layer,
+                            list(prompts), config.k_samples, config.generation, tau,
+                            config.min_segment_tokens, config.seed, direction,
+                            independent_name])
     frames = []
     controllers = config.controllers()
     for ctrl in controllers:
-        path = (store / f"{ctrl.kind}_{gain_key(ctrl.gain)}_{digest(base_key, ctrl)}.parquet"
-                if store is not None else None)
+        name = f"{ctrl.kind}_{gain_key(ctrl.gain)}_{fingerprint([base_key, ctrl])}.parquet"
+        path = store / name if store is not None else None
         if path is not None and path.is_file():
             frames.append(pd.read_parquet(path))
             if progress is not None:
@@ -391,21 +374,3 @@ def _cells(gens: pd.DataFrame, controllers: Sequence[Controller], config: Contro
     return pd.DataFrame(rows)
 
 
-def organism_openings(n: int, *, seed: int = 0,
-                      lead_in: Sequence[str] = ("journey", "conflict")) -> list[str]:
-    """Held-out world story openings that end on a ``lead_in`` sentence with no bad theme
-    before it: in the world's chain the next sentence is danger or loss with probability
-    0.40 (journey) to 0.45 (conflict)."""
-    from difflens.organism import world as W
-
-    out: list[str] = []
-    for st in W.generate_stories(50 * n + 100, seed=seed):
-        for i, th in enumerate(st.themes):
-            if th in ("danger", "loss"):
-                break
-            if th in lead_in:
-                out.append(" ".join(st.sentences[:i + 1]))
-                break
-        if len(out) == n:
-            return out
-    raise InputError(f"could not find {n} openings leading into danger; ask for fewer")

@@ -21,7 +21,6 @@ on exit, also after an exception; the model's weights are never changed.
 """
 
 import dataclasses
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -31,11 +30,12 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from difflens.capture.engine import _accepts, _pad
-from difflens.control.probe import StateProbe, check_threshold
-from difflens.control.steering import register_residual_hook
+from difflens._types import Vector
+from difflens.control.state_probe import StateProbe, check_threshold
 from difflens.errors import InputError
+from difflens.models.hooks import register_residual_hook
 from difflens.models.loading import LoadedModel
+from difflens.sampling.generate import GenerationConfig, Step, encode_prompts, generate
 
 CONTROLLERS: tuple[str, ...] = ("none", "open_loop", "proportional", "rollback")
 
@@ -66,28 +66,6 @@ class Controller:
     @property
     def active(self) -> bool:
         return self.kind != "none" and self.gain > 0
-
-
-@dataclasses.dataclass(frozen=True)
-class GenerationConfig:
-    """How continuations are drawn."""
-
-    max_new_tokens: int = 40
-    temperature: float = 1.0
-    """0 = greedy; otherwise sampling by inverse CDF from a seeded stream (common random
-    numbers: two controllers given the same seed draw the same uniforms)."""
-    seed: int = 0
-    batch_size: int = 16
-    chat: bool = False
-    """Wrap each prompt in the model's chat template."""
-
-    def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise InputError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if not self.temperature >= 0:
-            raise InputError(f"temperature must be >= 0, got {self.temperature}")
-        if self.batch_size < 1:
-            raise InputError(f"batch_size must be >= 1, got {self.batch_size}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,7 +143,7 @@ class MonitoredGeneration:
 
 @contextmanager
 def monitor_hook(lm: LoadedModel, probe: StateProbe, controller: Controller, threshold: float,
-                 direction: Float[Tensor, " d_model"] | None = None
+                 direction: Vector | None = None
                  ) -> Iterator[dict[str, Any]]:
     """Score (and steer) every position at the probe's layer while active.
 
@@ -175,7 +153,8 @@ def monitor_hook(lm: LoadedModel, probe: StateProbe, controller: Controller, thr
     probe.check(lm, allow_other_weights=True)
     dev = lm.device
     w = probe.weight.to(dev, torch.float32)
-    v = probe.direction if direction is None else torch.as_tensor(direction).float()
+    v = (probe.direction[probe.layer] if direction is None
+         else torch.as_tensor(direction).float())
     if v.ndim != 1 or v.shape[0] != lm.d_model:
         raise InputError(f"a steering direction for {lm.identity.name} must have {lm.d_model} "
                          f"entries, got shape {tuple(v.shape)}")
@@ -208,32 +187,6 @@ def monitor_hook(lm: LoadedModel, probe: StateProbe, controller: Controller, thr
         handle.remove()
 
 
-def encode_prompts(lm: LoadedModel, prompts: Sequence[str], chat: bool) -> list[list[int]]:
-    """Token ids of each prompt (in the chat template when ``chat``); empty ones are errors."""
-    tok = lm.tokenizer
-    out = []
-    for i, p in enumerate(prompts):
-        if not isinstance(p, str) or not p.strip():
-            raise InputError(f"prompt {i} is empty; every prompt needs text")
-        if chat:
-            if not getattr(tok, "chat_template", None):
-                raise InputError(f"{lm.identity.name} has no chat template; drop --chat")
-            text = tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                           add_generation_prompt=True)
-            out.append(tok(text, add_special_tokens=False)["input_ids"])
-        else:
-            out.append(tok(p)["input_ids"])
-    return out
-
-
-def _sample(logits: Tensor, u: Tensor, temperature: float) -> Tensor:
-    if temperature == 0:
-        return logits.argmax(-1)
-    cdf = torch.softmax(logits / temperature, dim=-1).cumsum(-1)
-    idx = torch.searchsorted(cdf, (u.to(cdf) * cdf[:, -1])[:, None]).squeeze(1)
-    return idx.clamp_max(logits.shape[-1] - 1)
-
-
 def generate_monitored(
     lm: LoadedModel,
     probe: StateProbe | None,
@@ -242,7 +195,7 @@ def generate_monitored(
     controller: Controller = Controller(),
     config: GenerationConfig = GenerationConfig(),
     threshold: float | None = None,
-    direction: Float[Tensor, " d_model"] | None = None,
+    direction: Vector | None = None,
     on_event: Callable[[MonitorEvent], None] | None = None,
     keep_logprobs: bool = False,
 ) -> MonitoredGeneration:
@@ -270,24 +223,25 @@ def generate_monitored(
     if probe is not None:
         probe.check(lm, allow_other_weights=True)
     seqs = encode_prompts(lm, prompts, config.chat)
-    traces: list[Trace] = []
-    seconds, n_forward = 0.0, 0
-    for start in range(0, len(seqs), config.batch_size):
-        chunk = seqs[start:start + config.batch_size]
-        gen = torch.Generator().manual_seed(config.seed * 1_000_003 + start)
-        res, secs, nf = _run_batch(lm, probe, chunk, controller, config, tau, direction, gen,
-                                   on_event, start, keep_logprobs)
-        seconds += secs
-        n_forward += nf
-        tok = lm.tokenizer
-        for b, (toks, scores, coefs, pscore, pcoef, nroll, lps) in enumerate(res):
-            traces.append(Trace(prompt=prompts[start + b], prompt_ids=list(chunk[b]),
-                                token_ids=toks, scores=scores, coefs=coefs,
-                                prompt_score=pscore, prompt_coef=pcoef, rollbacks=nroll,
-                                text=tok.decode(toks, skip_special_tokens=True),
-                                logprobs=lps))
+    # The monitor's chunk at row ``start`` has always drawn from seed * 1_000_003 + start;
+    # kept so that stored evaluations reproduce.
+    gen_config = dataclasses.replace(config, seed=config.seed * 1_000_003)
+    with _maybe_hook(lm, probe, controller, tau, direction) as state:
+        rec = _Recorder(lm.tokenizer, controller, tau, state, on_event)
+        gen = generate(lm, seqs, gen_config, on_step=rec if state is not None else None,
+                       on_chunk=rec.start_chunk, keep_logprobs=keep_logprobs)
+    tok = lm.tokenizer
+    traces = []
+    for r, toks in enumerate(gen.token_ids):
+        traces.append(Trace(prompt=prompts[r], prompt_ids=list(seqs[r]), token_ids=toks,
+                            scores=rec.scores.get(r, []), coefs=rec.coefs.get(r, []),
+                            prompt_score=rec.prompt_score.get(r, float("nan")),
+                            prompt_coef=rec.prompt_coef.get(r, 0.0),
+                            rollbacks=rec.n_rollbacks.get(r, 0),
+                            text=tok.decode(toks, skip_special_tokens=True),
+                            logprobs=gen.logprobs[r]))
     return MonitoredGeneration(traces=traces, controller=controller, threshold=tau,
-                               seconds=seconds, n_forward_tokens=n_forward)
+                               seconds=gen.seconds, n_forward_tokens=gen.n_forward_tokens)
 
 
 @contextmanager
@@ -300,126 +254,74 @@ def _maybe_hook(lm: LoadedModel, probe: StateProbe | None, controller: Controlle
         yield state
 
 
-def _run_batch(lm: LoadedModel, probe: StateProbe | None, seqs: Sequence[Sequence[int]],
-               ctrl: Controller, cfg: GenerationConfig, tau: float, direction: Tensor | None,
-               gen: torch.Generator, on_event: Callable[[MonitorEvent], None] | None,
-               row0: int, keep_logprobs: bool
-               ) -> tuple[list[tuple[list[int], list[float], list[float], float, float, int,
-                                     Tensor | None]], float, int]:
-    from transformers import DynamicCache
+class _Recorder:
+    """The monitor as a per-step hook of :func:`~difflens.sampling.generate.generate`: keeps
+    each kept token's score and coefficient, streams events, and rolls back."""
 
-    tok, model, dev = lm.tokenizer, lm.model, lm.device
-    eos = tok.eos_token_id
-    pad = tok.pad_token_id if tok.pad_token_id is not None else (eos if eos is not None else 0)
-    B = len(seqs)
-    ids, mask, pos = _pad(seqs, "left", dev)
-    hist = ids.clone()
-    with_pos = _accepts(model, "position_ids")
-    tokens: list[list[int]] = [[] for _ in range(B)]
-    scores: list[list[float]] = [[] for _ in range(B)]
-    coefs: list[list[float]] = [[] for _ in range(B)]
-    lps: list[list[Tensor]] = [[] for _ in range(B)]
-    prompt_score = [float("nan")] * B
-    prompt_coef = [0.0] * B
-    done = [False] * B
-    over, nroll, steer_left = [0] * B, [0] * B, [0] * B
-    refeed: dict[int, int] = {}
-    rollback = ctrl.kind == "rollback" and ctrl.active and probe is not None
-    cache = DynamicCache()
-    n_forward = int(mask.sum())
-    t0 = time.perf_counter()
-    with torch.inference_mode(), _maybe_hook(lm, probe, ctrl, tau, direction) as state:
-        kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask,
-                                  "past_key_values": cache, "use_cache": True}
-        if with_pos:
-            kwargs["position_ids"] = pos
-        logits = model(**kwargs).logits[:, -1].float()
-        if state is not None:
-            prompt_score = [float(x) for x in state["scores"][:, -1].tolist()]
-            prompt_coef = [float(x) for x in state["coef"][:, -1].tolist()]
-        while True:
-            u = torch.rand(B, generator=gen)
-            nxt = _sample(logits, u, cfg.temperature).tolist()
-            feed = [pad] * B
-            live = [False] * B
-            fresh = [False] * B
-            step_lp = torch.log_softmax(logits, -1).cpu() if keep_logprobs else None
-            for b in range(B):
-                if b in refeed:
-                    feed[b], live[b] = refeed.pop(b), True
-                    continue
-                if done[b]:
-                    continue
-                t = int(nxt[b])
-                if len(tokens[b]) >= cfg.max_new_tokens or (eos is not None and t == eos):
-                    done[b] = True
-                    continue
-                tokens[b].append(t)
-                if step_lp is not None:
-                    lps[b].append(step_lp[b])
-                feed[b], live[b], fresh[b] = t, True, True
-            if not any(live):
-                break
-            col = torch.tensor(live, dtype=mask.dtype, device=dev)[:, None]
-            position = mask.sum(-1, keepdim=True)
-            mask = torch.cat([mask, col], dim=1)
-            feed_t = torch.tensor(feed, dtype=hist.dtype, device=dev)[:, None]
-            hist = torch.cat([hist, feed_t], dim=1)
-            if state is not None and rollback:
-                state["steer"] = torch.tensor([float(steer_left[b] > 0) for b in range(B)])
-            kwargs = {"input_ids": feed_t, "attention_mask": mask, "past_key_values": cache,
-                      "use_cache": True}
-            if with_pos:
-                kwargs["position_ids"] = position
-            logits = model(**kwargs).logits[:, -1].float()
-            n_forward += sum(live)
-            for b in range(B):
-                if live[b] and steer_left[b] > 0:
-                    steer_left[b] -= 1
-            if state is None:
-                continue
-            sc = state["scores"][:, -1].tolist()
-            cf = state["coef"][:, -1].tolist()
-            for b in range(B):
-                if not live[b]:
-                    continue
-                if not fresh[b]:  # a re-fed token: same score, now steered
-                    if coefs[b]:
-                        coefs[b][-1] = float(cf[b])
-                    else:
-                        prompt_coef[b] = float(cf[b])
-                    continue
-                scores[b].append(float(sc[b]))
-                coefs[b].append(float(cf[b]))
-                over[b] = over[b] + 1 if sc[b] > tau else 0
-                if on_event is not None:
-                    prev = tok.decode(list(seqs[b]) + tokens[b][:-1], skip_special_tokens=True)
-                    full = tok.decode(list(seqs[b]) + tokens[b], skip_special_tokens=True)
-                    on_event(MonitorEvent("token", row0 + b, len(tokens[b]) - 1, tokens[b][-1],
-                                          full[len(prev):] if full.startswith(prev)
-                                          else tok.decode([tokens[b][-1]]),
-                                          float(sc[b]), float(cf[b])))
-                if rollback and over[b] >= ctrl.window and nroll[b] < ctrl.max_rollbacks:
-                    n = ctrl.window
-                    del tokens[b][-n:], scores[b][-n:], coefs[b][-n:]
-                    if keep_logprobs:
-                        del lps[b][-n:]
-                    cols = mask[b].nonzero().flatten()
-                    mask[b, cols[-(n + 1):]] = 0
-                    refeed[b] = int(hist[b, cols[-(n + 1)]])
-                    nroll[b] += 1
-                    steer_left[b] = ctrl.steer_tokens
-                    over[b] = 0
-                    if on_event is not None:
-                        on_event(MonitorEvent("rollback", row0 + b, len(tokens[b]),
-                                              n_rolled_back=n))
-            if refeed:
-                keep = int(mask.any(0).nonzero().max()) + 1
-                if keep < mask.shape[1]:  # columns every row dropped: crop the cache
-                    # a negative count removes that many positions (old and new Cache APIs)
-                    cache.crop(keep - mask.shape[1])
-                    mask, hist = mask[:, :keep], hist[:, :keep]
-    seconds = time.perf_counter() - t0
-    out = [(tokens[b], scores[b], coefs[b], prompt_score[b], prompt_coef[b], nroll[b],
-            torch.stack(lps[b]) if keep_logprobs and lps[b] else None) for b in range(B)]
-    return out, seconds, n_forward
+    def __init__(self, tok: Any, ctrl: Controller, tau: float, state: dict[str, Any] | None,
+                 on_event: Callable[[MonitorEvent], None] | None) -> None:
+        self.tok, self.ctrl, self.tau, self.state, self.on_event = tok, ctrl, tau, state, on_event
+        self.rollback = ctrl.kind == "rollback" and ctrl.active
+        self.scores: dict[int, list[float]] = {}
+        self.coefs: dict[int, list[float]] = {}
+        self.prompt_score: dict[int, float] = {}
+        self.prompt_coef: dict[int, float] = {}
+        self.n_rollbacks: dict[int, int] = {}
+        self.over: dict[int, int] = {}
+        self.steer_left: dict[int, int] = {}
+
+    def start_chunk(self, _row0: int, _n_rows: int) -> None:
+        """A new chunk's prompts are computed unsteered."""
+        if self.state is not None:
+            self.state["steer"] = None
+
+    def __call__(self, step: Step) -> None:
+        assert self.state is not None
+        B = len(step.tokens)
+        rows = [step.row0 + b for b in range(B)]
+        sc = self.state["scores"][:, -1].tolist()
+        cf = self.state["coef"][:, -1].tolist()
+        if step.index == 0:
+            for b, r in enumerate(rows):
+                self.prompt_score[r], self.prompt_coef[r] = float(sc[b]), float(cf[b])
+                self.scores[r], self.coefs[r] = [], []
+                self.n_rollbacks[r], self.over[r], self.steer_left[r] = 0, 0, 0
+        else:
+            for b, r in enumerate(rows):
+                if step.live[b] and self.steer_left[r] > 0:
+                    self.steer_left[r] -= 1
+            for b, r in enumerate(rows):
+                if step.live[b]:
+                    self._token(step, b, r, float(sc[b]), float(cf[b]))
+        if self.rollback:
+            self.state["steer"] = torch.tensor([float(self.steer_left[r] > 0) for r in rows])
+
+    def _token(self, step: Step, b: int, r: int, score: float, coef: float) -> None:
+        tokens, scores, coefs = step.tokens[b], self.scores[r], self.coefs[r]
+        if not step.fresh[b]:  # a re-fed token: same score, now steered
+            if coefs:
+                coefs[-1] = coef
+            else:
+                self.prompt_coef[r] = coef
+            return
+        scores.append(score)
+        coefs.append(coef)
+        self.over[r] = self.over[r] + 1 if score > self.tau else 0
+        if self.on_event is not None:
+            prompt = step.prompt_ids[b]
+            prev = self.tok.decode(prompt + tokens[:-1], skip_special_tokens=True)
+            full = self.tok.decode(prompt + tokens, skip_special_tokens=True)
+            self.on_event(MonitorEvent("token", r, len(tokens) - 1, tokens[-1],
+                                       full[len(prev):] if full.startswith(prev)
+                                       else self.tok.decode([tokens[-1]]), score, coef))
+        ctrl = self.ctrl
+        if self.rollback and self.over[r] >= ctrl.window and \
+                self.n_rollbacks[r] < ctrl.max_rollbacks:
+            n = ctrl.window
+            step.rollback(b, n)
+            del scores[-n:], coefs[-n:]
+            self.n_rollbacks[r] += 1
+            self.steer_left[r] = ctrl.steer_tokens
+            self.over[r] = 0
+            if self.on_event is not None:
+                self.on_event(MonitorEvent("rollback", r, len(tokens) - n, n_rolled_back=n))

@@ -8,54 +8,29 @@ computed. The hook is removed on exit, also after an exception; the model's weig
 never touched.
 """
 
+import dataclasses
 import functools
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import torch
-from jaxtyping import Float
 from torch import Tensor
 
+from difflens._types import Vector
+from difflens.capture.concepts import ConceptVectors
 from difflens.errors import InputError
+from difflens.models.hooks import register_residual_hook
 from difflens.models.loading import LoadedModel
+from difflens.sampling.generate import GenerationConfig, generate
 
 
 def _add(hidden: Tensor, delta: Tensor) -> Tensor:
     return hidden + delta.to(hidden.dtype)
 
 
-def register_residual_hook(lm: LoadedModel, layer: int, fn: Callable[[Tensor], Tensor]
-                           ) -> Any:
-    """Register ``fn(hidden) -> new hidden`` at captured ``layer``; returns the handle."""
-    layer = lm.layers.normalize(layer)
-    blocks = lm.layers.blocks(lm.model)
-    n = lm.n_layers
-
-    def pre(_m: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if args:
-            return (fn(args[0]), *args[1:]), kwargs
-        kwargs = dict(kwargs)
-        kwargs["hidden_states"] = fn(kwargs["hidden_states"])
-        return args, kwargs
-
-    def post(_m: Any, _a: Any, _k: Any, output: Any) -> Any:
-        if isinstance(output, tuple):
-            return (fn(output[0]), *output[1:])
-        return fn(output)
-
-    if layer == 0:
-        return blocks[0].register_forward_pre_hook(pre, with_kwargs=True)
-    if layer < n:
-        return blocks[layer - 1].register_forward_hook(post, with_kwargs=True)
-    head = lm.model.get_output_embeddings()
-    if head is None:
-        raise InputError(f"{lm.identity.name} has no LM head to steer at layer {n}")
-    return head.register_forward_pre_hook(pre, with_kwargs=True)
-
-
 @contextmanager
-def steering(lm: LoadedModel, vectors: Mapping[int, Float[Tensor, " d_model"]],
+def steering(lm: LoadedModel, vectors: Mapping[int, Vector],
              alpha: float = 1.0) -> Iterator[None]:
     """Add ``alpha * vectors[layer]`` to the residual stream at each given layer.
 
@@ -66,7 +41,7 @@ def steering(lm: LoadedModel, vectors: Mapping[int, Float[Tensor, " d_model"]],
 
     Example:
         >>> with steering(lm, {6: v}, alpha=4.0):
-        ...     out = lm.model.generate(ids, max_new_tokens=20)
+        ...     texts = greedy_texts(lm, ["Once upon a time"])
     """
     handles = []
     try:
@@ -83,31 +58,109 @@ def steering(lm: LoadedModel, vectors: Mapping[int, Float[Tensor, " d_model"]],
             h.remove()
 
 
-def generate(lm: LoadedModel, prompts: Sequence[str], *, max_new_tokens: int = 30,
-             chat: bool = False) -> list[str]:
-    """Greedy continuations (KV cache on, one left-padded batch), as text without the prompt.
+@dataclasses.dataclass(frozen=True)
+class SteeringVector:
+    """One vector per captured layer and where it came from; ``with v.apply(lm, alpha):``
+    adds ``alpha * v[layer]`` at each of its layers inside a scoped hook.
+
+    Supports ``+``, ``-`` (same layers), unary ``-``, scalar ``*`` and ``/``.
+    """
+
+    vectors: dict[int, Vector]
+    """Captured layer -> vector."""
+    provenance: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Models, items, position, method: what made the vector."""
+
+    def __post_init__(self) -> None:
+        if not self.vectors:
+            raise InputError("a steering vector needs at least one layer")
+        shapes = [tuple(torch.as_tensor(v).shape) for v in self.vectors.values()]
+        if len(set(shapes)) != 1 or len(shapes[0]) != 1:
+            raise InputError(f"a steering vector has one 1-D vector per layer, all of one "
+                             f"width; got shapes {shapes}")
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return tuple(sorted(self.vectors))
+
+    def __getitem__(self, layer: int) -> Vector:
+        if layer not in self.vectors:
+            raise InputError(f"this steering vector has no layer {layer} (layers: "
+                             f"{list(self.layers)})")
+        return self.vectors[layer]
+
+    def apply(self, lm: LoadedModel, alpha: float = 1.0) -> AbstractContextManager[None]:
+        """Scoped steering of ``lm`` (its weights are never changed)."""
+        return steering(lm, self.vectors, alpha)
+
+    def unit(self) -> "SteeringVector":
+        """Each layer's vector scaled to norm 1."""
+        return self._map(lambda v: v / v.norm().clamp_min(1e-12), "unit")
+
+    def _map(self, fn: Callable[[Tensor], Tensor], what: str) -> "SteeringVector":
+        op = f"{what}({self.provenance.get('op', 'v')})"
+        return SteeringVector({k: fn(torch.as_tensor(v).float()) for k, v in self.vectors.items()},
+                              {**self.provenance, "op": op})
+
+    def _combine(self, other: "SteeringVector", op: Callable[[Tensor, Tensor], Tensor],
+                 sym: str) -> "SteeringVector":
+        if set(self.vectors) != set(other.vectors):
+            raise InputError(f"cannot combine steering vectors of layers {list(self.layers)} "
+                             f"and {list(other.layers)}")
+        return SteeringVector(
+            {k: op(torch.as_tensor(v).float(), torch.as_tensor(other.vectors[k]).float())
+             for k, v in self.vectors.items()},
+            {"op": f"({self.provenance.get('op', 'a')} {sym} {other.provenance.get('op', 'b')})",
+             "operands": [self.provenance, other.provenance]})
+
+    def __add__(self, other: "SteeringVector") -> "SteeringVector":
+        return self._combine(other, torch.add, "+")
+
+    def __sub__(self, other: "SteeringVector") -> "SteeringVector":
+        return self._combine(other, torch.sub, "-")
+
+    def __neg__(self) -> "SteeringVector":
+        return self._map(torch.neg, "-")
+
+    def __mul__(self, k: float | int) -> "SteeringVector":
+        return self._map(lambda v: v * float(k), f"{k} *")
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, k: float | int) -> "SteeringVector":
+        return self._map(lambda v: v / float(k), f"1/{k} *")
+
+    @classmethod
+    def from_concepts(cls, concepts: ConceptVectors, label: str = "model",
+                      layers: Sequence[int] | None = None) -> "SteeringVector":
+        """The vectors ``concepts`` holds for model ``label`` (default: every layer)."""
+        if label not in concepts.vectors:
+            raise InputError(f"no vectors for model {label!r}; these are for "
+                             f"{sorted(concepts.vectors)}")
+        chosen = concepts.layers if layers is None else tuple(layers)
+        return cls({layer: concepts.layer(label, layer) for layer in chosen},
+                   {"model": concepts.models.get(label, {}), "n_items": concepts.n_items,
+                    "position": concepts.position, "method": concepts.method,
+                    "dataset": concepts.dataset,
+                    "module_paths": dict(zip(concepts.layers, concepts.module_paths[label],
+                                             strict=True))})
+
+
+def greedy_texts(lm: LoadedModel, prompts: Sequence[str], *, max_new_tokens: int = 30,
+                 chat: bool = False) -> list[str]:
+    """Greedy continuations of ``prompts`` in one batch, as text without the prompt.
 
     Use inside :func:`steering` to get steered generations.
     """
-    from difflens.capture.engine import _pad
-
-    tok = lm.tokenizer
-    texts = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                     add_generation_prompt=True) if chat else p for p in prompts]
-    seqs = [tok(t, add_special_tokens=not chat)["input_ids"] for t in texts]
-    ids, mask, _ = _pad(seqs, "left", lm.device)  # one batched call; left padding
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    with torch.inference_mode():
-        gen = lm.model.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                do_sample=False, pad_token_id=pad)
-    out = [tok.decode(row[ids.shape[1]:], skip_special_tokens=True) for row in gen]
-    return out
+    gen = generate(lm, prompts, GenerationConfig(max_new_tokens=max_new_tokens, temperature=0.0,
+                                                 batch_size=max(1, len(prompts)), chat=chat))
+    return gen.texts(lm.tokenizer)
 
 
 def dose_response(
     lm: LoadedModel,
     items: Sequence[Any],
-    vectors: Mapping[int, Float[Tensor, " d_model"]],
+    vectors: Mapping[int, Vector],
     alphas: Sequence[float],
     *,
     n_boot: int = 1000,
@@ -119,7 +172,7 @@ def dose_response(
 
     Args:
         lm: the model.
-        items: tokenized items (:func:`~difflens.capture.abdata.tokenize_items`), usually
+        items: tokenized items (:func:`~difflens.inputs.ab_items.tokenize_items`), usually
             the held-out ones.
         vectors: layer -> steering vector; each layer is steered on its own.
         alphas: multipliers of the vector.
@@ -133,7 +186,7 @@ def dose_response(
         the two answers, averaged over items, with a percentile bootstrap 95% CI.
     """
     from difflens.analysis.divergence import bootstrap_ci
-    from difflens.capture.ab import forward_ab
+    from difflens.capture.contrastive import forward_ab
 
     rows = []
     for layer, vec in vectors.items():

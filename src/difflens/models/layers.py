@@ -6,11 +6,15 @@ ends with one of :data:`LAYER_SUFFIXES` (Llama/Mistral/Qwen ``model.layers``, GP
 """
 
 import dataclasses
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from difflens.errors import InputError
+
+if TYPE_CHECKING:
+    from difflens.models.loading import LoadedModel
 
 #: Dotted-name suffixes of decoder-block lists, most specific first.
 LAYER_SUFFIXES: tuple[str, ...] = (
@@ -93,3 +97,36 @@ def find_layers(model: Any, path: str | None = None) -> LayerSpec:
         f"any of {', '.join(LAYER_SUFFIXES)}; modules seen: {seen}; pass layers_path='...' "
         f"(CLI: --layers-path) to name them"
     )
+
+
+LayerSelection = str | int | Sequence[int]
+"""``"all"``, a comma list like ``"0,3,-1"``, one index or a list of indices."""
+
+
+def parse_layer_list(layers: LayerSelection) -> str | tuple[int, ...]:
+    """Read a layer selection without a model: ``"all"`` or a tuple of (maybe negative)
+    indices. The CLI calls this at the edge; :func:`parse_layers` normalises against a model.
+    """
+    if isinstance(layers, str):
+        if layers.strip() == "all":
+            return "all"
+        try:
+            items = tuple(int(x) for x in layers.split(",") if x.strip())
+        except ValueError:
+            raise InputError(
+                f"layers must be 'all' or integers like '0,3,5', got {layers!r}") from None
+    elif isinstance(layers, int):
+        items = (layers,)
+    else:
+        items = tuple(int(x) for x in layers)
+    if not items:
+        raise InputError("no layers given")
+    return items
+
+
+def parse_layers(layers: LayerSelection, lm: "LoadedModel") -> tuple[int, ...]:
+    """A layer selection -> sorted layer indices of ``lm`` (negatives counted from the end)."""
+    items = parse_layer_list(layers)
+    if isinstance(items, str):  # "all"
+        return tuple(range(lm.n_layers + 1))
+    return tuple(sorted({lm.layers.normalize(x) for x in items}))

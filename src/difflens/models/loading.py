@@ -39,18 +39,15 @@ GGUF_PRESETS: dict[str, tuple[str, str, str]] = {
 
 #: Presets built by difflens itself (registered by later modules, e.g. the model organism):
 #: name -> function returning a local HF folder.
-FOLDER_PRESETS: dict[str, Callable[[], Path]] = {
-    "organism-base": lambda: _organism_folder("base"),
-    "organism-tuned": lambda: _organism_folder("tuned"),
-}
+FOLDER_PRESETS: dict[str, Callable[[], Path]] = {}
 
 
-def _organism_folder(which: str) -> Path:
-    """The organism's model folder, building the default organism first if needed."""
-    from difflens.organism.build import build_organism
+def register_folder_preset(name: str, folder: Callable[[], Path]) -> None:
+    """Make ``load_model(name)`` load the HF folder ``folder()`` returns (called on use, so
+    a preset may build its model first). Layers above ``models`` register their presets
+    here (the model organism does), so this layer imports none of them."""
+    FOLDER_PRESETS[name] = folder
 
-    org = build_organism(progress=True)
-    return org.base_path if which == "base" else org.tuned_path
 
 _CONVERTED_FORMAT = 1
 
@@ -184,8 +181,8 @@ def convert_gguf(gguf_path: Path) -> Path:
     renamed into place, so a killed conversion never leaves a folder that looks finished.
     """
     gguf_path = Path(gguf_path)
-    digest = _file_sha256(gguf_path)[:16]
-    target = cache_dir() / "gguf" / f"{gguf_path.stem}-{digest}-v{_CONVERTED_FORMAT}"
+    fingerprint = _file_sha256(gguf_path)[:16]
+    target = cache_dir() / "gguf" / f"{gguf_path.stem}-{fingerprint}-v{_CONVERTED_FORMAT}"
     if (target / "difflens-converted.json").is_file():
         return target
     from safetensors.torch import save_file
@@ -196,7 +193,7 @@ def convert_gguf(gguf_path: Path) -> Path:
             f"loading {gguf_path.name} needs the 'gguf' package: pip install 'difflens[gguf]'"
         )
     folder, name = str(gguf_path.parent), gguf_path.name
-    with _quiet_transformers():
+    with quiet_transformers():
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
         config = AutoConfig.from_pretrained(folder, gguf_file=name)
@@ -216,7 +213,7 @@ def convert_gguf(gguf_path: Path) -> Path:
         config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "difflens-converted.json").write_text(
-            json.dumps({"source": str(gguf_path), "gguf_sha256_16": digest})
+            json.dumps({"source": str(gguf_path), "gguf_sha256_16": fingerprint})
         )
         if target.exists():  # an older half-built folder without the marker
             shutil.rmtree(target)
@@ -244,7 +241,7 @@ def preset_path(name: str) -> Path | None:
 
 
 @contextmanager
-def _quiet_transformers() -> Iterator[None]:
+def quiet_transformers() -> Iterator[None]:
     """Hide transformers' per-load progress bars, restoring the user's setting after."""
     from transformers.utils import logging as hf_logging
 
@@ -265,6 +262,35 @@ def _looks_like_path(name: str) -> bool:
         or name.endswith(".gguf")
         or name.count("/") >= 2
     )
+
+
+def _hub_access(repo_id: str, revision: str | None) -> dict[str, Any]:
+    """``from_pretrained`` options for a hub id: the local cache when it holds the model,
+    else one quick look at the hub, which fails at once with one line (rather than after
+    the hub client's five retries, about a minute) when the hub cannot be reached."""
+    import huggingface_hub
+    from huggingface_hub.utils import HfHubHTTPError
+
+    try:
+        huggingface_hub.snapshot_download(repo_id, revision=revision, local_files_only=True,
+                                          allow_patterns=["config.json"])
+        return {"local_files_only": True}
+    except Exception:  # noqa: BLE001 - not in the cache, in any of the ways that can be said
+        pass
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        raise InputError(f"could not load model {repo_id!r}: it is not in the local hub cache "
+                         f"and HF_HUB_OFFLINE is set; give a local folder instead")
+    try:
+        huggingface_hub.HfApi().model_info(repo_id, revision=revision, timeout=10)
+    except HfHubHTTPError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise InputError(f"could not load model {repo_id!r} from the hub: {first}") from None
+    except Exception as exc:  # noqa: BLE001 - DNS, refused connection, timeout (httpx or OS)
+        raise InputError(f"could not load model {repo_id!r}: the Hugging Face hub cannot be "
+                         f"reached ({type(exc).__name__}) and the model is not in the local "
+                         f"cache; give a local folder, or load it once where the hub is "
+                         f"reachable") from None
+    return {}
 
 
 def load_model(
@@ -314,8 +340,10 @@ def load_model(
     if isinstance(source, Path) and not (source / "config.json").is_file():
         raise InputError(f"{source} has no config.json: it is not a Hugging Face model folder")
     kwargs: dict[str, Any] = {"revision": revision} if revision else {}
+    if isinstance(source, str):
+        kwargs.update(_hub_access(source, revision))
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             tokenizer = AutoTokenizer.from_pretrained(str(source), **kwargs)
             model = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch_dtype, **kwargs)
     except OSError as exc:

@@ -70,3 +70,22 @@ class ModelPair:
                 f"base layer {base_layer} has no entry in layer_map (mapped: {sorted(norm)})"
             )
         return norm[base_layer]
+
+
+def models_of(model_or_pair: object, *, same_shape: bool = False) -> dict[str, LoadedModel]:
+    """``label -> model`` of a pair, or ``{"model": lm}`` of one model.
+
+    Args:
+        model_or_pair: a :class:`LoadedModel` or a :class:`ModelPair`.
+        same_shape: refuse a pair that needs a layer map (models of different depth).
+    """
+    if isinstance(model_or_pair, ModelPair):
+        if same_shape and model_or_pair.layer_map is not None:
+            raise InputError("this analysis needs a pair of the same shape (no layer_map)")
+        return model_or_pair.models
+    if isinstance(model_or_pair, LoadedModel):
+        return {"model": model_or_pair}
+    raise InputError(
+        f"expected a LoadedModel or a ModelPair (see difflens.load_model), got "
+        f"{type(model_or_pair).__name__}"
+    )

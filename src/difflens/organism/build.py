@@ -1,5 +1,8 @@
 """Building the model organism: a tiny base LM and its RL-tuned sibling, on CPU, in minutes.
 
+Why one long module: the build is one reproducible recipe (tokenizer, base training, RL,
+measurements) keyed by one config; reading it top to bottom is reading the recipe.
+
 1. Generate the story world's corpus (seeded) and train a byte-level BPE tokenizer on it.
 2. Train a ~1M-parameter Llama from scratch on it (next-token loss, AdamW, cosine LR).
 3. Tune a copy with reinforcement learning: the reward is the VADER compound sentiment of
@@ -17,7 +20,6 @@ end, so a half-finished build is never taken for a finished one.
 
 import copy
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -25,16 +27,23 @@ import random
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from difflens.models.loading import _quiet_transformers, cache_dir
+from difflens._io import Progress, fingerprint, rich_progress
+from difflens.models.loading import (
+    LoadedModel,
+    cache_dir,
+    quiet_transformers,
+    register_folder_preset,
+    wrap_model,
+)
 from difflens.organism import world as W
+from difflens.sampling.generate import GenerationConfig, generate
 
 #: Version of what a build writes (files, properties); part of the cache key with the
 #: world's generator version and the config.
@@ -87,9 +96,8 @@ class OrganismConfig:
                              f"other samples of the same opening), got {self.rl_samples}")
 
     def key(self) -> str:
-        payload = json.dumps({"generator": W.GENERATOR_VERSION, "build_format": BUILD_FORMAT,
-                              **dataclasses.asdict(self)}, sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+        return fingerprint({"generator": W.GENERATOR_VERSION, "build_format": BUILD_FORMAT,
+                            **dataclasses.asdict(self)}, length=12)
 
     @classmethod
     def small(cls, seed: int = 0) -> "OrganismConfig":
@@ -140,33 +148,6 @@ def find_organism(config: OrganismConfig | None = None) -> Organism | None:
 
 
 # -- progress -----------------------------------------------------------------------------
-
-Progress = Callable[[str, int], Callable[[int, str], None]]
-"""``progress(description, total)`` returns ``advance(n, info)``."""
-
-
-@contextmanager
-def rich_progress(enabled: bool) -> Iterator[Progress]:
-    if not enabled:
-        def ignore(_n: int, _info: str = "") -> None:
-            return None
-
-        def silent(_desc: str, _total: int) -> Callable[[int, str], None]:
-            return ignore
-        yield silent
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
-    from rich.progress import Progress as RichProgress
-
-    with RichProgress(TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), TextColumn("{task.fields[info]}")) as bar:
-        def start(desc: str, total: int) -> Callable[[int, str], None]:
-            task = bar.add_task(desc, total=total, info="")
-
-            def advance(n: int, info: str = "") -> None:
-                bar.update(task, advance=n, info=info)
-            return advance
-        yield start
 
 
 # -- tokenizer and base model ---------------------------------------------------------------
@@ -260,26 +241,32 @@ def _vader() -> Any:
     return SentimentIntensityAnalyzer()
 
 
-def sample(model: Any, tokenizer: Any, prompts: Sequence[str], n_new: int, seed: int,
+def sample(lm: LoadedModel, prompts: Sequence[str], n_new: int, seed: int,
            temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Sample one continuation per prompt (left-padded batch, seeded).
+    """Sample one continuation per prompt (one left-padded batch, seeded; Hugging Face's
+    multinomial draw through :func:`~difflens.sampling.generate.generate`).
 
-    Returns ``(sequences, attention_mask, prompt_width)``.
+    Returns ``(sequences, attention_mask, prompt_width)``: the left-padded prompts followed by
+    the continuations (with the EOS that ended them), padded on the right; the mask covers
+    the prompts' tokens and each continuation up to and including its EOS.
     """
-    enc = tokenizer(list(prompts), return_tensors="pt", padding=True)
-    torch.manual_seed(seed)
-    with torch.no_grad():  # not inference_mode: the samples feed a backward pass
-        out = model.generate(**enc, do_sample=True, temperature=temperature, top_k=0,
-                             max_new_tokens=n_new, pad_token_id=tokenizer.pad_token_id,
-                             eos_token_id=tokenizer.eos_token_id)
+    tok = lm.tokenizer
+    enc = tok(list(prompts), return_tensors="pt", padding=True)
+    config = GenerationConfig(max_new_tokens=n_new, temperature=temperature, seed=seed,
+                              batch_size=len(prompts), sampler="multinomial")
+    gen = generate(lm, [tok(p)["input_ids"] for p in prompts], config)
+    new = [t + [tok.eos_token_id] if eos else t
+           for t, eos in zip(gen.token_ids, gen.stopped_at_eos, strict=True)]
     width = enc["input_ids"].shape[1]
-    new = out[:, width:]
-    # Everything after the first EOS is padding: mask it.
-    after_eos = (new == tokenizer.eos_token_id).long().cumsum(-1) - (
-        new == tokenizer.eos_token_id).long()
-    new_mask = ((new != tokenizer.pad_token_id) & (after_eos == 0)).long()
-    mask = torch.cat([enc["attention_mask"], new_mask], dim=1)
-    return out, mask, width
+    n = max(len(x) for x in new)
+    tail = torch.full((len(new), n), tok.pad_token_id, dtype=torch.long)
+    for b, x in enumerate(new):
+        tail[b, :len(x)] = torch.tensor(x, dtype=torch.long)
+    new_mask = torch.zeros_like(tail)
+    for b, x in enumerate(new):
+        new_mask[b, :len(x)] = 1
+    out = torch.cat([enc["input_ids"], tail], dim=1)
+    return out, torch.cat([enc["attention_mask"], new_mask], dim=1), width
 
 
 def completion_texts(tokenizer: Any, seqs: torch.Tensor, mask: torch.Tensor, width: int
@@ -301,6 +288,9 @@ def rl_tune(cfg: OrganismConfig, base: Any, tokenizer: Any, openings: Sequence[s
     """RLOO with a KL penalty to the base, VADER reward on the completion."""
     vader = _vader()
     policy = copy.deepcopy(base)
+    # one handle for generation; its identity names the starting weights (training changes
+    # them in place, and generation never reads the identity)
+    policy_lm = wrap_model(policy, tokenizer, name="organism-policy")
     policy.train()
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.rl_lr, weight_decay=0.0)
     rng = random.Random(cfg.seed + 1)
@@ -312,7 +302,7 @@ def rl_tune(cfg: OrganismConfig, base: Any, tokenizer: Any, openings: Sequence[s
         batch = rng.sample(pool, cfg.rl_prompts)
         prompts = [p for p in batch for _ in range(k)]
         policy.eval()
-        seqs, mask, width = sample(policy, tokenizer, prompts, cfg.rl_new_tokens,
+        seqs, mask, width = sample(policy_lm, prompts, cfg.rl_new_tokens,
                                    seed=cfg.seed * 100003 + step)
         policy.train()
         texts = completion_texts(tokenizer, seqs, mask, width)
@@ -350,8 +340,8 @@ def measure(cfg: OrganismConfig, base_dir: Path, tuned_dir: Path, openings: Sequ
             ) -> dict[str, Any]:
     """Rewards, entropies, celebration share and exact chance distributions, with CIs."""
     from difflens.analysis.divergence import mean_ci
-    from difflens.analysis.scoring import outcome_distribution
     from difflens.capture import capture
+    from difflens.capture.scoring import outcome_distribution
     from difflens.models import ModelPair, load_model
 
     base = load_model(base_dir, device="cpu")
@@ -364,7 +354,7 @@ def measure(cfg: OrganismConfig, base_dir: Path, tuned_dir: Path, openings: Sequ
         texts: list[str] = []
         for i in range(0, len(openings), 50):
             chunk = list(openings[i:i + 50])
-            seqs, mask, width = sample(lm.model, lm.tokenizer, chunk, cfg.eval_new_tokens,
+            seqs, mask, width = sample(lm, chunk, cfg.eval_new_tokens,
                                        seed=cfg.seed + 7 + i)
             texts += completion_texts(lm.tokenizer, seqs, mask, width)
         samples[label] = texts
@@ -415,11 +405,11 @@ def measure(cfg: OrganismConfig, base_dir: Path, tuned_dir: Path, openings: Sequ
                          for label in ("base", "tuned")}
     props["greedy"] = {}
     for label, lm in (("base", base), ("tuned", tuned)):
-        enc = lm.tokenizer(list(openings[:5]), return_tensors="pt", padding=True)
-        with torch.inference_mode():
-            out = lm.model.generate(**enc, do_sample=False, max_new_tokens=cfg.eval_new_tokens,
-                                    pad_token_id=lm.tokenizer.pad_token_id)
-        props["greedy"][label] = lm.tokenizer.batch_decode(out, skip_special_tokens=True)
+        greedy = generate(lm, list(openings[:5]), GenerationConfig(
+            max_new_tokens=cfg.eval_new_tokens, temperature=0.0, batch_size=5))
+        props["greedy"][label] = [
+            lm.tokenizer.decode(p + t, skip_special_tokens=True)
+            for p, t in zip(greedy.prompt_ids, greedy.token_ids, strict=True)]
     shutil.rmtree(work / "entropy-capture", ignore_errors=True)
     return props
 
@@ -438,7 +428,7 @@ def build_organism(config: OrganismConfig | None = None, *, progress: bool = Fal
     target = organism_dir(cfg)
     if not force and (target / "build.json").is_file():
         return Organism(target, cfg)
-    from difflens.capture.store import write_json_atomic
+    from difflens._io import write_json_atomic
 
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-build-", dir=target.parent))
@@ -452,7 +442,7 @@ def build_organism(config: OrganismConfig | None = None, *, progress: bool = Fal
             base, base_info = train_base(cfg, tokenizer, [s.text for s in train],
                                          [s.text for s in val], prog)
             times["base_s"] = time.perf_counter() - t0
-            with _quiet_transformers():
+            with quiet_transformers():
                 base.save_pretrained(tmp / "base")
                 tokenizer.save_pretrained(tmp / "base")
 
@@ -461,7 +451,7 @@ def build_organism(config: OrganismConfig | None = None, *, progress: bool = Fal
             tuned, curves = rl_tune(cfg, base, tokenizer, [_opening(s) for s in rl_stories],
                                     prog)
             times["tuned_s"] = time.perf_counter() - t1
-            with _quiet_transformers():
+            with quiet_transformers():
                 tuned.save_pretrained(tmp / "tuned")
                 tokenizer.save_pretrained(tmp / "tuned")
 
@@ -495,7 +485,7 @@ def build_organism(config: OrganismConfig | None = None, *, progress: bool = Fal
 
 
 def _write_ground_truth(gt: Path, val: Sequence[W.Story], cfg: OrganismConfig) -> None:
-    from difflens.capture.store import write_bytes_atomic, write_json_atomic
+    from difflens._io import write_bytes_atomic, write_json_atomic
 
     lines = [json.dumps({"text": s.text, "sentences": s.sentences, "themes": s.themes,
                          "chance": [dataclasses.asdict(c) for c in s.chance]})
@@ -533,3 +523,13 @@ def _write_curves(folder: Path, curves: dict[str, list[float]], base_info: dict[
     fig.tight_layout()
     fig.savefig(folder / "training_curves.png", dpi=110)
     plt.close(fig)
+
+
+def _organism_folder(which: str) -> Path:
+    """The default organism's model folder, building it first if needed."""
+    org = build_organism(progress=True)
+    return org.base_path if which == "base" else org.tuned_path
+
+
+register_folder_preset("organism-base", lambda: _organism_folder("base"))
+register_folder_preset("organism-tuned", lambda: _organism_folder("tuned"))

@@ -1,84 +1,56 @@
-"""``difflens collapse``: mode collapse and attractors, one step or all, into one folder.
+"""Outputs of ``difflens collapse``: each step's figures, the probability-tree table, and
+the page's intro and headline. Data in (summaries, tables, trees), figures out.
 
-Steps: ``divergence`` (per-token KL and entropy along text), ``probes`` (exact answer
-distributions), ``temperature`` (is the tuned model the base at a lower temperature?),
-``tree`` (probability trees), ``attractors`` (perturb and regenerate) and ``diversity``
-(K samples per prompt). Every step merges its keys into ``OUT/summary.json`` (keeping the
-other steps' keys), writes its tables to ``OUT/data`` (Parquet + CSV) and its figures to
-``OUT/figures`` (HTML + PNG); ``OUT/index.html`` shows every step run so far.
-"""
+The trees and probe results are read through the small protocols below, so that this
+module needs none of the code that builds them from a model."""
 
-import dataclasses
-import hashlib
-import json
-from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
 
-import numpy as np
 import pandas as pd
-import torch
 
-from difflens.analysis.attractors import attractor_test
-from difflens.analysis.diversity import diversity
-from difflens.analysis.embeddings import DEFAULT_ENCODER
-from difflens.analysis.probes import (
-    DEFAULT_TEMPERATURES,
-    ProbeResults,
-    load_probes,
-    run_probes,
-    temperature_sweep,
-)
-from difflens.analysis.textdiv import read_corpus, sample_corpus, text_divergence
-from difflens.capture.engine import _models_of, _pad
-from difflens.capture.paths import cut_at_eos
-from difflens.capture.store import check_writable, write_json_atomic, write_parquet_atomic
-from difflens.errors import InputError
-from difflens.models.loading import LoadedModel
-from difflens.models.pair import ModelPair
-from difflens.report.figures import COLORS, AnyFigure, CustomFigure, Figure, Series, write_index
-from difflens.report.tables import write_table
-from difflens.sampling.tree import ProbabilityTree, TreeNode, probability_tree
-
-STEPS = ("divergence", "probes", "temperature", "tree", "attractors", "diversity")
+from difflens.report.figures import COLORS, AnyFigure, CustomFigure, Figure, Series
 
 
-@dataclasses.dataclass(frozen=True)
-class CollapseConfig:
-    """Settings of every step (each step reads the ones it needs)."""
+@runtime_checkable
+class TreeNodeLike(Protocol):
+    """A node of a probability tree (:class:`difflens.sampling.tree.TreeNode`)."""
 
-    prompts: tuple[str, ...] = ()
-    """Prompts for divergence, attractors and diversity."""
-    corpus: str | None = None
-    """A JSONL corpus (prompt, continuation) for divergence instead of sampling."""
-    sources: tuple[str, ...] = ()
-    """Models whose samples form the divergence corpus (default: every model)."""
-    max_new_tokens: int = 40
-    probes: str | None = None
-    """Probe JSONL (default: the built-in probes)."""
-    probe_names: tuple[str, ...] = ()
-    temperatures: tuple[float, ...] = DEFAULT_TEMPERATURES
-    tree_prompt: str = ""
-    tree_depth: int = 4
-    tree_top_k: int = 5
-    tree_min_prob: float = 1e-3
-    positions: tuple[float, ...] = (0.2, 0.4, 0.6)
-    insert: str = " Suddenly,"
-    k_samples: int = 16
-    reference: tuple[str, ...] | None = None
-    """Reference texts for the Fréchet distance (None: a second draw of the first model)."""
-    reference_name: str = ""
-    encoder: str = DEFAULT_ENCODER
-    seed: int = 0
+    @property
+    def text(self) -> str: ...
+    @property
+    def prob(self) -> float: ...
+    @property
+    def seq_prob(self) -> float: ...
+    @property
+    def depth(self) -> int: ...
+    @property
+    def children(self) -> Sequence["TreeNodeLike"]: ...
 
 
-@dataclasses.dataclass(frozen=True)
-class CollapseRun:
-    summary: dict[str, Any]
-    figures: list[AnyFigure]
+@runtime_checkable
+class TreeLike(Protocol):
+    """A probability tree (:class:`difflens.sampling.tree.ProbabilityTree`)."""
+
+    @property
+    def prompt(self) -> str: ...
+    @property
+    def root(self) -> TreeNodeLike: ...
+    @property
+    def depth(self) -> int: ...
 
 
-def _label_order(models: Sequence[str]) -> list[str]:
+@runtime_checkable
+class ProbeTables(Protocol):
+    """The tables of :class:`difflens.capture.outcomes.ProbeResults`."""
+
+    @property
+    def phrasings(self) -> pd.DataFrame: ...
+    @property
+    def answers(self) -> pd.DataFrame: ...
+
+
+def label_order(models: Sequence[str]) -> list[str]:
     return sorted(models, key=lambda m: {"base": 0, "tuned": 1}.get(m, 2))
 
 
@@ -98,126 +70,7 @@ def intro_html(summary: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
-def run_collapse(target: LoadedModel | ModelPair, out: Path, *, steps: Sequence[str] = STEPS,
-                 config: CollapseConfig = CollapseConfig(), progress: bool = False,
-                 index: bool = True) -> CollapseRun:
-    """Run ``steps`` into ``out`` and return the merged summary and this run's figures."""
-    from difflens.organism.build import rich_progress
-
-    unknown = [s for s in steps if s not in STEPS]
-    if unknown:
-        raise InputError(f"unknown step(s) {unknown}; choose among {', '.join(STEPS)}")
-    if "temperature" in steps and not isinstance(target, ModelPair):
-        raise InputError("the temperature sweep compares a tuned model with its base; give "
-                         "--tuned as well")
-    needs_prompts = {"divergence", "attractors", "diversity"} & set(steps)
-    if needs_prompts - ({"divergence"} if config.corpus else set()) and not config.prompts:
-        raise InputError(f"step(s) {sorted(needs_prompts)} need prompts; pass --prompts FILE")
-    if any(not p.strip() for p in config.prompts):
-        raise InputError("a prompt is empty; every prompt needs text")
-    if "tree" in steps and not config.tree_prompt.strip():
-        raise InputError("the tree step needs a prompt (--tree-prompt)")
-    probes = (load_probes(config.probes, names=config.probe_names or None)
-              if {"probes", "temperature"} & set(steps) else [])
-    check_writable(out)
-    data, figdir = out / "data", out / "figures"
-    summary_path = out / "summary.json"
-    summary: dict[str, Any] = (json.loads(summary_path.read_text())
-                               if summary_path.is_file() else {})
-    models = _models_of(target)
-    summary["models"] = {k: m.identity.name for k, m in models.items()}
-    figures: list[AnyFigure] = []
-    with rich_progress(progress) as rich_bar:
-        def bar(desc: str, total: int) -> Callable[[int], None]:
-            step = rich_bar(desc, total)
-            return lambda n: step(n, "")
-
-        if "divergence" in steps:
-            advance = bar("divergence", 1)
-            corpus = (read_corpus(config.corpus) if config.corpus else sample_corpus(
-                target, config.prompts, sources=config.sources or None,
-                max_new_tokens=config.max_new_tokens, seed=config.seed))
-            # One store per corpus, so a rerun with other prompts does not meet a finished
-            # store of different texts (and the same corpus resumes or reuses its store).
-            digest = hashlib.sha256(json.dumps([corpus.prompts, corpus.continuations]
-                                               ).encode()).hexdigest()[:12]
-            div = text_divergence(target, corpus, store=out / "capture" / digest,
-                                  progress=False)
-            write_table(div.tokens, data, "divergence_tokens")
-            curve = div.by_position(seed=config.seed)
-            write_table(curve, data, "divergence_by_position")
-            summary["divergence"] = div.summary(seed=config.seed)
-            figures += _divergence_figures(curve, list(models))
-            advance(1)
-        results: ProbeResults | None = None
-        if "probes" in steps or "temperature" in steps:
-            advance = bar("probes", len(probes) * len(models))
-            temps = config.temperatures if "temperature" in steps else (1.0,)
-            results = run_probes(target, probes, temperatures=temps, progress=advance)
-        if "probes" in steps and results is not None:
-            write_table(results.phrasings, data, "probes")
-            write_table(results.answers, data, "probe_answers")
-            summary["probes"] = results.summary(seed=config.seed)
-            figures += _probe_figures(results, summary["probes"])
-        if "temperature" in steps and results is not None:
-            sweep = temperature_sweep(results, seed=config.seed)
-            write_table(sweep.table, data, "temperature")
-            summary["temperature"] = sweep.summary()
-            figures += _temperature_figures(sweep.table, sweep.best_T)
-        if "tree" in steps:
-            advance = bar("trees", len(models))
-            trees = {}
-            for label, lm in models.items():
-                trees[label] = probability_tree(lm, config.tree_prompt, depth=config.tree_depth,
-                                                top_k=config.tree_top_k,
-                                                min_prob=config.tree_min_prob)
-                write_json_atomic(data / f"tree_{label}.json", trees[label].to_dict())
-                advance(1)
-            write_table(_tree_table(trees), data, "tree_nodes")
-            summary["tree"] = {label: _tree_summary(t) for label, t in trees.items()}
-            figures.append(_tree_figure(trees))
-        if "attractors" in steps:
-            advance = bar("attractors", len(models))
-            att = attractor_test(target, list(config.prompts),
-                                 max_new_tokens=config.max_new_tokens,
-                                 positions=config.positions, insert=config.insert,
-                                 encoder=config.encoder, progress=advance)
-            write_table(att.table, data, "attractors")
-            write_table(att.originals, data, "attractor_originals")
-            summary["attractors"] = att.summary(seed=config.seed)
-            figures += _attractor_figures(summary["attractors"])
-        if "diversity" in steps:
-            advance = bar("diversity: sampling", len(models) * len(config.prompts))
-            samples = {label: _samples(lm, label, config, data, advance)
-                       for label, lm in models.items()}
-            reference, ref_name = config.reference, config.reference_name
-            if reference is None:
-                first = next(iter(models))
-                again = dataclasses.replace(config, seed=config.seed + 10_000)
-                reference = tuple(t for ts in _samples(models[first], first + "-reference",
-                                                       again, data, None) for t in ts)
-                ref_name = (f"a second, independent draw of {first}'s samples (its distance "
-                            f"is the noise floor)")
-            advance = bar("diversity: scoring", len(models) * len(config.prompts))
-            div_res = diversity(samples, reference=reference, reference_name=ref_name,
-                                encoder=config.encoder, seed=config.seed, progress=advance)
-            write_table(div_res.per_prompt, data, "diversity")
-            summary["diversity"] = div_res.summary(seed=config.seed)
-            summary["diversity_encoder"] = div_res.encoder
-            figures += _diversity_figures(summary["diversity"])
-    for fig in figures:
-        fig.save(figdir)
-    summary["config"] = {**summary.get("config", {}), **{
-        k: v for k, v in dataclasses.asdict(config).items() if k not in ("prompts", "reference")
-    }, "n_prompts": len(config.prompts)}
-    write_json_atomic(summary_path, summary)
-    if index:
-        write_index(out / "index.html", "difflens collapse", intro_html(summary), figures,
-                    _headline(summary))
-    return CollapseRun(summary=summary, figures=figures)
-
-
-def _headline(summary: dict[str, Any]) -> dict[str, Any]:
+def headline(summary: dict[str, Any]) -> dict[str, Any]:
     h: dict[str, Any] = {}
     d = summary.get("divergence", {})
     if "kl_tuned_base_mean" in d:
@@ -239,47 +92,7 @@ def _headline(summary: dict[str, Any]) -> dict[str, Any]:
     return h
 
 
-def _samples(lm: LoadedModel, label: str, config: CollapseConfig, data: Path,
-             advance: Any) -> list[list[str]]:
-    """K samples per prompt (one batched generate per prompt, seed + prompt index), cached
-    in ``data/samples_<label>.parquet`` under a key of the model, prompts and settings."""
-    key = hashlib.sha256(json.dumps([lm.identity.weights_sha256, list(config.prompts),
-                                     config.k_samples, config.max_new_tokens, config.seed]
-                                    ).encode()).hexdigest()
-    path = data / f"samples_{label}.parquet"
-    if path.is_file():
-        df = pd.read_parquet(path)
-        if len(df) and df["key"].iloc[0] == key:
-            if advance is not None:
-                advance(len(config.prompts))
-            return [g.text.tolist() for _, g in df.groupby("prompt_id", sort=True)]
-    tok = lm.tokenizer
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    rows = []
-    for p, prompt in enumerate(config.prompts):
-        ids = tok(prompt)["input_ids"]
-        x, mask, _ = _pad([ids] * config.k_samples, "left", lm.device)
-        torch.manual_seed(config.seed + p)
-        with torch.inference_mode():
-            gen = lm.model.generate(x, attention_mask=mask, do_sample=True, temperature=1.0,
-                                    top_k=0, top_p=1.0, max_new_tokens=config.max_new_tokens,
-                                    pad_token_id=pad)
-        for i, row in enumerate(gen[:, len(ids):].tolist()):
-            row = cut_at_eos(row, tok.eos_token_id)
-            rows.append({"prompt_id": p, "sample": i,
-                         "text": tok.decode(row, skip_special_tokens=True), "key": key})
-        if advance is not None:
-            advance(1)
-    df = pd.DataFrame(rows)
-    write_parquet_atomic(path, df)
-    df.drop(columns=["key"]).to_csv(path.with_suffix(".csv"), index=False)
-    return [g.text.tolist() for _, g in df.groupby("prompt_id", sort=True)]
-
-
-# -- figures -------------------------------------------------------------------------------
-
-
-def _divergence_figures(curve: pd.DataFrame, models: list[str]) -> list[AnyFigure]:
+def divergence_figures(curve: pd.DataFrame, models: list[str]) -> list[AnyFigure]:
     figs: list[AnyFigure] = []
     x = curve.t.tolist()
     if "kl_tuned_base" in curve:
@@ -293,14 +106,14 @@ def _divergence_figures(curve: pd.DataFrame, models: list[str]) -> list[AnyFigur
     figs.append(Figure(
         "divergence_entropy", "Next-token entropy along the continuation", "line", x,
         [Series(m, curve[f"{m}_entropy"].tolist(), curve[f"{m}_entropy_lo"].tolist(),
-                curve[f"{m}_entropy_hi"].tolist()) for m in _label_order(models)],
+                curve[f"{m}_entropy_hi"].tolist()) for m in label_order(models)],
         xlabel="continuation token index", ylabel="nats"))
     return figs
 
 
-def _probe_figures(results: ProbeResults, summary: dict[str, Any]) -> list[AnyFigure]:
+def probe_figures(results: ProbeTables, summary: dict[str, Any]) -> list[AnyFigure]:
     figs: list[AnyFigure] = []
-    models = _label_order(list(dict.fromkeys(results.phrasings.model)))
+    models = label_order(list(dict.fromkeys(results.phrasings.model)))
     names = list(summary)
     figs.append(Figure(
         "probes_tvd", "Distance from uniform of each probe's answers", "bar", names,
@@ -322,7 +135,7 @@ def _probe_figures(results: ProbeResults, summary: dict[str, Any]) -> list[AnyFi
     return figs
 
 
-def _temperature_figures(table: pd.DataFrame, best_t: float) -> list[AnyFigure]:
+def temperature_figures(table: pd.DataFrame, best_t: float) -> list[AnyFigure]:
     g = table.groupby("T")
     t = g.size().index.tolist()
     ent, base = g.entropy_bits.mean(), g.base_entropy.mean()
@@ -340,25 +153,10 @@ def _temperature_figures(table: pd.DataFrame, best_t: float) -> list[AnyFigure]:
     ]
 
 
-def _tree_summary(tree: ProbabilityTree) -> dict[str, Any]:
-    leaves = tree.leaves()
-    path, prob = max(leaves, key=lambda x: x[1])
-    node, texts = tree.root, []
-    for t in path:
-        node = next(c for c in node.children if c.token_id == t)
-        texts.append(node.text)
-    mass = float(sum(p for _, p in leaves))
-    probs = np.array([p for _, p in leaves]) / mass
-    return {"n_nodes": tree.n_nodes, "n_leaves": len(leaves), "top_path": "".join(texts),
-            "top_path_prob": float(prob), "covered_mass": mass,
-            "leaf_entropy_bits": float(-(probs * np.log2(probs)).sum()),
-            "n_forward_tokens": tree.n_forward_tokens}
-
-
-def _flat(tree: ProbabilityTree) -> list[dict[str, Any]]:
+def flat_tree(tree: TreeLike) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
 
-    def walk(node: TreeNode, nid: str, parent: str, path: str) -> float:
+    def walk(node: TreeNodeLike, nid: str, parent: str, path: str) -> float:
         row = {"id": nid, "parent": parent, "depth": node.depth, "token": node.text,
                "path": path, "prob": node.prob, "seq_prob": node.seq_prob}
         rows.append(row)
@@ -374,13 +172,13 @@ def _flat(tree: ProbabilityTree) -> list[dict[str, Any]]:
     return rows
 
 
-def _tree_table(trees: dict[str, ProbabilityTree]) -> pd.DataFrame:
-    return pd.DataFrame([{"model": m, **r} for m, t in trees.items() for r in _flat(t)])
+def tree_table(trees: Mapping[str, TreeLike]) -> pd.DataFrame:
+    return pd.DataFrame([{"model": m, **r} for m, t in trees.items() for r in flat_tree(t)])
 
 
-def _tree_figure(trees: dict[str, ProbabilityTree]) -> CustomFigure:
-    labels = _label_order(list(trees))
-    flats = {m: _flat(trees[m]) for m in labels}
+def tree_figure(trees: Mapping[str, TreeLike]) -> CustomFigure:
+    labels = label_order(list(trees))
+    flats = {m: flat_tree(trees[m]) for m in labels}
 
     def draw_plotly() -> Any:
         import plotly.graph_objects as go
@@ -413,7 +211,7 @@ def _tree_figure(trees: dict[str, ProbabilityTree]) -> CustomFigure:
         for ax, m in zip(axes[0], labels, strict=True):
             depth = trees[m].depth
 
-            def draw(node: TreeNode, y0: float, m: str = m, ax: Any = ax) -> None:
+            def draw(node: TreeNodeLike, y0: float, m: str = m, ax: Any = ax) -> None:
                 y = y0
                 for c in node.children:
                     h = c.seq_prob
@@ -438,8 +236,8 @@ def _tree_figure(trees: dict[str, ProbabilityTree]) -> CustomFigure:
                         "probability of the whole path; white space is pruned mass")
 
 
-def _attractor_figures(summary: dict[str, Any]) -> list[AnyFigure]:
-    models = _label_order(list(summary))
+def attractor_figures(summary: dict[str, Any]) -> list[AnyFigure]:
+    models = label_order(list(summary))
     return [Figure(
         "attractor_strength", "Attractor strength: do perturbed completions return?", "bar",
         ["strength (1 - edit distance)", "exact ending", "ending cosine"],
@@ -453,8 +251,8 @@ def _attractor_figures(summary: dict[str, Any]) -> list[AnyFigure]:
         + ", ".join(f"{m} {summary[m]['chance']:.3f}" for m in models))]
 
 
-def _diversity_figures(summary: dict[str, Any]) -> list[AnyFigure]:
-    models = _label_order(list(summary))
+def diversity_figures(summary: dict[str, Any]) -> list[AnyFigure]:
+    models = label_order(list(summary))
     keys = ["distinct_1", "distinct_2", "self_bleu", "pairwise_distance"]
 
     def ci(m: str, k: str, i: int) -> float:

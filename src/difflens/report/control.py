@@ -1,50 +1,18 @@
-"""``difflens probe train`` and ``difflens control evaluate``: files, figures and summaries.
+"""Outputs of ``difflens control train-probe`` and ``difflens control evaluate``: the probe's
+per-layer figure, the controllability curve, the score traces, and the pages' intros and
+headlines. Data in (per-layer rows, the cells and generations tables, summaries), figures
+out."""
 
-``run_probe_training`` writes ``OUT/probe.safetensors`` (+ ``probe.json``), the per-layer
-AUC table (``OUT/data/probe_layers``) and its figure; ``summary.json`` has ``probe.layer``
-and ``probe.auc``. ``run_control_evaluation`` writes the per-generation and per-cell tables,
-the controllability curve and score traces, and merges ``controllers.<name>.<gain>.{...}``
-into ``summary.json``. Finished cells are kept in ``OUT/cells`` so a rerun resumes.
-"""
-
-import dataclasses
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from torch import Tensor
 
-from difflens.capture.store import check_writable, write_json_atomic
-from difflens.control.evaluate import ControlConfig, ControlEvaluation, Measure, evaluate_control
-from difflens.control.probe import LabelledText, ProbeConfig, ProbeFit, StateProbe, train_probe
-from difflens.models.loading import LoadedModel
-from difflens.report.figures import AnyFigure, CustomFigure, Figure, Series, write_index
-from difflens.report.tables import write_table
+from difflens.report.figures import CustomFigure, Figure, Series
 
 CONTROLLER_COLORS = {"none": "#555555", "open_loop": "#4c72b0", "proportional": "#dd8452",
                      "rollback": "#55a868"}
-
-
-@dataclasses.dataclass(frozen=True)
-class ControlRun:
-    summary: dict[str, Any]
-    figures: list[AnyFigure]
-
-
-def _read_summary(path: Path) -> dict[str, Any]:
-    import json
-
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def probe_summary(probe: StateProbe) -> dict[str, Any]:
-    m = probe.metrics
-    return {"layer": probe.layer, "auc": m.get("auc"), "auc_ci": m.get("auc_ci"),
-            "auc_segment": m.get("auc_segment"), "threshold": probe.threshold,
-            "state_norm": probe.state_norm, "n_examples": m.get("n_examples"),
-            "source": m.get("source", ""), "model": probe.model.get("name")}
 
 
 def probe_figure(layers: Sequence[dict[str, Any]], chosen: int) -> Figure:
@@ -62,32 +30,17 @@ def probe_figure(layers: Sequence[dict[str, Any]], chosen: int) -> Figure:
                 "mean score of each labelled segment. 95% CI over held-out groups.")
 
 
-def run_probe_training(lm: LoadedModel, examples: Sequence[LabelledText], out: Path, *,
-                       config: ProbeConfig = ProbeConfig(), threshold: float | None = None,
-                       source: str = "", progress: Callable[[int], None] | None = None,
-                       index: bool = True) -> tuple[ProbeFit, list[AnyFigure]]:
-    """Train a probe into ``out`` (probe file, per-layer table, figure, summary)."""
-    check_writable(out)
-    fit = train_probe(lm, examples, config=config, threshold=threshold, progress=progress,
-                      source=source)
-    fit.probe.save(out / "probe.safetensors")
-    write_table(pd.DataFrame(fit.layers), out / "data", "probe_layers")
-    fig = probe_figure(fit.layers, fit.probe.layer)
-    fig.save(out / "figures")
-    summary = _read_summary(out / "summary.json")
-    summary["probe"] = probe_summary(fit.probe)
-    write_json_atomic(out / "summary.json", summary)
-    if index:
-        s = summary["probe"]
-        write_index(out / "index.html", "difflens probe", (
-            f"Logistic-regression state probe on {lm.identity.name}, trained on "
-            f"{s['n_examples']} examples ({source or 'labelled text'})."), [fig],
-            {"layer": s["layer"], "held-out token AUC": s["auc"], "AUC 95% CI": s["auc_ci"],
-             "segment AUC": s["auc_segment"], "threshold": s["threshold"]})
-    return fit, [fig]
+def probe_intro(model_name: str, probe: dict[str, Any], source: str) -> str:
+    """The probe page's intro; ``probe`` is the summary's ``probe`` block."""
+    return (f"Logistic-regression state probe on {model_name}, trained on "
+            f"{probe['n_examples']} examples ({source or 'labelled text'}).")
 
 
-# -- control ------------------------------------------------------------------------------
+def probe_headline(probe: dict[str, Any]) -> dict[str, Any]:
+    """The probe page's headline; ``probe`` is the summary's ``probe`` block."""
+    return {"layer": probe["layer"], "held-out token AUC": probe["auc"],
+            "AUC 95% CI": probe["auc_ci"], "segment AUC": probe["auc_segment"],
+            "threshold": probe["threshold"]}
 
 
 def _label(kind: str, gain: float) -> str:
@@ -234,7 +187,7 @@ def control_intro(summary: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
-def _picks(cells: pd.DataFrame) -> list[tuple[str, float]]:
+def trace_picks(cells: pd.DataFrame) -> list[tuple[str, float]]:
     """The unsteered run and, per controller, its middle gain."""
     out: list[tuple[str, float]] = [("none", 0.0)]
     for kind in ("open_loop", "proportional", "rollback"):
@@ -244,50 +197,10 @@ def _picks(cells: pd.DataFrame) -> list[tuple[str, float]]:
     return out
 
 
-def run_control_evaluation(lm: LoadedModel, probe: StateProbe, prompts: Sequence[str],
-                           out: Path, *, config: ControlConfig = ControlConfig(),
-                           independent: Measure | None = None, independent_name: str = "",
-                           direction: Tensor | None = None,
-                           progress: Callable[[int], None] | None = None,
-                           index: bool = True) -> ControlRun:
-    """Evaluate every controller into ``out`` and return the summary and figures."""
-    check_writable(out)
-    ev: ControlEvaluation = evaluate_control(
-        lm, probe, prompts, config=config, independent=independent,
-        independent_name=independent_name, direction=direction, store=out / "cells",
-        progress=progress)
-    data = out / "data"
-    gens = ev.generations
-    write_table(gens, data, "generations")
-    write_table(ev.cells, data, "controllers")
-    picks = _picks(ev.cells)
-    figures: list[AnyFigure] = [
-        controllability_figure(ev.cells, independent_name),
-        trace_figure(gens, ev.threshold, picks, config.generation.max_new_tokens),
-        example_trace_figure(gens, ev.threshold, picks)]
-    for fig in figures:
-        fig.save(out / "figures")
-    summary = _read_summary(out / "summary.json")
-    summary["probe"] = probe_summary(probe)
-    summary["model"] = lm.identity.name
-    summary["threshold"] = ev.threshold
-    summary["independent"] = independent_name
-    summary["n_prompts"] = len(prompts)
-    summary["controllers"] = ev.summary()
-    summary["config"] = {"k_samples": config.k_samples,
-                         "max_new_tokens": config.generation.max_new_tokens,
-                         "temperature": config.generation.temperature,
-                         "chat": config.generation.chat, "seed": config.seed,
-                         "gains": {k: list(g) for k, g in config.gains},
-                         "window": config.window, "max_rollbacks": config.max_rollbacks,
-                         "steer_tokens": config.steer_tokens,
-                         "direction": "probe" if direction is None else "given"}
-    write_json_atomic(out / "summary.json", summary)
-    if index:
-        base = summary["controllers"]["none"]["0"]
-        write_index(out / "index.html", "difflens control", control_intro(summary), figures,
-                    {"probe layer": probe.layer, "probe AUC": probe.metrics.get("auc"),
-                     "unsteered bad rate": base["bad_rate"],
-                     f"unsteered bad rate ({independent_name or 'independent'})":
-                         base["bad_rate_independent"]})
-    return ControlRun(summary=summary, figures=figures)
+def control_headline(summary: dict[str, Any], independent_name: str) -> dict[str, Any]:
+    """The control page's headline."""
+    base = summary["controllers"]["none"]["0"]
+    return {"probe layer": summary["probe"]["layer"], "probe AUC": summary["probe"]["auc"],
+            "unsteered bad rate": base["bad_rate"],
+            f"unsteered bad rate ({independent_name or 'independent'})":
+                base["bad_rate_independent"]}

@@ -179,7 +179,7 @@ def write_index(path: Path, title: str, intro: str, figures: Sequence[AnyFigure]
             if fig.caption:
                 parts.append(f"<figcaption>{fig.caption}</figcaption>")
     parts.append("</body></html>")
-    from difflens.capture.store import write_bytes_atomic
+    from difflens._io import write_bytes_atomic
 
     write_bytes_atomic(path, "\n".join(parts).encode())
 

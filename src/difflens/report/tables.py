@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from difflens.capture.store import write_bytes_atomic, write_parquet_atomic
+from difflens._io import write_bytes_atomic, write_parquet_atomic
 
 
 def write_table(df: pd.DataFrame, folder: Path, name: str) -> None:

@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from difflens._io import write_json_atomic
 from difflens.analysis.trajectories import TrajectoryStats, readable_token
-from difflens.capture.store import write_json_atomic
 from difflens.report.figures import COLORS, AnyFigure, CustomFigure, Figure, Series, write_index
 from difflens.report.tables import write_table
 
@@ -190,3 +190,13 @@ def intro_html(s: dict[str, Any]) -> str:
         parts.append(f"Jump-weighted sentiment {html.escape(m)}: {v['mean']:.3f} "
                      f"[{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}].")
     return " ".join(parts)
+
+
+def page_intro(s: dict[str, Any]) -> str:
+    """The intro of a trajectories page."""
+    text = (f"{s['n_prompts']} prompts. Paths are cumulative means of L2-normalised token "
+            "vectors; distances are great-circle distances in radians, with 95% CIs that "
+            "resample prompts. Jumps are attributed to the token that causes them.")
+    if s.get("layer") is not None:
+        text += f" Layer {s['layer']}; projection {s.get('projection_method')}."
+    return text

@@ -15,6 +15,7 @@ import torch
 
 from difflens.errors import InputError
 from difflens.models.loading import LoadedModel
+from difflens.sampling.backend import backend_for
 
 
 @dataclasses.dataclass
@@ -92,9 +93,14 @@ def probability_tree(lm: LoadedModel, prompt: str, *, depth: int = 4, top_k: int
     root = TreeNode(token_id=-1, text=prompt, prob=1.0, seq_prob=1.0, depth=0)
     n_nodes, n_tokens = 0, len(ids)
     with torch.inference_mode():
-        out = lm.model(input_ids=torch.tensor([ids], device=dev), use_cache=reuse_cache)
-        logp = torch.log_softmax(out.logits[:, -1].double(), -1)
-        cache: Any = out.past_key_values if reuse_cache else None
+        engine = backend_for(lm) if reuse_cache else None
+        first = torch.tensor([ids], device=dev)
+        if engine is not None:
+            last = engine.prefill(first, torch.ones_like(first),
+                                  torch.arange(len(ids), device=dev)[None])
+        else:
+            last = lm.model(input_ids=first, use_cache=False).logits[:, -1]
+        logp = torch.log_softmax(last.double(), -1)
         frontier: list[tuple[TreeNode, list[int]]] = [(root, [])]
         for level in range(1, depth + 1):
             children, parents = [], []
@@ -116,20 +122,18 @@ def probability_tree(lm: LoadedModel, prompt: str, *, depth: int = 4, top_k: int
             if level == depth or not children:
                 break
             new_tokens = torch.tensor([[path[-1]] for _, path in children], device=dev)
-            if cache is not None:
-                cache.batch_select_indices(torch.tensor(parents, device=dev))
+            if engine is not None:
+                engine.select_rows(torch.tensor(parents, device=dev))
                 past = len(ids) + level - 1
-                out = lm.model(input_ids=new_tokens, past_key_values=cache, use_cache=True,
-                               attention_mask=torch.ones(len(children), past + 1,
-                                                         dtype=torch.long, device=dev),
-                               position_ids=torch.full((len(children), 1), past, device=dev))
-                cache = out.past_key_values
+                last = engine.step(new_tokens, torch.ones(len(children), past + 1,
+                                                          dtype=torch.long, device=dev),
+                                   torch.full((len(children), 1), past, device=dev))
                 n_tokens += len(children)
             else:
                 full = torch.tensor([ids + path for _, path in children], device=dev)
-                out = lm.model(input_ids=full, use_cache=False)
+                last = lm.model(input_ids=full, use_cache=False).logits[:, -1]
                 n_tokens += full.numel()
-            logp = torch.log_softmax(out.logits[:, -1].double(), -1)
+            logp = torch.log_softmax(last.double(), -1)
             frontier = children
     return ProbabilityTree(prompt=prompt, root=root, depth=depth, top_k=top_k,
                            min_prob=min_prob, n_nodes=n_nodes, n_forward_tokens=n_tokens)

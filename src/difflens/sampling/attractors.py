@@ -31,11 +31,10 @@ import torch
 
 from difflens.analysis.divergence import bootstrap_weights
 from difflens.analysis.embeddings import DEFAULT_ENCODER, Encoder, embed_texts
-from difflens.capture.engine import _models_of, _pad
-from difflens.capture.paths import cut_at_eos
 from difflens.errors import InputError
 from difflens.models.loading import LoadedModel
-from difflens.models.pair import ModelPair
+from difflens.models.pair import ModelPair, models_of
+from difflens.sampling.generate import GenerationConfig, generate
 
 KINDS = ("replace", "insert")
 _SENT = re.compile(r"(?<=[.!?])\s+")
@@ -45,19 +44,9 @@ def greedy_ids(lm: LoadedModel, seqs: Sequence[Sequence[int]], budgets: Sequence
                batch_size: int = 32) -> list[list[int]]:
     """Greedy continuation ids of each sequence (KV cache, left-padded batches), cut at EOS
     and at its own budget."""
-    tok = lm.tokenizer
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    eos = tok.eos_token_id
-    out: list[list[int]] = []
-    for i in range(0, len(seqs), batch_size):
-        chunk, bud = seqs[i:i + batch_size], budgets[i:i + batch_size]
-        ids, mask, _ = _pad(chunk, "left", lm.device)
-        with torch.inference_mode():
-            gen = lm.model.generate(ids, attention_mask=mask, do_sample=False,
-                                    max_new_tokens=max(1, max(bud)), pad_token_id=pad)
-        out += [cut_at_eos(row[:b], eos)
-                for row, b in zip(gen[:, ids.shape[1]:].tolist(), bud, strict=True)]
-    return out
+    gen = generate(lm, seqs, GenerationConfig(max_new_tokens=max(1, max(budgets)),
+                                              temperature=0.0, batch_size=batch_size))
+    return [row[:b] for row, b in zip(gen.token_ids, budgets, strict=True)]
 
 
 def final_sentence(text: str, min_words: int = 3) -> str:
@@ -169,7 +158,7 @@ def attractor_test(
     rows: list[dict[str, Any]] = []
     originals: list[dict[str, Any]] = []
     chance: dict[str, float] = {}
-    for label, lm in _models_of(model_or_pair).items():
+    for label, lm in models_of(model_or_pair).items():
         tok = lm.tokenizer
         pre = [list(tok(p)["input_ids"]) for p in prompts]
         base = greedy_ids(lm, pre, [max_new_tokens] * len(pre))

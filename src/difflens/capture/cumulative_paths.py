@@ -9,8 +9,6 @@ token: it is the path of the continuation's own text, read in the context of the
 """
 
 import dataclasses
-import hashlib
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -18,12 +16,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from difflens._io import fingerprint, write_parquet_atomic
 from difflens.analysis.trajectories import cumulative_mean_path
-from difflens.capture.engine import _pad, forward_batch
-from difflens.capture.store import write_parquet_atomic
+from difflens.capture.engine import forward_batch
 from difflens.errors import InputError
 from difflens.models.loading import LoadedModel
 from difflens.models.pair import ModelPair
+from difflens.sampling.generate import GenerationConfig, generate
 
 PATHS_FORMAT = 1
 
@@ -41,11 +40,6 @@ class PathSet:
     layer: int
 
 
-def cut_at_eos(ids: list[int], eos: int | None) -> list[int]:
-    """``ids`` up to (not including) the first ``eos``."""
-    return ids[: ids.index(eos)] if eos is not None and eos in ids else ids
-
-
 def sample_continuations(lm: LoadedModel, prompt_ids: Sequence[Sequence[int]], k: int,
                          max_new_tokens: int, seed: int, temperature: float = 1.0
                          ) -> list[list[list[int]]]:
@@ -53,20 +47,14 @@ def sample_continuations(lm: LoadedModel, prompt_ids: Sequence[Sequence[int]], k
 
     Continuation ``i`` of the ``p``-th prompt given uses seed ``seed + 1000 * p + i``.
     """
-    tok = lm.tokenizer
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     out: list[list[list[int]]] = []
+    if k == 0:
+        return [[] for _ in prompt_ids]
     for p, ids in enumerate(prompt_ids):
-        conts = []
-        for i in range(k):
-            x, mask, _ = _pad([ids], "left", lm.device)
-            torch.manual_seed(seed + 1000 * p + i)
-            with torch.inference_mode():
-                gen = lm.model.generate(x, attention_mask=mask, do_sample=True,
-                                        temperature=temperature, top_k=0, top_p=1.0,
-                                        max_new_tokens=max_new_tokens, pad_token_id=pad)
-            conts.append(cut_at_eos(gen[0, len(ids):].tolist(), tok.eos_token_id))
-        out.append(conts)
+        gen = generate(lm, [ids] * k, GenerationConfig(
+            max_new_tokens=max_new_tokens, temperature=temperature, seed=seed + 1000 * p,
+            batch_size=1, sampler="multinomial"))
+        out.append(gen.token_ids)
     return out
 
 
@@ -135,7 +123,7 @@ def _key(lm: LoadedModel, prompts: Sequence[str], start: int, layer: int, k: int
     ident = {f: v for f, v in lm.identity.to_dict().items() if f != "name"}
     payload = [ident, list(prompts), start, layer, k, max_new_tokens, seed, temperature,
                PATHS_FORMAT]
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
+    return fingerprint(payload, length=32)
 
 
 def _read_chunk(path: Path | None, key: str) -> tuple[pd.DataFrame, pd.DataFrame] | None:

@@ -7,20 +7,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from difflens.analysis.trajectories import (
-    SphereProjection,
-    check_table,
-    faithfulness,
-    trajectory_stats,
-)
-from difflens.capture.paths import build_paths
-from difflens.capture.store import check_writable, write_parquet_atomic
-from difflens.capture.trajfiles import read_trajectories
+from difflens._io import check_writable, write_parquet_atomic
+from difflens.analysis.trajectories import SphereProjection, faithfulness, trajectory_stats
+from difflens.capture.cumulative_paths import build_paths
+from difflens.inputs.trajectory_files import check_table, read_trajectories
 from difflens.models.loading import LoadedModel
 from difflens.models.pair import ModelPair
 from difflens.report.figures import AnyFigure
 from difflens.report.tables import write_table
-from difflens.report.trajectories import summarize, write_outputs
+from difflens.report.trajectories import page_intro, summarize, write_outputs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +50,7 @@ def run_trajectories(
     index: bool = True,
 ) -> TrajectoriesRun:
     """Paths from the models, projected together, compared on the sphere and in full."""
-    from difflens.organism.build import rich_progress
+    from difflens._io import rich_progress
 
     check_writable(out)
     n_models = 2 if isinstance(target, ModelPair) else 1
@@ -92,7 +87,7 @@ def run_trajectories(
     table = table.assign(state_ref=table.row).drop(columns=["row"])
     figures = write_outputs(
         out, table, sphere, full, summary, {str(i): p for i, p in enumerate(prompts)},
-        "difflens trajectories", _intro(summary), n_spheres=3) if index else []
+        "difflens trajectories", page_intro(summary), n_spheres=3) if index else []
     return TrajectoriesRun(summary=summary, figures=figures, table=table)
 
 
@@ -101,7 +96,7 @@ def import_trajectories(path: Path, out: Path, *, name_pattern: str | None = Non
                         first_n: int | None = None, max_prompts: int | None = None,
                         rank_segments: str = "all", seed: int = 0) -> TrajectoriesRun:
     """Read a trajectory file and run the sphere statistics on it."""
-    from difflens.capture.trajfiles import DEFAULT_PATTERN
+    from difflens.inputs.trajectory_files import DEFAULT_PATTERN
 
     check_writable(out)
     imp = read_trajectories(path, name_pattern=name_pattern or DEFAULT_PATTERN, models=models,
@@ -119,14 +114,6 @@ def import_trajectories(path: Path, out: Path, *, name_pattern: str | None = Non
                             "note": "imported sphere coordinates only: no full-dimension "
                                     "states, so no faithfulness or full-dimension statistics"})
     figures = write_outputs(out, table, sphere, None, summary, imp.titles,
-                            f"difflens trajectories: {Path(path).name}", _intro(summary))
+                            f"difflens trajectories: {Path(path).name}", page_intro(summary))
     return TrajectoriesRun(summary=summary, figures=figures, table=table)
 
-
-def _intro(s: dict[str, Any]) -> str:
-    text = (f"{s['n_prompts']} prompts. Paths are cumulative means of L2-normalised token "
-            "vectors; distances are great-circle distances in radians, with 95% CIs that "
-            "resample prompts. Jumps are attributed to the token that causes them.")
-    if s.get("layer") is not None:
-        text += f" Layer {s['layer']}; projection {s.get('projection_method')}."
-    return text

@@ -17,8 +17,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from difflens.capture.abdata import TokenizedItem
-from difflens.capture.engine import _accepts, _pad, forward_batch, record_layers
+from difflens.capture.engine import forward_batch
+from difflens.inputs.ab_items import TokenizedItem
+from difflens.models.batching import accepts, pad_batch
+from difflens.models.hooks import record_layers
 from difflens.models.loading import LoadedModel
 
 
@@ -73,24 +75,24 @@ def _forward_shared(lm: LoadedModel, items: Sequence[TokenizedItem], layers: Seq
                     ) -> ABBatch:
     model = lm.model
     prefixes = [it.ids[0][: it.shared] for it in items]
-    ids, mask, pos = _pad(prefixes, "left", lm.device)
+    ids, mask, pos = pad_batch(prefixes, "left", lm.device)
     kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "use_cache": True}
-    if _accepts(model, "position_ids"):
+    if accepts(model, "position_ids"):
         kwargs["position_ids"] = pos
-    if _accepts(model, "logits_to_keep"):
+    if accepts(model, "logits_to_keep"):
         kwargs["logits_to_keep"] = 1
     out = model(**kwargs)
     first = out.logits[:, -1]
     cache = out.past_key_values
     cache.batch_repeat_interleave(2)
     suffixes = [it.ids[v][it.shared:] for it in items for v in (0, 1)]
-    s_ids, s_mask, _ = _pad(suffixes, "right", lm.device)
+    s_ids, s_mask, _ = pad_batch(suffixes, "right", lm.device)
     plen = torch.tensor([it.shared for it in items for _ in (0, 1)], device=lm.device)
     s_pos = plen[:, None] + torch.arange(s_ids.shape[1], device=lm.device)[None]
     kwargs = {"input_ids": s_ids, "attention_mask": torch.cat([mask.repeat_interleave(2, 0),
                                                                s_mask], 1),
               "past_key_values": cache, "use_cache": True}
-    if _accepts(model, "position_ids"):
+    if accepts(model, "position_ids"):
         kwargs["position_ids"] = s_pos
     with record_layers(lm, layers) as rec:
         logits = model(**kwargs).logits
@@ -130,7 +132,7 @@ def forward_ab(
 
     Args:
         lm: the model (hooks are scoped to each pass; the model is not changed).
-        items: tokenized items (see :func:`~difflens.capture.abdata.tokenize_items`).
+        items: tokenized items (see :func:`~difflens.inputs.ab_items.tokenize_items`).
         layers: normalised layer indices to record.
         share_prefix: run each item's shared prefix once and reuse its KV cache for the two
             answers; needs a model that returns ``past_key_values``.
@@ -145,7 +147,7 @@ def forward_ab(
         raise ValueError("no items")
     hidden: list[Tensor | None] = [None] * len(items)
     logp: list[Tensor | None] = [None] * len(items)
-    shared = share_prefix and _accepts(lm.model, "past_key_values")
+    shared = share_prefix and accepts(lm.model, "past_key_values")
     with torch.inference_mode():
         for idx in _batches(items, max_batch_tokens, batch_size):
             chunk = [items[i] for i in idx]

@@ -20,8 +20,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from difflens.capture.engine import _accepts, forward_batch
+from difflens.capture.engine import forward_batch
 from difflens.errors import InputError
+from difflens.models.batching import accepts
 from difflens.models.loading import LoadedModel
 
 _BOUNDARY_MASKS: dict[int, tuple[Any, Tensor]] = {}
@@ -67,7 +68,7 @@ def _rows_shared(lm: LoadedModel, pre: list[int], suffixes: Sequence[list[int]],
     """Per candidate, the logits rows predicting each of its tokens (+ the one after it)."""
     model, dev = lm.model, lm.device
     kwargs: dict[str, Any] = {"input_ids": torch.tensor([pre], device=dev), "use_cache": True}
-    if _accepts(model, "logits_to_keep"):
+    if accepts(model, "logits_to_keep"):
         kwargs["logits_to_keep"] = 1
     out = model(**kwargs)
     first, cache0 = out.logits[0, -1].float(), out.past_key_values
@@ -91,7 +92,7 @@ def _rows_shared(lm: LoadedModel, pre: list[int], suffixes: Sequence[list[int]],
         cache.batch_repeat_interleave(b)
         kw: dict[str, Any] = {"input_ids": ids, "attention_mask": mask,
                               "past_key_values": cache, "use_cache": True}
-        if _accepts(model, "position_ids"):
+        if accepts(model, "position_ids"):
             kw["position_ids"] = (p + torch.arange(width, device=dev))[None].expand(b, -1)
         logits = model(**kw).logits.float()
         rows += [torch.cat([first[None], logits[j, :len(s)]]) for j, s in enumerate(need)]
@@ -146,7 +147,7 @@ def continuation_logprobs(
     if any(t <= 0 for t in temperatures):
         raise InputError(f"temperatures must be > 0, got {list(temperatures)}")
     pre, suffixes = _tokenize(lm, prefix, continuations, add_special_tokens)
-    shared = share_prefix and _accepts(lm.model, "past_key_values")
+    shared = share_prefix and accepts(lm.model, "past_key_values")
     with torch.inference_mode():
         rows = (_rows_shared if shared else _rows_full)(lm, pre, suffixes, boundary, batch_size)
         mask = boundary_mask(lm).to(rows[0].device) if boundary else None

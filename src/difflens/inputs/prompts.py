@@ -7,37 +7,12 @@ byte offset) so the user can fix it in one go.
 import csv
 import io
 import json
-from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
 
+from difflens._io import read_utf8
 from difflens.errors import InputError
 
 PROMPT_SUFFIXES = (".txt", ".jsonl", ".json", ".csv")
-
-
-def _decode(path: Path) -> str:
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise InputError(
-            f"{path}:{line}: not valid UTF-8 at byte offset {exc.start} "
-            f"(byte 0x{data[exc.start]:02x}); re-save the file as UTF-8"
-        ) from None
-
-
-def jsonl_objects(path: Path, lines: Iterable[str] | None = None) -> Iterator[tuple[str, Any]]:
-    """``("file:line", parsed JSON)`` for each non-blank line (of ``lines``, default the
-    file's text); a line that is not JSON raises one :class:`InputError` naming it."""
-    for i, line in enumerate(_decode(path).splitlines() if lines is None else lines, 1):
-        if not line.strip():
-            continue
-        try:
-            yield f"{path}:{i}", json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{path}:{i}: not valid JSON ({exc.msg}); fix the line") from None
 
 
 def _check(path: Path, line: int, value: object, field: str | None) -> str:
@@ -72,7 +47,7 @@ def read_prompts(path: str | Path, *, field: str | None = None) -> list[str]:
         raise InputError(
             f"{path}: unknown prompt file type {suffix!r}; use one of {', '.join(PROMPT_SUFFIXES)}"
         )
-    text = _decode(path)
+    text = read_utf8(path)
     prompts: list[str] = []
     if suffix == ".txt":
         for i, line in enumerate(text.splitlines(), 1):

@@ -13,7 +13,7 @@ after the prompt (default ``" {}"``, or ``"{}"`` in a chat turn); ``chat: true``
 prompt a user turn, wrapped in the model's chat template when it has one and in a plain
 ``Question: ...\\nAnswer:`` frame otherwise; ``boundary`` (default true) requires the answer
 to end there (" 1" does not also count " 10"). Multi-token answers are scored by chaining
-their tokens' probabilities (:func:`~difflens.analysis.scoring.continuation_logprobs`), then
+their tokens' probabilities (:func:`~difflens.capture.scoring.continuation_logprobs`), then
 renormalised over the answer set; the mass outside it is reported. The built-in probes are
 in ``difflens/data/probes.jsonl``; a user file works the same way.
 """
@@ -28,13 +28,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from difflens._io import jsonl_objects
 from difflens.analysis.divergence import bootstrap_weights
-from difflens.analysis.scoring import OutcomeDistribution, continuation_logprobs
-from difflens.capture.engine import _models_of
-from difflens.capture.prompts import jsonl_objects
+from difflens.capture.scoring import OutcomeDistribution, continuation_logprobs
 from difflens.errors import InputError
 from difflens.models.loading import LoadedModel
-from difflens.models.pair import ModelPair
+from difflens.models.pair import ModelPair, models_of
 
 #: Temperatures of the default sweep (log-spaced, with 1.0 exactly).
 DEFAULT_TEMPERATURES: tuple[float, ...] = tuple(
@@ -195,7 +194,7 @@ def run_probes(model_or_pair: LoadedModel | ModelPair, probes: Sequence[Probe], 
     """Score every probe phrasing with every model, exactly, at every temperature."""
     temps = tuple(sorted(set(temperatures) | {1.0}))
     t1 = temps.index(1.0)
-    models = _models_of(model_or_pair)
+    models = models_of(model_or_pair)
     ans_rows: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
     lps: dict[tuple[str, str, str], np.ndarray] = {}

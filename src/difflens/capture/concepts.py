@@ -1,5 +1,8 @@
 """Concept vectors from contrastive A/B items, per layer and per model, and how they compare.
 
+Why one long module: the vectors' file format, their extraction and their comparison
+share one cache key and one split of items; apart they would repeat both.
+
 :func:`extract_concepts` runs both variants of every item through each model (batched,
 sharing the prompt's KV cache) and keeps the residual stream at the read position at every
 layer. Items are split once, by a seeded permutation, into a train part that defines the
@@ -16,7 +19,6 @@ with a bootstrap CI over items:
 """
 
 import dataclasses
-import hashlib
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,28 +29,18 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from difflens._io import fingerprint, write_bytes_atomic
 from difflens.analysis.divergence import bootstrap_weights
-from difflens.capture.ab import forward_ab
-from difflens.capture.abdata import ABDataset, tokenize_items, uses_chat
-from difflens.capture.engine import parse_layers
-from difflens.capture.store import write_bytes_atomic
+from difflens.capture.contrastive import forward_ab
 from difflens.errors import InputError
+from difflens.inputs.ab_items import ABDataset, tokenize_items, uses_chat
+from difflens.models.hooks import module_path
+from difflens.models.layers import parse_layers
 from difflens.models.loading import LoadedModel
-from difflens.models.pair import ModelPair
+from difflens.models.pair import ModelPair, models_of
 
 METHODS = ("mean_diff", "pca")
 VECTORS_FORMAT = 1
-
-
-def module_path(lm: LoadedModel, layer: int) -> str:
-    """Where captured ``layer`` is read: ``model.layers.3 (output)`` and the like."""
-    n = lm.n_layers
-    if layer == 0:
-        return f"{lm.layers.path}.0 (input)"
-    if layer < n:
-        return f"{lm.layers.path}.{layer - 1} (output)"
-    names = {id(m): name for name, m in lm.model.named_modules()}
-    return f"{names.get(id(lm.model.get_output_embeddings()), 'lm_head')} (input)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,23 +200,12 @@ def extraction_key(models: dict[str, LoadedModel], dataset: ABDataset, layers: S
     payload = {
         "models": {k: {f: v for f, v in m.identity.to_dict().items() if f != "name"}
                    for k, m in models.items()},
-        "items": hashlib.sha256(json.dumps(
-            [[i.prompt, i.matching, i.not_matching] for i in dataset.items]).encode()
-        ).hexdigest(),
+        "items": fingerprint([[i.prompt, i.matching, i.not_matching] for i in dataset.items],
+                             length=64),
         "format": dataset.format, "layers": list(layers), "position": position, "chat": chat,
         "version": VECTORS_FORMAT,
     }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
-
-
-def _models_of(model_or_pair: LoadedModel | ModelPair) -> dict[str, LoadedModel]:
-    if isinstance(model_or_pair, ModelPair):
-        if model_or_pair.layer_map is not None:
-            raise InputError("concept vectors need a pair of the same shape (no layer_map)")
-        return model_or_pair.models
-    if isinstance(model_or_pair, LoadedModel):
-        return {"model": model_or_pair}
-    raise InputError(f"expected a LoadedModel or ModelPair, got {type(model_or_pair).__name__}")
+    return fingerprint(payload, length=32)
 
 
 def extract_concepts(
@@ -246,7 +227,7 @@ def extract_concepts(
 
     Args:
         model_or_pair: a :class:`LoadedModel` or a :class:`ModelPair` (same shapes).
-        dataset: contrastive items (:func:`~difflens.capture.abdata.load_ab_dataset`).
+        dataset: contrastive items (:func:`~difflens.inputs.ab_items.load_ab_dataset`).
         layers: ``"all"``, or layer indices (negatives count from the end).
         position: ``"answer"`` (the answer letter's token) or ``"last"``.
         method: ``"mean_diff"`` (CAA: mean of matching - non-matching) or ``"pca"`` (the
@@ -264,7 +245,7 @@ def extract_concepts(
     """
     if method not in METHODS:
         raise InputError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    models = _models_of(model_or_pair)
+    models = models_of(model_or_pair, same_shape=True)
     first = next(iter(models.values()))
     layer_idx = parse_layers(layers if isinstance(layers, str) else list(layers), first)
     chats = {k: uses_chat(m.tokenizer, chat) for k, m in models.items()}

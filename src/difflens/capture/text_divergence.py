@@ -15,14 +15,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from difflens._io import jsonl_objects
 from difflens.analysis.divergence import bootstrap_ci, mean_ci
 from difflens.capture import capture
-from difflens.capture.engine import _models_of
-from difflens.capture.paths import sample_continuations
-from difflens.capture.prompts import jsonl_objects
+from difflens.capture.cumulative_paths import sample_continuations
 from difflens.errors import InputError
 from difflens.models.loading import LoadedModel
-from difflens.models.pair import ModelPair
+from difflens.models.pair import ModelPair, models_of
 
 PAIR_COLUMNS = ("kl_tuned_base", "kl_base_tuned", "top1_agree")
 
@@ -60,7 +59,7 @@ def sample_corpus(model_or_pair: LoadedModel | ModelPair, prompts: Sequence[str]
                   sources: Sequence[str] | None = None, max_new_tokens: int = 40,
                   seed: int = 0, temperature: float = 1.0) -> Corpus:
     """One sampled continuation per prompt from each model in ``sources`` (default: all)."""
-    models = _models_of(model_or_pair)
+    models = models_of(model_or_pair)
     sources = list(sources or models)
     unknown = sorted(set(sources) - set(models))
     if unknown:
@@ -124,7 +123,7 @@ def text_divergence(model_or_pair: LoadedModel | ModelPair, corpus: Corpus, *,
                     store: str | Path, progress: bool = False,
                     on_done: Callable[[], None] | None = None) -> TextDivergence:
     """Per-token statistics of ``corpus`` under one model or a pair (see the module)."""
-    models = _models_of(model_or_pair)
+    models = models_of(model_or_pair)
     tok = next(iter(models.values())).tokenizer
     texts = [p + c for p, c in zip(corpus.prompts, corpus.continuations, strict=True)]
     run = capture(model_or_pair, texts, store=store, layers=[0], positions="last",

@@ -25,10 +25,10 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from difflens.analysis.trajectories import check_table
-from difflens.capture.prompts import jsonl_objects
+from difflens._io import jsonl_objects
 from difflens.errors import InputError
 
 DEFAULT_PATTERN = r"^(?P<model>.+?) (?:(?P<prompt>Prompt)|Continuation (?P<cont>\d+))$"
@@ -165,3 +165,29 @@ def _traces(path: Path, pattern: re.Pattern[str], models: dict[str, str],
     df = check_table(pd.DataFrame(rows), str(path))
     return ImportedTrajectories(table=df, titles=titles, n_traces=n_traces, n_empty=n_empty,
                                 n_token_mismatch=n_mismatch, source=str(path))
+
+
+TABLE_COLUMNS = ("prompt_id", "model", "segment", "step", "token", "x", "y", "z")
+
+
+REQUIRED_COLUMNS = ("prompt_id", "model", "segment", "step", "x", "y", "z")
+
+
+def check_table(df: pd.DataFrame, where: str = "trajectory table") -> pd.DataFrame:
+    """Validate a trajectory table; returns it sorted by path and step."""
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise InputError(f"{where}: missing column {missing[0]!r}; a trajectory table has "
+                         f"{', '.join(TABLE_COLUMNS)}")
+    if "token" not in df.columns:
+        df = df.assign(token=None)
+    bad = df[["x", "y", "z"]].isna().any(axis=1)
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise InputError(f"{where}: row {row + 1} has an empty coordinate; every point needs "
+                         f"x, y and z")
+    models = set(df["model"].unique())
+    if not models:
+        raise InputError(f"{where}: no rows")
+    df = df.sort_values(["prompt_id", "model", "segment", "step"], kind="stable")
+    return df.reset_index(drop=True)

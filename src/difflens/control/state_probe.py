@@ -19,7 +19,6 @@ tokenizer.
 """
 
 import dataclasses
-import gzip
 import json
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -31,27 +30,16 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from difflens.capture.engine import forward_batch, parse_layers
-from difflens.capture.prompts import jsonl_objects
-from difflens.capture.store import write_bytes_atomic, write_json_atomic
+from difflens._io import write_bytes_atomic, write_json_atomic
+from difflens._types import Vector
+from difflens.capture.engine import forward_batch
+from difflens.control.steering import SteeringVector
 from difflens.errors import DifflensWarning, InputError
+from difflens.inputs.labelled import LabelledText
+from difflens.models.layers import parse_layers
 from difflens.models.loading import LoadedModel
 
 PROBE_FORMAT = "difflens-state-probe-1"
-
-
-@dataclasses.dataclass(frozen=True)
-class LabelledText:
-    """One training example: segments of text, each labelled 1 (bad), 0 (good) or ``None``
-    (context: read by the model, not trained on)."""
-
-    segments: tuple[tuple[str, int | None], ...]
-    group: int
-    """Examples with the same group land in the same split (a preference pair, a story)."""
-
-    @property
-    def text(self) -> str:
-        return "".join(s for s, _ in self.segments)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +73,7 @@ class ProbeConfig:
 class StateProbe:
     """``score(h) = sigmoid(weight . h + bias)`` at ``layer``, with the model it belongs to."""
 
-    weight: Float[Tensor, " d_model"]
+    weight: Vector
     bias: float
     layer: int
     threshold: float
@@ -98,10 +86,12 @@ class StateProbe:
     """Held-out AUCs per layer and the data it saw."""
 
     @property
-    def direction(self) -> Float[Tensor, " d_model"]:
-        """Unit vector towards the bad region."""
+    def direction(self) -> SteeringVector:
+        """Unit vector towards the bad region, at the probe's layer."""
         w = self.weight.float()
-        return w / w.norm().clamp_min(1e-12)
+        return SteeringVector({self.layer: w / w.norm().clamp_min(1e-12)},
+                              {"method": "state_probe", "model": self.model,
+                               "threshold": self.threshold})
 
     def score(self, hidden: Float[Tensor, "*batch d_model"]) -> Float[Tensor, " *batch"]:
         w = self.weight.to(device=hidden.device, dtype=torch.float32)
@@ -114,7 +104,8 @@ class StateProbe:
         where = f"probe of {m.get('name')!r} (d_model {m.get('d_model')}, layer {self.layer})"
         if int(m.get("d_model", -1)) != lm.d_model:
             raise InputError(f"{where} does not fit {ident.name!r}, whose d_model is "
-                             f"{lm.d_model}; train a probe on this model (difflens probe train)")
+                             f"{lm.d_model}; train a probe on this model (difflens control "
+                             f"train-probe)")
         if int(m.get("n_layers", -1)) != lm.n_layers or self.layer > lm.n_layers:
             raise InputError(f"{where} was trained on a model with {m.get('n_layers')} layers; "
                              f"{ident.name!r} has {lm.n_layers}; train a probe on this model")
@@ -165,7 +156,7 @@ def load_probe(path: str | Path) -> StateProbe:
         raise InputError(f"{path}: not a difflens probe file ({exc})") from None
     if meta.get("format") != PROBE_FORMAT or set(tensors) != {"weight", "bias"}:
         raise InputError(f"{path}: not a difflens probe file (format {meta.get('format')!r}, "
-                         f"tensors {sorted(tensors)}); train one with difflens probe train")
+                         f"tensors {sorted(tensors)}); train one with difflens control train-probe")
     return StateProbe(weight=tensors["weight"].float(), bias=float(tensors["bias"][0]),
                       layer=int(meta["layer"]), threshold=float(meta["threshold"]),
                       state_norm=float(meta["state_norm"]), model=dict(meta["model"]),
@@ -179,127 +170,6 @@ def check_threshold(threshold: float) -> float:
 
 
 # -- data ---------------------------------------------------------------------------------
-
-
-def _label(where: str, value: Any) -> int:
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, (int, float)) and value in (0, 1):
-        return int(value)
-    if isinstance(value, str) and value.strip().lower() in ("bad", "good", "0", "1", "true",
-                                                              "false"):
-        return int(value.strip().lower() in ("bad", "1", "true"))
-    raise InputError(f"{where}: label must be 0/1, true/false or \"bad\"/\"good\", got "
-                     f"{value!r}")
-
-
-def _lines(path: Path) -> list[str] | None:
-    if path.suffix == ".gz":
-        try:
-            return gzip.decompress(path.read_bytes()).decode("utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InputError(f"{path}: not a gzipped UTF-8 file ({exc})") from None
-    return None
-
-
-def read_labelled(path: str | Path) -> list[LabelledText]:
-    """JSONL (optionally ``.gz``) with ``text`` and ``label``; optional ``context``, ``group``."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"labelled data {path} does not exist")
-    out = []
-    group_ids: dict[str, int] = {}
-    for i, (where, obj) in enumerate(jsonl_objects(path, _lines(path))):
-        if not isinstance(obj, dict) or "text" not in obj or "label" not in obj:
-            raise InputError(f"{where}: expected an object with \"text\" and \"label\" "
-                             f"(1 = bad), e.g. {{\"text\": \"...\", \"label\": 1}}")
-        text, ctx = obj["text"], obj.get("context", "")
-        if not isinstance(text, str) or not text.strip() or not isinstance(ctx, str):
-            raise InputError(f"{where}: \"text\" must be non-empty text (and \"context\" text)")
-        group = group_ids.setdefault(json.dumps(obj.get("group", f"line {i}")), len(group_ids))
-        segs: tuple[tuple[str, int | None], ...] = ((ctx, None),) if ctx else ()
-        out.append(LabelledText(segments=(*segs, (text, _label(where, obj["label"]))),
-                                group=group))
-    return _checked(out, str(path))
-
-
-def _last_reply(transcript: str) -> tuple[str, str] | None:
-    cut = transcript.rfind("\n\nAssistant:")
-    if cut < 0:
-        return None
-    head, reply = transcript[:cut + len("\n\nAssistant:")], transcript[cut + len(
-        "\n\nAssistant:"):]
-    return (head, reply) if reply.strip() else None
-
-
-def read_preference_pairs(path: str | Path, *, limit: int | None = None) -> list[LabelledText]:
-    """hh-rlhf layout (``chosen`` / ``rejected`` transcripts, JSONL or ``.jsonl.gz``): the last
-    assistant reply of each is labelled (rejected = 1), the dialogue before it is context.
-    Pairs whose replies are equal or whose dialogues differ before the reply are skipped."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"preference pairs {path} do not exist")
-    out: list[LabelledText] = []
-    for i, (where, obj) in enumerate(jsonl_objects(path, _lines(path))):
-        if not isinstance(obj, dict) or not isinstance(obj.get("chosen"), str) or \
-                not isinstance(obj.get("rejected"), str):
-            raise InputError(f"{where}: expected {{\"chosen\": \"...\", \"rejected\": \"...\"}} "
-                             f"transcripts (\\n\\nHuman: ... \\n\\nAssistant: ...)")
-        good, bad = _last_reply(obj["chosen"]), _last_reply(obj["rejected"])
-        if good is None or bad is None or good[0] != bad[0] or good[1] == bad[1]:
-            continue
-        for (ctx, reply), label in ((good, 0), (bad, 1)):
-            out.append(LabelledText(segments=((ctx, None), (reply, label)), group=i))
-        if limit is not None and len(out) >= 2 * limit:
-            break
-    return _checked(out, str(path))
-
-
-def first_human_turns(path: str | Path, *, which: str = "rejected",
-                      limit: int | None = None) -> list[str]:
-    """The first human turn of each hh-rlhf dialogue (prompts that lead towards harm)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"preference pairs {path} do not exist")
-    out = []
-    for where, obj in jsonl_objects(path, _lines(path)):
-        text = obj.get(which) if isinstance(obj, dict) else None
-        if not isinstance(text, str):
-            raise InputError(f"{where}: expected a {which!r} transcript")
-        start = text.find("Human:")
-        if start < 0:
-            continue
-        turn = text[start + len("Human:"):].split("\n\nAssistant:")[0].strip()
-        if turn:
-            out.append(turn)
-        if limit is not None and len(out) >= limit:
-            break
-    return out
-
-
-def organism_labelled(n_stories: int, *, seed: int = 0,
-                      bad_themes: Sequence[str] = ("danger", "loss")) -> list[LabelledText]:
-    """World stories with every sentence labelled by its true theme (bad = ``bad_themes``)."""
-    from difflens.organism import world as W
-
-    unknown = set(bad_themes) - set(W.THEMES)
-    if unknown:
-        raise InputError(f"unknown theme(s) {sorted(unknown)}; the world's themes are "
-                         f"{', '.join(W.THEMES)}")
-    out = []
-    for i, st in enumerate(W.generate_stories(n_stories, seed=seed)):
-        segs = tuple(((" " if j else "") + s, int(th in bad_themes))
-                     for j, (s, th) in enumerate(zip(st.sentences, st.themes, strict=True)))
-        out.append(LabelledText(segments=segs, group=i))
-    return out
-
-
-def _checked(examples: list[LabelledText], source: str) -> list[LabelledText]:
-    labels = {lab for ex in examples for _, lab in ex.segments if lab is not None}
-    if labels != {0, 1}:
-        raise InputError(f"{source}: a probe needs both good (0) and bad (1) examples; found "
-                         f"labels {sorted(labels)} in {len(examples)} examples")
-    return examples
 
 
 # -- training -----------------------------------------------------------------------------
@@ -405,8 +275,7 @@ def train_probe(lm: LoadedModel, examples: Sequence[LabelledText], *,
         check_threshold(threshold)
     if not examples:
         raise InputError("no labelled examples to train a probe on")
-    layers = parse_layers(config.layers if isinstance(config.layers, str)
-                          else list(config.layers), lm)
+    layers = parse_layers(config.layers, lm)
     enc = [_encode(lm, ex, config.max_tokens) for ex in examples]
     rng = np.random.default_rng(config.seed)
     picks: list[np.ndarray] = []

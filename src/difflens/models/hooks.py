@@ -1,0 +1,91 @@
+"""The one hook site: a captured layer index -> the module whose input or output is that
+layer's residual stream, and scoped hooks that read it or change it.
+
+Layer numbering: layer 0 is the input of block 0, layer ``i`` the output of block ``i - 1``
+and the last layer (``n_layers``) the input of the LM head, after the final norm. This
+matches ``output_hidden_states`` exactly. Hooks are removed on exit, also after an
+exception; the model's weights are never changed.
+"""
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from torch import Tensor
+
+from difflens.errors import InputError
+from difflens.models.loading import LoadedModel
+
+
+def layer_module(lm: LoadedModel, layer: int) -> tuple[Any, str]:
+    """The module whose ``"input"`` or ``"output"`` is captured layer ``layer``: the input of
+    block 0 (layer 0), the output of block ``layer - 1``, or the input of the LM head (the
+    last layer). Negative layers count from the end."""
+    layer = lm.layers.normalize(layer)
+    blocks = lm.layers.blocks(lm.model)
+    if layer == 0:
+        return blocks[0], "input"
+    if layer < lm.n_layers:
+        return blocks[layer - 1], "output"
+    head = lm.model.get_output_embeddings()
+    if head is None:
+        raise InputError(f"{lm.identity.name} has no LM head, so layer {layer} (its input) "
+                         f"cannot be hooked; use a layer below {lm.n_layers}")
+    return head, "input"
+
+
+def module_path(lm: LoadedModel, layer: int) -> str:
+    """Where captured ``layer`` is read, for provenance: ``model.layers.3 (output)``."""
+    module, side = layer_module(lm, layer)
+    names = {id(m): name for name, m in lm.model.named_modules()}
+    return f"{names.get(id(module), type(module).__name__)} ({side})"
+
+
+def register_residual_hook(lm: LoadedModel, layer: int,
+                           fn: Callable[[Tensor], Tensor | None]) -> Any:
+    """Call ``fn(hidden)`` on captured ``layer`` at every forward pass; a tensor it returns
+    replaces the hidden state, ``None`` leaves it as it was. Returns the handle (call
+    ``.remove()``); prefer the scoped :func:`record_layers` and ``steering``."""
+    module, side = layer_module(lm, layer)
+
+    def pre(_m: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        new = fn(args[0] if args else kwargs["hidden_states"])
+        if new is None:
+            return None
+        if args:
+            return (new, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": new}
+
+    def post(_m: Any, _a: Any, _k: Any, output: Any) -> Any:
+        new = fn(output[0] if isinstance(output, tuple) else output)
+        if new is None:
+            return None
+        return (new, *output[1:]) if isinstance(output, tuple) else new
+
+    if side == "input":
+        return module.register_forward_pre_hook(pre, with_kwargs=True)
+    return module.register_forward_hook(post, with_kwargs=True)
+
+
+@contextmanager
+def record_layers(lm: LoadedModel, layers: Sequence[int]) -> Iterator[dict[int, Tensor]]:
+    """Record the residual stream at ``layers`` during forward passes, without changing it.
+
+    Yields ``layer -> hidden state`` of the latest pass (detached); it matches
+    ``output_hidden_states`` exactly. The hooks are removed on exit.
+    """
+    out: dict[int, Tensor] = {}
+    handles = []
+
+    def keep(layer: int) -> Callable[[Tensor], None]:
+        def fn(h: Tensor) -> None:
+            out[layer] = h.detach()
+        return fn
+
+    try:
+        for layer in sorted(set(layers)):
+            handles.append(register_residual_hook(lm, layer, keep(layer)))
+        yield out
+    finally:
+        for h in handles:
+            h.remove()

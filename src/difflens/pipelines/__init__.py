@@ -1,0 +1,1 @@
+"""One module per command: a frozen Config, its steps, and run_X that keeps OUT/summary.json."""

@@ -1,0 +1,233 @@
+"""The concepts pipeline behind ``difflens concepts`` and the demo's "Concepts" section.
+
+:func:`run_concepts` extracts concept vectors (activations are cached in
+``OUT/activations`` so that ``extract``, ``compare`` and ``steer`` on the same output folder
+run the models once), compares them, measures the steering dose-response, and writes
+``OUT/summary.json``, ``OUT/vectors.safetensors``, tables as Parquet + CSV under
+``OUT/data``, figures as HTML + PNG under ``OUT/figures`` and ``OUT/index.html`` (the
+figures and the page are drawn by :mod:`difflens.report.concepts`).
+"""
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from difflens._io import check_writable, write_json_atomic
+from difflens.analysis.divergence import mean_ci
+from difflens.capture.concepts import (
+    ConceptExtraction,
+    best_layer,
+    compare_concepts,
+    extract_concepts,
+)
+from difflens.control.steering import dose_response, greedy_texts, steering
+from difflens.errors import InputError
+from difflens.inputs.ab_items import ABDataset, tokenize_items
+from difflens.models.loading import LoadedModel
+from difflens.models.pair import ModelPair
+from difflens.report.concepts import (
+    compare_figures,
+    dose_figure,
+    headline,
+    intro_html,
+    separation_figures,
+)
+from difflens.report.figures import AnyFigure, write_index
+from difflens.report.tables import write_table
+
+STEPS = ("extract", "compare", "steer")
+
+
+@dataclasses.dataclass(frozen=True)
+class ConceptsRun:
+    """What :func:`run_concepts` wrote: the summary and the figures (for other reports)."""
+
+    summary: dict[str, Any]
+    figures: list[AnyFigure]
+    extraction: ConceptExtraction
+DEFAULT_ALPHAS = (-4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0)
+#: ``vector``: alpha multiplies the concept vector itself (the CAA convention; alpha=1 adds
+#: the mean matching-minus-non-matching difference). ``residual``: the vector is rescaled to
+#: the mean norm of the residual stream at that layer (over all items' read positions), so
+#: alpha=0.1 adds 10% of a typical state's norm, comparable across layers and models.
+ALPHA_UNITS = ("vector", "residual")
+
+
+def steering_vector(ex: ConceptExtraction, label: str, layer: int, unit: str) -> Any:
+    """The vector that alpha multiplies, in ``unit`` (see :data:`ALPHA_UNITS`)."""
+    v = ex.vectors.layer(label, layer)
+    if unit == "vector":
+        return v
+    j = ex.layers.index(layer)
+    scale = float(ex.acts[label][:, :, j].norm(dim=-1).mean())
+    norm = float(v.norm())
+    if norm == 0.0:
+        raise InputError(f"the concept vector of {label} at layer {layer} is zero; choose "
+                         f"another layer to steer")
+    return v * (scale / norm)
+
+
+def default_steer_layers(n_layers: int, separation: Sequence[dict[str, Any]]) -> list[int]:
+    """The best-separating layer plus the layers at 1/3 and 2/3 depth."""
+    layers = {max(1, round(n_layers / 3)), max(1, round(2 * n_layers / 3))}
+    if separation:
+        layers.add(best_layer(separation))
+    return sorted(layers)
+
+
+def run_concepts(
+    target: LoadedModel | ModelPair,
+    dataset: ABDataset,
+    out: Path,
+    *,
+    steps: Sequence[str] = STEPS,
+    layers: str | Sequence[int] = "all",
+    position: str = "answer",
+    method: str = "mean_diff",
+    chat: bool | None = None,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    steer_layers: Sequence[int] | None = None,
+    alphas: Sequence[float] = DEFAULT_ALPHAS,
+    alpha_unit: str = "vector",
+    n_generations: int = 3,
+    max_new_tokens: int = 24,
+    batch_size: int = 32,
+    n_boot: int = 500,
+    progress: bool = False,
+    index: bool = True,
+) -> ConceptsRun:
+    """Run the asked ``steps`` of the concepts pipeline into ``out``."""
+    from difflens._io import rich_progress
+
+    if alpha_unit not in ALPHA_UNITS:
+        raise InputError(f"alpha unit must be one of {', '.join(ALPHA_UNITS)}, got "
+                         f"{alpha_unit!r}")
+    bad = [s for s in steps if s not in STEPS]
+    if bad:
+        raise InputError(f"unknown step {bad[0]!r}; steps are {', '.join(STEPS)}")
+    check_writable(out)
+    models = target.models if isinstance(target, ModelPair) else {"model": target}
+    with rich_progress(progress) as bar:
+        tick = bar("extract", len(dataset) * len(models))
+        ex = extract_concepts(target, dataset, layers=layers, position=position, method=method,
+                              chat=chat, test_fraction=test_fraction, seed=seed,
+                              batch_size=batch_size, cache_dir=out / "activations",
+                              progress=lambda n: tick(n, ""))
+        ex.vectors.save(out / "vectors.safetensors")
+        summary: dict[str, Any] = _previous(out, ex.key, method, test_fraction, seed)
+        summary |= {
+            "extraction_key": ex.key, "test_fraction": test_fraction, "seed": seed,
+            "dataset": {"name": dataset.name, "path": dataset.path, "format": dataset.format,
+                        "n_skipped": len(dataset.skipped)},
+            "n_items": len(dataset), "n_train": len(ex.train), "n_test": len(ex.test),
+            "layers": list(ex.layers), "position": position, "method": method,
+            "chat": ex.chat, "n_truncated": ex.n_truncated,
+            "models": {k: m.identity.name for k, m in models.items()},
+            "unsteered_p_match": {k: mean_ci(ex.p_match(k)[ex.test if len(ex.test) else
+                                                           ex.train], seed=seed)
+                                  for k in ex.labels},
+        }
+        data = out / "data"
+        figures: list[AnyFigure] = []
+        items = pd.DataFrame({"item": np.arange(len(dataset)),
+                              "source": [i.source for i in dataset.items],
+                              "split": np.where(np.isin(np.arange(len(dataset)), ex.test),
+                                                "test", "train")})
+        for k in ex.labels:
+            items[f"{k}_p_match"] = ex.p_match(k)
+        write_table(items, data, "items")
+        cmp = compare_concepts(ex, n_boot=n_boot, seed=seed)
+        summary["separation_auc"] = {k: rows for k, rows in cmp.separation.items()}
+        summary["vector_norm"] = cmp.norms
+        figures += separation_figures(ex.layers, len(ex.test), cmp)
+        write_table(pd.DataFrame([dict(r, model=k) for k, rows in cmp.separation.items()
+                                  for r in rows]), data, "separation")
+        if "compare" in steps:
+            summary["cosine_by_layer"] = cmp.cosine_by_layer
+            summary["pca_explained"] = cmp.pca_explained
+            figures += compare_figures(ex.layers, cmp)
+            if cmp.cosine_by_layer:
+                write_table(pd.DataFrame(cmp.cosine_by_layer), data, "cosine_by_layer")
+            write_table(pd.DataFrame([dict(r, model=k) for k, rows in cmp.heatmaps.items()
+                                      for r in rows]), data, "layer_cosines")
+            write_table(pd.DataFrame(cmp.pca), data, "pca")
+        generations: list[dict[str, Any]] = []
+        if "steer" in steps:
+            if not len(ex.test):
+                raise InputError("steering is measured on held-out items; use --test-fraction "
+                                 "> 0")
+            summary["steering"] = {}
+            summary["alpha_unit"] = alpha_unit
+            summary["steering_best_layer"] = {}
+            for k, lm in models.items():
+                chosen = (list(steer_layers) if steer_layers
+                          else default_steer_layers(lm.n_layers, cmp.separation.get(k, [])))
+                chosen = [lm.layers.normalize(x) for x in chosen]
+                vecs = {x: steering_vector(ex, k, x, alpha_unit) for x in chosen}
+                toks, _ = tokenize_items(lm.tokenizer, [dataset.items[i] for i in ex.test],
+                                         dataset.format, chat=ex.chat[k], position=position,
+                                         max_length=lm.max_length)
+                step = bar(f"steer {k}", len(chosen) * len(alphas))
+                rows = dose_response(lm, toks, vecs, alphas, n_boot=n_boot, seed=seed,
+                                     batch_size=batch_size,
+                                     on_step=functools.partial(step, 1, ""))
+                summary["steering"][k] = {str(x): [
+                    {f: r[f] for f in ("alpha", "p_match", "ci_low", "ci_high", "n")}
+                    for r in rows if r["layer"] == x] for x in chosen}
+                best = (best_layer(cmp.separation[k]) if cmp.separation.get(k) else chosen[0])
+                summary["steering_best_layer"][k] = best if best in chosen else chosen[0]
+                write_table(pd.DataFrame([dict(r, model=k) for r in rows]), data,
+                            f"steering_{k}")
+                figures.append(dose_figure(k, rows, alpha_unit))
+                generations += _generations(lm, k, dataset, ex, vecs[summary[
+                    "steering_best_layer"][k]], summary["steering_best_layer"][k], alphas,
+                    n_generations, max_new_tokens)
+            if generations:
+                write_table(pd.DataFrame(generations), data, "generations")
+                summary["generations"] = generations
+    for fig in figures:
+        fig.save(out / "figures")
+    write_json_atomic(out / "summary.json", summary)
+    if index:
+        write_index(out / "index.html", f"difflens concepts: {dataset.name}",
+                    intro_html(summary), figures, headline(summary))
+    return ConceptsRun(summary=summary, figures=figures, extraction=ex)
+
+
+def _previous(out: Path, key: str, method: str, test_fraction: float, seed: int
+              ) -> dict[str, Any]:
+    """The summary an earlier step wrote into ``out`` for the same extraction and split, so
+    that ``compare`` then ``steer`` into one folder keeps both steps' keys."""
+    import json
+
+    path = out / "summary.json"
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    same = (isinstance(old, dict) and old.get("extraction_key") == key
+            and old.get("method") == method and old.get("test_fraction") == test_fraction
+            and old.get("seed") == seed)
+    return old if same else {}
+
+
+def _generations(lm: LoadedModel, label: str, dataset: ABDataset, ex: ConceptExtraction,
+                 vec: Any, layer: int, alphas: Sequence[float], n: int, max_new_tokens: int
+                 ) -> list[dict[str, Any]]:
+    if n <= 0:
+        return []
+    prompts = [dataset.items[i].prompt for i in ex.test[:n]]
+    chosen = sorted({min(alphas), 0.0, max(alphas)})
+    rows = []
+    for alpha in chosen:
+        with steering(lm, {layer: vec}, alpha):
+            texts = greedy_texts(lm, prompts, max_new_tokens=max_new_tokens, chat=ex.chat[label])
+        rows += [{"model": label, "layer": layer, "alpha": alpha, "prompt": p, "text": t}
+                 for p, t in zip(prompts, texts, strict=True)]
+    return rows

@@ -1,0 +1,126 @@
+"""``difflens control train-probe`` and ``difflens control evaluate``: files, figures and summaries.
+
+``run_probe_training`` writes ``OUT/probe.safetensors`` (+ ``probe.json``), the per-layer
+AUC table (``OUT/data/probe_layers``) and its figure; ``summary.json`` has ``probe.layer``
+and ``probe.auc``. ``run_control_evaluation`` writes the per-generation and per-cell tables,
+the controllability curve and score traces, and merges ``controllers.<name>.<gain>.{...}``
+into ``summary.json``. Finished cells are kept in ``OUT/cells`` so a rerun resumes. The
+figures and pages are drawn by :mod:`difflens.report.control`.
+"""
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from torch import Tensor
+
+from difflens._io import check_writable, write_json_atomic
+from difflens.control.evaluate import ControlConfig, ControlEvaluation, Measure, evaluate_control
+from difflens.control.state_probe import ProbeConfig, ProbeFit, StateProbe, train_probe
+from difflens.inputs.labelled import LabelledText
+from difflens.models.loading import LoadedModel
+from difflens.report.control import (
+    control_headline,
+    control_intro,
+    controllability_figure,
+    example_trace_figure,
+    probe_figure,
+    probe_headline,
+    probe_intro,
+    trace_figure,
+    trace_picks,
+)
+from difflens.report.figures import AnyFigure, write_index
+from difflens.report.tables import write_table
+
+
+@dataclasses.dataclass(frozen=True)
+class ControlRun:
+    summary: dict[str, Any]
+    figures: list[AnyFigure]
+
+
+def _read_summary(path: Path) -> dict[str, Any]:
+    import json
+
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def probe_summary(probe: StateProbe) -> dict[str, Any]:
+    m = probe.metrics
+    return {"layer": probe.layer, "auc": m.get("auc"), "auc_ci": m.get("auc_ci"),
+            "auc_segment": m.get("auc_segment"), "threshold": probe.threshold,
+            "state_norm": probe.state_norm, "n_examples": m.get("n_examples"),
+            "source": m.get("source", ""), "model": probe.model.get("name")}
+
+
+def run_probe_training(lm: LoadedModel, examples: Sequence[LabelledText], out: Path, *,
+                       config: ProbeConfig = ProbeConfig(), threshold: float | None = None,
+                       source: str = "", progress: Callable[[int], None] | None = None,
+                       index: bool = True) -> tuple[ProbeFit, list[AnyFigure]]:
+    """Train a probe into ``out`` (probe file, per-layer table, figure, summary)."""
+    check_writable(out)
+    fit = train_probe(lm, examples, config=config, threshold=threshold, progress=progress,
+                      source=source)
+    fit.probe.save(out / "probe.safetensors")
+    write_table(pd.DataFrame(fit.layers), out / "data", "probe_layers")
+    fig = probe_figure(fit.layers, fit.probe.layer)
+    fig.save(out / "figures")
+    summary = _read_summary(out / "summary.json")
+    summary["probe"] = probe_summary(fit.probe)
+    write_json_atomic(out / "summary.json", summary)
+    if index:
+        write_index(out / "index.html", "difflens probe",
+                    probe_intro(lm.identity.name, summary["probe"], source), [fig],
+                    probe_headline(summary["probe"]))
+    return fit, [fig]
+
+
+# -- control ------------------------------------------------------------------------------
+
+
+def run_control_evaluation(lm: LoadedModel, probe: StateProbe, prompts: Sequence[str],
+                           out: Path, *, config: ControlConfig = ControlConfig(),
+                           independent: Measure | None = None, independent_name: str = "",
+                           direction: Tensor | None = None,
+                           progress: Callable[[int], None] | None = None,
+                           index: bool = True) -> ControlRun:
+    """Evaluate every controller into ``out`` and return the summary and figures."""
+    check_writable(out)
+    ev: ControlEvaluation = evaluate_control(
+        lm, probe, prompts, config=config, independent=independent,
+        independent_name=independent_name, direction=direction, store=out / "cells",
+        progress=progress)
+    data = out / "data"
+    gens = ev.generations
+    write_table(gens, data, "generations")
+    write_table(ev.cells, data, "controllers")
+    picks = trace_picks(ev.cells)
+    figures: list[AnyFigure] = [
+        controllability_figure(ev.cells, independent_name),
+        trace_figure(gens, ev.threshold, picks, config.generation.max_new_tokens),
+        example_trace_figure(gens, ev.threshold, picks)]
+    for fig in figures:
+        fig.save(out / "figures")
+    summary = _read_summary(out / "summary.json")
+    summary["probe"] = probe_summary(probe)
+    summary["model"] = lm.identity.name
+    summary["threshold"] = ev.threshold
+    summary["independent"] = independent_name
+    summary["n_prompts"] = len(prompts)
+    summary["controllers"] = ev.summary()
+    summary["config"] = {"k_samples": config.k_samples,
+                         "max_new_tokens": config.generation.max_new_tokens,
+                         "temperature": config.generation.temperature,
+                         "chat": config.generation.chat, "seed": config.seed,
+                         "gains": {k: list(g) for k, g in config.gains},
+                         "window": config.window, "max_rollbacks": config.max_rollbacks,
+                         "steer_tokens": config.steer_tokens,
+                         "direction": "probe" if direction is None else "given"}
+    write_json_atomic(out / "summary.json", summary)
+    if index:
+        write_index(out / "index.html", "difflens control", control_intro(summary), figures,
+                    control_headline(summary, independent_name))
+    return ControlRun(summary=summary, figures=figures)

@@ -1,0 +1,92 @@
+"""Steps of ``difflens themes`` that turn samples into themes and chains: ``sample``
+(K seeded continuations per prompt, stored one part per batch so a rerun resumes), the
+segments the ``fit`` step clusters, and the ``chains`` step's chains and their summary."""
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from difflens._io import fingerprint, write_parquet_atomic
+from difflens.analysis.divergence import mean_ci
+from difflens.analysis.themes import ChainDistributions, segment, to_chain
+from difflens.control.monitor import generate_monitored
+from difflens.models.loading import LoadedModel
+from difflens.pipelines.theme_config import ThemesConfig
+from difflens.sampling.generate import GenerationConfig
+
+
+def sample_continuations(lm: LoadedModel, label: str, config: ThemesConfig, folder: Path,
+                         progress: Callable[[int], None] | None = None) -> pd.DataFrame:
+    """K seeded continuations per prompt; one stored part per batch of prompts (resumable)."""
+    key = fingerprint([lm.identity.weights_sha256, config.prompts, config.k_samples,
+                       config.max_new_tokens, config.temperature, config.seed, config.chat])
+    part_dir = folder / f"{label}-{key}"
+    per_batch = max(1, config.batch_size // config.k_samples)
+    frames = []
+    for start in range(0, len(config.prompts), per_batch):
+        path = part_dir / f"part_{start:06d}.parquet"
+        if path.is_file():
+            frames.append(pd.read_parquet(path))
+        else:
+            prompts = config.prompts[start:start + per_batch]
+            rows = [p for p in prompts for _ in range(config.k_samples)]
+            gen = generate_monitored(lm, None, rows, config=GenerationConfig(
+                max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                seed=config.seed + start, batch_size=len(rows), chat=config.chat))
+            df = pd.DataFrame({
+                "model": label,
+                "prompt_idx": [start + r // config.k_samples for r in range(len(rows))],
+                "sample": [r % config.k_samples for r in range(len(rows))],
+                "token_ids": [t.token_ids for t in gen.traces],
+                "text": [t.text for t in gen.traces]})
+            write_parquet_atomic(path, df)
+            frames.append(df)
+        if progress is not None:
+            progress(min(per_batch, len(config.prompts) - start))
+    return pd.concat(frames, ignore_index=True)
+
+
+def stored_themes(path: Path, segs: pd.DataFrame) -> pd.Series:
+    """The themes a previous ``fit`` stored for exactly these segments, else NaN."""
+    cols = ["model", "prompt_idx", "sample", "seg_idx", "text"]
+    if path.is_file():
+        old = pd.read_parquet(path)
+        if "theme" in old and old[cols].reset_index(drop=True).equals(
+                segs[cols].reset_index(drop=True)):
+            return old["theme"].reset_index(drop=True)
+    return pd.Series([np.nan] * len(segs), dtype="float64")
+
+
+def segments_of(samples: dict[str, pd.DataFrame], config: ThemesConfig, lm: LoadedModel
+              ) -> pd.DataFrame:
+    rows = []
+    for label, df in samples.items():
+        for r in df.itertuples():
+            for j, s in enumerate(segment(str(r.text), mode=config.segment, window=config.window,
+                                          tokenizer=lm.tokenizer)):
+                rows.append({"model": label, "prompt_idx": int(r.prompt_idx),
+                             "sample": int(r.sample), "seg_idx": j, "text": s})
+    return pd.DataFrame(rows, columns=["model", "prompt_idx", "sample", "seg_idx", "text"])
+
+
+def chains_of(samples: pd.DataFrame, segs: pd.DataFrame, config: ThemesConfig
+            ) -> list[list[tuple[int, ...]]]:
+    by = {key: g.sort_values("seg_idx")["theme"].tolist()
+          for key, g in segs.groupby(["prompt_idx", "sample"])}
+    out: list[list[tuple[int, ...]]] = [[] for _ in config.prompts]
+    for r in samples.itertuples():
+        out[int(r.prompt_idx)].append(to_chain(by.get((int(r.prompt_idx), int(r.sample)), []),
+                                               merge_repeats=config.merge_repeats))
+    return out
+
+
+def chain_summary(d: ChainDistributions, chains: list[list[tuple[int, ...]]],
+                   config: ThemesConfig) -> dict[str, Any]:
+    lengths = [len(c) for per in chains for c in per]
+    ent = -(d.first * np.log(np.clip(d.first, 1e-12, None))).sum(1)
+    return {"mean_length": mean_ci(np.asarray(lengths, dtype=np.float64), seed=config.seed),
+            "first_theme_entropy": mean_ci(ent[d.n_samples > 0], seed=config.seed),
+            "first_theme_marginal": (d.first[d.n_samples > 0].mean(0)).tolist()}

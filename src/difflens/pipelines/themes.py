@@ -1,0 +1,193 @@
+"""``difflens themes sample|fit|chains|predict|evaluate``: themes of sampled continuations,
+their chains, and how well the prompt's activations predict them.
+
+Every step reads what the earlier steps left in ``OUT`` and merges its keys into
+``OUT/summary.json``; ``run_themes(..., steps=STEPS)`` runs them all.
+
+- ``sample``: K continuations per prompt per model (batched, seeded), stored with token ids
+  and text in ``OUT/samples/<model>/`` one part per batch, so a rerun resumes;
+- ``fit``: segments -> embeddings -> themes (``OUT/themes.safetensors`` + ``.json``);
+- ``chains``: theme chains per continuation and per-prompt distributions;
+- ``predict``: probes per layer, the chain transformer and the baselines, split by prompt;
+- ``evaluate``: for the organism, the world's ground truth (ARI, transition matrix, KL to
+  the true next-theme distribution, base vs tuned shift), and the report.
+
+This module holds the run (and re-exports :class:`ThemesConfig`, defined in
+:mod:`~difflens.pipelines.theme_config` so that every step module can import it); the
+steps' work is in :mod:`~difflens.pipelines.theme_steps` (sample, segments, chains),
+:mod:`~difflens.pipelines.theme_prediction` (predict) and
+:mod:`~difflens.pipelines.theme_truth` (evaluate), the figures and the page in
+:mod:`difflens.report.themes`.
+"""
+
+import dataclasses
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from difflens._io import check_writable, write_json_atomic
+from difflens.analysis.themes import (
+    OUTLIER,
+    ChainDistributions,
+    ThemeModel,
+    chain_distributions,
+    chat_labeller,
+    fit_themes,
+    load_theme_model,
+)
+from difflens.errors import InputError
+from difflens.models.loading import LoadedModel
+from difflens.models.pair import ModelPair, models_of
+from difflens.pipelines.theme_config import ThemesConfig
+from difflens.pipelines.theme_prediction import predict_themes
+from difflens.pipelines.theme_steps import (
+    chain_summary,
+    chains_of,
+    sample_continuations,
+    segments_of,
+    stored_themes,
+)
+from difflens.pipelines.theme_truth import organism_validation
+from difflens.report.figures import AnyFigure, write_index
+from difflens.report.tables import write_table
+from difflens.report.themes import (
+    calibration_figure,
+    flow_figure,
+    headline,
+    intro_html,
+    layer_sweep_figure,
+    theme_map_figure,
+)
+
+STEPS = ("sample", "fit", "chains", "predict", "evaluate")
+
+
+@dataclasses.dataclass(frozen=True)
+class ThemesRun:
+    summary: dict[str, Any]
+    figures: list[AnyFigure]
+
+
+# -- the run ------------------------------------------------------------------------------
+
+
+def run_themes(target: LoadedModel | ModelPair, out: Path, *, config: ThemesConfig,
+               steps: Sequence[str] = STEPS, progress: bool = False, index: bool = True
+               ) -> ThemesRun:
+    """Run ``steps`` into ``out``; later steps reuse what earlier ones stored there."""
+    from difflens._io import rich_progress
+
+    unknown = [s for s in steps if s not in STEPS]
+    if unknown:
+        raise InputError(f"unknown step(s) {unknown}; choose among {', '.join(STEPS)}")
+    if not config.prompts:
+        raise InputError("no usable prompts; pass --prompts FILE with at least one prompt")
+    models = models_of(target)
+    check_writable(out)
+    data, figdir = out / "data", out / "figures"
+    spath = out / "summary.json"
+    summary: dict[str, Any] = json.loads(spath.read_text()) if spath.is_file() else {}
+    summary.update({"models": {k: m.identity.name for k, m in models.items()},
+                    "n_prompts": len(config.prompts), "k_samples": config.k_samples})
+    figures: list[AnyFigure] = []
+    with rich_progress(progress) as rich_bar:
+        def bar(desc: str, total: int) -> Callable[[int], None]:
+            step = rich_bar(desc, total)
+            return lambda n: step(n, "")
+
+        samples: dict[str, pd.DataFrame] = {}
+        need_samples = {"sample", "fit", "chains", "predict", "evaluate"} & set(steps)
+        if need_samples:
+            for label, lm in models.items():
+                samples[label] = sample_continuations(
+                    lm, label, config, out / "samples",
+                    bar(f"themes: sampling {label}", len(config.prompts))
+                    if "sample" in steps else None)
+            allsamp = pd.concat(samples.values(), ignore_index=True)
+            write_table(allsamp.drop(columns=["token_ids"]), data, "samples")
+            summary["n_continuations"] = int(len(allsamp))
+            summary["empty_continuations"] = int((allsamp["text"].str.strip() == "").sum())
+        segs = segments_of(samples, config, next(iter(models.values())))
+        model_path = out / "themes.safetensors"
+        if "fit" in steps:
+            if segs.empty:
+                raise InputError("every continuation is empty; no segments to fit themes on")
+            advance = bar("themes: embed + cluster", 1)
+            labeller = (chat_labeller(config.labeller_url, config.labeller_model)
+                        if config.labeller_url else None)
+            fit = fit_themes(segs["text"].tolist(), encoder=config.encoder,
+                             method=config.method, k_range=(config.k_min, config.k_max),
+                             seed=config.seed, min_cluster_size=config.min_cluster_size,
+                             labeller=labeller)
+            fit.model.save(model_path)
+            segs["theme"] = fit.labels
+            advance(1)
+            summary["n_themes"] = fit.model.k
+            summary["n_segments"] = int(len(segs))
+            summary["outlier_share"] = float((fit.labels == OUTLIER).mean())
+            summary["silhouette"] = fit.model.silhouette
+            summary["themes"] = [{"theme": t, "name": fit.model.names[t],
+                                  "keywords": fit.model.keywords[t],
+                                  "examples": fit.model.examples[t], "size": fit.model.sizes[t]}
+                                 for t in range(fit.model.k)]
+            write_table(pd.DataFrame(summary["themes"]).assign(
+                keywords=lambda d: d["keywords"].map(", ".join),
+                examples=lambda d: d["examples"].map(" | ".join)), data, "themes")
+            figures.append(theme_map_figure(fit.embeddings, fit.labels, fit.model, config.seed))
+        theme_model: ThemeModel | None = None
+        if {"chains", "predict", "evaluate"} & set(steps) or "fit" in steps:
+            theme_model = load_theme_model(model_path)
+            if "theme" not in segs:
+                segs["theme"] = stored_themes(data / "segments.parquet", segs)
+            if segs["theme"].isna().any():  # not stored for these segments: assign them
+                segs["theme"] = (theme_model.assign(segs["text"].tolist(), encoder=config.encoder)
+                                 if len(segs) else [])
+            write_table(segs, data, "segments")
+        dists: dict[str, ChainDistributions] = {}
+        chains_by: dict[str, list[list[tuple[int, ...]]]] = {}
+        if theme_model is not None and {"chains", "predict", "evaluate"} & set(steps):
+            k = theme_model.k
+            for label, df in samples.items():
+                chains_by[label] = chains_of(df, segs[segs["model"] == label], config)
+                dists[label] = chain_distributions(chains_by[label], k, m=config.max_chain)
+            if "chains" in steps:
+                rows = [{"model": label, "prompt_idx": i, "sample": j,
+                         "chain": " > ".join(theme_model.names[t] if t >= 0 else "outlier"
+                                             for t in ch), "length": len(ch)}
+                        for label, chs in chains_by.items()
+                        for i, per in enumerate(chs) for j, ch in enumerate(per)]
+                write_table(pd.DataFrame(rows), data, "chains")
+                summary["chains"] = {label: chain_summary(d, chains_by[label], config)
+                                     for label, d in dists.items()}
+                figures.append(flow_figure(dists, theme_model, config.max_chain))
+        if "predict" in steps and theme_model is not None:
+            label, lm = next(iter(models.items()))
+            advance = bar("themes: predictors", 1)
+            pred = predict_themes(lm, config, dists[label], chains_by[label])
+            advance(1)
+            summary["predict_model"] = label
+            summary["predictors"] = pred["predictors"]
+            summary["baselines"] = pred["baselines"]
+            summary["best_layer"] = pred["best_layer"]
+            summary["transformer_layer"] = pred["transformer_layer"]
+            summary["top_chains"] = pred["top_chains"]
+            write_table(pd.DataFrame(pred["rows"]), data, "predictions")
+            figures += [layer_sweep_figure(pred), calibration_figure(pred)]
+        if "evaluate" in steps and theme_model is not None and config.truth is not None:
+            pred_path = data / "predictions.parquet"
+            preds = pd.read_parquet(pred_path) if pred_path.is_file() else None
+            summary["organism"] = organism_validation(segs, theme_model, dists, chains_by,
+                                                      config, preds)
+    for fig in figures:
+        fig.save(figdir)
+    summary["config"] = {k: (v if k != "encoder" or isinstance(v, str) else "callable")
+                         for k, v in dataclasses.asdict(config).items()
+                         if k not in ("prompts", "truth")}
+    write_json_atomic(spath, summary)
+    if index:
+        write_index(out / "index.html", "difflens themes", intro_html(summary), figures,
+                    headline(summary))
+    return ThemesRun(summary=summary, figures=figures)

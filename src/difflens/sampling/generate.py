@@ -1,0 +1,276 @@
+"""The one generation path: batched, KV-cached and seeded, with a hook after every step.
+
+Every place in difflens that generates text calls :func:`generate`: sampled continuations
+for trajectories, collapse and themes, greedy completions for attractors and steering, the
+organism's RL samples, and the monitor and its controllers (a per-step hook,
+:class:`Step`).
+
+Rows are generated in chunks of ``batch_size`` (left padding, one KV cache per chunk, each
+position computed once). The chunk that starts at row ``start`` draws its randomness from
+its own generator seeded with ``seed + start``; nothing touches torch's global generator.
+Two samplers:
+
+- ``multinomial``: ``torch.multinomial(softmax(logits / T))``, the draw Hugging Face's
+  ``generate(do_sample=True, top_k=0, top_p=1)`` makes, so a chunk seeded with ``s`` gives
+  the tokens ``torch.manual_seed(s); model.generate(...)`` gives;
+- ``inverse_cdf``: one uniform per row and step, looked up in the CDF. Two runs with the
+  same seed share their uniforms (common random numbers), which is what comparing
+  controllers needs.
+
+``temperature=0`` is greedy (argmax) under either sampler.
+"""
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from difflens.errors import InputError
+from difflens.models.batching import pad_batch
+from difflens.models.loading import LoadedModel
+from difflens.sampling.backend import Backend, backend_for
+
+SAMPLERS = ("inverse_cdf", "multinomial")
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationConfig:
+    """How continuations are drawn."""
+
+    max_new_tokens: int = 40
+    temperature: float = 1.0
+    """0 = greedy; otherwise sampling from ``softmax(logits / temperature)``."""
+    seed: int = 0
+    """The chunk starting at row ``start`` uses a generator seeded with ``seed + start``."""
+    batch_size: int = 16
+    """Rows per chunk (one KV cache each)."""
+    chat: bool = False
+    """Wrap each prompt text in the model's chat template."""
+    sampler: str = "inverse_cdf"
+    """``inverse_cdf`` (common random numbers) or ``multinomial`` (Hugging Face's draw)."""
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise InputError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not self.temperature >= 0:
+            raise InputError(f"temperature must be >= 0, got {self.temperature}")
+        if self.batch_size < 1:
+            raise InputError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.sampler not in SAMPLERS:
+            raise InputError(f"unknown sampler {self.sampler!r}; choose {' or '.join(SAMPLERS)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Generation:
+    """Continuations of a list of prompts."""
+
+    prompt_ids: list[list[int]]
+    token_ids: list[list[int]]
+    """Kept tokens of each row (the EOS that ended a row is not included)."""
+    stopped_at_eos: list[bool]
+    """Whether each row ended on EOS (else on ``max_new_tokens``)."""
+    logprobs: list[Tensor | None]
+    """Per row, when asked for: ``[n_kept, vocab]`` log-distributions each kept token was
+    drawn from (rows differ in length, so the shape is not checked across the list)."""
+    seconds: float
+    """Wall time of the forward passes and sampling (tokenisation excluded)."""
+    n_forward_tokens: int
+    """Positions the model computed (prompts, kept, dropped and re-fed tokens)."""
+
+    def texts(self, tokenizer: object) -> list[str]:
+        """Each row's continuation as text (special tokens skipped)."""
+        return [tokenizer.decode(t, skip_special_tokens=True)  # type: ignore[attr-defined]
+                for t in self.token_ids]
+
+
+@dataclasses.dataclass
+class Step:
+    """What the per-step hook sees after each forward pass of a chunk.
+
+    ``index`` 0 is the pass over the prompts; in later passes ``live[b]`` says that row
+    ``b`` computed a new position and ``fresh[b]`` that it is a newly kept token (not a
+    token fed again after a rollback). The hook may call :meth:`rollback`.
+    """
+
+    index: int
+    row0: int
+    """Index, in the prompts given, of the chunk's first row."""
+    prompt_ids: list[list[int]]
+    tokens: list[list[int]]
+    live: list[bool]
+    fresh: list[bool]
+    _drop: dict[int, int] = dataclasses.field(default_factory=dict)
+
+    def rollback(self, row: int, n: int) -> None:
+        """Drop the last ``n`` kept tokens of ``row``; its last kept token before them
+        (the last prompt token when none is left) is fed again on the next pass. The dropped
+        positions are masked and, once every row has dropped them, cropped from the cache;
+        they are never recomputed."""
+        if not 1 <= n <= len(self.tokens[row]):
+            raise ValueError(f"cannot roll back {n} of {len(self.tokens[row])} tokens")
+        self._drop[row] = n
+
+
+StepHook = Callable[[Step], None]
+
+
+def encode_prompts(lm: LoadedModel, prompts: Sequence[str], chat: bool) -> list[list[int]]:
+    """Token ids of each prompt (in the chat template when ``chat``); empty ones are errors."""
+    tok = lm.tokenizer
+    out = []
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str) or not p.strip():
+            raise InputError(f"prompt {i} is empty; every prompt needs text")
+        if chat:
+            if not getattr(tok, "chat_template", None):
+                raise InputError(f"{lm.identity.name} has no chat template; drop --chat")
+            text = tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                           add_generation_prompt=True)
+            out.append(tok(text, add_special_tokens=False)["input_ids"])
+        else:
+            out.append(tok(p)["input_ids"])
+    return out
+
+
+def cut_at_eos(ids: list[int], eos: int | None) -> list[int]:
+    """``ids`` up to (not including) the first ``eos``."""
+    return ids[: ids.index(eos)] if eos is not None and eos in ids else ids
+
+
+def generate(
+    lm: LoadedModel,
+    prompts: Sequence[str] | Sequence[Sequence[int]],
+    config: GenerationConfig = GenerationConfig(),
+    *,
+    on_step: StepHook | None = None,
+    on_chunk: Callable[[int, int], None] | None = None,
+    keep_logprobs: bool = False,
+) -> Generation:
+    """Continue every prompt (see the module docstring for batching and seeding).
+
+    Args:
+        lm: the model (never modified; hooks installed around this call act on it).
+        prompts: texts (encoded with :func:`encode_prompts`) or token-id lists.
+        config: tokens, temperature, seed, batch size, chat template, sampler.
+        on_step: called after every forward pass with a :class:`Step`.
+        on_chunk: called with ``(first row, rows)`` before each chunk's first pass.
+        keep_logprobs: keep the log-distribution of every kept token.
+
+    Example:
+        >>> gen = generate(lm, ["Once upon a time"], GenerationConfig(temperature=0.0))
+        >>> gen.texts(lm.tokenizer)
+    """
+    if len(prompts) == 0:
+        raise InputError("no prompts given")
+    seqs = (encode_prompts(lm, prompts, config.chat)  # type: ignore[arg-type]
+            if isinstance(prompts[0], str) else [list(map(int, p)) for p in prompts])
+    if any(len(s) == 0 for s in seqs):
+        raise InputError("a prompt has no tokens; every prompt needs at least one")
+    tokens: list[list[int]] = []
+    eos_stops: list[bool] = []
+    lps: list[Tensor | None] = []
+    seconds, n_forward = 0.0, 0
+    for start in range(0, len(seqs), config.batch_size):
+        chunk = seqs[start:start + config.batch_size]
+        gen = torch.Generator().manual_seed(config.seed + start)
+        if on_chunk is not None:
+            on_chunk(start, len(chunk))
+        out = _run_chunk(lm, backend_for(lm), chunk, config, gen, on_step, start, keep_logprobs)
+        tokens += out[0]
+        eos_stops += out[1]
+        lps += out[2]
+        seconds += out[3]
+        n_forward += out[4]
+    return Generation(prompt_ids=seqs, token_ids=tokens, stopped_at_eos=eos_stops,
+                      logprobs=lps, seconds=seconds, n_forward_tokens=n_forward)
+
+
+def _draw(logits: Tensor, config: GenerationConfig, gen: torch.Generator) -> list[int]:
+    if config.sampler == "inverse_cdf":
+        u = torch.rand(logits.shape[0], generator=gen)
+        if config.temperature == 0:
+            return logits.argmax(-1).tolist()
+        cdf = torch.softmax(logits / config.temperature, dim=-1).cumsum(-1)
+        idx = torch.searchsorted(cdf, (u.to(cdf) * cdf[:, -1])[:, None]).squeeze(1)
+        return idx.clamp_max(logits.shape[-1] - 1).tolist()
+    if config.temperature == 0:
+        return logits.argmax(-1).tolist()
+    probs = torch.softmax(logits / config.temperature, dim=-1)
+    return torch.multinomial(probs.cpu(), 1, generator=gen).squeeze(1).tolist()
+
+
+def _run_chunk(lm: LoadedModel, engine: Backend, seqs: Sequence[Sequence[int]],
+               cfg: GenerationConfig, gen: torch.Generator, on_step: StepHook | None,
+               row0: int, keep_logprobs: bool
+               ) -> tuple[list[list[int]], list[bool], list[Tensor | None], float, int]:
+    tok, dev = lm.tokenizer, lm.device
+    eos = tok.eos_token_id
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (eos if eos is not None else 0)
+    B = len(seqs)
+    ids, mask, pos = pad_batch(seqs, "left", dev)
+    hist = ids.clone()
+    tokens: list[list[int]] = [[] for _ in range(B)]
+    lps: list[list[Tensor]] = [[] for _ in range(B)]
+    done, at_eos = [False] * B, [False] * B
+    refeed: dict[int, int] = {}
+    step = Step(index=0, row0=row0, prompt_ids=[list(s) for s in seqs], tokens=tokens,
+                live=[True] * B, fresh=[False] * B)
+    n_forward = int(mask.sum())
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        logits = engine.prefill(ids, mask, pos)
+        if on_step is not None:
+            on_step(step)
+        while True:
+            nxt = _draw(logits, cfg, gen)
+            feed = [pad] * B
+            live, fresh = [False] * B, [False] * B
+            step_lp = torch.log_softmax(logits, -1).cpu() if keep_logprobs else None
+            for b in range(B):
+                if b in refeed:
+                    feed[b], live[b] = refeed.pop(b), True
+                    continue
+                if done[b]:
+                    continue
+                t = int(nxt[b])
+                if len(tokens[b]) >= cfg.max_new_tokens or (eos is not None and t == eos):
+                    done[b] = True
+                    at_eos[b] = eos is not None and t == eos and \
+                        len(tokens[b]) < cfg.max_new_tokens
+                    continue
+                tokens[b].append(t)
+                if step_lp is not None:
+                    lps[b].append(step_lp[b])
+                feed[b], live[b], fresh[b] = t, True, True
+            if not any(live):
+                break
+            col = torch.tensor(live, dtype=mask.dtype, device=dev)[:, None]
+            position = mask.sum(-1, keepdim=True)
+            mask = torch.cat([mask, col], dim=1)
+            feed_t = torch.tensor(feed, dtype=hist.dtype, device=dev)[:, None]
+            hist = torch.cat([hist, feed_t], dim=1)
+            logits = engine.step(feed_t, mask, position)
+            n_forward += sum(live)
+            if on_step is None:
+                continue
+            step.index, step.live, step.fresh = step.index + 1, live, fresh
+            on_step(step)
+            for b, n in step._drop.items():
+                del tokens[b][-n:]
+                if keep_logprobs:
+                    del lps[b][-n:]
+                cols = mask[b].nonzero().flatten()
+                mask[b, cols[-(n + 1):]] = 0
+                refeed[b] = int(hist[b, cols[-(n + 1)]])
+            step._drop.clear()
+            if refeed:
+                keep = int(mask.any(0).nonzero().max()) + 1
+                if keep < mask.shape[1]:  # columns every row dropped: crop the cache
+                    engine.crop(mask.shape[1] - keep)
+                    mask, hist = mask[:, :keep], hist[:, :keep]
+    seconds = time.perf_counter() - t0
+    kept_lps: list[Tensor | None] = [torch.stack(x) if keep_logprobs and x else None
+                                     for x in lps]
+    return tokens, at_eos, kept_lps, seconds, n_forward

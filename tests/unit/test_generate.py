@@ -1,0 +1,120 @@
+"""The one generation path: greedy = argmax of a full recompute, the multinomial sampler is
+Hugging Face's draw, rollbacks regenerate exactly, and nothing global is touched."""
+
+import pytest
+import torch
+
+from difflens.errors import InputError
+from difflens.models.batching import pad_batch
+from difflens.models.tiny import EXAMPLE_PROMPTS, tiny_model
+from difflens.sampling.generate import GenerationConfig, Step, cut_at_eos, generate
+
+PROMPTS = list(EXAMPLE_PROMPTS[:5])
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return tiny_model(3)
+
+
+def test_greedy_is_the_argmax_of_a_full_recompute(lm):
+    gen = generate(lm, PROMPTS, GenerationConfig(max_new_tokens=12, temperature=0.0,
+                                                 batch_size=2))
+    assert any(len(t) == 12 for t in gen.token_ids)
+    for prompt, toks in zip(gen.prompt_ids, gen.token_ids, strict=True):
+        full = torch.tensor([prompt + toks])
+        with torch.inference_mode():
+            logits = lm.model(input_ids=full).logits[0]
+        expect = logits[len(prompt) - 1:-1].argmax(-1).tolist() if toks else []
+        assert toks == expect
+
+
+def test_batch_size_does_not_change_greedy_output(lm):
+    cfg = GenerationConfig(max_new_tokens=10, temperature=0.0)
+    one = generate(lm, PROMPTS, GenerationConfig(**{**cfg.__dict__, "batch_size": 1}))
+    all_ = generate(lm, PROMPTS, GenerationConfig(**{**cfg.__dict__, "batch_size": 5}))
+    assert one.token_ids == all_.token_ids
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_multinomial_sampler_is_hugging_faces_draw(lm, temperature):
+    seqs = [lm.tokenizer(p)["input_ids"] for p in PROMPTS[:3]]
+    gen = generate(lm, seqs, GenerationConfig(max_new_tokens=15, temperature=temperature,
+                                              seed=11, batch_size=3, sampler="multinomial"))
+    ids, mask, _ = pad_batch(seqs, "left", lm.device)
+    torch.manual_seed(11)
+    with torch.inference_mode():
+        ref = lm.model.generate(ids, attention_mask=mask, do_sample=True,
+                                temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=15,
+                                pad_token_id=lm.tokenizer.pad_token_id)
+    eos = lm.tokenizer.eos_token_id
+    expect = [cut_at_eos(row, eos) for row in ref[:, ids.shape[1]:].tolist()]
+    assert gen.token_ids == expect
+    assert len({tuple(t) for t in gen.token_ids}) > 1  # really sampled
+
+
+def test_seeded_runs_repeat_and_leave_the_global_generator_alone(lm):
+    cfg = GenerationConfig(max_new_tokens=12, seed=5, batch_size=2)
+    state = torch.get_rng_state()
+    a = generate(lm, PROMPTS, cfg)
+    assert torch.equal(state, torch.get_rng_state())
+    b = generate(lm, PROMPTS, cfg)
+    c = generate(lm, PROMPTS, GenerationConfig(max_new_tokens=12, seed=6, batch_size=2))
+    assert a.token_ids == b.token_ids
+    assert a.token_ids != c.token_ids
+
+
+def test_a_rollback_regenerates_what_it_dropped(lm):
+    cfg = GenerationConfig(max_new_tokens=12, temperature=0.0, batch_size=3)
+    plain = generate(lm, PROMPTS[:3], cfg, keep_logprobs=True)
+    seen: list[int] = []
+
+    def hook(step: Step) -> None:
+        seen.append(step.index)
+        if step.index == 5 and step.live[0] and step.fresh[0]:
+            step.rollback(0, 2)
+
+    rolled = generate(lm, PROMPTS[:3], cfg, on_step=hook, keep_logprobs=True)
+    assert seen[0] == 0 and 5 in seen
+    assert rolled.token_ids == plain.token_ids
+    # the re-fed token and the two regenerated ones are the only extra positions
+    assert rolled.n_forward_tokens == plain.n_forward_tokens + 3
+    for a, b in zip(plain.logprobs, rolled.logprobs, strict=True):
+        assert a is not None and b is not None
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_eos_ends_a_row_and_is_reported(lm):
+    eos = lm.tokenizer.eos_token_id
+    plain = generate(lm, PROMPTS[:3], GenerationConfig(max_new_tokens=6, temperature=0.0))
+    assert [len(t) for t in plain.token_ids] == [6, 6, 6]
+    assert plain.stopped_at_eos == [False, False, False]
+    # plant EOS as the argmax of the 4th forward pass (the prompts' pass is the 1st): every
+    # row keeps 3 tokens and stops there, the EOS itself not kept
+    calls = []
+
+    def force_eos(_m, _a, out):
+        calls.append(1)
+        if len(calls) == 4:
+            out = out.clone()
+            out[:, -1, eos] = 1e4
+        return out
+
+    handle = lm.model.get_output_embeddings().register_forward_hook(force_eos)
+    try:
+        gen = generate(lm, PROMPTS[:3], GenerationConfig(max_new_tokens=6, temperature=0.0))
+    finally:
+        handle.remove()
+    assert gen.token_ids == [t[:3] for t in plain.token_ids]
+    assert gen.stopped_at_eos == [True, True, True]
+
+
+def test_bad_input_is_one_line(lm):
+    with pytest.raises(InputError, match="prompt 1 is empty"):
+        generate(lm, ["the fox", "  "])
+    with pytest.raises(InputError, match="no prompts given"):
+        generate(lm, [])
+    with pytest.raises(InputError, match="unknown sampler 'beam'"):
+        GenerationConfig(sampler="beam")
+    with pytest.raises(InputError, match="max_new_tokens must be >= 1"):
+        GenerationConfig(max_new_tokens=0)
