@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 from torch import Tensor
 
 from difflens.errors import InputError, StoreError
@@ -59,8 +60,10 @@ def _canonical(obj: Any) -> Any:
 
     import numpy as np
 
-    if isinstance(obj, Tensor):
-        obj = obj.detach().cpu().contiguous().numpy()
+    if isinstance(obj, Tensor):  # by its bytes, so bfloat16 and fp8 hash too
+        t = obj.detach().cpu().contiguous().reshape(-1)
+        return {"dtype": str(obj.dtype), "shape": list(obj.shape),
+                "sha256": hashlib.sha256(t.view(torch.uint8).numpy().tobytes()).hexdigest()}
     if isinstance(obj, np.ndarray):
         return {"dtype": str(obj.dtype), "shape": list(obj.shape),
                 "sha256": hashlib.sha256(np.ascontiguousarray(obj).tobytes()).hexdigest()}

@@ -168,7 +168,7 @@ def test_old_flag_names_are_no_options_but_are_still_accepted():
         if isinstance(cmd, VocabCommand):
             for old, new in cmd.renamed.items():
                 assert old not in _flags(cmd, hidden=True), (path, old)
-                assert new in _flags(cmd), (path, old, new)
+                assert new in _flags(cmd, hidden=True), (path, old, new)
             renamed_somewhere |= cmd.renamed.keys()
     assert renamed_somewhere >= OLD_FLAGS
 
@@ -333,3 +333,20 @@ def test_old_capture_runs_with_its_old_dtype_meaning(tiny_folder, files):
         in res.stderr
     info = json.loads(runner.invoke(app, ["capture", "info", files["O"], "--json"]).stdout)
     assert info["dtype"] == "float16" and info["n_prompts"] == 2
+
+
+def test_another_steps_option_is_accepted_for_one_release_and_said_to_do_nothing(files):
+    args = ["collapse", "tree", "--base", "NOPE", "--out", "O", "--prompts", "P",
+            "--k-samples", "8", "--depth", "2"]
+    res = runner.invoke(app, [files.get(a, a) for a in args])
+    lines = res.stderr.strip().splitlines()
+    assert res.exit_code == 2, res.output
+    assert lines[:-1] == [
+        "warning: --k-samples is deprecated; use --samples",
+        "warning: --prompts has no effect on `difflens collapse tree`; it is read by "
+        "divergence, attractors, diversity",
+        "warning: --samples has no effect on `difflens collapse tree`; it is read by diversity",
+    ], res.stderr
+    assert "does not exist" in lines[-1]
+    # and they stay out of the step's help
+    assert "--prompts" not in runner.invoke(app, ["collapse", "tree", "--help"]).output

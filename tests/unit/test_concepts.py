@@ -22,6 +22,7 @@ from difflens.inputs.ab_items import ABDataset, ABItem, load_ab_dataset, tokeniz
 from difflens.models.loading import wrap_model
 from difflens.models.pair import ModelPair
 from difflens.models.tiny import tiny_model, word_tokenizer
+from difflens.sampling.backend import HFBackend
 
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "evals"
 FILLER = [f"w{i}" for i in range(40)]
@@ -283,10 +284,13 @@ def test_steering_is_consistent_with_the_kv_cache(tiny):
                                        max_new_tokens=8, do_sample=False, use_cache=False,
                                        pad_token_id=0)
         full = tiny.model(cached).logits
-        step = tiny.model(cached[:, :-1], use_cache=True)
-        last = tiny.model(cached[:, -1:], past_key_values=step.past_key_values).logits
+        engine = HFBackend(tiny)  # the one cached forward path of difflens
+        n = cached.shape[1]
+        engine.prefill(cached[:, :-1], torch.ones_like(cached[:, :-1]),
+                       torch.arange(n - 1)[None])
+        last = engine.step(cached[:, -1:], torch.ones_like(cached), torch.tensor([[n - 1]]))
     assert torch.equal(cached, uncached)
-    assert torch.allclose(full[:, -1], last[:, -1], atol=1e-5)
+    assert torch.allclose(full[:, -1], last, atol=1e-5)
     plain = greedy_texts(tiny, ["the fox went to"], max_new_tokens=8)
     with steering(tiny, {2: v}, alpha=2.0):
         steered = greedy_texts(tiny, ["the fox went to"], max_new_tokens=8)

@@ -118,3 +118,20 @@ def test_bad_input_is_one_line(lm):
         GenerationConfig(sampler="beam")
     with pytest.raises(InputError, match="max_new_tokens must be >= 1"):
         GenerationConfig(max_new_tokens=0)
+
+
+def test_the_generation_configs_eos_ids_end_rows_too(lm):
+    cfg = GenerationConfig(max_new_tokens=6, temperature=0.0)
+    plain = generate(lm, PROMPTS[:2], cfg)
+    third = plain.token_ids[0][2]  # planted: make row 0's third token a stop token
+    gc = lm.model.generation_config
+    saved = gc.eos_token_id
+    gc.eos_token_id = [lm.tokenizer.eos_token_id, third]
+    try:
+        gen = generate(lm, PROMPTS[:2], cfg)
+    finally:
+        gc.eos_token_id = saved
+    assert gen.token_ids[0] == plain.token_ids[0][:2] and gen.stopped_at_eos[0]
+    row1 = plain.token_ids[1]
+    cut = row1.index(third) if third in row1 else len(row1)
+    assert gen.token_ids[1] == row1[:cut]

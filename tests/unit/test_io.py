@@ -23,6 +23,9 @@ def test_fingerprint_is_canonical_and_content_keyed():
     assert fingerprint(a) != fingerprint(b)
     assert fingerprint(a) == fingerprint(torch.zeros(10_000))
     assert fingerprint(np.arange(3)) != fingerprint(np.arange(3, dtype=np.float32))
+    half = torch.ones(4, dtype=torch.bfloat16)  # no numpy dtype: hashed by its bytes
+    assert fingerprint(half) != fingerprint(half.float())
+    assert fingerprint(half) != fingerprint(torch.full((4,), 2.0, dtype=torch.bfloat16))
     assert fingerprint(GenerationConfig(seed=1)) != fingerprint(GenerationConfig(seed=2))
 
 

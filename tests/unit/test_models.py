@@ -41,13 +41,17 @@ def test_default_dtype_is_float32_on_cpu(tiny_folder):
         dl.load_model(tiny_folder, device="cpu", dtype="float8")
 
 
-def test_hub_id_loads_through_the_hub_cache(tiny_folder, tmp_path):
-    """The hub code path (from_pretrained by id + revision), served offline from a cache."""
+def _fake_hub_cache(tiny_folder, tmp_path):
     commit = "0123456789abcdef0123456789abcdef01234567"
     repo = tmp_path / "hub" / "models--difflens-test--tiny"
     shutil.copytree(tiny_folder, repo / "snapshots" / commit)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
+
+
+def test_hub_id_loads_through_the_hub_cache(tiny_folder, tmp_path):
+    """The hub code path (from_pretrained by id + revision), served offline from a cache."""
+    _fake_hub_cache(tiny_folder, tmp_path)
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
     code = ("import difflens, json; lm = difflens.load_model('difflens-test/tiny', "
             "revision='main', device='cpu'); print(json.dumps(lm.identity.to_dict()))")
@@ -62,15 +66,28 @@ def test_hub_id_loads_through_the_hub_cache(tiny_folder, tmp_path):
     assert "could not load model 'difflens-test/absent'" in res.stderr
 
 
-def test_unreachable_hub_fails_at_once_in_one_line(tmp_path):
-    """A hub id that is neither cached nor reachable: one line, no retry loop."""
-    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
-    env.update(HF_HUB_CACHE=str(tmp_path / "empty-hub"), HF_ENDPOINT="http://127.0.0.1:9")
-    code = "import difflens; difflens.load_model('difflens-test/absent', device='cpu')"
-    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+def test_unreachable_hub_fails_at_once_or_uses_the_cache(tiny_folder, tmp_path):
+    """Hub unreachable: a cached id loads from the cache; an uncached one fails in one
+    line, without the hub client's retry loop; an invalid id is named as such."""
+    _fake_hub_cache(tiny_folder, tmp_path)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env.update(HF_HUB_CACHE=str(tmp_path / "hub"), HF_ENDPOINT="http://127.0.0.1:9")
+
+    def load(name: str) -> subprocess.CompletedProcess:
+        code = f"import difflens; print(difflens.load_model({name!r}, device='cpu').n_layers)"
+        return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                              text=True)
+
+    res = load("difflens-test/tiny")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().splitlines()[-1] == "4"
+    res = load("difflens-test/absent")
     assert res.returncode != 0
     assert "the Hugging Face hub cannot be reached" in res.stderr
     assert "Retrying" not in res.stderr
+    res = load("bad id!")
+    assert "'bad id!' is not a model id the hub accepts" in res.stderr
 
 
 def test_missing_path_and_non_model_folder(tmp_path):

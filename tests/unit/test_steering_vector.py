@@ -68,3 +68,32 @@ def test_the_probe_direction_is_a_unit_steering_vector_at_its_layer():
     assert isinstance(d, SteeringVector) and d.layers == (2,)
     torch.testing.assert_close(d[2][:2], torch.tensor([0.6, 0.8]))
     assert d.provenance["method"] == "state_probe"
+
+
+def test_the_old_generate_name_still_works_and_warns(lm):
+    from difflens.control import generate, greedy_texts
+
+    with pytest.warns(DeprecationWarning, match="use greedy_texts"):
+        old = generate(lm, ["the fox went to"], max_new_tokens=5)
+    assert old == greedy_texts(lm, ["the fox went to"], max_new_tokens=5)
+
+
+def test_a_steering_vector_is_a_monitor_direction(lm):
+    from difflens.control.monitor import generate_monitored
+    from difflens.sampling.generate import GenerationConfig
+
+    probe = StateProbe(weight=_vec(lm, 7), bias=0.0, layer=2, threshold=0.5, state_norm=1.0,
+                       model={"name": "x", "d_model": lm.d_model, "n_layers": lm.n_layers,
+                              "tokenizer_sha256": lm.identity.tokenizer_sha256,
+                              "weights_sha256": lm.identity.weights_sha256})
+    from difflens.control.monitor import Controller
+
+    cfg = GenerationConfig(max_new_tokens=6, temperature=0.0)
+    ctrl = Controller("open_loop", 1.0)
+    v = _vec(lm, 8)
+    a = generate_monitored(lm, probe, ["the fox went to"], controller=ctrl, config=cfg,
+                           direction=v)
+    b = generate_monitored(lm, probe, ["the fox went to"], controller=ctrl, config=cfg,
+                           direction=SteeringVector({2: v}))
+    assert a.traces[0].token_ids == b.traces[0].token_ids
+    assert a.traces[0].scores == b.traces[0].scores

@@ -52,7 +52,7 @@ Positions = Literal["all", "last"] | Sequence[int]
 
 
 KEY_VERSION = 2
-"""How cache keys are made: 2 = :func:`difflens._io.fingerprint` (difflens 0.2)."""
+"""How cache keys are made: 2 = :func:`difflens._io.fingerprint`; 1 = before it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -338,6 +338,12 @@ def capture(
     run_json = out / RUN_JSON
     if run_json.is_file():
         prior = json.loads(run_json.read_text())
+        if prior.get("key") != key and prior.get("key_version", 1) < KEY_VERSION:
+            raise StoreError(
+                f"{out} holds an unfinished run keyed by an older difflens (key version "
+                f"{prior.get('key_version', 1)}, now {KEY_VERSION}); delete it or choose "
+                f"another --out"
+            )
         if prior.get("key") != key:
             raise StoreError(
                 f"{out} holds an unfinished different run (key {str(prior.get('key'))[:12]}); "

@@ -8,6 +8,7 @@ with the library's default, and ``all`` takes the union.
 
 import dataclasses
 import inspect
+import typing
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -27,6 +28,7 @@ from difflens.cli._common import (
     Seed,
     Tuned,
     UnusedBatchSize,
+    err,
     friendly_errors,
     load_target,
     unused_batch_size,
@@ -102,6 +104,13 @@ _STEP_OPTIONS: dict[str, tuple[str, ...]] = {
 #: old flag names (one release): the samples per prompt, and --positions, which elsewhere
 #: means token positions.
 _RENAMED = {"--k-samples": "--samples", "--positions": "--perturb-at"}
+
+
+def _flag(name: str) -> str:
+    """The flag of option ``name`` (as declared in :data:`_OPTIONS`)."""
+    info = typing.get_args(_OPTIONS[name][0])[1]
+    # typer keeps a flag given as the first positional argument in ``default``
+    return str(info.param_decls[0] if info.param_decls else info.default)
 
 
 def _floats(text: str, option: str) -> tuple[float, ...]:
@@ -186,13 +195,27 @@ def _run(steps: tuple[str, ...], values: dict[str, Any]) -> None:
 def _command(steps: tuple[str, ...], doc: str):  # type: ignore[no-untyped-def]
     """The command of ``steps``, taking exactly the options they read."""
     wanted = {*_COMMON, *_LOADING, *(n for s in steps for n in _STEP_OPTIONS[s])}
+    # Before 0.2 every step took every option: the others are still accepted, hidden, for
+    # one release, with a line saying they do nothing here.
+    others = [name for name in _OPTIONS if name not in wanted]
 
     def cmd(**values: Any) -> None:
+        for name in others:
+            if values.pop(name, None) is not None:
+                readers = [s for s, names in _STEP_OPTIONS.items() if name in names]
+                err.print(f"[yellow]warning:[/] {_flag(name)} has no effect on `difflens "
+                          f"collapse {steps[0] if len(steps) == 1 else 'all'}`; it is read "
+                          f"by {', '.join(readers)}", highlight=False, soft_wrap=True)
         _run(steps, values)
 
-    cmd.__signature__ = inspect.Signature([  # type: ignore[attr-defined]
-        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=ann, default=default)
-        for name, (ann, default) in _OPTIONS.items() if name in wanted])
+    params = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=ann,
+                                default=default)
+              for name, (ann, default) in _OPTIONS.items() if name in wanted]
+    params += [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                 annotation=Annotated[str | None, typer.Option(
+                                     _flag(name), hidden=True)])
+               for name in others]
+    cmd.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     cmd.__doc__ = doc
     return friendly_errors(cmd)
 
@@ -206,9 +229,7 @@ _DOCS = {
     "diversity": "distinct-n, self-BLEU, embedding spread, Vendi and Fréchet of K samples.",
 }
 for _step in STEPS:
-    _renamed = {old: new for old, new in _RENAMED.items()
-                if new.lstrip("-").replace("-", "_") in _STEP_OPTIONS[_step]}
-    app.command(_step, cls=vocab(_renamed))(_command((_step,), _DOCS[_step]))
+    app.command(_step, cls=vocab(_RENAMED))(_command((_step,), _DOCS[_step]))
 app.command("all", cls=vocab(_RENAMED))(_command(
     STEPS, "Every step (the tree defaults to the first prompt; the temperature sweep runs for "
     "a pair)."))

@@ -22,7 +22,13 @@ from difflens.control.state_probe import (
     score_texts,
     train_probe,
 )
-from difflens.control.steering import SteeringVector, dose_response, greedy_texts, steering
+from difflens.control.steering import (
+    SteeringVector,
+    dose_response,
+    generate,
+    greedy_texts,
+    steering,
+)
 from difflens.inputs.labelled import (
     LabelledText,
     first_human_turns,
@@ -35,7 +41,7 @@ __all__ = [
     "ControlConfig", "ControlEvaluation", "Controller", "GenerationConfig", "LabelledText",
     "MonitorEvent", "MonitoredGeneration", "ProbeConfig", "ProbeFit", "StateProbe",
     "SteeringVector", "Trace", "dose_response", "evaluate_control", "first_human_turns",
-    "generate_monitored", "greedy_texts", "lexicon_measure", "load_probe", "read_labelled",
-    "read_preference_pairs", "register_residual_hook", "score_texts", "steering",
-    "train_probe",
+    "generate", "generate_monitored", "greedy_texts", "lexicon_measure", "load_probe",
+    "read_labelled", "read_preference_pairs", "register_residual_hook", "score_texts",
+    "steering", "train_probe",
 ]

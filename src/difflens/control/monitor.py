@@ -32,6 +32,7 @@ from torch import Tensor
 
 from difflens._types import Vector
 from difflens.control.state_probe import StateProbe, check_threshold
+from difflens.control.steering import SteeringVector
 from difflens.errors import InputError
 from difflens.models.hooks import register_residual_hook
 from difflens.models.loading import LoadedModel
@@ -143,7 +144,7 @@ class MonitoredGeneration:
 
 @contextmanager
 def monitor_hook(lm: LoadedModel, probe: StateProbe, controller: Controller, threshold: float,
-                 direction: Vector | None = None
+                 direction: Vector | SteeringVector | None = None
                  ) -> Iterator[dict[str, Any]]:
     """Score (and steer) every position at the probe's layer while active.
 
@@ -153,6 +154,8 @@ def monitor_hook(lm: LoadedModel, probe: StateProbe, controller: Controller, thr
     probe.check(lm, allow_other_weights=True)
     dev = lm.device
     w = probe.weight.to(dev, torch.float32)
+    if isinstance(direction, SteeringVector):
+        direction = direction[probe.layer]
     v = (probe.direction[probe.layer] if direction is None
          else torch.as_tensor(direction).float())
     if v.ndim != 1 or v.shape[0] != lm.d_model:
@@ -195,7 +198,7 @@ def generate_monitored(
     controller: Controller = Controller(),
     config: GenerationConfig = GenerationConfig(),
     threshold: float | None = None,
-    direction: Vector | None = None,
+    direction: Vector | SteeringVector | None = None,
     on_event: Callable[[MonitorEvent], None] | None = None,
     keep_logprobs: bool = False,
 ) -> MonitoredGeneration:
@@ -208,7 +211,8 @@ def generate_monitored(
         controller: the controller and its gain (default: monitor only).
         config: tokens, temperature, seed, batch size, chat template.
         threshold: alert / control threshold in [0, 1] (default: the probe's).
-        direction: steering direction towards bad (default: the probe's direction).
+        direction: steering direction towards bad, a vector or a :class:`SteeringVector`
+            (its vector at the probe's layer; default: the probe's direction).
         on_event: called with each scored token and each rollback, as they happen.
         keep_logprobs: keep the log-distribution of every kept token (for KL).
 
@@ -246,7 +250,8 @@ def generate_monitored(
 
 @contextmanager
 def _maybe_hook(lm: LoadedModel, probe: StateProbe | None, controller: Controller, tau: float,
-                direction: Tensor | None) -> Iterator[dict[str, Any] | None]:
+                direction: Tensor | SteeringVector | None
+                ) -> Iterator[dict[str, Any] | None]:
     if probe is None:
         yield None
         return

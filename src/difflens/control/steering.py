@@ -10,6 +10,7 @@ never touched.
 
 import dataclasses
 import functools
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
@@ -22,7 +23,8 @@ from difflens.capture.concepts import ConceptVectors
 from difflens.errors import InputError
 from difflens.models.hooks import register_residual_hook
 from difflens.models.loading import LoadedModel
-from difflens.sampling.generate import GenerationConfig, generate
+from difflens.sampling.generate import GenerationConfig
+from difflens.sampling.generate import generate as _generate
 
 
 def _add(hidden: Tensor, delta: Tensor) -> Tensor:
@@ -58,7 +60,7 @@ def steering(lm: LoadedModel, vectors: Mapping[int, Vector],
             h.remove()
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class SteeringVector:
     """One vector per captured layer and where it came from; ``with v.apply(lm, alpha):``
     adds ``alpha * v[layer]`` at each of its layers inside a scoped hook.
@@ -152,9 +154,19 @@ def greedy_texts(lm: LoadedModel, prompts: Sequence[str], *, max_new_tokens: int
 
     Use inside :func:`steering` to get steered generations.
     """
-    gen = generate(lm, prompts, GenerationConfig(max_new_tokens=max_new_tokens, temperature=0.0,
-                                                 batch_size=max(1, len(prompts)), chat=chat))
+    gen = _generate(lm, prompts, GenerationConfig(max_new_tokens=max_new_tokens,
+                                                  temperature=0.0,
+                                                  batch_size=max(1, len(prompts)), chat=chat))
     return gen.texts(lm.tokenizer)
+
+
+def generate(lm: LoadedModel, prompts: Sequence[str], *, max_new_tokens: int = 30,
+             chat: bool = False) -> list[str]:
+    """Deprecated (0.1 name): :func:`greedy_texts`; :func:`difflens.generate` is the full
+    generation path."""
+    warnings.warn("difflens.control.generate is deprecated; use greedy_texts (or "
+                  "difflens.generate)", DeprecationWarning, stacklevel=2)
+    return greedy_texts(lm, prompts, max_new_tokens=max_new_tokens, chat=chat)
 
 
 def dose_response(

@@ -264,33 +264,40 @@ def _looks_like_path(name: str) -> bool:
     )
 
 
-def _hub_access(repo_id: str, revision: str | None) -> dict[str, Any]:
-    """``from_pretrained`` options for a hub id: the local cache when it holds the model,
-    else one quick look at the hub, which fails at once with one line (rather than after
-    the hub client's five retries, about a minute) when the hub cannot be reached."""
+def _offline() -> bool:
+    return any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")
+               for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _hub_access(repo_id: str, revision: str | None) -> str | None:
+    """One quick look at the hub before loading a hub id. Returns ``None`` when the hub
+    answers (or offline mode is set: transformers then uses the cache), or the reason it
+    cannot be reached (the caller then loads from the local cache only, instead of waiting
+    out the hub client's five retries, about a minute). A hub that answers no (an unknown
+    repository or revision, an invalid id) is one :class:`InputError` line."""
+    if _offline():
+        return None
     import huggingface_hub
-    from huggingface_hub.utils import HfHubHTTPError
+    from huggingface_hub.errors import (
+        HFValidationError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     try:
-        huggingface_hub.snapshot_download(repo_id, revision=revision, local_files_only=True,
-                                          allow_patterns=["config.json"])
-        return {"local_files_only": True}
-    except Exception:  # noqa: BLE001 - not in the cache, in any of the ways that can be said
-        pass
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
-        raise InputError(f"could not load model {repo_id!r}: it is not in the local hub cache "
-                         f"and HF_HUB_OFFLINE is set; give a local folder instead")
-    try:
         huggingface_hub.HfApi().model_info(repo_id, revision=revision, timeout=10)
-    except HfHubHTTPError as exc:
+    except HFValidationError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise InputError(f"{repo_id!r} is not a model id the hub accepts ({first}); give "
+                         f"'org/name', a local folder or a preset") from None
+    except (RepositoryNotFoundError, RevisionNotFoundError) as exc:
         first = str(exc).strip().splitlines()[0]
         raise InputError(f"could not load model {repo_id!r} from the hub: {first}") from None
+    except huggingface_hub.errors.HfHubHTTPError:
+        return None  # the hub answered (e.g. a mirror without the API): load as usual
     except Exception as exc:  # noqa: BLE001 - DNS, refused connection, timeout (httpx or OS)
-        raise InputError(f"could not load model {repo_id!r}: the Hugging Face hub cannot be "
-                         f"reached ({type(exc).__name__}) and the model is not in the local "
-                         f"cache; give a local folder, or load it once where the hub is "
-                         f"reachable") from None
-    return {}
+        return type(exc).__name__
+    return None
 
 
 def load_model(
@@ -340,13 +347,19 @@ def load_model(
     if isinstance(source, Path) and not (source / "config.json").is_file():
         raise InputError(f"{source} has no config.json: it is not a Hugging Face model folder")
     kwargs: dict[str, Any] = {"revision": revision} if revision else {}
-    if isinstance(source, str):
-        kwargs.update(_hub_access(source, revision))
+    unreachable = _hub_access(source, revision) if isinstance(source, str) else None
+    if unreachable is not None:
+        kwargs["local_files_only"] = True
     try:
         with quiet_transformers():
             tokenizer = AutoTokenizer.from_pretrained(str(source), **kwargs)
             model = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch_dtype, **kwargs)
     except OSError as exc:
+        if unreachable is not None:
+            raise InputError(f"could not load model {name!r}: the Hugging Face hub cannot be "
+                             f"reached ({unreachable}) and the model is not (fully) in the "
+                             f"local cache; give a local folder, or load it once where the hub "
+                             f"is reachable") from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"could not load model {name!r}: {first}") from exc
     model = model.to(device).eval()  # type: ignore[arg-type]

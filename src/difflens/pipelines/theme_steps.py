@@ -21,10 +21,12 @@ from difflens.sampling.generate import GenerationConfig
 def sample_continuations(lm: LoadedModel, label: str, config: ThemesConfig, folder: Path,
                          progress: Callable[[int], None] | None = None) -> pd.DataFrame:
     """K seeded continuations per prompt; one stored part per batch of prompts (resumable)."""
-    key = fingerprint([lm.identity.weights_sha256, config.prompts, config.k_samples,
-                       config.max_new_tokens, config.temperature, config.seed, config.chat])
-    part_dir = folder / f"{label}-{key}"
     per_batch = max(1, config.batch_size // config.k_samples)
+    # the batch of prompts sets each part's random stream, so it is part of the key
+    key = fingerprint([lm.identity.weights_sha256, config.prompts, config.k_samples,
+                       config.max_new_tokens, config.temperature, config.seed, config.chat,
+                       per_batch])
+    part_dir = folder / f"{label}-{key}"
     frames = []
     for start in range(0, len(config.prompts), per_batch):
         path = part_dir / f"part_{start:06d}.parquet"

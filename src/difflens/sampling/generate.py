@@ -17,7 +17,10 @@ Two samplers:
   same seed share their uniforms (common random numbers), which is what comparing
   controllers needs.
 
-``temperature=0`` is greedy (argmax) under either sampler.
+``temperature=0`` is greedy (argmax) under either sampler. A row ends on the tokenizer's EOS
+or any EOS id of the model's ``generation_config``. The logits processors a
+``generation_config`` may name (repetition penalty, top-k) are not applied: difflens draws
+from the model's own distribution, the one its analyses measure.
 """
 
 import dataclasses
@@ -70,7 +73,8 @@ class Generation:
     token_ids: list[list[int]]
     """Kept tokens of each row (the EOS that ended a row is not included)."""
     stopped_at_eos: list[bool]
-    """Whether each row ended on EOS (else on ``max_new_tokens``)."""
+    """Whether each row ended on a stop token (:func:`stop_ids`), else on
+    ``max_new_tokens``."""
     logprobs: list[Tensor | None]
     """Per row, when asked for: ``[n_kept, vocab]`` log-distributions each kept token was
     drawn from (rows differ in length, so the shape is not checked across the list)."""
@@ -134,6 +138,19 @@ def encode_prompts(lm: LoadedModel, prompts: Sequence[str], chat: bool) -> list[
     return out
 
 
+def stop_ids(lm: LoadedModel) -> set[int]:
+    """Tokens that end a row: the tokenizer's EOS and the model's ``generation_config``
+    EOS ids (a list for chat models whose turns end on their own token)."""
+    out = set()
+    if lm.tokenizer.eos_token_id is not None:
+        out.add(int(lm.tokenizer.eos_token_id))
+    extra = getattr(getattr(lm.model, "generation_config", None), "eos_token_id", None)
+    for t in extra if isinstance(extra, list | tuple) else [extra]:
+        if t is not None:
+            out.add(int(t))
+    return out
+
+
 def cut_at_eos(ids: list[int], eos: int | None) -> list[int]:
     """``ids`` up to (not including) the first ``eos``."""
     return ids[: ids.index(eos)] if eos is not None and eos in ids else ids
@@ -174,7 +191,10 @@ def generate(
     seconds, n_forward = 0.0, 0
     for start in range(0, len(seqs), config.batch_size):
         chunk = seqs[start:start + config.batch_size]
-        gen = torch.Generator().manual_seed(config.seed + start)
+        # multinomial draws on the model's device, as Hugging Face's generate does (so a GPU
+        # run matches it too); inverse_cdf's uniforms always come from the CPU
+        device = lm.device if config.sampler == "multinomial" else torch.device("cpu")
+        gen = torch.Generator(device=device).manual_seed(config.seed + start)
         if on_chunk is not None:
             on_chunk(start, len(chunk))
         out = _run_chunk(lm, backend_for(lm), chunk, config, gen, on_step, start, keep_logprobs)
@@ -198,7 +218,7 @@ def _draw(logits: Tensor, config: GenerationConfig, gen: torch.Generator) -> lis
     if config.temperature == 0:
         return logits.argmax(-1).tolist()
     probs = torch.softmax(logits / config.temperature, dim=-1)
-    return torch.multinomial(probs.cpu(), 1, generator=gen).squeeze(1).tolist()
+    return torch.multinomial(probs, 1, generator=gen).squeeze(1).tolist()
 
 
 def _run_chunk(lm: LoadedModel, engine: Backend, seqs: Sequence[Sequence[int]],
@@ -207,6 +227,7 @@ def _run_chunk(lm: LoadedModel, engine: Backend, seqs: Sequence[Sequence[int]],
                ) -> tuple[list[list[int]], list[bool], list[Tensor | None], float, int]:
     tok, dev = lm.tokenizer, lm.device
     eos = tok.eos_token_id
+    stops = stop_ids(lm)
     pad = tok.pad_token_id if tok.pad_token_id is not None else (eos if eos is not None else 0)
     B = len(seqs)
     ids, mask, pos = pad_batch(seqs, "left", dev)
@@ -235,10 +256,9 @@ def _run_chunk(lm: LoadedModel, engine: Backend, seqs: Sequence[Sequence[int]],
                 if done[b]:
                     continue
                 t = int(nxt[b])
-                if len(tokens[b]) >= cfg.max_new_tokens or (eos is not None and t == eos):
+                if len(tokens[b]) >= cfg.max_new_tokens or t in stops:
                     done[b] = True
-                    at_eos[b] = eos is not None and t == eos and \
-                        len(tokens[b]) < cfg.max_new_tokens
+                    at_eos[b] = t in stops and len(tokens[b]) < cfg.max_new_tokens
                     continue
                 tokens[b].append(t)
                 if step_lp is not None:
