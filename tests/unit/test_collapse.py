@@ -246,3 +246,15 @@ def test_surface_forms_of_one_answer_add_up(tmp_path):
     assert res.answers.answer.tolist() == ["low", "high"]
     assert np.allclose(res.answers.p, [low / (low + high), high / (low + high)], atol=1e-6)
     assert res.phrasings.outside_mass.iloc[0] == pytest.approx(1 - low - high, abs=1e-6)
+
+
+def test_batch_size_changes_no_result(pair):
+    prompts = ["the fox went to", "once upon a time there", "the rabbit was afraid of"]
+    one = attractor_test(pair, prompts, max_new_tokens=10, encoder=None, batch_size=1)
+    many = attractor_test(pair, prompts, max_new_tokens=10, encoder=None, batch_size=32)
+    assert len(one.table) > 0
+    assert one.table.equals(many.table)
+    probes = load_probes(names=["d6"])
+    a = run_probes(pair, probes, batch_size=1).answers
+    b = run_probes(pair, probes, batch_size=64).answers
+    np.testing.assert_allclose(a["p"].to_numpy(), b["p"].to_numpy(), rtol=1e-5, atol=1e-7)

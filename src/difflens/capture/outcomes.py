@@ -190,7 +190,8 @@ def _ci(x: np.ndarray, seed: int, n_boot: int = 2000) -> list[float]:
 
 def run_probes(model_or_pair: LoadedModel | ModelPair, probes: Sequence[Probe], *,
                temperatures: Sequence[float] = (1.0,),
-               progress: Callable[[int], None] | None = None) -> ProbeResults:
+               progress: Callable[[int], None] | None = None,
+               batch_size: int = 64) -> ProbeResults:
     """Score every probe phrasing with every model, exactly, at every temperature."""
     temps = tuple(sorted(set(temperatures) | {1.0}))
     t1 = temps.index(1.0)
@@ -205,6 +206,7 @@ def run_probes(model_or_pair: LoadedModel | ModelPair, probes: Sequence[Probe], 
             flat = [template.format(f) for fs in forms for f in fs]
             try:
                 lp_forms = continuation_logprobs(lm, prefix, flat, temperatures=temps,
+                                                 batch_size=batch_size,
                                                  boundary=probe.boundary,
                                                  add_special_tokens=special)
             except InputError as exc:

@@ -121,12 +121,14 @@ class TextDivergence:
 
 def text_divergence(model_or_pair: LoadedModel | ModelPair, corpus: Corpus, *,
                     store: str | Path, progress: bool = False,
-                    on_done: Callable[[], None] | None = None) -> TextDivergence:
+                    on_done: Callable[[], None] | None = None,
+                    batch_size: int = 32) -> TextDivergence:
     """Per-token statistics of ``corpus`` under one model or a pair (see the module)."""
     models = models_of(model_or_pair)
     tok = next(iter(models.values())).tokenizer
     texts = [p + c for p, c in zip(corpus.prompts, corpus.continuations, strict=True)]
     run = capture(model_or_pair, texts, store=store, layers=[0], positions="last",
+                  batch_size=batch_size,
                   progress=progress)
     cols = ["prompt_idx", "pos", "token"] + [f"{m}_{k}" for m in models
                                              for k in ("entropy", "logprob_next")]

@@ -17,6 +17,7 @@ from rich.console import Console
 
 from difflens.cli._common import (
     Base,
+    BatchSize,
     Device,
     Dtype,
     LayersPath,
@@ -27,11 +28,9 @@ from difflens.cli._common import (
     Samples,
     Seed,
     Tuned,
-    UnusedBatchSize,
     err,
     friendly_errors,
     load_target,
-    unused_batch_size,
     vocab,
 )
 from difflens.errors import InputError
@@ -84,7 +83,7 @@ _OPTIONS: dict[str, tuple[Any, Any]] = {
     "encoder": (Annotated[str, typer.Option(
         "--encoder", help="Sentence encoder (name or folder).")], _C.encoder),
     "seed": (Seed, _C.seed),
-    "batch_size": (UnusedBatchSize, None),
+    "batch_size": (BatchSize, _C.batch_size),
     "device": (Device, None),
     "dtype": (Dtype, None),
     "revision": (Revision, None),
@@ -164,7 +163,6 @@ def _run(steps: tuple[str, ...], values: dict[str, Any]) -> None:
     v = {name: default for name, (_, default) in _OPTIONS.items()} | values
     prompts, reference, tuned = v["prompts"], v["reference"], v["tuned"]
     depth, top_k, min_prob = v["depth"], v["top_k"], v["min_prob"]
-    unused_batch_size(v["batch_size"], "collapse")
     ps = tuple(read_prompts(prompts)) if prompts else ()
     ref = tuple(read_prompts(reference, field="text")) if reference else None
     cfg = CollapseConfig(
@@ -177,7 +175,7 @@ def _run(steps: tuple[str, ...], values: dict[str, Any]) -> None:
         tree_min_prob=min_prob, positions=_floats(v["perturb_at"], "--perturb-at"),
         insert=v["insert"], k_samples=v["samples"], reference=ref,
         reference_name=str(reference) if reference else "", encoder=v["encoder"],
-        seed=v["seed"])
+        seed=v["seed"], batch_size=v["batch_size"])
     if "tree" in steps and (depth < 1 or top_k < 1 or not 0 <= min_prob < 1):
         raise InputError(f"need --depth >= 1, --top-k >= 1 and 0 <= --min-prob < 1; got "
                          f"{depth}, {top_k}, {min_prob}")

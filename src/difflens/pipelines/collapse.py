@@ -79,6 +79,13 @@ class CollapseConfig:
     reference_name: str = ""
     encoder: str = DEFAULT_ENCODER
     seed: int = 0
+    batch_size: int = 32
+    """Most sequences per forward pass (divergence, probes, attractors); it does not change
+    the results, so it is in no cache key."""
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise InputError(f"batch_size must be >= 1, got {self.batch_size}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,7 +137,7 @@ def run_collapse(target: LoadedModel | ModelPair, out: Path, *, steps: Sequence[
             # store of different texts (and the same corpus resumes or reuses its store).
             corpus_key = fingerprint([corpus.prompts, corpus.continuations], length=12)
             div = text_divergence(target, corpus, store=out / "capture" / corpus_key,
-                                  progress=False)
+                                  progress=False, batch_size=config.batch_size)
             write_table(div.tokens, data, "divergence_tokens")
             curve = div.by_position(seed=config.seed)
             write_table(curve, data, "divergence_by_position")
@@ -141,7 +148,8 @@ def run_collapse(target: LoadedModel | ModelPair, out: Path, *, steps: Sequence[
         if "probes" in steps or "temperature" in steps:
             advance = bar("probes", len(probes) * len(models))
             temps = config.temperatures if "temperature" in steps else (1.0,)
-            results = run_probes(target, probes, temperatures=temps, progress=advance)
+            results = run_probes(target, probes, temperatures=temps, progress=advance,
+                                 batch_size=config.batch_size)
         if "probes" in steps and results is not None:
             write_table(results.phrasings, data, "probes")
             write_table(results.answers, data, "probe_answers")
@@ -169,7 +177,8 @@ def run_collapse(target: LoadedModel | ModelPair, out: Path, *, steps: Sequence[
             att = attractor_test(target, list(config.prompts),
                                  max_new_tokens=config.max_new_tokens,
                                  positions=config.positions, insert=config.insert,
-                                 encoder=config.encoder, progress=advance)
+                                 encoder=config.encoder, progress=advance,
+                                 batch_size=config.batch_size)
             write_table(att.table, data, "attractors")
             write_table(att.originals, data, "attractor_originals")
             summary["attractors"] = att.summary(seed=config.seed)
@@ -196,7 +205,8 @@ def run_collapse(target: LoadedModel | ModelPair, out: Path, *, steps: Sequence[
     for fig in figures:
         fig.save(figdir)
     summary["config"] = {**summary.get("config", {}), **{
-        k: v for k, v in dataclasses.asdict(config).items() if k not in ("prompts", "reference")
+        k: v for k, v in dataclasses.asdict(config).items()
+        if k not in ("prompts", "reference", "batch_size")  # batch_size changes no result
     }, "n_prompts": len(config.prompts)}
     write_json_atomic(summary_path, summary)
     if index:

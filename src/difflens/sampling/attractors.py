@@ -132,6 +132,7 @@ def attractor_test(
     ending_tokens: int | None = None,
     encoder: Encoder | None = DEFAULT_ENCODER,
     progress: Callable[[int], None] | None = None,
+    batch_size: int = 32,
 ) -> AttractorResult:
     """Perturb every model's greedy completion of every prompt and regenerate (see module).
 
@@ -161,7 +162,7 @@ def attractor_test(
     for label, lm in models_of(model_or_pair).items():
         tok = lm.tokenizer
         pre = [list(tok(p)["input_ids"]) for p in prompts]
-        base = greedy_ids(lm, pre, [max_new_tokens] * len(pre))
+        base = greedy_ids(lm, pre, [max_new_tokens] * len(pre), batch_size=batch_size)
         ins = list(tok(insert, add_special_tokens=False)["input_ids"]) if insert else []
         jobs: list[tuple[int, str, int, list[int], int, str]] = []
         mine: list[dict[str, Any]] = []
@@ -187,7 +188,8 @@ def attractor_test(
                                  len(comp) - k - 1, tok.decode([alt])))
                 if "insert" in kinds and ins:
                     jobs.append((p, "insert", k, ids + comp[:k] + ins, len(comp) - k, insert))
-        regen = greedy_ids(lm, [j[3] for j in jobs], [j[4] for j in jobs])
+        regen = greedy_ids(lm, [j[3] for j in jobs], [j[4] for j in jobs],
+                           batch_size=batch_size)
         for (p, kind, k, seq, _b, word), new in zip(jobs, regen, strict=True):
             gen = seq[len(pre[p]):] + new
             new_text = tok.decode(gen, skip_special_tokens=True)
