@@ -5,49 +5,13 @@ The trees and probe results are read through the small protocols below, so that 
 module needs none of the code that builds them from a model."""
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import pandas as pd
 
+from difflens.capture.outcomes import ProbeResults
 from difflens.report.figures import COLORS, AnyFigure, CustomFigure, Figure, Series
-
-
-@runtime_checkable
-class TreeNodeLike(Protocol):
-    """A node of a probability tree (:class:`difflens.sampling.tree.TreeNode`)."""
-
-    @property
-    def text(self) -> str: ...
-    @property
-    def prob(self) -> float: ...
-    @property
-    def seq_prob(self) -> float: ...
-    @property
-    def depth(self) -> int: ...
-    @property
-    def children(self) -> Sequence["TreeNodeLike"]: ...
-
-
-@runtime_checkable
-class TreeLike(Protocol):
-    """A probability tree (:class:`difflens.sampling.tree.ProbabilityTree`)."""
-
-    @property
-    def prompt(self) -> str: ...
-    @property
-    def root(self) -> TreeNodeLike: ...
-    @property
-    def depth(self) -> int: ...
-
-
-@runtime_checkable
-class ProbeTables(Protocol):
-    """The tables of :class:`difflens.capture.outcomes.ProbeResults`."""
-
-    @property
-    def phrasings(self) -> pd.DataFrame: ...
-    @property
-    def answers(self) -> pd.DataFrame: ...
+from difflens.sampling.tree import ProbabilityTree, TreeNode
 
 
 def label_order(models: Sequence[str]) -> list[str]:
@@ -111,7 +75,7 @@ def divergence_figures(curve: pd.DataFrame, models: list[str]) -> list[AnyFigure
     return figs
 
 
-def probe_figures(results: ProbeTables, summary: dict[str, Any]) -> list[AnyFigure]:
+def probe_figures(results: ProbeResults, summary: dict[str, Any]) -> list[AnyFigure]:
     figs: list[AnyFigure] = []
     models = label_order(list(dict.fromkeys(results.phrasings.model)))
     names = list(summary)
@@ -153,10 +117,10 @@ def temperature_figures(table: pd.DataFrame, best_t: float) -> list[AnyFigure]:
     ]
 
 
-def flat_tree(tree: TreeLike) -> list[dict[str, Any]]:
+def flat_tree(tree: ProbabilityTree) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
 
-    def walk(node: TreeNodeLike, nid: str, parent: str, path: str) -> float:
+    def walk(node: TreeNode, nid: str, parent: str, path: str) -> float:
         row = {"id": nid, "parent": parent, "depth": node.depth, "token": node.text,
                "path": path, "prob": node.prob, "seq_prob": node.seq_prob}
         rows.append(row)
@@ -172,11 +136,11 @@ def flat_tree(tree: TreeLike) -> list[dict[str, Any]]:
     return rows
 
 
-def tree_table(trees: Mapping[str, TreeLike]) -> pd.DataFrame:
+def tree_table(trees: Mapping[str, ProbabilityTree]) -> pd.DataFrame:
     return pd.DataFrame([{"model": m, **r} for m, t in trees.items() for r in flat_tree(t)])
 
 
-def tree_figure(trees: Mapping[str, TreeLike]) -> CustomFigure:
+def tree_figure(trees: Mapping[str, ProbabilityTree]) -> CustomFigure:
     labels = label_order(list(trees))
     flats = {m: flat_tree(trees[m]) for m in labels}
 
@@ -211,7 +175,7 @@ def tree_figure(trees: Mapping[str, TreeLike]) -> CustomFigure:
         for ax, m in zip(axes[0], labels, strict=True):
             depth = trees[m].depth
 
-            def draw(node: TreeNodeLike, y0: float, m: str = m, ax: Any = ax) -> None:
+            def draw(node: TreeNode, y0: float, m: str = m, ax: Any = ax) -> None:
                 y = y0
                 for c in node.children:
                     h = c.seq_prob

@@ -1,34 +1,16 @@
 """Outputs of ``difflens concepts``: separation, comparison and steering figures, and the
 page's intro and headline. Data in (layers, the comparison's rows, steering rows), figures
-out. The comparison is read through :class:`ConceptMeasures`, so that this module needs
-none of the code that extracts concept vectors from a model."""
+out: it reads a :class:`~difflens.capture.concepts.ConceptComparison` and runs no model."""
 
 import html
 from collections.abc import Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from difflens.capture.concepts import ConceptComparison
 from difflens.report.figures import COLORS, AnyFigure, CustomFigure, Figure, Series
-
-
-@runtime_checkable
-class ConceptMeasures(Protocol):
-    """What the figures read of :class:`difflens.capture.concepts.ConceptComparison`."""
-
-    @property
-    def cosine_by_layer(self) -> list[dict[str, Any]]: ...
-    @property
-    def heatmaps(self) -> dict[str, list[dict[str, Any]]]: ...
-    @property
-    def pca(self) -> list[dict[str, Any]]: ...
-    @property
-    def pca_explained(self) -> dict[str, list[dict[str, Any]]]: ...
-    @property
-    def separation(self) -> dict[str, list[dict[str, Any]]]: ...
-    @property
-    def norms(self) -> dict[str, list[float]]: ...
 
 
 def headline(summary: dict[str, Any]) -> dict[str, Any]:
@@ -70,7 +52,7 @@ def intro_html(summary: dict[str, Any]) -> str:
     return text
 
 
-def separation_figures(layers: Sequence[int], n_test: int, cmp: ConceptMeasures
+def separation_figures(layers: Sequence[int], n_test: int, cmp: ConceptComparison
                         ) -> list[AnyFigure]:
     """Held-out AUC and the vector norm, by layer."""
     figs: list[AnyFigure] = []
@@ -89,7 +71,7 @@ def separation_figures(layers: Sequence[int], n_test: int, cmp: ConceptMeasures
     return figs
 
 
-def compare_figures(layers: Sequence[int], cmp: ConceptMeasures) -> list[AnyFigure]:
+def compare_figures(layers: Sequence[int], cmp: ConceptComparison) -> list[AnyFigure]:
     """cos(base, tuned) by layer, the layer x layer cosines and the PCA."""
     figs: list[AnyFigure] = []
     if cmp.cosine_by_layer:
@@ -107,7 +89,7 @@ def compare_figures(layers: Sequence[int], cmp: ConceptMeasures) -> list[AnyFigu
     return figs
 
 
-def heatmap_figure(layer_ids: Sequence[int], cmp: ConceptMeasures) -> CustomFigure:
+def heatmap_figure(layer_ids: Sequence[int], cmp: ConceptComparison) -> CustomFigure:
     labels = list(cmp.heatmaps)
     layers = list(layer_ids)
     mats = {}
@@ -152,7 +134,7 @@ def heatmap_figure(layer_ids: Sequence[int], cmp: ConceptMeasures) -> CustomFigu
                         caption="per model; the CIs of every cell are in data/layer_cosines")
 
 
-def pca_figure(cmp: ConceptMeasures) -> CustomFigure:
+def pca_figure(cmp: ConceptComparison) -> CustomFigure:
     df = pd.DataFrame(cmp.pca).dropna(subset=["pc1"])  # zero vectors are not in the PCA
     ev = cmp.pca_explained
     titles = [f"{'normalised (unit vectors)' if n else 'raw'}: PC1 {ev[key][0]['explained']:.0%}"
