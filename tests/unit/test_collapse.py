@@ -6,11 +6,11 @@ every answer probability, multi-token ones included, is known in closed form.
 """
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.linalg
 import torch
 
 from difflens.analysis.diversity import (
@@ -179,7 +179,21 @@ def test_attractor_replace_regenerates_from_the_alternative(tiny):
     k = int(rep.token_index)
     assert rep.new_text.split()[:k] == orig[:k]
     assert rep.new_text.split()[k] == rep.perturbation.strip() != orig[k]
-    assert 0 <= res.summary()["model"]["strength"] <= 1
+    # independent: strength = 1 - mean normalised Levenshtein distance of the endings, by a
+    # hand-written DP on their words (the word tokenizer: one word, one token)
+    dists = []
+    for r in rows.itertuples():
+        a, b = r.original_ending.split(), r.new_ending.split()
+        d = np.arange(len(b) + 1)
+        for i, x in enumerate(a, 1):
+            prev, d[0] = d.copy(), i
+            for j, y in enumerate(b, 1):
+                d[j] = min(prev[j] + 1, d[j - 1] + 1, prev[j - 1] + (x != y))
+        dists.append(d[-1] / max(len(a), len(b)))
+    assert rows.edit_distance.tolist() == pytest.approx(dists)
+    assert res.summary()["model"]["strength"] == pytest.approx(1 - np.mean(dists))
+    assert res.summary()["model"]["by_kind"]["replace"] == pytest.approx(
+        1 - dists[rows.kind.tolist().index("replace")])
 
 
 def test_ending_and_edit_distance():
@@ -212,6 +226,7 @@ def test_diversity_metrics_order_synthetic_sets():
     assert frechet_distance(b, 2 * b) == pytest.approx(4.0, rel=0.02)
 
 
+@pytest.mark.filterwarnings("ignore::scipy.linalg.LinAlgWarning")  # singular covariances
 def test_diversity_result_ranks_a_collapsed_model_lower():
     words = "cat dog bird fish tree rock sun moon star rain".split()
     vocab = [*words, "the", "sat", "on", "a", "mat"]
@@ -229,7 +244,16 @@ def test_diversity_result_ranks_a_collapsed_model_lower():
     assert s["tuned"]["self_bleu"] > s["base"]["self_bleu"]
     assert s["tuned"]["distinct_2"] < s["base"]["distinct_2"]
     assert s["base"]["n_prompts"] == 5 and s["base"]["k_samples"] == 8
-    assert math.isfinite(s["tuned"]["frechet"])
+    # Fréchet distance to the reference, by hand (scipy's sqrtm) on the L2-normalised
+    # embeddings: the base's samples are the reference itself, so 0
+    assert s["base"]["frechet"] == pytest.approx(0.0, abs=1e-9)
+    ref = bag_of_words([t for ts in varied for t in ts])
+    tuned = bag_of_words([t for ts in collapsed for t in ts])
+    ref, tuned = (x / np.linalg.norm(x, axis=1, keepdims=True) for x in (ref, tuned))
+    ca, cb = np.cov(ref, rowvar=False), np.cov(tuned, rowvar=False)
+    want = (((ref.mean(0) - tuned.mean(0)) ** 2).sum()
+            + np.trace(ca + cb - 2 * scipy.linalg.sqrtm(ca @ cb).real))
+    assert s["tuned"]["frechet"] == pytest.approx(want, abs=1e-6)
 
 
 def test_surface_forms_of_one_answer_add_up(tmp_path):

@@ -3,6 +3,7 @@
 import copy
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -30,10 +31,10 @@ A_WORDS = [f"a{i}" for i in range(30)]
 B_WORDS = [f"b{i}" for i in range(30)]
 
 
-def _shared(rel: str) -> Path:
+def _shared(rel: str, require: Callable[[bool, str], None]) -> Path:
     path = SHARED / rel
-    if not path.is_file():
-        pytest.skip(f"shared eval data not found at {path} (it sits beside the repo in CI)")
+    require(path.is_file(), f"shared eval data not found at {path}: put the project's shared/ "
+                            f"folder beside the repo (../shared/data)")
     return path
 
 
@@ -49,10 +50,12 @@ def _shared(rel: str) -> Path:
     ("caa/test/survival-instinct/test_dataset_ab.json", "caa", 50, None),
     ("anthropic/persona/agreeableness.jsonl", "persona", 1000, " Yes"),
 ])
-def test_loaders_read_the_real_shared_files(rel: str, fmt: str, n: int, first_match: str | None):
-    ds = load_ab_dataset(_shared(rel))
+def test_loaders_read_the_real_shared_files(rel: str, fmt: str, n: int, first_match: str | None,
+                                            require):
+    path = _shared(rel, require)
+    ds = load_ab_dataset(path)
     assert ds.format == fmt and len(ds) == n and not ds.skipped
-    text = _shared(rel).read_text()
+    text = path.read_text()
     raw = (json.loads(text) if rel.endswith(".json")
            else [json.loads(line) for line in text.splitlines()])
     assert ds.items[7].matching == raw[7]["answer_matching_behavior"]
@@ -62,13 +65,13 @@ def test_loaders_read_the_real_shared_files(rel: str, fmt: str, n: int, first_ma
     assert ds.items[3].source.endswith((":4", "item 3"))
 
 
-def test_rendering_puts_the_letter_at_the_read_position(stories_path: Path):
+def test_rendering_puts_the_letter_at_the_read_position(stories_path: Path, require):
     from difflens.models import load_model
 
     lm = load_model(stories_path, device="cpu")
     for rel in ("caa/test/sycophancy/test_dataset_ab.json",
                 "anthropic/advanced-ai-risk/human_generated_evals/myopic-reward.jsonl"):
-        ds = load_ab_dataset(_shared(rel), max_items=20)
+        ds = load_ab_dataset(_shared(rel, require), max_items=20)
         toks, _ = tokenize_items(lm.tokenizer, ds.items, ds.format, chat=False,
                                  position="answer", max_length=lm.max_length)
         for item, t in zip(ds.items, toks, strict=True):

@@ -2,10 +2,17 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
+from scipy.special import logsumexp
+from scipy.stats import entropy
 
-from difflens.capture.scoring import outcome_distribution, score_continuations
+from difflens.capture.scoring import (
+    OutcomeDistribution,
+    outcome_distribution,
+    score_continuations,
+)
 
 
 def test_scores_match_direct_logprobs(tiny):
@@ -20,12 +27,37 @@ def test_scores_match_direct_logprobs(tiny):
         assert abs(lp - direct) < 1e-4
 
 
-def test_outcome_distribution_is_normalised(tiny):
-    dist = outcome_distribution(tiny, "the coin came up", ["heads", "forest", "fox"])
-    assert math.isclose(sum(dist.probs), 1.0, rel_tol=1e-6)
-    assert 0 <= dist.mass_outside <= 1 and 0 <= dist.tvd_uniform <= 1
-    assert dist.top[0] in dist.outcomes
-    assert dist.entropy_bits <= math.log2(3) + 1e-9
+def test_outcome_distribution_matches_a_direct_softmax(tiny):
+    prefix, outcomes = "the coin came up", ["heads", "forest", "fox"]
+    dist = outcome_distribution(tiny, prefix, outcomes)
+    # independent: one full forward pass per answer (each is one word = one token here),
+    # log-softmax of the last position's logits in numpy/scipy
+    pre = tiny.tokenizer(prefix)["input_ids"]
+    raw = []
+    for o in outcomes:
+        ids = tiny.tokenizer(f"{prefix} {o}")["input_ids"]
+        assert ids[:-1] == pre
+        with torch.no_grad():
+            row = tiny.model(torch.tensor([ids])).logits[0, -2].double().numpy()
+        raw.append(math.exp(row[ids[-1]] - logsumexp(row)))
+    p = np.array(raw) / sum(raw)
+    assert np.allclose(dist.probs, p, rtol=0, atol=1e-6)
+    assert dist.mass_outside == pytest.approx(1 - sum(raw), abs=1e-6)
+    assert dist.tvd_uniform == pytest.approx(0.5 * np.abs(p - 1 / 3).sum(), abs=1e-6)
+    assert dist.entropy_bits == pytest.approx(entropy(p, base=2), abs=1e-6)
+    assert dist.top == (outcomes[int(p.argmax())], pytest.approx(p.max(), abs=1e-6))
+
+
+def test_outcome_distribution_of_known_logprobs():
+    # P = 0.1, 0.2, 0.3 over the answers: renormalised 1/6, 1/3, 1/2; 0.4 falls outside
+    dist = OutcomeDistribution.from_logprobs(["a", "b", "c"], np.log([0.1, 0.2, 0.3]))
+    assert dist.probs == pytest.approx((1 / 6, 1 / 3, 1 / 2), abs=1e-12)
+    assert dist.mass_outside == pytest.approx(0.4, abs=1e-12)
+    assert dist.tvd_uniform == pytest.approx(1 / 6, abs=1e-12)  # (1/6 + 0 + 1/6) / 2
+    assert dist.entropy_bits == pytest.approx(
+        (1 / 6) * math.log2(6) + (1 / 3) * math.log2(3) + (1 / 2) * 1, abs=1e-12)
+    assert dist.max_entropy_bits == pytest.approx(math.log2(3))
+    assert dist.top == ("c", pytest.approx(0.5, abs=1e-12))
 
 
 def test_prefix_changing_continuation_is_rejected(tiny):

@@ -115,15 +115,30 @@ def test_vectorised_statistics_equal_a_per_path_loop():
 
 
 def test_sentiment_weights_jumps():
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
     t = _synthetic_table(10)
-    t["token"] = np.where(t.step % 2 == 0, "Ġhappy", "Ġthe")  # happy: VADER +0.57
+    t["token"] = np.where(t.step % 2 == 0, "Ġhappy", "Ġthe")
     st = trajectory_stats(t, min_count=1, n_boot=50)
-    j = st.jumps
-    expect = (j.jump * j.sentiment).sum() / j.jump.sum()
-    pooled = st.sentiment["jump_weighted"]
-    both = (j.jump * j.sentiment).groupby(j.model).sum() / j.jump.groupby(j.model).sum()
-    assert pooled["base"]["mean"] == pytest.approx(both["base"])
-    assert 0 < expect < 0.6 and set(j.sentiment.round(3)) == {0.0, 0.572}
+    # independent: VADER on the words themselves, and each path's jumps by a loop; the jump
+    # into step s (from step s - 1) belongs to the token at step s
+    vader = SentimentIntensityAnalyzer()
+    happy, the = (vader.polarity_scores(w)["compound"] for w in ("happy", "the"))
+    assert happy > 0.5 and the == 0.0
+    for model in ("base", "tuned"):
+        num = den = 0.0
+        for _, g in t[t.model == model].groupby(["prompt_id", "segment"]):
+            g = g.sort_values("step")
+            pts = g[["x", "y", "z"]].to_numpy(float)
+            for s in range(1, len(g)):
+                jump = float(np.arccos(np.clip(pts[s] @ pts[s - 1], -1, 1)))
+                num += jump * (happy if g.step.iloc[s] % 2 == 0 else the)
+                den += jump
+        got = st.sentiment["jump_weighted"][model]
+        assert got["mean"] == pytest.approx(num / den, abs=1e-9)
+        assert got["n"] == 10 * 3 * 11  # prompts x segments x jumps (steps 1..11)
+        # steps 2, 4, ..., 10 of 1..11 are "happy"
+        assert st.sentiment["mean_unweighted"][model]["mean"] == pytest.approx(5 / 11 * happy)
 
 
 def test_pca_projection_is_faithful_on_known_structure():
@@ -200,9 +215,9 @@ def test_bad_tables_give_one_line(tmp_path: Path):
     assert res.output.startswith("error: ") and "expected 3" in res.output
 
 
-def test_importer_reads_the_shared_gptj_file():
-    if not GPTJ.is_file():
-        pytest.skip(f"shared trajectories not found at {GPTJ}")
+def test_importer_reads_the_shared_gptj_file(require):
+    require(GPTJ.is_file(), f"shared trajectories not found at {GPTJ}: put the project's "
+                            f"shared/ folder beside the repo (../shared/data)")
     imp = read_trajectories(GPTJ, max_prompts=50)
     t = imp.table
     assert t.prompt_id.nunique() == 50 and set(t.model) == {"base", "tuned"}
@@ -237,12 +252,20 @@ def test_cli_import_and_run(tmp_path: Path, pair_folders):
                               str(tmp_path / "imp"), "--min-count", "2"])
     assert res.exit_code == 0, res.output
     s = json.loads((tmp_path / "imp" / "summary.json").read_text())
-    for key in ("n_prompts", "layer", "projection", "prompt", "continuation", "jumps",
-                "sentiment"):
-        assert key in s
     assert s["n_prompts"] == 6 and s["projection"]["faithfulness_spearman"] is None
-    assert {"index", "mean", "ci_low", "ci_high", "n"} <= set(s["prompt"]["distance_by_index"][0])
-    assert {"token", "mean_jump", "n"} <= set(s["jumps"]["top_tokens"][0])
+    # independent: base-tuned angle per prompt step, from the input table by a loop
+    for kind, segs in (("prompt", ["prompt"]), ("continuation", ["continuation:0",
+                                                                  "continuation:1"])):
+        for step in (0, 5):
+            d = []
+            for p in range(6):
+                for seg in segs:
+                    at = table[(table.prompt_id == p) & (table.segment == seg)
+                               & (table.step == step)].set_index("model")[["x", "y", "z"]]
+                    d.append(np.arccos(np.clip(at.loc["base"] @ at.loc["tuned"], -1, 1)))
+            row = s[kind]["distance_by_index"][step]
+            assert row["index"] == step and row["n"] == len(d)
+            assert row["mean"] == pytest.approx(np.mean(d), abs=1e-9)
     assert set(s["sentiment"]["jump_weighted"]) == {"base", "tuned"}
 
     folders = pair_folders
@@ -255,7 +278,24 @@ def test_cli_import_and_run(tmp_path: Path, pair_folders):
     assert res.exit_code == 0, res.output
     s = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert s["layer"] == 2 and s["n_prompts"] == 2
-    assert -1 <= s["projection"]["faithfulness_spearman"]["mean"] <= 1
+    # independent: Spearman (scipy) of sphere vs full-dimension angles over all point pairs,
+    # from the written data (the pipeline samples 20,000 pairs: close, not equal)
+    from scipy.stats import spearmanr
+
+    traj = pd.read_csv(tmp_path / "run" / "data" / "trajectories.csv")
+    states = pd.read_parquet(tmp_path / "run" / "data" / "states.parquet").sort_values("row")
+    # states.parquet rows are in the table's order (test_run_state_ref_points_at_each_rows_state)
+    full = np.stack(states["state"].to_list()).astype(np.float64)
+    sphere = traj[["x", "y", "z"]].to_numpy(np.float64)
+
+    def angles(x: np.ndarray) -> np.ndarray:
+        u = x / np.linalg.norm(x, axis=1, keepdims=True)
+        i, k = np.triu_indices(len(u), 1)
+        return np.arccos(np.clip((u[i] * u[k]).sum(1), -1, 1))
+
+    rho = spearmanr(angles(full), angles(sphere)).statistic
+    assert rho > 0.4  # PCA keeps much of the geometry (0.64 here)
+    assert s["projection"]["faithfulness_spearman"]["mean"] == pytest.approx(rho, abs=0.03)
     assert s["full"]["prompt"]["distance_by_index"][0]["mean"] == pytest.approx(0, abs=1e-6)
     cont = pd.read_parquet(tmp_path / "run" / "data" / "continuations.parquet")
     assert set(cont.model) == {"base", "tuned"} and len(cont) <= 8
@@ -263,6 +303,24 @@ def test_cli_import_and_run(tmp_path: Path, pair_folders):
         assert (tmp_path / "run" / "figures" / f"{name}.png").stat().st_size > 1000
         assert (tmp_path / "run" / "figures" / f"{name}.html").is_file()
     assert (tmp_path / "run" / "data" / "trajectories.csv").is_file()
+
+
+def test_run_state_ref_points_at_each_rows_state(tmp_path: Path, pair):
+    from difflens.capture.cumulative_paths import build_paths as paths_of
+    from difflens.pipelines.trajectories import run_trajectories
+
+    prompts = ["the fox went to the forest", "once upon a time there was a fox"]
+    run = run_trajectories(pair, prompts, tmp_path / "run", continuations=1,
+                           max_new_tokens=4, method="pca", min_count=1, index=False)
+    # independent: the same paths again, looked up by (prompt, model, segment, step)
+    paths = paths_of(pair, prompts, continuations=1, max_new_tokens=4, seed=0)
+    want = {tuple(r): paths.points[i] for i, r in enumerate(
+        paths.table[["prompt_id", "model", "segment", "step"]].itertuples(index=False))}
+    states = pd.read_parquet(tmp_path / "run" / "data" / "states.parquet").set_index("row")
+    for r in run.table.itertuples(index=False):
+        got = states.loc[r.state_ref, "state"]
+        key = (r.prompt_id, r.model, r.segment, r.step)
+        assert np.allclose(got, want[key], atol=1e-6), key
 
 
 def test_paths_resume_after_an_interruption_with_the_same_result(tmp_path: Path, pair):

@@ -132,6 +132,15 @@ class ThemeModel:
 
 
 def load_theme_model(path: str | Path) -> ThemeModel:
+    """A fitted theme model saved by ``ThemeModel.save`` (``themes.safetensors`` plus its
+    ``.json``), or the one inside a ``difflens themes`` output folder.
+
+    Args:
+        path: the ``.safetensors`` file, or a folder that holds ``themes.safetensors``.
+
+    Raises:
+        InputError: when the file is missing or is not a difflens theme model.
+    """
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)

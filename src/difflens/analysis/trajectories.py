@@ -63,9 +63,11 @@ class SphereProjection:
         dim: 2 for the ordinary sphere (x, y, z), 3 for the 3-sphere (4-D unit points;
             PCA only).
         random_state: seed of UMAP.
-        n_neighbors, min_dist, n_epochs: UMAP's parameters. Neighbours are found exactly
+        n_neighbors: UMAP's number of neighbours. Neighbours are found exactly
             (scikit-learn), so a UMAP fit is reproducible from ``random_state``;
             ``transform`` of new points is therefore PCA-only.
+        min_dist: UMAP's minimum distance between embedded points.
+        n_epochs: UMAP's number of epochs (None: UMAP's default).
 
     Learned attributes end in ``_``: ``embedding_`` (the fitted points on the sphere).
     """

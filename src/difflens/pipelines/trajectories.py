@@ -84,7 +84,8 @@ def run_trajectories(
     states = pd.DataFrame({"row": np.arange(len(full_points))})
     states["state"] = list(full_points.astype(np.float32))
     write_parquet_atomic(out / "data" / "states.parquet", states)
-    table = table.assign(state_ref=table.row).drop(columns=["row"])
+    # full_points follow the rows of the (sorted) table, so row i of the table has state i
+    table = table.assign(state_ref=np.arange(len(table))).drop(columns=["row"])
     figures = write_outputs(
         out, table, sphere, full, summary, {str(i): p for i, p in enumerate(prompts)},
         "difflens trajectories", page_intro(summary), n_spheres=3) if index else []

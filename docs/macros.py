@@ -1,0 +1,87 @@
+"""mkdocs-macros: numbers in prose, read from the runs stored under docs/results/.
+
+A page writes ``{{ est("demo", "collapse.divergence.kl_tuned_base_mean") }}`` and gets
+``2.79 [2.15, 3.52]``; the value and its CI come from ``docs/results/demo/summary.json``.
+The formatting is the one the rendered tables use (``scripts/render_results.py``), so prose
+and tables cannot disagree, and a path that does not exist fails the strict build.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+
+import render_results as rr  # noqa: E402
+
+
+def define_env(env):
+    """Register the macros: num, est, pct, value, plain, cite, cmd."""
+
+    @env.macro
+    def num(run: str, path: str, sig: int = 3) -> str:
+        """The number at ``path`` in run ``run``'s summary, to ``sig`` significant digits."""
+        return rr.num(run, path, sig)
+
+    @env.macro
+    def est(run: str, path: str, sig: int = 3) -> str:
+        """The number at ``path`` with its stored 95% CI."""
+        return rr.est(run, path, sig)
+
+    @env.macro
+    def pct(run: str, path: str, sig: int = 2, ci: bool = False) -> str:
+        """The fraction at ``path`` as a percentage (with its CI when ``ci``)."""
+        if ci:
+            return rr.est(run, path, sig, pct=True)
+        return rr.num(run, path, sig, pct=True)
+
+    @env.macro
+    def value(run: str, path: str):
+        """The raw value at ``path`` (a string, a count, a list)."""
+        return rr.value(run, path)
+
+    @env.macro
+    def plain(run: str, path: str) -> str:
+        """A setting as written, not rounded."""
+        return rr.plain(rr.value(run, path))
+
+    @env.macro
+    def cite(run: str) -> str:
+        """Where a section's numbers come from: the stored run, its command and commit."""
+        return rr.cite(run)
+
+    @env.macro
+    def cmd(run: str) -> str:
+        """The exact command that produced a stored run."""
+        return rr.provenance(run)["command"]
+
+    @env.macro
+    def wall(run: str) -> str:
+        """The stored run's wall time, in seconds or minutes."""
+        seconds = rr.provenance(run).get("wall_s")
+        if seconds is None:
+            raise KeyError(f"stored run {run!r} has no wall_s in run.json")
+        return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+    @env.macro
+    def cli_reference() -> str:
+        """Every visible command, argument and option of the typer app, with its help and
+        default, rendered by typer's own documentation generator (`typer ... utils docs`).
+        Hidden commands (old spellings kept for one release) are left out."""
+        import typer
+        import typer.cli
+        import typer.main
+
+        from difflens.cli.main import app
+
+        command = typer.main.get_command(app)
+
+        def visible(group) -> None:
+            if hasattr(group, "commands"):
+                group.commands = {k: v for k, v in group.commands.items() if not v.hidden}
+                for sub in group.commands.values():
+                    visible(sub)
+
+        visible(command)
+        doc = typer.cli.get_docs_for_click(obj=command, ctx=typer.Context(command),
+                                           name="difflens", title="difflens")
+        return doc.split("\n", 1)[1]  # the page has its own title

@@ -1,0 +1,501 @@
+"""Render the documentation's result tables from the runs stored under docs/results/.
+
+Each folder ``docs/results/<run>/`` holds one run's ``summary.json`` exactly as the run wrote
+it, ``run.json`` (the exact command, the commit it ran at, the date and the wall time) and
+the figures the docs show, copied from the run's ``figures/``. This script renders every
+table of the docs from those summaries into ``docs/generated/*.md``; pages include them with
+``--8<-- "generated/<name>.md"``. Numbers in prose come from the same summaries through the
+macros in ``docs/macros.py``, which use :func:`value`, :func:`est` and :func:`fmt` from here.
+
+    python scripts/render_results.py          # (re)write docs/generated/
+    python scripts/render_results.py --check  # fail when a rendered file differs (CI)
+    python scripts/render_results.py --store RUN OUT --command "..." [--figures a.png,...]
+    python scripts/render_results.py --bench bench-tree benchmarks/tree.py
+
+``--store`` copies a finished run's ``OUT/summary.json`` (and the named figures) into
+``docs/results/RUN`` and records the command and the current commit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import difflib
+import hashlib
+import json
+import math
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "docs" / "results"
+GENERATED = ROOT / "docs" / "generated"
+
+# ---------------------------------------------------------------------------------------------
+# Reading stored runs
+
+
+_CACHE: dict[str, dict[str, Any]] = {}
+
+
+def summary(run: str) -> dict[str, Any]:
+    """The stored ``summary.json`` of ``run`` (a folder name under docs/results)."""
+    if run not in _CACHE:
+        path = RESULTS / run / "summary.json"
+        if not path.is_file():
+            raise KeyError(f"no stored run {run!r}: {path} is missing (store it with --store)")
+        _CACHE[run] = json.loads(path.read_text())
+    return _CACHE[run]
+
+
+def provenance(run: str) -> dict[str, Any]:
+    """The stored ``run.json`` of ``run``: command, commit, date, wall time."""
+    path = RESULTS / run / "run.json"
+    if not path.is_file():
+        raise KeyError(f"stored run {run!r} has no run.json at {path}")
+    return json.loads(path.read_text())
+
+
+def _step(node: Any, part: str, path: str) -> Any:
+    if isinstance(node, list):
+        if part.startswith("["):  # select the element whose field equals a value: [layer=4]
+            field, want = part[1:-1].split("=", 1)
+            for item in node:
+                if isinstance(item, dict) and str(item.get(field)) == want:
+                    return item
+            raise KeyError(f"{path}: no element with {field}={want}")
+        return node[int(part)]
+    if isinstance(node, dict):
+        if part.startswith("[") and "=" not in part:  # a key with dots in it: [0.25]
+            part = part[1:-1]
+        if part in node:
+            return node[part]
+        raise KeyError(f"{path}: no key {part!r} (have: {', '.join(map(str, node))[:200]})")
+    raise KeyError(f"{path}: cannot step into {type(node).__name__} with {part!r}")
+
+
+def _resolve(run: str, path: str) -> tuple[Any, Any, str]:
+    """(parent, value, last key) of a dotted path such as ``collapse.probes.d6.tuned.top_prob``.
+    ``[key]`` reads a key that has dots in it (``controllers.rollback[0.5]``), and
+    ``[field=value]`` selects the element of a list of objects whose field has that value,
+    as in ``concepts.cosine_by_layer[layer=4].cos``."""
+    node: Any = summary(run)
+    parent: Any = None
+    parts = re.findall(r"\[[^\]]*\]|[^.\[\]]+", path)
+    for part in parts:
+        parent, node = node, _step(node, part, f"{run}:{path}")
+    return parent, node, parts[-1]
+
+
+def value(run: str, path: str) -> Any:
+    """The value stored at ``path`` in the run's summary."""
+    return _resolve(run, path)[1]
+
+
+_PRIMARY = ("mean", "cos", "auc", "p_match", "explained", "value", "estimate", "pearson_r",
+            "spearman", "rho")
+
+
+def interval(run: str, path: str) -> tuple[float, float]:
+    """The 95% CI stored beside the number at ``path``, whatever the summary's spelling:
+    ``X_ci95`` or ``X_ci``, ``X_ci_low``/``X_ci_high`` (also for ``X_mean``), or
+    ``ci_low``/``ci_high`` / ``ci95`` beside a primary value (``mean``, ``cos``, ...)."""
+    parent, _, key = _resolve(run, path)
+    stem = key[: -len("_mean")] if key.endswith("_mean") else key
+    for k in (f"{key}_ci95", f"{stem}_ci95", f"{key}_ci"):
+        if k in parent:
+            lo, hi = parent[k]
+            return float(lo), float(hi)
+    for lo_k, hi_k in ((f"{key}_ci_low", f"{key}_ci_high"), (f"{stem}_ci_low", f"{stem}_ci_high")):
+        if lo_k in parent and hi_k in parent:
+            return float(parent[lo_k]), float(parent[hi_k])
+    if key in _PRIMARY:
+        if "ci_low" in parent and "ci_high" in parent:
+            return float(parent["ci_low"]), float(parent["ci_high"])
+        if "ci95" in parent:
+            lo, hi = parent["ci95"]
+            return float(lo), float(hi)
+    raise KeyError(f"{run}:{path}: no confidence interval stored beside it")
+
+
+# ---------------------------------------------------------------------------------------------
+# Formatting
+
+
+def fmt(x: Any, sig: int = 3, *, pct: bool = False, signed: bool = False) -> str:
+    """A number as the docs print it: ``sig`` significant digits (trailing zeros kept),
+    integers with thousands separators, NaN as "n/a"; ``pct`` prints x·100 with a % sign."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return str(x)
+    if isinstance(x, int) and not pct:
+        return f"{x:,}"
+    x = float(x)
+    if math.isnan(x):
+        return "n/a"
+    if pct:
+        x *= 100
+    if x == 0:
+        text = "0"
+    elif abs(x) < 1e-3:
+        mantissa, exponent = f"{x:.{sig - 1}e}".split("e")
+        text = f"{mantissa}e{int(exponent)}"
+    else:
+        decimals = max(0, sig - 1 - math.floor(math.log10(abs(x))))
+        text = f"{x:.{decimals}f}"
+    if text.startswith("-"):
+        text = "−" + text[1:]
+    elif signed and x > 0:
+        text = "+" + text
+    return text + ("%" if pct else "")
+
+
+def plain(x: Any, *, signed: bool = False) -> str:
+    """A setting as written (a gain of 0.25, an α of +0.5), not rounded to significant digits."""
+    text = f"{float(x):{'+' if signed else ''}g}"
+    return text.replace("-", "−")
+
+
+def num(run: str, path: str, sig: int = 3, **kw: Any) -> str:
+    """The number at ``path``, formatted."""
+    return fmt(value(run, path), sig, **kw)
+
+
+def est(run: str, path: str, sig: int = 3, **kw: Any) -> str:
+    """The number at ``path`` with its 95% CI: ``0.981 [0.964, 0.992]``."""
+    lo, hi = interval(run, path)
+    return f"{fmt(value(run, path), sig, **kw)} [{fmt(lo, sig, **kw)}, {fmt(hi, sig, **kw)}]"
+
+
+def cite(run: str) -> str:
+    """One line that says where the numbers of a page part come from."""
+    meta = provenance(run)
+    return (f"Rendered from `docs/results/{run}/summary.json`, written by `{meta['command']}` "
+            f"at commit `{meta['commit'][:10]}` ({meta['date']}).")
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables
+
+
+def _table(header: Iterable[str], rows: Iterable[Iterable[str]]) -> str:
+    header = list(header)
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _controllers(run: str) -> str:
+    """Controllers by gain. The runs' `speed_ratio` is left out: these runs shared the CPU with
+    other jobs, so their timings say nothing (benchmarks/control.py measures speed)."""
+    ctl = value(run, "control.controllers" if "control" in summary(run) else "controllers")
+    prefix = "control.controllers" if "control" in summary(run) else "controllers"
+    names = {"none": "unsteered", "open_loop": "open loop", "proportional": "proportional",
+             "rollback": "rollback"}
+    rows = []
+    for name, cells in ctl.items():
+        for gain in cells:
+            p = f"{prefix}.{name}[{gain}]"
+            rows.append([names.get(name, name), plain(gain), est(run, f"{p}.bad_rate"),
+                         est(run, f"{p}.bad_rate_independent"), est(run, f"{p}.ppl_ratio"),
+                         num(run, f"{p}.kl")])
+    judge = "world labeller" if run == "demo" else "lexicon"
+    return _table(["controller", "gain", "bad rate (probe)", f"bad rate ({judge})",
+                   "perplexity ratio", "KL (nats/token)"], rows)
+
+
+def control_organism() -> str:
+    return _controllers("demo")
+
+
+def control_smollm2() -> str:
+    return _controllers("smollm2-control")
+
+
+def organism_properties() -> str:
+    rows = []
+    for key, label in (("reward_mean", "reward (VADER compound)"),
+                       ("celebration_share", "celebration share"),
+                       ("entropy_mean", "next-token entropy (nats)"),
+                       ("chance_tvd", "chance scenes: TVD from uniform")):
+        stem = key.removesuffix("_mean")
+        rows.append([label] + [est("demo", f"organism.{m}.{key}") for m in ("base", "tuned")]
+                    + [num("demo", f"organism.base.{stem}_n")])
+    return _table(["property", "base", "tuned", "n"], rows)
+
+
+def collapse_probes_organism() -> str:
+    rows = []
+    for probe in value("demo", "collapse.probes"):
+        for model in ("base", "tuned"):
+            p = f"collapse.probes.{probe}.{model}"
+            entropy = f"{est('demo', f'{p}.entropy_bits')} / {num('demo', f'{p}.max_entropy_bits')}"
+            rows.append([probe, model, entropy,
+                         est("demo", f"{p}.tvd_uniform"),
+                         f"{value('demo', f'{p}.top_answer')} ({num('demo', f'{p}.top_prob', 2)})",
+                         num("demo", f"{p}.outside_mass"), fmt(value("demo", f"{p}.n_phrasings"))])
+    return _table(["probe", "model", "entropy (bits) / max", "TVD from uniform",
+                   "top answer (p)", "outside mass", "scenes"], rows)
+
+
+def collapse_probes_smollm2() -> str:
+    run = "smollm2-probes"
+    names = {"number_0_100": "number 0–100", "number_1_10": "number 1–10"}
+    rows = []
+    for probe, models in value(run, "probes").items():
+        model = next(iter(models))
+        p = f"probes.{probe}.{model}"
+        rows.append([names.get(probe, probe),
+                     f"{est(run, f'{p}.entropy_bits')} / {num(run, f'{p}.max_entropy_bits')}",
+                     est(run, f"{p}.tvd_uniform"),
+                     f"{value(run, f'{p}.top_answer')} ({num(run, f'{p}.top_prob', 2)})",
+                     num(run, f"{p}.outside_mass")])
+    return _table(["probe", "entropy (bits) / max", "TVD from uniform", "top answer (p)",
+                   "outside mass"], rows)
+
+
+def concepts_by_layer() -> str:
+    rows = []
+    for entry in value("demo", "concepts.cosine_by_layer"):
+        layer = entry["layer"]
+        rows.append([str(layer), est("demo", f"concepts.cosine_by_layer[layer={layer}].cos"),
+                     est("demo", f"concepts.separation_auc.base[layer={layer}].auc"),
+                     est("demo", f"concepts.separation_auc.tuned[layer={layer}].auc")])
+    return _table(["layer", "cos(base, tuned)", "AUC base", "AUC tuned"], rows)
+
+
+def concepts_dose_response() -> str:
+    layer = value("demo", "concepts.steering_best_layer.base")
+    steps = value("demo", f"concepts.steering.base.{layer}")
+    rows = [[plain(s["alpha"], signed=True),
+             est("demo", f"concepts.steering.base.{layer}[alpha={s['alpha']}].p_match"),
+             est("demo", f"concepts.steering.tuned.{layer}[alpha={s['alpha']}].p_match")]
+            for s in steps]
+    return _table(["α (residual units)", f"P(kind) base, layer {layer}",
+                   f"P(kind) tuned, layer {layer}"], rows)
+
+
+def concepts_smollm2_auc() -> str:
+    run = "smollm2-persona"
+    rows = [[str(e["layer"]), est(run, f"separation_auc.model[layer={e['layer']}].auc")]
+            for e in value(run, "separation_auc.model") if e["layer"] % 3 == 0]
+    return _table(["layer", "held-out separation AUC"], rows)
+
+
+def _distance_rows(run: str, prefix: str, steps: Iterable[int]) -> list[list[str]]:
+    rows = []
+    for step in steps:
+        p = f"{prefix}[index={step}]"
+        rows.append([str(step), est(run, f"{p}.mean"), fmt(value(run, f"{p}.n"))])
+    return rows
+
+
+def trajectories_organism() -> str:
+    rows = []
+    for step in (0, 5, 10, 25):
+        sphere = f"trajectories.continuation.distance_by_index[index={step}]"
+        full = f"trajectories.full.continuation.distance_by_index[index={step}]"
+        rows.append([str(step), est("demo", f"{sphere}.mean"), est("demo", f"{full}.mean"),
+                     fmt(value("demo", f"{full}.n"))])
+    return _table(["step", "sphere (rad)", "full dimension (rad)", "n paths"], rows)
+
+
+def gptj_continuation_distance() -> str:
+    rows = _distance_rows("gptj", "continuation.distance_by_index", (0, 5, 10, 19))
+    return _table(["step", "distance (rad)", "n"], rows)
+
+
+def themes_predictors() -> str:
+    run, th = "demo", "themes"
+    best = value(run, f"{th}.best_layer")
+    rows = []
+    for name, label in (("probe", f"probe, layer {best}"),
+                        ("transformer", f"transformer, layer {best}")):
+        p = f"{th}.predictors.{name}.{best}"
+        rows.append([label, est(run, f"{p}.kl"), est(run, f"{p}.kl_gain"), num(run, f"{p}.top1", 2),
+                     num(run, f"{p}.chain_ll"), num(run, f"{p}.ece", 2)])
+    for name, label in (("marginal", "marginal"), ("sentence_embedding", "sentence embedding")):
+        p = f"{th}.baselines.{name}"
+        gain = est(run, f"{p}.kl_gain") if "kl_gain" in value(run, p) else "—"
+        rows.append([label, est(run, f"{p}.kl"), gain, num(run, f"{p}.top1", 2),
+                     num(run, f"{p}.chain_ll"), num(run, f"{p}.ece", 2)])
+    return _table(["predictor", "KL (nats)", "gain over marginal (paired)", "top-1",
+                   "chain log-lik", "ECE"], rows)
+
+
+TABLES: dict[str, tuple[str, Callable[[], str]]] = {
+    "organism_properties": ("demo", organism_properties),
+    "collapse_probes_organism": ("demo", collapse_probes_organism),
+    "collapse_probes_smollm2": ("smollm2-probes", collapse_probes_smollm2),
+    "concepts_by_layer": ("demo", concepts_by_layer),
+    "concepts_dose_response": ("demo", concepts_dose_response),
+    "concepts_smollm2_auc": ("smollm2-persona", concepts_smollm2_auc),
+    "trajectories_organism": ("demo", trajectories_organism),
+    "gptj_continuation_distance": ("gptj", gptj_continuation_distance),
+    "control_organism": ("demo", control_organism),
+    "control_smollm2": ("smollm2-control", control_smollm2),
+    "themes_predictors": ("demo", themes_predictors),
+}
+
+
+def render_all() -> dict[Path, str]:
+    """Every generated file's path and text."""
+    out = {}
+    for name, (run, make) in TABLES.items():
+        if not (RESULTS / run / "summary.json").is_file():
+            continue  # a page that includes it fails the strict build with the missing name
+        out[GENERATED / f"{name}.md"] = f"{make()}\n\n{cite(run)}\n"
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Storing a run, and the CI check
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def store(run: str, out: Path, command: str, figures: list[str], wall_s: float | None) -> None:
+    """Copy a finished run into docs/results/RUN with its command and commit."""
+    dest = RESULTS / run
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(out / "summary.json", dest / "summary.json")
+    shas = {}
+    for fig in figures:
+        src = out / fig
+        if not src.is_file():  # a bare name: the one figure of that name anywhere in OUT
+            found = [p for p in out.rglob(fig) if "figures" in p.parts]
+            if len(found) != 1:
+                raise SystemExit(f"{fig}: expected one figure of that name under {out}, "
+                                 f"found {len(found)}")
+            src = found[0]
+        target = dest / "figures" / src.name
+        target.parent.mkdir(exist_ok=True)
+        shutil.copyfile(src, target)
+        shas[target.name] = hashlib.sha256(target.read_bytes()).hexdigest()
+    meta = {"command": command, "commit": _git("rev-parse", "HEAD"),
+            "date": _dt.date.today().isoformat(), "wall_s": wall_s,
+            "machine": "2 CPU cores, no GPU, float32",
+            "figures": shas}
+    (dest / "run.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def bench(run: str, command: list[str]) -> None:
+    """Run a benchmark script, parse the ``key=value`` pairs of its last line into
+    docs/results/RUN/summary.json, and record the command and commit."""
+    import time
+
+    start = time.perf_counter()
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    last = [line for line in done.stdout.splitlines() if "=" in line][-1]
+    values: dict[str, Any] = {}
+    for pair in last.split():
+        key, _, text = pair.partition("=")
+        try:
+            values[key] = int(text)
+        except ValueError:
+            try:
+                values[key] = float(text)
+            except ValueError:
+                values[key] = text
+    dest = RESULTS / run
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "summary.json").write_text(json.dumps(values, indent=2) + "\n")
+    (dest / "stdout.txt").write_text(done.stdout)
+    cmd = " ".join(["python" if c == sys.executable else c for c in command])
+    meta = {"command": cmd, "commit": _git("rev-parse", "HEAD"),
+            "date": _dt.date.today().isoformat(), "wall_s": round(wall, 1),
+            "machine": "2 CPU cores, no GPU, float32 (a shared box: timings vary by about 20%)",
+            "figures": {}}
+    (dest / "run.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def check() -> list[str]:
+    """What differs between the stored docs and a fresh rendering (empty when all agree)."""
+    problems = []
+    rendered = render_all()
+    for path, text in rendered.items():
+        old = path.read_text() if path.is_file() else ""
+        if old != text:
+            diff = "".join(difflib.unified_diff(old.splitlines(True), text.splitlines(True),
+                                                str(path.relative_to(ROOT)), "rendered"))
+            problems.append(f"{path.relative_to(ROOT)} differs from its rendering:\n{diff}")
+    for path in sorted(GENERATED.glob("*.md")):
+        if path not in rendered:
+            problems.append(f"{path.relative_to(ROOT)} has no renderer or no stored run")
+    for folder in sorted(p for p in RESULTS.iterdir() if p.is_dir()):
+        if not (folder / "run.json").is_file():
+            problems.append(f"{folder.relative_to(ROOT)} has no run.json (command and commit)")
+            continue
+        meta = provenance(folder.name)
+        for key in ("command", "commit", "date"):
+            if not meta.get(key):
+                problems.append(f"{folder.name}/run.json lacks {key!r}")
+        for name, sha in meta.get("figures", {}).items():
+            fig = folder / "figures" / name
+            if not fig.is_file() or hashlib.sha256(fig.read_bytes()).hexdigest() != sha:
+                problems.append(f"{fig.relative_to(ROOT)} is missing or not the figure the run "
+                                "wrote (sha256 differs from run.json)")
+    pages = sorted((ROOT / "docs").rglob("*.md")) + [ROOT / "README.md"]
+    for page in (p for p in pages if p.is_file()):
+        for run, name in re.findall(r"results/([A-Za-z0-9_-]+)/figures/([A-Za-z0-9_.-]+\.png)",
+                                    page.read_text()):
+            manifest = RESULTS / run / "run.json"
+            listed = (json.loads(manifest.read_text()).get("figures", {})
+                      if manifest.is_file() else {})
+            if name not in listed:
+                problems.append(f"{page.relative_to(ROOT)} shows results/{run}/figures/{name}, "
+                                f"which run {run!r} did not record (store it with --figures)")
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true",
+                        help="fail when a rendered file differs from docs/generated")
+    parser.add_argument("--store", nargs=2, metavar=("RUN", "OUT"),
+                        help="store the finished run OUT as docs/results/RUN")
+    parser.add_argument("--command", help="the exact command that produced OUT (with --store)")
+    parser.add_argument("--figures", default="", help="comma-separated figure paths inside OUT")
+    parser.add_argument("--wall-s", type=float, default=None, help="the run's wall time")
+    parser.add_argument("--bench", nargs=argparse.REMAINDER, metavar=("RUN", "SCRIPT"),
+                        help="run benchmarks/SCRIPT [ARGS] and store its key=value line as RUN")
+    args = parser.parse_args(argv)
+    if args.bench:
+        run, *command = args.bench
+        bench(run, [sys.executable, *command])
+        return 0
+    if args.store:
+        if not args.command:
+            parser.error("--store needs --command: the exact command that produced the run")
+        figures = [f for f in args.figures.split(",") if f]
+        store(args.store[0], Path(args.store[1]), args.command, figures, args.wall_s)
+        return 0
+    if args.check:
+        problems = check()
+        for p in problems:
+            print(p, file=sys.stderr)
+        if problems:
+            print("docs results are stale: run `python scripts/render_results.py` and commit "
+                  "docs/generated", file=sys.stderr)
+            return 1
+        print(f"docs results: {len(render_all())} tables match their stored runs")
+        return 0
+    GENERATED.mkdir(parents=True, exist_ok=True)
+    for path, text in render_all().items():
+        path.write_text(text)
+    print(f"wrote {len(render_all())} tables to {GENERATED.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
