@@ -91,12 +91,19 @@ def test_probe_matches_closed_form_with_multi_token_answers(tmp_path, boundary):
         assert np.allclose(p / p.sum(), w, atol=1e-6)
 
 
-def test_shared_prefix_scoring_equals_full_passes(tiny):
+def test_shared_prefix_scoring_equals_full_passes(tiny, monkeypatch):
+    from difflens.capture import scoring
+
+    # the shared path must really run: a model whose forward renamed its cache keyword
+    # (transformers 5.24: past_key_values -> cache) once made it fall back to full passes
+    real, calls = scoring._rows_shared, []
+    monkeypatch.setattr(scoring, "_rows_shared", lambda *a, **k: calls.append(1) or real(*a, **k))
     conts = [" forest", " forest to find", " dark", " the little fox went"]
     a = continuation_logprobs(tiny, "the fox went to", conts, temperatures=(0.7, 1.0),
                               boundary=True)
     b = continuation_logprobs(tiny, "the fox went to", conts, temperatures=(0.7, 1.0),
                               boundary=True, share_prefix=False, batch_size=2)
+    assert calls == [1]
     assert np.allclose(a, b, atol=1e-5)
 
 

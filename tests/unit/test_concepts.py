@@ -183,12 +183,20 @@ def test_planted_direction_is_recovered_and_separation_starts_at_layer_k():
     assert all(r["ci_low"] <= r["auc"] <= r["ci_high"] and r["n"] == 60 for r in rows)
 
 
-def test_shared_prefix_equals_full_forward_and_batching_does_not_matter():
+def test_shared_prefix_equals_full_forward_and_batching_does_not_matter(monkeypatch):
+    from difflens.capture import contrastive
+
     lm, _ = _planted(2)
     ds = _items(30, seed=3)
     toks, _ = tokenize_items(lm.tokenizer, ds.items, "plain", chat=False, position="last")
     layers = list(range(lm.n_layers + 1))
+    # the shared-prefix engine must really run (it once fell back to full passes silently,
+    # when transformers 5.24 renamed the forward's cache keyword)
+    real, calls = contrastive._forward_shared, []
+    monkeypatch.setattr(contrastive, "_forward_shared",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
     shared = forward_ab(lm, toks, layers, batch_size=8)
+    assert calls, "forward_ab fell back to full forward passes"
     full = forward_ab(lm, toks, layers, share_prefix=False, batch_size=8)
     single = forward_ab(lm, toks, layers, batch_size=1)
     for other in (full, single):

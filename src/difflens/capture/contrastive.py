@@ -19,7 +19,7 @@ from torch import Tensor
 
 from difflens.capture.engine import forward_batch
 from difflens.inputs.ab_items import TokenizedItem
-from difflens.models.batching import accepts, pad_batch
+from difflens.models.batching import accepts, cache_keyword, pad_batch, returned_cache, takes_cache
 from difflens.models.hooks import record_layers
 from difflens.models.loading import LoadedModel
 
@@ -83,7 +83,7 @@ def _forward_shared(lm: LoadedModel, items: Sequence[TokenizedItem], layers: Seq
         kwargs["logits_to_keep"] = 1
     out = model(**kwargs)
     first = out.logits[:, -1]
-    cache = out.past_key_values
+    cache = returned_cache(out)
     cache.batch_repeat_interleave(2)
     suffixes = [it.ids[v][it.shared:] for it in items for v in (0, 1)]
     s_ids, s_mask, _ = pad_batch(suffixes, "right", lm.device)
@@ -91,7 +91,7 @@ def _forward_shared(lm: LoadedModel, items: Sequence[TokenizedItem], layers: Seq
     s_pos = plen[:, None] + torch.arange(s_ids.shape[1], device=lm.device)[None]
     kwargs = {"input_ids": s_ids, "attention_mask": torch.cat([mask.repeat_interleave(2, 0),
                                                                s_mask], 1),
-              "past_key_values": cache, "use_cache": True}
+              cache_keyword(model): cache, "use_cache": True}
     if accepts(model, "position_ids"):
         kwargs["position_ids"] = s_pos
     with record_layers(lm, layers) as rec:
@@ -135,7 +135,7 @@ def forward_ab(
         items: tokenized items (see :func:`~difflens.inputs.ab_items.tokenize_items`).
         layers: normalised layer indices to record.
         share_prefix: run each item's shared prefix once and reuse its KV cache for the two
-            answers; needs a model that returns ``past_key_values``.
+            answers; needs a model that takes and returns a KV cache.
         max_batch_tokens: most padded tokens (both variants) in one pass.
         batch_size: most items in one pass.
         on_batch: called with the number of items after each batch (progress).
@@ -147,7 +147,7 @@ def forward_ab(
         raise ValueError("no items")
     hidden: list[Tensor | None] = [None] * len(items)
     logp: list[Tensor | None] = [None] * len(items)
-    shared = share_prefix and accepts(lm.model, "past_key_values")
+    shared = share_prefix and takes_cache(lm.model)
     with torch.inference_mode():
         for idx in _batches(items, max_batch_tokens, batch_size):
             chunk = [items[i] for i in idx]

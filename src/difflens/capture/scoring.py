@@ -22,7 +22,7 @@ from torch import Tensor
 
 from difflens.capture.engine import forward_batch
 from difflens.errors import InputError
-from difflens.models.batching import accepts
+from difflens.models.batching import accepts, cache_keyword, returned_cache, takes_cache
 from difflens.models.loading import LoadedModel
 
 _BOUNDARY_MASKS: dict[int, tuple[Any, Tensor]] = {}
@@ -71,7 +71,7 @@ def _rows_shared(lm: LoadedModel, pre: list[int], suffixes: Sequence[list[int]],
     if accepts(model, "logits_to_keep"):
         kwargs["logits_to_keep"] = 1
     out = model(**kwargs)
-    first, cache0 = out.logits[0, -1].float(), out.past_key_values
+    first, cache0 = out.logits[0, -1].float(), returned_cache(out)
     rows: list[Tensor] = []
     p = len(pre)
     for i in range(0, len(suffixes), batch_size):
@@ -91,7 +91,7 @@ def _rows_shared(lm: LoadedModel, pre: list[int], suffixes: Sequence[list[int]],
         cache = copy.deepcopy(cache0)
         cache.batch_repeat_interleave(b)
         kw: dict[str, Any] = {"input_ids": ids, "attention_mask": mask,
-                              "past_key_values": cache, "use_cache": True}
+                              cache_keyword(model): cache, "use_cache": True}
         if accepts(model, "position_ids"):
             kw["position_ids"] = (p + torch.arange(width, device=dev))[None].expand(b, -1)
         logits = model(**kw).logits.float()
@@ -147,7 +147,7 @@ def continuation_logprobs(
     if any(t <= 0 for t in temperatures):
         raise InputError(f"temperatures must be > 0, got {list(temperatures)}")
     pre, suffixes = _tokenize(lm, prefix, continuations, add_special_tokens)
-    shared = share_prefix and accepts(lm.model, "past_key_values")
+    shared = share_prefix and takes_cache(lm.model)
     with torch.inference_mode():
         rows = (_rows_shared if shared else _rows_full)(lm, pre, suffixes, boundary, batch_size)
         mask = boundary_mask(lm).to(rows[0].device) if boundary else None

@@ -35,3 +35,27 @@ def accepts(model: Any, name: str, *, unknown: bool = True) -> bool:
         return name in inspect.signature(model.forward).parameters
     except (TypeError, ValueError):
         return unknown
+
+
+def cache_keyword(model: Any) -> str:
+    """The keyword under which ``model.forward`` takes a KV cache, and under which its output
+    returns one: ``"cache"`` from transformers 5.24 on, ``"past_key_values"`` before (5.24
+    still accepts the old name with a deprecation warning, and 5.40 removes it). Every call
+    that passes or reads a cache asks here, so the rename is handled in one place."""
+    return "cache" if accepts(model, "cache", unknown=False) else "past_key_values"
+
+
+def takes_cache(model: Any) -> bool:
+    """Whether ``model.forward`` takes a KV cache (under either name; True when its signature
+    cannot be read)."""
+    return accepts(model, cache_keyword(model))
+
+
+def returned_cache(output: Any) -> Any:
+    """The KV cache a forward pass with ``use_cache=True`` returned, under either name."""
+    for name in ("cache", "past_key_values"):
+        cache = output.get(name) if hasattr(output, "get") else getattr(output, name, None)
+        if cache is not None:
+            return cache
+    raise ValueError("the model returned no KV cache; pass use_cache=True to a model that "
+                     "supports one")

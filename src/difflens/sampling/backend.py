@@ -14,7 +14,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from difflens._types import AttentionMask, NextLogits, TokenIds
-from difflens.models.batching import accepts
+from difflens.models.batching import accepts, cache_keyword
 from difflens.models.loading import LoadedModel
 
 
@@ -49,7 +49,7 @@ class HFBackend:
 
         self.model = lm.model
         self.cache = DynamicCache()
-        self._cache_kw = "cache" if accepts(lm.model, "cache", unknown=False) else "past_key_values"
+        self._cache_kw = cache_keyword(lm.model)
         self._positions = accepts(lm.model, "position_ids")
         self._keep = accepts(lm.model, "logits_to_keep", unknown=False)
 
