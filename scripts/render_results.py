@@ -192,8 +192,8 @@ def _table(header: Iterable[str], rows: Iterable[Iterable[str]]) -> str:
 def _controllers(run: str) -> str:
     """Controllers by gain. The runs' `speed_ratio` is left out: these runs shared the CPU with
     other jobs, so their timings say nothing (benchmarks/control.py measures speed)."""
-    ctl = value(run, "control.controllers" if "control" in summary(run) else "controllers")
     prefix = "control.controllers" if "control" in summary(run) else "controllers"
+    ctl = value(run, prefix)
     names = {"none": "unsteered", "open_loop": "open loop", "proportional": "proportional",
              "rollback": "rollback"}
     rows = []
@@ -363,6 +363,9 @@ def _git(*args: str) -> str:
 
 def store(run: str, out: Path, command: str, figures: list[str], wall_s: float | None) -> None:
     """Copy a finished run into docs/results/RUN with its command and commit."""
+    if not (out / "summary.json").is_file():
+        raise SystemExit(f"{out}/summary.json not found: --store takes the OUT folder of a "
+                         "finished difflens command")
     dest = RESULTS / run
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(out / "summary.json", dest / "summary.json")
