@@ -1,6 +1,7 @@
 """difflens: see what alignment fine-tuning changed in a language model.
 
-The public API, by stage: load models (:func:`load_model`, :class:`ModelPair`), capture
+The public API, by stage: load models (:func:`load_model`, :class:`ModelPair`; a
+:class:`LoadSpec` records how, to load them again elsewhere), capture
 activations and next-token statistics (:func:`capture`), and read them back
 (:class:`RunStore`); concept vectors from contrastive A/B items (:func:`load_ab_dataset`,
 :func:`extract_concepts`, :func:`compare_concepts`) and steering with them
@@ -34,6 +35,7 @@ from difflens.inputs.ab_items import ABDataset, ABItem, load_ab_dataset
 from difflens.models import (
     LayerSpec,
     LoadedModel,
+    LoadSpec,
     ModelIdentity,
     ModelPair,
     find_layers,
@@ -59,6 +61,7 @@ __all__ = [
     "GenerationConfig",
     "InputError",
     "LayerSpec",
+    "LoadSpec",
     "LoadedModel",
     "ModelIdentity",
     "ModelPair",

@@ -206,3 +206,103 @@ def rich_progress(enabled: bool) -> Iterator[Progress]:
                 bar.update(task, advance=n, info=info)
             return advance
         yield start
+
+
+def is_uri(location: object) -> bool:
+    """Whether a store location is a filesystem URI (``s3://...``, ``file://...``)."""
+    return isinstance(location, str) and "://" in location
+
+
+class RemoteDir:
+    """A folder on any pyarrow filesystem (``s3://``, ``gs://``, ``hdfs://``, ``file://``),
+    read and written file by file through a local mirror folder.
+
+    A file is uploaded whole once it is complete locally: object stores publish an object
+    only when its upload finishes; on other filesystems it goes to a temporary name and is
+    moved into place. So a reader of the remote folder sees each file whole or not at all,
+    as with :func:`atomic_path`.
+    """
+
+    def __init__(self, uri: str) -> None:
+        import pyarrow.fs as pafs
+
+        try:
+            self.fs, self.root = pafs.FileSystem.from_uri(uri)
+        except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+            raise InputError(f"cannot open the store {uri}: {str(exc).splitlines()[0]}; "
+                             f"check the URI and the credentials") from exc
+        self.uri = uri
+        self.root = self.root.rstrip("/")
+        self._object_store = self.fs.type_name in ("s3", "gcs", "abfs")
+
+    def _path(self, rel: str) -> str:
+        return f"{self.root}/{rel}"
+
+    def exists(self, rel: str) -> bool:
+        import pyarrow.fs as pafs
+
+        return bool(self.fs.get_file_info(self._path(rel)).type == pafs.FileType.File)
+
+    def files(self, rel: str) -> list[str]:
+        """Names of the files in the folder ``rel`` (empty when it does not exist)."""
+        import pyarrow.fs as pafs
+
+        infos = self.fs.get_file_info(pafs.FileSelector(self._path(rel), allow_not_found=True))
+        return sorted(i.base_name for i in infos if i.type == pafs.FileType.File
+                      and not i.base_name.startswith("."))
+
+    def push(self, local: Path, rel: str) -> None:
+        """Upload the complete local file ``local`` as ``rel``."""
+        target = self._path(rel)
+        parent = target.rsplit("/", 1)[0]
+        self.fs.create_dir(parent, recursive=True)
+        dest = target if self._object_store else f"{parent}/.{local.name}.{os.getpid()}.tmp"
+        with local.open("rb") as src, self.fs.open_output_stream(dest) as out:
+            while chunk := src.read(2**24):
+                out.write(chunk)
+        if dest != target:
+            self.fs.move(dest, target)
+
+    def check_writable(self) -> None:
+        """Prove that files can be written here, or raise a one-line StoreError."""
+        probe = self._path(f".probe-{os.getpid()}")
+        try:
+            self.fs.create_dir(self.root, recursive=True)
+            with self.fs.open_output_stream(probe) as out:
+                out.write(b"ok")
+            self.fs.delete_file(probe)
+        except OSError as exc:
+            raise StoreError(f"the store {self.uri} is not writable "
+                             f"({str(exc).splitlines()[0]}); check the URI and the "
+                             f"credentials, or choose another --out") from exc
+
+    def size(self) -> int:
+        """Bytes of every file under the folder."""
+        import pyarrow.fs as pafs
+
+        infos = self.fs.get_file_info(pafs.FileSelector(self.root, recursive=True,
+                                                        allow_not_found=True))
+        return sum(i.size or 0 for i in infos if i.type == pafs.FileType.File)
+
+    def temporaries(self) -> list[str]:
+        """Temporary files left under the folder by killed uploads (not on object stores,
+        whose unfinished uploads never become objects)."""
+        import pyarrow.fs as pafs
+
+        infos = self.fs.get_file_info(pafs.FileSelector(self.root, recursive=True,
+                                                        allow_not_found=True))
+        return [i.path for i in infos if i.type == pafs.FileType.File
+                and i.base_name.startswith(".") and i.base_name.endswith(".tmp")]
+
+    def pull(self, rel: str, local: Path, *, fresh: bool = False) -> bool:
+        """Download ``rel`` to ``local`` (atomically, replacing it) unless it is there
+        already and not ``fresh``; False if ``rel`` does not exist."""
+        if local.is_file() and not fresh:
+            return True
+        if not self.exists(rel):
+            return False
+        with atomic_path(local) as tmp, self.fs.open_input_stream(self._path(rel)) as src, \
+                tmp.open("wb") as dst:
+            while chunk := src.read(2**24):
+                dst.write(chunk)
+        return True

@@ -302,3 +302,111 @@ def test_gpt2_and_neox_parity(tmp_path):
             ref, _ = reference_states(lm, text)
             for layer in store.layers:
                 assert (store.hidden(i, layer) - ref[layer]).abs().max() < 1e-5, (name, layer)
+
+
+def files_of(path: Path) -> dict[str, bytes]:
+    return {str(f.relative_to(path)): f.read_bytes() for f in sorted(path.rglob("*"))
+            if f.is_file() and not f.name.startswith(".")}
+
+
+@pytest.mark.parametrize("positions", ["all", "last", (0, 2, -1)])
+def test_index_from_the_plan_equals_the_index_read_from_the_shards(pair, tmp_path,
+                                                                   positions, monkeypatch):
+    import json
+
+    import pandas as pd
+
+    from difflens.capture.store import build_index, index_of
+
+    monkeypatch.setattr(engine_mod, "_plan_shards",  # shards of 40 prompts, any positions
+                        lambda rows, bpr, mb: [[i, min(i + 40, len(rows))]
+                                               for i in range(0, len(rows), 40)])
+    run = dl.capture(pair, ["and"] + LONG * 30, store=tmp_path / "run",
+                     positions=positions, layers="all")
+    plan = json.loads((run.path / "run.json").read_text())["plan"]
+    rows = [len(engine_mod._rows_of(int(n), run.manifest["config"]["positions"]
+                                    if isinstance(positions, str) else tuple(positions)))
+            for n in run.prompts.n_tokens]
+    read = (build_index(run.path, "base", len(plan)).set_index("prompt_idx")
+            .reindex(range(run.n_prompts), fill_value=0).reset_index())
+    pd.testing.assert_frame_equal(index_of(plan, rows), read, check_exact=True)
+    assert len(plan) > 1
+
+
+def test_a_uri_store_holds_the_folder_store_bytes_and_reads_back(pair, tmp_path):
+    """``file://`` goes through the same pyarrow filesystem path as ``s3://``: files are
+    written to the local mirror and uploaded whole, the manifest last."""
+    prompts = LONG * 20
+    folder = dl.capture(pair, prompts, store=tmp_path / "folder", shard_mb=1)
+    uri = f"file://{tmp_path / 'remote' / 'run'}"
+    remote = dl.capture(pair, prompts, store=uri, shard_mb=1)
+    assert files_of(tmp_path / "remote" / "run") == files_of(folder.path)
+    assert remote.remote is not None and remote.path != tmp_path / "remote" / "run"
+
+    # read back through a fresh mirror: shards are fetched on first use
+    import shutil
+
+    shutil.rmtree(remote.path)
+    again = dl.RunStore.open(uri)
+    assert not (again.path / "tensors").exists()
+    assert torch.equal(again.hidden(3, 2, "tuned"), folder.hidden(3, 2, "tuned"))
+    assert again.stats().equals(folder.stats())
+
+    # an unfinished remote run resumes from the shards the remote holds
+    (tmp_path / "remote" / "run" / "manifest.json").unlink()
+    for f in sorted((tmp_path / "remote" / "run" / "stats").glob("*.parquet"))[1:]:
+        f.unlink()
+    with pytest.raises(dl.StoreError, match="did not finish"):
+        dl.RunStore.open(uri)
+    dl.capture(pair, prompts, store=uri, shard_mb=1)
+    assert files_of(tmp_path / "remote" / "run") == files_of(folder.path)
+
+
+def test_a_bad_store_uri_is_one_line(tiny):
+    with pytest.raises(dl.InputError, match="cannot open the store nope://x") as err:
+        dl.capture(tiny, ["the fox"], store="nope://x")
+    assert "\n" not in str(err.value)
+
+
+def test_uri_store_from_the_cli_and_described(tiny, tmp_path):
+    from typer.testing import CliRunner
+
+    from difflens.cli.main import app
+
+    folder = tmp_path / "model"
+    tiny.model.save_pretrained(folder)
+    tiny.tokenizer.save_pretrained(folder)
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("\n".join(LONG) + "\n")
+    uri = f"file://{tmp_path / 'bucket' / 'run'}"
+    res = CliRunner().invoke(app, ["capture", "run", "--base", str(folder), "--prompts",
+                                   str(prompts), "--out", uri])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "bucket" / "run" / "manifest.json").is_file()
+    assert not (tmp_path / "s3:").exists() and not Path("file:").exists()
+    info = CliRunner().invoke(app, ["capture", "info", uri, "--json"])
+    assert info.exit_code == 0, info.output
+    import json
+
+    d = json.loads(info.output)
+    on_disk = sum(f.stat().st_size for f in (tmp_path / "bucket" / "run").rglob("*")
+                  if f.is_file())
+    assert d["path"] == uri and d["n_prompts"] == len(LONG)
+    assert d["size_mb"] == round(on_disk / 2**20, 2) and "model_entropy" in d["stats_columns"]
+
+
+def test_a_run_that_ends_with_a_shard_missing_writes_no_manifest(pair, tmp_path,
+                                                                 monkeypatch):
+    """As when --out is a folder only some nodes of a cluster see."""
+    real = engine_mod.write_parquet_atomic
+
+    def lose_shard_1(path, df):
+        if path.name != "shard-00001.parquet":
+            real(path, df)
+
+    monkeypatch.setattr(engine_mod, "write_parquet_atomic", lose_shard_1)
+    with pytest.raises(dl.StoreError, match=r"lacks 1 of \d+ shards after the run "
+                                            r"\(first: shard-00001\)") as err:
+        dl.capture(pair, LONG * 40, store=tmp_path / "run", shard_mb=1)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "run" / "manifest.json").exists()

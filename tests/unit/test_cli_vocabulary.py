@@ -27,8 +27,14 @@ VOCABULARY: dict[str, str] = {
     "--batch-size": "most inputs per forward pass",
     "--device": "device the model is loaded on",
     "--dtype": "the model's weights dtype",
+    "--device-map": "how accelerate splits the model across devices",
+    "--quantize": "8-bit or 4-bit loading with bitsandbytes",
     "--revision": "hub revision of the model(s)",
     "--layers-path": "module path of the decoder blocks",
+    "--engine": "where the model work runs: local or ray",
+    "--address": "the Ray cluster to join",
+    "--workers": "Ray actors",
+    "--worker-gpus": "GPUs per Ray actor",
     # inputs and outputs
     "--prompts": "prompt file",
     "--prompt": "one prompt given inline",
@@ -115,7 +121,7 @@ VOCABULARY: dict[str, str] = {
     "--install-completion": "install shell completion",
     "--show-completion": "show shell completion",
 }
-LOADING = {"--batch-size", "--device", "--dtype", "--revision"}
+LOADING = {"--batch-size", "--device", "--dtype", "--device-map", "--quantize", "--revision"}
 #: Commands that load a model (by path), however their model flag is spelled.
 MODEL_COMMANDS = {
     "capture run", "concepts extract", "concepts compare", "concepts steer",
@@ -246,7 +252,7 @@ def files(tmp_path: Path) -> dict[str, str]:
 
 
 LOAD_ARGS = ["--dtype", "bfloat16", "--revision", "abc", "--device", "cpu", "--layers-path",
-             "model.layers"]
+             "model.layers", "--device-map", "auto", "--quantize", "4bit"]
 
 
 @pytest.mark.parametrize("args", [
@@ -276,7 +282,8 @@ def test_loading_options_reach_load_model(monkeypatch, files, args):
     res = runner.invoke(app, [files.get(a, a) for a in args] + LOAD_ARGS)
     assert res.exit_code == 2 and "stopped at load_model" in res.output, res.output
     assert calls == [("M", {"revision": "abc", "dtype": "bfloat16", "device": "cpu",
-                            "layers_path": "model.layers"})]
+                            "layers_path": "model.layers", "device_map": "auto",
+                            "quantization": "4bit"})]
 
 
 @pytest.mark.parametrize(("args", "warnings", "error"), [

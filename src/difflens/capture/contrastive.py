@@ -94,7 +94,7 @@ def _forward_shared(lm: LoadedModel, items: Sequence[TokenizedItem], layers: Seq
               cache_keyword(model): cache, "use_cache": True}
     if accepts(model, "position_ids"):
         kwargs["position_ids"] = s_pos
-    with record_layers(lm, layers) as rec:
+    with record_layers(lm, layers, device=lm.device) as rec:
         logits = model(**kwargs).logits
     hidden = _gather(rec, items, layers, lm.d_model, lambda it, v: it.read[v] - it.shared)
     logp = torch.stack([

@@ -9,8 +9,10 @@ token: it is the path of the continuation's own text, read in the context of the
 """
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -20,6 +22,7 @@ from difflens._io import fingerprint, write_parquet_atomic
 from difflens.analysis.trajectories import cumulative_mean_path
 from difflens.capture.engine import forward_batch
 from difflens.errors import InputError
+from difflens.models.engines import map_with_models, resolve_engine
 from difflens.models.loading import LoadedModel
 from difflens.models.pair import ModelPair
 from difflens.sampling.generate import GenerationConfig, generate
@@ -86,7 +89,8 @@ def build_paths(
         cache_dir: keep finished chunks of ``chunk`` prompts here (one Parquet file per
             model and chunk, keyed by the model, the prompts and the settings); a rerun after
             a kill continues from the first missing chunk and gives the same result.
-        chunk: prompts per cached chunk (does not change the result).
+        chunk: prompts per cached chunk (does not change the result); on the Ray engine
+            (:func:`~difflens.models.engines.use_engine`) each chunk is one worker's job.
     """
     models = (model_or_pair.models if isinstance(model_or_pair, ModelPair)
               else {"model": model_or_pair})
@@ -96,26 +100,71 @@ def build_paths(
         raise InputError("no prompts given")
     frames: list[pd.DataFrame] = []
     conts: list[pd.DataFrame] = []
+    settings = dict(layer=layer, k=continuations, max_new_tokens=max_new_tokens, seed=seed,
+                    temperature=temperature)
     for label, lm in models.items():
-        for start in range(0, len(prompts), chunk):
-            part = list(prompts[start:start + chunk])
-            key = _key(lm, part, start, layer, continuations, max_new_tokens, seed, temperature)
-            path = Path(cache_dir) / f"{label}-{start:06d}.parquet" if cache_dir else None
-            done = _read_chunk(path, key)
-            if done is None:
-                done = _paths_of(lm, label, part, start, layer, continuations,
-                                 max_new_tokens, seed, temperature, progress)
-                if path is not None:
-                    write_parquet_atomic(path, done[0].assign(key=key))
-                    write_parquet_atomic(path.with_suffix(".continuations.parquet"), done[1])
-            elif progress:
-                progress(len(part))
+        for done in _label_paths(lm, label, prompts, chunk, cache_dir, settings, progress):
             frames.append(done[0])
             conts.append(done[1])
     table = pd.concat(frames, ignore_index=True)
     points = np.stack(table.pop("point").to_numpy()).astype(np.float64)
     return PathSet(table=table, points=points, continuations=pd.concat(conts, ignore_index=True),
                    layer=layer)
+
+
+def _label_paths(lm: LoadedModel, label: str, prompts: Sequence[str], chunk: int,
+                 cache_dir: str | Path | None, settings: dict[str, Any],
+                 progress: Callable[[int], None] | None
+                 ) -> list[tuple[pd.DataFrame, pd.DataFrame]]:
+    """Every chunk of one model's paths, in prompt order: read from the cache, else computed
+    here or, on the Ray engine, one chunk per worker job (and cached as each one ends)."""
+    chunks = [(start, list(prompts[start:start + chunk]))
+              for start in range(0, len(prompts), chunk)]
+    parts: dict[int, tuple[pd.DataFrame, pd.DataFrame]] = {}
+    todo = []
+    for start, part in chunks:
+        done = _read_chunk(_chunk_path(cache_dir, label, start),
+                           _key(lm, part, start, **settings))
+        if done is None:
+            todo.append((start, part))
+            continue
+        parts[start] = done
+        if progress:
+            progress(len(part))
+
+    def finished(i: int, done: tuple[pd.DataFrame, pd.DataFrame]) -> None:
+        start, part = todo[i]
+        path = _chunk_path(cache_dir, label, start)
+        if path is not None:
+            write_parquet_atomic(path, done[0].assign(key=_key(lm, part, start, **settings)))
+            write_parquet_atomic(path.with_suffix(".continuations.parquet"), done[1])
+        parts[start] = done
+
+    ray_engine = resolve_engine(None)
+    if ray_engine is None:
+        for i, (start, part) in enumerate(todo):
+            finished(i, _paths_of(lm, label, part, start, progress=progress, **settings))
+    else:
+        def on_result(i: int, done: tuple[pd.DataFrame, pd.DataFrame]) -> None:
+            finished(i, done)
+            if progress:
+                progress(len(todo[i][1]))
+
+        map_with_models(ray_engine, {"model": lm},
+                        functools.partial(_paths_job, label=label, settings=settings),
+                        todo, on_result=on_result)
+    return [parts[start] for start, _ in chunks]
+
+
+def _chunk_path(cache_dir: str | Path | None, label: str, start: int) -> Path | None:
+    return Path(cache_dir) / f"{label}-{start:06d}.parquet" if cache_dir else None
+
+
+def _paths_job(models: dict[str, LoadedModel], item: tuple[int, list[str]], *, label: str,
+               settings: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One chunk of prompts on a Ray worker: what the local loop computes for it."""
+    start, part = item
+    return _paths_of(models["model"], label, part, start, progress=None, **settings)
 
 
 def _key(lm: LoadedModel, prompts: Sequence[str], start: int, layer: int, k: int,

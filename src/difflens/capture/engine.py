@@ -11,6 +11,7 @@ resumes and ends with byte-identical files.
 """
 
 import dataclasses
+import functools
 import json
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -25,8 +26,10 @@ from jaxtyping import Float
 from torch import Tensor
 
 from difflens._io import (
+    RemoteDir,
     check_writable,
     fingerprint,
+    is_uri,
     remove_stale_temporaries,
     write_json_atomic,
     write_parquet_atomic,
@@ -38,11 +41,15 @@ from difflens.capture.store import (
     MANIFEST,
     RUN_JSON,
     RunStore,
-    build_index,
+    claim_mirror,
+    index_of,
+    mirror_dir,
+    refresh,
     shard_name,
 )
 from difflens.errors import DifflensWarning, InputError, StoreError
 from difflens.models.batching import accepts, pad_batch
+from difflens.models.engines import RayEngine, map_with_models, resolve_engine
 from difflens.models.hooks import record_layers
 from difflens.models.layers import parse_layers
 from difflens.models.loading import LoadedModel
@@ -225,13 +232,22 @@ def forward_batch(
     seqs: Sequence[Sequence[int]],
     layers: Sequence[int],
     padding_side: str = "right",
+    *,
+    gather: bool = True,
 ) -> BatchOutput:
-    """One padded forward pass that records ``layers`` through scoped hooks."""
+    """One padded forward pass that records ``layers`` through scoped hooks.
+
+    With ``gather`` every state comes back on ``lm.device``, where the logits are. Without
+    it, a model split over devices leaves each state where its layer ran, so a caller that
+    keeps only some rows (capture) moves just those, and all-layer states never pile up on
+    one device.
+    """
     ids, mask, pos = pad_batch(seqs, padding_side, lm.device)
     kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "use_cache": False}
     if accepts(lm.model, "position_ids"):
         kwargs["position_ids"] = pos
-    with torch.inference_mode(), record_layers(lm, layers) as rec:
+    with torch.inference_mode(), \
+            record_layers(lm, layers, device=lm.device if gather else None) as rec:
         logits = lm.model(**kwargs).logits
     width = ids.shape[1]
     offsets = [0 if padding_side == "right" else width - len(s) for s in seqs]
@@ -258,6 +274,7 @@ def capture(
     shard_mb: int = 128,
     padding_side: str = "right",
     progress: bool = False,
+    engine: "str | RayEngine | None" = None,
 ) -> RunStore:
     """Capture hidden states and next-token statistics for ``prompts`` into ``store``.
 
@@ -265,8 +282,10 @@ def capture(
         model_or_pair: one :class:`LoadedModel` (label ``model``) or a :class:`ModelPair`
             (labels ``base`` and ``tuned``; both read the same token ids).
         prompts: the texts; each is tokenized with the model's special tokens.
-        store: the run directory. A finished run with the same cache key is reused; an
-            unfinished one is resumed.
+        store: the run directory, or a filesystem URI (``s3://bucket/run``, any filesystem
+            ``pyarrow.fs`` opens; written through a local mirror, file by file, each file
+            whole). A finished run with the same cache key is reused; an unfinished one is
+            resumed.
         layers: ``"all"``, ``"0,3,5"``, an int or a list (negatives count from the end).
         positions: ``"all"``, ``"last"`` or a list of token indices to store states at.
         store_dtype: ``float32`` or ``float16`` for stored states.
@@ -280,6 +299,11 @@ def capture(
         shard_mb: target size of a tensor shard.
         padding_side: ``right`` or ``left``; the results do not depend on it.
         progress: show a rich progress bar with tokens/s on stderr.
+        engine: ``"local"`` (this process), ``"ray"`` or a :class:`~difflens.models.engines.
+            RayEngine` (actors that load the models once and write whole shards into the
+            store); default: the engine set by :func:`~difflens.models.engines.use_engine`,
+            else local. The shard plan and the cache key do not depend on it, so a run
+            started on one engine resumes on the other, with identical files.
 
     Returns:
         The finished :class:`RunStore`.
@@ -314,22 +338,28 @@ def capture(
                       f"from the left", DifflensWarning, stacklevel=2)
     key = cache_key(models, token_ids, cfg, layer_map)
 
-    out = Path(store)
+    remote = RemoteDir(str(store)) if is_uri(store) else None
+    out = Path(store) if remote is None else mirror_dir(str(store))
+    if remote is not None:
+        refresh(remote, out, (MANIFEST, RUN_JSON))
     if (out / MANIFEST).is_file():
-        done = RunStore.open(out)
+        done = RunStore.open(out if remote is None else str(store))
         if done.key == key:
             return done
         if done.manifest.get("key_version", 1) < KEY_VERSION:
             raise StoreError(
-                f"{out} holds a run keyed by an older difflens (key version "
+                f"{store} holds a run keyed by an older difflens (key version "
                 f"{done.manifest.get('key_version', 1)}, now {KEY_VERSION}): it still reads "
                 f"with RunStore.open, but cannot be reused; choose another --out or delete it"
             )
         raise StoreError(
-            f"{out} already holds a different finished run (key {done.key[:12]}, this one "
+            f"{store} already holds a different finished run (key {done.key[:12]}, this one "
             f"{key[:12]}); choose another --out or delete it"
         )
     check_writable(out)
+    if remote is not None:
+        remote.check_writable()
+        claim_mirror(out, key)
     remove_stale_temporaries(out)
     lengths = [len(t) for t in token_ids]
     rows = [len(_rows_of(n, cfg.positions)) for n in lengths]
@@ -340,13 +370,13 @@ def capture(
         prior = json.loads(run_json.read_text())
         if prior.get("key") != key and prior.get("key_version", 1) < KEY_VERSION:
             raise StoreError(
-                f"{out} holds an unfinished run keyed by an older difflens (key version "
+                f"{store} holds an unfinished run keyed by an older difflens (key version "
                 f"{prior.get('key_version', 1)}, now {KEY_VERSION}); delete it or choose "
                 f"another --out"
             )
         if prior.get("key") != key:
             raise StoreError(
-                f"{out} holds an unfinished different run (key {str(prior.get('key'))[:12]}); "
+                f"{store} holds an unfinished different run (key {str(prior.get('key'))[:12]}); "
                 f"rerun that capture to finish it, or choose another --out"
             )
         plan = prior["plan"]
@@ -362,21 +392,47 @@ def capture(
             "config": dataclasses.asdict(cfg),
             "plan": plan, "labels": list(models), "layer_map": layer_map,
         })
+        if remote is not None:
+            remote.push(out / "prompts.parquet", "prompts.parquet")
+            remote.push(run_json, RUN_JSON)
 
     total_tokens = sum(lengths)
+    finished = (set(remote.files("stats")) if remote is not None else
+                {f.name for f in (out / "stats").glob("shard-*.parquet")})
+    todo = [shard for shard in range(len(plan))
+            if f"{shard_name(shard)}.parquet" not in finished]
+    shard_tokens = [sum(lengths[start:end]) for start, end in plan]
+    ray_engine = resolve_engine(engine)
     with _progress(progress, total_tokens) as advance:
-        for shard, (start, end) in enumerate(plan):
-            if (out / "stats" / f"{shard_name(shard)}.parquet").is_file():
-                advance(sum(lengths[start:end]))
-                continue
-            _run_shard(out, shard, range(start, end), token_ids, models, cfg, layer_map, key,
-                       advance)
+        advance(total_tokens - sum(shard_tokens[s] for s in todo))
+        if ray_engine is None:
+            for shard in todo:
+                start, end = plan[shard]
+                _run_shard(out, shard, range(start, end), token_ids, models, cfg, layer_map,
+                           key, advance)
+                if remote is not None:
+                    _push_shard(remote, out, shard, list(models), keep_stats=True)
+        else:
+            job = functools.partial(shard_job, out=str(store if remote else out.resolve()),
+                                    plan=plan, token_ids=token_ids, cfg=cfg,
+                                    layer_map=layer_map, key=key)
+            map_with_models(ray_engine, models, job, todo,
+                            on_result=lambda i, _r: advance(shard_tokens[todo[i]]))
 
     n_shards = len(plan)
-    index = build_index(out, next(iter(models)), n_shards)
-    index = (index.set_index("prompt_idx")
-             .reindex(range(len(prompts)), fill_value=0).reset_index())
-    write_parquet_atomic(out / "index.parquet", index)
+    present = (set(remote.files("stats")) if remote is not None else
+               {f.name for f in (out / "stats").glob("shard-*.parquet")})
+    missing = [s for s in range(n_shards) if f"{shard_name(s)}.parquet" not in present]
+    if missing:
+        raise StoreError(
+            f"{store} lacks {len(missing)} of {n_shards} shards after the run (first: "
+            f"{shard_name(missing[0])}): on a cluster, --out must be a folder every node "
+            f"sees or a URI such as s3://bucket/run; rerun the same command to finish")
+    remove_stale_temporaries(out)  # left by a worker killed while writing
+    if remote is not None:
+        for tmp in remote.temporaries():
+            remote.fs.delete_file(tmp)
+    write_parquet_atomic(out / "index.parquet", index_of(plan, rows))
     write_json_atomic(out / MANIFEST, {
         "format_version": FORMAT_VERSION,
         "key_version": KEY_VERSION,
@@ -392,7 +448,51 @@ def capture(
         "n_shards": n_shards,
         "vocab_size": vocab,
     })
-    return RunStore.open(out)
+    if remote is not None:  # the manifest goes last: the remote run is complete with it
+        remote.push(out / "index.parquet", "index.parquet")
+        remote.push(out / MANIFEST, MANIFEST)
+    return RunStore.open(out if remote is None else str(store))
+
+
+def shard_job(
+    models: dict[str, LoadedModel],
+    shard: int,
+    *,
+    out: str,
+    plan: Sequence[Sequence[int]],
+    token_ids: Sequence[Sequence[int]],
+    cfg: CaptureConfig,
+    layer_map: dict[int, int] | None,
+    key: str,
+) -> dict[str, Any]:
+    """One shard on a worker of the Ray engine: skipped when its stats file exists (a retry
+    of a shard that finished before its worker died), else captured and written into the
+    store (a folder every worker sees, or a URI: through this machine's mirror, uploaded
+    tensors first and stats last, then deleted from the mirror)."""
+    stats = f"stats/{shard_name(shard)}.parquet"
+    remote = RemoteDir(out) if is_uri(out) else None
+    path = Path(out) if remote is None else mirror_dir(out)
+    if remote.exists(stats) if remote is not None else (path / stats).is_file():
+        return {"shard": shard, "written": False}
+    start, end = plan[shard]
+    _run_shard(path, shard, range(start, end), token_ids, models, cfg, layer_map, key,
+               lambda _n: None)
+    if remote is not None:
+        _push_shard(remote, path, shard, list(models), keep_stats=False)
+    return {"shard": shard, "written": True}
+
+
+def _push_shard(remote: RemoteDir, local: Path, shard: int, labels: list[str], *,
+                keep_stats: bool) -> None:
+    """Upload a finished shard: its tensors first, its stats (which mark it done) last;
+    then drop the uploaded tensors (and, unless ``keep_stats``, the stats) from the mirror,
+    which fetches them again if they are read."""
+    files = [f"tensors/{label}/{shard_name(shard)}.safetensors" for label in labels]
+    files.append(f"stats/{shard_name(shard)}.parquet")
+    for rel in files:
+        remote.push(local / rel, rel)
+    for rel in files if not keep_stats else files[:-1]:
+        (local / rel).unlink()
 
 
 def _run_shard(
@@ -431,11 +531,11 @@ def _run_shard(
         lp_dst = torch.tensor([lp_start[i] + k for i in batch for k in range(len(full_lp[i]))])
         logits: dict[str, Tensor] = {}
         for label, lm in models.items():
-            res = forward_batch(lm, seqs, layers_of[label], cfg.padding_side)
+            res = forward_batch(lm, seqs, layers_of[label], cfg.padding_side, gather=False)
             src = res.flat_rows([keep[i] for i in batch])
             for base_l, model_l in zip(cfg.layers, layers_of[label], strict=True):
                 h = res.hidden[model_l].reshape(-1, res.hidden[model_l].shape[-1])
-                rows = h.index_select(0, src).to("cpu", dtype)
+                rows = h.index_select(0, src.to(h.device)).to("cpu", dtype)
                 buffers[label][base_l].index_copy_(0, dst, rows)
             flat = res.logits.reshape(-1, res.logits.shape[-1])
             logits[label] = flat.index_select(0, res.flat_rows([range(lengths[i]) for i in batch]))

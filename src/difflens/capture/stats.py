@@ -87,7 +87,8 @@ def next_token_stats(
         rows = torch.arange(nxt.shape[0], device=nxt.device)[has]
         lps, probs = {}, {}
         for m in labels:
-            lp = log_probs(logits[m][sl])
+            # the models of a pair may take their inputs on different devices
+            lp = log_probs(logits[m][sl].to(nxt.device))
             p = lp.exp()
             lps[m], probs[m] = lp, p
             ent[m][sl] = -(p * lp).sum(-1).cpu()

@@ -28,8 +28,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from difflens._io import RemoteDir, fingerprint, is_uri
 from difflens.errors import StoreError
-from difflens.models.loading import ModelIdentity
+from difflens.models.loading import ModelIdentity, cache_dir
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -40,6 +41,34 @@ def shard_name(i: int) -> str:
     return f"shard-{i:05d}"
 
 
+def mirror_dir(uri: str) -> Path:
+    """The local folder that mirrors the remote store ``uri`` on this machine."""
+    return cache_dir() / "remote-stores" / fingerprint(uri, length=24)
+
+
+def claim_mirror(local: Path, key: str) -> None:
+    """Make the mirror folder ``local`` hold files of the run ``key`` only: shards mirrored
+    from another run once stored at the same URI are dropped."""
+    import shutil
+
+    marker = local / ".run-key"
+    if marker.is_file() and marker.read_text() == key:
+        return
+    for sub in ("tensors", "stats"):
+        shutil.rmtree(local / sub, ignore_errors=True)
+    local.mkdir(parents=True, exist_ok=True)
+    marker.write_text(key)
+
+
+def refresh(remote: RemoteDir, local: Path, names: tuple[str, ...]) -> None:
+    """Replace the mirror's copies of ``names`` with the remote's (dropping any the remote
+    does not have): these small files say which run the remote holds now. Each copy is
+    replaced atomically, so a reader of the mirror never misses one."""
+    for name in names:
+        if not remote.pull(name, local / name, fresh=True):
+            (local / name).unlink(missing_ok=True)
+
+
 class RunStore:
     """Read access to a finished capture run.
 
@@ -47,13 +76,24 @@ class RunStore:
     :meth:`stats` for the per-token table, :attr:`models` for identities.
     """
 
-    def __init__(self, path: Path, manifest: dict[str, Any]) -> None:
+    def __init__(self, path: Path, manifest: dict[str, Any],
+                 remote: RemoteDir | None = None) -> None:
         self.path = path
+        """The run's folder (for a remote store, its local mirror)."""
         self.manifest = manifest
+        self.remote = remote
+        """The remote folder of a store opened by URI; its files are fetched on first use."""
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> "RunStore":
-        """Open a finished run, or raise StoreError saying why it cannot be read."""
+        """Open a finished run, or raise StoreError saying why it cannot be read.
+
+        ``path`` is a folder or a filesystem URI (``s3://bucket/run``, any filesystem
+        ``pyarrow.fs`` opens); a remote run is read through a local mirror under the
+        difflens cache, each shard downloaded when first read.
+        """
+        if is_uri(path):
+            return cls._open_remote(str(path))
         p = Path(path)
         if not p.is_dir():
             raise StoreError(f"{p} is not a run store directory")
@@ -71,6 +111,18 @@ class RunStore:
                 f"{p} has store format {version}; this difflens reads format {FORMAT_VERSION}"
             )
         return cls(p, manifest)
+
+    @classmethod
+    def _open_remote(cls, uri: str) -> "RunStore":
+        remote, local = RemoteDir(uri), mirror_dir(uri)
+        refresh(remote, local, (MANIFEST, "index.parquet", "prompts.parquet"))
+        if not (local / MANIFEST).is_file():
+            hint = ("the capture did not finish; rerun the same command to complete it"
+                    if remote.exists(RUN_JSON) else "it holds no difflens run")
+            raise StoreError(f"{uri} has no {MANIFEST}: {hint}")
+        store = cls.open(local)
+        claim_mirror(local, store.key)
+        return cls(local, store.manifest, remote)
 
     # -- description -------------------------------------------------------------------
     @property
@@ -116,7 +168,10 @@ class RunStore:
         return model
 
     def _shard_file(self, label: str, shard: int) -> Path:
-        return self.path / "tensors" / label / f"{shard_name(shard)}.safetensors"
+        rel = f"tensors/{label}/{shard_name(shard)}.safetensors"
+        if self.remote is not None:
+            self.remote.pull(rel, self.path / rel)
+        return self.path / rel
 
     # -- access ------------------------------------------------------------------------
     def hidden(
@@ -170,6 +225,10 @@ class RunStore:
     def stats(self, columns: list[str] | None = None) -> pd.DataFrame:
         """The per-token statistics table (one row per token of every prompt)."""
         files = sorted((self.path / "stats").glob("shard-*.parquet"))
+        if self.remote is not None:
+            files = [self.path / "stats" / name for name in self.remote.files("stats")]
+            for f in files:
+                self.remote.pull(f"stats/{f.name}", f)
         return pd.concat([pd.read_parquet(f, columns=columns) for f in files], ignore_index=True)
 
     def token_ids(self, prompt: int) -> list[int]:
@@ -191,9 +250,13 @@ class RunStore:
     def describe(self) -> dict[str, Any]:
         """A short summary for ``difflens info``."""
         m = self.manifest
-        size = sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+        size = (self.remote.size() if self.remote is not None else
+                sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file()))
+        first_stats = self.path / "stats" / f"{shard_name(0)}.parquet"
+        if self.remote is not None:
+            self.remote.pull(f"stats/{shard_name(0)}.parquet", first_stats)
         return {
-            "path": str(self.path),
+            "path": self.remote.uri if self.remote is not None else str(self.path),
             "key": m["key"],
             "models": {k: {"name": v["name"], "architecture": v["architecture"],
                            "n_layers": v["n_layers"], "d_model": v["d_model"],
@@ -208,9 +271,24 @@ class RunStore:
             "n_truncated": m["n_truncated"],
             "n_shards": m["n_shards"],
             "size_mb": round(size / 2**20, 2),
-            "stats_columns": list(pd.read_parquet(
-                self.path / "stats" / f"{shard_name(0)}.parquet").columns),
+            "stats_columns": list(pd.read_parquet(first_stats).columns),
         }
+
+
+def index_of(plan: list[list[int]], rows: list[int]) -> pd.DataFrame:
+    """prompt_idx -> (shard, row_start, n_rows) from the shard plan and each prompt's stored
+    row count (a prompt with no rows gets zeros); equals :func:`build_index` on the shards."""
+    shard = np.zeros(len(rows), dtype=np.int64)
+    start = np.zeros(len(rows), dtype=np.int64)
+    for s, (lo, hi) in enumerate(plan):
+        acc = 0
+        for i in range(lo, hi):
+            if rows[i]:
+                shard[i], start[i] = s, acc
+            acc += rows[i]
+    n = np.asarray(rows, dtype=np.int64)
+    return pd.DataFrame({"prompt_idx": np.arange(len(rows), dtype=np.int64), "shard": shard,
+                         "row_start": start, "n_rows": n})
 
 
 def build_index(path: Path, label: str, n_shards: int) -> pd.DataFrame:

@@ -16,6 +16,7 @@ from difflens.errors import DifflensWarning, InputError
 
 if TYPE_CHECKING:
     from difflens.models import LoadedModel, ModelPair
+    from difflens.models.engines import RayEngine
 
 err = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -58,6 +59,14 @@ Device = Annotated[str | None, typer.Option(
 Dtype = Annotated[str | None, typer.Option(
     "--dtype", help="The model's weights dtype: float32|float16|bfloat16 (default: float32 on "
     "CPU, bfloat16 on CUDA).")]
+DeviceMap = Annotated[str | None, typer.Option(
+    "--device-map", help="Split the model across devices with accelerate: auto (or balanced, "
+    "balanced_low_0, sequential), or a JSON object or .json file of module path -> device (a "
+    "GPU index, cpu, disk). Layers may then run on several devices; hidden states still "
+    "come back to the CPU store.")]
+Quantize = Annotated[str | None, typer.Option(
+    "--quantize", help="Load the weights in 8bit or 4bit with bitsandbytes (needs a CUDA "
+    "GPU).")]
 Revision = Annotated[str | None, typer.Option(
     "--revision", help="Hub revision (branch, tag or commit) of the model(s).")]
 LayersPath = Annotated[str | None, typer.Option(
@@ -73,6 +82,8 @@ MaxInputsCount = Annotated[int, _MAX_INPUTS]  # where the command needs a number
 MaxNewTokens = Annotated[int, typer.Option("--max-new-tokens", help="Tokens per generation.")]
 Seed = Annotated[int, typer.Option("--seed", help="Seed of sampling, splits and bootstraps.")]
 OutDir = Annotated[Path, typer.Option("--out", help="Output folder.")]
+StoreOut = Annotated[str, typer.Option(
+    "--out", help="Output folder, or a filesystem URI such as s3://bucket/run.")]
 PromptsFile = Annotated[Path | None, typer.Option(
     "--prompts", help="Prompt file: .txt .jsonl .json .csv.")]
 
@@ -84,23 +95,54 @@ def unused_batch_size(value: int | None, command: str) -> None:
                   f"yet: its library step takes no batch size", highlight=False, soft_wrap=True)
 
 
+EngineName = Annotated[str, typer.Option(
+    "--engine", help="Where the model work runs: local (this process) or ray (actors on a Ray "
+    "cluster, each loading the models once; pip install 'difflens[ray]').")]
+RayAddress = Annotated[str | None, typer.Option(
+    "--address", help="--engine ray: the cluster to join (auto, or ray://head:10001; default: "
+    "a local cluster on this machine).")]
+Workers = Annotated[int, typer.Option(
+    "--workers", help="--engine ray: actors, each holding its own copy of the models.")]
+WorkerGpus = Annotated[float, typer.Option(
+    "--worker-gpus", help="--engine ray: GPUs per actor (fractions share a GPU; 0 = CPU).")]
+
+
+def engine_of(engine: str, address: str | None, workers: int, worker_gpus: float
+              ) -> "RayEngine | None":
+    """The engine ``--engine/--address/--workers/--worker-gpus`` name (``None``: local)."""
+    from difflens.models.engines import RayEngine
+
+    if engine == "local":
+        if address is not None or worker_gpus or workers != 2:
+            raise InputError("--address, --workers and --worker-gpus need --engine ray")
+        return None
+    if engine != "ray":
+        raise InputError(f"--engine takes local or ray, got {engine!r}")
+    return RayEngine(address=address, workers=workers, worker_gpus=worker_gpus)
+
+
 def load(name: str, *, revision: str | None, dtype: str | None, device: str | None,
-         layers_path: str | None = None) -> "LoadedModel":
-    """``load_model`` with the loading options every model command takes."""
+         layers_path: str | None = None, device_map: str | None = None,
+         quantization: str | None = None) -> "LoadedModel":
+    """``load_model`` with the loading options every model command takes (``device_map``
+    is ``--device-map`` as typed: ``load_model`` reads a strategy, JSON or a file)."""
     from difflens.models import load_model
 
     return load_model(name, revision=revision, dtype=dtype, device=device,
-                      layers_path=layers_path)
+                      layers_path=layers_path, device_map=device_map,
+                      quantization=quantization)
 
 
 def load_target(base: str, tuned: str | None, *, revision: str | None, dtype: str | None,
-                device: str | None, layers_path: str | None = None
+                device: str | None, layers_path: str | None = None,
+                device_map: str | None = None, quantization: str | None = None
                 ) -> "LoadedModel | ModelPair":
-    """One model, or the (base, tuned) pair when ``tuned`` is given."""
+    """One model, or the (base, tuned) pair when ``tuned`` is given (both loaded alike)."""
     from difflens.models import ModelPair
 
     kw: dict[str, Any] = dict(revision=revision, dtype=dtype, device=device,
-                              layers_path=layers_path)
+                              layers_path=layers_path, device_map=device_map,
+                              quantization=quantization)
     model = load(base, **kw)
     return model if tuned is None else ModelPair(model, load(tuned, **kw))
 

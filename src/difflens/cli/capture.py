@@ -15,12 +15,19 @@ from difflens.cli._common import (
     Base,
     BatchSize,
     Device,
+    DeviceMap,
     Dtype,
+    EngineName,
     LayersPath,
-    OutDir,
+    Quantize,
+    RayAddress,
     Revision,
+    StoreOut,
     Tuned,
+    WorkerGpus,
+    Workers,
     default_verb_group,
+    engine_of,
     friendly_errors,
     load_target,
 )
@@ -35,7 +42,7 @@ out = Console()
 @friendly_errors
 def run_cmd(
     base: Base,
-    out_dir: OutDir,
+    out_dir: StoreOut,
     prompts: Path = typer.Option(..., "--prompts", help="Prompt file: .txt .jsonl .json .csv"),
     tuned: Tuned = None,
     layers: str = typer.Option("all", help="'all' or a list like 0,3,5 (negatives allowed)."),
@@ -50,21 +57,29 @@ def run_cmd(
     shard_mb: int = typer.Option(128, help="Target size of one tensor shard (MB)."),
     device: Device = None,
     dtype: Dtype = None,
+    device_map: DeviceMap = None,
+    quantize: Quantize = None,
     revision: Revision = None,
     layers_path: LayersPath = None,
+    engine: EngineName = "local",
+    address: RayAddress = None,
+    workers: Workers = 2,
+    worker_gpus: WorkerGpus = 0.0,
 ) -> None:
     """Capture all-layer activations and next-token statistics into a run store (resumable:
-    rerun the same command after an interruption)."""
+    rerun the same command after an interruption, on either engine)."""
     texts = read_prompts(prompts, field=field)
     pos: str | list[int] = (
         positions if positions in ("all", "last") else _ints(positions, "--positions"))
+    ray_engine = engine_of(engine, address, workers, worker_gpus)
     target = load_target(base, tuned, revision=revision, dtype=dtype, device=device,
-                         layers_path=layers_path)
+                         layers_path=layers_path, device_map=device_map, quantization=quantize)
     store = capture(
         target, texts, store=out_dir, layers=layers, positions=pos,  # type: ignore[arg-type]
         store_dtype=store_dtype,
         top_k=top_k, logprob_positions=_ints(logprob_positions, "--logprob-positions"),
         truncate=not no_truncate, batch_size=batch_size, shard_mb=shard_mb, progress=True,
+        engine=ray_engine or "local",
     )
     d = store.describe()
     out.print(f"[green]stored[/] {d['n_prompts']} prompts, {d['n_tokens']} tokens, layers "
@@ -90,7 +105,7 @@ def _span(layers: list[int]) -> str:
 @app.command("info")
 @friendly_errors
 def info_cmd(
-    path: Path = typer.Argument(..., help="A run store directory."),
+    path: str = typer.Argument(..., help="A run store directory, or its URI (s3://...)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Show what a run store holds."""

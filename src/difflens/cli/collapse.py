@@ -19,21 +19,29 @@ from difflens.cli._common import (
     Base,
     BatchSize,
     Device,
+    DeviceMap,
     Dtype,
+    EngineName,
     LayersPath,
     MaxNewTokens,
     OutDir,
     PromptsFile,
+    Quantize,
+    RayAddress,
     Revision,
     Samples,
     Seed,
     Tuned,
+    WorkerGpus,
+    Workers,
+    engine_of,
     err,
     friendly_errors,
     load_target,
     vocab,
 )
 from difflens.errors import InputError
+from difflens.models.engines import use_engine
 from difflens.pipelines.collapse import STEPS, CollapseConfig, run_collapse
 
 app = typer.Typer(help="Mode collapse and attractors: divergence along text, exact probes, "
@@ -86,11 +94,18 @@ _OPTIONS: dict[str, tuple[Any, Any]] = {
     "batch_size": (BatchSize, _C.batch_size),
     "device": (Device, None),
     "dtype": (Dtype, None),
+    "device_map": (DeviceMap, None),
+    "quantize": (Quantize, None),
     "revision": (Revision, None),
     "layers_path": (LayersPath, None),
+    "engine": (EngineName, "local"),
+    "address": (RayAddress, None),
+    "workers": (Workers, 2),
+    "worker_gpus": (WorkerGpus, 0.0),
 }
 _COMMON = ("base", "out_dir", "tuned")
-_LOADING = ("batch_size", "device", "dtype", "revision", "layers_path")
+_LOADING = ("batch_size", "device", "dtype", "device_map", "quantize", "revision",
+            "layers_path")
 #: the options each step reads (besides the models, --out and the loading options).
 _STEP_OPTIONS: dict[str, tuple[str, ...]] = {
     "divergence": ("prompts", "corpus", "sources", "max_new_tokens", "seed"),
@@ -98,7 +113,8 @@ _STEP_OPTIONS: dict[str, tuple[str, ...]] = {
     "temperature": ("probes", "probe_names", "temperatures", "seed"),
     "tree": ("tree_prompt", "depth", "top_k", "min_prob"),
     "attractors": ("prompts", "max_new_tokens", "perturb_at", "insert", "encoder", "seed"),
-    "diversity": ("prompts", "samples", "max_new_tokens", "reference", "encoder", "seed"),
+    "diversity": ("prompts", "samples", "max_new_tokens", "reference", "encoder", "seed",
+                  "engine", "address", "workers", "worker_gpus"),
 }
 #: old flag names (one release): the samples per prompt, and --positions, which elsewhere
 #: means token positions.
@@ -185,8 +201,10 @@ def _run(steps: tuple[str, ...], values: dict[str, Any]) -> None:
             cfg = dataclasses.replace(cfg, tree_prompt=ps[0])
         run_steps = tuple(s for s in steps if s != "temperature" or tuned is not None)
     target = load_target(v["base"], tuned, revision=v["revision"], dtype=v["dtype"],
-                         device=v["device"], layers_path=v["layers_path"])
-    run = run_collapse(target, v["out_dir"], steps=run_steps, config=cfg, progress=True)
+                         device=v["device"], layers_path=v["layers_path"],
+                         device_map=v["device_map"], quantization=v["quantize"])
+    with use_engine(engine_of(v["engine"], v["address"], v["workers"], v["worker_gpus"])):
+        run = run_collapse(target, v["out_dir"], steps=run_steps, config=cfg, progress=True)
     _print(run.summary, run_steps, v["out_dir"])
 
 

@@ -13,10 +13,12 @@ from difflens.cli._common import (
     Base,
     BatchSize,
     Device,
+    DeviceMap,
     Dtype,
     LayersPath,
     MaxInputs,
     OutDir,
+    Quantize,
     Revision,
     Seed,
     Tuned,
@@ -44,7 +46,8 @@ def _run(step: str, base: str, tuned: str | None, dataset: Path, out_dir: Path, 
          layers: str, position: str, method: str, chat: bool | None, skip_bad: bool,
          max_items: int | None, test_fraction: float, seed: int, steer_layers: str,
          alphas: str, alpha_unit: str, n_generations: int, batch_size: int, device: str | None,
-         dtype: str | None, revision: str | None, layers_path: str | None) -> None:
+         dtype: str | None, revision: str | None, layers_path: str | None,
+         device_map: str | None, quantize: str | None) -> None:
     from difflens.capture.concepts import METHODS
     from difflens.inputs.ab_items import POSITIONS
 
@@ -57,7 +60,7 @@ def _run(step: str, base: str, tuned: str | None, dataset: Path, out_dir: Path, 
         out.print(f"[yellow]skipped {len(ds.skipped)} malformed items[/] (first: "
                   f"{ds.skipped[0]})", highlight=False)
     target = load_target(base, tuned, revision=revision, dtype=dtype, device=device,
-                         layers_path=layers_path)
+                         layers_path=layers_path, device_map=device_map, quantization=quantize)
     steps = {"extract": ("extract",), "compare": ("extract", "compare"),
              "steer": ("extract", "steer")}[step]
     s_layers = [int(x) for x in steer_layers.split(",") if x.strip()] if steer_layers else None
@@ -108,12 +111,14 @@ def _command(step: str, doc: str):  # type: ignore[no-untyped-def]
         batch_size: BatchSize = 32,
         device: Device = None,
         dtype: Dtype = None,
+        device_map: DeviceMap = None,
+        quantize: Quantize = None,
         revision: Revision = None,
         layers_path: LayersPath = None,
     ) -> None:
         _run(step, base, tuned, dataset, out_dir, fmt, layers, position, method, chat, skip_bad,
              max_inputs, test_fraction, seed, steer_layers, alphas, alpha_unit, n_generations,
-             batch_size, device, dtype, revision, layers_path)
+             batch_size, device, dtype, revision, layers_path, device_map, quantize)
 
     cmd.__doc__ = doc
     return cmd

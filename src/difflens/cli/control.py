@@ -17,16 +17,23 @@ from rich.text import Text
 from difflens.cli._common import (
     BatchSize,
     Device,
+    DeviceMap,
     Dtype,
+    EngineName,
     LayersPath,
     MaxInputs,
     MaxInputsCount,
     MaxNewTokens,
     Model,
     OutDir,
+    Quantize,
+    RayAddress,
     Revision,
     Samples,
     Seed,
+    WorkerGpus,
+    Workers,
+    engine_of,
     friendly_errors,
     load,
     vocab,
@@ -34,6 +41,7 @@ from difflens.cli._common import (
 from difflens.control.evaluate import ControlConfig
 from difflens.control.state_probe import ProbeConfig
 from difflens.errors import InputError
+from difflens.models.engines import use_engine
 from difflens.models.layers import parse_layer_list
 
 app = typer.Typer(help="Closed-loop control with state probes (a score in [0, 1] per token "
@@ -84,6 +92,8 @@ def train_cmd(
     batch_size: BatchSize = ProbeConfig.batch_size,
     device: Device = None,
     dtype: Dtype = None,
+    device_map: DeviceMap = None,
+    quantize: Quantize = None,
     revision: Revision = None,
     layers_path: LayersPath = None,
 ) -> None:
@@ -113,7 +123,8 @@ def train_cmd(
     layer_sel = parse_layer_list(layers)
     config = ProbeConfig(layers=layer_sel, max_tokens=max_tokens, seed=seed,
                          batch_size=batch_size)
-    lm = load(model, revision=revision, dtype=dtype, device=device, layers_path=layers_path)
+    lm = load(model, revision=revision, dtype=dtype, device=device, layers_path=layers_path,
+              device_map=device_map, quantization=quantize)
     with rich_progress(True) as bar:
         step = bar("probe: reading states", len(examples))
         fit, _ = run_probe_training(lm, examples, out_dir, config=config, threshold=threshold,
@@ -129,12 +140,13 @@ def train_cmd(
 
 
 def _load(model: str, probe_path: Path, allow_other_model: bool, *, revision: str | None,
-          dtype: str | None, device: str | None,
-          layers_path: str | None):  # type: ignore[no-untyped-def]
+          dtype: str | None, device: str | None, layers_path: str | None,
+          device_map: str | None, quantize: str | None):  # type: ignore[no-untyped-def]
     from difflens.control.state_probe import load_probe
 
     probe = load_probe(probe_path)  # fail before loading the model
-    lm = load(model, revision=revision, dtype=dtype, device=device, layers_path=layers_path)
+    lm = load(model, revision=revision, dtype=dtype, device=device, layers_path=layers_path,
+              device_map=device_map, quantization=quantize)
     probe.check(lm, allow_other_weights=allow_other_model)
     return lm, probe
 
@@ -164,6 +176,8 @@ def monitor_cmd(
     batch_size: BatchSize = 1,
     device: Device = None,
     dtype: Dtype = None,
+    device_map: DeviceMap = None,
+    quantize: Quantize = None,
     revision: Revision = None,
     layers_path: LayersPath = None,
 ) -> None:
@@ -188,7 +202,8 @@ def monitor_cmd(
     if out_dir is not None:
         check_writable(out_dir)
     lm, probe = _load(model, probe_path, allow_other_model, revision=revision, dtype=dtype,
-                      device=device, layers_path=layers_path)
+                      device=device, layers_path=layers_path, device_map=device_map,
+                      quantize=quantize)
     tau = probe.threshold if threshold is None else threshold
     alerted = [False]
     out.print(Text(prompt, style="bold"), end="")
@@ -250,8 +265,14 @@ def evaluate_cmd(
                                            help="Use a probe trained on other weights."),
     device: Device = None,
     dtype: Dtype = None,
+    device_map: DeviceMap = None,
+    quantize: Quantize = None,
     revision: Revision = None,
     layers_path: LayersPath = None,
+    engine: EngineName = "local",
+    address: RayAddress = None,
+    workers: Workers = 2,
+    worker_gpus: WorkerGpus = 0.0,
 ) -> None:
     """Bad rate (probe and independent), fluency cost, KL and speed per controller and gain."""
     from difflens._io import rich_progress
@@ -297,10 +318,12 @@ def evaluate_cmd(
         measure, name = None, ""
     else:
         raise InputError(f"--independent must be auto, lexicon, organism or none, got {judge!r}")
+    ray_engine = engine_of(engine, address, workers, worker_gpus)
     lm, probe = _load(model, probe_path, allow_other_model, revision=revision, dtype=dtype,
-                      device=device, layers_path=layers_path)
+                      device=device, layers_path=layers_path, device_map=device_map,
+                      quantize=quantize)
     n = len(texts) * samples * len(config.controllers())
-    with rich_progress(True) as bar:
+    with rich_progress(True) as bar, use_engine(ray_engine):
         step = bar("control: generating", n)
         run = run_control_evaluation(lm, probe, texts, out_dir, config=config,
                                      independent=measure, independent_name=name,

@@ -13,20 +13,28 @@ from difflens.cli._common import (
     Base,
     BatchSize,
     Device,
+    DeviceMap,
     Dtype,
+    EngineName,
     LayersPath,
     MaxNewTokens,
     OutDir,
     PromptsFile,
+    Quantize,
+    RayAddress,
     Revision,
     Samples,
     Seed,
     Tuned,
+    WorkerGpus,
+    Workers,
+    engine_of,
     friendly_errors,
     load_target,
     vocab,
 )
 from difflens.errors import InputError
+from difflens.models.engines import use_engine
 from difflens.pipelines.themes import ThemesConfig
 
 app = typer.Typer(help="Themes and trajectory prediction: sample, cluster into themes, "
@@ -96,8 +104,14 @@ def _command(step: str, doc: str):  # type: ignore[no-untyped-def]
         batch_size: BatchSize = ThemesConfig.batch_size,
         device: Device = None,
         dtype: Dtype = None,
+        device_map: DeviceMap = None,
+        quantize: Quantize = None,
         revision: Revision = None,
         layers_path: LayersPath = None,
+        engine: EngineName = "local",
+        address: RayAddress = None,
+        workers: Workers = 2,
+        worker_gpus: WorkerGpus = 0.0,
     ) -> None:
         from difflens.inputs.prompts import read_prompts
         from difflens.organism.truth import organism_theme_prompts
@@ -126,8 +140,11 @@ def _command(step: str, doc: str):  # type: ignore[no-untyped-def]
             max_chain=max_chain, layers=layers, m_act=m_act, test_fraction=test_fraction,
             labeller_url=labeller_url, labeller_model=labeller_model)
         target = load_target(base, tuned, revision=revision, dtype=dtype, device=device,
-                             layers_path=layers_path)
-        run = run_themes(target, out_dir, config=config, steps=STEP_SETS[step], progress=True)
+                             layers_path=layers_path, device_map=device_map,
+                             quantization=quantize)
+        with use_engine(engine_of(engine, address, workers, worker_gpus)):
+            run = run_themes(target, out_dir, config=config, steps=STEP_SETS[step],
+                             progress=True)
         _print(run.summary, out_dir)
 
     cmd.__doc__ = doc

@@ -9,22 +9,30 @@ from difflens.capture import read_prompts
 from difflens.cli._common import (
     Base,
     Device,
+    DeviceMap,
     Dtype,
+    EngineName,
     LayersPath,
     MaxInputs,
     MaxNewTokens,
     OutDir,
+    Quantize,
+    RayAddress,
     Revision,
     Samples,
     Seed,
     Tuned,
     UnusedBatchSize,
+    WorkerGpus,
+    Workers,
+    engine_of,
     friendly_errors,
     load_target,
     unused_batch_size,
     vocab,
 )
 from difflens.errors import InputError
+from difflens.models.engines import use_engine
 
 app = typer.Typer(help="Trajectories on the sphere: paths of base and tuned, jumps, sentiment.",
                   no_args_is_help=True)
@@ -67,8 +75,14 @@ def run_cmd(
     batch_size: UnusedBatchSize = None,
     device: Device = None,
     dtype: Dtype = None,
+    device_map: DeviceMap = None,
+    quantize: Quantize = None,
     revision: Revision = None,
     layers_path: LayersPath = None,
+    engine: EngineName = "local",
+    address: RayAddress = None,
+    workers: Workers = 2,
+    worker_gpus: WorkerGpus = 0.0,
 ) -> None:
     """Paths of prompts and sampled continuations from one model or a pair."""
     from difflens.pipelines.trajectories import run_trajectories
@@ -76,12 +90,14 @@ def run_cmd(
     if method not in ("umap", "pca"):
         raise InputError(f"--method must be umap or pca, got {method!r}")
     unused_batch_size(batch_size, "trajectories run")
+    ray_engine = engine_of(engine, address, workers, worker_gpus)
     texts = read_prompts(prompts, field=field)
     target = load_target(base, tuned, revision=revision, dtype=dtype, device=device,
-                         layers_path=layers_path)
-    res = run_trajectories(target, texts, out_dir, layer=layer, continuations=samples,
-                           max_new_tokens=max_new_tokens, method=method, seed=seed,
-                           min_count=min_count, first_n=first_n, progress=True)
+                         layers_path=layers_path, device_map=device_map, quantization=quantize)
+    with use_engine(ray_engine):
+        res = run_trajectories(target, texts, out_dir, layer=layer, continuations=samples,
+                               max_new_tokens=max_new_tokens, method=method, seed=seed,
+                               min_count=min_count, first_n=first_n, progress=True)
     f = res.summary["projection"]["faithfulness_spearman"]
     out.print(f"layer {res.summary['layer']}; projection faithfulness (Spearman) "
               f"{f['mean']:.3f} [{f['ci95'][0]:.3f}, {f['ci95'][1]:.3f}] n={f['n']} pairs")

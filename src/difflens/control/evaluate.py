@@ -23,6 +23,7 @@ samples are resampled together); ratios are paired with the baseline.
 """
 
 import dataclasses
+import functools
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -45,6 +46,7 @@ from difflens.control.monitor import (
 )
 from difflens.control.state_probe import StateProbe, check_threshold
 from difflens.errors import InputError
+from difflens.models.engines import map_with_models, resolve_engine
 from difflens.models.loading import LoadedModel
 
 Measure = Callable[[Sequence[str]], list[bool]]
@@ -204,14 +206,15 @@ def _teacher_forced(lm: LoadedModel, probe: StateProbe, gen: MonitoredGeneration
     return rows
 
 
-def _cell_rows(lm: LoadedModel, probe: StateProbe, prompts: Sequence[str], ctrl: Controller,
-               config: ControlConfig, tau: float, direction: Tensor | None,
-               measure: Measure | None, progress: Callable[[int], None] | None
-               ) -> pd.DataFrame:
+def _chunk_records(models: dict[str, LoadedModel], start: int, *, prompts: Sequence[str],
+                   ctrl: Controller, config: ControlConfig, probe: StateProbe, tau: float,
+                   direction: Tensor | None) -> tuple[list[dict[str, Any]], float]:
+    """The rows ``start .. start + batch_size`` of one controller's cell (each prompt repeated
+    ``k_samples`` times), seeded by ``start``: run here or as one job of a Ray worker."""
+    lm = models["model"]
     gcfg = config.generation
     rows_prompts = [p for p in prompts for _ in range(config.k_samples)]
-    records: list[dict[str, Any]] = []
-    seconds = 0.0
+    chunk = rows_prompts[start:start + gcfg.batch_size]
     pieces: dict[int, str] = {}
 
     def spans(ids: Sequence[int]) -> list[tuple[int, int]]:
@@ -220,31 +223,54 @@ def _cell_rows(lm: LoadedModel, probe: StateProbe, prompts: Sequence[str], ctrl:
                 pieces[t] = lm.tokenizer.decode([t])
         return sentence_spans([pieces[t] for t in ids], config.min_segment_tokens)
 
-    for start in range(0, len(rows_prompts), gcfg.batch_size):
-        chunk = rows_prompts[start:start + gcfg.batch_size]
-        cfg = dataclasses.replace(gcfg, seed=config.seed * 7919 + start)
-        gen = generate_monitored(lm, probe, chunk, controller=ctrl, config=cfg,
-                                 threshold=tau, direction=direction, keep_logprobs=True)
-        seconds += gen.seconds
-        tf = _teacher_forced(lm, probe, gen, gcfg.batch_size)
-        for j, (tr, extra) in enumerate(zip(gen.traces, tf, strict=True)):
-            r = start + j
-            sp = spans(tr.token_ids)
-            records.append({
-                "controller": ctrl.kind, "gain": ctrl.gain,
-                "prompt_idx": r // config.k_samples, "sample": r % config.k_samples,
-                "text": tr.text, "n_tokens": len(tr.token_ids), "rollbacks": tr.rollbacks,
-                "token_ids": tr.token_ids, "scores": tr.scores, "coefs": tr.coefs,
-                "n_sentences": len(sp),
-                "region_monitor": _region(tr.scores, sp),
-                "region": _region(extra["scores_unsteered"], sp),
-                "mean_score": float(np.mean(extra["scores_unsteered"]))
-                if tr.token_ids else float("nan"),
-                "max_score": float(np.max(extra["scores_unsteered"]))
-                if tr.token_ids else float("nan"),
-                **extra})
+    cfg = dataclasses.replace(gcfg, seed=config.seed * 7919 + start)
+    gen = generate_monitored(lm, probe, chunk, controller=ctrl, config=cfg,
+                             threshold=tau, direction=direction, keep_logprobs=True)
+    tf = _teacher_forced(lm, probe, gen, gcfg.batch_size)
+    records = []
+    for j, (tr, extra) in enumerate(zip(gen.traces, tf, strict=True)):
+        r = start + j
+        sp = spans(tr.token_ids)
+        records.append({
+            "controller": ctrl.kind, "gain": ctrl.gain,
+            "prompt_idx": r // config.k_samples, "sample": r % config.k_samples,
+            "text": tr.text, "n_tokens": len(tr.token_ids), "rollbacks": tr.rollbacks,
+            "token_ids": tr.token_ids, "scores": tr.scores, "coefs": tr.coefs,
+            "n_sentences": len(sp),
+            "region_monitor": _region(tr.scores, sp),
+            "region": _region(extra["scores_unsteered"], sp),
+            "mean_score": float(np.mean(extra["scores_unsteered"]))
+            if tr.token_ids else float("nan"),
+            "max_score": float(np.max(extra["scores_unsteered"]))
+            if tr.token_ids else float("nan"),
+            **extra})
+    return records, gen.seconds
+
+
+def _cell_rows(lm: LoadedModel, probe: StateProbe, prompts: Sequence[str], ctrl: Controller,
+               config: ControlConfig, tau: float, direction: Tensor | None,
+               measure: Measure | None, progress: Callable[[int], None] | None
+               ) -> pd.DataFrame:
+    gcfg = config.generation
+    n_rows = len(prompts) * config.k_samples
+    starts = list(range(0, n_rows, gcfg.batch_size))
+    job = functools.partial(_chunk_records, prompts=list(prompts), ctrl=ctrl, config=config,
+                            probe=probe, tau=tau, direction=direction)
+    done: dict[int, tuple[list[dict[str, Any]], float]] = {}
+
+    def finished(i: int, result: tuple[list[dict[str, Any]], float]) -> None:
+        done[starts[i]] = result
         if progress is not None:
-            progress(len(chunk))
+            progress(len(result[0]))
+
+    ray_engine = resolve_engine(None)
+    if ray_engine is None:
+        for i, start in enumerate(starts):
+            finished(i, job({"model": lm}, start))
+    else:
+        map_with_models(ray_engine, {"model": lm}, job, starts, on_result=finished)
+    records = [r for start in starts for r in done[start][0]]
+    seconds = sum(done[start][1] for start in starts)
     df = pd.DataFrame(records)
     df["bad"] = df["region"] > tau
     df["bad_monitor"] = df["region_monitor"] > tau

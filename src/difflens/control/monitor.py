@@ -167,7 +167,8 @@ def monitor_hook(lm: LoadedModel, probe: StateProbe, controller: Controller, thr
     state: dict[str, Any] = {"scores": None, "coef": None, "steer": None}
 
     def fn(h: Tensor) -> Tensor:
-        s = torch.sigmoid(h.float() @ w + probe.bias)
+        # a device map may run the probe's layer on another device than the inputs
+        s = torch.sigmoid(h.float() @ w.to(h.device) + probe.bias)
         state["scores"] = s
         if not controller.active:
             state["coef"] = torch.zeros_like(s)
@@ -181,7 +182,7 @@ def monitor_hook(lm: LoadedModel, probe: StateProbe, controller: Controller, thr
             coef = (torch.zeros_like(s) if flag is None
                     else gain * flag.to(s)[:, None].expand_as(s))
         state["coef"] = coef
-        return h - (coef[..., None] * unit).to(h.dtype)
+        return h - (coef[..., None] * unit.to(h.device)).to(h.dtype)
 
     handle = register_residual_hook(lm, probe.layer, fn)
     try:

@@ -28,7 +28,8 @@ from difflens.sampling.generate import generate as _generate
 
 
 def _add(hidden: Tensor, delta: Tensor) -> Tensor:
-    return hidden + delta.to(hidden.dtype)
+    # a device map may run this layer on another device than the inputs
+    return hidden + delta.to(hidden.device, hidden.dtype)
 
 
 @contextmanager

@@ -3,6 +3,7 @@
 from difflens.models.layers import LayerSpec, find_layers
 from difflens.models.loading import (
     LoadedModel,
+    LoadSpec,
     ModelIdentity,
     cache_dir,
     known_presets,
@@ -13,6 +14,7 @@ from difflens.models.pair import ModelPair, check_same_tokenizer
 
 __all__ = [
     "LayerSpec",
+    "LoadSpec",
     "LoadedModel",
     "ModelIdentity",
     "ModelPair",

@@ -5,12 +5,18 @@ Layer numbering: layer 0 is the input of block 0, layer ``i`` the output of bloc
 and the last layer (``n_layers``) the input of the LM head, after the final norm. This
 matches ``output_hidden_states`` exactly. Hooks are removed on exit, also after an
 exception; the model's weights are never changed.
+
+On a model split by a device map the hooks sit on the same modules as accelerate's: a
+hook sees the hidden state on the device its module hands it over on (the block's
+execution device; for an input, the device of the module before), also when the block's
+weights are offloaded to the CPU or disk. Callers move what they keep.
 """
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from difflens.errors import InputError
@@ -68,18 +74,22 @@ def register_residual_hook(lm: LoadedModel, layer: int,
 
 
 @contextmanager
-def record_layers(lm: LoadedModel, layers: Sequence[int]) -> Iterator[dict[int, Tensor]]:
+def record_layers(lm: LoadedModel, layers: Sequence[int],
+                  device: torch.device | str | None = None) -> Iterator[dict[int, Tensor]]:
     """Record the residual stream at ``layers`` during forward passes, without changing it.
 
     Yields ``layer -> hidden state`` of the latest pass (detached); it matches
-    ``output_hidden_states`` exactly. The hooks are removed on exit.
+    ``output_hidden_states`` exactly. On a model split by a device map each state stays on
+    the device its layer ran on, unless ``device`` is given: then every state is moved
+    there as it is recorded (e.g. ``lm.device``, where the logits come back). The hooks are
+    removed on exit.
     """
     out: dict[int, Tensor] = {}
     handles = []
 
     def keep(layer: int) -> Callable[[Tensor], None]:
         def fn(h: Tensor) -> None:
-            out[layer] = h.detach()
+            out[layer] = h.detach() if device is None else h.detach().to(device)
         return fn
 
     try:

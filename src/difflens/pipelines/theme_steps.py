@@ -2,6 +2,7 @@
 (K seeded continuations per prompt, stored one part per batch so a rerun resumes), the
 segments the ``fit`` step clusters, and the ``chains`` step's chains and their summary."""
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from difflens._io import fingerprint, write_parquet_atomic
 from difflens.analysis.divergence import mean_ci
 from difflens.analysis.themes import ChainDistributions, segment, to_chain
 from difflens.control.monitor import generate_monitored
+from difflens.models.engines import map_with_models, resolve_engine
 from difflens.models.loading import LoadedModel
 from difflens.pipelines.theme_config import ThemesConfig
 from difflens.sampling.generate import GenerationConfig
@@ -20,35 +22,59 @@ from difflens.sampling.generate import GenerationConfig
 
 def sample_continuations(lm: LoadedModel, label: str, config: ThemesConfig, folder: Path,
                          progress: Callable[[int], None] | None = None) -> pd.DataFrame:
-    """K seeded continuations per prompt; one stored part per batch of prompts (resumable)."""
+    """K seeded continuations per prompt; one stored part per batch of prompts (resumable),
+    and one worker job per part on the Ray engine (:func:`~difflens.models.engines.
+    use_engine`)."""
     per_batch = max(1, config.batch_size // config.k_samples)
     # the batch of prompts sets each part's random stream, so it is part of the key
     key = fingerprint([lm.identity.weights_sha256, config.prompts, config.k_samples,
                        config.max_new_tokens, config.temperature, config.seed, config.chat,
                        per_batch])
     part_dir = folder / f"{label}-{key}"
-    frames = []
-    for start in range(0, len(config.prompts), per_batch):
-        path = part_dir / f"part_{start:06d}.parquet"
-        if path.is_file():
-            frames.append(pd.read_parquet(path))
-        else:
-            prompts = config.prompts[start:start + per_batch]
-            rows = [p for p in prompts for _ in range(config.k_samples)]
-            gen = generate_monitored(lm, None, rows, config=GenerationConfig(
-                max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                seed=config.seed + start, batch_size=len(rows), chat=config.chat))
-            df = pd.DataFrame({
-                "model": label,
-                "prompt_idx": [start + r // config.k_samples for r in range(len(rows))],
-                "sample": [r % config.k_samples for r in range(len(rows))],
-                "token_ids": [t.token_ids for t in gen.traces],
-                "text": [t.text for t in gen.traces]})
-            write_parquet_atomic(path, df)
-            frames.append(df)
-        if progress is not None:
-            progress(min(per_batch, len(config.prompts) - start))
-    return pd.concat(frames, ignore_index=True)
+    starts = list(range(0, len(config.prompts), per_batch))
+    parts = {start: pd.read_parquet(part_dir / f"part_{start:06d}.parquet") for start in starts
+             if (part_dir / f"part_{start:06d}.parquet").is_file()}
+    todo = [start for start in starts if start not in parts]
+
+    def finished(start: int, df: pd.DataFrame) -> None:
+        write_parquet_atomic(part_dir / f"part_{start:06d}.parquet", df)
+        parts[start] = df
+
+    if progress is not None:
+        progress(sum(min(per_batch, len(config.prompts) - s) for s in parts))
+    job = functools.partial(_sample_part, label=label, config=config, per_batch=per_batch)
+    ray_engine = resolve_engine(None)
+    if ray_engine is None:
+        for start in todo:
+            finished(start, job({"model": lm}, start))
+            if progress is not None:
+                progress(min(per_batch, len(config.prompts) - start))
+    else:
+        def on_result(i: int, df: pd.DataFrame) -> None:
+            finished(todo[i], df)
+            if progress is not None:
+                progress(min(per_batch, len(config.prompts) - todo[i]))
+
+        map_with_models(ray_engine, {"model": lm}, job, todo, on_result=on_result)
+    return pd.concat([parts[start] for start in starts], ignore_index=True)
+
+
+def _sample_part(models: dict[str, LoadedModel], start: int, *, label: str,
+                 config: ThemesConfig, per_batch: int) -> pd.DataFrame:
+    """The samples of the prompts ``start .. start + per_batch`` (one stored part); run
+    here or as one job of a Ray worker."""
+    lm = models["model"]
+    prompts = config.prompts[start:start + per_batch]
+    rows = [p for p in prompts for _ in range(config.k_samples)]
+    gen = generate_monitored(lm, None, rows, config=GenerationConfig(
+        max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+        seed=config.seed + start, batch_size=len(rows), chat=config.chat))
+    return pd.DataFrame({
+        "model": label,
+        "prompt_idx": [start + r // config.k_samples for r in range(len(rows))],
+        "sample": [r % config.k_samples for r in range(len(rows))],
+        "token_ids": [t.token_ids for t in gen.traces],
+        "text": [t.text for t in gen.traces]})
 
 
 def stored_themes(path: Path, segs: pd.DataFrame) -> pd.Series:

@@ -32,6 +32,7 @@ from torch import Tensor
 
 from difflens.errors import InputError
 from difflens.models.batching import pad_batch
+from difflens.models.engines import RayEngine, map_with_models, resolve_engine
 from difflens.models.loading import LoadedModel
 from difflens.sampling.backend import Backend, backend_for
 
@@ -205,6 +206,51 @@ def generate(
         n_forward += out[4]
     return Generation(prompt_ids=seqs, token_ids=tokens, stopped_at_eos=eos_stops,
                       logprobs=lps, seconds=seconds, n_forward_tokens=n_forward)
+
+
+GenerationJob = tuple[Sequence[Sequence[int]], GenerationConfig]
+"""Token-id rows and the config (its own seed) of one independent :func:`generate` call."""
+
+
+def generate_many(
+    lm: LoadedModel,
+    jobs: Sequence[GenerationJob],
+    *,
+    engine: "str | RayEngine | None" = None,
+    on_job: Callable[[int, Generation], None] | None = None,
+) -> list[Generation]:
+    """Run independent :func:`generate` calls (e.g. one per prompt, each with its own seed).
+
+    Each job is exactly ``generate(lm, rows, config)``, so the result of a job depends on
+    its rows and config only: on the Ray engine the jobs run on workers that each load the
+    model once, and the results equal the local ones whatever the number of workers.
+
+    Args:
+        lm: the model.
+        jobs: ``(rows, config)`` pairs; rows are token-id lists.
+        engine: ``"local"``, ``"ray"`` or a :class:`~difflens.models.engines.RayEngine`;
+            default: the engine set by :func:`~difflens.models.engines.use_engine`, else
+            local.
+        on_job: called with ``(job index, its Generation)`` as each job finishes (in
+            completion order on Ray).
+    """
+    jobs = [([list(map(int, r)) for r in rows], cfg) for rows, cfg in jobs]
+    ray_engine = resolve_engine(engine)
+    if ray_engine is None:
+        out = []
+        for j, (rows, cfg) in enumerate(jobs):
+            out.append(generate(lm, rows, cfg))
+            if on_job is not None:
+                on_job(j, out[-1])
+        return out
+    return map_with_models(ray_engine, {"model": lm}, _generation_job, jobs,
+                           on_result=on_job)
+
+
+def _generation_job(models: dict[str, LoadedModel], job: GenerationJob) -> Generation:
+    """One job of :func:`generate_many` on a Ray worker."""
+    rows, cfg = job
+    return generate(models["model"], rows, cfg)
 
 
 def _draw(logits: Tensor, config: GenerationConfig, gen: torch.Generator) -> list[int]:
