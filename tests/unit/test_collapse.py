@@ -289,3 +289,26 @@ def test_batch_size_changes_no_result(pair):
     a = run_probes(pair, probes, batch_size=1).answers
     b = run_probes(pair, probes, batch_size=64).answers
     np.testing.assert_allclose(a["p"].to_numpy(), b["p"].to_numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_vendi_and_pairwise_distance_refuse_raw_embeddings():
+    """Raw rows used to give a silent wrong answer (Vendi 0 for large norms); normalised
+    rows agree with the definition exp(H(eig(K / n))) computed here independently."""
+    rng = np.random.default_rng(1)
+    raw = rng.normal(size=(12, 8)) * 30
+    for fn in (vendi_score, pairwise_distance):
+        with pytest.raises(InputError, match=r"needs unit-length embeddings, but row 0 has "
+                                             r"norm [\d.]+ \(12 of 12 rows are off\)") as err:
+            fn(raw)
+        assert "\n" not in str(err.value)
+    unit = raw / np.linalg.norm(raw, axis=1, keepdims=True)
+    k = unit @ unit.T / len(unit)
+    lam = np.clip(np.linalg.eigvalsh(k), 0, None)
+    lam = lam[lam > 0]
+    assert vendi_score(unit) == pytest.approx(float(np.exp(-(lam * np.log(lam)).sum())),
+                                              rel=1e-9)
+    cos = unit @ unit.T
+    assert pairwise_distance(unit) == pytest.approx(
+        1 - cos[~np.eye(12, dtype=bool)].mean(), rel=1e-9)
+    with_empty = np.vstack([unit, np.zeros((1, 8))])  # a text the encoder gave nothing for
+    assert np.isfinite(vendi_score(with_empty))

@@ -257,3 +257,39 @@ def test_cli_capture_on_ray(ray_cluster, folders, local_run, tmp_path):
         "--out", str(tmp_path / "x"), "--address", "auto"])
     assert bad.exit_code != 0
     assert "--address, --workers and --worker-gpus need --engine ray" in bad.output
+
+
+def test_theme_samples_on_ray_equal_local(ray_cluster, pair, tmp_path):
+    from difflens.pipelines.theme_config import ThemesConfig
+    from difflens.pipelines.theme_steps import sample_continuations
+
+    cfg = ThemesConfig(prompts=tuple(prompts_of(5)), k_samples=3, max_new_tokens=8,
+                       batch_size=6)  # 2 prompts per stored part: 3 parts
+    local = sample_continuations(pair.base, "base", cfg, tmp_path / "local")
+    with use_engine(ENGINE):
+        remote = sample_continuations(pair.base, "base", cfg, tmp_path / "ray")
+    pd.testing.assert_frame_equal(remote, local)
+    assert len(list((tmp_path / "ray").rglob("part_*.parquet"))) == 3  # each part stored
+    assert local["text"].nunique() > 1
+
+
+def test_control_evaluation_on_ray_equals_local(ray_cluster, pair):
+    from difflens.control.evaluate import ControlConfig, evaluate_control
+    from difflens.control.state_probe import StateProbe
+    from difflens.sampling.generate import GenerationConfig
+
+    lm = pair.base
+    probe = StateProbe(weight=torch.randn(lm.d_model, generator=torch.Generator().manual_seed(0)),
+                       bias=0.0, layer=2, threshold=0.5, state_norm=1.0,
+                       model={"name": "x", "d_model": lm.d_model, "n_layers": lm.n_layers,
+                              "tokenizer_sha256": lm.identity.tokenizer_sha256,
+                              "weights_sha256": lm.identity.weights_sha256})
+    cfg = ControlConfig(gains=(("proportional", (1.0,)), ("rollback", (1.0,))), k_samples=2,
+                        n_boot=50, generation=GenerationConfig(max_new_tokens=8, batch_size=3))
+    local = evaluate_control(lm, probe, prompts_of(4), config=cfg)
+    with use_engine(ENGINE):
+        remote = evaluate_control(lm, probe, prompts_of(4), config=cfg)
+    timing = ["gen_seconds"]
+    pd.testing.assert_frame_equal(remote.generations.drop(columns=timing),
+                                  local.generations.drop(columns=timing))
+    assert local.generations["controller"].nunique() == 3  # none, proportional, rollback

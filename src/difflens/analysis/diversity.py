@@ -53,8 +53,24 @@ def self_bleu(texts: Sequence[str]) -> float:
     return float(np.mean(scores)) / 100.0
 
 
+def _check_unit_rows(emb: np.ndarray, what: str) -> None:
+    """Refuse rows that are not L2-normalised: both measures read ``emb @ emb.T`` as the
+    cosine similarity, and raw rows would give a wrong number silently (a Vendi score of 0
+    for large norms). All-zero rows (a text an encoder gave nothing for, as
+    :func:`~difflens.analysis.embeddings.embed_texts` leaves them) pass."""
+    norms = np.linalg.norm(np.asarray(emb, dtype=np.float64), axis=1)
+    bad = np.flatnonzero((norms > 0) & (np.abs(norms - 1.0) > 1e-3))
+    if len(bad):
+        raise InputError(
+            f"{what} needs unit-length embeddings, but row {bad[0]} has norm "
+            f"{norms[bad[0]]:.4g} ({len(bad)} of {len(norms)} rows are off); normalise them "
+            f"first: emb / np.linalg.norm(emb, axis=1, keepdims=True)")
+
+
 def pairwise_distance(emb: Float[np.ndarray, "n dim"]) -> float:
-    """Mean 1 - cosine over distinct pairs of (L2-normalised) embeddings."""
+    """Mean 1 - cosine over distinct pairs of L2-normalised embeddings (other rows are
+    refused with an InputError)."""
+    _check_unit_rows(emb, "pairwise_distance")
     n = len(emb)
     if n < 2:
         return float("nan")
@@ -63,7 +79,9 @@ def pairwise_distance(emb: Float[np.ndarray, "n dim"]) -> float:
 
 
 def vendi_score(emb: Float[np.ndarray, "n dim"]) -> float:
-    """exp(entropy of the eigenvalues of K / n), K the cosine similarity matrix."""
+    """exp(entropy of the eigenvalues of K / n), K the cosine similarity matrix of
+    L2-normalised embeddings (other rows are refused with an InputError)."""
+    _check_unit_rows(emb, "vendi_score")
     n = len(emb)
     if n == 0:
         return float("nan")
