@@ -145,8 +145,10 @@ def _label_paths(lm: LoadedModel, label: str, prompts: Sequence[str], chunk: int
         for i, (start, part) in enumerate(todo):
             finished(i, _paths_of(lm, label, part, start, progress=progress, **settings))
     else:
-        def on_result(i: int, done: tuple[pd.DataFrame, pd.DataFrame]) -> None:
-            finished(i, done)
+        def on_result(i: int, plain: dict[str, Any]) -> None:
+            table = pd.DataFrame(plain["table"])
+            table["point"] = [np.asarray(p, dtype=np.float64) for p in table["point"]]
+            finished(i, (table, pd.DataFrame(plain["continuations"])))
             if progress:
                 progress(len(todo[i][1]))
 
@@ -161,10 +163,12 @@ def _chunk_path(cache_dir: str | Path | None, label: str, start: int) -> Path | 
 
 
 def _paths_job(models: dict[str, LoadedModel], item: tuple[int, list[str]], *, label: str,
-               settings: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """One chunk of prompts on a Ray worker: what the local loop computes for it."""
+               settings: dict[str, Any]) -> dict[str, Any]:
+    """One chunk of prompts on a Ray worker: what the local loop computes for it, as plain
+    columns (the points as lists of floats)."""
     start, part = item
-    return _paths_of(models["model"], label, part, start, progress=None, **settings)
+    table, conts = _paths_of(models["model"], label, part, start, progress=None, **settings)
+    return {"table": table.to_dict("list"), "continuations": conts.to_dict("list")}
 
 
 def _key(lm: LoadedModel, prompts: Sequence[str], start: int, layer: int, k: int,

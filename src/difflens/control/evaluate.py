@@ -268,7 +268,8 @@ def _cell_rows(lm: LoadedModel, probe: StateProbe, prompts: Sequence[str], ctrl:
         for i, start in enumerate(starts):
             finished(i, job({"model": lm}, start))
     else:
-        map_with_models(ray_engine, {"model": lm}, job, starts, on_result=finished)
+        map_with_models(ray_engine, {"model": lm}, job, starts,
+                        on_result=lambda i, plain: finished(i, (plain[0], plain[1])))
     records = [r for start in starts for r in done[start][0]]
     seconds = sum(done[start][1] for start in starts)
     df = pd.DataFrame(records)

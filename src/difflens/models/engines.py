@@ -18,6 +18,7 @@ inside themes, trajectories, collapse and control evaluation.
 import contextvars
 import dataclasses
 import importlib.util
+import json
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -26,7 +27,6 @@ from difflens.errors import InputError
 from difflens.models.loading import LoadedModel
 
 T = TypeVar("T")
-R = TypeVar("R")
 
 RAY_EXTRA = "pip install 'difflens[ray]'"
 
@@ -145,41 +145,55 @@ class _Worker:
         self.fn, self.items = fn, items
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        from ray import cloudpickle
-
-        # serialised here, so any result (a DataFrame, a dataclass of tensors) reaches the
-        # driver as it was, never converted by Ray Data into an Arrow column
-        results = [cloudpickle.dumps(self.fn(self.models, self.items[int(i)]))
+        # JSON here (exact for floats, NaN included), so a result reaches the driver as the
+        # job built it, never converted by Ray Data into an Arrow column, and never pickled
+        results = [json.dumps(self.fn(self.models, self.items[int(i)]), default=_plain)
                    for i in batch["item"]]
         return {"item": batch["item"], "result": results}
+
+
+def _plain(obj: Any) -> Any:
+    """JSON for the numpy values a job's result may hold: arrays as lists, scalars as
+    Python numbers (float32 widens to float64 exactly)."""
+    import numpy as np
+
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"a Ray job returned a {type(obj).__name__}, which is not JSON; return "
+                    f"plain data (see map_with_models)")
 
 
 def map_with_models(
     engine: RayEngine,
     models: dict[str, LoadedModel],
-    fn: Callable[[dict[str, LoadedModel], T], R],
+    fn: Callable[[dict[str, LoadedModel], T], Any],
     items: Sequence[T],
     *,
-    on_result: Callable[[int, R], None] | None = None,
-) -> list[R]:
+    on_result: Callable[[int, Any], None] | None = None,
+) -> list[Any]:
     """``[fn(models, item) for item in items]``, each call on a Ray actor that holds the models.
 
     Args:
         engine: where to run.
         models: the driver's models; each actor loads its own copy from ``model.spec``.
-        fn: a module-level function (Ray pickles it by reference).
+        fn: a module-level function (Ray pickles it by reference). Its result travels as
+            JSON: dicts, lists, strings, numbers (exact, NaN included), booleans, None and
+            numpy arrays and scalars (which come back as lists and Python numbers).
         items: the work; small values (indices, ranges), each run once (retried on failure).
-        on_result: called in the driver as each item finishes (in completion order).
+        on_result: called in the driver with ``(index, result as JSON gave it back)`` as
+            each item finishes (in completion order).
 
     Returns:
-        The results, in the order of ``items``.
+        The results (as JSON gave them back), in the order of ``items``.
     """
     if not items:
         return []
     ray = _connect(engine)
     specs = _specs(models)
     weights = {label: lm.identity.weights_sha256 for label, lm in models.items()}
-    results: dict[int, R] = {}
+    results: dict[int, Any] = {}
     ctx = ray.data.DataContext.get_current()  # a dataset copies it when it is made
     saved = ctx.enable_progress_bars, ctx.execution_options.preserve_order
     ctx.enable_progress_bars, ctx.execution_options.preserve_order = False, False
@@ -198,7 +212,7 @@ def map_with_models(
         )
         for row in mapped.iter_rows():
             i = int(row["item"])
-            results[i] = ray.cloudpickle.loads(row["result"])
+            results[i] = json.loads(row["result"])
             if on_result is not None:
                 on_result(i, results[i])
     finally:

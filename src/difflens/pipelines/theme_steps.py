@@ -50,13 +50,20 @@ def sample_continuations(lm: LoadedModel, label: str, config: ThemesConfig, fold
             if progress is not None:
                 progress(min(per_batch, len(config.prompts) - start))
     else:
-        def on_result(i: int, df: pd.DataFrame) -> None:
-            finished(todo[i], df)
+        def on_result(i: int, columns: dict[str, list[Any]]) -> None:
+            finished(todo[i], pd.DataFrame(columns))
             if progress is not None:
                 progress(min(per_batch, len(config.prompts) - todo[i]))
 
-        map_with_models(ray_engine, {"model": lm}, job, todo, on_result=on_result)
+        map_with_models(ray_engine, {"model": lm}, functools.partial(_columns_of, job), todo,
+                        on_result=on_result)
     return pd.concat([parts[start] for start in starts], ignore_index=True)
+
+
+def _columns_of(job: Callable[[dict[str, LoadedModel], int], pd.DataFrame],
+                models: dict[str, LoadedModel], start: int) -> dict[str, list[Any]]:
+    """A part's samples as plain columns, as a Ray worker returns them."""
+    return job(models, start).to_dict("list")
 
 
 def _sample_part(models: dict[str, LoadedModel], start: int, *, label: str,

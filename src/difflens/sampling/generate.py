@@ -26,6 +26,7 @@ from the model's own distribution, the one its analyses measure.
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -243,14 +244,22 @@ def generate_many(
             if on_job is not None:
                 on_job(j, out[-1])
         return out
-    return map_with_models(ray_engine, {"model": lm}, _generation_job, jobs,
-                           on_result=on_job)
+    def rebuilt(plain: dict[str, Any]) -> Generation:
+        return Generation(**plain, logprobs=[None] * len(plain["token_ids"]))
+
+    out = [rebuilt(g) for g in map_with_models(
+        ray_engine, {"model": lm}, _generation_job, jobs,
+        on_result=None if on_job is None else lambda j, g: on_job(j, rebuilt(g)))]
+    return out
 
 
-def _generation_job(models: dict[str, LoadedModel], job: GenerationJob) -> Generation:
-    """One job of :func:`generate_many` on a Ray worker."""
+def _generation_job(models: dict[str, LoadedModel], job: GenerationJob) -> dict[str, Any]:
+    """One job of :func:`generate_many` on a Ray worker, as plain data (no log-probs: the
+    jobs do not keep them)."""
     rows, cfg = job
-    return generate(models["model"], rows, cfg)
+    gen = generate(models["model"], rows, cfg)
+    return {f.name: getattr(gen, f.name) for f in dataclasses.fields(gen)
+            if f.name != "logprobs"}
 
 
 def _draw(logits: Tensor, config: GenerationConfig, gen: torch.Generator) -> list[int]:
