@@ -397,8 +397,7 @@ def capture(
             remote.push(run_json, RUN_JSON)
 
     total_tokens = sum(lengths)
-    finished = (set(remote.files("stats")) if remote is not None else
-                {f.name for f in (out / "stats").glob("shard-*.parquet")})
+    finished = _finished(remote, out)
     todo = [shard for shard in range(len(plan))
             if f"{shard_name(shard)}.parquet" not in finished]
     shard_tokens = [sum(lengths[start:end]) for start, end in plan]
@@ -420,9 +419,8 @@ def capture(
                             on_result=lambda i, _r: advance(shard_tokens[todo[i]]))
 
     n_shards = len(plan)
-    present = (set(remote.files("stats")) if remote is not None else
-               {f.name for f in (out / "stats").glob("shard-*.parquet")})
-    missing = [s for s in range(n_shards) if f"{shard_name(s)}.parquet" not in present]
+    finished = _finished(remote, out)
+    missing = [s for s in range(n_shards) if f"{shard_name(s)}.parquet" not in finished]
     if missing:
         raise StoreError(
             f"{store} lacks {len(missing)} of {n_shards} shards after the run (first: "
@@ -452,6 +450,13 @@ def capture(
         remote.push(out / "index.parquet", "index.parquet")
         remote.push(out / MANIFEST, MANIFEST)
     return RunStore.open(out if remote is None else str(store))
+
+
+def _finished(remote: RemoteDir | None, out: Path) -> set[str]:
+    """Names of the stats files in the store: one per finished shard."""
+    if remote is not None:
+        return set(remote.files("stats"))
+    return {f.name for f in (out / "stats").glob("shard-*.parquet")}
 
 
 def shard_job(
