@@ -309,6 +309,27 @@ def files_of(path: Path) -> dict[str, bytes]:
             if f.is_file() and not f.name.startswith(".")}
 
 
+def index_read_from_shards(path: Path, label: str, n_shards: int):
+    """The index as the engine built it before ``index_of``: from each shard's
+    ``prompt_idx`` array (an independent check of the plan arithmetic)."""
+    import numpy as np
+    import pandas as pd
+    from safetensors import safe_open
+
+    parts = []
+    for shard in range(n_shards):
+        with safe_open(str(path / "tensors" / label / f"shard-{shard:05d}.safetensors"),
+                       "pt") as f:
+            pidx = f.get_tensor("prompt_idx").numpy()
+        if len(pidx) == 0:
+            continue
+        starts = np.flatnonzero(np.r_[True, pidx[1:] != pidx[:-1]])
+        counts = np.diff(np.r_[starts, len(pidx)])
+        parts.append(pd.DataFrame({"prompt_idx": pidx[starts], "shard": shard,
+                                   "row_start": starts, "n_rows": counts}))
+    return pd.concat(parts, ignore_index=True)
+
+
 @pytest.mark.parametrize("positions", ["all", "last", (0, 2, -1)])
 def test_index_from_the_plan_equals_the_index_read_from_the_shards(pair, tmp_path,
                                                                    positions, monkeypatch):
@@ -316,7 +337,7 @@ def test_index_from_the_plan_equals_the_index_read_from_the_shards(pair, tmp_pat
 
     import pandas as pd
 
-    from difflens.capture.store import build_index, index_of
+    from difflens.capture.store import index_of
 
     monkeypatch.setattr(engine_mod, "_plan_shards",  # shards of 40 prompts, any positions
                         lambda rows, bpr, mb: [[i, min(i + 40, len(rows))]
@@ -327,7 +348,7 @@ def test_index_from_the_plan_equals_the_index_read_from_the_shards(pair, tmp_pat
     rows = [len(engine_mod._rows_of(int(n), run.manifest["config"]["positions"]
                                     if isinstance(positions, str) else tuple(positions)))
             for n in run.prompts.n_tokens]
-    read = (build_index(run.path, "base", len(plan)).set_index("prompt_idx")
+    read = (index_read_from_shards(run.path, "base", len(plan)).set_index("prompt_idx")
             .reindex(range(run.n_prompts), fill_value=0).reset_index())
     pd.testing.assert_frame_equal(index_of(plan, rows), read, check_exact=True)
     assert len(plan) > 1

@@ -277,7 +277,7 @@ class RunStore:
 
 def index_of(plan: list[list[int]], rows: list[int]) -> pd.DataFrame:
     """prompt_idx -> (shard, row_start, n_rows) from the shard plan and each prompt's stored
-    row count (a prompt with no rows gets zeros); equals :func:`build_index` on the shards."""
+    row count (a prompt with no rows gets zeros), without reading the shards."""
     shard = np.zeros(len(rows), dtype=np.int64)
     start = np.zeros(len(rows), dtype=np.int64)
     for s, (lo, hi) in enumerate(plan):
@@ -289,24 +289,6 @@ def index_of(plan: list[list[int]], rows: list[int]) -> pd.DataFrame:
     n = np.asarray(rows, dtype=np.int64)
     return pd.DataFrame({"prompt_idx": np.arange(len(rows), dtype=np.int64), "shard": shard,
                          "row_start": start, "n_rows": n})
-
-
-def build_index(path: Path, label: str, n_shards: int) -> pd.DataFrame:
-    """prompt_idx -> (shard, row_start, n_rows) from the shards' ``prompt_idx`` arrays."""
-    from safetensors import safe_open
-
-    parts = []
-    for shard in range(n_shards):
-        f_path = path / "tensors" / label / f"{shard_name(shard)}.safetensors"
-        with safe_open(str(f_path), "pt") as f:
-            pidx = f.get_tensor("prompt_idx").numpy()
-        if len(pidx) == 0:
-            continue
-        starts = np.flatnonzero(np.r_[True, pidx[1:] != pidx[:-1]])
-        counts = np.diff(np.r_[starts, len(pidx)])
-        parts.append(pd.DataFrame({"prompt_idx": pidx[starts], "shard": shard,
-                                   "row_start": starts, "n_rows": counts}))
-    return pd.concat(parts, ignore_index=True)
 
 
 def layer_divergence(store: RunStore) -> list[dict[str, Any]]:
