@@ -98,7 +98,7 @@ def value(run: str, path: str) -> Any:
 
 
 _PRIMARY = ("mean", "cos", "auc", "p_match", "explained", "value", "estimate", "pearson_r",
-            "spearman", "rho")
+            "spearman", "rho", "T", "diff")
 
 
 def interval(run: str, path: str) -> tuple[float, float]:
@@ -228,15 +228,26 @@ def organism_properties() -> str:
     return _table(["property", "base", "tuned", "n"], rows)
 
 
+def _unanswered(run: str, path: str) -> str:
+    """The flag of a probe row whose model does not answer (outside mass above the limit)."""
+    row = value(run, path)
+    if row.get("answered", True):
+        return ""
+    return f" — **not answered** (outside mass > {fmt(row['outside_limit'])})"
+
+
 def collapse_probes_organism() -> str:
     rows = []
     for probe in value("demo", "collapse.probes"):
+        if probe == "rank_correlation":
+            continue
         for model in ("base", "tuned"):
             p = f"collapse.probes.{probe}.{model}"
             entropy = f"{est('demo', f'{p}.entropy_bits')} / {num('demo', f'{p}.max_entropy_bits')}"
             rows.append([probe, model, entropy,
                          est("demo", f"{p}.tvd_uniform"),
-                         f"{value('demo', f'{p}.top_answer')} ({num('demo', f'{p}.top_prob', 2)})",
+                         f"{value('demo', f'{p}.top_answer')} ({num('demo', f'{p}.top_prob', 2)})"
+                         + _unanswered("demo", p),
                          num("demo", f"{p}.outside_mass"), fmt(value("demo", f"{p}.n_phrasings"))])
     return _table(["probe", "model", "entropy (bits) / max", "TVD from uniform",
                    "top answer (p)", "outside mass", "scenes"], rows)
@@ -247,12 +258,15 @@ def collapse_probes_smollm2() -> str:
     names = {"number_0_100": "number 0–100", "number_1_10": "number 1–10"}
     rows = []
     for probe, models in value(run, "probes").items():
+        if probe == "rank_correlation":
+            continue
         model = next(iter(models))
         p = f"probes.{probe}.{model}"
         rows.append([names.get(probe, probe),
                      f"{est(run, f'{p}.entropy_bits')} / {num(run, f'{p}.max_entropy_bits')}",
                      est(run, f"{p}.tvd_uniform"),
-                     f"{value(run, f'{p}.top_answer')} ({num(run, f'{p}.top_prob', 2)})",
+                     f"{value(run, f'{p}.top_answer')} ({num(run, f'{p}.top_prob', 2)})"
+                     + _unanswered(run, p),
                      num(run, f"{p}.outside_mass")])
     return _table(["probe", "entropy (bits) / max", "TVD from uniform", "top answer (p)",
                    "outside mass"], rows)
@@ -327,10 +341,58 @@ def themes_predictors() -> str:
                    "chain log-lik", "ECE"], rows)
 
 
+def collapse_probes_stories260k() -> str:
+    run = "issue19-collapse-stories260k-probes"
+    rows = []
+    for probe, models in value(run, "probes").items():
+        p = f"probes.{probe}.{next(iter(models))}"
+        rows.append([probe, num(run, f"{p}.outside_mass"),
+                     f"{value(run, f'{p}.top_answer')} ({num(run, f'{p}.top_prob', 2)})"
+                     + _unanswered(run, p)])
+    return _table(["probe", "outside mass", "top answer given an answer (p)"], rows)
+
+
+def collapse_rank_organism() -> str:
+    run, p0 = "demo", "collapse.probes.rank_correlation"
+    rows = [[probe, fmt(value(run, f"{p0}.{probe}.n_answers")), est(run, f"{p0}.{probe}.spearman", 2),
+             est(run, f"{p0}.{probe}.kendall", 2)] for probe in value(run, p0)]
+    return _table(["probe", "answers", "Spearman (base vs tuned)", "Kendall tau-b"], rows)
+
+
+def collapse_decollapse_organism() -> str:
+    run, p0 = "demo", "collapse.decollapse.sets"
+    rows = []
+    for name in value(run, p0):
+        p = f"{p0}.{name}"
+        rows.append([name, est(run, f"{p}.vendi"), est(run, f"{p}.distinct_2", 2),
+                     est(run, f"{p}.self_bleu", 2), est(run, f"{p}.recall", 2),
+                     est(run, f"{p}.ppl_under_scorer"), fmt(value(run, f"{p}.n_texts"))])
+    return _table(["samples", "Vendi", "distinct-2", "self-BLEU", "recall (k-NN)",
+                   "perplexity under the base", "texts"], rows)
+
+
+def collapse_free_text_organism() -> str:
+    run, p0 = "demo", "collapse.temperature.free_text.meet"
+    rows = []
+    for metric in value(run, p0):
+        p = f"{p0}.{metric}"
+        t = value(run, f"{p}.T")
+        rows.append([metric, num(run, f"{p}.base"), num(run, f"{p}.tuned_at_1"),
+                     est(run, f"{p}.T") if t == t else "no meeting in the grid",
+                     num(run, f"{p}.no_meeting_share", 2, pct=True)])
+    return _table(["metric", "base at T=1", "tuned at T=1", "tuned meets the base at T",
+                   "resamples with no meeting"], rows)
+
+
 TABLES: dict[str, tuple[str, Callable[[], str]]] = {
     "organism_properties": ("demo", organism_properties),
     "collapse_probes_organism": ("demo", collapse_probes_organism),
     "collapse_probes_smollm2": ("smollm2-probes", collapse_probes_smollm2),
+    "collapse_rank_organism": ("demo", collapse_rank_organism),
+    "collapse_probes_stories260k": ("issue19-collapse-stories260k-probes",
+                                    collapse_probes_stories260k),
+    "collapse_decollapse_organism": ("demo", collapse_decollapse_organism),
+    "collapse_free_text_organism": ("demo", collapse_free_text_organism),
     "concepts_by_layer": ("demo", concepts_by_layer),
     "concepts_dose_response": ("demo", concepts_dose_response),
     "concepts_smollm2_auc": ("smollm2-persona", concepts_smollm2_auc),

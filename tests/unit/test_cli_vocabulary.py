@@ -59,6 +59,9 @@ VOCABULARY: dict[str, str] = {
     "--max-new-tokens": "tokens per generation",
     "--temperature": "sampling temperature",
     "--temperatures": "a grid of temperatures",
+    "--prob-caps": "the de-collapse sampler's probability caps",
+    "--free-text-temperatures": "temperatures of the tuned model's samples in the free-text "
+                                "temperature check",
     "--seed": "the seed",
     "--chat": "wrap prompts in the chat template",
     "--no-chat": "do not wrap prompts in the chat template",

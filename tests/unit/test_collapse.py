@@ -312,3 +312,262 @@ def test_vendi_and_pairwise_distance_refuse_raw_embeddings():
         1 - cos[~np.eye(12, dtype=bool)].mean(), rel=1e-9)
     with_empty = np.vstack([unit, np.zeros((1, 8))])  # a text the encoder gave nothing for
     assert np.isfinite(vendi_score(with_empty))
+
+
+def _pick_probe(tmp_path: Path) -> Path:
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps({"probe": "pick", "phrasing": str(i), "prompt": prompt,
+                                        "answers": ["one", "two", "three", "twenty"],
+                                        "boundary": False}) + "\n"
+                            for i, prompt in enumerate(["pick number", "pick two"])))
+    return path
+
+
+@pytest.mark.parametrize(("scale", "want"), [(2.0, 1.0), (-1.0, -1.0)])
+def test_rank_correlation_recovers_planted_orderings(tmp_path, scale, want):
+    from scipy.stats import kendalltau, spearmanr
+
+    from difflens.capture.outcomes import rank_correlation
+
+    # One phrasing, distinct logits over the answers after "number": the tuned model's logits
+    # are the base's times 2 (same ordering: Spearman = Kendall = 1) or negated (reversed: -1).
+    table = _table(3)
+    table[_id("number"), [_id(w) for w in ("one", "two", "three", "twenty")]] = torch.tensor(
+        [2.0, 1.0, 0.0, -1.0])
+    base = bigram_model(WORDS, table, name="base")
+    tuned = bigram_model(WORDS, table * scale, name="tuned")
+    probe = load_probes(_pick_probe(tmp_path))[:1]
+    res = run_probes(ModelPair(base, tuned), probe)
+    r = rank_correlation(res, seed=0)["pick"]
+    x = res.answers[res.answers.model == "base"].p.to_numpy()
+    y = res.answers[res.answers.model == "tuned"].p.to_numpy()
+    assert spearmanr(x, y).statistic == pytest.approx(want)
+    assert r["spearman"] == pytest.approx(want) and r["kendall"] == pytest.approx(want)
+    assert r["kendall"] == pytest.approx(kendalltau(x, y).statistic)
+    assert r["n_answers"] == 4 and r["answered"]
+    # every pair resample of a strictly monotone relation keeps its sign
+    assert r["spearman_ci95"] == pytest.approx([want, want])
+
+
+def test_rank_correlation_of_a_fixed_ordering_and_its_reverse():
+    import pandas as pd
+
+    from difflens.capture.outcomes import ProbeResults, rank_correlation
+
+    answers = [str(i) for i in range(8)]
+    p = np.linspace(1, 8, 8) / 36
+    rows = [{"probe": "n", "phrasing": "a", "model": m, "answer": a, "p": float(q)}
+            for m, qs in (("base", p), ("tuned", p[::-1]), ("same", p ** 3 / (p ** 3).sum()))
+            for a, q in zip(answers, qs, strict=True)]
+    phr = pd.DataFrame([{"probe": "n", "phrasing": "a", "model": m, "outside_mass": 0.1}
+                        for m in ("base", "tuned", "same")])
+    res = ProbeResults(answers=pd.DataFrame(rows), phrasings=phr, temperatures=(1.0,),
+                       logprobs={})
+    rev = rank_correlation(res)["n"]
+    assert rev["spearman"] == pytest.approx(-1.0) and rev["kendall"] == pytest.approx(-1.0)
+    assert rev["spearman_ci95"][1] == pytest.approx(-1.0)  # every resample is reversed too
+    same = rank_correlation(res, tuned="same")["n"]
+    assert same["spearman"] == pytest.approx(1.0) and same["kendall_ci95"][0] == pytest.approx(1.)
+
+
+def test_probe_a_model_does_not_answer_is_flagged(tmp_path):
+    from difflens.report.collapse import headline, probe_figures
+
+    table = _table(4)
+    table[_id("number"), _id(".")] = 30.0  # after "pick number" nearly all mass is on "."
+    table[_id("two"), _id(".")] = 30.0
+    lm = bigram_model(WORDS, table, name="base")
+    res = run_probes(lm, load_probes(_pick_probe(tmp_path)))
+    assert (res.phrasings.outside_mass > 0.999).all() and not res.phrasings.answered.any()
+    s = res.summary()
+    assert s["pick"]["model"]["answered"] is False
+    h = headline({"probes": s})
+    assert "not answered: outside mass 1.000 > 0.95" in h["probe pick, model: top answer"]
+    figs = {f.name: f for f in probe_figures(res, s)}
+    assert "NOT ANSWERED (model on pick)" in figs["probes_tvd"].caption  # type: ignore[union-attr]
+    assert "not answered by model" in figs["probe_pick"].title  # type: ignore[union-attr]
+    # a model that answers is not flagged
+    ok = run_probes(bigram_model(WORDS, _table(4), name="base"), load_probes(_pick_probe(tmp_path)))
+    assert ok.summary()["pick"]["model"]["answered"] is (
+        bool(ok.phrasings.outside_mass.mean() <= 0.95))
+
+
+def test_knn_precision_recall_measures_coverage_and_matches_prdc():
+    import prdc
+
+    from difflens.analysis.diversity import knn_precision_recall
+
+    # A reference with two well-separated clusters ("two genres"); a model that writes only
+    # the first genre has precision ~1 and recall ~1/2; one that adds a third, far-away
+    # cluster of its own has precision ~2/3.
+    rng = np.random.default_rng(0)
+    centres = np.eye(8)[:3] * 20
+    ref = np.concatenate([centres[0] + rng.normal(size=(100, 8)),
+                          centres[1] + rng.normal(size=(100, 8))])
+    one_genre = centres[0] + rng.normal(size=(200, 8))
+    pr = knn_precision_recall(one_genre, ref, k=5)
+    assert pr.precision > 0.9 and 0.4 < pr.recall <= 0.5
+    assert not pr.covered_reference[100:].any()  # nothing of the second genre is covered
+    odd = np.concatenate([one_genre[:100], centres[2] + rng.normal(size=(100, 8))])
+    pr2 = knn_precision_recall(odd, ref, k=5)
+    assert not pr2.in_reference[100:].any() and pr2.precision <= 0.5
+    for gen in (one_genre, odd):  # the reference implementation agrees exactly
+        ours = knn_precision_recall(gen, ref, k=5)
+        theirs = prdc.compute_prdc(real_features=ref, fake_features=gen, nearest_k=5)
+        assert ours.precision == pytest.approx(theirs["precision"])
+        assert ours.recall == pytest.approx(theirs["recall"])
+    with pytest.raises(InputError, match="need more than 5 samples"):
+        knn_precision_recall(one_genre[:5], ref, k=5)
+
+
+def test_diversity_reports_precision_and_recall_with_cis():
+    import zlib
+
+    from difflens.analysis.diversity import diversity
+
+    # A deterministic "encoder": each text's embedding is its genre's unit axis plus a small,
+    # text-dependent jitter, so the reference has two genres and "narrow" writes one.
+    def encode(texts):
+        out = []
+        for t in texts:
+            g = np.random.default_rng(zlib.crc32(t.encode()))
+            v = np.eye(6)[0 if t.startswith("a") else 1] + 0.05 * g.normal(size=6)
+            out.append(v / np.linalg.norm(v))
+        return np.array(out, dtype=np.float32)
+
+    ref = [f"a{i}" for i in range(40)] + [f"b{i}" for i in range(40)]
+    narrow = [[f"a{p}-{i}" for i in range(10)] for p in range(6)]
+    wide = [[f"{'ab'[i % 2]}{p}-{i}" for i in range(10)] for p in range(6)]
+    s = diversity({"narrow": narrow, "wide": wide}, reference=ref, encoder=encode,
+                  seed=0).summary()
+    # the second genre is never covered by "narrow": its recall is at most 1/2
+    assert 0.4 <= s["narrow"]["recall"] <= 0.5
+    assert s["wide"]["recall"] > 0.8 and s["narrow"]["precision"] > 0.8
+    for m in ("narrow", "wide"):
+        lo, hi = s[m]["recall_ci95"]
+        assert lo <= s[m]["recall"] <= hi
+        assert s[m]["knn_k"] == 3
+
+
+def test_meeting_temperature_recovers_a_planted_crossing():
+    import pandas as pd
+
+    from difflens.analysis.temperature_match import crossing, meeting_temperature
+
+    # Each prompt's tuned metric grows as log T with a prompt offset; the base sits where the
+    # mean curve reaches log 1.5, so the curves meet at T = 1.5 exactly (linear in log T).
+    rng = np.random.default_rng(0)
+    temps = [0.5, 1.0, 2.0, 4.0]
+    offsets = rng.normal(0, 0.05, size=30)
+    offsets -= offsets.mean()
+    tuned = pd.DataFrame([{"prompt_id": p, "T": t, "m": np.log(t) + o, "flat": 0.0}
+                          for p, o in enumerate(offsets) for t in temps])
+    base = pd.DataFrame([{"prompt_id": p, "m": np.log(1.5) + o, "flat": 1.0}
+                         for p, o in enumerate(offsets)])
+    res = meeting_temperature(tuned, base, ["m", "flat"], seed=1)
+    assert res.meet["m"]["T"] == pytest.approx(1.5)
+    lo, hi = res.meet["m"]["ci95"]
+    assert lo <= 1.5 <= hi and hi - lo < 0.5
+    assert res.meet["m"]["n_prompts"] == 30
+    # a curve that never reaches the base has no meeting temperature
+    assert np.isnan(res.meet["flat"]["T"]) and res.meet["flat"]["no_meeting_share"] == 1.0
+    assert crossing(np.array([1.0, 2.0]), np.array([-1.0, 1.0])) == pytest.approx(np.sqrt(2))
+    with pytest.raises(InputError, match="at least 2 temperatures"):
+        meeting_temperature(tuned[tuned["T"] == 1.0], base, ["m"])
+
+
+def test_confidence_after_an_escape_is_the_entropy_of_the_new_path():
+    # A bigram world: "pick" and "number" alternate with near certainty (low entropy); the
+    # inserted word "twenty" leads into "one"/"two", whose rows are nearly flat (high
+    # entropy), so every insertion escapes and the new path is measurably less confident.
+    n = len(WORDS) + SPECIALS
+    table = torch.zeros(n, n)
+    table[:, :SPECIALS] = -30.0  # never end, never emit specials
+    table[_id("pick"), _id("number")] = 12.0
+    table[_id("number"), _id("pick")] = 12.0
+    table[_id("twenty"), _id("one")] = 12.0
+    for w in ("one", "two"):  # flat rows with a small preference, so greedy is defined
+        table[_id(w), _id("two" if w == "one" else "one")] = 0.5
+    lm = bigram_model(WORDS, table)
+    res = attractor_test(lm, ["pick"], max_new_tokens=16, positions=(0.4,), kinds=("insert",),
+                         insert=" twenty", encoder=None)
+    row = res.table.iloc[0]
+    h = {w: float(-(torch.softmax(table[_id(w)].double(), -1)
+                    * torch.log_softmax(table[_id(w)].double(), -1)).sum())
+         for w in ("pick", "number", "twenty", "one", "two")}
+    # the regenerated tokens and the original ones over the same positions, from the text
+    new_words = row.new_text.split()
+    k = int(row.token_index)
+    prevs_new = ["twenty"] + new_words[k + 1:-1]
+    assert new_words[k] == "twenty" and set(new_words[k + 1:]) <= {"one", "two"}
+    want_new = np.mean([h[w] for w in prevs_new])
+    assert row.entropy_new == pytest.approx(want_new, abs=1e-5)
+    original = res.originals.iloc[0].completion.split()
+    prevs_old = (["pick"] + original)[k:k + len(prevs_new)]
+    assert row.entropy_original == pytest.approx(np.mean([h[w] for w in prevs_old]), abs=1e-5)
+    s = res.summary()["model"]["entropy_after"]
+    assert s["escaped"]["n"] == 1 and s["returned"]["n"] == 0
+    assert s["escaped"]["diff"] == pytest.approx(want_new - row.entropy_original, abs=1e-5)
+    assert s["escaped"]["diff"] > 1.0  # nats: the planted loss of confidence
+
+
+def test_ngram_contexts_and_the_entropy_drop_by_context(tmp_path):
+    import pandas as pd
+
+    from difflens.analysis.contexts import context_summary, ngram_contexts
+
+    # prompt 1 2 3 | continuation 2 3 9 9 9 4
+    assert ngram_contexts([1, 2, 3, 2, 3, 9, 9, 9, 4], 3) == [
+        "novel",   # (3, 2) is new
+        "copy",    # (2, 3) is in the prompt
+        "novel",   # (3, 9)
+        "novel",   # (9, 9) first time
+        "repeat",  # (9, 9) again
+        "novel"]   # (9, 4)
+    # planted: copying drops the entropy by 2 nats, repetition by 1, novel tokens by 0
+    rng = np.random.default_rng(0)
+    rows = [{"text_id": t, "context": c, "drop": {"copy": 2.0, "repeat": 1.0, "novel": 0.0}[c]
+             + rng.normal(0, 0.1)} for t in range(40) for c in rng.choice(
+                 ["copy", "repeat", "novel"], size=20)]
+    s = context_summary(pd.DataFrame(rows), "drop", seed=0)
+    assert s["by_context"]["copy"]["mean"] == pytest.approx(2.0, abs=0.05)
+    assert s["minus_novel"]["repeat"]["diff"] == pytest.approx(1.0, abs=0.05)
+    lo, hi = s["minus_novel"]["copy"]["ci95"]
+    assert 1.9 < lo < 2.0 < hi < 2.1
+    assert s["n_texts"] == 40 and sum(r["n_tokens"] for r in s["by_context"].values()) == 800
+
+    # through text_divergence: the context column is read from the real token ids
+    table = _table(5)
+    base = bigram_model(WORDS, table, name="base")
+    tuned = bigram_model(WORDS, table * 3, name="tuned")
+    corpus = Corpus(["pick number one"], [" pick number two two two"], ["file"])
+    div = text_divergence(ModelPair(base, tuned), corpus, store=tmp_path / "s")
+    assert div.tokens.context.tolist() == ["novel", "copy", "novel", "novel", "repeat"]
+    ctx = div.summary()["contexts"]
+    drop = (div.tokens.base_entropy - div.tokens.tuned_entropy)[div.tokens.context == "copy"]
+    assert ctx["by_context"]["copy"]["mean"] == pytest.approx(float(drop.mean()))
+
+
+def test_entropy_prediction_finds_a_planted_direction_and_beats_baselines():
+    from difflens.analysis.entropy_prediction import predict_entropy
+
+    # The target is a planted direction of layer 2's states plus a little noise; layer 1 is
+    # noise; the "length" baseline is unrelated. The probe must pick layer 2 in every fold
+    # and rank the prompts almost perfectly; the baseline must not.
+    rng = np.random.default_rng(0)
+    n, d = 120, 16
+    direction = rng.normal(size=d)
+    X2 = rng.normal(size=(n, d))
+    y = X2 @ direction / np.linalg.norm(direction) + rng.normal(0, 0.1, n)
+    states = {1: rng.normal(size=(n, d)), 2: X2}
+    res = predict_entropy(states, y, {"length": rng.normal(size=n)}, seed=0)
+    s = res.summary
+    assert s["probe"]["layers"] == [2]
+    assert s["probe"]["spearman"] > 0.95 and s["probe"]["r2"] > 0.9
+    assert abs(s["baselines"]["length"]["spearman"]) < 0.25
+    lo, hi = s["probe_minus_best_baseline"]["ci95"]
+    assert lo > 0.6 and s["probe_minus_best_baseline"]["baseline"] == "length"
+    # out of fold: each prompt's prediction comes from a fit that never saw it
+    assert set(res.table.fold) == set(range(5))
+    with pytest.raises(InputError, match="at least 10 prompts"):
+        predict_entropy({1: X2[:6]}, y[:6], {})

@@ -135,3 +135,53 @@ def test_the_generation_configs_eos_ids_end_rows_too(lm):
     row1 = plain.token_ids[1]
     cut = row1.index(third) if third in row1 else len(row1)
     assert gen.token_ids[1] == row1[:cut]
+
+
+def test_cap_probs_pushes_the_excess_down_in_proportion():
+    from difflens.sampling.generate import cap_probs
+
+    p = torch.tensor([[0.7, 0.2, 0.1, 0.0], [0.6, 0.35, 0.05, 0.0], [0.3, 0.3, 0.2, 0.2],
+                      [0.1, 0.9, 0.0, 0.0]])
+    q = cap_probs(p, 0.5)
+    # row 0: 0.7 -> 0.5, the others x (0.5 / 0.3); row 1: 0.6 -> 0.5, 0.35 x (0.5/0.4) = 0.4375
+    # fits; row 2 is already under the cap; row 3 has two tokens: both get the cap
+    want = torch.tensor([[0.5, 1 / 3, 1 / 6, 0.0], [0.5, 0.4375, 0.0625, 0.0],
+                         [0.3, 0.3, 0.2, 0.2], [0.5, 0.5, 0.0, 0.0]])
+    assert torch.allclose(q, want, atol=1e-6)
+    q2 = cap_probs(torch.tensor([[0.6, 0.35, 0.05]]), 0.4)  # two tokens capped, c = 4
+    assert torch.allclose(q2, torch.tensor([[0.4, 0.4, 0.2]]), atol=1e-6)
+    q3 = cap_probs(torch.tensor([[0.9, 0.1, 0.0]]), 0.3)  # cannot reach 0.3 with 2 tokens
+    assert torch.allclose(q3, torch.tensor([[0.5, 0.5, 0.0]]), atol=1e-6)
+    r = torch.softmax(torch.randn(5, 50, generator=torch.Generator().manual_seed(0)) * 3, -1)
+    qr = cap_probs(r, 0.2)
+    assert torch.allclose(qr.sum(-1), torch.ones(5), atol=1e-6)
+    assert qr.max() <= 0.2 + 1e-6
+    for row in range(5):  # every uncapped token grows by the same factor
+        under = qr[row] < 0.2 - 1e-6
+        ratio = qr[row][under] / r[row][under]
+        assert torch.allclose(ratio, ratio[0].expand_as(ratio), rtol=1e-4) and ratio[0] >= 1
+
+
+def test_capped_sampler_draws_from_the_capped_distribution():
+    import numpy as np
+
+    from difflens.models.tiny import bigram_model
+    from difflens.sampling.generate import GenerationConfig, generate
+
+    words = ["the", "dog", "cat"]
+    # a bigram model whose next token after every word is one token with p ~ 1: uncapped,
+    # every sample is the same; capped at 0.5 about half the first tokens differ
+    table = torch.full((len(words) + 4, len(words) + 4), -20.0)
+    table[:, 4 + words.index("dog")] = 20.0
+    lm = bigram_model(words, table)
+    rows = [lm.tokenizer("the")["input_ids"]] * 400
+    plain = generate(lm, rows, GenerationConfig(max_new_tokens=1, sampler="multinomial",
+                                                batch_size=400))
+    capped = generate(lm, rows, GenerationConfig(max_new_tokens=1, sampler="multinomial",
+                                                 batch_size=400, prob_cap=0.5))
+    dog = 4 + words.index("dog")
+    assert all(t == [dog] for t in plain.token_ids)
+    share = np.mean([t[:1] == [dog] for t in capped.token_ids])
+    assert 0.43 < share < 0.57  # binomial(400, 0.5): 3.5 sd
+    with pytest.raises(InputError, match="prob_cap must be in"):
+        GenerationConfig(prob_cap=0.0)

@@ -16,6 +16,12 @@ averaged over prompts with bootstrap CIs over prompts.
   estimate (resampling with replacement biases the distance upward). With fewer samples than
   dimensions it carries a large small-sample bias, so compare models against the same
   reference at the same sample count, and read a model's own second draw as the floor.
+- k-NN precision and recall (Kynkäänniemi et al. 2019) against the same reference: each set
+  is a union of balls, one per point, reaching its k-th nearest neighbour in its own set.
+  Precision is the share of a model's samples inside the reference's balls (does it write
+  what the reference writes?), recall the share of reference texts inside the model's balls
+  (does it cover what the reference covers? "fewer genres" lowers recall). CIs bootstrap
+  prompts (the model's samples) and reference texts, with both sets of balls held fixed.
 """
 
 import dataclasses
@@ -104,13 +110,58 @@ def frechet_distance(a: Float[np.ndarray, "n dim"], b: Float[np.ndarray, "m dim"
     return float(mu @ mu + np.trace(sa) + np.trace(sb) - 2 * cross)
 
 
+def _kth_radius(x: np.ndarray, k: int) -> np.ndarray:
+    """Distance of each row of ``x`` to its k-th nearest other row."""
+    from sklearn.neighbors import NearestNeighbors
+
+    dist, _ = NearestNeighbors(n_neighbors=k + 1).fit(x).kneighbors(x)
+    return dist[:, k]
+
+
+def _covered(points: np.ndarray, centres: np.ndarray, radii: np.ndarray) -> np.ndarray:
+    """Whether each point lies in at least one ball (centre, radius)."""
+    from sklearn.metrics import pairwise_distances
+
+    return (pairwise_distances(points, centres) <= radii[None, :]).any(axis=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class PrecisionRecall:
+    """k-NN precision and recall of a sample set against a reference set."""
+
+    precision: float
+    recall: float
+    in_reference: np.ndarray
+    """Per sample: inside the reference's balls (precision is its mean)."""
+    covered_reference: np.ndarray
+    """Per reference text: inside the samples' balls (recall is its mean)."""
+    k: int
+
+
+def knn_precision_recall(samples: Float[np.ndarray, "n dim"],
+                         reference: Float[np.ndarray, "m dim"], *, k: int = 3
+                         ) -> PrecisionRecall:
+    """k-NN precision and recall (Kynkäänniemi et al. 2019) of ``samples`` against
+    ``reference``, with Euclidean distances between embeddings."""
+    if len(samples) <= k or len(reference) <= k:
+        raise InputError(f"k-NN precision and recall with k={k} need more than {k} samples "
+                         f"and reference texts, got {len(samples)} and {len(reference)}; "
+                         f"sample more or lower k")
+    a, b = np.asarray(samples, np.float64), np.asarray(reference, np.float64)
+    inside = _covered(a, b, _kth_radius(b, k))
+    covered = _covered(b, a, _kth_radius(a, k))
+    return PrecisionRecall(precision=float(inside.mean()), recall=float(covered.mean()),
+                           in_reference=inside, covered_reference=covered, k=k)
+
+
 @dataclasses.dataclass(frozen=True)
 class DiversityResult:
     per_prompt: pd.DataFrame
     """One row per model and prompt: distinct_1, distinct_2, self_bleu, pairwise_distance,
     vendi, n_samples."""
     frechet: dict[str, dict[str, Any]]
-    """model -> {frechet, ci95, n_samples, n_reference}."""
+    """model -> {frechet, ci95, n_samples, n_reference, precision, precision_ci95, recall,
+    recall_ci95, k}."""
     reference: str
     """What the Fréchet reference set is."""
     encoder: str
@@ -133,14 +184,36 @@ class DiversityResult:
             if f is not None:
                 row["frechet"], row["frechet_ci95"] = f["frechet"], f["ci95"]
                 row["frechet_reference"] = self.reference
+                for key in ("precision", "precision_ci95", "recall", "recall_ci95"):
+                    if key in f:
+                        row[key] = f[key]
+                if "k" in f:
+                    row["knn_k"] = f["k"]
             out[str(model)] = row
         return out
+
+
+def _precision_recall(emb: np.ndarray, owner: np.ndarray, ref: np.ndarray, k: int, seed: int,
+                      n_boot: int) -> dict[str, Any]:
+    """Precision (CI over prompts) and recall (CI over reference texts), balls held fixed."""
+    pr = knn_precision_recall(emb, ref, k=k)
+    n_p = int(owner.max()) + 1
+    hits = np.bincount(owner, weights=pr.in_reference, minlength=n_p)
+    sizes = np.bincount(owner, minlength=n_p)
+    w = bootstrap_weights(n_p, n_boot, seed)
+    prec = (w @ hits) / (w @ sizes)
+    rec = bootstrap_weights(len(ref), n_boot, seed + 1) @ pr.covered_reference / len(ref)
+    return {"precision": pr.precision, "recall": pr.recall, "k": k,
+            "precision_ci95": [float(np.quantile(prec, 0.025)),
+                               float(np.quantile(prec, 0.975))],
+            "recall_ci95": [float(np.quantile(rec, 0.025)), float(np.quantile(rec, 0.975))]}
 
 
 def diversity(samples: Mapping[str, Sequence[Sequence[str]]], *,
               reference: Sequence[str] | None = None, reference_name: str = "",
               encoder: Encoder = DEFAULT_ENCODER, seed: int = 0, n_boot: int = 200,
-              progress: Callable[[int], None] | None = None) -> DiversityResult:
+              knn_k: int = 3, progress: Callable[[int], None] | None = None
+              ) -> DiversityResult:
     """Diversity of each model's samples (``model -> [prompt][sample] texts``).
 
     Args:
@@ -152,6 +225,7 @@ def diversity(samples: Mapping[str, Sequence[Sequence[str]]], *,
         encoder: sentence encoder name or callable (see :mod:`difflens.analysis.embeddings`).
         seed: bootstrap seed.
         n_boot: bootstrap resamples of prompts for the Fréchet CI.
+        knn_k: the k of k-NN precision and recall against the reference.
         progress: called with 1 per model and prompt.
     """
     if not samples or not any(samples.values()):
@@ -192,6 +266,8 @@ def diversity(samples: Mapping[str, Sequence[Sequence[str]]], *,
                               "ci95": [max(0.0, float(theta - (med - q_lo))),
                                        float(theta + (q_hi - med))],
                               "n_samples": len(emb), "n_reference": len(ref)}
+            if len(emb) > knn_k and len(ref) > knn_k:
+                frechet[model] |= _precision_recall(emb, owner, ref, knn_k, seed, n_boot)
     return DiversityResult(per_prompt=pd.DataFrame(rows), frechet=frechet,
                            reference=reference_name,
                            encoder=encoder if isinstance(encoder, str) else "custom")

@@ -35,6 +35,10 @@ from difflens.errors import InputError
 from difflens.models.loading import LoadedModel
 from difflens.models.pair import ModelPair, models_of
 
+#: Above this outside mass a probe counts as not answered: the distribution given an answer
+#: then rests on less than 5% of the model's probability.
+OUTSIDE_MASS_LIMIT = 0.95
+
 #: Temperatures of the default sweep (log-spaced, with 1.0 exactly).
 DEFAULT_TEMPERATURES: tuple[float, ...] = tuple(
     sorted({round(float(t), 4) for t in np.geomspace(0.25, 4.0, 33)} | {1.0}))
@@ -158,9 +162,13 @@ class ProbeResults:
     logprobs: dict[tuple[str, str, str], np.ndarray]
     """(probe, phrasing, model) -> [answers, temperatures] chained log-probs."""
 
-    def summary(self, *, seed: int = 0) -> dict[str, Any]:
+    def summary(self, *, seed: int = 0, outside_limit: float = OUTSIDE_MASS_LIMIT
+                ) -> dict[str, Any]:
         """``{probe: {model: {entropy_bits, tvd_uniform, top_answer, top_prob,
-        outside_mass, ..._ci95, n_phrasings}}}``: means over phrasings with bootstrap CIs."""
+        outside_mass, ..._ci95, n_phrasings, answered}}}``: means over phrasings with
+        bootstrap CIs. ``answered`` is false when the mean outside mass is above
+        ``outside_limit``: the model does not answer the probe, and the distribution given an
+        answer (top answer, entropy, TVD) rests on almost no mass."""
         out: dict[str, Any] = {}
         for (name, model), g in self.phrasings.groupby(["probe", "model"], sort=False):
             mean_dist = (self.answers[(self.answers.probe == name)
@@ -175,8 +183,64 @@ class ProbeResults:
             row["top_answer"] = str(mean_dist.idxmax())
             row["top_prob"] = float(mean_dist.max())
             row["top_answer_by_phrasing"] = dict(zip(g.phrasing, g.top_answer, strict=True))
+            row["answered"] = bool(row["outside_mass"] <= outside_limit)
+            row["outside_limit"] = outside_limit
             out.setdefault(str(name), {})[str(model)] = row
         return out
+
+
+    def mean_distributions(self) -> dict[tuple[str, str], pd.Series]:
+        """(probe, model) -> the answer distribution averaged over phrasings, in answer
+        order."""
+        return {(str(name), str(model)): g.groupby("answer", sort=False)["p"].mean()
+                for (name, model), g in self.answers.groupby(["probe", "model"], sort=False)}
+
+
+def rank_correlation(results: ProbeResults, *, base: str = "base", tuned: str = "tuned",
+                     seed: int = 0, n_boot: int = 2000,
+                     outside_limit: float = OUTSIDE_MASS_LIMIT) -> dict[str, Any]:
+    """Do the two models order a probe's answers alike? ``{probe: {spearman, kendall, their
+    ..._ci95, n_answers, answered}}``.
+
+    Spearman and Kendall (tau-b) correlation between the base's and the tuned model's mean
+    probabilities over the answers; 95% percentile bootstrap CIs resample the answers in
+    pairs (resamples where either side is constant are dropped). Probes with fewer than 3
+    answers have no ordering to compare and are left out. ``answered`` is false when either
+    model's outside mass is above ``outside_limit``.
+    """
+    from scipy.stats import kendalltau, spearmanr
+
+    dists = results.mean_distributions()
+    outside = results.phrasings.groupby(["probe", "model"], sort=False)["outside_mass"].mean()
+    out: dict[str, Any] = {}
+    for name in dict.fromkeys(results.answers.probe):
+        name = str(name)
+        if (name, base) not in dists or (name, tuned) not in dists:
+            continue
+        pb, pt = dists[(name, base)], dists[(name, tuned)]
+        x, y = pb.to_numpy(np.float64), pt.reindex(pb.index).to_numpy(np.float64)
+        n = len(x)
+        if n < 3:
+            continue
+        rng = np.random.default_rng(seed)
+        boot_s, boot_k = [], []
+        for _ in range(n_boot):
+            i = rng.integers(0, n, n)
+            if np.ptp(x[i]) == 0 or np.ptp(y[i]) == 0:
+                continue
+            boot_s.append(spearmanr(x[i], y[i]).statistic)
+            boot_k.append(kendalltau(x[i], y[i]).statistic)
+        row: dict[str, Any] = {"n_answers": n, "n_boot": len(boot_s),
+                               "answered": bool(outside[(name, base)] <= outside_limit
+                                                and outside[(name, tuned)] <= outside_limit)}
+        for key, stat, boot in (("spearman", spearmanr(x, y).statistic, boot_s),
+                                ("kendall", kendalltau(x, y).statistic, boot_k)):
+            row[key] = float(stat)
+            row[f"{key}_ci95"] = ([float(np.nanquantile(boot, 0.025)),
+                                   float(np.nanquantile(boot, 0.975))] if boot
+                                  else [float("nan"), float("nan")])
+        out[name] = row
+    return out
 
 
 def _ci(x: np.ndarray, seed: int, n_boot: int = 2000) -> list[float]:
@@ -222,7 +286,8 @@ def run_probes(model_or_pair: LoadedModel | ModelPair, probes: Sequence[Probe], 
                          "entropy_bits": dist.entropy_bits,
                          "max_entropy_bits": dist.max_entropy_bits,
                          "tvd_uniform": dist.tvd_uniform, "top_answer": top, "top_prob": top_p,
-                         "outside_mass": dist.mass_outside})
+                         "outside_mass": dist.mass_outside,
+                         "answered": bool(dist.mass_outside <= OUTSIDE_MASS_LIMIT)})
             ans_rows += [{"probe": probe.name, "phrasing": probe.phrasing, "model": label,
                           "answer": a, "p": p, "p_raw": float(math.exp(r))}
                          for a, p, r in zip(probe.answers, dist.probs, lp[:, t1], strict=True)]

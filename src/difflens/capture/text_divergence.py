@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from difflens._io import jsonl_objects
+from difflens.analysis.contexts import context_summary, ngram_contexts
 from difflens.analysis.divergence import bootstrap_ci, mean_ci
 from difflens.capture import capture
 from difflens.capture.cumulative_paths import sample_continuations
@@ -81,8 +82,10 @@ def sample_corpus(model_or_pair: LoadedModel | ModelPair, prompts: Sequence[str]
 @dataclasses.dataclass(frozen=True)
 class TextDivergence:
     tokens: pd.DataFrame
-    """One row per continuation token: text_id, source, t, token, ``<model>_entropy``,
-    ``<model>_logprob`` and, for a pair, kl_tuned_base, kl_base_tuned, top1_agree."""
+    """One row per continuation token: text_id, source, t, token, context (``copy``,
+    ``repeat`` or ``novel``: :func:`~difflens.analysis.contexts.ngram_contexts`),
+    ``<model>_entropy``, ``<model>_logprob`` and, for a pair, kl_tuned_base, kl_base_tuned,
+    top1_agree."""
     corpus: Corpus
 
     @property
@@ -103,8 +106,20 @@ class TextDivergence:
 
         out = block(self.tokens)
         out["by_source"] = {str(s): block(g) for s, g in self.tokens.groupby("source")}
+        if "context" in self.tokens:
+            out["contexts"] = self.contexts(seed=seed)
         out["units"] = "nats; log-probs are of the continuation's actual tokens"
         return out
+
+    def contexts(self, *, seed: int = 0) -> dict[str, Any]:
+        """Which contexts collapse: the entropy drop (base - tuned; for one model, its
+        entropy) by copy / repeat / novel context (:mod:`difflens.analysis.contexts`)."""
+        df = self.tokens
+        if "base_entropy" in df and "tuned_entropy" in df:
+            df = df.assign(entropy_drop=df.base_entropy - df.tuned_entropy)
+            return context_summary(df, "entropy_drop", seed=seed)
+        col = next(c for c in df.columns if c.endswith("_entropy"))
+        return context_summary(df, col, seed=seed)
 
     def by_position(self, *, max_t: int = 64, seed: int = 0) -> pd.DataFrame:
         """Mean and 95% CI of every metric at each continuation index ``t``."""
@@ -147,6 +162,9 @@ def text_divergence(model_or_pair: LoadedModel | ModelPair, corpus: Corpus, *,
     tokens_all = stats.groupby("prompt_idx")["token"].apply(list)
     df["token"] = [tokens_all[i][p + 1] for i, p in zip(df["prompt_idx"], df["pos"],
                                                         strict=True)]
+    contexts = {i: ngram_contexts(tokens_all[i], int(n_prompt[i])) for i in tokens_all.index}
+    df["context"] = [contexts[i][p + 1 - int(n_prompt[i])]
+                     for i, p in zip(df["prompt_idx"], df["pos"], strict=True)]
     df = df.rename(columns={"prompt_idx": "text_id",
                             **{f"{m}_logprob_next": f"{m}_logprob" for m in models}})
     if "top1_agree" in df:

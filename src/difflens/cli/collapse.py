@@ -23,6 +23,7 @@ from difflens.cli._common import (
     Dtype,
     EngineName,
     LayersPath,
+    MaxInputs,
     MaxNewTokens,
     OutDir,
     PromptsFile,
@@ -43,6 +44,7 @@ from difflens.cli._common import (
 from difflens.errors import InputError
 from difflens.models.engines import use_engine
 from difflens.pipelines.collapse import STEPS, CollapseConfig, run_collapse
+from difflens.report.collapse import probe_items, unanswered_note
 
 app = typer.Typer(help="Mode collapse and attractors: divergence along text, exact probes, "
                   "temperature sweeps, probability trees, attractor tests, diversity.",
@@ -58,6 +60,7 @@ _OPTIONS: dict[str, tuple[Any, Any]] = {
     "out_dir": (OutDir, _REQUIRED),
     "tuned": (Tuned, None),
     "prompts": (PromptsFile, None),
+    "max_inputs": (MaxInputs, None),
     "corpus": (Annotated[Path | None, typer.Option(
         "--corpus", help="Divergence corpus: JSONL with prompt and continuation (else "
         "sampled).")], None),
@@ -72,6 +75,10 @@ _OPTIONS: dict[str, tuple[Any, Any]] = {
         "--probe-names", help="Only these probes, e.g. d6,coin.")], ""),
     "temperatures": (Annotated[str, typer.Option(
         "--temperatures", help="Temperature grid (default: 0.25..4, log-spaced).")], ""),
+    "free_text_temperatures": (Annotated[str, typer.Option(
+        "--free-text-temperatures", help="Temperatures of the tuned model's samples in the "
+        "free-text check (with --prompts; 'none' skips it).")],
+        ",".join(f"{t:g}" for t in _C.free_text_temperatures)),
     "tree_prompt": (Annotated[str, typer.Option(
         "--tree-prompt", help="Prompt of the probability tree.")], _C.tree_prompt),
     "depth": (Annotated[int, typer.Option("--depth", help="Tree depth.")], _C.tree_depth),
@@ -85,6 +92,10 @@ _OPTIONS: dict[str, tuple[Any, Any]] = {
     "insert": (Annotated[str, typer.Option(
         "--insert", help="Phrase inserted by the attractor test.")], _C.insert),
     "samples": (Samples, _C.k_samples),
+    "prob_caps": (Annotated[str, typer.Option(
+        "--prob-caps", help="De-collapse sampler: also sample the tuned model with no token "
+        "above each probability, e.g. 0.5,0.25, and score diversity and perplexity under the "
+        "base.")], ""),
     "reference": (Annotated[Path | None, typer.Option(
         "--reference", help="Reference texts for the Fréchet distance (.txt/.jsonl; default: "
         "a second draw of the first model).")], None),
@@ -108,13 +119,15 @@ _LOADING = ("batch_size", "device", "dtype", "device_map", "quantize", "revision
             "layers_path")
 #: the options each step reads (besides the models, --out and the loading options).
 _STEP_OPTIONS: dict[str, tuple[str, ...]] = {
-    "divergence": ("prompts", "corpus", "sources", "max_new_tokens", "seed"),
+    "divergence": ("prompts", "max_inputs", "corpus", "sources", "max_new_tokens", "seed"),
     "probes": ("probes", "probe_names", "seed"),
-    "temperature": ("probes", "probe_names", "temperatures", "seed"),
+    "temperature": ("probes", "probe_names", "temperatures", "prompts", "max_inputs", "samples",
+                    "max_new_tokens", "free_text_temperatures", "encoder", "seed"),
     "tree": ("tree_prompt", "depth", "top_k", "min_prob"),
-    "attractors": ("prompts", "max_new_tokens", "perturb_at", "insert", "encoder", "seed"),
-    "diversity": ("prompts", "samples", "max_new_tokens", "reference", "encoder", "seed",
-                  "engine", "address", "workers", "worker_gpus"),
+    "attractors": ("prompts", "max_inputs", "max_new_tokens", "perturb_at", "insert",
+                   "encoder", "seed"),
+    "diversity": ("prompts", "max_inputs", "samples", "max_new_tokens", "reference", "encoder",
+                  "seed", "prob_caps", "engine", "address", "workers", "worker_gpus"),
 }
 #: old flag names (one release): the samples per prompt, and --positions, which elsewhere
 #: means token positions.
@@ -143,17 +156,27 @@ def _print(summary: dict, steps: tuple[str, ...], out_dir: Path) -> None:  # typ
             out.print(f"divergence: KL(tuned‖base) {d['kl_tuned_base_mean']:.4f} [{lo:.4f}, "
                       f"{hi:.4f}] nats/token over {d['n_texts']} texts ({d['n_tokens']} tokens)")
     if "probes" in steps:
-        for name, by_model in summary["probes"].items():
+        for name, by_model in probe_items(summary["probes"]):
             cells = "; ".join(f"{m}: top {r['top_answer']} p={r['top_prob']:.3f}, "
                               f"{r['entropy_bits']:.2f}/{r['max_entropy_bits']:.2f} bits, TVD "
                               f"{r['tvd_uniform']:.3f}, outside {r['outside_mass']:.3f}"
+                              if r["answered"] else f"{m}: {unanswered_note(r)}"
                               for m, r in by_model.items())
             out.print(f"probe {name}: {cells}", highlight=False)
+        for name, r in summary["probes"].get("rank_correlation", {}).items():
+            out.print(f"probe {name}: rank correlation base vs tuned: Spearman "
+                      f"{r['spearman']:.2f} [{r['spearman_ci95'][0]:.2f}, "
+                      f"{r['spearman_ci95'][1]:.2f}], Kendall {r['kendall']:.2f} "
+                      f"[{r['kendall_ci95'][0]:.2f}, {r['kendall_ci95'][1]:.2f}] over "
+                      f"{r['n_answers']} answers", highlight=False)
     if "temperature" in steps:
         t = summary["temperature"]
         out.print(f"temperature: best T {t['best_T']:.3g}; TVD(tuned, base) {t['tvd_at_1']:.3f} "
                   f"at T=1 -> {t['residual_tvd']:.3f} [{t['residual_tvd_ci95'][0]:.3f}, "
                   f"{t['residual_tvd_ci95'][1]:.3f}] at best T (n={t['n']})")
+        for metric, m in t.get("free_text", {}).get("meet", {}).items():
+            out.print(f"free text {metric}: tuned meets the base (at T=1) at T={m['T']:.3g} "
+                      f"[{m['ci95'][0]:.3g}, {m['ci95'][1]:.3g}] (n={m['n_prompts']} prompts)")
     if "tree" in steps:
         for m, t in summary["tree"].items():
             out.print(f"tree {m}: {t['n_nodes']} nodes, top path {t['top_path']!r} p="
@@ -168,7 +191,17 @@ def _print(summary: dict, steps: tuple[str, ...], out_dir: Path) -> None:  # typ
         for m, r in summary["diversity"].items():
             out.print(f"diversity {m}: distinct-2 {r['distinct_2']:.3f}, self-BLEU "
                       f"{r['self_bleu']:.3f}, Vendi {r['vendi']:.2f}, Fréchet "
-                      f"{r.get('frechet', float('nan')):.4f}")
+                      f"{r.get('frechet', float('nan')):.4f}, precision "
+                      f"{r.get('precision', float('nan')):.2f}, recall "
+                      f"{r.get('recall', float('nan')):.2f}")
+    if "decollapse" in summary and "diversity" in steps:
+        d = summary["decollapse"]
+        for label, r in d["sets"].items():
+            out.print(f"de-collapse {label}: Vendi {r['vendi']:.2f}, distinct-2 "
+                      f"{r['distinct_2']:.3f}, perplexity under {d['scorer']} "
+                      f"{r['ppl_under_scorer']:.2f} [{r['ppl_under_scorer_ci95'][0]:.2f}, "
+                      f"{r['ppl_under_scorer_ci95'][1]:.2f}] (n={r['n_texts']} texts)",
+                      highlight=False)
     out.print(f"wrote {out_dir}/summary.json, data/, figures/, index.html")
 
 
@@ -179,7 +212,7 @@ def _run(steps: tuple[str, ...], values: dict[str, Any]) -> None:
     v = {name: default for name, (_, default) in _OPTIONS.items()} | values
     prompts, reference, tuned = v["prompts"], v["reference"], v["tuned"]
     depth, top_k, min_prob = v["depth"], v["top_k"], v["min_prob"]
-    ps = tuple(read_prompts(prompts)) if prompts else ()
+    ps = tuple(read_prompts(prompts)[:v["max_inputs"]]) if prompts else ()
     ref = tuple(read_prompts(reference, field="text")) if reference else None
     cfg = CollapseConfig(
         prompts=ps, corpus=str(v["corpus"]) if v["corpus"] else None,
@@ -187,9 +220,13 @@ def _run(steps: tuple[str, ...], values: dict[str, Any]) -> None:
         max_new_tokens=v["max_new_tokens"], probes=str(v["probes"]) if v["probes"] else None,
         probe_names=tuple(n for n in v["probe_names"].split(",") if n),
         temperatures=_floats(v["temperatures"], "--temperatures") or DEFAULT_TEMPERATURES,
+        free_text_temperatures=(() if v["free_text_temperatures"].strip().lower() == "none"
+                                else _floats(v["free_text_temperatures"],
+                                             "--free-text-temperatures")),
         tree_prompt=v["tree_prompt"], tree_depth=depth, tree_top_k=top_k,
         tree_min_prob=min_prob, positions=_floats(v["perturb_at"], "--perturb-at"),
         insert=v["insert"], k_samples=v["samples"], reference=ref,
+        prob_caps=_floats(v["prob_caps"], "--prob-caps"),
         reference_name=str(reference) if reference else "", encoder=v["encoder"],
         seed=v["seed"], batch_size=v["batch_size"])
     if "tree" in steps and (depth < 1 or top_k < 1 or not 0 <= min_prob < 1):

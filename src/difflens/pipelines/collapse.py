@@ -19,26 +19,41 @@ import numpy as np
 import pandas as pd
 
 from difflens._io import check_writable, fingerprint, write_json_atomic, write_parquet_atomic
+from difflens.analysis.divergence import mean_ci
 from difflens.analysis.diversity import diversity
 from difflens.analysis.embeddings import DEFAULT_ENCODER
+from difflens.analysis.entropy_prediction import predict_entropy
+from difflens.analysis.temperature_match import TemperatureMatch, meeting_temperature
 from difflens.capture.outcomes import (
     DEFAULT_TEMPERATURES,
     ProbeResults,
     load_probes,
+    rank_correlation,
     run_probes,
     temperature_sweep,
 )
-from difflens.capture.text_divergence import read_corpus, sample_corpus, text_divergence
+from difflens.capture.prompt_end import prompt_ends
+from difflens.capture.text_divergence import (
+    TextDivergence,
+    read_corpus,
+    sample_corpus,
+    text_divergence,
+)
 from difflens.errors import InputError
 from difflens.models.loading import LoadedModel
 from difflens.models.pair import ModelPair, models_of
 from difflens.report.collapse import (
     attractor_figures,
+    context_figures,
+    decollapse_figures,
     divergence_figures,
     diversity_figures,
+    entropy_prediction_figures,
+    free_text_figures,
     headline,
     intro_html,
     probe_figures,
+    rank_figures,
     temperature_figures,
     tree_figure,
     tree_table,
@@ -62,11 +77,17 @@ class CollapseConfig:
     """A JSONL corpus (prompt, continuation) for divergence instead of sampling."""
     sources: tuple[str, ...] = ()
     """Models whose samples form the divergence corpus (default: every model)."""
+    predict_entropy: bool = True
+    """Divergence step: predict each text's mean entropy from its prompt's states (a ridge
+    probe against baselines); needs at least 10 texts of a model."""
     max_new_tokens: int = 40
     probes: str | None = None
     """Probe JSONL (default: the built-in probes)."""
     probe_names: tuple[str, ...] = ()
     temperatures: tuple[float, ...] = DEFAULT_TEMPERATURES
+    free_text_temperatures: tuple[float, ...] = (0.5, 0.7, 1.0, 1.4, 2.0, 2.8)
+    """Temperatures of the tuned model's samples in the free-text temperature check (run by
+    the temperature step when prompts are given; empty: skip it)."""
     tree_prompt: str = ""
     tree_depth: int = 4
     tree_top_k: int = 5
@@ -74,6 +95,10 @@ class CollapseConfig:
     positions: tuple[float, ...] = (0.2, 0.4, 0.6)
     insert: str = " Suddenly,"
     k_samples: int = 16
+    prob_caps: tuple[float, ...] = ()
+    """The de-collapse sampler's caps: the diversity step also samples the tuned model (the
+    only model when there is one) with each cap, and scores diversity and perplexity under
+    the base (empty: skip)."""
     reference: tuple[str, ...] | None = None
     """Reference texts for the Fréchet distance (None: a second draw of the first model)."""
     reference_name: str = ""
@@ -86,6 +111,12 @@ class CollapseConfig:
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise InputError(f"batch_size must be >= 1, got {self.batch_size}")
+        if any(not 0 < c < 1 for c in self.prob_caps):
+            raise InputError(f"--prob-caps must be probabilities in (0, 1), got "
+                             f"{list(self.prob_caps)}; e.g. 0.5,0.25")
+        if any(not t > 0 for t in self.free_text_temperatures):
+            raise InputError(f"--free-text-temperatures must be > 0, got "
+                             f"{list(self.free_text_temperatures)}; e.g. 0.5,1,2")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,6 +174,14 @@ def run_collapse(target: LoadedModel | ModelPair, out: Path, *, steps: Sequence[
             write_table(curve, data, "divergence_by_position")
             summary["divergence"] = div.summary(seed=config.seed)
             figures += divergence_figures(curve, list(models))
+            figures += context_figures(summary["divergence"]["contexts"])
+            if config.predict_entropy:
+                table, summary["divergence"]["entropy_prediction"] = _entropy_prediction(
+                    models, div, config)
+                if len(table):
+                    write_table(table, data, "entropy_prediction")
+                figures += entropy_prediction_figures(
+                    summary["divergence"]["entropy_prediction"])
             advance(1)
         results: ProbeResults | None = None
         if "probes" in steps or "temperature" in steps:
@@ -155,11 +194,23 @@ def run_collapse(target: LoadedModel | ModelPair, out: Path, *, steps: Sequence[
             write_table(results.answers, data, "probe_answers")
             summary["probes"] = results.summary(seed=config.seed)
             figures += probe_figures(results, summary["probes"])
+            if isinstance(target, ModelPair):
+                ranks = rank_correlation(results, seed=config.seed)
+                summary["probes"]["rank_correlation"] = ranks
+                figures += rank_figures(ranks)
         if "temperature" in steps and results is not None:
             sweep = temperature_sweep(results, seed=config.seed)
             write_table(sweep.table, data, "temperature")
             summary["temperature"] = sweep.summary()
             figures += temperature_figures(sweep.table, sweep.best_T)
+            if config.prompts and config.free_text_temperatures and isinstance(target,
+                                                                              ModelPair):
+                temps = config.free_text_temperatures
+                advance = bar("temperature: free text", len(config.prompts) * (len(temps) + 1))
+                match = _free_text_temperature(target, config, data, advance)
+                write_table(match.curves, data, "temperature_free_text")
+                summary["temperature"]["free_text"] = match.summary()
+                figures += free_text_figures(match, summary["temperature"])
         if "tree" in steps:
             advance = bar("trees", len(models))
             trees = {}
@@ -202,6 +253,14 @@ def run_collapse(target: LoadedModel | ModelPair, out: Path, *, steps: Sequence[
             summary["diversity"] = div_res.summary(seed=config.seed)
             summary["diversity_encoder"] = div_res.encoder
             figures += diversity_figures(summary["diversity"])
+            if config.prob_caps:
+                advance = bar("diversity: de-collapse", len(config.prob_caps)
+                              * len(config.prompts) + 1)
+                table, summary["decollapse"] = _decollapse(
+                    target, config, samples, summary["diversity"], reference, ref_name, out,
+                    data, advance)
+                write_table(table, data, "decollapse")
+                figures += decollapse_figures(summary["decollapse"])
     for fig in figures:
         fig.save(figdir)
     summary["config"] = {**summary.get("config", {}), **{
@@ -215,13 +274,113 @@ def run_collapse(target: LoadedModel | ModelPair, out: Path, *, steps: Sequence[
     return CollapseRun(summary=summary, figures=figures)
 
 
+FREE_TEXT_METRICS = ("distinct_2", "self_bleu", "vendi")
+
+
+def _entropy_prediction(models: dict[str, LoadedModel], div: TextDivergence,
+                        config: CollapseConfig) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Per model, predict the mean entropy of its own continuation of each prompt from the
+    prompt's final states (every layer), against the prompt-end entropy and the length."""
+    tables, out = [], {}
+    per_text = div.tokens.groupby("text_id")
+    for label, lm in models.items():
+        ids = [i for i, src in enumerate(div.corpus.sources) if src == label]
+        col = f"{label}_entropy"
+        target = per_text[col].mean().reindex(ids).to_numpy(np.float64)
+        ids = [i for i, y in zip(ids, target, strict=True) if np.isfinite(y)]
+        target = target[np.isfinite(target)]
+        if len(ids) < 10:
+            out[label] = {"skipped": f"needs at least 10 texts of {label}, got {len(ids)}",
+                          "n_prompts": len(ids)}
+            continue
+        prompts = [div.corpus.prompts[i] for i in ids]
+        ends = prompt_ends(lm, prompts, range(1, lm.n_layers + 1),
+                           batch_size=config.batch_size)
+        res = predict_entropy(ends.states, target, {"prompt-end entropy": ends.entropy,
+                                                    "prompt length": ends.n_tokens},
+                              seed=config.seed)
+        out[label] = res.summary
+        tables.append(res.table.assign(model=label, text_id=ids, prompt=prompts))
+    return (pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()), out
+
+
+def _decollapse(target: LoadedModel | ModelPair, config: CollapseConfig,
+                samples: dict[str, list[list[str]]], div_summary: dict[str, Any],
+                reference: Sequence[str] | None, ref_name: str, out: Path, data: Path,
+                advance: Callable[[int], None]
+                ) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The de-collapse sampler: the tuned model sampled with each probability cap, its
+    diversity, and every sample set's perplexity under the base (one row per text)."""
+    from difflens.capture.text_divergence import Corpus
+
+    models = models_of(target)
+    scorer_label, model_label = next(iter(models)), list(models)[-1]
+    sets = {label: s for label, s in samples.items()}
+    for cap in config.prob_caps:
+        sets[f"{model_label} cap={cap:g}"] = _samples(models[model_label], model_label, config,
+                                                      data, advance, prob_cap=cap)
+    capped = {k: v for k, v in sets.items() if k not in samples}
+    div = diversity(capped, reference=reference, reference_name=ref_name,
+                    encoder=config.encoder, seed=config.seed).summary(seed=config.seed)
+    texts = [(label, p, t) for label, per in sets.items() for p, ts in enumerate(per)
+             for t in ts if t.strip()]
+    corpus = Corpus([config.prompts[p] for _, p, _ in texts], [t for _, _, t in texts],
+                    [label for label, _, _ in texts])
+    key = fingerprint([corpus.prompts, corpus.continuations], length=12)
+    scored = text_divergence(models[scorer_label], corpus, store=out / "capture" / key,
+                             batch_size=config.batch_size).tokens
+    advance(1)
+    logprob = next(c for c in scored.columns if c.endswith("_logprob"))
+    nll = -scored.groupby("text_id")[logprob].mean()
+    table = pd.DataFrame({"set": corpus.sources, "prompt_id": [p for _, p, _ in texts],
+                          "text": corpus.continuations,
+                          "nll": nll.reindex(range(len(texts))).to_numpy()})
+    result: dict[str, Any] = {"model": model_label, "scorer": scorer_label,
+                              "caps": list(config.prob_caps), "sets": {}}
+    for label in sets:
+        x = table.loc[table.set == label, "nll"].to_numpy(np.float64)
+        m = mean_ci(x, seed=config.seed)
+        row: dict[str, Any] = {"ppl_under_scorer": float(np.exp(m["mean"])),
+                               "ppl_under_scorer_ci95": [float(np.exp(v)) for v in m["ci95"]],
+                               "n_texts": m["n"]}
+        source = div.get(label) or div_summary[label]
+        row |= {k: v for k, v in source.items() if k.split("_ci95")[0] in (
+            "distinct_2", "self_bleu", "vendi", "precision", "recall")}
+        result["sets"][label] = row
+    return table, result
+
+
+def _free_text_temperature(pair: ModelPair, config: CollapseConfig, data: Path,
+                           advance: Callable[[int], None]) -> TemperatureMatch:
+    """Sample the tuned model at each free-text temperature and the base at 1 (the
+    diversity step's samples, shared through the cache), and match their diversity."""
+    base = _samples(pair.base, "base", config, data, advance)
+    tuned = {t: _samples(pair.tuned, "tuned", config, data, advance, temperature=t)
+             for t in config.free_text_temperatures}
+    div = diversity({"base": base, **{f"T={t:g}": s for t, s in tuned.items()}},
+                    encoder=config.encoder, seed=config.seed).per_prompt
+    at = {f"T={t:g}": t for t in tuned}
+    tuned_rows = div[div.model != "base"].assign(T=lambda d: d.model.map(at))
+    return meeting_temperature(tuned_rows, div[div.model == "base"], FREE_TEXT_METRICS,
+                               seed=config.seed)
+
+
 def _samples(lm: LoadedModel, label: str, config: CollapseConfig, data: Path,
-             advance: Any) -> list[list[str]]:
-    """K samples per prompt (one generate job per prompt, seed + prompt index, on the engine
-    set by ``use_engine``), cached in ``data/samples_<label>.parquet`` under a key of the
-    model, prompts and settings."""
-    key = fingerprint([lm.identity.weights_sha256, list(config.prompts), config.k_samples,
-                       config.max_new_tokens, config.seed], length=64)
+             advance: Any, *, temperature: float = 1.0, prob_cap: float | None = None
+             ) -> list[list[str]]:
+    """K samples per prompt at ``temperature`` (one generate job per prompt, seed + prompt
+    index, on the engine set by ``use_engine``), cached in ``data/samples_<label>.parquet``
+    (``samples_<label>_T<t>`` away from T = 1) under a key of the model, prompts and
+    settings."""
+    parts: list[Any] = [lm.identity.weights_sha256, list(config.prompts), config.k_samples,
+                        config.max_new_tokens, config.seed]
+    if temperature != 1.0:
+        parts.append(temperature)
+        label = f"{label}_T{temperature:g}"
+    if prob_cap is not None:
+        parts.append(["prob_cap", prob_cap])
+        label = f"{label}_cap{prob_cap:g}"
+    key = fingerprint(parts, length=64)
     path = data / f"samples_{label}.parquet"
     if path.is_file():
         df = pd.read_parquet(path)
@@ -232,8 +391,8 @@ def _samples(lm: LoadedModel, label: str, config: CollapseConfig, data: Path,
     tok = lm.tokenizer
     rows = []
     jobs = [([tok(prompt)["input_ids"]] * config.k_samples, GenerationConfig(
-        max_new_tokens=config.max_new_tokens, temperature=1.0, seed=config.seed + p,
-        batch_size=config.k_samples, sampler="multinomial"))
+        max_new_tokens=config.max_new_tokens, temperature=temperature, seed=config.seed + p,
+        batch_size=config.k_samples, sampler="multinomial", prob_cap=prob_cap))
         for p, prompt in enumerate(config.prompts)]
     gens = generate_many(lm, jobs, on_job=None if advance is None else lambda _j, _g: advance(1))
     for p, gen in enumerate(gens):

@@ -158,6 +158,7 @@ def _collapse_section(out: Path, base: LoadedModel, tuned: LoadedModel, seed: in
                       if len(st.sentences) > 1)
     config = CollapseConfig(prompts=openings, probes=str(probe_file), tree_prompt=openings[0],
                             max_new_tokens=40, k_samples=8, reference=reference,
+                            prob_caps=(0.5, 0.25),
                             reference_name="held-out world stories (sentences 2-4)",
                             seed=seed)
     return run_collapse(ModelPair(base, tuned), out, config=config, progress=progress,

@@ -9,6 +9,7 @@ from typing import Any
 
 import pandas as pd
 
+from difflens.analysis.temperature_match import TemperatureMatch
 from difflens.capture.outcomes import ProbeResults
 from difflens.report.figures import COLORS, AnyFigure, CustomFigure, Figure, Series
 from difflens.sampling.tree import ProbabilityTree, TreeNode
@@ -40,11 +41,18 @@ def headline(summary: dict[str, Any]) -> dict[str, Any]:
     if "kl_tuned_base_mean" in d:
         h["KL(tuned‖base) per token"] = {"mean": d["kl_tuned_base_mean"],
                                           "ci95": d["kl_tuned_base_ci95"], "n": d["n_texts"]}
-    for name, by_model in summary.get("probes", {}).items():
+    for name, by_model in probe_items(summary.get("probes", {})):
         for m, r in by_model.items():
             h[f"probe {name}, {m}: top answer"] = (
                 f"{r['top_answer']} (p={r['top_prob']:.3f}); entropy {r['entropy_bits']:.2f} of "
-                f"{r['max_entropy_bits']:.2f} bits; outside mass {r['outside_mass']:.3f}")
+                f"{r['max_entropy_bits']:.2f} bits; outside mass {r['outside_mass']:.3f}"
+                if r.get("answered", True) else unanswered_note(r))
+    for name, r in summary.get("probes", {}).get("rank_correlation", {}).items():
+        h[f"probe {name}: rank correlation base vs tuned"] = (
+            f"Spearman {r['spearman']:.2f} [{r['spearman_ci95'][0]:.2f}, "
+            f"{r['spearman_ci95'][1]:.2f}], Kendall {r['kendall']:.2f} "
+            f"[{r['kendall_ci95'][0]:.2f}, {r['kendall_ci95'][1]:.2f}] over {r['n_answers']} "
+            f"answers" + ("" if r["answered"] else " (a model does not answer it)"))
     for m, a in summary.get("attractors", {}).items():
         h[f"attractor strength, {m}"] = {"mean": a["strength"], "ci95": [a["ci_low"],
                                                                          a["ci_high"]],
@@ -54,6 +62,18 @@ def headline(summary: dict[str, Any]) -> dict[str, Any]:
                                 f"{r['self_bleu']:.3f}, Vendi {r['vendi']:.2f}, Fréchet "
                                 f"{r.get('frechet', float('nan')):.4f}")
     return h
+
+
+def probe_items(probes: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(probe, {model: row}) of a ``probes`` summary, without its ``rank_correlation``."""
+    return [(k, v) for k, v in probes.items() if k != "rank_correlation"]
+
+
+def unanswered_note(row: Mapping[str, Any]) -> str:
+    """What a probe row says when the model does not answer the probe."""
+    return (f"not answered: outside mass {row['outside_mass']:.3f} > "
+            f"{row['outside_limit']:g}, so the distribution given an answer (top "
+            f"{row['top_answer']}, p={row['top_prob']:.3f}) rests on almost no mass")
 
 
 def divergence_figures(curve: pd.DataFrame, models: list[str]) -> list[AnyFigure]:
@@ -75,28 +95,88 @@ def divergence_figures(curve: pd.DataFrame, models: list[str]) -> list[AnyFigure
     return figs
 
 
+def context_figures(contexts: Mapping[str, Any]) -> list[AnyFigure]:
+    """Which contexts collapse: the measure (entropy drop for a pair) by context."""
+    by = contexts["by_context"]
+    names = [c for c in ("copy", "repeat", "novel") if "mean" in by[c]]
+    what = ("entropy drop, base - tuned (nats)" if contexts["measure"] == "entropy_drop"
+            else f"{contexts['measure']} (nats)")
+    return [Figure(
+        "divergence_contexts", "Which contexts collapse: copying, repetition, novel text",
+        "bar", [f"{c} ({by[c]['share']:.0%} of tokens)" for c in names],
+        [Series(what, [by[c]["mean"] for c in names], [by[c]["ci95"][0] for c in names],
+                [by[c]["ci95"][1] for c in names])], ylabel=what,
+        caption="copy: the token completes a bigram of the prompt; repeat: a bigram written "
+        "earlier in the continuation; 95% bootstrap CI over texts (n="
+        f"{contexts['n_texts']})")]
+
+
+def entropy_prediction_figures(result: Mapping[str, Any]) -> list[AnyFigure]:
+    """Spearman's rho of the out-of-fold predictions: the state probe and the baselines."""
+    models = [m for m in label_order(list(result)) if "probe" in result[m]]
+    if not models:
+        return []
+    names = ["probe (prompt states)", *result[models[0]]["baselines"]]
+
+    def rows(m: str) -> list[dict[str, Any]]:
+        return [result[m]["probe"], *result[m]["baselines"].values()]
+
+    return [Figure(
+        "entropy_prediction", "Which prompts get a low-entropy continuation? (predicted)",
+        "bar", names, [Series(m, [r["spearman"] for r in rows(m)],
+                              [r["spearman_ci95"][0] for r in rows(m)],
+                              [r["spearman_ci95"][1] for r in rows(m)]) for m in models],
+        ylabel="Spearman rho, predicted vs actual mean entropy", hline=0.0,
+        caption="out-of-fold (5 folds over prompts); ridge on the final prompt token's state, "
+        "layer chosen in each training fold; baselines: 1-D fits; 95% bootstrap CI over "
+        "prompts; n = " + ", ".join(f"{m} {result[m]['n_prompts']}" for m in models))]
+
+
 def probe_figures(results: ProbeResults, summary: dict[str, Any]) -> list[AnyFigure]:
     figs: list[AnyFigure] = []
     models = label_order(list(dict.fromkeys(results.phrasings.model)))
-    names = list(summary)
+    names = [n for n, _ in probe_items(summary)]
+    silent = [f"{m} on {n}" for n in names for m in models
+              if not summary[n][m].get("answered", True)]
+    warning = (f"; NOT ANSWERED ({', '.join(silent)}): outside mass above "
+               f"{summary[names[0]][models[0]]['outside_limit']:g}, the distribution given "
+               f"an answer rests on almost no mass" if silent else "")
     figs.append(Figure(
         "probes_tvd", "Distance from uniform of each probe's answers", "bar", names,
         [Series(m, [summary[n][m]["tvd_uniform"] for n in names],
                 [summary[n][m]["tvd_uniform_ci95"][0] for n in names],
                 [summary[n][m]["tvd_uniform_ci95"][1] for n in names]) for m in models],
         ylabel="TVD from uniform", caption="mean over phrasings; 95% bootstrap CI over "
-        "phrasings; 0 = a fair draw"))
+        "phrasings; 0 = a fair draw" + warning))
     for name in names:
         a = results.answers[results.answers.probe == name]
         answers = list(dict.fromkeys(a.answer))
         mean = a.groupby(["model", "answer"])["p"].mean()
+        mute = [m for m in models if not summary[name][m].get("answered", True)]
         figs.append(Figure(
-            f"probe_{name}", f"Exact answer distribution: {name} (mean over phrasings)", "bar",
+            f"probe_{name}", f"Exact answer distribution: {name} (mean over phrasings)"
+            + (f" — not answered by {', '.join(mute)}" if mute else ""), "bar",
             answers, [Series(m, [float(mean[(m, x)]) for x in answers]) for m in models],
             xlabel="answer", ylabel="probability", hline=1 / len(answers),
             caption="chained token probabilities, renormalised over the answers; dashed: "
-            "uniform"))
+            "uniform" + "".join(f"; {m}: {unanswered_note(summary[name][m])}" for m in mute)))
     return figs
+
+
+def rank_figures(ranks: Mapping[str, Any]) -> list[AnyFigure]:
+    """Spearman and Kendall correlation of the two models' answer orderings, per probe."""
+    names = list(ranks)
+    if not names:
+        return []
+    return [Figure(
+        "probes_rank_correlation", "Do base and tuned order the answers alike?", "bar", names,
+        [Series(label, [ranks[n][key] for n in names], [ranks[n][f"{key}_ci95"][0] for n in names],
+                [ranks[n][f"{key}_ci95"][1] for n in names])
+         for label, key in (("Spearman", "spearman"), ("Kendall tau-b", "kendall"))],
+        ylabel="rank correlation", hline=0.0,
+        caption="over each probe's answers (mean probability over phrasings); 95% bootstrap "
+        "CI resampling answers; 0 = unrelated orderings" + "".join(
+            f"; {n}: a model does not answer it" for n in names if not ranks[n]["answered"]))]
 
 
 def temperature_figures(table: pd.DataFrame, best_t: float) -> list[AnyFigure]:
@@ -114,6 +194,56 @@ def temperature_figures(table: pd.DataFrame, best_t: float) -> list[AnyFigure]:
                xlabel="temperature of the tuned model", ylabel="TVD (mean over phrasings)",
                caption="'tuned': distance from the base's answers; 'uniform': from a fair "
                "draw"),
+    ]
+
+
+def free_text_figures(match: TemperatureMatch, temperature: Mapping[str, Any]
+                      ) -> list[AnyFigure]:
+    """The tuned model's diversity against its temperature, the base at T = 1 dashed: one
+    figure per metric, with the meeting temperature next to the exact-probe best T."""
+    figs: list[AnyFigure] = []
+    for metric, m in match.meet.items():
+        c = match.curves[match.curves.metric == metric].sort_values("T")
+        lo, hi = m["ci95"]
+        meets = (f"meets the base at T={m['T']:.3g} [{lo:.3g}, {hi:.3g}]" if m["T"] == m["T"]
+                 else "does not meet the base in this range")
+        figs.append(Figure(
+            f"temperature_free_text_{metric}", f"Free text: tuned {metric} vs temperature "
+            "(base at T=1 dashed)", "line", c["T"].tolist(),
+            [Series("tuned", c.tuned.tolist(), c.ci_low.tolist(), c.ci_high.tolist())],
+            xlabel="temperature of the tuned model", ylabel=f"{metric} (mean over prompts)",
+            hline=float(c.base.iloc[0]),
+            caption=f"{meets} (95% CI over prompts, n={m['n_prompts']}); exact probes: best "
+            f"T={temperature['best_T']:.3g}"))
+    return figs
+
+
+def decollapse_figures(result: Mapping[str, Any]) -> list[AnyFigure]:
+    """The de-collapse sampler: diversity and perplexity under the base of every sample set
+    (the models' own samples and the capped ones)."""
+    sets = result["sets"]
+    names = list(sets)
+
+    def series(label: str, key: str) -> Series:
+        return Series(label, [sets[n].get(key, float("nan")) for n in names],
+                      [sets[n].get(f"{key}_ci95", [float("nan")] * 2)[0] for n in names],
+                      [sets[n].get(f"{key}_ci95", [float("nan")] * 2)[1] for n in names])
+
+    shares = [(lbl, k) for lbl, k in (("distinct-2", "distinct_2"), ("self-BLEU", "self_bleu"),
+                                      ("recall", "recall"), ("precision", "precision"))
+              if all(k in sets[n] for n in names)]
+    return [
+        Figure("decollapse_diversity", "De-collapse sampler: diversity of each sample set",
+               "bar", names, [series(lbl, k) for lbl, k in shares], ylabel="share",
+               caption=f"cap = no token above this probability ({result['model']}); 95% CI "
+               "over prompts (recall: over reference texts)"),
+        Figure("decollapse_vendi", "De-collapse sampler: Vendi score", "bar", names,
+               [series("Vendi", "vendi")], ylabel="effective number of distinct samples"),
+        Figure("decollapse_ppl", f"De-collapse sampler: perplexity under {result['scorer']}",
+               "bar", names, [series("perplexity", "ppl_under_scorer")],
+               ylabel="perplexity (per token)",
+               caption=f"exp of the mean per-text NLL under {result['scorer']}; 95% CI over "
+               "texts; the cost in fluency of a cap"),
     ]
 
 
@@ -212,7 +342,32 @@ def attractor_figures(summary: dict[str, Any]) -> list[AnyFigure]:
                  summary[m]["cosine_ci95"][1]]) for m in models],
         ylabel="similarity of the new ending to the original",
         caption="95% bootstrap CI over prompts; chance (endings of different prompts): "
-        + ", ".join(f"{m} {summary[m]['chance']:.3f}" for m in models))]
+        + ", ".join(f"{m} {summary[m]['chance']:.3f}" for m in models)),
+        *_entropy_after_figure(summary, models)]
+
+
+def _entropy_after_figure(summary: dict[str, Any], models: list[str]) -> list[AnyFigure]:
+    """Entropy on the new path minus the original path, for escapes and returns."""
+    groups = ["escaped", "returned"]
+    if not all("entropy_after" in summary[m] for m in models):
+        return []
+
+    def cell(m: str, g: str, i: int | None) -> float:
+        r = summary[m]["entropy_after"][g]
+        if "diff" not in r:
+            return float("nan")
+        return float(r["diff"] if i is None else r["diff_ci95"][i])
+
+    return [Figure(
+        "attractor_entropy_after", "Confidence after a perturbation: entropy of the new path "
+        "minus the original", "bar", groups,
+        [Series(m, [cell(m, g, None) for g in groups], [cell(m, g, 0) for g in groups],
+                [cell(m, g, 1) for g in groups]) for m in models],
+        ylabel="nats per token", hline=0.0,
+        caption="escaped: a different ending; 0 = as confident on the new path as on the old; "
+        "95% bootstrap CI over prompts; n = " + ", ".join(
+            f"{m} {summary[m]['entropy_after']['escaped']['n']}/"
+            f"{summary[m]['entropy_after']['returned']['n']}" for m in models))]
 
 
 def diversity_figures(summary: dict[str, Any]) -> list[AnyFigure]:
@@ -239,4 +394,14 @@ def diversity_figures(summary: dict[str, Any]) -> list[AnyFigure]:
                                         [summary[m]["frechet_ci95"][0]],
                                         [summary[m]["frechet_ci95"][1]]) for m in models],
             caption=str(summary[models[0]].get("frechet_reference", ""))))
+    if all("precision" in summary[m] for m in models):
+        keys = ["precision", "recall"]
+        figs.append(Figure(
+            "diversity_coverage", "Precision and recall against the reference (k-NN)", "bar",
+            keys, [Series(m, [summary[m][k] for k in keys], [ci(m, k, 0) for k in keys],
+                          [ci(m, k, 1) for k in keys]) for m in models],
+            ylabel="share", caption=f"k={summary[models[0]]['knn_k']} nearest neighbours; "
+            "precision: share of samples inside the reference's balls (CI over prompts); "
+            "recall: share of reference texts inside the samples' balls, i.e. coverage (CI "
+            "over reference texts)"))
     return figs

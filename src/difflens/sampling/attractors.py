@@ -18,6 +18,12 @@ sentence-embedding cosine; the final complete sentences are also compared as tex
 ``chance`` is the same score between the original endings of *different* prompts: how
 alike the endings are with no perturbation at all (a model that ends every story the same
 way scores high here too).
+
+**Confidence after an escape**: along every regenerated path the model's next-token entropy
+is kept, and compared with the original path's entropy over the same positions. For the
+perturbations that escaped (a different ending), a new path as confident as the old one
+(difference near 0) means the model collapses onto another attractor rather than becoming
+unsure.
 """
 
 import dataclasses
@@ -41,12 +47,15 @@ _SENT = re.compile(r"(?<=[.!?])\s+")
 
 
 def greedy_ids(lm: LoadedModel, seqs: Sequence[Sequence[int]], budgets: Sequence[int],
-               batch_size: int = 32) -> list[list[int]]:
+               batch_size: int = 32) -> tuple[list[list[int]], list[list[float]]]:
     """Greedy continuation ids of each sequence (KV cache, left-padded batches), cut at EOS
-    and at its own budget."""
+    and at its own budget, and the model's entropy (nats) at each of those tokens."""
     gen = generate(lm, seqs, GenerationConfig(max_new_tokens=max(1, max(budgets)),
-                                              temperature=0.0, batch_size=batch_size))
-    return [row[:b] for row, b in zip(gen.token_ids, budgets, strict=True)]
+                                              temperature=0.0, batch_size=batch_size),
+                   keep_entropy=True)
+    ents = gen.entropies or [[] for _ in seqs]
+    return ([row[:b] for row, b in zip(gen.token_ids, budgets, strict=True)],
+            [h[:b] for h, b in zip(ents, budgets, strict=True)])
 
 
 def final_sentence(text: str, min_words: int = 3) -> str:
@@ -86,7 +95,8 @@ def _word_starts(lm: LoadedModel, ids: Sequence[int]) -> list[int]:
 class AttractorResult:
     table: pd.DataFrame
     """One row per model, prompt and perturbation: position, kind, the perturbed word, the
-    original and new endings, exact, edit_distance, same_final_sentence, cosine."""
+    original and new endings, exact, edit_distance, same_final_sentence, cosine, and the mean
+    entropy of the regenerated path and of the original path over the same positions."""
     originals: pd.DataFrame
     """One row per model and prompt: the original greedy completion, its ending and final
     sentence."""
@@ -117,8 +127,35 @@ class AttractorResult:
             row["chance"] = self.chance.get(str(model), float("nan"))
             row["by_kind"] = {str(k): float(1 - gk.edit_distance.mean())
                               for k, gk in g.groupby("kind")}
+            row["entropy_after"] = _entropy_after(g, seed, n_boot)
             out[str(model)] = row
         return out
+
+
+def _entropy_after(g: pd.DataFrame, seed: int, n_boot: int) -> dict[str, Any]:
+    """Confidence after an escape: the model's mean entropy on the regenerated path against
+    the original path over the same positions, for perturbations that escaped (a different
+    ending) and that returned (the same ending); paired differences with a bootstrap CI over
+    prompts."""
+    out: dict[str, Any] = {}
+    g = g[np.isfinite(g.entropy_new) & np.isfinite(g.entropy_original)]
+    for name, part in (("escaped", g[g.exact == 0]), ("returned", g[g.exact == 1])):
+        per = part.groupby("prompt_id")
+        row: dict[str, Any] = {"n": len(part), "n_prompts": per.ngroups}
+        if len(part):
+            sizes = per.size().to_numpy(np.float64)
+            w = bootstrap_weights(per.ngroups, n_boot, seed)
+            for key, col in (("new", part.entropy_new),
+                             ("original", part.entropy_original),
+                             ("diff", part.entropy_new - part.entropy_original)):
+                sums = col.groupby(part.prompt_id).sum().to_numpy(np.float64)
+                boot = (w @ sums) / (w @ sizes)
+                row[key] = float(sums.sum() / sizes.sum())
+                row[f"{key}_ci95"] = [float(np.quantile(boot, 0.025)),
+                                      float(np.quantile(boot, 0.975))]
+        out[name] = row
+    out["units"] = "nats per token (greedy path, the model's own distribution at T = 1)"
+    return out
 
 
 def attractor_test(
@@ -162,7 +199,7 @@ def attractor_test(
     for label, lm in models_of(model_or_pair).items():
         tok = lm.tokenizer
         pre = [list(tok(p)["input_ids"]) for p in prompts]
-        base = greedy_ids(lm, pre, [max_new_tokens] * len(pre), batch_size=batch_size)
+        base, base_h = greedy_ids(lm, pre, [max_new_tokens] * len(pre), batch_size=batch_size)
         ins = list(tok(insert, add_special_tokens=False)["input_ids"]) if insert else []
         jobs: list[tuple[int, str, int, list[int], int, str]] = []
         mine: list[dict[str, Any]] = []
@@ -188,9 +225,12 @@ def attractor_test(
                                  len(comp) - k - 1, tok.decode([alt])))
                 if "insert" in kinds and ins:
                     jobs.append((p, "insert", k, ids + comp[:k] + ins, len(comp) - k, insert))
-        regen = greedy_ids(lm, [j[3] for j in jobs], [j[4] for j in jobs],
-                           batch_size=batch_size)
-        for (p, kind, k, seq, _b, word), new in zip(jobs, regen, strict=True):
+        regen, regen_h = greedy_ids(lm, [j[3] for j in jobs], [j[4] for j in jobs],
+                                    batch_size=batch_size)
+        for (p, kind, k, seq, _b, word), new, new_h in zip(jobs, regen, regen_h, strict=True):
+            # the original path over the positions the new one regenerated: after the
+            # replaced token, or from the insertion point
+            old_h = base_h[p][k + 1 if kind == "replace" else k:][:len(new_h)]
             gen = seq[len(pre[p]):] + new
             new_text = tok.decode(gen, skip_special_tokens=True)
             orig = mine[p]
@@ -202,7 +242,9 @@ def attractor_test(
                          "new_text": new_text, "exact": float(orig["ending_ids"] == n_ids),
                          "edit_distance": edit_distance(orig["ending_ids"], n_ids),
                          "same_final_sentence": float(
-                             orig["final_sentence"] == final_sentence(new_text))})
+                             orig["final_sentence"] == final_sentence(new_text)),
+                         "entropy_new": float(np.mean(new_h)) if new_h else np.nan,
+                         "entropy_original": float(np.mean(old_h)) if old_h else np.nan})
         ends = [o["ending_ids"] for o in mine]
         pairs = [(i, (i + s) % len(ends)) for s in (1, 2, 3) for i in range(len(ends))
                  if len(ends) > s]

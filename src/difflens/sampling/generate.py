@@ -17,7 +17,10 @@ Two samplers:
   same seed share their uniforms (common random numbers), which is what comparing
   controllers needs.
 
-``temperature=0`` is greedy (argmax) under either sampler. A row ends on the tokenizer's EOS
+``prob_cap`` (the de-collapse sampler) caps every token's probability at ``prob_cap`` after
+the temperature and gives the excess to the other tokens in proportion to their
+probability (:func:`cap_probs`), so no continuation can take more than ``prob_cap`` of a
+step. ``temperature=0`` is greedy (argmax) under either sampler. A row ends on the tokenizer's EOS
 or any EOS id of the model's ``generation_config``. The logits processors a
 ``generation_config`` may name (repetition penalty, top-k) are not applied: difflens draws
 from the model's own distribution, the one its analyses measure.
@@ -29,6 +32,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 from difflens.errors import InputError
@@ -55,8 +59,13 @@ class GenerationConfig:
     """Wrap each prompt text in the model's chat template."""
     sampler: str = "inverse_cdf"
     """``inverse_cdf`` (common random numbers) or ``multinomial`` (Hugging Face's draw)."""
+    prob_cap: float | None = None
+    """The de-collapse sampler: no token gets more than this probability (see
+    :func:`cap_probs`); None draws from the model's distribution."""
 
     def __post_init__(self) -> None:
+        if self.prob_cap is not None and not 0 < self.prob_cap <= 1:
+            raise InputError(f"prob_cap must be in (0, 1], got {self.prob_cap}")
         if self.max_new_tokens < 1:
             raise InputError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if not self.temperature >= 0:
@@ -84,6 +93,9 @@ class Generation:
     """Wall time of the forward passes and sampling (tokenisation excluded)."""
     n_forward_tokens: int
     """Positions the model computed (prompts, kept, dropped and re-fed tokens)."""
+    entropies: list[list[float]] | None = None
+    """Per row, when asked for: the entropy (nats) of the model's own next-token
+    distribution (T = 1, no cap) at each kept token."""
 
     def texts(self, tokenizer: object) -> list[str]:
         """Each row's continuation as text (special tokens skipped)."""
@@ -166,6 +178,7 @@ def generate(
     on_step: StepHook | None = None,
     on_chunk: Callable[[int, int], None] | None = None,
     keep_logprobs: bool = False,
+    keep_entropy: bool = False,
 ) -> Generation:
     """Continue every prompt (see the module docstring for batching and seeding).
 
@@ -176,6 +189,7 @@ def generate(
         on_step: called after every forward pass with a :class:`Step`.
         on_chunk: called with ``(first row, rows)`` before each chunk's first pass.
         keep_logprobs: keep the log-distribution of every kept token.
+        keep_entropy: keep the entropy of the model's distribution at every kept token.
 
     Example:
         >>> gen = generate(lm, ["Once upon a time"], GenerationConfig(temperature=0.0))
@@ -190,6 +204,7 @@ def generate(
     tokens: list[list[int]] = []
     eos_stops: list[bool] = []
     lps: list[Tensor | None] = []
+    ents: list[list[float]] = []
     seconds, n_forward = 0.0, 0
     for start in range(0, len(seqs), config.batch_size):
         chunk = seqs[start:start + config.batch_size]
@@ -199,14 +214,17 @@ def generate(
         gen = torch.Generator(device=device).manual_seed(config.seed + start)
         if on_chunk is not None:
             on_chunk(start, len(chunk))
-        out = _run_chunk(lm, backend_for(lm), chunk, config, gen, on_step, start, keep_logprobs)
+        out = _run_chunk(lm, backend_for(lm), chunk, config, gen, on_step, start, keep_logprobs,
+                         keep_entropy)
         tokens += out[0]
         eos_stops += out[1]
         lps += out[2]
         seconds += out[3]
         n_forward += out[4]
+        ents += out[5]
     return Generation(prompt_ids=seqs, token_ids=tokens, stopped_at_eos=eos_stops,
-                      logprobs=lps, seconds=seconds, n_forward_tokens=n_forward)
+                      logprobs=lps, seconds=seconds, n_forward_tokens=n_forward,
+                      entropies=ents if keep_entropy else None)
 
 
 GenerationJob = tuple[Sequence[Sequence[int]], GenerationConfig]
@@ -262,24 +280,52 @@ def _generation_job(models: dict[str, LoadedModel], job: GenerationJob) -> dict[
             if f.name != "logprobs"}
 
 
+def cap_probs(probs: Float[Tensor, "batch vocab"], cap: float) -> Float[Tensor, "batch vocab"]:
+    """Cap each row's probabilities at ``cap`` and push the excess down: ``q = min(cap,
+    c * p)``, with ``c >= 1`` chosen per row so that ``q`` sums to 1. The capped tokens get
+    ``cap`` each and every other token grows by the same factor ``c``, so their order and
+    ratios are kept. Rows with fewer than ``1 / cap`` tokens of non-zero probability cannot
+    be capped that far: their non-zero tokens become uniform."""
+    p = probs.double()
+    ps, order = p.sort(dim=-1, descending=True)
+    k = torch.arange(p.shape[-1], dtype=p.dtype, device=p.device)
+    tail = ps.flip(-1).cumsum(-1).flip(-1)  # sum of ps[k:]
+    c = (1 - k * cap) / tail.clamp_min(1e-300)
+    fits = (c * ps <= cap * (1 + 1e-12)) & (1 - k * cap > 0)
+    first = torch.where(fits.any(-1), fits.int().argmax(-1), torch.full_like(fits[:, 0], -1,
+                                                                              dtype=torch.long))
+    q_sorted = torch.minimum(torch.full_like(ps, cap), c.gather(-1, first.clamp_min(0)[:, None])
+                             * ps)
+    nonzero = (ps > 0).double()
+    q_sorted = torch.where((first < 0)[:, None], nonzero / nonzero.sum(-1, keepdim=True),
+                           q_sorted)
+    q = torch.empty_like(q_sorted).scatter_(-1, order, q_sorted)
+    return (q / q.sum(-1, keepdim=True)).to(probs.dtype)
+
+
+def _probs(logits: Tensor, config: GenerationConfig) -> Tensor:
+    probs = torch.softmax(logits / config.temperature, dim=-1)
+    return probs if config.prob_cap is None else cap_probs(probs, config.prob_cap)
+
+
 def _draw(logits: Tensor, config: GenerationConfig, gen: torch.Generator) -> list[int]:
     if config.sampler == "inverse_cdf":
         u = torch.rand(logits.shape[0], generator=gen)
         if config.temperature == 0:
             return logits.argmax(-1).tolist()
-        cdf = torch.softmax(logits / config.temperature, dim=-1).cumsum(-1)
+        cdf = _probs(logits, config).cumsum(-1)
         idx = torch.searchsorted(cdf, (u.to(cdf) * cdf[:, -1])[:, None]).squeeze(1)
         return idx.clamp_max(logits.shape[-1] - 1).tolist()
     if config.temperature == 0:
         return logits.argmax(-1).tolist()
-    probs = torch.softmax(logits / config.temperature, dim=-1)
-    return torch.multinomial(probs, 1, generator=gen).squeeze(1).tolist()
+    return torch.multinomial(_probs(logits, config), 1, generator=gen).squeeze(1).tolist()
 
 
 def _run_chunk(lm: LoadedModel, engine: Backend, seqs: Sequence[Sequence[int]],
                cfg: GenerationConfig, gen: torch.Generator, on_step: StepHook | None,
-               row0: int, keep_logprobs: bool
-               ) -> tuple[list[list[int]], list[bool], list[Tensor | None], float, int]:
+               row0: int, keep_logprobs: bool, keep_entropy: bool = False
+               ) -> tuple[list[list[int]], list[bool], list[Tensor | None], float, int,
+                          list[list[float]]]:
     tok, dev = lm.tokenizer, lm.device
     eos = tok.eos_token_id
     stops = stop_ids(lm)
@@ -289,6 +335,7 @@ def _run_chunk(lm: LoadedModel, engine: Backend, seqs: Sequence[Sequence[int]],
     hist = ids.clone()
     tokens: list[list[int]] = [[] for _ in range(B)]
     lps: list[list[Tensor]] = [[] for _ in range(B)]
+    ents: list[list[float]] = [[] for _ in range(B)]
     done, at_eos = [False] * B, [False] * B
     refeed: dict[int, int] = {}
     step = Step(index=0, row0=row0, prompt_ids=[list(s) for s in seqs], tokens=tokens,
@@ -304,6 +351,10 @@ def _run_chunk(lm: LoadedModel, engine: Backend, seqs: Sequence[Sequence[int]],
             feed = [pad] * B
             live, fresh = [False] * B, [False] * B
             step_lp = torch.log_softmax(logits, -1).cpu() if keep_logprobs else None
+            step_h = None
+            if keep_entropy:
+                lp = torch.log_softmax(logits.float(), -1)
+                step_h = (-(lp.exp() * lp).nansum(-1)).tolist()
             for b in range(B):
                 if b in refeed:
                     feed[b], live[b] = refeed.pop(b), True
@@ -318,6 +369,8 @@ def _run_chunk(lm: LoadedModel, engine: Backend, seqs: Sequence[Sequence[int]],
                 tokens[b].append(t)
                 if step_lp is not None:
                     lps[b].append(step_lp[b])
+                if step_h is not None:
+                    ents[b].append(float(step_h[b]))
                 feed[b], live[b], fresh[b] = t, True, True
             if not any(live):
                 break
@@ -336,6 +389,8 @@ def _run_chunk(lm: LoadedModel, engine: Backend, seqs: Sequence[Sequence[int]],
                 del tokens[b][-n:]
                 if keep_logprobs:
                     del lps[b][-n:]
+                if keep_entropy:
+                    del ents[b][-n:]
                 cols = mask[b].nonzero().flatten()
                 mask[b, cols[-(n + 1):]] = 0
                 refeed[b] = int(hist[b, cols[-(n + 1)]])
@@ -348,4 +403,4 @@ def _run_chunk(lm: LoadedModel, engine: Backend, seqs: Sequence[Sequence[int]],
     seconds = time.perf_counter() - t0
     kept_lps: list[Tensor | None] = [torch.stack(x) if keep_logprobs and x else None
                                      for x in lps]
-    return tokens, at_eos, kept_lps, seconds, n_forward
+    return tokens, at_eos, kept_lps, seconds, n_forward, ents
