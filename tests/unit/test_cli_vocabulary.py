@@ -60,6 +60,7 @@ VOCABULARY: dict[str, str] = {
     "--temperature": "sampling temperature",
     "--temperatures": "a grid of temperatures",
     "--prob-caps": "the de-collapse sampler's probability caps",
+    "--settle-threshold": "least consecutive-layer cosine of a settled concept vector",
     "--free-text-temperatures": "temperatures of the tuned model's samples in the free-text "
                                 "temperature check",
     "--seed": "the seed",
@@ -354,8 +355,9 @@ def test_another_steps_option_is_accepted_for_one_release_and_said_to_do_nothing
     assert lines[:-1] == [
         "warning: --k-samples is deprecated; use --samples",
         "warning: --prompts has no effect on `difflens collapse tree`; it is read by "
-        "divergence, attractors, diversity",
-        "warning: --samples has no effect on `difflens collapse tree`; it is read by diversity",
+        "divergence, temperature, attractors, diversity",
+        "warning: --samples has no effect on `difflens collapse tree`; it is read by "
+        "temperature, diversity",
     ], res.stderr
     assert "does not exist" in lines[-1]
     # and they stay out of the step's help

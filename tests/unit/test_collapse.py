@@ -284,7 +284,10 @@ def test_batch_size_changes_no_result(pair):
     one = attractor_test(pair, prompts, max_new_tokens=10, encoder=None, batch_size=1)
     many = attractor_test(pair, prompts, max_new_tokens=10, encoder=None, batch_size=32)
     assert len(one.table) > 0
-    assert one.table.equals(many.table)
+    ent = ["entropy_new", "entropy_original"]  # float sums over padded batches: to 1e-5
+    assert one.table.drop(columns=ent).equals(many.table.drop(columns=ent))
+    np.testing.assert_allclose(one.table[ent].to_numpy(), many.table[ent].to_numpy(),
+                               atol=1e-5)
     probes = load_probes(names=["d6"])
     a = run_probes(pair, probes, batch_size=1).answers
     b = run_probes(pair, probes, batch_size=64).answers

@@ -3,6 +3,7 @@
 import copy
 import json
 import random
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -338,3 +339,218 @@ def test_paired_auc_on_known_scores():
     assert auc == pytest.approx(15 / 16)
     assert 0.5 <= lo <= auc <= hi <= 1.0
     assert paired_auc(np.zeros(5), np.zeros(5), n_boot=50)[0] == 0.5
+
+
+# -- issue 19: the settling layer, several behaviours ---------------------------------------
+
+
+def test_settling_positions_on_known_cosines():
+    from difflens.capture.concepts import settling_positions
+
+    cos = np.array([[0.2, 0.5, 0.95, 0.97, 0.99],   # crosses 0.9 for good at pair 2
+                    [0.95, 0.5, 0.95, 0.91, 0.9],   # a dip at pair 1: settles after it
+                    [0.95, 0.95, 0.95, 0.95, 0.5],  # the last pair is below: never
+                    [0.91, 0.92, 0.93, 0.94, 0.95],  # settled from the start
+                    [np.nan, np.nan, 0.95, 0.96, 0.97]])  # zero vectors count as below
+    got = settling_positions(cos, 0.9)
+    assert got[:2].tolist() == [2.0, 2.0] and np.isnan(got[2])
+    assert got[3:].tolist() == [0.0, 2.0]
+    assert settling_positions(cos[:1], 0.96).tolist() == [3.0]
+
+
+def _extraction_with_vectors(directions: dict[str, np.ndarray], n_items: int, noise: float,
+                             seed: int = 0):
+    """A ConceptExtraction whose per-item differences are ``directions[label][layer]`` plus
+    Gaussian noise: the vectors' layer-to-layer geometry is planted."""
+    from difflens.capture.concepts import ConceptExtraction, ConceptVectors
+
+    gen = torch.Generator().manual_seed(seed)
+    acts = {}
+    n_layers, d = next(iter(directions.values())).shape
+    for k, dirs in directions.items():
+        base = torch.randn(n_items, n_layers, d, generator=gen, dtype=torch.float64)
+        diff = torch.as_tensor(dirs)[None] + noise * torch.randn(n_items, n_layers, d,
+                                                                 generator=gen,
+                                                                 dtype=torch.float64)
+        acts[k] = torch.stack([base + diff, base], dim=1).float()
+    train = np.arange(n_items)
+    layers = tuple(range(n_layers))
+    vectors = ConceptVectors(vectors={k: (a[:, 0] - a[:, 1]).mean(0) for k, a in acts.items()},
+                             layers=layers, n_items=n_items, position="last",
+                             method="mean_diff", module_paths={k: [] for k in acts})
+    return ConceptExtraction(dataset=_items(n_items), layers=layers, position="last",
+                             chat={k: False for k in acts}, acts=acts,
+                             logp={k: torch.zeros(n_items, 2) for k in acts}, train=train,
+                             test=np.zeros(0, np.int64), vectors=vectors)
+
+
+def _rotating_then_fixed(n_layers: int, settle: int, d: int = 16, seed: int = 0) -> np.ndarray:
+    """Unit directions per layer: before ``settle`` each layer turns by 80 degrees in its
+    own plane; from ``settle`` on the direction stays put (cos 1 between layers)."""
+    rng = np.random.default_rng(seed)
+    dirs = np.zeros((n_layers, d))
+    u = rng.normal(size=d)
+    u /= np.linalg.norm(u)
+    for layer in range(n_layers):
+        if 0 < layer <= settle:
+            w = rng.normal(size=d)
+            w -= (w @ u) * u
+            w /= np.linalg.norm(w)
+            u = np.cos(np.radians(80)) * u + np.sin(np.radians(80)) * w
+        dirs[layer] = 4.0 * u
+    return dirs
+
+
+def test_settling_layer_is_recovered_with_a_ci_over_items():
+    dirs = {"base": _rotating_then_fixed(8, 5, seed=1), "tuned": _rotating_then_fixed(8, 2,
+                                                                                     seed=2)}
+    # independent: the planted consecutive cosines (cos 80 deg before, 1 after)
+    for k, settle in (("base", 5), ("tuned", 2)):
+        u = dirs[k] / np.linalg.norm(dirs[k], axis=1, keepdims=True)
+        cos = (u[:-1] * u[1:]).sum(1)
+        assert np.allclose(cos[:settle], np.cos(np.radians(80)))
+        assert np.allclose(cos[settle:], 1.0)
+    ex = _extraction_with_vectors(dirs, n_items=80, noise=0.5)
+    cmp = compare_concepts(ex, n_boot=200, settle_threshold=0.9)
+    for k, settle in (("base", 5), ("tuned", 2)):
+        s = cmp.settling[k]
+        assert (s["layer"], s["ci_low"], s["ci_high"]) == (settle, settle, settle)
+        assert s["threshold"] == 0.9 and s["n"] == 80 and s["n_boot"] == 200
+        rows = cmp.consecutive[k]
+        assert [r["layer"] for r in rows] == list(range(7))
+        assert all(r["next_layer"] == r["layer"] + 1 for r in rows)
+        assert rows[settle]["ci_low"] > 0.9 > rows[settle - 1]["ci_high"]
+    # directions that keep turning up to the last layer never settle, in any resample
+    turning = {"base": _rotating_then_fixed(8, 7, seed=4)}
+    never = compare_concepts(_extraction_with_vectors(turning, n_items=40, noise=0.5),
+                             n_boot=100, settle_threshold=0.9).settling["base"]
+    assert never["layer"] is None and never["ci_low"] is None and never["ci_high"] is None
+    assert never["n_boot_unsettled"] == 100
+    # a threshold below cos(80 deg) counts every layer as settled
+    low = compare_concepts(ex, n_boot=50, settle_threshold=0.1).settling["base"]
+    assert (low["layer"], low["ci_low"], low["ci_high"]) == (0, 0, 0)
+    with pytest.raises(InputError, match=r"settling threshold is a cosine, in \[-1, 1\]"):
+        compare_concepts(ex, n_boot=10, settle_threshold=1.5)
+
+
+def test_behaviour_labels_tell_files_apart():
+    from difflens.pipelines.concepts import behaviour_labels
+
+    assert behaviour_labels(["/d/kind.jsonl", "/d/brave.jsonl"]) == ["kind", "brave"]
+    assert behaviour_labels(["caa/generate/sycophancy/generate_dataset.json",
+                             "caa/generate/refusal/generate_dataset.json"]) == [
+        "sycophancy/generate_dataset", "refusal/generate_dataset"]
+    with pytest.raises(InputError, match="the same dataset file is given twice"):
+        behaviour_labels(["a/x.jsonl", "a/x.jsonl"])
+
+
+def test_several_behaviours_on_one_chart(tmp_path: Path):
+    """Two behaviours on one planted pair: tuned differs from base only in the embeddings of
+    the second behaviour's answer words, so the first behaviour's vectors are identical in
+    both models (cos exactly 1) and the second's are rotated (cos < 1)."""
+    import pandas as pd
+
+    from difflens.pipelines.concepts import compare_behaviours, run_concepts
+
+    lm, _ = _planted(2)
+    twin = wrap_model(copy.deepcopy(lm.model), lm.tokenizer, name="twin")
+    tok = lm.tokenizer
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        emb = twin.model.get_input_embeddings().weight
+        for a, b in zip(A_WORDS[15:], B_WORDS[15:], strict=True):
+            w = torch.randn(32, generator=gen)
+            emb[tok.convert_tokens_to_ids(a)] += w
+            emb[tok.convert_tokens_to_ids(b)] -= w
+    pair = ModelPair(lm, twin)
+
+    def dataset(name: str, words: slice, seed: int) -> ABDataset:
+        rng = random.Random(seed)
+        items = []
+        for i in range(60):
+            j = rng.randrange(len(A_WORDS[words]))
+            prompt = " ".join(rng.choices(FILLER, k=rng.randint(3, 9)))
+            items.append(ABItem(prompt=prompt, matching=f" {A_WORDS[words][j]}",
+                                not_matching=f" {B_WORDS[words][j]}", source=f"{name}:{i}"))
+        return ABDataset(name=name, path=f"/data/{name}.jsonl", format="plain",
+                         items=tuple(items))
+
+    kept, moved = dataset("kept", slice(0, 15), 1), dataset("moved", slice(15, 30), 2)
+    run = compare_behaviours(pair, [kept, moved], tmp_path / "out", test_fraction=0.25,
+                             n_boot=100, settle_threshold=0.9)
+    s = run.summary
+    assert list(s["behaviours"]) == ["kept", "moved"] and s["settle_threshold"] == 0.9
+    kept_cos = {r["layer"]: r for r in s["behaviours"]["kept"]["cosine_by_layer"]}
+    moved_cos = {r["layer"]: r for r in s["behaviours"]["moved"]["cosine_by_layer"]}
+    for layer in range(2, lm.n_layers + 1):
+        assert kept_cos[layer]["cos"] == pytest.approx(1.0, abs=1e-6)
+        assert moved_cos[layer]["cos"] < 0.99 and moved_cos[layer]["ci_high"] < 1.0
+    # the behaviour x layer table holds every behaviour's own rows
+    table = pd.read_csv(tmp_path / "out" / "data" / "cosine_by_behaviour.csv")
+    assert len(table) == 2 * (lm.n_layers + 1)
+    got = table[(table.behaviour == "moved") & (table.layer == 3)].iloc[0]
+    assert got.cos == pytest.approx(moved_cos[3]["cos"])
+    assert (tmp_path / "out" / "data" / "cosine_by_behaviour.parquet").is_file()
+    assert (tmp_path / "out" / "figures" / "cosine_by_behaviour.png").stat().st_size > 1000
+    settle = pd.read_csv(tmp_path / "out" / "data" / "settling_by_behaviour.csv")
+    assert set(zip(settle.behaviour, settle.model, strict=True)) == {
+        (b, m) for b in ("kept", "moved") for m in ("base", "tuned")}
+    # each behaviour's folder is the single-dataset run's output
+    single = run_concepts(pair, moved, tmp_path / "single", steps=("extract", "compare"),
+                          test_fraction=0.25, n_boot=100, index=False)
+    own = json.loads((tmp_path / "out" / "moved" / "summary.json").read_text())
+    want = pd.DataFrame(single.summary["cosine_by_layer"])
+    pd.testing.assert_frame_equal(pd.DataFrame(own["cosine_by_layer"])[want.columns], want)
+    assert own["settling_layer"] == single.summary["settling_layer"]
+    # identical vectors in both models settle at the same layer
+    kept_settle = s["behaviours"]["kept"]["settling_layer"]
+    assert kept_settle["base"] == kept_settle["tuned"]
+
+
+def test_cli_compare_takes_several_datasets(tmp_path: Path, pair_folders):
+    from typer.testing import CliRunner
+
+    from difflens.cli.main import app
+
+    words = "once upon a time there was little fox the went to forest find friend".split()
+    rng = random.Random(0)
+    files = []
+    for name in ("one", "two"):
+        lines = []
+        for _ in range(20):
+            a, b = rng.sample(words, 2)
+            lines.append(json.dumps({"prompt": " ".join(rng.choices(words, k=4)),
+                                     "matching": f" {a}", "not_matching": f" {b}"}))
+        files.append(_write(tmp_path / f"{name}.jsonl", lines))
+    runner = CliRunner()
+    args = ["concepts", "compare", "--base", str(pair_folders["base"]), "--tuned",
+            str(pair_folders["tuned"]), "--position", "last"]
+    res = runner.invoke(app, [*args, "--dataset", str(files[0]), "--dataset", str(files[1]),
+                              "--out", str(tmp_path / "two")])
+    assert res.exit_code == 0, res.output
+    s = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert list(s["behaviours"]) == ["one", "two"]
+    for name in ("one", "two"):
+        own = json.loads((tmp_path / "two" / name / "summary.json").read_text())
+        assert own["cosine_by_layer"] == s["behaviours"][name]["cosine_by_layer"]
+        assert set(own["settling_layer"]) == {"base", "tuned"}
+    assert (tmp_path / "two" / "index.html").is_file()
+    # one dataset: the same outputs as before, plus the settling layer
+    res = runner.invoke(app, [*args, "--dataset", str(files[0]), "--out", str(tmp_path / "one"),
+                              "--settle-threshold", "0.5"])
+    assert res.exit_code == 0, res.output
+    one = json.loads((tmp_path / "one" / "summary.json").read_text())
+    assert "behaviours" not in one and one["cosine_by_layer"]
+    assert one["settling_layer"]["base"]["threshold"] == 0.5
+    assert (tmp_path / "one" / "figures" / "consecutive_cosine.png").is_file()
+    for bad, msg in ((["--dataset", str(files[0]), "--dataset", str(files[0])],
+                      "the same dataset file is given twice"),
+                     (["--dataset", str(files[0]), "--settle-threshold", "2"],
+                      r"--settle-threshold is a cosine, in \[-1, 1\]")):
+        res = runner.invoke(app, [*args, *bad, "--out", str(tmp_path / "bad")])
+        assert res.exit_code == 2 and res.output.count("\n") == 1, res.output
+        assert re.search(msg, res.output)
+    res = runner.invoke(app, ["concepts", "extract", "--base", str(pair_folders["base"]),
+                              "--dataset", str(files[0]), "--dataset", str(files[1]),
+                              "--out", str(tmp_path / "bad")])
+    assert res.exit_code == 2 and "only `concepts compare` takes several" in res.output

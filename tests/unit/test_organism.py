@@ -137,6 +137,23 @@ def _check_collapse(out: Path, col: dict) -> None:
         assert got["entropy_bits"] == pytest.approx(ent.mean(), abs=1e-9), (probe, model)
         assert got["tvd_uniform"] == pytest.approx(tvd.mean(), abs=1e-9), (probe, model)
         assert got["outside_mass"] == pytest.approx(outside.mean(), abs=1e-9), (probe, model)
+        assert got["answered"] is bool(outside.mean() <= 0.95)
+    # rank correlation of the two models' mean answer probabilities, by scipy
+    from scipy.stats import kendalltau, spearmanr
+
+    for probe, r in col["probes"]["rank_correlation"].items():
+        mean = answers[answers.probe == probe].groupby(["model", "answer"]).p.mean()
+        order = sorted(set(answers[answers.probe == probe].answer))
+        x = [mean[("base", a)] for a in order]
+        y = [mean[("tuned", a)] for a in order]
+        assert r["spearman"] == pytest.approx(spearmanr(x, y).statistic), probe
+        assert r["kendall"] == pytest.approx(kendalltau(x, y).statistic), probe
+    assert "coin" not in col["probes"]["rank_correlation"]  # two answers: no ordering
+    # the de-collapse sampler's perplexity under the base, from its per-text NLL table
+    dec = pd.read_parquet(out / "collapse" / "data" / "decollapse.parquet")
+    for name, g in dec.groupby("set"):
+        want = float(np.exp(g.nll.dropna().mean()))
+        assert col["decollapse"]["sets"][name]["ppl_under_scorer"] == pytest.approx(want)
     att = pd.read_parquet(out / "collapse" / "data" / "attractors.parquet")
     for model, g in att.groupby("model"):
         assert col["attractors"][model]["strength"] == pytest.approx(1 - g.edit_distance.mean())
@@ -260,7 +277,7 @@ def test_cli_build_info_and_demo(tmp_path, snapshot):
     assert (out / "trajectories" / "figures" / "sphere_0.png").stat().st_size > 1000
     col = summary["collapse"]
     assert "Mode collapse" in page
-    assert set(col["probes"]) == {"d6", "number10", "coin", "qa"}
+    assert set(col["probes"]) == {"d6", "number10", "coin", "qa", "rank_correlation"}
     assert (out / "collapse" / "figures" / "tree.png").stat().st_size > 1000
     ctl = summary["control"]
     assert "Control" in page

@@ -347,3 +347,249 @@ def test_paths_resume_after_an_interruption_with_the_same_result(tmp_path: Path,
     # the same model, the same prompts and settings: continuations are the same for any chunk
     other = build_paths(pair, prompts, continuations=2, max_new_tokens=5, seed=3, chunk=5)
     assert np.array_equal(other.points, clean.points)
+
+
+# -- issue 19: jump difference, direction, every sphere, --rank-segments, readable tokens ----
+
+
+def _circle_table(steps_by_path: dict[tuple, np.ndarray]) -> tuple[pd.DataFrame, np.ndarray]:
+    """Paths on a great circle whose consecutive points are the given angles apart."""
+    rows = []
+    for (p, model, seg), steps in steps_by_path.items():
+        ang = np.r_[0.0, np.cumsum(steps)]
+        for s, a in enumerate(ang):
+            rows.append({"prompt_id": p, "model": model, "segment": seg, "step": s,
+                         "token": f"t{s % 3}", "x": np.cos(a), "y": np.sin(a), "z": 0.0})
+    df = pd.DataFrame(rows)
+    df["row"] = np.arange(len(df))
+    df = check_table(df)
+    return df, df[["x", "y", "z"]].to_numpy(np.float64)
+
+
+def test_jump_difference_recovers_planted_extra_jumps():
+    from difflens.analysis.trajectories import jump_difference, path_jumps
+
+    rng = np.random.default_rng(0)
+    delta, planted, n_steps = 0.2, {3, 6}, 9
+    steps = {}
+    for p in range(60):
+        for seg in ("prompt", "continuation:0"):
+            steps[(p, "base", seg)] = 0.1 + rng.uniform(0, 0.05, n_steps)
+            steps[(p, "tuned", seg)] = (0.1 + rng.uniform(0, 0.05, n_steps)
+                                        + delta * np.isin(np.arange(1, n_steps + 1), list(planted)))
+    t, pts = _circle_table(steps)
+    st = trajectory_stats(t, min_count=1, n_boot=300)
+    d = st.jump_difference
+    assert d["paired"] and d["models"] == ["base", "tuned"] and d["n_prompts"] == 60
+    # independent: the planted step sizes themselves (the jump into step i is steps[i - 1])
+    want = {i: np.mean([v[i - 1] for k, v in steps.items() if k[1] == "tuned"])
+            - np.mean([v[i - 1] for k, v in steps.items() if k[1] == "base"])
+            for i in range(1, n_steps + 1)}
+    rows = {r["index"]: r for r in d["by_index"]}
+    assert set(rows) == set(want)
+    for i, r in rows.items():
+        assert r["diff"] == pytest.approx(want[i], abs=1e-9) and r["n"] == 60
+        assert r["n_jumps_base"] == r["n_jumps_tuned"] == 120
+        if i in planted:
+            assert abs(r["diff"] - delta) < 0.01 and r["ci_low"] > 0.15
+            assert r["ci_low"] <= delta <= r["ci_high"]
+        else:
+            assert abs(r["diff"]) < 0.01 and r["ci_low"] < 0.01
+    o = d["overall"]
+    assert o["diff"] == pytest.approx(np.mean(list(want.values())), abs=1e-12)
+    assert abs(o["diff"] - delta * 2 / 9) < 0.005 and o["ci_low"] < o["diff"] < o["ci_high"]
+    assert o["n"] == 60 * 9
+    # no shared prompts: the same point estimates, each model's prompts resampled alone
+    t2 = t.assign(prompt_id=np.where(t.model == "tuned", t.prompt_id + 1000, t.prompt_id))
+    t2 = check_table(t2)
+    u = jump_difference(t2, path_jumps(t2, t2[["x", "y", "z"]].to_numpy()), ("base", "tuned"),
+                        n_boot=300)
+    assert not u["paired"] and u["n_prompts"] == 120
+    assert [r["diff"] for r in u["by_index"]] == pytest.approx([rows[i]["diff"]
+                                                                for i in sorted(rows)])
+    # a prompt where only one model jumps at an index does not count there (paired): the
+    # tuned paths of prompt 0 stop after 4 jumps, so prompt 0's base jumps leave index 5+
+    short = {k: (v[:4] if k[:2] == (0, "tuned") else v) for k, v in steps.items()}
+    t3, _ = _circle_table(short)
+    r3 = {r["index"]: r for r in trajectory_stats(t3, min_count=1, n_boot=50)
+          .jump_difference["by_index"]}
+    assert r3[4]["n"] == 60 and r3[5]["n"] == 59
+    assert r3[5]["n_jumps_tuned"] == r3[5]["n_jumps_base"] == 118
+    assert r3[5]["diff"] == pytest.approx(
+        np.mean([v[4] for k, v in steps.items() if k[1] == "tuned" and k[0]])
+        - np.mean([v[4] for k, v in steps.items() if k[1] == "base" and k[0]]), abs=1e-12)
+    one = trajectory_stats(t[t.model == "base"], models=("base", "base"), min_count=1,
+                           n_boot=20)
+    assert one.jump_difference == {}
+
+
+def test_direction_recovers_planted_turns_and_move_cosines():
+    from difflens.analysis.trajectories import direction_stats
+
+    rng = np.random.default_rng(1)
+    n_steps, dim = 8, 5
+    beta = 0.1 + 0.15 * np.arange(n_steps + 1)  # tuned moves leave the base plane by beta_t
+    rows, pts, alphas = [], [], {}
+    for p in range(12):
+        alpha = rng.uniform(0.2, 1.0)  # base turns by alpha at every step
+        alphas[p] = alpha
+        for seg in ("prompt", "continuation:0"):
+            start = rng.normal(size=dim)
+            for model in ("base", "tuned"):
+                y = start.copy()
+                for s in range(n_steps + 1):
+                    if s:
+                        u = np.zeros(dim)
+                        u[0], u[1] = np.cos(s * alpha), np.sin(s * alpha)
+                        if model == "tuned":
+                            u = np.cos(beta[s]) * u
+                            u[2] = np.sin(beta[s])
+                        y = y + rng.uniform(0.5, 2.0) * u
+                    if (p, model, seg, s) == (0, "base", "prompt", 5):
+                        y = pts[-1].copy()  # the path stands still: a zero move
+                    rows.append({"prompt_id": p, "model": model, "segment": seg, "step": s,
+                                 "token": "x", "x": 0.0, "y": 0.0, "z": 1.0})
+                    pts.append(y)
+    t = pd.DataFrame(rows).assign(row=np.arange(len(rows)))
+    t = check_table(t)
+    points = np.asarray(pts)[t.row.to_numpy()]
+    d = direction_stats(t, points, ("base", "tuned"), n_boot=100)
+    base = {r["index"]: r for r in d["turn_angle"]["base"]["by_index"]}
+    tuned = {r["index"]: r for r in d["turn_angle"]["tuned"]["by_index"]}
+    assert set(base) == set(tuned) == set(range(2, n_steps + 1))
+    a = np.array([alphas[p] for p in range(12)])
+    for s in range(2, n_steps + 1):
+        # base: the angle between consecutive moves is alpha; the zero move at step 5 of one
+        # path takes out the turns at steps 5 and 6 there
+        keep = np.ones(24, bool)
+        if s in (5, 6):
+            keep[0] = False  # (prompt 0, prompt segment) comes first
+        want = np.repeat(a, 2)[keep].mean()
+        assert base[s]["mean"] == pytest.approx(want, abs=1e-9)
+        assert base[s]["n"] == keep.sum()
+        cos = (np.cos(beta[s - 1]) * np.cos(beta[s]) * np.cos(np.repeat(a, 2))
+               + np.sin(beta[s - 1]) * np.sin(beta[s]))
+        assert tuned[s]["mean"] == pytest.approx(np.arccos(cos).mean(), abs=1e-9)
+        assert tuned[s]["ci_low"] <= tuned[s]["mean"] <= tuned[s]["ci_high"]
+    for kind in ("prompt", "continuation"):
+        mc = {r["index"]: r for r in d["move_cosine"][kind]["by_index"]}
+        assert set(mc) == set(range(1, n_steps + 1))
+        for s, r in mc.items():  # cos(base move, tuned move) = cos(beta_t) by construction
+            assert r["mean"] == pytest.approx(np.cos(beta[s]), abs=1e-9)
+            assert r["n"] == (11 if (kind, s) == ("prompt", 5) else 12)
+    overall = d["move_cosine"]["continuation"]["overall"]
+    assert overall["mean"] == pytest.approx(np.cos(beta[1:]).mean(), abs=1e-9)
+    assert overall["n"] == 12 * n_steps
+
+
+def test_spheres_figure_has_a_menu_entry_showing_each_prompts_paths():
+    from difflens.report.trajectories import spheres_figure
+
+    t = _synthetic_table(5, steps=6)
+    fig = spheres_figure(t, {"2": "a title"}).plotly()
+    buttons = fig.layout.updatemenus[0].buttons
+    assert len(buttons) == 5
+    for pid, b in zip(range(5), buttons, strict=True):
+        visible = [tr for tr, v in zip(fig.data, b.args[0]["visible"], strict=True) if v]
+        paths = visible[1:]  # the sphere itself is always shown
+        assert visible[0].type == "surface"
+        want = t[t.prompt_id == pid]
+        assert len(paths) == want.groupby(["model", "segment"]).ngroups
+        assert np.allclose(np.sort(np.concatenate([tr.x for tr in paths])),
+                           np.sort(want.x.to_numpy()))
+    assert "a title" in buttons[2].label
+
+
+def _byte_level_tokenizer():
+    """A GPT-2-style byte-level BPE tokenizer trained here (offline) on a few sentences."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    corpus = ["the fox came from the forest", "a letter from the fox to the rabbit",
+              "from here to there and back from there", "the rabbit ran from the fox"] * 20
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<pad>", "<bos>", "<eos>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>",
+                                   pad_token="<pad>")
+
+
+def test_stored_tokens_are_readable_with_a_byte_level_tokenizer(tmp_path: Path):
+    from difflens.pipelines.trajectories import run_trajectories
+
+    tok = _byte_level_tokenizer()
+    assert "Ġfrom" in tok.get_vocab()
+    base = tiny_model(0, n_layers=2, tokenizer=tok)
+    tuned = wrap_model(copy.deepcopy(base.model), tok, name="tuned")
+    with torch.no_grad():
+        tuned.model.get_input_embeddings().weight.mul_(1.5)
+    prompts = ["the fox came from the forest", "a letter from the fox",
+               "the rabbit ran from the fox"]
+    run = run_trajectories(ModelPair(base, tuned), prompts, tmp_path / "run", continuations=1,
+                           max_new_tokens=3, method="pca", min_count=1)
+    traj = pd.read_parquet(tmp_path / "run" / "data" / "trajectories.parquet")
+    # independent: the tokenizer's own decoding of each single token id, except a byte of a
+    # longer character (sampled continuations draw some), which keeps the tokenizer's string
+    raw = tok.convert_ids_to_tokens(traj.token_id.tolist())
+    decoded = [tok.decode([int(i)]) for i in traj.token_id]
+    assert traj.token_raw.tolist() == raw
+    assert traj.token.tolist() == [d if "\ufffd" not in d else r
+                                   for d, r in zip(decoded, raw, strict=True)]
+    assert sum("\ufffd" not in d for d in decoded) > 0.8 * len(decoded)
+    assert (traj.token == " from").any() and not traj.token.str.contains("Ġ").any()
+    jumps = pd.read_csv(tmp_path / "run" / "data" / "jumps.csv", keep_default_na=False)
+    assert " from" in set(jumps.token) and not jumps.token.str.contains("Ġ").any()
+    s = json.loads((tmp_path / "run" / "summary.json").read_text())
+    ranked = s["jumps"]["top_tokens"] + s["full"]["jumps"]["bottom_tokens"]
+    for r in ranked:
+        text = tok.convert_tokens_to_string([r["token_raw"]])
+        assert r["token"] == r["text"] == (text if "\ufffd" not in text else r["token_raw"])
+    assert not any("Ġ" in r["token"] for r in ranked)
+    assert any(r["token_raw"].startswith("Ġ") for r in ranked)
+    # the ranking still counts the tokenizer's tokens: n equals a count from the table
+    r0 = s["jumps"]["top_tokens"][0]
+    assert r0["n"] == int(((traj.token_raw == r0["token_raw"]) & (traj.step > 0)).sum())
+    assert run.table.token.str.contains("Ġ").any()  # the library's table keeps the raw form
+    # a written table imports again with the same ranking
+    again = trajectory_stats(check_table(traj), min_count=1, n_boot=50)
+    assert [r["token"] for r in again.top_tokens] == [r["token"] for r in s["jumps"]["top_tokens"]]
+
+
+def test_cli_run_takes_rank_segments(tmp_path: Path, pair_folders):
+    runner = CliRunner()
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("the fox went to the forest\nonce upon a time there was a fox\n")
+    args = ["trajectories", "run", "--base", str(pair_folders["base"]), "--tuned",
+            str(pair_folders["tuned"]), "--prompts", str(prompts), "--samples", "2",
+            "--max-new-tokens", "5", "--method", "pca", "--min-count", "1"]
+    for segments in ("prompt", "continuation"):
+        out = tmp_path / segments
+        res = runner.invoke(app, [*args, "--rank-segments", segments, "--out", str(out)])
+        assert res.exit_code == 0, res.output
+        s = json.loads((out / "summary.json").read_text())
+        assert s["rank_segments"] == segments
+        jumps = pd.read_csv(out / "data" / "jumps.csv", keep_default_na=False)
+        assert set(jumps.segment == "prompt") == {segments == "prompt"}
+        # independent: the top token's count of jumps in those segments, from the table
+        traj = pd.read_csv(out / "data" / "trajectories.csv", keep_default_na=False)
+        kept = traj[((traj.segment == "prompt") == (segments == "prompt")) & (traj.step > 0)]
+        top = s["jumps"]["top_tokens"][0]
+        assert top["n"] == int((kept.token_raw == top["token_raw"]).sum())
+        assert (out / "figures" / "spheres.html").is_file()
+        for name in ("jump_difference", "turn_angle", "move_cosine"):
+            assert (out / "figures" / f"{name}.png").stat().st_size > 1000
+    res = runner.invoke(app, [*args, "--rank-segments", "middle", "--out", str(tmp_path / "x")])
+    assert res.exit_code == 2 and res.output.count("\n") == 1
+    assert "--rank-segments must be all, prompt or continuation" in res.output
+
+
+def test_spheres_menu_stops_at_its_cap_and_says_so():
+    from difflens.report.trajectories import spheres_figure
+
+    t = _synthetic_table(7, steps=3)
+    fig = spheres_figure(t, {}, max_prompts=4)
+    assert len(fig.plotly().layout.updatemenus[0].buttons) == 4
+    assert "first 4 of 7 prompts" in fig.caption

@@ -199,29 +199,52 @@ class TrajectoryStats:
     bottom_tokens_adjusted: list[dict[str, Any]]
     sentiment: dict[str, Any]
     jumps: pd.DataFrame
-    """One row per jump: prompt_id, model, segment, step, token, jump, sentiment."""
+    """One row per ranked jump: prompt_id, model, segment, step, token (readable),
+    token_raw (the tokenizer's string), jump, sentiment, jump_rel."""
+    jump_difference: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Mean jump per index, tuned minus base (:func:`jump_difference`)."""
+    direction: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Turns between consecutive moves and the models' move cosines
+    (:func:`direction_stats`)."""
+
+
+def same_path_as_previous(df: pd.DataFrame) -> np.ndarray:
+    """True where a row continues the path of the row before it (rows of a path are
+    consecutive, as :func:`~difflens.inputs.trajectory_files.check_table` sorts them)."""
+    same = np.r_[False, np.ones(len(df) - 1, dtype=bool)] if len(df) else np.zeros(0, bool)
+    for col in ("prompt_id", "model", "segment"):
+        v = pd.factorize(df[col])[0]
+        same[1:] &= v[1:] == v[:-1]
+    return same
 
 
 def path_jumps(df: pd.DataFrame, points: np.ndarray) -> np.ndarray:
     """Jump into each row's point from the previous step of the same path (NaN at step 0)."""
-    same = np.r_[False, np.ones(len(df) - 1, dtype=bool)] if len(df) else np.zeros(0, bool)
-    for col in ("prompt_id", "model", "segment"):  # rows of a path are consecutive
-        v = pd.factorize(df[col])[0]
-        same[1:] &= v[1:] == v[:-1]
+    same = same_path_as_previous(df)
     out = np.full(len(df), np.nan)
     out[1:][same[1:]] = geodesic(points[1:][same[1:]], points[:-1][same[1:]])
     return out
 
 
-def _distance_by_index(df: pd.DataFrame, points: np.ndarray, models: tuple[str, str],
-                       kind: str, w_seed: int, n_boot: int, max_index: int | None
-                       ) -> list[dict[str, Any]]:
+def paired_rows(df: pd.DataFrame, models: tuple[str, str], kind: str
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Row numbers of the two models' points at the same prompt, segment and step.
+
+    Args:
+        df: a trajectory table with a default index.
+        models: the two labels (base first); one label twice gives no pairs.
+        kind: ``prompt`` (prompt segments) or ``continuation`` (all continuations).
+
+    Returns:
+        ``(rows of models[0], rows of models[1])``, aligned.
+    """
+    none = (np.zeros(0, np.int64), np.zeros(0, np.int64))
     if models[0] == models[1]:  # one model: there is no second path to compare with
-        return []
+        return none
     is_prompt = (df["segment"] == "prompt").to_numpy()
     sub = df[is_prompt if kind == "prompt" else ~is_prompt]
     if sub.empty:
-        return []
+        return none
     rows = sub.index.to_numpy()
     pc, sc = pd.factorize(sub.prompt_id)[0], pd.factorize(sub.segment)[0]
     step = sub.step.to_numpy().astype(np.int64)
@@ -233,9 +256,15 @@ def _distance_by_index(df: pd.DataFrame, points: np.ndarray, models: tuple[str, 
     ia[cell[model == models[0]]] = rows[model == models[0]]
     ib[cell[model == models[1]]] = rows[model == models[1]]
     both = (ia >= 0) & (ib >= 0)
-    if not both.any():
+    return ia[both], ib[both]
+
+
+def _distance_by_index(df: pd.DataFrame, points: np.ndarray, models: tuple[str, str],
+                       kind: str, w_seed: int, n_boot: int, max_index: int | None
+                       ) -> list[dict[str, Any]]:
+    ra, rb = paired_rows(df, models, kind)
+    if not len(ra):
         return []
-    ra, rb = ia[both], ib[both]
     m = pd.DataFrame({"prompt_id": df.prompt_id.to_numpy()[ra],
                       "step": df.step.to_numpy()[ra],
                       "d": geodesic(points[ra], points[rb])})
@@ -255,6 +284,160 @@ def _distance_by_index(df: pd.DataFrame, points: np.ndarray, models: tuple[str, 
              "ci_high": float(hi[k]), "n": int(den[:, k].sum())} for k, s in enumerate(steps)]
 
 
+def index_means(prompt_ids: np.ndarray, steps: np.ndarray, values: np.ndarray, *,
+                n_boot: int, seed: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Mean of ``values`` per step index and overall, with 95% CIs that resample prompts.
+
+    Returns:
+        ``[{index, mean, ci_low, ci_high, n}]`` (n: values at that index) and the overall
+        ``{mean, ci_low, ci_high, n}`` (every value pooled). Non-finite values are left out.
+    """
+    ok = np.isfinite(values)
+    if not ok.any():
+        return [], {}
+    pi, prompts = pd.factorize(pd.Series(np.asarray(prompt_ids, dtype=object)[ok]))
+    step = np.asarray(steps)[ok]
+    idx = np.sort(np.unique(step))
+    si = np.searchsorted(idx, step)
+    num = np.zeros((len(prompts), len(idx) + 1))
+    den = np.zeros_like(num)
+    np.add.at(num, (pi, si), values[ok])
+    np.add.at(den, (pi, si), 1.0)
+    num[:, -1], den[:, -1] = num[:, :-1].sum(1), den[:, :-1].sum(1)  # the pooled column
+    w = bootstrap_weights(len(prompts), n_boot, seed)
+    lo, hi = _ratio_ci(num, den, w)
+    mean = num.sum(0) / den.sum(0)
+    rows = [{"index": int(s), "mean": float(mean[k]), "ci_low": float(lo[k]),
+             "ci_high": float(hi[k]), "n": int(den[:, k].sum())} for k, s in enumerate(idx)]
+    return rows, {"mean": float(mean[-1]), "ci_low": float(lo[-1]), "ci_high": float(hi[-1]),
+                  "n": int(den[:, -1].sum())}
+
+
+def jump_difference(df: pd.DataFrame, jump: np.ndarray, models: tuple[str, str], *,
+                    n_boot: int = 500, seed: int = 0) -> dict[str, Any]:
+    """Mean jump per step index, tuned minus base, with 95% CIs.
+
+    Where the models share prompts the comparison is paired: at each index only prompts
+    where both models jump are used, and one bootstrap resamples those prompts for both
+    models; otherwise each model's prompts are resampled on their own. Jumps of every
+    segment are pooled, as in ``jumps.by_index``.
+
+    Args:
+        df: a trajectory table (default index).
+        jump: one jump per row (:func:`path_jumps`; NaN where there is none).
+        models: the two labels (base first).
+        n_boot: bootstrap resamples.
+        seed: bootstrap seed.
+
+    Returns:
+        ``{models, paired, n_prompts, by_index: [{index, diff, ci_low, ci_high, n,
+        base, tuned, n_jumps_base, n_jumps_tuned}], overall: {diff, ci_low, ci_high, n}}``:
+        ``n`` counts prompts; ``base`` / ``tuned`` are each model's mean jump at that index
+        (named by their role, whatever the labels); ``overall`` averages the per-index
+        differences weighted by ``n``, so a model whose paths are shorter is not credited
+        with the large jumps every cumulative mean makes at its first steps.
+    """
+    if models[0] == models[1]:
+        return {}
+    ok = np.isfinite(jump) & df.model.isin(models).to_numpy()
+    sub = df.loc[ok, ["prompt_id", "model", "step"]].assign(jump=jump[ok])
+    has = [set(sub.prompt_id[sub.model == m]) for m in models]
+    shared = has[0] & has[1]
+    paired = bool(shared)
+    if paired:
+        sub = sub[sub.prompt_id.isin(shared)]
+    if sub.empty or not all(has):
+        return {}
+    pi, prompts = pd.factorize(sub.prompt_id)
+    idx = np.sort(sub.step.unique())
+    si = np.searchsorted(idx, sub.step.to_numpy())
+    mi = (sub.model == models[1]).to_numpy().astype(np.int64)
+    s = np.zeros((2, len(prompts), len(idx)))
+    c = np.zeros_like(s)
+    np.add.at(s, (mi, pi, si), sub.jump.to_numpy())
+    np.add.at(c, (mi, pi, si), 1.0)
+    if paired:
+        both = (c[0] > 0) & (c[1] > 0)  # a prompt counts at an index where both jump
+        s, c = s * both, c * both
+        n = both.sum(0)
+        w = bootstrap_weights(len(prompts), n_boot, seed)
+        wa = wb = w
+    else:
+        n = ((c[0] > 0) | (c[1] > 0)).sum(0)
+        wa, wb = np.zeros((n_boot, len(prompts))), np.zeros((n_boot, len(prompts)))
+        for wm, m, sd in ((wa, 0, seed), (wb, 1, seed + 1)):
+            own = np.flatnonzero(c[m].sum(1) > 0)
+            wm[:, own] = bootstrap_weights(len(own), n_boot, sd)
+    import warnings
+
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an index no resample contains
+        mean = s.sum(1) / c.sum(1)  # [2, index]
+        diff = mean[1] - mean[0]
+        boots = (wb @ s[1]) / (wb @ c[1]) - (wa @ s[0]) / (wa @ c[0])
+        lo, hi = np.nanquantile(boots, [0.025, 0.975], axis=0)
+        keep = np.isfinite(diff)
+        wk = np.where(keep, n, 0).astype(np.float64)
+        overall = float((wk[keep] * diff[keep]).sum() / wk.sum())
+        fin = np.isfinite(boots)
+        ob = (np.where(fin, boots, 0.0) * wk).sum(1) / (fin * wk).sum(1)
+        olo, ohi = np.nanquantile(ob, [0.025, 0.975])
+    rows = [{"index": int(x), "diff": float(diff[k]), "ci_low": float(lo[k]),
+             "ci_high": float(hi[k]), "n": int(n[k]), "base": float(mean[0, k]),
+             "tuned": float(mean[1, k]), "n_jumps_base": int(c[0, :, k].sum()),
+             "n_jumps_tuned": int(c[1, :, k].sum())}
+            for k, x in enumerate(idx) if keep[k]]
+    return {"models": list(models), "paired": paired, "n_prompts": len(prompts),
+            "by_index": rows, "overall": {"diff": overall, "ci_low": float(olo),
+                                          "ci_high": float(ohi), "n": int(wk.sum())}}
+
+
+def _angles(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Angle between the rows of ``a`` and ``b`` (radians); NaN where either is zero."""
+    zero = (np.linalg.norm(a, axis=-1) == 0) | (np.linalg.norm(b, axis=-1) == 0)
+    return np.where(zero, np.nan, geodesic(a, b)) if len(a) else np.zeros(0)
+
+
+def direction_stats(df: pd.DataFrame, points: np.ndarray, models: tuple[str, str], *,
+                    n_boot: int = 500, seed: int = 0) -> dict[str, Any]:
+    """Where the paths head: the turn between consecutive moves, and the two models' moves.
+
+    The move into step ``t`` is ``Y_t - Y_{t-1}`` in the points' own dimension. The **turn**
+    at step ``t`` is the angle between the moves into ``t - 1`` and into ``t`` (from step
+    2 on; 0 = straight on, pi/2 = a right angle, pi = back). The **move cosine** at step
+    ``t`` is cos(move of base, move of tuned) at the same prompt, segment and step. Means
+    per step index and overall, with 95% CIs that resample prompts; a zero move (the path
+    did not move) has no direction and is left out.
+
+    Returns:
+        ``{turn_angle: {model: {by_index, overall}}, move_cosine: {prompt|continuation:
+        {by_index, overall}}}``; each ``by_index`` row is ``{index, mean, ci_low, ci_high,
+        n}``, each ``overall`` ``{mean, ci_low, ci_high, n}``.
+    """
+    same = same_path_as_previous(df)
+    move = np.full(points.shape, np.nan)
+    move[same] = points[same] - points[np.flatnonzero(same) - 1]
+    turn_ok = same & np.r_[False, same[:-1]] if len(df) else same
+    turn = np.full(len(df), np.nan)
+    at = np.flatnonzero(turn_ok)
+    turn[at] = _angles(move[at - 1], move[at])
+    out: dict[str, Any] = {"turn_angle": {}, "move_cosine": {}}
+    pid, step, model = df.prompt_id.to_numpy(), df.step.to_numpy(), df.model.to_numpy()
+    for m in dict.fromkeys(models):
+        sel = model == m
+        rows, overall = index_means(pid[sel], step[sel], turn[sel], n_boot=n_boot, seed=seed)
+        if rows:
+            out["turn_angle"][str(m)] = {"by_index": rows, "overall": overall}
+    for kind in ("prompt", "continuation"):
+        ra, rb = paired_rows(df, models, kind)
+        ra, rb = ra[same[ra]], rb[same[rb]]
+        cos = np.cos(_angles(move[ra], move[rb]))
+        rows, overall = index_means(pid[ra], step[ra], cos, n_boot=n_boot, seed=seed)
+        if rows:
+            out["move_cosine"][kind] = {"by_index": rows, "overall": overall}
+    return out
+
+
 def token_sentiment(tokens: Sequence[Any]) -> np.ndarray:
     """VADER compound score of each token's readable word (0 for unknown / None)."""
     from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
@@ -269,6 +452,26 @@ def token_sentiment(tokens: Sequence[Any]) -> np.ndarray:
 
 
 _BYTE_DECODER: dict[str, int] | None = None
+
+
+def display_token(token: str) -> str:
+    """A token as readable text (:func:`readable_token`), or the tokenizer's own string
+    where its bytes are not whole UTF-8 characters (a byte of a longer character)."""
+    text = readable_token(token)
+    return token if "\ufffd" in text and "\ufffd" not in token else text
+
+
+def readable_tokens(df: pd.DataFrame) -> pd.DataFrame:
+    """The table with ``token`` as readable text and the tokenizer's string in
+    ``token_raw`` (kept when the table already has it)."""
+    if "token" not in df.columns:
+        return df
+    raw = df["token_raw"] if "token_raw" in df.columns else df["token"]
+    shown = raw.map(lambda t: display_token(t) if isinstance(t, str) else None)
+    out = df.assign(token=shown)
+    if "token_raw" not in out.columns:
+        out.insert(int(out.columns.get_loc("token")) + 1, "token_raw", raw)
+    return out
 
 
 def readable_token(token: str) -> str:
@@ -305,7 +508,8 @@ def trajectory_stats(
     n_boot: int = 500,
     seed: int = 0,
 ) -> TrajectoryStats:
-    """Distances per token index, jumps and tokens ranked by jump, sentiment.
+    """Distances per token index, jumps and tokens ranked by jump, sentiment, the models'
+    mean-jump difference per index and the direction of movement.
 
     Args:
         df: a trajectory table (:func:`check_table`).
@@ -328,7 +532,9 @@ def trajectory_stats(
     distance = {kind: _distance_by_index(df, pts, models, kind, seed, n_boot, None)
                 for kind in ("prompt", "continuation")}
     jump = path_jumps(df, pts)
-    j = df[["prompt_id", "model", "segment", "step", "token"]].assign(jump=jump)
+    tok = "token_raw" if "token_raw" in df.columns else "token"  # rank the tokenizer's tokens
+    j = (df[["prompt_id", "model", "segment", "step", tok]].rename(columns={tok: "token"})
+         .assign(jump=jump))
     j = j[np.isfinite(jump)]
     agg = j.groupby(["model", "step"]).jump.agg(["mean", "count"])
     by_index = {m: [{"index": int(s), "mean": float(r["mean"]), "n": int(r["count"])}
@@ -351,7 +557,12 @@ def trajectory_stats(
     sentiment = _sentiment(ranked, models, n_boot, seed)
     return TrajectoryStats(distance_by_index=distance, jumps_by_index=by_index, top_tokens=top,
                            bottom_tokens=bottom, top_tokens_adjusted=top_a,
-                           bottom_tokens_adjusted=bottom_a, sentiment=sentiment, jumps=ranked)
+                           bottom_tokens_adjusted=bottom_a, sentiment=sentiment,
+                           jumps=readable_tokens(ranked),
+                           jump_difference=jump_difference(df, jump, models, n_boot=n_boot,
+                                                           seed=seed),
+                           direction=direction_stats(df, pts, models, n_boot=n_boot,
+                                                     seed=seed))
 
 
 def _rank_tokens(j: pd.DataFrame, min_count: int, k: int, n_boot: int, seed: int,
@@ -370,7 +581,9 @@ def _rank_tokens(j: pd.DataFrame, min_count: int, k: int, n_boot: int, seed: int
             x = values[where[t]]
             boots = x[rng.integers(0, len(x), size=(n_boot, len(x)))].mean(1)
             lo, hi = np.quantile(boots, [0.025, 0.975])
-            out.append({"token": t, "text": readable_token(t), "mean_jump": float(x.mean()),
+            shown = display_token(t)
+            out.append({"token": shown, "token_raw": t, "text": shown,
+                        "mean_jump": float(x.mean()),
                         "ci_low": float(lo), "ci_high": float(hi), "n": len(x)})
         return out
 

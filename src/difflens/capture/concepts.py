@@ -15,7 +15,9 @@ with a bootstrap CI over items:
   to unit length first, so the growth of the residual norm with depth does not decide the
   first component);
 - separation per layer: the AUC with which the projection onto the train vector tells the
-  matching from the non-matching variant of held-out items.
+  matching from the non-matching variant of held-out items;
+- the settling layer of each model: the layer from which on every consecutive-layer cosine
+  cos(v_l, v_next) stays at or above a threshold (:func:`settling_positions`).
 """
 
 import dataclasses
@@ -359,6 +361,62 @@ class ConceptComparison:
     """Model label -> ``{layer, auc, ci_low, ci_high, n}`` on held-out items."""
     norms: dict[str, list[float]]
     """Model label -> vector norm per layer."""
+    consecutive: dict[str, list[dict[str, Any]]] = dataclasses.field(default_factory=dict)
+    """Model label -> ``{layer, next_layer, cos, ci_low, ci_high, n}``: cos(v_layer,
+    v_next_layer) for consecutive extracted layers."""
+    settling: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    """Model label -> ``{layer, ci_low, ci_high, threshold, n, n_boot, n_boot_unsettled}``
+    (:func:`settling_positions`; ``None`` where the vectors never settle)."""
+
+
+def settling_positions(consecutive: np.ndarray, threshold: float) -> np.ndarray:
+    """Where a run of consecutive-layer cosines settles: the first position ``k`` such that
+    every cosine from ``k`` to the end is at least ``threshold``.
+
+    Args:
+        consecutive: ``[..., pairs]``, entry ``k`` is cos(v_k, v_k+1) of the layers in order
+            (NaN, a zero vector, counts as below).
+        threshold: the least cosine that counts as settled.
+
+    Returns:
+        ``[...]`` float positions: ``k`` (the vector of layer ``k`` and every later one stay
+        aligned with their successor), or NaN where even the last pair is below.
+    """
+    above = np.nan_to_num(np.asarray(consecutive, dtype=np.float64), nan=-np.inf) >= threshold
+    trailing = np.logical_and.accumulate(above[..., ::-1], axis=-1).sum(-1)
+    n_pairs = above.shape[-1]
+    return np.where(trailing > 0, n_pairs - trailing, np.nan).astype(np.float64)
+
+
+def settling_layer(consecutive: np.ndarray, boots: np.ndarray, layers: Sequence[int],
+                   threshold: float, n: int) -> dict[str, Any]:
+    """The settling layer of one model, with a percentile 95% CI over bootstrap resamples.
+
+    Args:
+        consecutive: ``[pairs]`` cos(v_l, v_next) of the point vectors.
+        boots: ``[n_boot, pairs]`` the same for vectors recomputed on resampled items.
+        layers: the extracted layers, in order (``pairs + 1`` of them).
+        threshold: the least cosine that counts as settled.
+        n: items the vectors come from.
+
+    Returns:
+        ``{layer, ci_low, ci_high, threshold, n, n_boot, n_boot_unsettled}``; ``layer`` is
+        None where the vectors never settle, and a resample that never settles counts as
+        later than every layer (``ci_high`` None when more than 2.5% of them do).
+    """
+    point = settling_positions(consecutive, threshold)
+    b = settling_positions(boots, threshold)
+    unsettled = ~np.isfinite(b)
+    q = np.where(unsettled, np.inf, b)
+    lo, hi = (np.quantile(q, [0.025, 0.975], method="inverted_cdf") if len(q)
+              else (np.nan, np.nan))
+
+    def at(k: float) -> int | None:
+        return int(layers[int(k)]) if np.isfinite(k) else None
+
+    return {"layer": at(float(point)), "ci_low": at(float(lo)), "ci_high": at(float(hi)),
+            "threshold": threshold, "n": n, "n_boot": len(q),
+            "n_boot_unsettled": int(unsettled.sum())}
 
 
 def _pca_rows(vectors: dict[str, Tensor], layers: Sequence[int], normalised: bool
@@ -388,9 +446,16 @@ def _pca_rows(vectors: dict[str, Tensor], layers: Sequence[int], normalised: boo
     return rows, ev
 
 
-def compare_concepts(ex: ConceptExtraction, *, n_boot: int = 500, seed: int = 0
-                     ) -> ConceptComparison:
-    """Cosine per layer, layer x layer cosines, PCA and held-out separation, with CIs."""
+def compare_concepts(ex: ConceptExtraction, *, n_boot: int = 500, seed: int = 0,
+                     settle_threshold: float = 0.9) -> ConceptComparison:
+    """Cosine per layer, layer x layer cosines, PCA, held-out separation and the settling
+    layer, with CIs (bootstrap over the train items: resample them, recompute the vectors).
+
+    ``settle_threshold`` is the least consecutive-layer cosine that counts as settled.
+    """
+    if not -1.0 <= settle_threshold <= 1.0:
+        raise InputError(f"the settling threshold is a cosine, in [-1, 1]; got "
+                         f"{settle_threshold}")
     labels = ex.labels
     layers = ex.layers
     d = {k: ex.diffs(k, ex.train).double() for k in labels}  # item layer d_model
@@ -417,6 +482,18 @@ def compare_concepts(ex: ConceptExtraction, *, n_boot: int = 500, seed: int = 0
         heatmaps[k] = [{"layer_i": li, "layer_j": lj, "cos": float(point[i, j]),
                         "ci_low": float(lo[i, j]), "ci_high": float(hi[i, j]), "n": n}
                        for i, li in enumerate(layers) for j, lj in enumerate(layers)]
+
+    consecutive: dict[str, list[dict[str, Any]]] = {}
+    settling: dict[str, dict[str, Any]] = {}
+    if len(layers) >= 2:
+        for k in labels:
+            point = _cos(vec[k][:-1], vec[k][1:]).numpy()
+            samples = _cos(boot[k][:, :-1], boot[k][:, 1:]).numpy()
+            lo, hi = _ci(samples)
+            consecutive[k] = [{"layer": layers[j], "next_layer": layers[j + 1],
+                               "cos": float(point[j]), "ci_low": float(lo[j]),
+                               "ci_high": float(hi[j]), "n": n} for j in range(len(point))]
+            settling[k] = settling_layer(point, samples, layers, settle_threshold, n)
 
     method_vecs = {k: ex.vectors.vectors[k].double() for k in labels}
     pca_rows: list[dict[str, Any]] = []
@@ -449,7 +526,8 @@ def compare_concepts(ex: ConceptExtraction, *, n_boot: int = 500, seed: int = 0
     return ConceptComparison(
         cosine_by_layer=cosine_rows, heatmaps=heatmaps, pca=pca_rows, pca_explained=explained,
         separation=separation,
-        norms={k: [float(x) for x in ex.vectors.vectors[k].norm(dim=-1)] for k in labels})
+        norms={k: [float(x) for x in ex.vectors.vectors[k].norm(dim=-1)] for k in labels},
+        consecutive=consecutive, settling=settling)
 
 
 def best_layer(rows: Sequence[dict[str, Any]]) -> int:

@@ -1,6 +1,7 @@
 """``difflens trajectories run|import``: cumulative-mean paths on the sphere."""
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -34,6 +35,10 @@ from difflens.cli._common import (
 from difflens.errors import InputError
 from difflens.models.engines import use_engine
 
+RankSegments = Annotated[str, typer.Option(
+    "--rank-segments", help="Jumps used for token ranking and sentiment: all | prompt | "
+                            "continuation.")]
+
 app = typer.Typer(help="Trajectories on the sphere: paths of base and tuned, jumps, sentiment.",
                   no_args_is_help=True)
 out = Console()
@@ -50,6 +55,18 @@ def _report(summary: dict, out_dir: Path) -> None:  # type: ignore[type-arg]
     if top:
         out.print("largest jumps after: " + ", ".join(
             f"{t['text']!r} {t['mean_jump']:.2f} (n={t['n']})" for t in top))
+    block, space = ((summary["full"], "full dimension") if summary.get("full")
+                    else (summary, "sphere"))
+    diff = block["jumps"]["mean_by_index_diff"]
+    if diff:
+        o = diff["overall"]
+        out.print(f"mean jump, tuned - base ({space}): {o['diff']:+.4f} rad "
+                  f"[{o['ci_low']:+.4f}, {o['ci_high']:+.4f}] "
+                  f"({'paired' if diff['paired'] else 'unpaired'}, n={o['n']} prompt-indices)")
+    for m, v in block["direction"]["turn_angle"].items():
+        o = v["overall"]
+        out.print(f"turn between moves, {m} ({space}): {o['mean']:.3f} rad "
+                  f"[{o['ci_low']:.3f}, {o['ci_high']:.3f}] n={o['n']}")
     for m, v in summary["sentiment"]["jump_weighted"].items():
         out.print(f"jump-weighted sentiment {m}: {v['mean']:.4f} [{v['ci95'][0]:.4f}, "
                   f"{v['ci95'][1]:.4f}] n={v['n']}")
@@ -71,6 +88,7 @@ def run_cmd(
     min_count: int = typer.Option(5, help="Least occurrences for a token to be ranked."),
     first_n: int | None = typer.Option(None, help="Rank tokens in the first N continuation "
                                                    "steps only."),
+    rank_segments: RankSegments = "all",
     seed: Seed = 0,
     batch_size: UnusedBatchSize = None,
     device: Device = None,
@@ -89,6 +107,9 @@ def run_cmd(
 
     if method not in ("umap", "pca"):
         raise InputError(f"--method must be umap or pca, got {method!r}")
+    if rank_segments not in ("all", "prompt", "continuation"):
+        raise InputError(f"--rank-segments must be all, prompt or continuation, got "
+                         f"{rank_segments!r}")
     unused_batch_size(batch_size, "trajectories run")
     ray_engine = engine_of(engine, address, workers, worker_gpus)
     texts = read_prompts(prompts, field=field)
@@ -97,7 +118,8 @@ def run_cmd(
     with use_engine(ray_engine):
         res = run_trajectories(target, texts, out_dir, layer=layer, continuations=samples,
                                max_new_tokens=max_new_tokens, method=method, seed=seed,
-                               min_count=min_count, first_n=first_n, progress=True)
+                               min_count=min_count, first_n=first_n,
+                               rank_segments=rank_segments, progress=True)
     f = res.summary["projection"]["faithfulness_spearman"]
     out.print(f"layer {res.summary['layer']}; projection faithfulness (Spearman) "
               f"{f['mean']:.3f} [{f['ci95'][0]:.3f}, {f['ci95'][1]:.3f}] n={f['n']} pairs")
@@ -118,8 +140,7 @@ def import_cmd(
     first_n: int | None = typer.Option(None, help="Rank tokens in the first N continuation "
                                                    "steps only."),
     max_inputs: MaxInputs = None,
-    rank_segments: str = typer.Option("all", help="Jumps used for token ranking and "
-                                                  "sentiment: all | prompt | continuation."),
+    rank_segments: RankSegments = "all",
     seed: Seed = 0,
 ) -> None:
     """Import published trajectories (or a trajectory table) and analyse them."""

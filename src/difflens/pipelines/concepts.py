@@ -31,7 +31,9 @@ from difflens.inputs.ab_items import ABDataset, tokenize_items
 from difflens.models.loading import LoadedModel
 from difflens.models.pair import ModelPair
 from difflens.report.concepts import (
+    behaviours_figure,
     compare_figures,
+    consecutive_figure,
     dose_figure,
     headline,
     intro_html,
@@ -99,10 +101,15 @@ def run_concepts(
     max_new_tokens: int = 24,
     batch_size: int = 32,
     n_boot: int = 500,
+    settle_threshold: float = 0.9,
     progress: bool = False,
     index: bool = True,
 ) -> ConceptsRun:
-    """Run the asked ``steps`` of the concepts pipeline into ``out``."""
+    """Run the asked ``steps`` of the concepts pipeline into ``out``.
+
+    ``settle_threshold``: the least consecutive-layer cosine that counts as settled
+    (``settling_layer`` in the summary, written by the ``compare`` step).
+    """
     from difflens._io import rich_progress
 
     if alpha_unit not in ALPHA_UNITS:
@@ -142,7 +149,8 @@ def run_concepts(
         for k in ex.labels:
             items[f"{k}_p_match"] = ex.p_match(k)
         write_table(items, data, "items")
-        cmp = compare_concepts(ex, n_boot=n_boot, seed=seed)
+        cmp = compare_concepts(ex, n_boot=n_boot, seed=seed,
+                               settle_threshold=settle_threshold)
         summary["separation_auc"] = {k: rows for k, rows in cmp.separation.items()}
         summary["vector_norm"] = cmp.norms
         figures += separation_figures(ex.layers, len(ex.test), cmp)
@@ -157,6 +165,13 @@ def run_concepts(
             write_table(pd.DataFrame([dict(r, model=k) for k, rows in cmp.heatmaps.items()
                                       for r in rows]), data, "layer_cosines")
             write_table(pd.DataFrame(cmp.pca), data, "pca")
+            summary["settling_layer"] = cmp.settling
+            summary["consecutive_cosine"] = cmp.consecutive
+            if cmp.consecutive:
+                figures.append(consecutive_figure(cmp, settle_threshold))
+                write_table(pd.DataFrame([dict(r, model=k) for k, rows in
+                                          cmp.consecutive.items() for r in rows]),
+                            data, "consecutive_cosine")
         generations: list[dict[str, Any]] = []
         if "steer" in steps:
             if not len(ex.test):
@@ -231,3 +246,95 @@ def _generations(lm: LoadedModel, label: str, dataset: ABDataset, ex: ConceptExt
         rows += [{"model": label, "layer": layer, "alpha": alpha, "prompt": p, "text": t}
                  for p, t in zip(prompts, texts, strict=True)]
     return rows
+
+
+@dataclasses.dataclass(frozen=True)
+class BehavioursRun:
+    """What :func:`compare_behaviours` wrote: the summary, the figures and each dataset's
+    own run (in ``OUT/<folder>``)."""
+
+    summary: dict[str, Any]
+    figures: list[AnyFigure]
+    runs: dict[str, ConceptsRun]
+
+
+def behaviour_labels(paths: Sequence[str]) -> list[str]:
+    """A short unique name per dataset file: its stem, or as many parent folders as it takes
+    to tell files apart (``sycophancy/generate_dataset``)."""
+    parts = [Path(p).with_suffix("").parts for p in paths]
+    if len(set(parts)) != len(parts):
+        raise InputError("the same dataset file is given twice; give each behaviour once")
+    for k in range(1, max(len(p) for p in parts) + 1):
+        names = ["/".join(p[-k:]) for p in parts]
+        if len(set(names)) == len(names):
+            return names
+    return ["/".join(p) for p in parts]
+
+
+def compare_behaviours(
+    target: LoadedModel | ModelPair,
+    datasets: Sequence[ABDataset],
+    out: Path,
+    *,
+    progress: bool = False,
+    **options: Any,
+) -> BehavioursRun:
+    """``compare`` on several datasets (one behaviour each), and their curves together.
+
+    Each dataset gets its own run in ``OUT/<folder>`` (:func:`run_concepts`, steps extract
+    and compare, with ``options``). ``OUT`` holds ``summary.json`` (``behaviours.<name>``:
+    the dataset, its ``cosine_by_layer``, ``consecutive_cosine`` and ``settling_layer``),
+    the behaviour x layer tables ``data/cosine_by_behaviour`` and
+    ``data/settling_by_behaviour`` (Parquet + CSV), the figure ``cosine_by_behaviour`` and
+    ``index.html``.
+    """
+    import re
+
+    if len(datasets) < 2:
+        raise InputError("compare_behaviours needs two or more datasets; for one, use "
+                         "run_concepts")
+    check_writable(out)
+    labels = behaviour_labels([d.path for d in datasets])
+    runs: dict[str, ConceptsRun] = {}
+    summary: dict[str, Any] = {"behaviours": {}}
+    cos_rows: list[dict[str, Any]] = []
+    settle_rows: list[dict[str, Any]] = []
+    for label, ds in zip(labels, datasets, strict=True):
+        folder = re.sub(r"[^\w.-]+", "-", label)
+        run = run_concepts(target, ds, out / folder, steps=("extract", "compare"),
+                           progress=progress, **options)
+        runs[label] = run
+        s = run.summary
+        summary["behaviours"][label] = {
+            "folder": folder, "dataset": s["dataset"], "n_items": s["n_items"],
+            "n_train": s["n_train"], "cosine_by_layer": s.get("cosine_by_layer", []),
+            "settling_layer": s.get("settling_layer", {}),
+            "consecutive_cosine": s.get("consecutive_cosine", {})}
+        cos_rows += [dict(r, behaviour=label) for r in s.get("cosine_by_layer", [])]
+        settle_rows += [dict(v, behaviour=label, model=k)
+                        for k, v in s.get("settling_layer", {}).items()]
+    first = next(iter(runs.values())).summary
+    summary |= {"layers": first["layers"], "models": first["models"],
+                "position": first["position"], "method": first["method"],
+                "seed": first["seed"], "test_fraction": first["test_fraction"],
+                "settle_threshold": options.get("settle_threshold", 0.9)}
+    data = out / "data"
+    figures: list[AnyFigure] = []
+    if cos_rows:
+        write_table(pd.DataFrame(cos_rows), data, "cosine_by_behaviour")
+        figures.append(behaviours_figure(summary["behaviours"]))
+    if settle_rows:
+        write_table(pd.DataFrame(settle_rows), data, "settling_by_behaviour")
+    for fig in figures:
+        fig.save(out / "figures")
+    write_json_atomic(out / "summary.json", summary)
+    intro = (f"{len(labels)} behaviours, each compared in its own folder ("
+             + ", ".join(f"<a href='{summary['behaviours'][k]['folder']}/index.html'>"
+                         f"{k}</a>" for k in labels)
+             + "). Bands: 95% bootstrap CIs over each dataset's train items.")
+    head = {f"{k}: settling layer {m}": (f"{v['layer']} [{v['ci_low']}, {v['ci_high']}] "
+                                          f"(n={v['n']})")
+            for k in labels for m, v in summary["behaviours"][k]["settling_layer"].items()}
+    write_index(out / "index.html", "difflens concepts: several behaviours", intro, figures,
+                head)
+    return BehavioursRun(summary=summary, figures=figures, runs=runs)

@@ -10,6 +10,7 @@ import pandas as pd
 from difflens._io import check_writable, write_parquet_atomic
 from difflens.analysis.trajectories import SphereProjection, faithfulness, trajectory_stats
 from difflens.capture.cumulative_paths import build_paths
+from difflens.errors import InputError
 from difflens.inputs.trajectory_files import check_table, read_trajectories
 from difflens.models.loading import LoadedModel
 from difflens.models.pair import ModelPair
@@ -46,13 +47,21 @@ def run_trajectories(
     seed: int = 0,
     min_count: int = 5,
     first_n: int | None = None,
+    rank_segments: str = "all",
     progress: bool = False,
     index: bool = True,
 ) -> TrajectoriesRun:
-    """Paths from the models, projected together, compared on the sphere and in full."""
+    """Paths from the models, projected together, compared on the sphere and in full.
+
+    ``rank_segments`` (``all``, ``prompt`` or ``continuation``) picks the jumps that the
+    token ranking and the sentiment use, as in :func:`import_trajectories`.
+    """
     from difflens._io import rich_progress
 
     check_writable(out)
+    if rank_segments not in ("all", "prompt", "continuation"):
+        raise InputError(f"rank segments must be all, prompt or continuation, got "
+                         f"{rank_segments!r}")
     n_models = 2 if isinstance(target, ModelPair) else 1
     with rich_progress(progress) as bar:
         tick = bar("paths", len(prompts) * n_models)
@@ -69,15 +78,15 @@ def run_trajectories(
     full_points = paths.points[table.row.to_numpy()]
     models = _labels(table)
     sphere = trajectory_stats(table, models=models, min_count=min_count, first_n=first_n,
-                              seed=seed)
+                              rank_segments=rank_segments, seed=seed)
     full = trajectory_stats(table, full_points, models=models, min_count=min_count,
-                            first_n=first_n, seed=seed)
+                            first_n=first_n, rank_segments=rank_segments, seed=seed)
     faith = faithfulness(full_points, table[["x", "y", "z"]].to_numpy(), seed=seed)
     summary = summarize(sphere, full, n_prompts=len(prompts), layer=paths.layer,
                         faithfulness=faith, extra={
                             "projection_method": method, "continuations": continuations,
                             "max_new_tokens": max_new_tokens, "seed": seed,
-                            "models": list(models)})
+                            "models": list(models), "rank_segments": rank_segments})
     out.mkdir(parents=True, exist_ok=True)
     write_table(paths.continuations, out / "data", "continuations")
     # the full-dimension cumulative means, referenced by the table's state_ref column

@@ -25,11 +25,14 @@ def headline(summary: dict[str, Any]) -> dict[str, Any]:
                 f"{best['layer']} (n={best['n']})")
     for k, v in summary.get("unsteered_p_match", {}).items():
         out[f"{k}: P(matching answer), unsteered"] = v
-    cos = summary.get("cosine_by_layer") or []
+    cos = [r for r in summary.get("cosine_by_layer") or [] if r["cos"] == r["cos"]]  # not NaN
     if cos:
         low = min(cos, key=lambda r: r["cos"])
         out["lowest cos(base, tuned)"] = (f"{low['cos']:.3f} [{low['ci_low']:.3f}, "
                                           f"{low['ci_high']:.3f}] at layer {low['layer']}")
+    for k, v in summary.get("settling_layer", {}).items():
+        out[f"{k}: settling layer (cos to the next layer ≥ {v['threshold']:g})"] = (
+            f"{v['layer']} [{v['ci_low']}, {v['ci_high']}] (n={v['n']}; None: never)")
     return out
 
 
@@ -193,3 +196,69 @@ def dose_figure(label: str, rows: list[dict[str, Any]], unit: str) -> Figure:
                                   "α (multiple of the layer's mean residual norm)"),
                   ylabel="P(matching answer)", hline=0.5,
                   caption=f"held-out items (n={rows[0]['n']}); band: 95% bootstrap CI")
+
+
+def consecutive_figure(cmp: ConceptComparison, threshold: float) -> Figure:
+    """cos(v_l, v_next) by layer for each model, with the settling threshold."""
+    labels = list(cmp.consecutive)
+    rows0 = cmp.consecutive[labels[0]]
+    settled = "; ".join(f"{k} settles at layer {v['layer']} [{v['ci_low']}, {v['ci_high']}]"
+                        for k, v in cmp.settling.items())
+    return Figure(
+        "consecutive_cosine", "Consecutive-layer cosine of the concept vector", "line",
+        [r["layer"] for r in rows0],
+        [Series(k, [r["cos"] for r in rows], [r["ci_low"] for r in rows],
+                [r["ci_high"] for r in rows]) for k, rows in cmp.consecutive.items()],
+        xlabel="layer l (cosine with the next extracted layer)", ylabel="cos(v_l, v_next)",
+        hline=threshold,
+        caption=f"dashed: the threshold {threshold:g}; {settled} (the first layer from which "
+                f"every later cosine stays at or above it; 95% CI over {rows0[0]['n']} train "
+                "items resampled)")
+
+
+def behaviours_figure(behaviours: dict[str, dict[str, Any]]) -> CustomFigure:
+    """cos(base vector, tuned vector) by layer, one curve (and CI band) per behaviour."""
+    named = {k: v["cosine_by_layer"] for k, v in behaviours.items() if v["cosine_by_layer"]}
+    layers = sorted({r["layer"] for rows in named.values() for r in rows})
+    cols = {}
+    for k, rows in named.items():
+        by = {r["layer"]: r for r in rows}
+        cols[k] = {f: [by[x][f] if x in by else np.nan for x in layers]
+                   for f in ("cos", "ci_low", "ci_high")}
+    palette = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3",
+               "#8c8c8c", "#ccb974", "#64b5cd"]
+    color = {k: palette[i % len(palette)] for i, k in enumerate(named)}
+    title = "cos(base vector, tuned vector) by layer, per behaviour"
+
+    def draw_plotly() -> Any:
+        import plotly.graph_objects as go
+
+        fig = go.Figure()
+        for k, c in cols.items():
+            fig.add_scatter(x=layers + layers[::-1], y=c["ci_high"] + c["ci_low"][::-1],
+                            fill="toself", line={"width": 0}, opacity=0.2, showlegend=False,
+                            fillcolor=color[k], hoverinfo="skip")
+            fig.add_scatter(x=layers, y=c["cos"], name=k, mode="lines+markers",
+                            line={"color": color[k]})
+        fig.update_layout(title=title, xaxis_title="layer (0 = embeddings)",
+                          yaxis_title="cosine", template="plotly_white", height=420,
+                          xaxis={"tickmode": "array", "tickvals": layers})
+        return fig
+
+    def draw_mpl() -> Any:
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(8, 4.2))
+        for k, c in cols.items():
+            ax.plot(layers, c["cos"], marker=".", label=k, color=color[k])
+            ax.fill_between(layers, c["ci_low"], c["ci_high"], alpha=0.2, color=color[k])
+        ax.set(title=title, xlabel="layer (0 = embeddings)", ylabel="cosine", xticks=layers)
+        ax.legend()
+        fig.tight_layout()
+        return fig
+
+    ns = ", ".join(f"{k} {rows[0]['n']}" for k, rows in named.items())
+    return CustomFigure(
+        "cosine_by_behaviour", title, draw_plotly, draw_mpl,
+        caption=f"mean-difference vectors of each dataset's train items ({ns}); band: 95% "
+                "bootstrap CI over items (data/cosine_by_behaviour)")

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from difflens._io import write_json_atomic
-from difflens.analysis.trajectories import TrajectoryStats, readable_token
+from difflens.analysis.trajectories import TrajectoryStats, readable_token, readable_tokens
 from difflens.report.figures import COLORS, AnyFigure, CustomFigure, Figure, Series, write_index
 from difflens.report.tables import write_table
 
@@ -27,8 +27,10 @@ def summarize(sphere: TrajectoryStats, full: TrajectoryStats | None, *, n_prompt
             "jumps": {"top_tokens": st.top_tokens, "bottom_tokens": st.bottom_tokens,
                       "top_tokens_position_adjusted": st.top_tokens_adjusted,
                       "bottom_tokens_position_adjusted": st.bottom_tokens_adjusted,
-                      "by_index": st.jumps_by_index},
+                      "by_index": st.jumps_by_index,
+                      "mean_by_index_diff": st.jump_difference},
             "sentiment": st.sentiment,
+            "direction": st.direction,
         }
 
     out: dict[str, Any] = {"n_prompts": n_prompts, "layer": layer,
@@ -46,8 +48,21 @@ def write_outputs(out: Path, table: pd.DataFrame, sphere: TrajectoryStats,
                   ) -> list[AnyFigure]:
     """Write summary.json, data/ (Parquet + CSV), figures/ (HTML + PNG) and index.html."""
     data = out / "data"
-    write_table(table, data, "trajectories")
+    write_table(readable_tokens(table), data, "trajectories")
     write_table(sphere.jumps, data, "jumps")
+    spaces = [("sphere", sphere)] + ([("full", full)] if full is not None else [])
+    diff = [dict(r, space=name) for name, st in spaces
+            for r in st.jump_difference.get("by_index", [])]
+    if diff:
+        write_table(pd.DataFrame(diff), data, "jump_difference")
+    turns = [dict(r, model=m, space=name) for name, st in spaces
+             for m, v in st.direction.get("turn_angle", {}).items() for r in v["by_index"]]
+    if turns:
+        write_table(pd.DataFrame(turns), data, "turn_angle")
+    cosines = [dict(r, segments=k, space=name) for name, st in spaces
+               for k, v in st.direction.get("move_cosine", {}).items() for r in v["by_index"]]
+    if cosines:
+        write_table(pd.DataFrame(cosines), data, "move_cosine")
     for kind in ("prompt", "continuation"):
         rows = sphere.distance_by_index[kind]
         if rows:
@@ -86,6 +101,8 @@ def figures_for(table: pd.DataFrame, sphere: TrajectoryStats, full: TrajectorySt
     figs: list[AnyFigure] = []
     for pid in list(dict.fromkeys(table.prompt_id))[:n_spheres]:
         figs.append(_sphere_figure(table[table.prompt_id == pid], str(pid), titles.get(pid, "")))
+    if table.prompt_id.nunique() > 1:
+        figs.append(spheres_figure(table, titles))
     for kind in ("prompt", "continuation"):
         series = []
         for space, st in (("sphere", sphere), ("full dimension", full)):
@@ -115,6 +132,7 @@ def figures_for(table: pd.DataFrame, sphere: TrajectoryStats, full: TrajectorySt
                         [r["ci_high"] for r in rows])],
                 ylabel=unit, caption="jump into the point after the token; both models "
                 "pooled; (n) = occurrences; 95% bootstrap CI over occurrences"))
+    figs += _movement_figures(sphere, full)
     sent = sphere.sentiment
     models = list(sent["jump_weighted"])
     if models:
@@ -127,6 +145,135 @@ def figures_for(table: pd.DataFrame, sphere: TrajectoryStats, full: TrajectorySt
              for m in models],
             caption="VADER compound score of each token; 95% CIs resample prompts"))
     return figs
+
+
+def _movement_figures(sphere: TrajectoryStats, full: TrajectoryStats | None
+                      ) -> list[AnyFigure]:
+    """The mean-jump difference per index, the turn angle and the models' move cosine."""
+    figs: list[AnyFigure] = []
+    # in the full dimension where there is one: the sphere's jumps are the projection's
+    st, space = (full, "full dimension") if full is not None else (sphere, "sphere")
+    d = st.jump_difference
+    if d.get("by_index"):
+        rows = d["by_index"]
+        ns = [r["n"] for r in rows]
+        figs.append(Figure(
+            "jump_difference", f"Mean jump per token index, tuned minus base ({space})",
+            "line", [r["index"] for r in rows],
+            [Series("tuned − base", [r["diff"] for r in rows], [r["ci_low"] for r in rows],
+                    [r["ci_high"] for r in rows])],
+            xlabel="token index", ylabel="tuned − base mean jump (rad)", hline=0.0,
+            caption=f"{'paired over the prompts both models share' if d['paired'] else 'unpaired'}"
+                    f"; all segments; 95% CI resampling prompts; n from {max(ns)} down to "
+                    f"{min(ns)} prompts per index (both spaces in data/jump_difference)"))
+    turns = st.direction.get("turn_angle", {})
+    if turns:
+        steps = sorted({r["index"] for v in turns.values() for r in v["by_index"]})
+        series = []
+        for m, v in turns.items():
+            by = {r["index"]: r for r in v["by_index"]}
+            series.append(Series(m, [by[i]["mean"] if i in by else np.nan for i in steps],
+                                 [by[i]["ci_low"] if i in by else np.nan for i in steps],
+                                 [by[i]["ci_high"] if i in by else np.nan for i in steps]))
+        figs.append(Figure(
+            "turn_angle", f"Turn between consecutive moves ({space})", "line", steps, series,
+            xlabel="token index", ylabel="angle between moves (rad)", hline=float(np.pi / 2),
+            caption="angle between the move into step t−1 and the move into step t, all "
+                    "segments; dashed: a right angle (what unrelated directions give in "
+                    "many dimensions); 95% CI resampling prompts (data/turn_angle)"))
+    cosines = st.direction.get("move_cosine", {})
+    if cosines:
+        steps = sorted({r["index"] for v in cosines.values() for r in v["by_index"]})
+        series = []
+        for k, v in cosines.items():
+            by = {r["index"]: r for r in v["by_index"]}
+            series.append(Series(k, [by[i]["mean"] if i in by else np.nan for i in steps],
+                                 [by[i]["ci_low"] if i in by else np.nan for i in steps],
+                                 [by[i]["ci_high"] if i in by else np.nan for i in steps]))
+        figs.append(Figure(
+            "move_cosine", f"cos(base move, tuned move) at the same step ({space})", "line",
+            steps, series, xlabel="token index", ylabel="cosine", hline=0.0,
+            caption="same prompt, segment and step; prompts: both models read the same "
+                    "tokens; continuations: each model its own sample; 95% CI resampling "
+                    "prompts (data/move_cosine)"))
+    return figs
+
+
+#: Most prompts in the sphere menu (about 30 kB of HTML each).
+MAX_MENU_PROMPTS = 500
+
+
+def spheres_figure(table: pd.DataFrame, titles: dict[str, str], n_png: int = 6,
+                   max_prompts: int = MAX_MENU_PROMPTS) -> CustomFigure:
+    """Every prompt's paths on the sphere (the first ``max_prompts``): the HTML picks the
+    prompt from a menu; the PNG shows the first ``n_png`` prompts side by side."""
+    every = list(dict.fromkeys(table.prompt_id))
+    pids = every[:max_prompts]
+    groups = {pid: list(table[table.prompt_id == pid].groupby(["model", "segment"], sort=True))
+              for pid in pids}
+
+    def label(pid: Any) -> str:
+        title = titles.get(str(pid), "")
+        return f"prompt {pid}" + (f": {title[:40]}" if title else "")
+
+    def draw_plotly() -> Any:
+        import plotly.graph_objects as go
+
+        fig = go.Figure()
+        u, v = np.mgrid[0:2 * np.pi:40j, 0:np.pi:20j]
+        fig.add_surface(x=np.cos(u) * np.sin(v), y=np.sin(u) * np.sin(v), z=np.cos(v),
+                        opacity=0.08, showscale=False, hoverinfo="skip",
+                        colorscale=[[0, "#cccccc"], [1, "#cccccc"]])
+        owner = [None]
+        for pid in pids:
+            for (model, segment), g in groups[pid]:
+                kind = "prompt" if segment == "prompt" else "continuation"
+                text = [f"{segment} step {s}: "
+                        f"{html.escape(_show(t)) if isinstance(t, str) else '?'}"
+                        for s, t in zip(g.step, g.token, strict=True)]
+                fig.add_scatter3d(x=g.x, y=g.y, z=g.z, mode="lines+markers",
+                                  name=f"{model} {segment}", text=text,
+                                  hoverinfo="text+name", visible=pid == pids[0],
+                                  line={"color": COLORS.get(str(model)), "width": 4,
+                                        "dash": SEGMENT_STYLE[kind]},
+                                  marker={"size": 3 if kind == "prompt" else 2})
+                owner.append(pid)
+        buttons = [{"label": label(pid)[:60], "method": "update",
+                    "args": [{"visible": [o is None or o == pid for o in owner]},
+                             {"title": html.escape(label(pid)[:90])}]} for pid in pids]
+        fig.update_layout(title=html.escape(label(pids[0])[:90]), height=600,
+                          template="plotly_white", scene={"aspectmode": "cube"},
+                          updatemenus=[{"buttons": buttons, "direction": "down",
+                                        "x": 0.0, "xanchor": "left", "y": 1.12,
+                                        "yanchor": "top", "showactive": True}])
+        return fig
+
+    def draw_mpl() -> Any:
+        import matplotlib.pyplot as plt
+
+        shown = pids[:n_png]
+        cols = min(3, len(shown))
+        nrows = -(-len(shown) // cols)
+        fig = plt.figure(figsize=(3.6 * cols, 3.6 * nrows))
+        for k, pid in enumerate(shown, start=1):
+            ax = fig.add_subplot(nrows, cols, k, projection="3d")
+            for (model, segment), g in groups[pid]:
+                ax.plot(g.x, g.y, g.z, color=COLORS.get(str(model)),
+                        ls="-" if segment == "prompt" else ":",
+                        lw=1.5 if segment == "prompt" else 1)
+            ax.set(xlim=(-1, 1), ylim=(-1, 1), zlim=(-1, 1), title=f"prompt {pid}")
+            ax.tick_params(labelsize=6)
+        fig.suptitle("Paths on the sphere (solid: prompt, dotted: continuations)")
+        fig.tight_layout()
+        return fig
+
+    which = (f"any of the {len(pids)} prompts" if len(pids) == len(every)
+             else f"any of the first {len(pids)} of {len(every)} prompts")
+    return CustomFigure("spheres", f"Paths on the sphere, every prompt ({len(pids)})",
+                        draw_plotly, draw_mpl,
+                        caption=f"pick {which} from the menu (HTML); "
+                                f"the PNG shows the first {min(n_png, len(pids))}. Base and "
+                                "tuned in two colours; hover for tokens")
 
 
 def _show(token: str) -> str:
