@@ -3,6 +3,12 @@
 # This is the README's test command; .ci/run runs exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Debian's chromium for the explorer's browser tests (tests/unit/test_explore_browser.py);
+# Playwright drives it through executable_path and never downloads a browser.
+if ! command -v chromium >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -q && $SUDO apt-get install -y -q chromium
+fi
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 # torch==2.13.0 is the CPU wheel; a plain `torch` requirement would pull a multi-GB CUDA build.

@@ -59,6 +59,8 @@ VOCABULARY: dict[str, str] = {
     "--max-new-tokens": "tokens per generation",
     "--temperature": "sampling temperature",
     "--temperatures": "a grid of temperatures",
+    "--port": "TCP port the explorer serves on",
+    "--host": "address the explorer binds to (127.0.0.1 unless given)",
     "--prob-caps": "the de-collapse sampler's probability caps",
     "--settle-threshold": "least consecutive-layer cosine of a settled concept vector",
     "--free-text-temperatures": "temperatures of the tuned model's samples in the free-text "

@@ -2,8 +2,8 @@
 
 ``difflens NOUN VERB [OPTIONS]``, in the manner of the ``hf`` CLI: ``capture run|info``,
 ``concepts``, ``trajectories``, ``collapse``, ``control``, ``themes``, ``organism`` and
-``list``; ``demo`` is the one top-level verb. A flag means the same in every command (see
-``difflens.cli._common``). Old paths (``info``, ``monitor``, ``probe train``, ``capture
+``list``; ``demo`` and ``explore`` are the top-level verbs. A flag means the same in every
+command (see ``difflens.cli._common``). Old paths (``info``, ``monitor``, ``probe train``, ``capture
 OPTIONS``) and old flag names still work for one release, with a warning on stderr.
 """
 
@@ -18,6 +18,7 @@ from difflens.cli.concepts import app as concepts_app
 from difflens.cli.control import app as control_app
 from difflens.cli.control import monitor_cmd, probe_app
 from difflens.cli.demo import demo_cmd
+from difflens.cli.explore import explore_cmd
 from difflens.cli.listing import app as list_app
 from difflens.cli.organism import app as organism_app
 from difflens.cli.themes import app as themes_app
@@ -55,6 +56,7 @@ app.add_typer(themes_app, name="themes")
 app.add_typer(organism_app, name="organism")
 app.add_typer(list_app, name="list")
 app.command("demo")(demo_cmd)
+app.command("explore")(explore_cmd)
 
 # Old command paths, hidden, for one release (each prints where the command went).
 app.command("info", hidden=True, cls=vocab(moved=("info", "capture info")))(info_cmd)

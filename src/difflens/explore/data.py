@@ -1,0 +1,233 @@
+"""What the atlas and token-diff views draw, read from a run's Parquet tables by DuckDB.
+
+The atlas puts every stored point of a trajectories run (``data/trajectories.parquet``:
+points ``x, y, z`` on the unit sphere) on a 2-D map by longitude and latitude, with the
+jumps and sentiment of ``data/jumps.parquet``, the text of each path and the columns of an
+optional ``data/prompts.parquet`` (prompt metadata, keyed by ``prompt_id``) joined on. The
+token diff reads ``data/divergence_tokens.parquet`` of a collapse divergence run.
+"""
+
+import dataclasses
+import functools
+import json
+from pathlib import Path
+from typing import Any
+
+from difflens.errors import InputError
+from difflens.explore.runs import Run, cell, connection, query, quote, schema
+
+#: Columns the atlas needs in ``data/trajectories.parquet``.
+ATLAS_REQUIRED = ("x", "y", "z", "token")
+#: Columns never offered for colouring (the coordinates, the text, row references).
+ATLAS_HIDDEN = ("x", "y", "z", "lon", "lat", "text", "token_raw", "state_ref")
+#: Colour choices listed first when present.
+ATLAS_FIRST = ("model", "step", "jump", "jump_rel", "sentiment", "prompt_id", "segment",
+               "token")
+#: Columns of ``data/divergence_tokens.parquet`` the token diff needs.
+TOKEN_COLUMNS = ("text_id", "source", "t", "token", "base_entropy", "tuned_entropy",
+                 "base_logprob", "tuned_logprob", "kl_tuned_base", "kl_base_tuned")
+#: Per-token statistics the token diff colours by: name -> (base panel, tuned panel, label).
+#: KL and the log-prob difference read from the panel's model: KL(model || other).
+STATISTICS = {
+    "kl": ("kl_base_tuned", "kl_tuned_base", "KL(model ‖ other), nats"),
+    "entropy": ("base_entropy", "tuned_entropy", "entropy, nats"),
+    "logprob": ("base_logprob", "tuned_logprob", "log-prob of the token"),
+    "logprob_diff": ("base_minus_tuned", "tuned_minus_base", "log-prob minus the other's"),
+}
+#: Byte-level and SentencePiece space and newline marks, shown as what they stand for.
+_MARKS = {"Ġ": " ", "▁": " ", "Ċ": "\n", "ĉ": "\t"}
+
+
+def display_token(raw: str) -> str:
+    """A tokenizer's token as text (``Ġmade`` -> `` made``)."""
+    return "".join(_MARKS.get(c, c) for c in raw)
+
+
+def _stamp(*paths: Path | None) -> tuple[tuple[str, int, int], ...]:
+    """What identifies the files' current content for the in-memory caches."""
+    out = []
+    for p in paths:
+        if p is not None:
+            st = p.stat()
+            out.append((str(p), st.st_mtime_ns, st.st_size))
+    return tuple(out)
+
+
+def _require(path: Path, needed: tuple[str, ...], what: str) -> list[str]:
+    names = [c for c, _ in schema(path)]
+    missing = [c for c in needed if c not in names]
+    if missing:
+        raise InputError(f"{what} lacks the column(s) {', '.join(missing)}: it is not the "
+                         f"table this view reads (has {', '.join(names)})")
+    return names
+
+
+# -- atlas ----------------------------------------------------------------------------------
+
+
+def atlas_json(run: Run) -> bytes:
+    """The atlas data of a trajectories run as JSON bytes (cached in memory per content).
+
+    ``{"n", "lon", "lat", "columns": {name: {"kind": "num", "values"} | {"kind": "cat",
+    "levels", "codes"}}, "colour_by": [...]}``: categorical columns are sent once per level.
+    """
+    traj = run.file("data/trajectories.parquet")
+    if traj is None:
+        raise InputError("no data/trajectories.parquet in this run: the atlas shows the --out "
+                         "folder of `difflens trajectories run`")
+    jumps = run.file("data/jumps.parquet")
+    conts = run.file("data/continuations.parquet")
+    prompts = run.file("data/prompts.parquet")
+    return _atlas_cached(traj, jumps, conts, prompts, _stamp(traj, jumps, conts, prompts))
+
+
+@functools.lru_cache(maxsize=4)
+def _atlas_cached(traj: Path, jumps: Path | None, conts: Path | None, prompts: Path | None,
+                  stamp: tuple[tuple[str, int, int], ...]) -> bytes:
+    import numpy as np
+    import pandas as pd
+
+    names = _require(traj, ATLAS_REQUIRED, "data/trajectories.parquet")
+    keys = [k for k in ("prompt_id", "model", "segment", "step") if k in names]
+    params: list[Any] = [str(traj)]
+    select, joins = ["t.*"], []
+    if jumps is not None and keys:
+        jnames = [c for c, _ in schema(jumps)]
+        extra = [c for c in ("jump", "jump_rel", "sentiment") if c in jnames and c not in names]
+        if extra and all(k in jnames for k in keys):
+            select += [f"j.{quote(c)}" for c in extra]
+            on = " AND ".join(f"t.{quote(k)} = j.{quote(k)}" for k in keys)
+            joins.append(f"LEFT JOIN read_parquet(?) j ON {on}")
+            params.append(str(jumps))
+    group = [k for k in ("prompt_id", "model", "segment") if k in names]
+    if group:
+        tok = "token_raw" if "token_raw" in names else "token"
+        order = " ORDER BY step" if "step" in names else ""
+        gcols = ", ".join(quote(g) for g in group)
+        text = f"(SELECT {gcols}, string_agg({quote(tok)}, ''{order}) AS _joined " \
+               f"FROM read_parquet(?) GROUP BY {gcols}) g"
+        on = " AND ".join(f"t.{quote(k)} = g.{quote(k)}" for k in group)
+        joins.append(f"LEFT JOIN {text} ON {on}")
+        params.append(str(traj))
+        cnames = [c for c, _ in schema(conts)] if conts is not None else []
+        if conts is not None and "text" in cnames and all(k in cnames for k in group):
+            on = " AND ".join(f"t.{quote(k)} = c.{quote(k)}" for k in group)
+            joins.append(f"LEFT JOIN read_parquet(?) c ON {on}")
+            params.append(str(conts))
+            select.append("coalesce(c.text, g._joined) AS text")
+        else:
+            select.append("g._joined AS text")
+    if prompts is not None and "prompt_id" in names:
+        pcols = [c for c, _ in schema(prompts)]
+        if "prompt_id" in pcols:
+            taken = set(names) | {"jump", "jump_rel", "sentiment", "text"}
+            select += [f"p.{quote(c)} AS {quote(c if c not in taken else 'prompt_' + c)}"
+                       for c in pcols if c != "prompt_id"]
+            joins.append("LEFT JOIN read_parquet(?) p ON t.prompt_id = p.prompt_id")
+            params.append(str(prompts))
+    sql = f"SELECT {', '.join(select)} FROM read_parquet(?) t {' '.join(joins)}"
+    if keys:
+        sql += " ORDER BY " + ", ".join(f"t.{quote(k)}" for k in keys)
+    try:
+        with connection() as con:
+            df: pd.DataFrame = con.execute(sql, params).df()
+    except Exception as exc:  # duckdb.Error, kept one line
+        raise InputError(f"cannot read the trajectories: {str(exc).splitlines()[0]}") from None
+    if "text" in df:
+        df["text"] = df["text"].map(lambda s: display_token(s) if isinstance(s, str) else "")
+    xyz = df[["x", "y", "z"]].to_numpy(dtype=float)
+    norm = np.linalg.norm(xyz, axis=1)
+    norm[norm == 0] = 1.0
+    lon = np.degrees(np.arctan2(xyz[:, 1], xyz[:, 0]))
+    lat = np.degrees(np.arcsin(np.clip(xyz[:, 2] / norm, -1.0, 1.0)))
+    columns: dict[str, Any] = {}
+    for name in df.columns:
+        if name in ("x", "y", "z", "token_raw", "state_ref"):
+            continue
+        columns[name] = _column(df[name])
+    colour_by = [c for c in ATLAS_FIRST if c in columns]
+    colour_by += [c for c in columns if c not in colour_by and c not in ATLAS_HIDDEN]
+    payload = {"n": len(df), "lon": _floats(lon), "lat": _floats(lat), "columns": columns,
+               "colour_by": colour_by}
+    return json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _floats(values: Any) -> list[float | None]:
+    import numpy as np
+
+    arr = np.round(np.asarray(values, dtype=float), 5)
+    return [None if not np.isfinite(v) else float(v) for v in arr.tolist()]
+
+
+def _column(series: Any) -> dict[str, Any]:
+    import pandas as pd
+
+    if pd.api.types.is_bool_dtype(series):
+        series = series.astype(float)
+    if pd.api.types.is_numeric_dtype(series):
+        values = series.to_numpy(dtype=float, na_value=float("nan"))
+        return {"kind": "num", "values": _floats(values)}
+    codes, levels = pd.factorize(series.map(lambda v: None if v is None else str(v)), sort=True)
+    return {"kind": "cat", "levels": [str(v) for v in levels], "codes": codes.tolist()}
+
+
+# -- token diff -----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class TextInfo:
+    """One text of a divergence run, for the text picker."""
+
+    text_id: int
+    source: str
+    n_tokens: int
+    max_kl: float
+    preview: str
+
+
+def _tokens_path(run: Run) -> Path:
+    path = run.file("data/divergence_tokens.parquet")
+    if path is None:
+        raise InputError("no data/divergence_tokens.parquet in this run: the token diff shows "
+                         "the --out folder of `difflens collapse divergence`")
+    _require(path, TOKEN_COLUMNS, "data/divergence_tokens.parquet")
+    return path
+
+
+def texts(run: Run) -> list[TextInfo]:
+    """The texts of a divergence run, by id, with their largest KL(tuned || base)."""
+    path = _tokens_path(run)
+    rows = query("SELECT text_id, any_value(source), count(*), max(kl_tuned_base), "
+                 "string_agg(token, '' ORDER BY t) FROM read_parquet(?) GROUP BY text_id "
+                 "ORDER BY text_id", [str(path)])
+    out = []
+    for tid, source, n, kl, joined in rows:
+        preview = display_token(joined or "").strip()
+        out.append(TextInfo(int(tid), str(source), int(n), float(kl if kl is not None
+                                                                   else "nan"),
+                            preview[:80] + ("…" if len(preview) > 80 else "")))
+    return out
+
+
+def text_tokens(run: Run, text_id: int) -> list[dict[str, Any]]:
+    """The tokens of one text in order, each with every statistic the view colours by."""
+    path = _tokens_path(run)
+    names = [c for c, _ in schema(path)]
+    extra = [c for c in ("top1_agree", "context") if c in names]
+    cols = ["t", "token", "source", "base_entropy", "tuned_entropy", "base_logprob",
+            "tuned_logprob", "kl_tuned_base", "kl_base_tuned", *extra]
+    rows = query(f"SELECT {', '.join(quote(c) for c in cols)} FROM read_parquet(?) "
+                 f"WHERE text_id = ? ORDER BY t", [str(path), int(text_id)])
+    if not rows:
+        raise InputError(f"no text {text_id} in data/divergence_tokens.parquet; pick one of "
+                         f"the listed texts")
+    out = []
+    for r in rows:
+        d = {c: cell(v) for c, v in zip(cols, r, strict=True)}
+        d["text"] = display_token(str(r[1]))
+        b, t = r[5], r[6]
+        if b is not None and t is not None:
+            d["tuned_minus_base"] = cell(float(t) - float(b))
+            d["base_minus_tuned"] = cell(float(b) - float(t))
+        out.append(d)
+    return out
