@@ -30,8 +30,14 @@ from difflens.pipelines.trajectories import TrajectoriesRun, run_trajectories
 from difflens.report.collapse import intro_html as collapse_intro
 from difflens.report.concepts import intro_html as concepts_intro
 from difflens.report.control import control_intro
-from difflens.report.demo import demo_figures, demo_headline, demo_intro
-from difflens.report.figures import write_index
+from difflens.report.demo import (
+    demo_figures,
+    demo_headline,
+    demo_intro,
+    demo_takeaways,
+    explore_links,
+)
+from difflens.report.figures import Section, write_index
 from difflens.report.tables import write_table
 from difflens.report.themes import intro_html as themes_intro
 from difflens.report.trajectories import intro_html as trajectories_intro
@@ -129,16 +135,20 @@ def run_demo(out: Path, *, config: OrganismConfig | None = None, n_stories: int 
     write_json_atomic(out / "summary.json", summary)
     intro = demo_intro(props, summary["organism"])
     headline = demo_headline(props, pair, concepts.summary, HEADLINE_KEYS)
+    takeaways = demo_takeaways(summary, MEAN_KEY)
+    command, links = explore_links(str(out))
     write_index(out / "index.html", "difflens demo: base vs RL-tuned organism", intro, figures,
                 headline, images=[("Training curves", out / "figures" / "training_curves.png")],
-                sections=[("Concepts: kind vs cruel", concepts_intro(concepts.summary),
-                           concepts.figures),
-                          ("Trajectories", trajectories_intro(trajectories.summary),
-                           trajectories.figures),
-                          ("Mode collapse", collapse_intro(collapse.summary),
-                           collapse.figures),
-                          ("Control", control_intro(control.summary), control.figures),
-                          ("Themes", themes_intro(themes.summary), themes.figures)])
+                takeaways=takeaways["Overview"], links=links, explore_command=command,
+                sections=[Section(heading, text, run.figures, takeaways[heading])
+                          for heading, text, run in (
+                              ("Concepts: kind vs cruel", concepts_intro(concepts.summary),
+                               concepts),
+                              ("Trajectories", trajectories_intro(trajectories.summary),
+                               trajectories),
+                              ("Mode collapse", collapse_intro(collapse.summary), collapse),
+                              ("Control", control_intro(control.summary), control),
+                              ("Themes", themes_intro(themes.summary), themes))])
     return summary
 
 

@@ -4,6 +4,7 @@ the page's intro and headline. Data in (summaries, tables, trees), figures out.
 The trees and probe results are read through the small protocols below, so that this
 module needs none of the code that builds them from a model."""
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -11,7 +12,14 @@ import pandas as pd
 
 from difflens.analysis.temperature_match import TemperatureMatch
 from difflens.capture.outcomes import ProbeResults
-from difflens.report.figures import COLORS, AnyFigure, CustomFigure, Figure, Series
+from difflens.report.figures import (
+    COLORS,
+    AnyFigure,
+    CustomFigure,
+    Figure,
+    Series,
+    small_multiples,
+)
 from difflens.sampling.tree import ProbabilityTree, TreeNode
 
 
@@ -148,18 +156,28 @@ def probe_figures(results: ProbeResults, summary: dict[str, Any]) -> list[AnyFig
                 [summary[n][m]["tvd_uniform_ci95"][1] for n in names]) for m in models],
         ylabel="TVD from uniform", caption="mean over phrasings; 95% bootstrap CI over "
         "phrasings; 0 = a fair draw" + warning))
+    panels: list[Figure] = []
     for name in names:
         a = results.answers[results.answers.probe == name]
         answers = list(dict.fromkeys(a.answer))
         mean = a.groupby(["model", "answer"])["p"].mean()
         mute = [m for m in models if not summary[name][m].get("answered", True)]
-        figs.append(Figure(
+        panels.append(Figure(
             f"probe_{name}", f"Exact answer distribution: {name} (mean over phrasings)"
             + (f" — not answered by {', '.join(mute)}" if mute else ""), "bar",
             answers, [Series(m, [float(mean[(m, x)]) for x in answers]) for m in models],
             xlabel="answer", ylabel="probability", hline=1 / len(answers),
             caption="chained token probabilities, renormalised over the answers; dashed: "
-            "uniform" + "".join(f"; {m}: {unanswered_note(summary[name][m])}" for m in mute)))
+            "uniform" + "".join(f"; {m}: {unanswered_note(summary[name][m])}" for m in mute),
+            on_page=len(names) == 1))
+    figs += panels
+    if len(panels) > 1:  # the page shows them side by side
+        figs.append(small_multiples(
+            "probe_answers", "Exact answer distributions, every probe (mean over phrasings)",
+            [dataclasses.replace(f, title=f.title.replace("Exact answer distribution: ", "")
+                                 .replace(" (mean over phrasings)", "")) for f in panels],
+            caption="chained token probabilities, renormalised over each probe's answers; "
+            "dashed: uniform" + (warning and "; " + warning.lstrip("; "))))
     return figs
 
 

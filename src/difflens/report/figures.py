@@ -40,10 +40,14 @@ class Figure:
     """A reference line (e.g. the uniform probability)."""
     caption: str = ""
 
-    def plotly(self) -> Any:
-        import plotly.graph_objects as go
+    on_page: bool = True
+    """Shown on the index page (False: written to figures/ only, e.g. one panel of a
+    :func:`small_multiples` figure that the page shows instead)."""
 
-        fig = go.Figure()
+    def add_traces(self, fig: Any, row: int | None = None, col: int | None = None,
+                   legend: bool = True) -> None:
+        """Draw the series into a plotly figure (a subplot when ``row``/``col`` are given)."""
+        at = {} if row is None else {"row": row, "col": col}
         for s in self.series:
             color = COLORS.get(s.label)
             if self.kind == "bar":
@@ -54,29 +58,32 @@ class Figure:
                            "arrayminus": [max(0.0, y - lo)
                                           for y, lo in zip(s.y, s.lo, strict=True)]}
                 fig.add_bar(x=list(map(str, self.x)), y=list(s.y), name=s.label, error_y=err,
-                            marker_color=color)
+                            marker_color=color, legendgroup=s.label, showlegend=legend, **at)
             else:
                 if s.lo is not None and s.hi is not None:
                     fig.add_scatter(x=list(self.x) + list(self.x)[::-1],
                                     y=list(s.hi) + list(s.lo)[::-1], fill="toself",
                                     line={"width": 0}, opacity=0.2, showlegend=False,
-                                    fillcolor=color, hoverinfo="skip")
+                                    fillcolor=color, hoverinfo="skip", **at)
                 fig.add_scatter(x=list(self.x), y=list(s.y), name=s.label, mode="lines+markers",
-                                line={"color": color})
+                                line={"color": color}, legendgroup=s.label, showlegend=legend,
+                                **at)
         if self.hline is not None:
-            fig.add_hline(y=self.hline, line_dash="dash", line_color=COLORS["uniform"])
+            fig.add_hline(y=self.hline, line_dash="dash", line_color=COLORS["uniform"], **at)
+
+    def plotly(self) -> Any:
+        import plotly.graph_objects as go
+
+        fig = go.Figure()
+        self.add_traces(fig)
         fig.update_layout(title=self.title, xaxis_title=self.xlabel, yaxis_title=self.ylabel,
                           barmode="group", template="plotly_white", height=420)
         return fig
 
-    def matplotlib(self) -> Any:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    def draw(self, ax: Any, legend: bool = True) -> None:
+        """Draw the series onto a matplotlib axis."""
         import numpy as np
 
-        fig, ax = plt.subplots(figsize=(8, 4.2))
         n = len(self.series)
         xs = np.arange(len(self.x))
         for k, s in enumerate(self.series):
@@ -100,7 +107,17 @@ class Figure:
         if self.hline is not None:
             ax.axhline(self.hline, ls="--", color=COLORS["uniform"])
         ax.set(title=self.title, xlabel=self.xlabel, ylabel=self.ylabel)
-        ax.legend()
+        if legend:
+            ax.legend()
+
+    def matplotlib(self) -> Any:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(8, 4.2))
+        self.draw(ax)
         fig.tight_layout()
         return fig
 
@@ -125,6 +142,7 @@ class CustomFigure:
     draw_plotly: Callable[[], Any]
     draw_matplotlib: Callable[[], Any]
     caption: str = ""
+    on_page: bool = True
 
     def plotly(self) -> Any:
         return self.draw_plotly()
@@ -139,49 +157,154 @@ class CustomFigure:
 AnyFigure = Figure | CustomFigure
 
 
+def small_multiples(name: str, title: str, panels: Sequence[Figure], *, cols: int = 2,
+                    caption: str = "") -> CustomFigure:
+    """One figure of several small panels (the same kind of chart per item: one probe, one
+    headline measure), drawn by each panel's own code; one legend for all."""
+    import math
+
+    rows = math.ceil(len(panels) / cols)
+    cols = min(cols, len(panels))
+
+    def draw_plotly() -> Any:
+        from plotly.subplots import make_subplots
+
+        fig = make_subplots(rows=rows, cols=cols, subplot_titles=[p.title for p in panels])
+        for i, panel in enumerate(panels):
+            panel.add_traces(fig, i // cols + 1, i % cols + 1, legend=i == 0)
+        fig.update_layout(title=title, barmode="group", template="plotly_white",
+                          height=max(420, 300 * rows))
+        return fig
+
+    def draw_matplotlib() -> Any:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.4 * rows), squeeze=False)
+        for i, panel in enumerate(panels):
+            panel.draw(axes[i // cols][i % cols], legend=i == 0)
+        for j in range(len(panels), rows * cols):
+            axes[j // cols][j % cols].axis("off")
+        fig.suptitle(title)
+        fig.tight_layout()
+        return fig
+
+    return CustomFigure(name, title, draw_plotly, draw_matplotlib, caption=caption)
+
+
+@dataclasses.dataclass(frozen=True)
+class Section:
+    """A block of the index page: a heading, its takeaways (two to four lines rendered from
+    the numbers, with CIs), an intro and its figures."""
+
+    heading: str
+    intro: str
+    figures: Sequence[AnyFigure]
+    takeaways: Sequence[str] = ()
+
+
+_STYLE = (
+    "body{font-family:system-ui,sans-serif;color:#222;margin:0}"
+    ".page{display:grid;grid-template-columns:240px minmax(0,1fr);gap:2em;max-width:1300px;"
+    "margin:0 auto;padding:0 1em}"
+    "nav{position:sticky;top:0;align-self:start;max-height:100vh;overflow-y:auto;"
+    "font-size:.85em;padding:1em 0;border-right:1px solid #eee}"
+    "nav ul{list-style:none;padding-left:.8em;margin:.2em 0}nav a{color:#345;"
+    "text-decoration:none}nav a:hover{text-decoration:underline}nav>ul>li{margin-top:.6em}"
+    "main{padding:1em 0 4em}table{border-collapse:collapse}td{border-bottom:1px solid #ddd;"
+    "padding:4px 12px}figcaption{color:#555;font-size:.9em}"
+    ".takeaways{background:#f5f8fc;border-left:4px solid #4c72b0;padding:.5em 1em;"
+    "margin:1em 0}.takeaways ul{margin:.3em 0}.explore{background:#fbf7f0;border-left:4px "
+    "solid #dd8452;padding:.5em 1em;margin:1em 0}figure{margin:1.5em 0}"
+    "h3{margin-bottom:.2em}"
+)
+
+
+def _anchor(text: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
+
+
 def write_index(path: Path, title: str, intro: str, figures: Sequence[AnyFigure],
                 headline: dict[str, Any], images: Sequence[tuple[str, Path]] = (),
-                sections: Sequence[tuple[str, str, Sequence[AnyFigure]]] = ()) -> None:
-    """One self-contained HTML page: headline table, figures (plotly.js inlined once).
+                sections: Sequence[Section | tuple[str, str, Sequence[AnyFigure]]] = (), *,
+                takeaways: Sequence[str] = (), links: Sequence[tuple[str, str]] = (),
+                explore_command: str = "") -> None:
+    """One self-contained HTML page (plotly.js inlined once) that a person can navigate: a
+    table of contents that stays in view, the headline table, then each section's
+    takeaways, intro and figures.
 
-    ``sections`` adds ``(heading, intro html, figures)`` blocks after the main figures.
+    Each figure appears once, under its own title (the chart itself carries none), with its
+    caption; figures with ``on_page=False`` are left out (a small-multiples figure shows
+    them). ``sections`` adds blocks after the main figures (a tuple is a section without
+    takeaways). ``links`` are ``(label, href)`` pairs into the explorer, shown with
+    ``explore_command``, the command that serves them.
     """
     import base64
 
     from plotly.offline import get_plotlyjs
 
+    blocks = [Section("Overview", "", figures, takeaways)] + [
+        s if isinstance(s, Section) else Section(*s) for s in sections]
+    toc = ["<li><a href='#headline'>Headline figures</a></li>"]
+    body: list[str] = []
     rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(_fmt(v))}</td></tr>"
                    for k, v in headline.items())
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'>",
-        f"<title>{html.escape(title)}</title>",
-        "<style>body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;"
-        "color:#222}table{border-collapse:collapse}td{border-bottom:1px solid #ddd;"
-        "padding:4px 12px}figcaption{color:#555;font-size:.9em}</style>",
-        f"<script>{get_plotlyjs()}</script></head><body>",
-        f"<h1>{html.escape(title)}</h1><p>{intro}</p>",
-        f"<h2>Headline figures</h2><table>{rows}</table>",
-    ]
+    body.append(f"<h1>{html.escape(title)}</h1><p>{intro}</p>")
+    if links or explore_command:
+        items = " · ".join(f"<a href='{html.escape(href)}'>{html.escape(label)}</a>"
+                           for label, href in links)
+        body.append("<div class='explore'><b>Explore these results</b> token by token and "
+                    "point by point: run <code>" + html.escape(explore_command) + "</code>"
+                    + (f", then open {items}" if items else "") + ".</div>")
+    body.append(f"<h2 id='headline'>Headline figures</h2><table>{rows}</table>")
     for name, img in images:
         data = base64.b64encode(img.read_bytes()).decode()
-        parts.append(f"<h2>{html.escape(name)}</h2><img style='max-width:100%' "
-                     f"src='data:image/png;base64,{data}'>")
-    for fig in figures:
-        parts.append(f"<h2>{html.escape(fig.title)}</h2>")
-        parts.append(fig.plotly().to_html(full_html=False, include_plotlyjs=False))
-        if fig.caption:
-            parts.append(f"<figcaption>{fig.caption}</figcaption>")
-    for heading, text, figs in sections:
-        parts.append(f"<h1>{html.escape(heading)}</h1><p>{text}</p>")
-        for fig in figs:
-            parts.append(f"<h2>{html.escape(fig.title)}</h2>")
-            parts.append(fig.plotly().to_html(full_html=False, include_plotlyjs=False))
-            if fig.caption:
-                parts.append(f"<figcaption>{fig.caption}</figcaption>")
-    parts.append("</body></html>")
+        anchor = "img-" + _anchor(name)
+        toc.append(f"<li><a href='#{anchor}'>{html.escape(name)}</a></li>")
+        body.append(f"<h2 id='{anchor}'>{html.escape(name)}</h2><img style='max-width:100%' "
+                    f"src='data:image/png;base64,{data}'>")
+    used: set[str] = set()
+    for k, block in enumerate(blocks):
+        shown = [f for f in block.figures if getattr(f, "on_page", True)]
+        sub: list[str] = []
+        anchor = ""
+        if k > 0 or block.takeaways:
+            anchor = f"section-{k}-" + _anchor(block.heading)
+            body.append(f"<h1 id='{anchor}'>{html.escape(block.heading)}</h1>")
+        if block.takeaways:
+            body.append("<div class='takeaways'><b>Takeaways</b><ul>" + "".join(
+                f"<li>{html.escape(t)}</li>" for t in block.takeaways) + "</ul></div>")
+        if block.intro:
+            body.append(f"<p>{block.intro}</p>")
+        for fig in shown:
+            fid = "fig-" + _anchor(fig.name)
+            while fid in used:
+                fid += "-x"
+            used.add(fid)
+            sub.append(f"<li><a href='#{fid}'>{html.escape(fig.title)}</a></li>")
+            chart = fig.plotly()
+            chart.update_layout(title_text="", margin={"t": 40})
+            body.append(f"<figure id='{fid}'><h3>{html.escape(fig.title)}</h3>"
+                        + chart.to_html(full_html=False, include_plotlyjs=False)
+                        + (f"<figcaption>{fig.caption}</figcaption>" if fig.caption else "")
+                        + "</figure>")
+        if anchor:
+            toc.append(f"<li><a href='#{anchor}'>{html.escape(block.heading)}</a>"
+                       f"<ul>{''.join(sub)}</ul></li>")
+        else:
+            toc += sub
+    page = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title><style>{_STYLE}</style>",
+        f"<script>{get_plotlyjs()}</script></head><body><div class='page'>",
+        f"<nav aria-label='Contents'><b>Contents</b><ul>{''.join(toc)}</ul></nav>",
+        "<main>", *body, "</main></div></body></html>",
+    ]
     from difflens._io import write_bytes_atomic
 
-    write_bytes_atomic(path, "\n".join(parts).encode())
+    write_bytes_atomic(path, "\n".join(page).encode())
 
 
 def format_ci(mean: float, ci95: Sequence[float], n: int | None = None) -> str:

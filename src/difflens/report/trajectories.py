@@ -1,5 +1,6 @@
 """Outputs of ``difflens trajectories``: summary, tables, figures and the HTML page."""
 
+import dataclasses
 import html
 import re
 from pathlib import Path
@@ -99,9 +100,12 @@ def headline(s: dict[str, Any]) -> dict[str, Any]:
 def figures_for(table: pd.DataFrame, sphere: TrajectoryStats, full: TrajectoryStats | None,
                 titles: dict[str, str], n_spheres: int) -> list[AnyFigure]:
     figs: list[AnyFigure] = []
+    several = table.prompt_id.nunique() > 1
     for pid in list(dict.fromkeys(table.prompt_id))[:n_spheres]:
-        figs.append(_sphere_figure(table[table.prompt_id == pid], str(pid), titles.get(pid, "")))
-    if table.prompt_id.nunique() > 1:
+        fig = _sphere_figure(table[table.prompt_id == pid], str(pid), titles.get(pid, ""))
+        # the page shows every prompt in one figure with a selector; the files stay
+        figs.append(dataclasses.replace(fig, on_page=not several))
+    if several:
         figs.append(spheres_figure(table, titles))
     for kind in ("prompt", "continuation"):
         series = []
