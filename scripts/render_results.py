@@ -354,8 +354,9 @@ def collapse_probes_stories260k() -> str:
 
 def collapse_rank_organism() -> str:
     run, p0 = "demo", "collapse.probes.rank_correlation"
-    rows = [[probe, fmt(value(run, f"{p0}.{probe}.n_answers")), est(run, f"{p0}.{probe}.spearman", 2),
-             est(run, f"{p0}.{probe}.kendall", 2)] for probe in value(run, p0)]
+    rows = [[probe, fmt(value(run, f"{p0}.{probe}.n_answers")),
+             est(run, f"{p0}.{probe}.spearman", 2), est(run, f"{p0}.{probe}.kendall", 2)]
+            for probe in value(run, p0)]
     return _table(["probe", "answers", "Spearman (base vs tuned)", "Kendall tau-b"], rows)
 
 

@@ -61,6 +61,9 @@ VOCABULARY: dict[str, str] = {
     "--temperatures": "a grid of temperatures",
     "--port": "TCP port the explorer serves on",
     "--host": "address the explorer binds to (127.0.0.1 unless given)",
+    "--self-judge": "also score sentences by the model's own answer to a judge question",
+    "--judge-question": "the self-judge's question",
+    "--judge-answers": "the self-judge's bad and good answers",
     "--prob-caps": "the de-collapse sampler's probability caps",
     "--settle-threshold": "least consecutive-layer cosine of a settled concept vector",
     "--free-text-temperatures": "temperatures of the tuned model's samples in the free-text "
@@ -134,7 +137,8 @@ MODEL_COMMANDS = {
     "trajectories run", "control train-probe", "control monitor", "control evaluate",
     *(f"collapse {s}" for s in ("divergence", "probes", "temperature", "tree", "attractors",
                                 "diversity", "all")),
-    *(f"themes {s}" for s in ("sample", "fit", "chains", "predict", "evaluate", "all")),
+    *(f"themes {s}" for s in ("sample", "fit", "chains", "predict", "evaluate", "all",
+                              "consistency", "generalisation")),
 }
 OLD_FLAGS = {"--k", "--k-samples", "--continuations", "--limit", "--max-prompts",
              "--max-items"}

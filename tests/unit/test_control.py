@@ -428,3 +428,207 @@ def test_cli_probe_train_and_control_evaluate(planted, tmp_path):
                                str(tmp_path / "p"), "--out", str(out)],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "exactly one of" in r.stderr
+
+
+# -- the MLP probe ----------------------------------------------------------------------------
+
+XOR_WORDS = [f"w{i}" for i in range(24)]
+
+
+@pytest.fixture(scope="module")
+def xor_model():
+    """A bigram Llama whose residual stream is a planted 2-D embedding: word i sits at
+    ``(a_i, b_i)`` with signs in every quadrant (six words each, magnitudes 0.5..1.5). The
+    label is XOR of the signs (bad when a_i * b_i > 0): no linear direction separates it
+    (the quadrants are placed symmetrically), one hidden layer does."""
+    v = SPECIALS + len(XOR_WORDS)
+    lm = bigram_model(XOR_WORDS, torch.zeros(v, v), n_layers=1, name="planted-xor")
+    rng = np.random.default_rng(0)
+    emb = torch.zeros(v, v)
+    emb[:, 2] = 1.0  # a constant coordinate, which the head uses to rule out special tokens
+    emb[:SPECIALS, 3:3 + SPECIALS] = torch.eye(SPECIALS)
+    signs = [(1, 1), (-1, -1), (1, -1), (-1, 1)]
+    bad = {}
+    for i, w in enumerate(XOR_WORDS):
+        sa, sb = signs[i % 4]
+        a, b = rng.uniform(0.5, 1.5, 2)
+        emb[SPECIALS + i, 0], emb[SPECIALS + i, 1] = sa * a, sb * b
+        bad[w] = int(sa * sb > 0)
+    with torch.no_grad():
+        lm.model.model.embed_tokens.weight.copy_(emb)
+        lm.model.lm_head.weight.zero_()
+        lm.model.lm_head.weight[:SPECIALS, 2] = -30.0  # uniform over the words
+    return lm, bad
+
+
+def _xor_examples(bad: dict[str, int], n: int, seed: int = 0) -> list[LabelledText]:
+    rng = np.random.default_rng(seed)
+    return [LabelledText(segments=tuple(((" " if j else "") + w, bad[w]) for j, w in
+                                        enumerate(rng.choice(XOR_WORDS, 10))), group=i)
+            for i in range(n)]
+
+
+def test_mlp_probe_sees_a_planted_xor_that_the_logistic_cannot(xor_model, tmp_path):
+    lm, bad = xor_model
+    fit = train_probe(lm, _xor_examples(bad, 150), config=ProbeConfig(
+        layers=(0, 1), kind="mlp", n_boot=200))
+    m = fit.probe.metrics["mlp_auc"]
+    assert fit.probe.kind == "mlp" and m["layer"] == fit.probe.layer
+    assert m["value"] > 0.97 and m["ci_low"] <= m["value"] <= m["ci_high"]
+    assert abs(m["logistic"]["value"] - 0.5) < 0.12  # the planted label is not linear
+    assert m["difference"]["ci_low"] > 0.3
+    assert fit.probe.metrics["auc"] == m["value"]
+    # stored without pickle, and scores the same after loading
+    path = tmp_path / "mlp.safetensors"
+    fit.probe.save(path)
+    back = load_probe(path)
+    assert back.kind == "mlp" and json.loads(path.with_suffix(".json").read_text())["kind"] == "mlp"
+    text = " ".join(XOR_WORDS)
+    a, b = score_texts(lm, fit.probe, [text]), score_texts(lm, back, [text])
+    np.testing.assert_allclose(a[0], b[0], atol=1e-6)
+    # every word's score follows its planted label
+    want = np.array([bad[w] for w in XOR_WORDS])
+    assert (a[0][-len(XOR_WORDS):] > 0.5).astype(int).tolist() == want.tolist()
+    # the monitor scores with the network during generation (same pass as teacher forcing)
+    gen = generate_monitored(lm, back, ["w0 w5"], config=GenerationConfig(
+        max_new_tokens=6, temperature=1.0, seed=1))
+    tr = gen.traces[0]
+    forced = score_texts(lm, back, [tr.prompt + " " + tr.text])[0]
+    np.testing.assert_allclose(tr.scores, forced[-len(tr.token_ids):], atol=1e-5)
+    # a file with MLP tensors missing is refused in one line
+    from safetensors.torch import save_file
+
+    save_file({"weight": back.weight, "bias": torch.tensor([back.bias])},
+              str(tmp_path / "broken.safetensors"),
+              metadata={"difflens": json.dumps(back._meta())})
+    with pytest.raises(InputError, match="not a difflens probe"):
+        load_probe(tmp_path / "broken.safetensors")
+    with pytest.raises(InputError, match="--method"):
+        ProbeConfig(kind="forest")
+
+
+def test_logistic_probe_outputs_have_no_mlp_keys(probe):
+    assert probe.probe.kind == "logistic" and "mlp_auc" not in probe.probe.metrics
+    assert "mlp_auc_test" not in probe.layers[0]
+    assert set(probe.probe.metrics["config"]).isdisjoint({"kind", "hidden", "alpha"})
+
+
+# -- the self-judge ---------------------------------------------------------------------------
+
+JUDGE_WORDS = [*GOOD, *BAD, ".", "!", "yes", "no"]
+
+
+@pytest.fixture(scope="module")
+def judge_model():
+    """A bigram Llama whose answer after a sentence is planted by its last token: after
+    ``!`` P(yes) = 0.6 and P(no) = 0.1; after ``.`` P(yes) = 0.1 and P(no) = 0.4 (the rest of
+    the mass on the other words), so the self-judge score is 6/7 or 1/5 and the answer mass
+    0.7 or 0.5, exactly."""
+    v = SPECIALS + len(JUDGE_WORDS)
+    ids = {w: SPECIALS + i for i, w in enumerate(JUDGE_WORDS)}
+    table = torch.full((v, v), -30.0)
+    for row in range(v):
+        yes, no = (0.6, 0.1) if row == ids["!"] else (0.1, 0.4)
+        table[row, ids["yes"]], table[row, ids["no"]] = float(np.log(yes)), float(np.log(no))
+        for w in [*GOOD, *BAD, ".", "!"]:
+            table[row, ids[w]] = float(np.log((1 - yes - no) / 11))
+    return bigram_model(JUDGE_WORDS, table, name="planted-judge")
+
+
+def test_self_judge_reads_the_planted_answer_probability(judge_model):
+    from difflens.control.self_judge import SelfJudgeConfig, self_judge_scores
+
+    cfg = SelfJudgeConfig(question="", answers=(" yes", " no"))
+    js = self_judge_scores(judge_model, ["sun storm !", "wolf .", "cake tree fear !"], config=cfg)
+    np.testing.assert_allclose(js.score, [6 / 7, 1 / 5, 6 / 7], atol=1e-6)
+    np.testing.assert_allclose(js.answer_mass, [0.7, 0.5, 0.7], atol=1e-6)
+    with pytest.raises(InputError, match="two different"):
+        SelfJudgeConfig(answers=(" yes", " yes"))
+
+
+def test_self_judge_auc_against_the_independent_judge(judge_model):
+    """Ten bad sentences (holding a bad word) and ten good ones: eight bad and two good end
+    with ``!``, so the self-judge's AUC is 0.8 * 0.8 + 0.5 * (0.8 * 0.2 + 0.2 * 0.8) = 0.8
+    exactly; the probe's sentence mean (0.9 on bad words, 0.1 elsewhere) separates them
+    (AUC 1). A trailing fragment is never judged."""
+    from difflens.control.self_judge import (
+        SelfJudgeConfig,
+        judge_sentences,
+        self_judge_summary,
+    )
+
+    tok = judge_model.tokenizer
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(20):
+        is_bad = i < 10
+        end = "!" if (i % 10) < (8 if is_bad else 2) else "."
+        words = [str(w) for w in rng.choice(GOOD, 3)]
+        if is_bad:
+            words[1] = str(rng.choice(BAD))
+        sent = [*words, end]
+        ids = tok.convert_tokens_to_ids(sent + ["sun", "tree"])  # + a trailing fragment
+        scores = [0.9 if w in BAD else 0.1 for w in sent] + [0.5, 0.5]
+        rows.append({"prompt_idx": i // 2, "sample": i % 2, "token_ids": ids,
+                     "scores_unsteered": scores})
+    gens = pd.DataFrame(rows)
+    cfg = SelfJudgeConfig(question="", answers=(" yes", " no"))
+    judged = judge_sentences(judge_model, gens, lambda ts: [any(b in t.split() for b in BAD)
+                                                            for t in ts], config=cfg)
+    assert len(judged) == 20 and judged["independent"].sum() == 10
+    assert set(np.round(judged["self_judge"], 6)) == {round(6 / 7, 6), round(1 / 5, 6)}
+    s = self_judge_summary(judged, cfg, n_boot=300)
+    assert s["auc"]["value"] == pytest.approx(0.8)
+    assert s["auc"]["n"] == 20 and s["auc"]["n_bad"] == 10 and s["auc"]["n_prompts"] == 10
+    assert s["auc"]["ci_low"] <= 0.8 <= s["auc"]["ci_high"]
+    assert s["probe_auc"]["value"] == pytest.approx(1.0)
+    assert s["difference"]["value"] == pytest.approx(-0.2)
+    assert s["answer_mass"] == pytest.approx((10 * 0.7 + 10 * 0.5) / 20)
+
+
+def test_control_evaluation_with_the_self_judge(judge_model, tmp_path):
+    from difflens.control.self_judge import SelfJudgeConfig
+    from difflens.pipelines.control import run_control_evaluation
+
+    fit = train_probe(judge_model, _examples(60), config=ProbeConfig(layers=(1,)), threshold=0.5)
+    cfg = ControlConfig(gains=(("proportional", (1.0,)),), k_samples=4,
+                        generation=GenerationConfig(max_new_tokens=16, batch_size=8))
+    judge = SelfJudgeConfig(question="", answers=(" yes", " no"))
+
+    def measure(texts):
+        return [any(b in t.split() for b in BAD) for t in texts]
+
+    run = run_control_evaluation(judge_model, fit.probe, ["sun tree", "storm", "cake fear"],
+                                 tmp_path / "c", config=cfg, independent=measure,
+                                 independent_name="bad words", self_judge=judge, index=False)
+    rows = pd.read_parquet(tmp_path / "c" / "data" / "self_judge.parquet")
+    sj = run.summary["self_judge"]
+    assert sj["auc"]["n"] == len(rows) > 10 and sj["answers"] == [" yes", " no"]
+    # every judged sentence ended on '!' or '.', whose planted score is known
+    last = rows["text"].str.split().str[-1]
+    np.testing.assert_allclose(rows["self_judge"], np.where(last == "!", 6 / 7, 1 / 5), atol=1e-6)
+    assert (tmp_path / "c" / "figures" / "self_judge_roc.png").is_file()
+    with pytest.raises(InputError, match="independent judge"):
+        run_control_evaluation(judge_model, fit.probe, ["sun"], tmp_path / "d", config=cfg,
+                               self_judge=judge, index=False)
+
+
+def test_cli_mlp_and_self_judge_errors_are_one_line(tmp_path):
+    data = tmp_path / "data.jsonl"
+    data.write_text("\n".join(json.dumps({"text": "sun storm", "label": i % 2, "group": i})
+                              for i in range(10)) + "\n")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("sun storm\n")
+    main = [sys.executable, "-m", "difflens.cli.main", "control"]
+    cases = (
+        (["train-probe", "--model", "x", "--data", str(data), "--method", "forest", "--out",
+          str(tmp_path / "p")], "--method"),
+        (["evaluate", "--model", "x", "--probe", "p", "--prompts", str(prompts), "--out",
+          str(tmp_path / "e"), "--self-judge", "--independent", "none"], "independent judge"),
+        (["evaluate", "--model", "x", "--probe", "p", "--prompts", str(prompts), "--out",
+          str(tmp_path / "e"), "--self-judge", "--judge-answers", " Yes"], "two answers"),
+    )
+    for args, msg in cases:
+        r = subprocess.run(main + args, capture_output=True, text=True)
+        assert r.returncode == 2 and msg in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1

@@ -234,3 +234,111 @@ def test_planted_pipeline_beats_the_marginal(tmp_path):
     # the chain transformer over the last 3 states overfits 42 training prompts here (it
     # learns planted chains from 150, see above); only check that it was scored
     assert np.isfinite(s["predictors"]["transformer"][str(s["best_layer"])]["kl"])
+
+
+def _resample_fits(a, b, k_range=(3, 8)):
+    segs = [f"segment {i}" for i in range(len(a))]
+    return (fit_themes(segs, embeddings=a, k_range=k_range, seed=0).model,
+            fit_themes(segs, embeddings=b, k_range=k_range, seed=0).model)
+
+
+def test_resample_consistency_planted_themes_and_noise():
+    """Two sample sets from the same 5 planted clusters (different noise): both fits cut
+    the segments alike (ARI 1). Two sets of isotropic noise: nothing to agree on (ARI ~ 0)."""
+    from difflens.analysis.themes import resample_consistency
+
+    rng = np.random.default_rng(3)
+    centers = rng.normal(size=(5, 24))
+    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
+
+    def draw(seed):
+        r = np.random.default_rng(seed)
+        x = np.concatenate([c + 0.05 * r.normal(size=(40, 24)) for c in centers])
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+    prompt = np.concatenate([np.arange(200) % 40] * 2)  # 40 prompts, 10 segments each
+    a, b = draw(0), draw(1)
+    fa, fb = _resample_fits(a, b)
+    c = resample_consistency(fa, fb, np.concatenate([a, b]), prompt, n_boot=200)
+    assert fa.k == fb.k == 5 and c.ari > 0.99 and c.ci_low > 0.99
+    assert c.n_segments == 400 and c.n_prompts == 40
+    assert (c.contingency > 0).sum() == 5  # one cell per row: a one-to-one matching
+    noise = np.random.default_rng(0).normal(size=(400, 24))
+    noise = (noise / np.linalg.norm(noise, axis=1, keepdims=True)).astype(np.float32)
+    na, nb = _resample_fits(noise[:200], noise[200:])
+    c = resample_consistency(na, nb, noise, prompt, n_boot=200)
+    assert abs(c.ari) < 0.15 and c.ci_low < c.ari < c.ci_high
+    with pytest.raises(InputError, match="one prompt index per segment"):
+        resample_consistency(fa, fb, a, prompt)
+
+
+def _planted_lm_and_prompts(n: int = 60):
+    """The planted bigram of ``test_planted_pipeline_beats_the_marginal``: continuations stay
+    in the word group (a, b or c) of the prompt's last word."""
+    import torch
+
+    from difflens.models.tiny import bigram_model
+
+    groups = [[f"{g}{i}" for i in range(4)] for g in "abc"]
+    words = [w for grp in groups for w in grp]
+    v = 4 + len(words)
+    table = torch.full((v, v), -30.0)
+    for gi, grp in enumerate(groups):
+        for w in grp:
+            row = 4 + words.index(w)
+            for gj, other in enumerate(groups):
+                p = 0.97 if gi == gj else 0.015
+                for o in other:
+                    table[row, 4 + words.index(o)] = float(np.log(p / 4))
+    table[2] = table[4]
+    lm = bigram_model(words, table, name="planted-themes")
+    rng = np.random.default_rng(0)
+    prompts = tuple(" ".join(rng.choice(words, size=3)) for _ in range(n))
+    noise = np.random.default_rng(1)
+
+    def encoder(texts):
+        out = []
+        for t in texts:
+            counts = np.array([sum(w.startswith(g) for w in t.split()) for g in "abc"], float)
+            out.append(counts / max(np.linalg.norm(counts), 1e-9) + 0.01 * noise.normal(size=3))
+        out = np.asarray(out, dtype=np.float32)
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+    return lm, prompts, encoder
+
+
+def test_consistency_and_generalisation_steps_on_a_planted_model(tmp_path):
+    """Consistency: both sample sets hold the same 3 planted themes (ARI ~ 1). Generalisation:
+    with the prompt's *last* word group as its group, a held-out group's theme was never a
+    training target, so the group split is much worse than random folds (gap > 0); with the
+    *first* word's group (unrelated to the theme), holding a group out costs little."""
+    lm, prompts, encoder = _planted_lm_and_prompts()
+    base = dict(prompts=prompts, k_samples=8, max_new_tokens=12, segment="tokens", window=4,
+                encoder=encoder, k_min=2, k_max=5, n_boot=200, layers="0,1", m_act=3)
+    last = tuple(p.split()[-1][0] for p in prompts)
+    cfg = ThemesConfig(**base, groups=last)
+    s = run_themes(lm, tmp_path / "g", config=cfg, progress=False,
+                   steps=("sample", "fit", "chains", "consistency", "generalisation")).summary
+    r = s["consistency"]["resample_ari"]
+    assert s["consistency"]["k"] == [3, 3] and r["value"] > 0.95 and r["n_prompts"] == 60
+    g = s["prediction"]["generalisation"]
+    assert g["n_groups"] == 3 and set(g["group_split"]["per_group"]) == {"a", "b", "c"}
+    assert g["random_split"]["probe"]["kl"] < 0.3 < g["group_split"]["probe"]["kl"]
+    assert g["gap"]["ci_low"] > 0.3
+    for f in ("figures/theme_consistency.png", "figures/theme_generalisation.png",
+              "data/consistency_segments.parquet"):
+        assert (tmp_path / "g" / f).is_file(), f
+    first = tuple(p.split()[0][0] for p in prompts)
+    s = run_themes(lm, tmp_path / "g", config=ThemesConfig(**base, groups=first),
+                   progress=False, steps=("generalisation",)).summary
+    g = s["prediction"]["generalisation"]
+    assert g["group_split"]["probe"]["kl"] < 0.3 and g["gap"]["value"] < 0.15
+    assert g["group_split"]["probe"]["kl_gain_ci_low"] > 0  # still beats the marginal
+    with pytest.raises(InputError, match="one group per prompt"):
+        ThemesConfig(**base, groups=("a",))
+    with pytest.raises(InputError, match="at least 2 groups"):
+        run_themes(lm, tmp_path / "g", config=ThemesConfig(**base, groups=("a",) * 60),
+                   progress=False, steps=("generalisation",))
+    with pytest.raises(InputError, match="holds out groups"):
+        run_themes(lm, tmp_path / "g", config=ThemesConfig(**base), progress=False,
+                   steps=("generalisation",))

@@ -321,3 +321,58 @@ def chain_distributions(chains_by_prompt: Sequence[Sequence[tuple[int, ...]]], k
         first = first / np.maximum(first.sum(1, keepdims=True), 1)
     return ChainDistributions(first=first, chains=counters, transitions=trans,
                               n_samples=n_samples, m=m)
+
+
+# -- consistency across resamples -----------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ThemeConsistency:
+    """How alike two theme fits (on independent samples of the same prompts) cut the same
+    segments."""
+
+    ari: float
+    """Adjusted Rand index between the two fits' assignments of the common segments."""
+    ci_low: float
+    ci_high: float
+    n_segments: int
+    n_prompts: int
+    contingency: Int[np.ndarray, "k_a k_b"]
+    """Segments per (theme of fit A, theme of fit B); HDBSCAN outliers are left out."""
+
+
+def resample_consistency(fit_a: ThemeModel, fit_b: ThemeModel, emb: Float[np.ndarray, "n dim"],
+                         prompt: Int[np.ndarray, " m"], *, n_boot: int = 1000, seed: int = 0
+                         ) -> ThemeConsistency:
+    """ARI between two fits' themes of the same segments, with a percentile bootstrap CI
+    over prompts (all segments of a drawn prompt come together).
+
+    Args:
+        fit_a: the theme model fitted on the first sample set.
+        fit_b: the one fitted, the same way, on an independent second set.
+        emb: embeddings of the common set (both sample sets' segments).
+        prompt: the prompt each segment came from (one per row of ``emb``).
+        n_boot: bootstrap resamples of the prompts.
+        seed: the bootstrap's seed.
+    """
+    from sklearn.metrics import adjusted_rand_score
+
+    if len(emb) != len(prompt) or len(emb) < 2:
+        raise InputError(f"need one prompt index per segment and at least 2 segments, got "
+                         f"{len(emb)} embeddings and {len(prompt)} prompt indices")
+    la, lb = fit_a.assign_embeddings(emb), fit_b.assign_embeddings(emb)
+    ari = float(adjusted_rand_score(la, lb))
+    uniq, inv = np.unique(prompt, return_inverse=True)
+    members = [np.flatnonzero(inv == g) for g in range(len(uniq))]
+    rng = np.random.default_rng(seed)
+    reps = []
+    for _ in range(n_boot):
+        pick = np.concatenate([members[g] for g in rng.integers(0, len(uniq), len(uniq))])
+        reps.append(adjusted_rand_score(la[pick], lb[pick]))
+    lo, hi = np.quantile(reps, [0.025, 0.975]) if reps else (float("nan"), float("nan"))
+    table = np.zeros((fit_a.k, fit_b.k), dtype=np.int64)
+    keep = (la != OUTLIER) & (lb != OUTLIER)
+    np.add.at(table, (la[keep], lb[keep]), 1)
+    return ThemeConsistency(ari=ari, ci_low=float(lo), ci_high=float(hi),
+                            n_segments=int(len(emb)), n_prompts=int(len(uniq)),
+                            contingency=table)

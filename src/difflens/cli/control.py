@@ -39,6 +39,7 @@ from difflens.cli._common import (
     vocab,
 )
 from difflens.control.evaluate import ControlConfig
+from difflens.control.self_judge import SelfJudgeConfig
 from difflens.control.state_probe import ProbeConfig
 from difflens.errors import InputError
 from difflens.models.engines import use_engine
@@ -88,6 +89,9 @@ def train_cmd(
     n_stories: int = typer.Option(300, help="organism: labelled world stories."),
     bad_themes: str = typer.Option("danger,loss", help="organism: themes that are bad."),
     max_tokens: int = typer.Option(256, help="Tokens read per example (the end is kept)."),
+    method: str = typer.Option("logistic", "--method", help="logistic|mlp: an MLP probe "
+                               "(32 ReLU units) is compared with the logistic one at the same "
+                               "layer."),
     seed: Seed = ProbeConfig.seed,
     batch_size: BatchSize = ProbeConfig.batch_size,
     device: Device = None,
@@ -122,7 +126,7 @@ def train_cmd(
         source = data.name
     layer_sel = parse_layer_list(layers)
     config = ProbeConfig(layers=layer_sel, max_tokens=max_tokens, seed=seed,
-                         batch_size=batch_size)
+                         batch_size=batch_size, kind=method)
     lm = load(model, revision=revision, dtype=dtype, device=device, layers_path=layers_path,
               device_map=device_map, quantization=quantize)
     with rich_progress(True) as bar:
@@ -134,7 +138,14 @@ def train_cmd(
         out.print(f"  layer {r['layer']:>3}: val AUC {r['auc_val']:.3f}, test AUC "
                   f"{r['auc_test']:.3f} [{r['auc_test_ci_low']:.3f}, {r['auc_test_ci_high']:.3f}]"
                   f", segment AUC {r['auc_test_segment']:.3f}{mark}")
-    out.print(f"[green]probe[/] layer {fit.probe.layer}, threshold {fit.probe.threshold:.3f}, "
+    m = fit.probe.metrics.get("mlp_auc")
+    if m:
+        d = m["difference"]
+        out.print(f"  MLP at layer {m['layer']}: test AUC {m['value']:.3f} [{m['ci_low']:.3f}, "
+                  f"{m['ci_high']:.3f}] vs logistic {m['logistic']['value']:.3f}; difference "
+                  f"{d['value']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]")
+    what = "MLP probe" if fit.probe.mlp is not None else "probe"
+    out.print(f"[green]{what}[/] layer {fit.probe.layer}, threshold {fit.probe.threshold:.3f}, "
               f"{len(examples)} examples; wrote {out_dir}/probe.safetensors (+ probe.json), "
               f"data/, figures/, summary.json")
 
@@ -258,6 +269,14 @@ def evaluate_cmd(
     independent: str = typer.Option("auto", help="auto|lexicon|organism|none: the second judge."),
     lexicon: Path | None = typer.Option(None, help="Offensive word list for the lexicon judge."),
     window: int = typer.Option(3, help="rollback: over-threshold tokens that trigger it."),
+    self_judge: bool = typer.Option(False, "--self-judge", help="Also score every complete "
+                                    "unsteered sentence by the model's own answer to "
+                                    "--judge-question, against the independent judge."),
+    judge_question: str = typer.Option(SelfJudgeConfig.question, help="Appended to the judged "
+                                       "sentence."),
+    judge_answers: str = typer.Option(",".join(SelfJudgeConfig.answers), help="The bad answer, "
+                                      "then the good one, comma-separated (leading spaces "
+                                      "kept)."),
     chat: bool = typer.Option(False, "--chat", help="Wrap prompts in the chat template."),
     seed: Seed = 0,
     batch_size: BatchSize = 16,
@@ -318,6 +337,16 @@ def evaluate_cmd(
         measure, name = None, ""
     else:
         raise InputError(f"--independent must be auto, lexicon, organism or none, got {judge!r}")
+    judge_cfg = None
+    if self_judge:
+        if measure is None:
+            raise InputError("--self-judge is compared with an independent judge; drop "
+                             "--independent none")
+        answers = tuple(judge_answers.split(","))
+        if len(answers) != 2:
+            raise InputError(f"--judge-answers takes two answers, bad then good, comma-"
+                             f"separated (e.g. ' Yes, No'), got {judge_answers!r}")
+        judge_cfg = SelfJudgeConfig(question=judge_question, answers=(answers[0], answers[1]))
     ray_engine = engine_of(engine, address, workers, worker_gpus)
     lm, probe = _load(model, probe_path, allow_other_model, revision=revision, dtype=dtype,
                       device=device, layers_path=layers_path, device_map=device_map,
@@ -327,13 +356,20 @@ def evaluate_cmd(
         step = bar("control: generating", n)
         run = run_control_evaluation(lm, probe, texts, out_dir, config=config,
                                      independent=measure, independent_name=name,
-                                     progress=lambda k: step(k, ""))
+                                     progress=lambda k: step(k, ""), self_judge=judge_cfg)
     for kind, by_gain in run.summary["controllers"].items():
         for g, r in by_gain.items():
             out.print(f"  {kind:>12} g={g:<5} bad {r['bad_rate']:.3f} [{r['bad_rate_ci_low']:.3f}"
                       f", {r['bad_rate_ci_high']:.3f}]  independent "
                       f"{r['bad_rate_independent']:.3f}  ppl x{r['ppl_ratio']:.2f}  KL "
                       f"{r['kl']:.3f}  speed x{r['speed_ratio']:.2f}", highlight=False)
+    sj = run.summary.get("self_judge")
+    if sj:
+        a, p, d = sj["auc"], sj["probe_auc"], sj["difference"]
+        out.print(f"  self-judge AUC {a['value']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}] vs "
+                  f"probe {p['value']:.3f} [{p['ci_low']:.3f}, {p['ci_high']:.3f}] on {a['n']} "
+                  f"sentences ({a['n_bad']} bad); difference {d['value']:+.3f} "
+                  f"[{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]", highlight=False)
     out.print(f"wrote {out_dir}/summary.json, data/, figures/, index.html")
 
 

@@ -1,4 +1,5 @@
-"""``difflens themes sample|fit|chains|predict|evaluate|all``: themes of sampled continuations.
+"""``difflens themes sample|fit|chains|predict|evaluate|all``: themes of sampled continuations;
+``consistency`` and ``generalisation`` run on request.
 
 Every step writes into ``--out`` and reuses what earlier steps stored there (samples, the
 theme model, each segment's theme, predictions), so they can run one at a time, in order,
@@ -43,7 +44,9 @@ out = Console()
 
 STEP_SETS = {"sample": ("sample",), "fit": ("sample", "fit"), "chains": ("sample", "chains"),
              "predict": ("sample", "predict"), "evaluate": ("sample", "evaluate"),
-             "all": ("sample", "fit", "chains", "predict", "evaluate")}
+             "all": ("sample", "fit", "chains", "predict", "evaluate"),
+             "consistency": ("sample", "consistency"),
+             "generalisation": ("sample", "generalisation")}
 
 
 def _print(summary: dict, out_dir: Path) -> None:  # type: ignore[type-arg]
@@ -70,6 +73,20 @@ def _print(summary: dict, out_dir: Path) -> None:  # type: ignore[type-arg]
     if "organism" in summary:
         o = summary["organism"]
         out.print(f"organism: ARI {o['ari']:.3f}, transition TVD {o['transition_tvd']:.3f}")
+    if "consistency" in summary:
+        c = summary["consistency"]
+        r = c["resample_ari"]
+        out.print(f"consistency: ARI {r['value']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}] "
+                  f"between fits of two sample sets (k = {c['k'][0]}, {c['k'][1]}; "
+                  f"{r['n_prompts']} prompts)")
+    g = summary.get("prediction", {}).get("generalisation")
+    if g:
+        for split in ("group_split", "random_split"):
+            b = g[split]
+            out.print(f"{split}: " + ", ".join(
+                f"{name} KL {b[name]['kl']:.3f} [{b[name]['kl_ci_low']:.3f}, "
+                f"{b[name]['kl_ci_high']:.3f}]"
+                for name in ("probe", "sentence_embedding", "marginal")))
     out.print(f"wrote {out_dir}/summary.json, data/, figures/, index.html")
 
 
@@ -158,5 +175,9 @@ for _name, _doc in (("sample", "Sample K continuations per prompt (stored, resum
                     ("chains", "Chains of themes per continuation, and their distributions."),
                     ("predict", "Predict theme distributions from the prompt's activations."),
                     ("evaluate", "Everything, plus the organism's ground-truth checks."),
-                    ("all", "Every step.")):
+                    ("all", "Every step."),
+                    ("consistency", "Fit themes on a second, independent sample set of the "
+                     "same prompts and compare the two fits (ARI)."),
+                    ("generalisation", "Predict first themes of each group of prompts "
+                     "(the organism's start themes) from the other groups (after fit).")):
     app.command(_name, cls=vocab(_RENAMED))(_command(_name, _doc))

@@ -14,6 +14,13 @@ from difflens.control.monitor import (
     Trace,
     generate_monitored,
 )
+from difflens.control.self_judge import (
+    JudgeScores,
+    SelfJudgeConfig,
+    judge_sentences,
+    self_judge_scores,
+    self_judge_summary,
+)
 from difflens.control.state_probe import (
     ProbeConfig,
     ProbeFit,
@@ -38,10 +45,11 @@ from difflens.inputs.labelled import (
 from difflens.models.hooks import register_residual_hook
 
 __all__ = [
-    "ControlConfig", "ControlEvaluation", "Controller", "GenerationConfig", "LabelledText",
-    "MonitorEvent", "MonitoredGeneration", "ProbeConfig", "ProbeFit", "StateProbe",
-    "SteeringVector", "Trace", "dose_response", "evaluate_control", "first_human_turns",
-    "generate", "generate_monitored", "greedy_texts", "lexicon_measure", "load_probe",
-    "read_labelled", "read_preference_pairs", "register_residual_hook", "score_texts",
-    "steering", "train_probe",
+    "ControlConfig", "ControlEvaluation", "Controller", "GenerationConfig", "JudgeScores",
+    "LabelledText", "MonitorEvent", "MonitoredGeneration", "ProbeConfig", "ProbeFit",
+    "SelfJudgeConfig", "StateProbe", "SteeringVector", "Trace", "dose_response",
+    "evaluate_control", "first_human_turns", "generate", "generate_monitored", "greedy_texts",
+    "judge_sentences", "lexicon_measure", "load_probe", "read_labelled",
+    "read_preference_pairs", "register_residual_hook", "score_texts", "self_judge_scores",
+    "self_judge_summary", "steering", "train_probe",
 ]

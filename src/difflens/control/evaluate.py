@@ -312,10 +312,12 @@ def evaluate_control(
         raise InputError("a prompt is empty; every prompt needs text")
     probe.check(lm, allow_other_weights=True)
     tau = check_threshold(probe.threshold if config.threshold is None else config.threshold)
+    # an MLP probe adds its network (a logistic probe's key is unchanged)
+    mlp = [] if probe.mlp is None else [[probe.mlp[k] for k in sorted(probe.mlp)]]
     base_key = fingerprint([lm.identity.weights_sha256, probe.weight, probe.bias, probe.layer,
                             list(prompts), config.k_samples, config.generation, tau,
                             config.min_segment_tokens, config.seed, direction,
-                            independent_name])
+                            independent_name, *mlp])
     frames = []
     controllers = config.controllers()
     for ctrl in controllers:

@@ -2,7 +2,7 @@
 forward pass, and controllers that steer the residual stream away from the bad region.
 
 One scoped hook at the probe's layer reads the state of every position the model computes,
-scores it (``sigmoid(w . h + b)``) and, when a controller is on, adds
+scores it (``sigmoid(w . h + b)``, or the MLP probe's network) and, when a controller is on, adds
 ``-coef * state_norm * v`` to that state before the next block sees it (``v`` is the unit
 vector towards bad: the probe's direction, or a concept vector). The score is measured on
 the state *before* the controller acts, so the trace is what the monitor saw. Controllers:
@@ -153,7 +153,6 @@ def monitor_hook(lm: LoadedModel, probe: StateProbe, controller: Controller, thr
     """
     probe.check(lm, allow_other_weights=True)
     dev = lm.device
-    w = probe.weight.to(dev, torch.float32)
     if isinstance(direction, SteeringVector):
         direction = direction[probe.layer]
     v = (probe.direction[probe.layer] if direction is None
@@ -168,7 +167,7 @@ def monitor_hook(lm: LoadedModel, probe: StateProbe, controller: Controller, thr
 
     def fn(h: Tensor) -> Tensor:
         # a device map may run the probe's layer on another device than the inputs
-        s = torch.sigmoid(h.float() @ w.to(h.device) + probe.bias)
+        s = probe.score(h)
         state["scores"] = s
         if not controller.active:
             state["coef"] = torch.zeros_like(s)

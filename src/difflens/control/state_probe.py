@@ -1,4 +1,5 @@
-"""State probes: a logistic regression on the residual stream that scores every token in [0, 1].
+"""State probes: a logistic regression (or a small MLP) on the residual stream that scores
+every token in [0, 1].
 
 A probe reads the hidden state at one captured layer (the numbering of
 :func:`~difflens.capture.engine.record_layers`) and gives ``sigmoid(w . h + b)``: the
@@ -16,6 +17,14 @@ best validation AUC, and the reported AUC is on the test split, with a bootstrap
 test groups. A probe is saved as safetensors (``weight``, ``bias``) with its metadata as
 JSON, in the file and next to it, and refuses to load onto a model of another width or
 tokenizer.
+
+``kind="mlp"`` also fits a one-hidden-layer ReLU network (scikit-learn's ``MLPClassifier``,
+seeded) at every layer, keeps the layer with the MLP's best validation AUC, and reports its
+test AUC next to the logistic probe's at the same layer, with a paired bootstrap CI of the
+difference (``metrics["mlp_auc"]``). An MLP probe scores with its network; its
+:attr:`~StateProbe.direction` (what controllers steer along) is the logistic probe's at the
+same layer. Its weights are stored in the same safetensors file (``mlp.w1``, ``mlp.b1``,
+``mlp.w2``, ``mlp.b2``), never pickled.
 """
 
 import dataclasses
@@ -40,6 +49,8 @@ from difflens.models.layers import parse_layers
 from difflens.models.loading import LoadedModel
 
 PROBE_FORMAT = "difflens-state-probe-1"
+PROBE_KINDS: tuple[str, ...] = ("logistic", "mlp")
+MLP_TENSORS: tuple[str, ...] = ("mlp.w1", "mlp.b1", "mlp.w2", "mlp.b2")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,8 +70,21 @@ class ProbeConfig:
     batch_size: int = 16
     seed: int = 0
     n_boot: int = 1000
+    kind: str = "logistic"
+    """``logistic``, or ``mlp``: a one-hidden-layer ReLU network, compared with the logistic
+    probe at the same layer."""
+    hidden: int = 32
+    """mlp: hidden units."""
+    alpha: float = 1e-3
+    """mlp: L2 strength (on standardised states)."""
 
     def __post_init__(self) -> None:
+        if self.kind not in PROBE_KINDS:
+            raise InputError(f"probe kind (--method) must be one of "
+                             f"{', '.join(PROBE_KINDS)}, got {self.kind!r}")
+        if self.hidden < 1 or not self.alpha >= 0:
+            raise InputError(f"an MLP probe needs hidden >= 1 and alpha >= 0, got "
+                             f"{self.hidden} and {self.alpha}")
         if not 0 < self.val_fraction < 1 or not 0 < self.test_fraction < 1 or \
                 self.val_fraction + self.test_fraction >= 1:
             raise InputError("val_fraction and test_fraction must be in (0, 1) and sum to "
@@ -84,6 +108,13 @@ class StateProbe:
     """Identity of the model it was trained on (name, d_model, tokenizer hash, ...)."""
     metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
     """Held-out AUCs per layer and the data it saw."""
+    mlp: dict[str, Tensor] | None = None
+    """An MLP probe's network (``w1`` [hidden, d_model], ``b1`` [hidden], ``w2`` [hidden],
+    ``b2`` [1]), which scores instead of ``weight``; None for a logistic probe."""
+
+    @property
+    def kind(self) -> str:
+        return "logistic" if self.mlp is None else "mlp"
 
     @property
     def direction(self) -> SteeringVector:
@@ -94,6 +125,10 @@ class StateProbe:
                                "threshold": self.threshold})
 
     def score(self, hidden: Float[Tensor, "*batch d_model"]) -> Float[Tensor, " *batch"]:
+        if self.mlp is not None:
+            m = {k: v.to(device=hidden.device, dtype=torch.float32) for k, v in self.mlp.items()}
+            z = torch.relu(hidden.float() @ m["w1"].T + m["b1"])
+            return torch.sigmoid(z @ m["w2"] + m["b2"][0])
         w = self.weight.to(device=hidden.device, dtype=torch.float32)
         return torch.sigmoid(hidden.float() @ w + self.bias)
 
@@ -127,15 +162,21 @@ class StateProbe:
 
         path = Path(path)
         meta = self._meta()
-        data = save({"weight": self.weight.float().contiguous(),
-                     "bias": torch.tensor([self.bias], dtype=torch.float32)},
-                    metadata={"difflens": json.dumps(meta, sort_keys=True)})
+        tensors = {"weight": self.weight.float().contiguous(),
+                   "bias": torch.tensor([self.bias], dtype=torch.float32)}
+        if self.mlp is not None:
+            tensors |= {f"mlp.{k}": v.float().contiguous() for k, v in self.mlp.items()}
+        data = save(tensors, metadata={"difflens": json.dumps(meta, sort_keys=True)})
         write_bytes_atomic(path, data)
         write_json_atomic(path.with_suffix(".json"), meta)
 
     def _meta(self) -> dict[str, Any]:
-        return {"format": PROBE_FORMAT, "layer": self.layer, "threshold": self.threshold,
-                "state_norm": self.state_norm, "model": self.model, "metrics": self.metrics}
+        meta: dict[str, Any] = {
+            "format": PROBE_FORMAT, "layer": self.layer, "threshold": self.threshold,
+            "state_norm": self.state_norm, "model": self.model, "metrics": self.metrics}
+        if self.mlp is not None:
+            meta["kind"] = self.kind
+        return meta
 
 
 def load_probe(path: str | Path) -> StateProbe:
@@ -154,13 +195,18 @@ def load_probe(path: str | Path) -> StateProbe:
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
     except (SafetensorError, OSError, ValueError, json.JSONDecodeError) as exc:
         raise InputError(f"{path}: not a difflens probe file ({exc})") from None
-    if meta.get("format") != PROBE_FORMAT or set(tensors) != {"weight", "bias"}:
+    kind = meta.get("kind", "logistic")
+    expected = {"weight", "bias"} | (set(MLP_TENSORS) if kind == "mlp" else set())
+    if meta.get("format") != PROBE_FORMAT or set(tensors) != expected:
         raise InputError(f"{path}: not a difflens probe file (format {meta.get('format')!r}, "
-                         f"tensors {sorted(tensors)}); train one with difflens control train-probe")
+                         f"kind {kind!r}, tensors {sorted(tensors)}); train one with difflens "
+                         f"control train-probe")
+    mlp = ({k.removeprefix("mlp."): tensors[k].float() for k in MLP_TENSORS}
+           if kind == "mlp" else None)
     return StateProbe(weight=tensors["weight"].float(), bias=float(tensors["bias"][0]),
                       layer=int(meta["layer"]), threshold=float(meta["threshold"]),
                       state_norm=float(meta["state_norm"]), model=dict(meta["model"]),
-                      metrics=dict(meta.get("metrics", {})))
+                      metrics=dict(meta.get("metrics", {})), mlp=mlp)
 
 
 def check_threshold(threshold: float) -> float:
@@ -252,11 +298,33 @@ def _auc_ci(y: np.ndarray, s: np.ndarray, groups: np.ndarray, n_boot: int, seed:
     return (float(lo), float(hi))
 
 
+def paired_auc_ci(y: np.ndarray, s_a: np.ndarray, s_b: np.ndarray, groups: np.ndarray,
+                   n_boot: int, seed: int) -> tuple[float, float, float, float]:
+    """Percentile CIs of AUC(a) and of AUC(a) - AUC(b), resampling test groups (the draws of
+    :func:`_auc_ci` with the same seed)."""
+    uniq, inv = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(inv == g) for g in range(len(uniq))]
+    rng = np.random.default_rng(seed)
+    va, vd = [], []
+    for _ in range(n_boot):
+        pick = np.concatenate([members[g] for g in rng.integers(0, len(uniq), len(uniq))])
+        a, b = _auc(y[pick], s_a[pick]), _auc(y[pick], s_b[pick])
+        if np.isfinite(a) and np.isfinite(b):
+            va.append(a)
+            vd.append(a - b)
+    if not va:
+        return (float("nan"),) * 4
+    lo, hi = np.quantile(va, [0.025, 0.975])
+    dlo, dhi = np.quantile(vd, [0.025, 0.975])
+    return float(lo), float(hi), float(dlo), float(dhi)
+
+
 def train_probe(lm: LoadedModel, examples: Sequence[LabelledText], *,
                 config: ProbeConfig = ProbeConfig(), threshold: float | None = None,
                 progress: Callable[[int], None] | None = None,
                 source: str = "") -> ProbeFit:
-    """Fit a logistic-regression probe per layer and keep the best on validation.
+    """Fit a logistic-regression probe (and, with ``config.kind="mlp"``, an MLP) per layer
+    and keep the best on validation.
 
     Args:
         lm: the model whose states are probed.
@@ -309,6 +377,7 @@ def train_probe(lm: LoadedModel, examples: Sequence[LabelledText], *,
     part = _split(groups, config)
     tr, va, te = (part == 0), (part == 1), (part == 2)
     rows, fits = [], {}
+    mlp_fits: dict[int, dict[str, Tensor]] = {}
     for layer in layers:
         X = torch.cat(states[layer]).numpy().astype(np.float64)
         mu, sd = X[tr].mean(0), X[tr].std(0) + 1e-6
@@ -330,23 +399,90 @@ def train_probe(lm: LoadedModel, examples: Sequence[LabelledText], *,
                      "bad_share": float(y.mean()),
                      "state_norm": float(np.linalg.norm(X[tr], axis=1).mean())})
         fits[layer] = (w, b)
-    best = max(rows, key=lambda r: (np.nan_to_num(r["auc_val"], nan=-1.0), -r["layer"]))
+        if config.kind == "mlp":
+            net, s_mlp = _fit_mlp(X, y, tr, config)
+            mlp_fits[layer] = net
+            rows[-1].update(_mlp_row(y, s, s_mlp, groups, seg_id, tr, va, te, config))
+    key = "mlp_auc_val" if config.kind == "mlp" else "auc_val"
+    best = max(rows, key=lambda r: (np.nan_to_num(r[key], nan=-1.0), -r["layer"]))
     w, b = fits[best["layer"]]
     ident = lm.identity
+    pre = "mlp_" if config.kind == "mlp" else ""
+    metrics: dict[str, Any] = {
+        "auc": best[f"{pre}auc_test"],
+        "auc_ci": [best[f"{pre}auc_test_ci_low"], best[f"{pre}auc_test_ci_high"]],
+        "auc_segment": best[f"{pre}auc_test_segment"], "layers": rows,
+        "n_examples": len(examples), "source": source,
+        "config": {k: (list(v) if isinstance(v, tuple) else v)
+                   for k, v in dataclasses.asdict(config).items()
+                   if config.kind == "mlp" or k not in ("kind", "hidden", "alpha")}}
+    if config.kind == "mlp":
+        metrics["mlp_auc"] = _mlp_comparison(best)
     probe = StateProbe(
         weight=torch.tensor(w, dtype=torch.float32), bias=b, layer=int(best["layer"]),
-        threshold=float(best["segment_threshold"] if threshold is None else threshold),
+        threshold=float(best[f"{pre}segment_threshold"] if threshold is None else threshold),
         state_norm=float(best["state_norm"]),
         model={"name": ident.name, "d_model": lm.d_model, "n_layers": lm.n_layers,
                "tokenizer_sha256": ident.tokenizer_sha256,
                "weights_sha256": ident.weights_sha256, "architecture": ident.architecture},
-        metrics={"auc": best["auc_test"], "auc_ci": [best["auc_test_ci_low"],
-                                                     best["auc_test_ci_high"]],
-                 "auc_segment": best["auc_test_segment"], "layers": rows,
-                 "n_examples": len(examples), "source": source,
-                 "config": {k: (list(v) if isinstance(v, tuple) else v)
-                            for k, v in dataclasses.asdict(config).items()}})
+        metrics=metrics, mlp=mlp_fits.get(int(best["layer"])))
     return ProbeFit(probe=probe, layers=rows)
+
+
+def _fit_mlp(X: np.ndarray, y: np.ndarray, tr: np.ndarray, config: ProbeConfig
+             ) -> tuple[dict[str, Tensor], np.ndarray]:
+    """A seeded one-hidden-layer ReLU classifier on standardised training states; returns its
+    network with the standardisation folded into the first layer, and its score of every
+    row of ``X``."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPClassifier
+
+    mu, sd = X[tr].mean(0), X[tr].std(0) + 1e-6
+    clf = MLPClassifier(hidden_layer_sizes=(config.hidden,), alpha=config.alpha,
+                        max_iter=300, random_state=config.seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.fit((X[tr] - mu) / sd, y[tr])
+    w1 = clf.coefs_[0].T / sd
+    b1 = clf.intercepts_[0] - w1 @ mu
+    w2, b2 = clf.coefs_[1][:, 0], float(clf.intercepts_[1][0])
+    z = np.maximum(X @ w1.T + b1, 0.0) @ w2 + b2
+    net = {"w1": torch.tensor(w1, dtype=torch.float32), "b1": torch.tensor(b1, dtype=torch.float32),
+           "w2": torch.tensor(w2, dtype=torch.float32),
+           "b2": torch.tensor([b2], dtype=torch.float32)}
+    return net, 1 / (1 + np.exp(-z))
+
+
+def _mlp_row(y: np.ndarray, s_lin: np.ndarray, s_mlp: np.ndarray, groups: np.ndarray,
+             seg_id: np.ndarray, tr: np.ndarray, va: np.ndarray, te: np.ndarray,
+             config: ProbeConfig) -> dict[str, Any]:
+    """The MLP's columns of a layer row: its AUCs, and its test AUC minus the logistic
+    probe's with a paired CI (the same resampled test groups for both)."""
+    lo, hi, dlo, dhi = paired_auc_ci(y[te], s_mlp[te], s_lin[te], groups[te], config.n_boot,
+                                      config.seed)
+    return {"mlp_auc_val": _auc(y[va], s_mlp[va]), "mlp_auc_test": _auc(y[te], s_mlp[te]),
+            "mlp_auc_test_ci_low": lo, "mlp_auc_test_ci_high": hi,
+            "mlp_minus_logistic": _auc(y[te], s_mlp[te]) - _auc(y[te], s_lin[te]),
+            "mlp_minus_logistic_ci_low": dlo, "mlp_minus_logistic_ci_high": dhi,
+            "mlp_auc_test_segment": _auc(*_segment_means(s_mlp[te], y[te], seg_id[te])),
+            "mlp_segment_threshold": _balanced_threshold(
+                *_segment_means(s_mlp[va], y[va], seg_id[va])),
+            "mlp_auc_train": _auc(y[tr], s_mlp[tr])}
+
+
+def _mlp_comparison(row: dict[str, Any]) -> dict[str, Any]:
+    """``probe.mlp_auc``: the MLP's held-out token AUC at its layer, the logistic probe's at
+    the same layer, their paired difference, and both segment AUCs."""
+    return {"value": row["mlp_auc_test"], "ci_low": row["mlp_auc_test_ci_low"],
+            "ci_high": row["mlp_auc_test_ci_high"], "layer": row["layer"],
+            "logistic": {"value": row["auc_test"], "ci_low": row["auc_test_ci_low"],
+                         "ci_high": row["auc_test_ci_high"]},
+            "difference": {"value": row["mlp_minus_logistic"],
+                           "ci_low": row["mlp_minus_logistic_ci_low"],
+                           "ci_high": row["mlp_minus_logistic_ci_high"]},
+            "segment": {"value": row["mlp_auc_test_segment"],
+                        "logistic": row["auc_test_segment"]},
+            "n_test_tokens": row["n_test_tokens"], "n_test_groups": row["n_test_groups"]}
 
 
 def _segment_means(s: np.ndarray, y: np.ndarray, seg: np.ndarray

@@ -4,8 +4,11 @@
 AUC table (``OUT/data/probe_layers``) and its figure; ``summary.json`` has ``probe.layer``
 and ``probe.auc``. ``run_control_evaluation`` writes the per-generation and per-cell tables,
 the controllability curve and score traces, and merges ``controllers.<name>.<gain>.{...}``
-into ``summary.json``. Finished cells are kept in ``OUT/cells`` so a rerun resumes. The
-figures and pages are drawn by :mod:`difflens.report.control`.
+into ``summary.json``. Finished cells are kept in ``OUT/cells`` so a rerun resumes. With
+a :class:`~difflens.control.self_judge.SelfJudgeConfig` it also scores every complete
+sentence of the unsteered generations by the model's own answer to a judge question
+(``OUT/data/self_judge``, ``summary.json`` ``self_judge.auc``). The figures and pages are
+drawn by :mod:`difflens.report.control`.
 """
 
 import dataclasses
@@ -18,7 +21,9 @@ from torch import Tensor
 
 from difflens._io import check_writable, write_json_atomic
 from difflens.control.evaluate import ControlConfig, ControlEvaluation, Measure, evaluate_control
+from difflens.control.self_judge import SelfJudgeConfig, judge_sentences, self_judge_summary
 from difflens.control.state_probe import ProbeConfig, ProbeFit, StateProbe, train_probe
+from difflens.errors import InputError
 from difflens.inputs.labelled import LabelledText
 from difflens.models.loading import LoadedModel
 from difflens.report.control import (
@@ -29,6 +34,7 @@ from difflens.report.control import (
     probe_figure,
     probe_headline,
     probe_intro,
+    self_judge_figure,
     trace_figure,
     trace_picks,
 )
@@ -50,10 +56,14 @@ def _read_summary(path: Path) -> dict[str, Any]:
 
 def probe_summary(probe: StateProbe) -> dict[str, Any]:
     m = probe.metrics
-    return {"layer": probe.layer, "auc": m.get("auc"), "auc_ci": m.get("auc_ci"),
-            "auc_segment": m.get("auc_segment"), "threshold": probe.threshold,
-            "state_norm": probe.state_norm, "n_examples": m.get("n_examples"),
-            "source": m.get("source", ""), "model": probe.model.get("name")}
+    out = {"layer": probe.layer, "auc": m.get("auc"), "auc_ci": m.get("auc_ci"),
+           "auc_segment": m.get("auc_segment"), "threshold": probe.threshold,
+           "state_norm": probe.state_norm, "n_examples": m.get("n_examples"),
+           "source": m.get("source", ""), "model": probe.model.get("name")}
+    if probe.mlp is not None:  # a logistic probe's block is unchanged
+        out["kind"] = probe.kind
+        out["mlp_auc"] = m.get("mlp_auc")
+    return out
 
 
 def run_probe_training(lm: LoadedModel, examples: Sequence[LabelledText], out: Path, *,
@@ -86,8 +96,13 @@ def run_control_evaluation(lm: LoadedModel, probe: StateProbe, prompts: Sequence
                            independent: Measure | None = None, independent_name: str = "",
                            direction: Tensor | None = None,
                            progress: Callable[[int], None] | None = None,
-                           index: bool = True) -> ControlRun:
-    """Evaluate every controller into ``out`` and return the summary and figures."""
+                           index: bool = True,
+                           self_judge: SelfJudgeConfig | None = None) -> ControlRun:
+    """Evaluate every controller into ``out`` and return the summary and figures; with
+    ``self_judge``, also the self-judge against the probe and the independent judge."""
+    if self_judge is not None and independent is None:
+        raise InputError("the self-judge is compared with an independent judge; give one "
+                         "(--independent organism or lexicon)")
     check_writable(out)
     ev: ControlEvaluation = evaluate_control(
         lm, probe, prompts, config=config, independent=independent,
@@ -102,6 +117,14 @@ def run_control_evaluation(lm: LoadedModel, probe: StateProbe, prompts: Sequence
         controllability_figure(ev.cells, independent_name),
         trace_figure(gens, ev.threshold, picks, config.generation.max_new_tokens),
         example_trace_figure(gens, ev.threshold, picks)]
+    judged = None
+    if self_judge is not None:
+        assert independent is not None
+        rows = judge_sentences(lm, gens[gens["controller"] == "none"], independent,
+                               config=self_judge, prompts=prompts)
+        write_table(rows, data, "self_judge")
+        judged = self_judge_summary(rows, self_judge, n_boot=config.n_boot, seed=config.seed)
+        figures.append(self_judge_figure(rows, independent_name))
     for fig in figures:
         fig.save(out / "figures")
     summary = _read_summary(out / "summary.json")
@@ -119,6 +142,8 @@ def run_control_evaluation(lm: LoadedModel, probe: StateProbe, prompts: Sequence
                          "window": config.window, "max_rollbacks": config.max_rollbacks,
                          "steer_tokens": config.steer_tokens,
                          "direction": "probe" if direction is None else "given"}
+    if judged is not None:
+        summary["self_judge"] = judged
     write_json_atomic(out / "summary.json", summary)
     if index:
         write_index(out / "index.html", "difflens control", control_intro(summary), figures,

@@ -38,6 +38,12 @@ class ThemesConfig:
     labeller_url: str = ""
     """An OpenAI-compatible endpoint that names the themes (off when empty)."""
     labeller_model: str = ""
+    resample_seed: int | None = None
+    """consistency: the sampling seed of the second, independent sample set (default: seed +
+    100003)."""
+    groups: tuple[str, ...] | None = None
+    """generalisation: a group per prompt (its source or category); each group is held out in
+    turn. Default: the organism's truth (the theme of the prompt's last sentence)."""
 
     def __post_init__(self) -> None:
         if self.k_samples < 1:
@@ -50,3 +56,6 @@ class ThemesConfig:
             raise InputError("a prompt is empty; every prompt needs text")
         if self.truth is not None and len(self.truth) != len(self.prompts):
             raise InputError("truth needs one theme per prompt")
+        if self.groups is not None and len(self.groups) != len(self.prompts):
+            raise InputError(f"groups needs one group per prompt: {len(self.groups)} groups for "
+                             f"{len(self.prompts)} prompts")

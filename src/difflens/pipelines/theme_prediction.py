@@ -1,11 +1,14 @@
 """The ``predict`` step of ``difflens themes``: prompt states per layer, a softmax probe
-per layer, the chain transformer and the baselines, trained and scored split by prompt."""
+per layer, the chain transformer and the baselines, trained and scored split by prompt; and
+the ``generalisation`` step: the same probe and baselines with each group of prompts held
+out in turn, against random folds of the same sizes."""
 
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from difflens.analysis.divergence import bootstrap_weights
 from difflens.analysis.embeddings import embed_texts
 from difflens.analysis.theme_predict import (
     ChainTransformer,
@@ -141,3 +144,96 @@ def predict_themes(lm: LoadedModel, config: ThemesConfig, dist: ChainDistributio
 
 def _strip(m: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in m.items() if k != "reliability"}
+
+
+def _folds_predict(final: dict[int, np.ndarray], emb: np.ndarray, P: np.ndarray,
+                   w: np.ndarray, usable: np.ndarray, fold: np.ndarray, seed: int
+                   ) -> dict[str, Any]:
+    """Out-of-fold first-theme predictions of every usable prompt: for each fold, the probe
+    (its layer chosen on a validation quarter of the training prompts), the sentence-embedding
+    probe and the marginal, all trained on the other folds."""
+    n, k = len(usable), P.shape[1]
+    pred = {name: np.zeros((n, k)) for name in ("probe", "marginal", "sentence_embedding")}
+    layer_of: dict[str, int] = {}
+    for f in np.unique(fold):
+        te, tr = usable[fold == f], usable[fold != f]
+        rows = np.flatnonzero(fold == f)
+        rng = np.random.default_rng(seed)
+        perm = rng.permutation(tr)
+        half, rest = perm[: max(2, len(tr) // 4)], perm[max(2, len(tr) // 4):]
+        val = {}
+        for layer, X in final.items():
+            vp = fit_probe_cv(X[rest], P[rest], w[rest], seed=seed)
+            val[layer] = float(np.average(kl_rows(P[half], vp.predict(X[half])),
+                                          weights=w[half]))
+        best = min(val, key=lambda lay: val[lay])
+        layer_of[str(f)] = int(best)
+        pred["probe"][rows] = fit_probe_cv(final[best][tr], P[tr], w[tr],
+                                           seed=seed).predict(final[best][te])
+        pred["sentence_embedding"][rows] = fit_probe_cv(emb[tr], P[tr], w[tr],
+                                                        seed=seed).predict(emb[te])
+        pred["marginal"][rows] = np.average(P[tr], axis=0, weights=w[tr])
+    return {"pred": pred, "layers": layer_of}
+
+
+def predict_generalisation(lm: LoadedModel, config: ThemesConfig, dist: ChainDistributions,
+                           groups: Sequence[str]) -> dict[str, Any]:
+    """How well first themes are predicted for prompts of a group never seen in training.
+
+    Each group is held out in turn (the probe, the sentence-embedding probe and the
+    marginal are trained on the other groups); the same is done with random folds of the
+    same sizes (the group labels permuted, seeded). Both are scored on every usable prompt
+    with :func:`~difflens.analysis.theme_predict.evaluate_prediction` (CIs over prompts);
+    ``gap`` is the probe's KL under the group split minus under the random split, paired by
+    prompt."""
+    usable = np.flatnonzero(dist.n_samples > 0)
+    g = np.asarray(groups, dtype=object)[usable]
+    names, counts = np.unique(g, return_counts=True)
+    if len(names) < 2:
+        raise InputError(f"the generalisation step needs prompts from at least 2 groups, got "
+                         f"{len(names)} ({', '.join(map(str, names))})")
+    if len(usable) < 6:
+        raise InputError(f"only {len(usable)} prompts have non-empty chains; the "
+                         f"generalisation step needs at least 6 (sample more prompts)")
+    layers = parse_layers(config.layers, lm)
+    final, _, _ = prompt_states(lm, config.prompts, layers, 1, config.chat)
+    emb = embed_texts(list(config.prompts), config.encoder)
+    P, w = dist.first, dist.n_samples.astype(np.float64)
+    fold = np.searchsorted(names, g)
+    shuffled = np.random.default_rng(config.seed).permutation(fold)
+    out: dict[str, Any] = {"n_prompts": int(len(usable)), "n_groups": int(len(names)),
+                           "groups": {str(a): int(c) for a, c in zip(names, counts,
+                                                                     strict=True)}}
+    kl_probe: dict[str, np.ndarray] = {}
+    kl_other: dict[str, np.ndarray] = {}
+    for split, f in (("group_split", fold), ("random_split", shuffled)):
+        res = _folds_predict(final, emb, P, w, usable, f, config.seed)
+        pr = res["pred"]
+        block: dict[str, Any] = {}
+        for name in ("probe", "sentence_embedding", "marginal"):
+            m = evaluate_prediction(pr[name], dist, usable, None, n_boot=config.n_boot,
+                                    seed=config.seed,
+                                    reference=None if name == "marginal" else pr["marginal"])
+            block[name] = _strip(m)
+        block["layers"] = ({str(names[int(k)]): v for k, v in res["layers"].items()}
+                           if split == "group_split" else res["layers"])
+        out[split] = block
+        kl_probe[split] = kl_rows(dist.first[usable], pr["probe"])
+        kl_other = {name: kl_rows(dist.first[usable], pr[name])
+                    for name in ("sentence_embedding", "marginal")} \
+            if split == "group_split" else kl_other
+    # per held-out group: each predictor's mean KL on its prompts, and the probe's under
+    # the random split on the same prompts
+    out["group_split"]["per_group"] = {
+        str(names[j]): {"n": int((fold == j).sum()),
+                        "probe_kl": float(kl_probe["group_split"][fold == j].mean()),
+                        "probe_kl_random_split": float(kl_probe["random_split"][fold == j].mean()),
+                        **{f"{name}_kl": float(kl[fold == j].mean())
+                           for name, kl in kl_other.items()}}
+        for j in range(len(names))}
+    diff = kl_probe["group_split"] - kl_probe["random_split"]
+    reps = bootstrap_weights(len(diff), config.n_boot, config.seed) @ diff / len(diff)
+    lo, hi = np.quantile(reps, [0.025, 0.975])
+    out["gap"] = {"value": float(diff.mean()), "ci_low": float(lo), "ci_high": float(hi),
+                  "n": int(len(diff))}
+    return out

@@ -1,7 +1,9 @@
 """Steps of ``difflens themes`` that turn samples into themes and chains: ``sample``
 (K seeded continuations per prompt, stored one part per batch so a rerun resumes), the
-segments the ``fit`` step clusters, and the ``chains`` step's chains and their summary."""
+segments the ``fit`` step clusters, the ``chains`` step's chains and their summary, and the
+``consistency`` step (themes fitted on a second, independent sample set)."""
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from pathlib import Path
@@ -12,8 +14,18 @@ import pandas as pd
 
 from difflens._io import fingerprint, write_parquet_atomic
 from difflens.analysis.divergence import mean_ci
-from difflens.analysis.themes import ChainDistributions, segment, to_chain
+from difflens.analysis.embeddings import embed_texts
+from difflens.analysis.themes import (
+    ChainDistributions,
+    ThemeConsistency,
+    ThemeModel,
+    fit_themes,
+    resample_consistency,
+    segment,
+    to_chain,
+)
 from difflens.control.monitor import generate_monitored
+from difflens.errors import InputError
 from difflens.models.engines import map_with_models, resolve_engine
 from difflens.models.loading import LoadedModel
 from difflens.pipelines.theme_config import ThemesConfig
@@ -125,3 +137,39 @@ def chain_summary(d: ChainDistributions, chains: list[list[tuple[int, ...]]],
     return {"mean_length": mean_ci(np.asarray(lengths, dtype=np.float64), seed=config.seed),
             "first_theme_entropy": mean_ci(ent[d.n_samples > 0], seed=config.seed),
             "first_theme_marginal": (d.first[d.n_samples > 0].mean(0)).tolist()}
+
+
+def resample_seed(config: ThemesConfig) -> int:
+    """The sampling seed of the consistency step's second sample set."""
+    return config.seed + 100_003 if config.resample_seed is None else config.resample_seed
+
+
+def theme_consistency(lm: LoadedModel, label: str, samples: pd.DataFrame, config: ThemesConfig,
+                      folder: Path, progress: Callable[[int], None] | None = None
+                      ) -> tuple[ThemeConsistency, ThemeModel, ThemeModel, pd.DataFrame]:
+    """Themes fitted on ``samples`` and, the same way, on a second sample set of the same
+    prompts drawn with :func:`resample_seed` (stored beside the first, resumable); both fits
+    assign the segments of both sets, and the ARI between the two assignments is
+    bootstrapped over prompts."""
+    seed_b = resample_seed(config)
+    if seed_b == config.seed:
+        raise InputError(f"the second sample set needs another seed than --seed {config.seed}")
+    other = sample_continuations(lm, label, dataclasses.replace(config, seed=seed_b), folder,
+                                 progress)
+    sets = [segments_of({label: df}, config, lm) for df in (samples, other)]
+    if any(s.empty for s in sets):
+        raise InputError("a sample set has no segments (every continuation is empty); sample "
+                         "more tokens")
+    embs = [embed_texts(s["text"].tolist(), config.encoder) for s in sets]
+    fits = [fit_themes(s["text"].tolist(), embeddings=e, method=config.method,
+                       k_range=(config.k_min, config.k_max), seed=config.seed,
+                       min_cluster_size=config.min_cluster_size).model
+            for s, e in zip(sets, embs, strict=True)]
+    emb = np.concatenate(embs)
+    prompt = np.concatenate([s["prompt_idx"].to_numpy() for s in sets])
+    res = resample_consistency(fits[0], fits[1], emb, prompt, n_boot=config.n_boot,
+                               seed=config.seed)
+    both = pd.concat([s.assign(sample_set=i) for i, s in enumerate(sets)], ignore_index=True)
+    both["theme_a"] = fits[0].assign_embeddings(emb)
+    both["theme_b"] = fits[1].assign_embeddings(emb)
+    return res, fits[0], fits[1], both

@@ -12,6 +12,16 @@ Every step reads what the earlier steps left in ``OUT`` and merges its keys into
 - ``evaluate``: for the organism, the world's ground truth (ARI, transition matrix, KL to
   the true next-theme distribution, base vs tuned shift), and the report.
 
+Two more steps run only when asked (they are not in :data:`STEPS`, so ``all`` and the
+demo leave them out):
+
+- ``consistency``: themes fitted on a second, independent sample set of the same prompts
+  (another seed), and the ARI between the two fits on both sets' segments
+  (``consistency.resample_ari``, CI over prompts);
+- ``generalisation``: the first-theme predictors with each group of prompts held out in turn
+  (``ThemesConfig.groups``, default the organism's start themes), against random folds of
+  the same sizes (``prediction.generalisation``).
+
 This module holds the run (and re-exports :class:`ThemesConfig`, defined in
 :mod:`~difflens.pipelines.theme_config` so that every step module can import it); the
 steps' work is in :mod:`~difflens.pipelines.theme_steps` (sample, segments, chains),
@@ -42,20 +52,24 @@ from difflens.errors import InputError
 from difflens.models.loading import LoadedModel
 from difflens.models.pair import ModelPair, models_of
 from difflens.pipelines.theme_config import ThemesConfig
-from difflens.pipelines.theme_prediction import predict_themes
+from difflens.pipelines.theme_prediction import predict_generalisation, predict_themes
 from difflens.pipelines.theme_steps import (
     chain_summary,
     chains_of,
+    resample_seed,
     sample_continuations,
     segments_of,
     stored_themes,
+    theme_consistency,
 )
 from difflens.pipelines.theme_truth import organism_validation
 from difflens.report.figures import AnyFigure, write_index
 from difflens.report.tables import write_table
 from difflens.report.themes import (
     calibration_figure,
+    consistency_figure,
     flow_figure,
+    generalisation_figure,
     headline,
     intro_html,
     layer_sweep_figure,
@@ -63,6 +77,7 @@ from difflens.report.themes import (
 )
 
 STEPS = ("sample", "fit", "chains", "predict", "evaluate")
+EXTRA_STEPS = ("consistency", "generalisation")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,9 +95,14 @@ def run_themes(target: LoadedModel | ModelPair, out: Path, *, config: ThemesConf
     """Run ``steps`` into ``out``; later steps reuse what earlier ones stored there."""
     from difflens._io import rich_progress
 
-    unknown = [s for s in steps if s not in STEPS]
+    unknown = [s for s in steps if s not in STEPS + EXTRA_STEPS]
     if unknown:
-        raise InputError(f"unknown step(s) {unknown}; choose among {', '.join(STEPS)}")
+        raise InputError(f"unknown step(s) {unknown}; choose among "
+                         f"{', '.join(STEPS + EXTRA_STEPS)}")
+    groups = config.groups if config.groups is not None else config.truth
+    if "generalisation" in steps and groups is None:
+        raise InputError("the generalisation step holds out groups of prompts; give "
+                         "ThemesConfig.groups (one group per prompt) or use --organism N")
     if not config.prompts:
         raise InputError("no usable prompts; pass --prompts FILE with at least one prompt")
     models = models_of(target)
@@ -99,7 +119,7 @@ def run_themes(target: LoadedModel | ModelPair, out: Path, *, config: ThemesConf
             return lambda n: step(n, "")
 
         samples: dict[str, pd.DataFrame] = {}
-        need_samples = {"sample", "fit", "chains", "predict", "evaluate"} & set(steps)
+        need_samples = {*STEPS, *EXTRA_STEPS} & set(steps)
         if need_samples:
             for label, lm in models.items():
                 samples[label] = sample_continuations(
@@ -138,7 +158,7 @@ def run_themes(target: LoadedModel | ModelPair, out: Path, *, config: ThemesConf
                 examples=lambda d: d["examples"].map(" | ".join)), data, "themes")
             figures.append(theme_map_figure(fit.embeddings, fit.labels, fit.model, config.seed))
         theme_model: ThemeModel | None = None
-        if {"chains", "predict", "evaluate"} & set(steps) or "fit" in steps:
+        if {"chains", "predict", "evaluate", "generalisation"} & set(steps) or "fit" in steps:
             theme_model = load_theme_model(model_path)
             if "theme" not in segs:
                 segs["theme"] = stored_themes(data / "segments.parquet", segs)
@@ -148,7 +168,8 @@ def run_themes(target: LoadedModel | ModelPair, out: Path, *, config: ThemesConf
             write_table(segs, data, "segments")
         dists: dict[str, ChainDistributions] = {}
         chains_by: dict[str, list[list[tuple[int, ...]]]] = {}
-        if theme_model is not None and {"chains", "predict", "evaluate"} & set(steps):
+        if theme_model is not None and \
+                {"chains", "predict", "evaluate", "generalisation"} & set(steps):
             k = theme_model.k
             for label, df in samples.items():
                 chains_by[label] = chains_of(df, segs[segs["model"] == label], config)
@@ -176,6 +197,30 @@ def run_themes(target: LoadedModel | ModelPair, out: Path, *, config: ThemesConf
             summary["top_chains"] = pred["top_chains"]
             write_table(pd.DataFrame(pred["rows"]), data, "predictions")
             figures += [layer_sweep_figure(pred), calibration_figure(pred)]
+        if "generalisation" in steps and theme_model is not None:
+            assert groups is not None
+            label, lm = next(iter(models.items()))
+            advance = bar("themes: generalisation", 1)
+            gen = predict_generalisation(lm, config, dists[label], groups)
+            advance(1)
+            summary.setdefault("prediction", {})["generalisation"] = {
+                "model": label, **gen,
+                "grouping": ("ThemesConfig.groups" if config.groups is not None
+                             else "the world's theme of the prompt's last sentence")}
+            figures.append(generalisation_figure(gen))
+        if "consistency" in steps:
+            label, lm = next(iter(models.items()))
+            cons, fit_a, fit_b, both = theme_consistency(
+                lm, label, samples[label], config, out / "samples",
+                bar(f"themes: second sample set ({label})", len(config.prompts)))
+            write_table(both, data, "consistency_segments")
+            summary["consistency"] = {
+                "model": label, "seeds": [config.seed, resample_seed(config)],
+                "k": [fit_a.k, fit_b.k],
+                "resample_ari": {"value": cons.ari, "ci_low": cons.ci_low,
+                                 "ci_high": cons.ci_high, "n_segments": cons.n_segments,
+                                 "n_prompts": cons.n_prompts}}
+            figures.append(consistency_figure(cons, fit_a, fit_b))
         if "evaluate" in steps and theme_model is not None and config.truth is not None:
             pred_path = data / "predictions.parquet"
             preds = pd.read_parquet(pred_path) if pred_path.is_file() else None
@@ -185,7 +230,8 @@ def run_themes(target: LoadedModel | ModelPair, out: Path, *, config: ThemesConf
         fig.save(figdir)
     summary["config"] = {k: (v if k != "encoder" or isinstance(v, str) else "callable")
                          for k, v in dataclasses.asdict(config).items()
-                         if k not in ("prompts", "truth")}
+                         if k not in ("prompts", "truth", "groups")
+                         and not (k == "resample_seed" and v is None)}
     write_json_atomic(spath, summary)
     if index:
         write_index(out / "index.html", "difflens themes", intro_html(summary), figures,

@@ -16,31 +16,51 @@ CONTROLLER_COLORS = {"none": "#555555", "open_loop": "#4c72b0", "proportional": 
 
 
 def probe_figure(layers: Sequence[dict[str, Any]], chosen: int) -> Figure:
+    """Held-out AUC per layer; with MLP columns (``kind="mlp"``), the MLP's test AUC too."""
     xs = [r["layer"] for r in layers]
+    series = [Series("test, tokens", [r["auc_test"] for r in layers],
+                     [r["auc_test_ci_low"] for r in layers],
+                     [r["auc_test_ci_high"] for r in layers]),
+              Series("test, segment means", [r["auc_test_segment"] for r in layers]),
+              Series("validation, tokens", [r["auc_val"] for r in layers])]
+    caption = ("Token AUC: every labelled token scored on its own state; segment AUC: the "
+               "mean score of each labelled segment. 95% CI over held-out groups.")
+    if layers and "mlp_auc_test" in layers[0]:
+        series.append(Series("MLP test, tokens", [r["mlp_auc_test"] for r in layers],
+                             [r["mlp_auc_test_ci_low"] for r in layers],
+                             [r["mlp_auc_test_ci_high"] for r in layers]))
+        caption += (" The first three curves are the logistic probe's; the last is the MLP "
+                    "probe's token AUC on the same test tokens (the layer is chosen by its "
+                    "validation AUC).")
     return Figure(
         name="probe_auc_by_layer", title=f"State probe: held-out AUC per layer (chosen: {chosen})",
-        kind="line", x=xs,
-        series=[Series("test, tokens", [r["auc_test"] for r in layers],
-                       [r["auc_test_ci_low"] for r in layers],
-                       [r["auc_test_ci_high"] for r in layers]),
-                Series("test, segment means", [r["auc_test_segment"] for r in layers]),
-                Series("validation, tokens", [r["auc_val"] for r in layers])],
-        xlabel="layer", ylabel="ROC AUC", hline=0.5,
-        caption="Token AUC: every labelled token scored on its own state; segment AUC: the "
-                "mean score of each labelled segment. 95% CI over held-out groups.")
+        kind="line", x=xs, series=series, xlabel="layer", ylabel="ROC AUC", hline=0.5,
+        caption=caption)
 
 
 def probe_intro(model_name: str, probe: dict[str, Any], source: str) -> str:
     """The probe page's intro; ``probe`` is the summary's ``probe`` block."""
-    return (f"Logistic-regression state probe on {model_name}, trained on "
+    what = "MLP" if probe.get("kind") == "mlp" else "Logistic-regression"
+    text = (f"{what} state probe on {model_name}, trained on "
             f"{probe['n_examples']} examples ({source or 'labelled text'}).")
+    m = probe.get("mlp_auc")
+    if m:
+        text += (f" At layer {m['layer']} the MLP's held-out token AUC is {m['value']:.3f} "
+                 f"[{m['ci_low']:.3f}, {m['ci_high']:.3f}], the logistic probe's "
+                 f"{m['logistic']['value']:.3f} [{m['logistic']['ci_low']:.3f}, "
+                 f"{m['logistic']['ci_high']:.3f}] (n={m['n_test_groups']} test groups).")
+    return text
 
 
 def probe_headline(probe: dict[str, Any]) -> dict[str, Any]:
     """The probe page's headline; ``probe`` is the summary's ``probe`` block."""
-    return {"layer": probe["layer"], "held-out token AUC": probe["auc"],
-            "AUC 95% CI": probe["auc_ci"], "segment AUC": probe["auc_segment"],
-            "threshold": probe["threshold"]}
+    out = {"layer": probe["layer"], "held-out token AUC": probe["auc"],
+           "AUC 95% CI": probe["auc_ci"], "segment AUC": probe["auc_segment"],
+           "threshold": probe["threshold"]}
+    m = probe.get("mlp_auc")
+    if m:
+        out["logistic AUC (same layer)"] = m["logistic"]["value"]
+    return out
 
 
 def _label(kind: str, gain: float) -> str:
@@ -184,6 +204,13 @@ def control_intro(summary: dict[str, Any]) -> str:
                          f"{r['bad_rate_ci_high']:.3f}] / independent "
                          f"{r['bad_rate_independent']:.3f}, ppl ×{r['ppl_ratio']:.2f}, "
                          f"KL {r['kl']:.3f}, speed ×{r['speed_ratio']:.2f}.")
+    sj = summary.get("self_judge")
+    if sj:
+        a, p = sj["auc"], sj["probe_auc"]
+        parts.append(f"Self-judge ({sj['question'].strip()!r}): AUC {a['value']:.3f} "
+                     f"[{a['ci_low']:.3f}, {a['ci_high']:.3f}] against the independent judge, "
+                     f"probe {p['value']:.3f} [{p['ci_low']:.3f}, {p['ci_high']:.3f}] on the "
+                     f"same {a['n']} sentences.")
     return " ".join(parts)
 
 
@@ -204,3 +231,53 @@ def control_headline(summary: dict[str, Any], independent_name: str) -> dict[str
             "unsteered bad rate": base["bad_rate"],
             f"unsteered bad rate ({independent_name or 'independent'})":
                 base["bad_rate_independent"]}
+
+
+def self_judge_figure(rows: pd.DataFrame, independent_name: str) -> CustomFigure:
+    """ROC curves of the self-judge and of the probe against the independent label, on the
+    same sentences."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    y = rows["independent"].to_numpy(dtype=int)
+    curves = []
+    for col, label, color in (("self_judge", "self-judge", "#c44e52"),
+                              ("probe", "probe (sentence mean)", "#4c72b0")):
+        fpr, tpr, _ = roc_curve(y, rows[col])
+        curves.append((f"{label}, AUC {roc_auc_score(y, rows[col]):.3f}", fpr, tpr, color))
+    title = f"Self-judge and probe against the {independent_name or 'independent judge'}"
+
+    def draw_plotly() -> Any:
+        import plotly.graph_objects as go
+
+        fig = go.Figure()
+        fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dash",
+                                                                 "color": "#888"},
+                        name="chance")
+        for label, fpr, tpr, color in curves:
+            fig.add_scatter(x=fpr, y=tpr, mode="lines", name=label, line={"color": color})
+        fig.update_layout(title=title, xaxis_title="false positive rate",
+                          yaxis_title="true positive rate", template="plotly_white",
+                          height=460)
+        return fig
+
+    def draw_matplotlib() -> Any:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(5.5, 4.8))
+        ax.plot([0, 1], [0, 1], ls="--", color="#888", label="chance")
+        for label, fpr, tpr, color in curves:
+            ax.plot(fpr, tpr, color=color, label=label)
+        ax.set(title=title, xlabel="false positive rate", ylabel="true positive rate")
+        ax.legend(fontsize=8, loc="lower right")
+        fig.tight_layout()
+        return fig
+
+    return CustomFigure("self_judge_roc", "Self-judge ROC", draw_plotly, draw_matplotlib,
+                        caption=f"Every complete sentence of the unsteered generations (n="
+                                f"{len(rows)}, {int(y.sum())} bad by the "
+                                f"{independent_name or 'independent judge'}): the model's "
+                                f"own P(bad answer) after the judge question, and the probe's "
+                                f"mean score over the sentence.")

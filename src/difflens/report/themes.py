@@ -5,7 +5,7 @@ from typing import Any
 
 import numpy as np
 
-from difflens.analysis.themes import ChainDistributions, ThemeModel
+from difflens.analysis.themes import ChainDistributions, ThemeConsistency, ThemeModel
 from difflens.report.figures import COLORS, CustomFigure, Figure, Series
 
 
@@ -185,7 +185,85 @@ def intro_html(summary: dict[str, Any]) -> str:
     if "organism" in summary:
         o = summary["organism"]
         parts.append(f"Organism: ARI {o['ari']:.3f}, transition TVD {o['transition_tvd']:.3f}.")
+    c = summary.get("consistency")
+    if c:
+        r = c["resample_ari"]
+        parts.append(f"Themes fitted on two independent sample sets agree with ARI "
+                     f"{r['value']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}] "
+                     f"(n={r['n_prompts']} prompts, {r['n_segments']} segments; k = "
+                     f"{c['k'][0]} and {c['k'][1]}).")
+    g = summary.get("prediction", {}).get("generalisation")
+    if g:
+        gs, rs = g["group_split"], g["random_split"]
+        parts.append(f"Held-out groups: probe KL {gs['probe']['kl']:.3f} "
+                     f"[{gs['probe']['kl_ci_low']:.3f}, {gs['probe']['kl_ci_high']:.3f}], "
+                     f"marginal {gs['marginal']['kl']:.3f}, sentence embedding "
+                     f"{gs['sentence_embedding']['kl']:.3f}; random folds of the same sizes: "
+                     f"probe {rs['probe']['kl']:.3f} (n={g['n_prompts']} prompts, "
+                     f"{g['n_groups']} groups).")
     return " ".join(parts)
+
+
+def consistency_figure(cons: ThemeConsistency, fit_a: ThemeModel, fit_b: ThemeModel
+                       ) -> CustomFigure:
+    """Where the segments of both sample sets fall under the two fits (row-normalised)."""
+    table = cons.contingency.astype(np.float64)
+    share = table / np.maximum(table.sum(1, keepdims=True), 1)
+    rows = [f"A{t}: {fit_a.names[t]}" for t in range(fit_a.k)]
+    cols = [f"B{t}: {fit_b.names[t]}" for t in range(fit_b.k)]
+    title = (f"Themes of two independent sample sets: ARI {cons.ari:.3f} "
+             f"[{cons.ci_low:.3f}, {cons.ci_high:.3f}]")
+
+    def draw_plotly() -> Any:
+        import plotly.graph_objects as go
+
+        fig = go.Figure(go.Heatmap(z=share, x=cols, y=rows, colorscale="Blues", zmin=0, zmax=1,
+                                   text=table.astype(int), hovertemplate="%{y} / %{x}: "
+                                   "%{z:.2f} (%{text} segments)<extra></extra>"))
+        fig.update_layout(title=title, template="plotly_white", height=200 + 30 * len(rows),
+                          xaxis_title="theme of fit B", yaxis_title="theme of fit A")
+        return fig
+
+    def draw_matplotlib() -> Any:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(2 + 0.6 * len(cols), 1.5 + 0.45 * len(rows)))
+        im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1, aspect="auto")
+        ax.set_xticks(range(len(cols)), cols, rotation=60, ha="right", fontsize=7)
+        ax.set_yticks(range(len(rows)), rows, fontsize=7)
+        ax.set(title=title, xlabel="theme of fit B", ylabel="theme of fit A")
+        ax.title.set_fontsize(9)
+        fig.colorbar(im, ax=ax, label="share of fit A's theme")
+        fig.tight_layout()
+        return fig
+
+    return CustomFigure("theme_consistency", "Theme consistency across resamples",
+                        draw_plotly, draw_matplotlib,
+                        caption=f"{cons.n_segments} segments of both sample sets "
+                                f"({cons.n_prompts} prompts), assigned by both fits; each row "
+                                "is a theme of fit A, split by the theme fit B gives the same "
+                                "segments. One dark cell per row: the two fits cut alike.")
+
+
+def generalisation_figure(gen: dict[str, Any]) -> Figure:
+    """Mean first-theme KL per held-out group: the probe, the baselines, and the probe of
+    the random split on the same prompts."""
+    per = gen["group_split"]["per_group"]
+    xs = [f"{g} (n={r['n']})" for g, r in per.items()]
+    cols = (("probe_kl", "probe, group held out"),
+            ("probe_kl_random_split", "probe, random folds"),
+            ("sentence_embedding_kl", "sentence embedding, group held out"),
+            ("marginal_kl", "marginal of the other groups"))
+    return Figure(name="theme_generalisation", title="First-theme KL on each held-out group",
+                  kind="bar", x=xs,
+                  series=[Series(label, [r[col] for r in per.values()]) for col, label in cols],
+                  xlabel="held-out group", ylabel="KL(empirical ‖ predicted), nats",
+                  caption="Each group's prompts are predicted by predictors trained on the "
+                          "other groups; the random folds have the same sizes. CIs of the "
+                          "pooled values are in the summary.")
 
 
 def headline(summary: dict[str, Any]) -> dict[str, Any]:
