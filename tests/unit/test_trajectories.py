@@ -593,3 +593,41 @@ def test_spheres_menu_stops_at_its_cap_and_says_so():
     fig = spheres_figure(t, {}, max_prompts=4)
     assert len(fig.plotly().layout.updatemenus[0].buttons) == 4
     assert "first 4 of 7 prompts" in fig.caption
+
+
+def test_prompt_metadata_is_carried_to_the_run_and_colours_the_atlas(tmp_path: Path,
+                                                                      pair_folders):
+    from difflens.explore.app import create_app
+    from difflens.inputs.prompts import read_prompt_metadata
+    from starlette.testclient import TestClient
+
+    prompts = tmp_path / "p.jsonl"
+    rows = [{"prompt": "the fox went to the forest", "label": "forest", "rating": 3,
+             "tags": ["a", "b"]},
+            {"prompt": "once upon a time there was a fox", "label": "fairy", "rating": 5,
+             "tags": []}]
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert read_prompt_metadata(prompts) == [
+        {"label": "forest", "rating": 3, "tags": '["a", "b"]'},
+        {"label": "fairy", "rating": 5, "tags": "[]"}]
+    out = tmp_path / "run"
+    res = CliRunner().invoke(app, [
+        "trajectories", "run", "--base", str(pair_folders["base"]), "--tuned",
+        str(pair_folders["tuned"]), "--prompts", str(prompts), "--samples", "1",
+        "--max-new-tokens", "4", "--method", "pca", "--min-count", "1", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    meta = pd.read_parquet(out / "data" / "prompts.parquet")
+    assert meta.prompt_id.tolist() == [0, 1] and meta.label.tolist() == ["forest", "fairy"]
+    assert meta.prompt.tolist() == [r["prompt"] for r in rows]
+    # the explorer's atlas offers the label as a colour and gives every point its prompt's
+    data = TestClient(create_app([out])).get("/api/runs/0/atlas").json()
+    traj = pd.read_parquet(out / "data" / "trajectories.parquet")
+    assert data["n"] == len(traj) and "label" in data["colour_by"]
+
+    def column(name: str) -> list:
+        c = data["columns"][name]
+        return ([c["levels"][k] for k in c["codes"]] if c["kind"] == "cat"
+                else c["values"])
+
+    want = {0: "forest", 1: "fairy"}
+    assert column("label") == [want[int(p)] for p in column("prompt_id")]

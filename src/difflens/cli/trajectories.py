@@ -33,6 +33,7 @@ from difflens.cli._common import (
     vocab,
 )
 from difflens.errors import InputError
+from difflens.inputs.prompts import read_prompt_metadata
 from difflens.models.engines import use_engine
 
 RankSegments = Annotated[str, typer.Option(
@@ -113,13 +114,15 @@ def run_cmd(
     unused_batch_size(batch_size, "trajectories run")
     ray_engine = engine_of(engine, address, workers, worker_gpus)
     texts = read_prompts(prompts, field=field)
+    metadata = read_prompt_metadata(prompts, field=field)
     target = load_target(base, tuned, revision=revision, dtype=dtype, device=device,
                          layers_path=layers_path, device_map=device_map, quantization=quantize)
     with use_engine(ray_engine):
         res = run_trajectories(target, texts, out_dir, layer=layer, continuations=samples,
                                max_new_tokens=max_new_tokens, method=method, seed=seed,
                                min_count=min_count, first_n=first_n,
-                               rank_segments=rank_segments, progress=True)
+                               rank_segments=rank_segments, metadata=metadata,
+                               progress=True)
     f = res.summary["projection"]["faithfulness_spearman"]
     out.print(f"layer {res.summary['layer']}; projection faithfulness (Spearman) "
               f"{f['mean']:.3f} [{f['ci95'][0]:.3f}, {f['ci95'][1]:.3f}] n={f['n']} pairs")

@@ -8,6 +8,7 @@ import csv
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 from difflens._io import read_utf8
 from difflens.errors import InputError
@@ -95,3 +96,28 @@ def read_prompts(path: str | Path, *, field: str | None = None) -> list[str]:
     if not prompts:
         raise InputError(f"{path}: no prompts found")
     return prompts
+
+
+def read_prompt_metadata(path: str | Path, *, field: str | None = None) -> list[dict[str, Any]]:
+    """The other fields of each prompt in a ``.jsonl``, ``.json`` (objects) or ``.csv``
+    prompt file, in the order :func:`read_prompts` returns the prompts (e.g. a ``label``
+    that can colour a map); empty dicts for ``.txt`` and plain strings. Values that are not
+    strings, numbers or booleans are kept as JSON text."""
+    path = Path(path)
+    read_prompts(path, field=field)  # the same checks, with file and line
+    key = field or "prompt"
+    suffix = path.suffix.lower()
+    text = read_utf8(path)
+    if suffix == ".jsonl":
+        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    elif suffix == ".json":
+        rows = [r if isinstance(r, dict) else {} for r in json.loads(text)]
+    elif suffix == ".csv":
+        rows = list(csv.DictReader(io.StringIO(text)))
+    else:
+        return [{} for _ in text.splitlines()]
+
+    def scalar(v: Any) -> Any:
+        return v if isinstance(v, str | int | float | bool) or v is None else json.dumps(v)
+
+    return [{k: scalar(v) for k, v in r.items() if k != key} for r in rows]

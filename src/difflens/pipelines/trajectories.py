@@ -1,6 +1,7 @@
 """The two trajectory pipelines: from models (``run``) and from a file (``import``)."""
 
 import dataclasses
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,14 +49,21 @@ def run_trajectories(
     min_count: int = 5,
     first_n: int | None = None,
     rank_segments: str = "all",
+    metadata: Sequence[Mapping[str, Any]] | None = None,
     progress: bool = False,
     index: bool = True,
 ) -> TrajectoriesRun:
     """Paths from the models, projected together, compared on the sphere and in full.
 
     ``rank_segments`` (``all``, ``prompt`` or ``continuation``) picks the jumps that the
-    token ranking and the sentiment use, as in :func:`import_trajectories`.
+    token ranking and the sentiment use, as in :func:`import_trajectories`. ``metadata``
+    (one dict per prompt, e.g. the other fields of a JSONL prompt file) is written with
+    each prompt's id and text to ``data/prompts.parquet``, where the explorer's atlas can
+    colour points by it.
     """
+    if metadata is not None and len(metadata) != len(prompts):
+        raise InputError(f"metadata has {len(metadata)} rows for {len(prompts)} prompts; give "
+                         f"one per prompt")
     from difflens._io import rich_progress
 
     check_writable(out)
@@ -89,6 +97,12 @@ def run_trajectories(
                             "models": list(models), "rank_segments": rank_segments})
     out.mkdir(parents=True, exist_ok=True)
     write_table(paths.continuations, out / "data", "continuations")
+    meta = pd.DataFrame(list(metadata) if metadata is not None else [{}] * len(prompts))
+    write_table(pd.concat([pd.DataFrame({"prompt_id": np.arange(len(prompts)),
+                                         "prompt": prompts}),
+                           meta.rename(columns={"prompt_id": "file_prompt_id",
+                                                "prompt": "file_prompt"})], axis=1),
+                out / "data", "prompts")
     # the full-dimension cumulative means, referenced by the table's state_ref column
     states = pd.DataFrame({"row": np.arange(len(full_points))})
     states["state"] = list(full_points.astype(np.float32))
