@@ -139,6 +139,7 @@ MODEL_COMMANDS = {
                                 "diversity", "all")),
     *(f"themes {s}" for s in ("sample", "fit", "chains", "predict", "evaluate", "all",
                               "consistency", "generalisation")),
+    "explore",
 }
 OLD_FLAGS = {"--k", "--k-samples", "--continuations", "--limit", "--max-prompts",
              "--max-items"}
@@ -276,6 +277,7 @@ LOAD_ARGS = ["--dtype", "bfloat16", "--revision", "abc", "--device", "cpu", "--l
     ["control", "evaluate", "--model", "M", "--probe", "NOPE", "--prompts", "P", "--out", "O",
      "--independent", "none"],
     ["themes", "sample", "--base", "M", "--prompts", "P", "--out", "O"],
+    ["explore", "--base", "M"],
 ], ids=lambda a: " ".join(a[:2]))
 def test_loading_options_reach_load_model(monkeypatch, files, args):
     import difflens.control.state_probe

@@ -187,3 +187,169 @@ def test_token_diff_colours_the_largest_kl_most(page: Any, shots: Path) -> None:
     page.wait_for_selector("h3 small:has-text('entropy')")
     base = page.locator(".tokens[data-model='base'] .tok")
     assert float(base.nth(4).get_attribute("data-intensity")) == 1.0
+
+
+# -- the live views, on the planted bigram pair of test_explore_live -------------------------
+
+
+@pytest.fixture(scope="module")
+def live_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str | None]:
+    """The explorer with the planted bigram pair loaded, and its vector and probe runs."""
+    if _missing() is not None:
+        yield None
+        return
+    from test_explore_live import make_live
+
+    from difflens.explore import create_app
+    from difflens.explore.app import serve_in_thread
+
+    live, folders = make_live(tmp_path_factory.mktemp("live-runs"))
+    with serve_in_thread(create_app(folders, live=live)) as srv:
+        yield srv.url
+
+
+@pytest.fixture
+def live_page(require: Callable[[bool, str], None], browser: Any,
+              live_site: str | None) -> Iterator[Any]:
+    require(browser is not None and live_site is not None,
+            _missing() or "the browser did not start")
+    pg = browser.new_page(viewport={"width": 1280, "height": 900})
+    pg.set_default_timeout(15_000)
+    errors: list[str] = []
+    pg.on("pageerror", lambda exc: errors.append(str(exc)))
+    pg.goto(str(live_site))
+    yield pg
+    pg.close()
+    assert not errors, errors
+
+
+def _top_rows(page: Any, model: str) -> list[tuple[str, float]]:
+    rows = page.locator(f"table.topk[data-model='{model}'] tr")
+    return [(rows.nth(i).locator("code").inner_text(),
+             float(rows.nth(i).locator("td.p").inner_text())) for i in range(rows.count())]
+
+
+def test_live_typed_text_hover_shows_both_models_top_k(live_page: Any, shots: Path) -> None:
+    import torch
+    from test_explore_live import ID, planted_tables, probs
+
+    page = live_page
+    page.click("header a:text('Type text')")
+    page.fill("#text", "the fox sat far")
+    page.fill("#top_k", "3")
+    page.click("#score")
+    page.wait_for_selector(".tokens[data-model='tuned'] .tok[data-t='3']")
+    # colour by KL: the token after "fox" (t=3, " sat") is the darkest in the tuned row
+    spans = page.locator(".tokens[data-model='tuned'] .tok:not(.next)")
+    assert spans.count() == 4
+    alphas = [float(spans.nth(i).get_attribute("data-intensity")) for i in range(4)]
+    assert max(range(4), key=alphas.__getitem__) == 2 and alphas[2] == 1.0
+    peak = spans.nth(2)
+    assert peak.inner_text() == " sat"
+    peak.hover()
+    page.wait_for_selector("table.topk[data-model='base'] tr")
+    tables = planted_tables()
+    for model in ("base", "tuned"):
+        top = probs(tables[model], "fox").topk(3)
+        names = list(ID)
+        want = [(f'" {names[i]}"', round(p, 4)) for i, p in
+                zip(top.indices.tolist(), top.values.tolist(), strict=True)]
+        got = _top_rows(page, model)
+        assert [g[0] for g in got] == [w[0] for w in want]
+        assert [g[1] for g in got] == pytest.approx([w[1] for w in want], abs=2e-4)
+    assert _top_rows(page, "tuned")[0][0] == '" sat"' and _top_rows(page, "base")[0][0] == \
+        '" ran"'
+    assert torch.isclose(probs(tables["base"], "fox").sum(), torch.tensor(1.0,
+                                                                          dtype=torch.float64))
+    page.screenshot(path=str(shots / "live_text.png"), full_page=True)
+    page.select_option("#stat", "entropy")
+    page.wait_for_selector("h3 small:has-text('entropy')")
+    page.locator(".tok.next").first.click()  # what comes after the text, pinned
+    assert "after the text" in page.locator("#topk p").inner_text()
+
+
+def test_live_multiverse_expands_nodes_and_continues_branches(live_page: Any,
+                                                              shots: Path) -> None:
+    from test_explore_live import ID, greedy, planted_tables, probs
+
+    page = live_page
+    page.click("header a:text('Multiverse')")
+    page.fill("#prompt", "the fox")
+    page.fill("#depth", "1")
+    page.fill("#top_k", "3")
+    page.click("#grow")
+    page.wait_for_selector(".tree[data-model='tuned'] .node")
+    tables = planted_tables()
+    base_nodes = page.locator(".tree[data-model='base'] .node")
+    assert base_nodes.count() == 3
+    first = page.locator(f".tree[data-model='base'] .node[data-path='{ID['ran']}']")
+    assert float(first.get_attribute("data-prob")) == pytest.approx(
+        float(probs(tables["base"], "fox")[ID["ran"]]), abs=1e-6)
+    first.click()  # expand " ran": its children are the planted row of "ran"
+    kids = page.locator(f".tree[data-model='base'] .node[data-path^='{ID['ran']},']")
+    kids.first.wait_for()
+    assert kids.count() == 3
+    got = [float(kids.nth(i).get_attribute("data-prob")) for i in range(3)]
+    assert sum(got) <= 1.0
+    assert got == pytest.approx(probs(tables["base"], "ran").topk(3).values.tolist(), abs=1e-6)
+    page.screenshot(path=str(shots / "live_tree.png"), full_page=True)
+    page.fill("#max_new_tokens", "5")
+    page.locator(f".tree[data-model='base'] .loom[data-path='{ID['ran']}']").click()
+    page.wait_for_selector("#loom-out .gen[data-model='tuned']")
+    for model, table in tables.items():
+        text = page.locator(f"#loom-out .gen[data-model='{model}']").inner_text()
+        assert text == "the fox ran" + "".join(" " + w for w in greedy(table, "ran", 5))
+    page.screenshot(path=str(shots / "live_tree_loom.png"), full_page=True)
+    first.click()  # folds
+    assert not kids.first.is_visible()
+
+
+def test_live_steering_differs_at_nonzero_alpha_and_probe_scores_show(
+        live_page: Any, shots: Path) -> None:
+    from test_explore_live import ALPHA, PROBE_WORD
+
+    page = live_page
+    page.click("header a:text('Steer')")
+    page.fill("#prompt", "the fox")
+    page.fill("#max_new_tokens", "6")
+    page.select_option("#vector", "concepts-run/vectors.safetensors:base")
+    assert page.locator("#layer").input_value() == "1"
+
+    def texts() -> dict[tuple[str, str], str]:
+        page.wait_for_selector(".gen[data-model='tuned'][data-kind='steered']")
+        gens = page.locator(".gen")
+        return {(gens.nth(i).get_attribute("data-model"), gens.nth(i).get_attribute(
+            "data-kind")): gens.nth(i).get_attribute("data-text") for i in range(gens.count())}
+
+    page.fill("#alpha", "0")
+    page.click("#generate")
+    zero = texts()
+    assert len(zero) == 4
+    for m in ("base", "tuned"):
+        assert zero[(m, "steered")] == zero[(m, "unsteered")]
+    page.fill("#alpha", str(ALPHA))
+    page.select_option("#probe", "probe-run/probe.safetensors")
+    page.click("#generate")
+    page.wait_for_function("document.querySelector('#gens p').textContent.includes('α=50')")
+    steered = texts()
+    for m in ("base", "tuned"):
+        assert steered[(m, "unsteered")] == zero[(m, "unsteered")]
+        assert steered[(m, "steered")] != steered[(m, "unsteered")]
+    plain = page.locator(".gen[data-model='base'][data-kind='unsteered'] .tok")
+    for i in range(plain.count()):
+        over = plain.nth(i).get_attribute("data-over") == "1"
+        assert over == (plain.nth(i).inner_text().strip() == PROBE_WORD)
+    assert page.locator(".gen[data-kind='unsteered'] .tok[data-over='1']").count() > 0
+    page.screenshot(path=str(shots / "live_steer.png"), full_page=True)
+    page.fill("#alpha", "abc")
+    page.click("#generate")
+    page.wait_for_selector("#live-error:visible")
+    assert "alpha must be a number" in page.locator("#live-error").inner_text()
+
+
+def test_live_views_without_models_say_how_to_start(page: Any, shots: Path) -> None:
+    for view in ("Type text", "Multiverse", "Steer"):
+        page.click(f"header a:text('{view}')")
+        assert "start with --base/--tuned to use this view" in \
+            page.locator(".error").inner_text()
+    page.screenshot(path=str(shots / "live_no_models.png"), full_page=True)

@@ -597,9 +597,10 @@ def test_spheres_menu_stops_at_its_cap_and_says_so():
 
 def test_prompt_metadata_is_carried_to_the_run_and_colours_the_atlas(tmp_path: Path,
                                                                       pair_folders):
+    from starlette.testclient import TestClient
+
     from difflens.explore.app import create_app
     from difflens.inputs.prompts import read_prompt_metadata
-    from starlette.testclient import TestClient
 
     prompts = tmp_path / "p.jsonl"
     rows = [{"prompt": "the fox went to the forest", "label": "forest", "rating": 3,

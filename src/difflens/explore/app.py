@@ -8,23 +8,48 @@ Routes (``ID`` is a run's position in the order given):
 - ``/runs/ID/table?path=P``: a sortable, filterable, paged view of a Parquet table.
 - ``/runs/ID/atlas``: every point of a trajectories run on a 2-D map (plotly scattergl).
 - ``/runs/ID/tokens``: a collapse divergence run's texts, each token coloured by a statistic.
-- ``/api/...``: the JSON those pages load; ``/static/plotly.min.js``: the installed plotly.js.
+- ``/live/text``, ``/live/tree``, ``/live/steer``: the live views (typed text, multiverse,
+  steer and monitor), which need the models given at start (:mod:`difflens.explore.live`);
+  without them they say how to start with models.
+- ``/api/...``: the JSON those pages load (``POST /api/live/...``: the live views' work);
+  ``/static/plotly.min.js``: the installed plotly.js.
 
-The app only reads. A path that does not lead to a file inside its run folder is a 404.
+The app only reads. A path that does not lead to a file inside its run folder is a 404. A
+bad live request is answered with one line of JSON (``{"error": ...}``): 400 for a body
+that is not a JSON object (or is over :data:`MAX_BODY` bytes) or when no models are
+loaded, 422 for a value out of range.
 """
 
 import dataclasses
 import functools
-from collections.abc import Iterator, Sequence
+import json
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from difflens.errors import InputError
-from difflens.explore import data, runs, views
+from difflens.explore import data, live_views, runs, views
+from difflens.explore.live import (
+    NO_MODELS,
+    Live,
+    continue_branch,
+    expand,
+    float_field,
+    ids_field,
+    info,
+    int_field,
+    score_text,
+    steer,
+    steer_request,
+    text_field,
+    trees,
+)
 
 #: Addresses that only this machine can reach.
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+#: Most bytes of a live request's body.
+MAX_BODY = 64 * 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,22 +80,27 @@ def _plotly_js() -> bytes:
     return get_plotlyjs().encode()
 
 
-def create_app(folders: Sequence[Path], *, allowed_hosts: Sequence[str] | None = None) -> Any:
+def create_app(folders: Sequence[Path], *, allowed_hosts: Sequence[str] | None = None,
+               live: Live | None = None) -> Any:
     """The Starlette app serving ``folders`` (read-only).
 
     Args:
-        folders: run folders (the ``--out`` of difflens commands), each must exist.
+        folders: run folders (the ``--out`` of difflens commands), each must exist (none
+            at all only with ``live``).
         allowed_hosts: ``Host`` header values accepted (guards a loopback server against
             DNS rebinding); ``None`` accepts any.
+        live: the loaded models of the live views (:func:`difflens.explore.live.open_live`);
+            ``None``: the live views say how to start with models.
     """
     from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
     from starlette.middleware import Middleware
     from starlette.middleware.trustedhost import TrustedHostMiddleware
     from starlette.requests import Request
     from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
     from starlette.routing import Route
 
-    served = runs.open_runs(folders)
+    served = runs.open_runs(folders, allow_empty=live is not None)
 
     def run_of(request: Request) -> runs.Run | None:
         try:
@@ -184,8 +214,90 @@ def create_app(folders: Sequence[Path], *, allowed_hosts: Sequence[str] | None =
         return Response(_plotly_js(), media_type="text/javascript",
                         headers={"Cache-Control": "max-age=86400"})
 
+    # -- live views --------------------------------------------------------------------------
+
+    live_info = info(live) if live is not None else None
+
+    def text_view(request: Request) -> HTMLResponse:
+        return HTMLResponse(live_views.text_page(live_info))
+
+    def tree_view(request: Request) -> HTMLResponse:
+        return HTMLResponse(live_views.tree_page(live_info))
+
+    def steer_view(request: Request) -> HTMLResponse:
+        return HTMLResponse(live_views.steer_page(live_info))
+
+    def info_api(request: Request) -> JSONResponse:
+        return json_error(NO_MODELS, 400) if live_info is None else JSONResponse(live_info)
+
+    async def body_of(request: Request) -> dict[str, Any] | JSONResponse:
+        if live is None:
+            return json_error(NO_MODELS, 400)
+        raw = await request.body()
+        if len(raw) > MAX_BODY:
+            return json_error(f"the request has {len(raw)} bytes, more than {MAX_BODY}; send "
+                              f"less text", 400)
+        try:
+            body = json.loads(raw)
+        except ValueError:  # JSONDecodeError and UnicodeDecodeError
+            body = None
+        if not isinstance(body, dict):
+            return json_error('the request body must be a JSON object, e.g. {"text": "..."}',
+                              400)
+        return body
+
+    def live_route(work: Callable[[Live, dict[str, Any]], Any]) -> Callable[..., Any]:
+        async def endpoint(request: Request) -> JSONResponse:
+            body = await body_of(request)
+            if isinstance(body, JSONResponse):
+                return body
+            assert live is not None
+            try:
+                result = await run_in_threadpool(work, live, body)
+            except InputError as exc:
+                return json_error(str(exc), 422)
+            return JSONResponse(result)
+        return endpoint
+
+    def score_work(lv: Live, b: dict[str, Any]) -> Any:
+        return dataclasses.asdict(score_text(
+            lv, text_field(b, "text", lv.limits.max_chars),
+            int_field(b, "top_k", 5, 1, lv.limits.max_top_k)))
+
+    def tree_work(lv: Live, b: dict[str, Any]) -> Any:
+        lim = lv.limits
+        return trees(lv, text_field(b, "prompt", lim.max_chars),
+                     depth=int_field(b, "depth", 2, 1, lim.max_depth),
+                     top_k=int_field(b, "top_k", 3, 1, lim.max_top_k),
+                     min_prob=float_field(b, "min_prob", 1e-3, 0.0, 0.999))
+
+    def expand_work(lv: Live, b: dict[str, Any]) -> Any:
+        lim = lv.limits
+        return expand(lv, str(b.get("model", "")), text_field(b, "prompt", lim.max_chars),
+                      ids_field(b, "path", len(lv.tokenizer), lim.max_path),
+                      top_k=int_field(b, "top_k", 3, 1, lim.max_top_k))
+
+    def continue_work(lv: Live, b: dict[str, Any]) -> Any:
+        lim = lv.limits
+        return continue_branch(lv, text_field(b, "prompt", lim.max_chars),
+                               ids_field(b, "path", len(lv.tokenizer), lim.max_path),
+                               max_new_tokens=int_field(b, "max_new_tokens", 20, 1,
+                                                        lim.max_new_tokens))
+
+    def steer_work(lv: Live, b: dict[str, Any]) -> Any:
+        return steer(lv, steer_request(lv, b))
+
     routes = [
         Route("/", home),
+        Route("/live/text", text_view),
+        Route("/live/tree", tree_view),
+        Route("/live/steer", steer_view),
+        Route("/api/live/info", info_api),
+        Route("/api/live/score", live_route(score_work), methods=["POST"]),
+        Route("/api/live/tree", live_route(tree_work), methods=["POST"]),
+        Route("/api/live/expand", live_route(expand_work), methods=["POST"]),
+        Route("/api/live/continue", live_route(continue_work), methods=["POST"]),
+        Route("/api/live/steer", live_route(steer_work), methods=["POST"]),
         Route("/runs/{run}", overview),
         Route("/runs/{run}/file/{path:path}", file),
         Route("/runs/{run}/table", table),
@@ -212,11 +324,12 @@ def allowed_hosts_for(config: ExploreConfig) -> list[str] | None:
     return None if config.exposed else ["127.0.0.1", "localhost", "[::1]", "::1"]
 
 
-def serve(folders: Sequence[Path], config: ExploreConfig) -> None:
-    """Serve the explorer until interrupted (blocks)."""
+def serve(folders: Sequence[Path], config: ExploreConfig, live: Live | None = None) -> None:
+    """Serve the explorer until interrupted (blocks); ``live``: the models of the live
+    views."""
     import uvicorn
 
-    app = create_app(folders, allowed_hosts=allowed_hosts_for(config))
+    app = create_app(folders, allowed_hosts=allowed_hosts_for(config), live=live)
     uvicorn.run(app, host=config.host, port=config.port, log_level="warning")
 
 

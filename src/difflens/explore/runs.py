@@ -59,12 +59,14 @@ class TablePage:
     offset: int
 
 
-def open_runs(folders: Sequence[Path]) -> list[Run]:
+def open_runs(folders: Sequence[Path], *, allow_empty: bool = False) -> list[Run]:
     """The runs the explorer serves, in the order given; a folder that is missing or not a
-    folder is an :class:`InputError` (a folder without a summary is served, and says so)."""
-    if not folders:
-        raise InputError("difflens explore needs at least one run folder, e.g. "
-                         "`difflens explore runs/demo`")
+    folder is an :class:`InputError` (a folder without a summary is served, and says so).
+    No folders at all is an error unless ``allow_empty`` (models given for the live
+    views)."""
+    if not folders and not allow_empty:
+        raise InputError("difflens explore needs at least one run folder or --base MODEL, "
+                         "e.g. `difflens explore runs/demo`")
     runs = []
     names: dict[str, int] = {}
     for i, folder in enumerate(folders):

@@ -34,6 +34,15 @@ border:1px solid #eee}
 #tip{position:fixed;display:none;background:#222;color:#fff;font-size:.8em;padding:.4em .6em;
 border-radius:4px;pointer-events:none;white-space:pre}
 .controls{margin:.5em 0;display:flex;gap:.6em;flex-wrap:wrap;align-items:center}
+.side{display:flex;gap:1em;flex-wrap:wrap}.side>div{flex:1;min-width:320px}
+.tok.pinned{outline:2px solid #2d3e50}.tok.next{color:#888}
+.topk td.bar{width:120px}.topk .fill{background:#4c72b0;height:.8em}
+ul.tree{list-style:none;padding-left:1.1em;margin:0;border-left:1px dotted #bbb}
+.node{cursor:pointer;font-family:ui-monospace,monospace;white-space:pre;padding:0 .3em;
+border-radius:3px}.node:hover{background:#eef}.node .p{color:#666;font-size:.85em}
+.loom{font-size:.75em;margin-left:.4em;cursor:pointer}
+.gen{font-family:ui-monospace,monospace;line-height:1.9;background:#fff;padding:.4em;
+border:1px solid #eee;min-height:1.5em}
 """
 
 
@@ -46,7 +55,9 @@ def page(title: str, body: str, *, scripts: Sequence[str] = ()) -> str:
     tags = "".join(f"<script src='{esc(s)}'></script>" for s in scripts)
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)} · difflens "
             f"explore</title><style>{CSS}</style>{tags}</head><body><header><a href='/'>"
-            f"<b>difflens explore</b></a><a href='/'>Runs</a></header><main>{body}</main>"
+            f"<b>difflens explore</b></a><a href='/'>Runs</a><a href='/live/text'>Type text</a>"
+            f"<a href='/live/tree'>Multiverse</a><a href='/live/steer'>Steer</a></header>"
+            f"<main>{body}</main>"
             f"</body></html>")
 
 
@@ -64,6 +75,9 @@ def error_box(message: str) -> str:
 
 
 def runs_page(panels: Sequence[str]) -> str:
+    if not panels:
+        return page("Runs", "<h1>Runs</h1><p>No run folders given: only the live views "
+                    "(Type text, Multiverse, Steer) are served.</p>")
     return page("Runs", "<h1>Runs</h1>" + "".join(panels))
 
 
