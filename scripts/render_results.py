@@ -71,8 +71,8 @@ def _step(node: Any, part: str, path: str) -> Any:
             raise KeyError(f"{path}: no element with {field}={want}")
         return node[int(part)]
     if isinstance(node, dict):
-        if part.startswith("[") and "=" not in part:  # a key with dots in it: [0.25]
-            part = part[1:-1]
+        if part.startswith("[") and ("=" not in part or part[1:-1] in node):
+            part = part[1:-1]  # a key with dots in it: [0.25], [tuned cap=0.25]
         if part in node:
             return node[part]
         raise KeyError(f"{path}: no key {part!r} (have: {', '.join(map(str, node))[:200]})")
@@ -364,7 +364,7 @@ def collapse_decollapse_organism() -> str:
     run, p0 = "demo", "collapse.decollapse.sets"
     rows = []
     for name in value(run, p0):
-        p = f"{p0}.{name}"
+        p = f"{p0}[{name}]"
         rows.append([name, est(run, f"{p}.vendi"), est(run, f"{p}.distinct_2", 2),
                      est(run, f"{p}.self_bleu", 2), est(run, f"{p}.recall", 2),
                      est(run, f"{p}.ppl_under_scorer"), fmt(value(run, f"{p}.n_texts"))])
