@@ -461,3 +461,41 @@ def test_command_errors_are_one_line(tmp_path: Path, served: list[Any]) -> None:
         res = CliRunner().invoke(_cli(), args)
         assert res.exit_code == 2 and message in res.output, res.output
     assert not served
+
+
+def test_embedding_atlas_mount_serves_the_table_and_runs_no_sql(tmp_path: Path,
+                                                                monkeypatch) -> None:
+    """/runs/N/embedding-atlas: the app of the installed package over the atlas table; the
+    server only sends the table (queries run in the browser), so a SQL request that would
+    read a file elsewhere gets an error, never the file; without the package, one line."""
+    from starlette.testclient import TestClient
+
+    from difflens.explore import create_app
+    from difflens.explore import embedding_atlas_view as eav
+
+    run = make_trajectories_run(tmp_path)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("planted-secret-7")
+    client = TestClient(create_app([run]), raise_server_exceptions=False)
+    if eav.available():
+        import io
+
+        import pandas as pd
+
+        r = client.get("/runs/0/embedding-atlas", follow_redirects=False)
+        assert r.status_code in (302, 307) and r.headers["location"].endswith("/")
+        page = client.get("/runs/0/embedding-atlas/")
+        assert page.status_code == 200 and "<div id=\"app\"" in page.text
+        table = pd.read_parquet(io.BytesIO(
+            client.get("/runs/0/embedding-atlas/data/dataset.parquet").content))
+        pts = planted_points()
+        assert len(table) == len(pts)
+        assert {"map_x", "map_y", "token", "jump", "theme"} <= set(table.columns)
+        assert not {"x", "y", "z"} & set(table.columns)
+        sql = {"sql": f"SELECT * FROM read_csv('{secret}')", "type": "json"}
+        bad = client.post("/runs/0/embedding-atlas/data/query", json=sql)
+        assert bad.status_code >= 400 and "planted-secret-7" not in bad.text
+        assert client.get("/runs/7/embedding-atlas/").status_code == 404
+    monkeypatch.setattr(eav, "available", lambda: False)
+    miss = client.get("/runs/0/embedding-atlas/")
+    assert miss.status_code == 501 and "pip install 'difflens[atlas]'" in miss.text

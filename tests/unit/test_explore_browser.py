@@ -97,7 +97,8 @@ def test_runs_list_shows_each_run(page: Any, shots: Path) -> None:
     names = [panels.nth(i).locator("h2").inner_text() for i in range(3)]
     assert names == ["traj-run", "coll-run", "no-summary"]
     assert "no summary.json in this folder" in panels.nth(2).locator(".error").inner_text()
-    assert panels.nth(0).locator("a", has_text="atlas").count() == 1
+    assert panels.nth(0).locator("a", has_text=re.compile("^atlas$")).count() == 1
+    assert panels.nth(0).locator("a", has_text="embedding-atlas").count() == 1
     assert panels.nth(1).locator("a", has_text="token diff").count() == 1
     page.screenshot(path=str(shots / "runs.png"), full_page=True)
 
@@ -353,3 +354,30 @@ def test_live_views_without_models_say_how_to_start(page: Any, shots: Path) -> N
         assert "start with --base/--tuned to use this view" in \
             page.locator(".error").inner_text()
     page.screenshot(path=str(shots / "live_no_models.png"), full_page=True)
+
+
+def test_embedding_atlas_shows_the_runs_points_table_and_counts(
+        page: Any, shots: Path, site: str | None, require: Callable[[bool, str], None]) -> None:
+    """Apple's embedding-atlas, served from its installed package over the same points: its
+    point count, its per-model counts and its table, with no request leaving the server
+    (its map needs WebGPU, which headless chromium lacks: the atlas view draws that)."""
+    from test_explore import planted_points
+
+    from difflens.explore.embedding_atlas_view import available
+
+    pts = planted_points()
+    require(available(), "embedding-atlas is not installed: pip install 'difflens[atlas]'")
+    outside: list[str] = []
+    page.on("request", lambda r: None if r.url.startswith((str(site), "data:", "blob:"))
+            else outside.append(r.url))
+    page.goto(f"{site}/runs/0/embedding-atlas")
+    assert page.url.endswith("/runs/0/embedding-atlas/")
+    n = len(pts)
+    page.wait_for_function(f"document.body.innerText.includes('{n} / {n} points')",
+                           timeout=30_000)
+    text = page.inner_text("body")
+    for model, count in pts.model.value_counts().items():  # the per-model count panel
+        assert re.search(rf"\b{model}\s+{count}\b", text), (model, count)
+    assert "zebra" in text  # a planted token in the table
+    page.screenshot(path=str(shots / "embedding_atlas.png"))
+    assert not outside, outside

@@ -98,7 +98,9 @@ def create_app(folders: Sequence[Path], *, allowed_hosts: Sequence[str] | None =
     from starlette.middleware.trustedhost import TrustedHostMiddleware
     from starlette.requests import Request
     from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
-    from starlette.routing import Route
+    from starlette.routing import Mount, Route
+
+    from difflens.explore.embedding_atlas_view import EmbeddingAtlasMount
 
     served = runs.open_runs(folders, allow_empty=live is not None)
 
@@ -308,6 +310,7 @@ def create_app(folders: Sequence[Path], *, allowed_hosts: Sequence[str] | None =
         Route("/api/runs/{run}/texts", texts_api),
         Route("/api/runs/{run}/tokens", tokens_api),
         Route("/static/plotly.min.js", plotly_js),
+        Mount("/runs/{run}/embedding-atlas", app=EmbeddingAtlasMount(served)),
     ]
     middleware = ([] if allowed_hosts is None
                   else [Middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))])

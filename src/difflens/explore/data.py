@@ -11,10 +11,13 @@ import dataclasses
 import functools
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from difflens.errors import InputError
 from difflens.explore.runs import Run, cell, connection, query, quote, schema
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: Columns the atlas needs in ``data/trajectories.parquet``.
 ATLAS_REQUIRED = ("x", "y", "z", "token")
@@ -71,19 +74,46 @@ def atlas_json(run: Run) -> bytes:
     ``{"n", "lon", "lat", "columns": {name: {"kind": "num", "values"} | {"kind": "cat",
     "levels", "codes"}}, "colour_by": [...]}``: categorical columns are sent once per level.
     """
+    files = _atlas_files(run)
+    return _atlas_cached(*files, _stamp(*files))
+
+
+def atlas_frame(run: Run) -> "pd.DataFrame":
+    """Every point of a trajectories run with its joined columns (jumps, path text, prompt
+    metadata) and its map position ``lon``, ``lat`` in degrees (cached per content)."""
+    files = _atlas_files(run)
+    return _frame_cached(*files, _stamp(*files))
+
+
+def _atlas_files(run: Run) -> tuple[Path, Path | None, Path | None, Path | None]:
+    """The trajectories table and the optional jumps, continuations and prompts tables."""
     traj = run.file("data/trajectories.parquet")
     if traj is None:
         raise InputError("no data/trajectories.parquet in this run: the atlas shows the --out "
                          "folder of `difflens trajectories run`")
-    jumps = run.file("data/jumps.parquet")
-    conts = run.file("data/continuations.parquet")
-    prompts = run.file("data/prompts.parquet")
-    return _atlas_cached(traj, jumps, conts, prompts, _stamp(traj, jumps, conts, prompts))
+    return (traj, run.file("data/jumps.parquet"), run.file("data/continuations.parquet"),
+            run.file("data/prompts.parquet"))
 
 
 @functools.lru_cache(maxsize=4)
 def _atlas_cached(traj: Path, jumps: Path | None, conts: Path | None, prompts: Path | None,
                   stamp: tuple[tuple[str, int, int], ...]) -> bytes:
+    df = _frame_cached(traj, jumps, conts, prompts, stamp)
+    columns: dict[str, Any] = {}
+    for name in df.columns:
+        if name in ("x", "y", "z", "lon", "lat", "token_raw", "state_ref"):
+            continue
+        columns[name] = _column(df[name])
+    colour_by = [c for c in ATLAS_FIRST if c in columns]
+    colour_by += [c for c in columns if c not in colour_by and c not in ATLAS_HIDDEN]
+    payload = {"n": len(df), "lon": _floats(df["lon"]), "lat": _floats(df["lat"]),
+               "columns": columns, "colour_by": colour_by}
+    return json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()
+
+
+@functools.lru_cache(maxsize=4)
+def _frame_cached(traj: Path, jumps: Path | None, conts: Path | None, prompts: Path | None,
+                  stamp: tuple[tuple[str, int, int], ...]) -> "pd.DataFrame":
     import numpy as np
     import pandas as pd
 
@@ -138,18 +168,9 @@ def _atlas_cached(traj: Path, jumps: Path | None, conts: Path | None, prompts: P
     xyz = df[["x", "y", "z"]].to_numpy(dtype=float)
     norm = np.linalg.norm(xyz, axis=1)
     norm[norm == 0] = 1.0
-    lon = np.degrees(np.arctan2(xyz[:, 1], xyz[:, 0]))
-    lat = np.degrees(np.arcsin(np.clip(xyz[:, 2] / norm, -1.0, 1.0)))
-    columns: dict[str, Any] = {}
-    for name in df.columns:
-        if name in ("x", "y", "z", "token_raw", "state_ref"):
-            continue
-        columns[name] = _column(df[name])
-    colour_by = [c for c in ATLAS_FIRST if c in columns]
-    colour_by += [c for c in columns if c not in colour_by and c not in ATLAS_HIDDEN]
-    payload = {"n": len(df), "lon": _floats(lon), "lat": _floats(lat), "columns": columns,
-               "colour_by": colour_by}
-    return json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()
+    df["lon"] = np.degrees(np.arctan2(xyz[:, 1], xyz[:, 0]))
+    df["lat"] = np.degrees(np.arcsin(np.clip(xyz[:, 2] / norm, -1.0, 1.0)))
+    return df
 
 
 def _floats(values: Any) -> list[float | None]:

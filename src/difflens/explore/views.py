@@ -65,6 +65,7 @@ def run_links(run: Run, kinds: Sequence[str]) -> str:
     links = [f"<a href='/runs/{run.id}'>overview</a>"]
     if "atlas" in kinds:
         links.append(f"<a href='/runs/{run.id}/atlas'>atlas</a>")
+        links.append(f"<a href='/runs/{run.id}/embedding-atlas/'>embedding-atlas</a>")
     if "tokens" in kinds:
         links.append(f"<a href='/runs/{run.id}/tokens'>token diff</a>")
     return " · ".join(links)
@@ -353,7 +354,9 @@ start();
 def atlas_page(run: Run) -> str:
     body = (f"<h1>Atlas · {esc(run.name)}</h1><p><a href='/runs/{run.id}'>overview</a> · every "
             f"stored point of every prompt and continuation, both models, by longitude and "
-            f"latitude on the trajectory sphere.</p><section class='panel'><div "
+            f"latitude on the trajectory sphere. The same points in <a href='/runs/{run.id}/"
+            f"embedding-atlas/'>embedding-atlas</a> (its table, search and filters; its map "
+            f"needs WebGPU).</p><section class='panel'><div "
             f"class='controls'>Colour by <select id='colour'></select> Search tokens <input "
             f"id='search' placeholder='token text'> <b id='atlas-status'>loading…</b></div>"
             f"<div id='atlas-error' class='error' style='display:none'></div><div id='atlas'>"
