@@ -7,22 +7,59 @@ from difflens.errors import InputError
 from difflens.models.loading import LoadedModel
 
 
-def check_same_tokenizer(base: LoadedModel, tuned: LoadedModel) -> None:
-    """Raise ValueError unless every token string maps to the same id in both tokenizers."""
-    vb, vt = base.tokenizer.get_vocab(), tuned.tokenizer.get_vocab()
-    if vb == vt:
-        return
+def tokenizer_mismatch(
+    vocab_a: Mapping[str, int],
+    vocab_b: Mapping[str, int],
+    labels: tuple[str, str],
+    *,
+    shown: int = 3,
+) -> str | None:
+    """How two vocabularies differ, or ``None`` when every token string has the same id.
+
+    Args:
+        vocab_a: token string -> id of the first tokenizer (``tokenizer.get_vocab()``).
+        vocab_b: the same of the second.
+        labels: the two models' names, as the text names them.
+        shown: how many differing tokens to list (the first ones, by id).
+
+    Returns:
+        ``"A has N tokens, B has M; first differences: 'tok': 5 (A) vs None (B); ..."``.
+    """
+    if vocab_a == vocab_b:
+        return None
+    a, b = labels
     diffs = []
-    for token in sorted(set(vb) | set(vt), key=lambda t: (vb.get(t, vt.get(t, 0)), t)):
-        if vb.get(token) != vt.get(token):
-            diffs.append(f"{token!r}: {vb.get(token)} (base) vs {vt.get(token)} (tuned)")
-        if len(diffs) == 3:
+    for token in sorted(
+        set(vocab_a) | set(vocab_b), key=lambda t: (vocab_a.get(t, vocab_b.get(t, 0)), t)
+    ):
+        if vocab_a.get(token) != vocab_b.get(token):
+            diffs.append(f"{token!r}: {vocab_a.get(token)} ({a}) vs {vocab_b.get(token)} ({b})")
+        if len(diffs) == shown:
             break
-    raise InputError(
-        f"the tokenizers differ: base has {len(vb)} tokens, tuned has {len(vt)}; first "
-        f"differences: {'; '.join(diffs)}. A pair must share a tokenizer so that both models "
-        f"read the same token ids."
+    return (
+        f"{a} has {len(vocab_a)} tokens, {b} has {len(vocab_b)}; first differences: "
+        f"{'; '.join(diffs)}"
     )
+
+
+def shape_mismatch(
+    shape_a: tuple[int, int], shape_b: tuple[int, int], labels: tuple[str, str]
+) -> str | None:
+    """How two models' ``(layers, width)`` differ, or ``None`` when they are the same."""
+    if shape_a == shape_b:
+        return None
+    (na, da), (nb, db) = shape_a, shape_b
+    a, b = labels
+    return f"{a} has {na} layers of width {da}, {b} has {nb} of width {db}"
+
+
+def check_same_tokenizer(base: LoadedModel, tuned: LoadedModel) -> None:
+    """Raise InputError unless every token string maps to the same id in both tokenizers."""
+    detail = tokenizer_mismatch(base.tokenizer.get_vocab(), tuned.tokenizer.get_vocab(),
+                                ("base", "tuned"))
+    if detail is not None:
+        raise InputError(f"the tokenizers differ: {detail}. A pair must share a tokenizer so "
+                         f"that both models read the same token ids.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,12 +81,11 @@ class ModelPair:
         check_same_tokenizer(self.base, self.tuned)
         nb, nt = self.base.n_layers, self.tuned.n_layers
         if self.layer_map is None:
-            if nb != nt or self.base.d_model != self.tuned.d_model:
-                raise InputError(
-                    f"the models differ in shape: base has {nb} layers of width "
-                    f"{self.base.d_model}, tuned has {nt} of width {self.tuned.d_model}; pass "
-                    f"layer_map={{base_layer: tuned_layer, ...}} to compare them"
-                )
+            detail = shape_mismatch((nb, self.base.d_model), (nt, self.tuned.d_model),
+                                    ("base", "tuned"))
+            if detail is not None:
+                raise InputError(f"the models differ in shape: {detail}; pass "
+                                 f"layer_map={{base_layer: tuned_layer, ...}} to compare them")
             return
         for b, t in self.layer_map.items():
             self.base.layers.normalize(b)

@@ -1,0 +1,238 @@
+"""Which stage of a training pipeline made a change: a per-unit metric along a lineage
+(base -> SFT -> preference-tuned), split into the change each stage made and its share.
+
+For models ``m_0 .. m_K`` in lineage order and a metric measured on the same units (prompts,
+items) for every model, model ``m``'s level is the mean over units (or, with denominators,
+the ratio of sums ``sum num / sum den``). Stage ``k`` (named after the model it produces)
+changed the level by ``delta_k = level(m_k) - level(m_{k-1})``; the deltas add up to the
+total change ``level(m_K) - level(m_0)``, and ``share_k = delta_k / total``.
+
+The 95% CIs come from one percentile bootstrap that resamples the units jointly: every
+replicate draws the same units for every model (a paired bootstrap), so what the units
+share (a hard prompt is hard for every model) cancels out of the deltas. The draws are
+:func:`~difflens.analysis.divergence.bootstrap_weights` of the seed, so the result is
+reproducible, and a two-model lineage gives the pair's usual CI of the mean difference.
+"""
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from jaxtyping import Float
+
+from difflens.analysis.divergence import bootstrap_weights
+from difflens.errors import InputError
+
+#: Columns of :attr:`Attribution.table`, one row per stage.
+COLUMNS = (
+    "stage",
+    "from",
+    "to",
+    "delta",
+    "ci_low",
+    "ci_high",
+    "share",
+    "share_ci_low",
+    "share_ci_high",
+    "n",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Attribution:
+    """The change each stage of a lineage made to one metric, with paired bootstrap CIs."""
+
+    table: pd.DataFrame
+    """One row per stage (see :data:`COLUMNS`): ``stage`` is the model the stage produced,
+    ``from``/``to`` the models it joins, ``delta`` its change with ``ci_low``/``ci_high``,
+    ``share`` the fraction of the total change it made with ``share_ci_low``/
+    ``share_ci_high`` (NaN when not defined: see :attr:`notes`), ``n`` the units used."""
+    levels: dict[str, float]
+    """Each model's level of the metric on the units used, in lineage order."""
+    total: float
+    """Last model's level minus the first's (the sum of the deltas)."""
+    total_ci: tuple[float, float]
+    """Its 95% bootstrap CI."""
+    n: int
+    """Units used: those with a finite value (and denominator) for every model."""
+    n_dropped: int
+    """Units left out because some model's value was missing (NaN or infinite)."""
+    notes: tuple[str, ...]
+    """What the reader must know: dropped units, an undefined share or share CI."""
+    seed: int
+    n_boot: int
+
+    def summary(self) -> dict[str, dict[str, float | None]]:
+        """``{stage: {delta, ci_low, ci_high, share}}``, NaN as ``None`` (JSON-safe), for
+        ``attribution.<metric>.<stage>.*`` keys of a stored summary."""
+        return {
+            str(r["stage"]): {k: _json_float(r[k]) for k in ("delta", "ci_low", "ci_high", "share")}
+            for r in self.table.to_dict("records")
+        }
+
+
+def _json_float(x: Any) -> float | None:
+    x = float(x)
+    return None if math.isnan(x) else x
+
+
+def _stack(by_model: Mapping[str, Any], lineage: Sequence[str], what: str) -> np.ndarray:
+    rows = []
+    for m in lineage:
+        x = np.asarray(by_model[m], np.float64)
+        if x.ndim != 1:
+            raise InputError(
+                f"{what} of {m!r} must be one value per unit (1-D), got shape {x.shape}"
+            )
+        rows.append(x)
+    lengths = {m: len(x) for m, x in zip(lineage, rows, strict=True)}
+    if len(set(lengths.values())) > 1:
+        raise InputError(
+            f"{what} must cover the same units for every model, got lengths "
+            f"{lengths}; measure every model on the same prompts or items"
+        )
+    return np.stack(rows)
+
+
+def _quantiles(x: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile CI of each column, ignoring NaN replicates."""
+    lo, hi = np.nanquantile(x, [(1 - level) / 2, 1 - (1 - level) / 2], axis=0)
+    return lo, hi
+
+
+def attribute(
+    values_by_model: Mapping[str, Float[np.ndarray, " n"]],
+    lineage: Sequence[str],
+    *,
+    denominators: Mapping[str, Float[np.ndarray, " n"]] | Float[np.ndarray, " n"] | None = None,
+    seed: int = 0,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    share_rtol: float = 1e-6,
+) -> Attribution:
+    """Split the change of a per-unit metric along ``lineage`` into its stages.
+
+    Args:
+        values_by_model: model name -> the metric on each unit, shape ``[n]``, the same
+            units in the same order for every model (NaN where a unit is missing). With
+            ``denominators`` these are the numerators of a ratio of sums.
+        lineage: the models in training order, base first (at least two; other keys of
+            ``values_by_model`` are ignored).
+        denominators: for a metric that is a ratio of sums (e.g. mean per-token entropy
+            with units = prompts: token-entropy sums over token counts): one ``[n]`` array
+            shared by all models, or one per model; ``None``: plain means.
+        seed: seed of the bootstrap draws.
+        n_boot: bootstrap replicates (memory: ``n_boot * n`` float64 weights).
+        level: CI level.
+        share_rtol: the total counts as ~0 (shares undefined) when ``|total|`` is at most
+            this times the summed size of the stage changes (or within float rounding of
+            the levels).
+
+    Returns:
+        An :class:`Attribution`: one table row per stage, the levels, the total and notes.
+
+    Raises:
+        InputError: fewer than two models, a name missing or repeated, arrays of other
+            shapes or lengths, or no unit with a value for every model.
+    """
+    lineage = list(lineage)
+    if len(lineage) < 2:
+        raise InputError(f"attribution needs a lineage of at least 2 models, got {lineage}")
+    if len(set(lineage)) != len(lineage):
+        raise InputError(f"the lineage names a model twice: {lineage}")
+    missing = [m for m in lineage if m not in values_by_model]
+    if missing:
+        raise InputError(
+            f"no values for {missing}: values_by_model holds {sorted(values_by_model)}"
+        )
+    if n_boot < 1 or not 0 < level < 1:
+        raise InputError(f"n_boot must be >= 1 and level in (0, 1), got {n_boot} and {level}")
+    num = _stack(values_by_model, lineage, "values")
+    if denominators is None:
+        den = np.ones_like(num)
+    elif isinstance(denominators, Mapping):
+        absent = [m for m in lineage if m not in denominators]
+        if absent:
+            raise InputError(
+                f"no denominators for {absent}: give one array per model of the "
+                f"lineage, or one array for all"
+            )
+        den = _stack(denominators, lineage, "denominators")
+    else:
+        den = _stack({m: denominators for m in lineage}, lineage, "denominators")
+    if den.shape != num.shape:
+        raise InputError(
+            f"denominators cover {den.shape[1]} units, values {num.shape[1]}; "
+            f"give both for the same units"
+        )
+    keep = np.isfinite(num).all(axis=0) & np.isfinite(den).all(axis=0)
+    n_all, n = num.shape[1], int(keep.sum())
+    if n == 0:
+        raise InputError(
+            f"no unit has a finite value for every model of {lineage} (of "
+            f"{n_all} units); check the inputs"
+        )
+    num, den = num[:, keep], den[:, keep]
+    if (den < 0).any() or (den.sum(axis=1) <= 0).any():
+        raise InputError("denominators must be >= 0 with a positive sum for every model")
+    notes = []
+    if n < n_all:
+        notes.append(f"{n_all - n} of {n_all} units dropped: missing for some model")
+
+    levels = num.sum(axis=1) / den.sum(axis=1)  # [models]
+    w = bootstrap_weights(n, n_boot, seed)  # [n_boot, n], the same draws for every model
+    with np.errstate(invalid="ignore", divide="ignore"):
+        boot = (w @ num.T) / (w @ den.T)  # [n_boot, models]
+    deltas, boot_deltas = np.diff(levels), np.diff(boot, axis=1)
+    total, boot_total = float(levels[-1] - levels[0]), boot[:, -1] - boot[:, 0]
+    lo, hi = _quantiles(boot_deltas, level)
+    t_lo, t_hi = (float(v[0]) for v in _quantiles(boot_total[:, None], level))
+
+    rounding = 64 * np.finfo(np.float64).eps * float(np.abs(levels).max())
+    nan = np.full(len(deltas), np.nan)
+    if abs(total) <= max(share_rtol * float(np.abs(deltas).sum()), rounding):
+        share, s_lo, s_hi = nan, nan, nan
+        notes.append(
+            f"the total change {lineage[0]} -> {lineage[-1]} is ~0 ({total:.3g}), "
+            f"so shares are undefined"
+        )
+    else:
+        share = deltas / total
+        if t_lo <= 0 <= t_hi:
+            s_lo, s_hi = nan, nan
+            notes.append(
+                f"the total change's {level:.0%} CI [{t_lo:.3g}, {t_hi:.3g}] "
+                f"includes 0, so the shares have no bounded CI"
+            )
+        else:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                s_lo, s_hi = _quantiles(boot_deltas / boot_total[:, None], level)
+    table = pd.DataFrame(
+        {
+            "stage": lineage[1:],
+            "from": lineage[:-1],
+            "to": lineage[1:],
+            "delta": deltas,
+            "ci_low": lo,
+            "ci_high": hi,
+            "share": share,
+            "share_ci_low": s_lo,
+            "share_ci_high": s_hi,
+            "n": np.full(len(deltas), n, np.int64),
+        },
+        columns=list(COLUMNS),
+    )
+    return Attribution(
+        table=table,
+        levels=dict(zip(lineage, levels.tolist(), strict=True)),
+        total=total,
+        total_ci=(t_lo, t_hi),
+        n=n,
+        n_dropped=n_all - n,
+        notes=tuple(notes),
+        seed=seed,
+        n_boot=n_boot,
+    )
