@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from difflens.explore.live import NO_MODELS
-from difflens.explore.views import error_box, esc, page
+from difflens.explore.views import SHADE_JS, error_box, esc, page
 
 #: JavaScript every live page shares: escaping, numbers, posting JSON, showing errors.
 COMMON_JS = """
@@ -44,17 +44,8 @@ def _live_page(title: str, intro: str, form: str, result: str, script: str,
 
 # -- typed text -----------------------------------------------------------------------------
 
-TEXT_JS = """
+TEXT_JS = SHADE_JS + """
 let D = null, PINNED = null;
-function intensity(stat, v, scale) {
-  if (v === null || typeof v !== 'number') return 0;
-  if (stat === 'logprob') return Math.min(1, -v / scale);
-  return Math.min(1, Math.abs(v) / scale);
-}
-function colour(stat, v, a) {
-  if (stat === 'logprob_diff' && v < 0) return `rgba(33, 102, 172, ${a.toFixed(3)})`;
-  return `rgba(214, 39, 40, ${a.toFixed(3)})`;
-}
 function row(t) { return t === 'next' ? D.next : D.tokens.find(x => String(x.t) === t); }
 function showTop(t) {
   const r = row(t);

@@ -367,11 +367,8 @@ def atlas_page(run: Run) -> str:
 
 # -- token diff -----------------------------------------------------------------------------
 
-TOKENS_JS = """
-let TEXTS = [];
-function esc(s) { return String(s).replace(/[&<>]/g, c => ({'&': '&amp;', '<': '&lt;',
-  '>': '&gt;'}[c])); }
-function num(v) { return typeof v === 'number' ? Number(v.toPrecision(4)) : v; }
+#: How a token is shaded under a statistic (the stored and the live token views).
+SHADE_JS = """
 // Intensity in [0, 1]: how much a token stands out under the statistic.
 function intensity(stat, v, scale) {
   if (v === null || typeof v !== 'number') return 0;
@@ -382,6 +379,13 @@ function colour(stat, v, a) {
   if (stat === 'logprob_diff' && v < 0) return `rgba(33, 102, 172, ${a.toFixed(3)})`;
   return `rgba(214, 39, 40, ${a.toFixed(3)})`;
 }
+"""
+
+TOKENS_JS = SHADE_JS + """
+let TEXTS = [];
+function esc(s) { return String(s).replace(/[&<>]/g, c => ({'&': '&amp;', '<': '&lt;',
+  '>': '&gt;'}[c])); }
+function num(v) { return typeof v === 'number' ? Number(v.toPrecision(4)) : v; }
 async function show() {
   const id = document.getElementById('text').value;
   const stat = document.getElementById('stat').value;

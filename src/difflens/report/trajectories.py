@@ -172,13 +172,7 @@ def _movement_figures(sphere: TrajectoryStats, full: TrajectoryStats | None
                     f"{min(ns)} prompts per index (both spaces in data/jump_difference)"))
     turns = st.direction.get("turn_angle", {})
     if turns:
-        steps = sorted({r["index"] for v in turns.values() for r in v["by_index"]})
-        series = []
-        for m, v in turns.items():
-            by = {r["index"]: r for r in v["by_index"]}
-            series.append(Series(m, [by[i]["mean"] if i in by else np.nan for i in steps],
-                                 [by[i]["ci_low"] if i in by else np.nan for i in steps],
-                                 [by[i]["ci_high"] if i in by else np.nan for i in steps]))
+        steps, series = _series_by_index(turns)
         figs.append(Figure(
             "turn_angle", f"Turn between consecutive moves ({space})", "line", steps, series,
             xlabel="token index", ylabel="angle between moves (rad)", hline=float(np.pi / 2),
@@ -187,13 +181,7 @@ def _movement_figures(sphere: TrajectoryStats, full: TrajectoryStats | None
                     "many dimensions); 95% CI resampling prompts (data/turn_angle)"))
     cosines = st.direction.get("move_cosine", {})
     if cosines:
-        steps = sorted({r["index"] for v in cosines.values() for r in v["by_index"]})
-        series = []
-        for k, v in cosines.items():
-            by = {r["index"]: r for r in v["by_index"]}
-            series.append(Series(k, [by[i]["mean"] if i in by else np.nan for i in steps],
-                                 [by[i]["ci_low"] if i in by else np.nan for i in steps],
-                                 [by[i]["ci_high"] if i in by else np.nan for i in steps]))
+        steps, series = _series_by_index(cosines)
         figs.append(Figure(
             "move_cosine", f"cos(base move, tuned move) at the same step ({space})", "line",
             steps, series, xlabel="token index", ylabel="cosine", hline=0.0,
@@ -205,6 +193,18 @@ def _movement_figures(sphere: TrajectoryStats, full: TrajectoryStats | None
 
 #: Most prompts in the sphere menu (about 30 kB of HTML each).
 MAX_MENU_PROMPTS = 500
+
+
+def _series_by_index(blocks: dict[str, Any]) -> tuple[list[int], list[Series]]:
+    """Steps and one series with its CI per ``{label: {"by_index": [{index, mean, ci_low,
+    ci_high}]}}`` block, NaN where a label has no value at a step."""
+    steps = sorted({r["index"] for v in blocks.values() for r in v["by_index"]})
+    series = []
+    for label, v in blocks.items():
+        by = {r["index"]: r for r in v["by_index"]}
+        series.append(Series(label, *([by[i][k] if i in by else np.nan for i in steps]
+                                      for k in ("mean", "ci_low", "ci_high"))))
+    return steps, series
 
 
 def spheres_figure(table: pd.DataFrame, titles: dict[str, str], n_png: int = 6,
