@@ -499,3 +499,20 @@ def test_embedding_atlas_mount_serves_the_table_and_runs_no_sql(tmp_path: Path,
     monkeypatch.setattr(eav, "available", lambda: False)
     miss = client.get("/runs/0/embedding-atlas/")
     assert miss.status_code == 501 and "pip install 'difflens[atlas]'" in miss.text
+
+
+def test_path_api_returns_one_prompts_paths_in_step_order(tmp_path: Path) -> None:
+    from starlette.testclient import TestClient
+
+    from difflens.explore import create_app
+
+    client = TestClient(create_app([make_trajectories_run(tmp_path)]))
+    got = client.get("/api/runs/0/path", params={"prompt_id": "1", "model": "tuned"}).json()
+    pts = planted_points()
+    want = pts[(pts.prompt_id == 1) & (pts.model == "tuned")].sort_values(["segment", "step"])
+    assert [(p["segment"], p["step"], p["token"]) for p in got["points"]] == list(
+        zip(want.segment, want.step, want.token, strict=True))
+    assert [p["z"] for p in got["points"]] == pytest.approx(want.z.tolist())
+    bad = client.get("/api/runs/0/path", params={"prompt_id": "9", "model": "tuned"})
+    assert bad.status_code == 422 and "no points of prompt '9'" in bad.json()["error"]
+    assert client.get("/api/runs/0/path").status_code == 422

@@ -160,6 +160,35 @@ def test_atlas_draws_every_point_and_searches(page: Any, shots: Path) -> None:
     page.screenshot(path=str(shots / "atlas_search.png"), full_page=True)
 
 
+def test_selecting_a_point_opens_its_paths_on_the_sphere(page: Any, shots: Path) -> None:
+    """Clicking the planted "zebra" of prompt 0 (base, continuation) draws that prompt's two
+    base paths on the 3-D sphere, at the planted coordinates, the clicked one thick."""
+    from test_explore import planted_points
+
+    pts = planted_points()
+    page.goto(page.url + "runs/0/atlas")
+    page.wait_for_function("document.querySelector('#atlas-status').textContent == '28 points'")
+    # the first zebra (prompt 0, base, continuation:0): its row in the page's data
+    zebra = page.evaluate("[...Array(D.n).keys()].find(i => value('token', i) === 'zebra' "
+                          "&& value('model', i) === 'base')")
+    # the click event plotly emits for that point (its customdata is the point's row)
+    page.evaluate(f"document.getElementById('atlas').emit('plotly_click', "
+                  f"{{points: [{{customdata: {zebra}}}]}})")
+    page.wait_for_function("document.getElementById('sphere').data !== undefined")
+    traces = page.evaluate("document.getElementById('sphere').data.map(t => ({type: t.type, "
+                           "name: t.name, n: t.x.length, w: t.line ? t.line.width : 0}))")
+    paths = {t["name"]: t for t in traces if t["type"] == "scatter3d" and t["name"] != "selected"}
+    mine = pts[(pts.prompt_id == 0) & (pts.model == "base")]
+    assert {k: v["n"] for k, v in paths.items()} == mine.segment.value_counts().to_dict()
+    assert paths["continuation:0"]["w"] > paths["prompt"]["w"]  # the clicked path is thick
+    xs = page.evaluate("document.getElementById('sphere').data.find(t => t.name == "
+                       "'continuation:0').x")
+    want = mine[mine.segment == "continuation:0"].sort_values("step").x.tolist()
+    assert xs == pytest.approx(want, abs=1e-6)
+    assert "prompt 0, base: 2 paths, 7 points" in page.inner_text("#sphere-status")
+    page.screenshot(path=str(shots / "atlas_sphere.png"), full_page=True)
+
+
 def _alpha(colour: str) -> float:
     parts = re.findall(r"[\d.]+", colour)
     return float(parts[3]) if len(parts) == 4 else 1.0

@@ -185,6 +185,18 @@ def create_app(folders: Sequence[Path], *, allowed_hosts: Sequence[str] | None =
         except InputError as exc:
             return json_error(str(exc), 422)
 
+    def path_api(request: Request) -> JSONResponse:
+        run = run_of(request)
+        if run is None:
+            return json_error("no such run", 404)
+        q = request.query_params
+        if "prompt_id" not in q or "model" not in q:
+            return json_error("give prompt_id and model, e.g. ?prompt_id=0&model=base", 422)
+        try:
+            return JSONResponse({"points": data.path_points(run, q["prompt_id"], q["model"])})
+        except InputError as exc:
+            return json_error(str(exc), 422)
+
     def tokens(request: Request) -> HTMLResponse:
         run = run_of(request)
         return (missing("no such run") if run is None
@@ -307,6 +319,7 @@ def create_app(folders: Sequence[Path], *, allowed_hosts: Sequence[str] | None =
         Route("/runs/{run}/tokens", tokens),
         Route("/api/runs/{run}/table", table_api),
         Route("/api/runs/{run}/atlas", atlas_api),
+        Route("/api/runs/{run}/path", path_api),
         Route("/api/runs/{run}/texts", texts_api),
         Route("/api/runs/{run}/tokens", tokens_api),
         Route("/static/plotly.min.js", plotly_js),

@@ -173,6 +173,23 @@ def _frame_cached(traj: Path, jumps: Path | None, conts: Path | None, prompts: P
     return df
 
 
+def path_points(run: Run, prompt_id: str, model: str) -> list[dict[str, Any]]:
+    """Every point of one prompt's paths for one model (its prompt and each continuation),
+    in step order: ``{segment, step, token, x, y, z}`` on the unit sphere."""
+    traj, *_ = _atlas_files(run)
+    names = _require(traj, ATLAS_REQUIRED + ("prompt_id", "model"), "data/trajectories.parquet")
+    seg = "segment" if "segment" in names else "''"
+    step = "step" if "step" in names else "0"
+    rows = query(f"SELECT {seg}, {step}, token, x, y, z FROM read_parquet(?) "
+                 f"WHERE CAST(prompt_id AS VARCHAR) = ? AND CAST(model AS VARCHAR) = ? "
+                 f"ORDER BY {seg}, {step}", [str(traj), str(prompt_id), str(model)])
+    if not rows:
+        raise InputError(f"no points of prompt {prompt_id!r} and model {model!r} in "
+                         f"data/trajectories.parquet; pick a point on the map")
+    return [{"segment": str(r[0]), "step": cell(r[1]), "token": display_token(str(r[2])),
+             "x": cell(r[3]), "y": cell(r[4]), "z": cell(r[5])} for r in rows]
+
+
 def _floats(values: Any) -> list[float | None]:
     import numpy as np
 
