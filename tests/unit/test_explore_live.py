@@ -37,6 +37,7 @@ from difflens.explore.live import (
     steer_request,
     trees,
 )
+from difflens.explore.live import info as live_info
 from difflens.explore.runs import open_runs
 from difflens.models.loading import LoadedModel
 from difflens.models.pair import ModelPair
@@ -435,3 +436,16 @@ def test_a_broken_vector_file_is_listed_not_fatal(tmp_path: Path) -> None:
     lv = open_live(planted_pair().base, open_runs([run]))
     assert lv.vectors == () and len(lv.problems) == 1
     assert "bad/vectors.safetensors" in lv.problems[0]
+
+
+def test_typed_text_offers_the_state_probe_score_per_token(live: Live) -> None:
+    """The planted probe reads sigmoid(8 [token = fox] - 4) at layer 1, where the state is
+    the current token's one-hot embedding: every token's score is known in closed form."""
+    words = ["the", "fox", "sat", "fox"]
+    scored = score_text(live, " ".join(words), top_k=2)
+    stats = live_info(live)["statistics"]
+    assert stats["probe0"]["columns"] == {"base": "base_probe0", "tuned": "tuned_probe0"}
+    high, low = 1 / (1 + math.exp(-4.0)), 1 / (1 + math.exp(4.0))
+    for m in ("base", "tuned"):
+        assert [t[f"{m}_probe0"] for t in scored.tokens] == pytest.approx(
+            [high if w == PROBE_WORD else low for w in words], abs=1e-5)

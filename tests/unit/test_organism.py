@@ -236,7 +236,7 @@ def _check_demo_against_its_data(out: Path, summary: dict) -> None:
     _check_trajectories(out, summary)
 
 
-def test_cli_build_info_and_demo(tmp_path, snapshot):
+def test_cli_build_info_and_demo(tmp_path, snapshot, monkeypatch):
     runner = CliRunner()
     res = runner.invoke(app, ["organism", "info", "--small"])
     assert res.exit_code == 2 and "run: difflens organism build --small" in res.output
@@ -256,6 +256,20 @@ def test_cli_build_info_and_demo(tmp_path, snapshot):
     assert res.exit_code == 0, res.output
     summary = json.loads((out / "summary.json").read_text())
     _check_demo_against_its_data(out, summary)
+    # the demo ends with the command that opens its runs in the explorer, and it works: every
+    # folder is a run the explorer serves, with the organism pair for the live views
+    import shlex
+
+    import difflens.explore
+
+    line = next(x for x in res.stdout.splitlines() if x.startswith("difflens explore "))
+    args = shlex.split(line)[1:]
+    served = {}
+    monkeypatch.setattr(difflens.explore, "serve", lambda folders, config, live=None:
+                        served.update(folders=list(folders), live=live))
+    assert runner.invoke(app, args).exit_code == 0
+    assert [Path(f) for f in served["folders"]][1:3] == [out / "trajectories", out / "collapse"]
+    assert set(served["live"].models) == {"base", "tuned"}
     # `organism info` reads the same build the demo used
     assert info["path"] == summary["organism_build"]["path"]
     for label in ("base", "tuned"):

@@ -33,6 +33,7 @@ def demo_cmd(
         out.print(f"[bold]{section}[/]")
         for line in lines:
             out.print(f"  {line}", highlight=False)
-    command, _ = explore_links(str(out_dir))
-    out.print(f"[green]open the results in the explorer:[/] {command}", highlight=False,
-              soft_wrap=True)
+    org = Path(summary["organism_build"]["path"])
+    command, _ = explore_links(str(out_dir), models=(str(org / "base"), str(org / "tuned")))
+    out.print("[green]open the results in the explorer:[/]")
+    typer.echo(command)  # on a line of its own, never wrapped, to copy as it is

@@ -159,7 +159,7 @@ def info(live: Live) -> dict[str, Any]:
     from difflens.control.monitor import CONTROLLERS
 
     return {"models": {k: lm.identity.name for k, lm in live.models.items()},
-            "statistics": statistics(list(live.models)),
+            "statistics": statistics(list(live.models), [p.id for p in live.probes]),
             "vectors": [{"id": v.id, "label": v.label, "layers": list(v.layers)}
                         for v in live.vectors],
             "probes": [{"id": p.id, "layer": p.layer, "threshold": p.threshold}
@@ -168,9 +168,10 @@ def info(live: Live) -> dict[str, Any]:
             "limits": dataclasses.asdict(live.limits)}
 
 
-def statistics(labels: Sequence[str]) -> dict[str, dict[str, Any]]:
+def statistics(labels: Sequence[str], probes: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
     """The statistics typed text is coloured by: name -> ``{"label", "columns": {model:
-    column}}``; KL and the log-prob difference read from each panel's model (a pair only)."""
+    column}}``; KL and the log-prob difference read from each panel's model (a pair only);
+    ``probe<j>``: the score of the ``j``-th state probe on each model's state at the token."""
     out: dict[str, dict[str, Any]] = {}
     if "base" in labels and "tuned" in labels:
         out["kl"] = {"label": "KL(model ‖ other), nats",
@@ -182,6 +183,9 @@ def statistics(labels: Sequence[str]) -> dict[str, dict[str, Any]]:
         out["logprob_diff"] = {"label": "log-prob minus the other's",
                                "columns": {"base": "base_minus_tuned",
                                            "tuned": "tuned_minus_base"}}
+    for j, pid in enumerate(probes):
+        out[f"probe{j}"] = {"label": f"state probe score ({pid})",
+                            "columns": {m: f"{m}_probe{j}" for m in labels}}
     return out
 
 
@@ -304,9 +308,13 @@ def score_text(live: Live, text: str, top_k: int = 5) -> ScoredText:
     if len(ids) > most:
         raise InputError(f"the text has {len(ids)} tokens, more than the {most} this view "
                          f"takes; shorten it")
+    layers = sorted({p.layer for p in live.probes})
     with live.lock:
-        logits = {m: forward_batch(lm, [ids], []).logits[0, :len(ids)]
-                  for m, lm in live.models.items()}
+        outs = {m: forward_batch(lm, [ids], layers) for m, lm in live.models.items()}
+    logits = {m: o.logits[0, :len(ids)] for m, o in outs.items()}
+    # each probe's score of every model's state at each token (the state after reading it)
+    scores = {(m, j): p.probe.score(o.hidden[p.layer][0, :len(ids)]).cpu()
+              for m, o in outs.items() for j, p in enumerate(live.probes)}
     next_ids = torch.tensor(ids[1:] + [-1], dtype=torch.long)
     per_model, pair = next_token_stats(logits, next_ids, top_k)
     special = set(getattr(tok, "all_special_ids", []))
@@ -321,6 +329,8 @@ def score_text(live: Live, text: str, top_k: int = 5) -> ScoredText:
             row[f"{m}_logprob"] = _num(st.logprob_next[i - 1]) if i else None
             row["top"][m] = (_top(tok, ids[:i], st.topk_ids[i - 1], st.topk_logprobs[i - 1])
                              if i else [])
+        for (m, j), sc in scores.items():
+            row[f"{m}_probe{j}"] = _num(sc[i])
         if pair is not None:
             row["kl_tuned_base"] = _num(pair.kl_tuned_base[i - 1]) if i else None
             row["kl_base_tuned"] = _num(pair.kl_base_tuned[i - 1]) if i else None

@@ -136,7 +136,7 @@ def run_demo(out: Path, *, config: OrganismConfig | None = None, n_stories: int 
     intro = demo_intro(props, summary["organism"])
     headline = demo_headline(props, pair, concepts.summary, HEADLINE_KEYS)
     takeaways = demo_takeaways(summary, MEAN_KEY)
-    command, links = explore_links(str(out))
+    command, links = explore_links(str(out), models=(str(org.base_path), str(org.tuned_path)))
     write_index(out / "index.html", "difflens demo: base vs RL-tuned organism", intro, figures,
                 headline, images=[("Training curves", out / "figures" / "training_curves.png")],
                 takeaways=takeaways["Overview"], links=links, explore_command=command,

@@ -195,8 +195,10 @@ def demo_takeaways(summary: Mapping[str, Any], mean_key: Mapping[str, str]
 EXPLORE_RUNS = ("", "trajectories", "collapse", "concepts", "control", "themes")
 
 
-def explore_links(out: str, port: int = 8765) -> tuple[str, list[tuple[str, str]]]:
-    """The command that opens the demo's runs in the explorer, and links into its views."""
+def explore_links(out: str, port: int = 8765, models: tuple[str, str] | None = None
+                  ) -> tuple[str, list[tuple[str, str]]]:
+    """The command that opens the demo's runs in the explorer (with ``models``, base and
+    tuned, for its live views), and links into its views."""
     folders = [f"{out}/{r}".rstrip("/") for r in EXPLORE_RUNS]
     base = f"http://127.0.0.1:{port}"
     links = [("the runs", f"{base}/"),
@@ -204,4 +206,5 @@ def explore_links(out: str, port: int = 8765) -> tuple[str, list[tuple[str, str]
               f"{base}/runs/{EXPLORE_RUNS.index('trajectories')}/atlas"),
              ("the token diff of the collapse texts",
               f"{base}/runs/{EXPLORE_RUNS.index('collapse')}/tokens")]
-    return "difflens explore " + " ".join(folders), links
+    live = f" --base {models[0]} --tuned {models[1]}" if models else ""
+    return "difflens explore " + " ".join(folders) + live, links
