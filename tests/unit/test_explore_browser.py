@@ -217,6 +217,12 @@ def test_token_diff_colours_the_largest_kl_most(page: Any, shots: Path) -> None:
     page.wait_for_selector("h3 small:has-text('entropy')")
     base = page.locator(".tokens[data-model='base'] .tok")
     assert float(base.nth(4).get_attribute("data-intensity")) == 1.0
+    # the text goes to the live view, where both models' top-k are shown at each token
+    from urllib.parse import parse_qs, urlparse
+
+    href = page.locator("#live-link").get_attribute("href")
+    assert urlparse(href).path == "/live/text"
+    assert parse_qs(urlparse(href).query)["text"] == ["Once upon a dragon slept"]
 
 
 # -- the live views, on the planted bigram pair of test_explore_live -------------------------
@@ -296,6 +302,10 @@ def test_live_typed_text_hover_shows_both_models_top_k(live_page: Any, shots: Pa
     page.wait_for_selector("h3 small:has-text('entropy')")
     page.locator(".tok.next").first.click()  # what comes after the text, pinned
     assert "after the text" in page.locator("#topk p").inner_text()
+    # a text handed over in the address (from a stored run's token diff) is scored at once
+    page.goto(f"{page.url.split('/live')[0]}/live/text?text=the%20fox%20sat")
+    page.wait_for_selector(".tokens[data-model='tuned'] .tok[data-t='3']")
+    assert page.locator("#text").input_value() == "the fox sat"
 
 
 def test_live_multiverse_expands_nodes_and_continues_branches(live_page: Any,

@@ -114,6 +114,9 @@ const sel = document.getElementById('stat');
 Object.entries(INFO.statistics).forEach(([k, v]) => sel.add(new Option(v.label, k)));
 sel.onchange = draw;
 document.getElementById('form').onsubmit = score;
+// ?text=...: a text handed over by another view (e.g. a stored run's token diff), scored now
+const given = new URLSearchParams(location.search).get('text');
+if (given) { document.getElementById('text').value = given; score(); }
 """
 
 

@@ -452,9 +452,11 @@ async function show() {
            `data-model="${model}">${spans}</div>`;
   });
   const info = TEXTS.find(x => String(x.text_id) === String(id));
+  const live = '/live/text?text=' + encodeURIComponent(d.tokens.map(t => t.text).join(''));
   document.getElementById('panels').innerHTML =
     `<p>text ${esc(id)}, sampled from ${esc(info ? info.source : '?')}; colour scale 0–` +
-    `${num(scale)}</p>` + panels.join('');
+    `${num(scale)} · <a id="live-link" href="${live}">both models' top-k at each token ` +
+    `(live, with --base/--tuned)</a></p>` + panels.join('');
   const tip = document.getElementById('tip');
   document.querySelectorAll('.tok').forEach(s => {
     s.onmouseenter = e => { tip.textContent = s.dataset.tip; tip.style.display = 'block'; };
