@@ -176,53 +176,44 @@ def create_app(folders: Sequence[Path], *, allowed_hosts: Sequence[str] | None =
         run = run_of(request)
         return missing("no such run") if run is None else HTMLResponse(views.atlas_page(run))
 
-    def atlas_api(request: Request) -> Response:
-        run = run_of(request)
-        if run is None:
-            return json_error("no such run", 404)
-        try:
-            return Response(data.atlas_json(run), media_type="application/json")
-        except InputError as exc:
-            return json_error(str(exc), 422)
+    def run_api(work: Callable[[runs.Run, Any], Any]) -> Callable[[Request], Response]:
+        """A JSON endpoint of one run: 404 for an unknown run, 422 with the one-line message
+        of bad input; ``work(run, query)`` returns the JSON data (or bytes of it)."""
+        def endpoint(request: Request) -> Response:
+            run = run_of(request)
+            if run is None:
+                return json_error("no such run", 404)
+            try:
+                result = work(run, request.query_params)
+            except InputError as exc:
+                return json_error(str(exc), 422)
+            if isinstance(result, bytes):
+                return Response(result, media_type="application/json")
+            return JSONResponse(result)
+        return endpoint
 
-    def path_api(request: Request) -> JSONResponse:
-        run = run_of(request)
-        if run is None:
-            return json_error("no such run", 404)
-        q = request.query_params
+    def path_work(run: runs.Run, q: Any) -> Any:
         if "prompt_id" not in q or "model" not in q:
-            return json_error("give prompt_id and model, e.g. ?prompt_id=0&model=base", 422)
+            raise InputError("give prompt_id and model, e.g. ?prompt_id=0&model=base")
+        return {"points": data.path_points(run, q["prompt_id"], q["model"])}
+
+    def tokens_work(run: runs.Run, q: Any) -> Any:
         try:
-            return JSONResponse({"points": data.path_points(run, q["prompt_id"], q["model"])})
-        except InputError as exc:
-            return json_error(str(exc), 422)
+            text_id = int(q.get("text_id", ""))
+        except ValueError:
+            raise InputError("text_id must be a whole number, e.g. ?text_id=0") from None
+        return {"tokens": data.text_tokens(run, text_id)}
+
+    atlas_api = run_api(lambda run, q: data.atlas_json(run))
+    path_api = run_api(path_work)
+    texts_api = run_api(lambda run, q: {"texts": [dataclasses.asdict(t)
+                                                  for t in data.texts(run)]})
+    tokens_api = run_api(tokens_work)
 
     def tokens(request: Request) -> HTMLResponse:
         run = run_of(request)
         return (missing("no such run") if run is None
                 else HTMLResponse(views.tokens_page(run, data.STATISTICS)))
-
-    def texts_api(request: Request) -> JSONResponse:
-        run = run_of(request)
-        if run is None:
-            return json_error("no such run", 404)
-        try:
-            return JSONResponse({"texts": [dataclasses.asdict(t) for t in data.texts(run)]})
-        except InputError as exc:
-            return json_error(str(exc), 422)
-
-    def tokens_api(request: Request) -> JSONResponse:
-        run = run_of(request)
-        if run is None:
-            return json_error("no such run", 404)
-        try:
-            text_id = int(request.query_params.get("text_id", ""))
-        except ValueError:
-            return json_error("text_id must be a whole number, e.g. ?text_id=0", 422)
-        try:
-            return JSONResponse({"tokens": data.text_tokens(run, text_id)})
-        except InputError as exc:
-            return json_error(str(exc), 422)
 
     def plotly_js(request: Request) -> Response:
         return Response(_plotly_js(), media_type="text/javascript",
