@@ -189,11 +189,9 @@ def test_cli_themes_errors(tmp_path):
     assert r.returncode == 2 and "K" in r.stderr
 
 
-def test_planted_pipeline_beats_the_marginal(tmp_path):
-    """A bigram Llama whose continuations stay in the word group of the prompt's last word
-    (p = 0.97 per step): the theme of a continuation is planted in the final prompt state.
-    The whole pipeline (sampling, token-window segments, clustering, chains, predictors)
-    must find the 3 themes and predict first themes better than the marginal."""
+def _group_bigram():
+    """A bigram Llama over 3 word groups (a, b, c) of 4 words: after a word, the next stays in
+    its group with p = 0.97 (0.015 for each other group); after <bos>, as after a0."""
     import torch
 
     from difflens.models.tiny import bigram_model
@@ -209,8 +207,16 @@ def test_planted_pipeline_beats_the_marginal(tmp_path):
                 p = 0.97 if gi == gj else 0.015
                 for o in other:
                     table[row, 4 + words.index(o)] = float(np.log(p / 4))
-    table[2] = table[4]  # after <bos>: like a0
-    lm = bigram_model(words, table, name="planted-themes")
+    table[2] = table[4]
+    return words, bigram_model(words, table, name="planted-themes")
+
+
+def test_planted_pipeline_beats_the_marginal(tmp_path):
+    """A bigram Llama whose continuations stay in the word group of the prompt's last word
+    (p = 0.97 per step): the theme of a continuation is planted in the final prompt state.
+    The whole pipeline (sampling, token-window segments, clustering, chains, predictors)
+    must find the 3 themes and predict first themes better than the marginal."""
+    words, lm = _group_bigram()
     rng = np.random.default_rng(0)
     prompts = tuple(" ".join(rng.choice(words, size=3)) for _ in range(60))
 
@@ -275,23 +281,7 @@ def test_resample_consistency_planted_themes_and_noise():
 def _planted_lm_and_prompts(n: int = 60):
     """The planted bigram of ``test_planted_pipeline_beats_the_marginal``: continuations stay
     in the word group (a, b or c) of the prompt's last word."""
-    import torch
-
-    from difflens.models.tiny import bigram_model
-
-    groups = [[f"{g}{i}" for i in range(4)] for g in "abc"]
-    words = [w for grp in groups for w in grp]
-    v = 4 + len(words)
-    table = torch.full((v, v), -30.0)
-    for gi, grp in enumerate(groups):
-        for w in grp:
-            row = 4 + words.index(w)
-            for gj, other in enumerate(groups):
-                p = 0.97 if gi == gj else 0.015
-                for o in other:
-                    table[row, 4 + words.index(o)] = float(np.log(p / 4))
-    table[2] = table[4]
-    lm = bigram_model(words, table, name="planted-themes")
+    words, lm = _group_bigram()
     rng = np.random.default_rng(0)
     prompts = tuple(" ".join(rng.choice(words, size=3)) for _ in range(n))
     noise = np.random.default_rng(1)

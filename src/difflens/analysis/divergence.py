@@ -1,6 +1,6 @@
 """Summaries of how a pair diverges: per-token KL with bootstrap CIs, and per layer."""
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -32,6 +32,17 @@ def bootstrap_weights(n: int, n_boot: int, seed: int) -> np.ndarray:
     w = np.zeros((n_boot, n))
     np.add.at(w, (np.arange(n_boot)[:, None], idx), 1.0)
     return w
+
+
+def group_resamples(groups: Sequence[object] | np.ndarray, n_boot: int, seed: int
+                    ) -> Iterator[np.ndarray]:
+    """``n_boot`` cluster-bootstrap resamples of the units: each draws the groups (prompts,
+    stories) with replacement and yields the indices of all their units together."""
+    uniq, inv = np.unique(np.asarray(groups), return_inverse=True)
+    members = [np.flatnonzero(inv == g) for g in range(len(uniq))]
+    rng = np.random.default_rng(seed)
+    for _ in range(n_boot):
+        yield np.concatenate([members[g] for g in rng.integers(0, len(uniq), len(uniq))])
 
 
 def mean_ci(values: Sequence[float] | np.ndarray, *, seed: int = 0) -> dict[str, Any]:

@@ -27,6 +27,7 @@ import numpy as np
 from jaxtyping import Float, Int
 
 from difflens._io import write_bytes_atomic, write_json_atomic
+from difflens.analysis.divergence import group_resamples
 from difflens.analysis.embeddings import DEFAULT_ENCODER, Encoder, embed_texts
 from difflens.errors import InputError
 
@@ -362,17 +363,12 @@ def resample_consistency(fit_a: ThemeModel, fit_b: ThemeModel, emb: Float[np.nda
                          f"{len(emb)} embeddings and {len(prompt)} prompt indices")
     la, lb = fit_a.assign_embeddings(emb), fit_b.assign_embeddings(emb)
     ari = float(adjusted_rand_score(la, lb))
-    uniq, inv = np.unique(prompt, return_inverse=True)
-    members = [np.flatnonzero(inv == g) for g in range(len(uniq))]
-    rng = np.random.default_rng(seed)
-    reps = []
-    for _ in range(n_boot):
-        pick = np.concatenate([members[g] for g in rng.integers(0, len(uniq), len(uniq))])
-        reps.append(adjusted_rand_score(la[pick], lb[pick]))
+    reps = [adjusted_rand_score(la[pick], lb[pick])
+            for pick in group_resamples(prompt, n_boot, seed)]
     lo, hi = np.quantile(reps, [0.025, 0.975]) if reps else (float("nan"), float("nan"))
     table = np.zeros((fit_a.k, fit_b.k), dtype=np.int64)
     keep = (la != OUTLIER) & (lb != OUTLIER)
     np.add.at(table, (la[keep], lb[keep]), 1)
     return ThemeConsistency(ari=ari, ci_low=float(lo), ci_high=float(hi),
-                            n_segments=int(len(emb)), n_prompts=int(len(uniq)),
+                            n_segments=int(len(emb)), n_prompts=int(len(np.unique(prompt))),
                             contingency=table)

@@ -41,6 +41,7 @@ from torch import Tensor
 
 from difflens._io import write_bytes_atomic, write_json_atomic
 from difflens._types import Vector
+from difflens.analysis.divergence import group_resamples
 from difflens.capture.engine import forward_batch
 from difflens.control.steering import SteeringVector
 from difflens.errors import DifflensWarning, InputError
@@ -283,12 +284,8 @@ def _auc(y: np.ndarray, s: np.ndarray) -> float:
 def _auc_ci(y: np.ndarray, s: np.ndarray, groups: np.ndarray, n_boot: int, seed: int
             ) -> tuple[float, float]:
     """Percentile CI of the AUC, resampling test groups (all of a group's tokens together)."""
-    uniq, inv = np.unique(groups, return_inverse=True)
-    members = [np.flatnonzero(inv == g) for g in range(len(uniq))]
-    rng = np.random.default_rng(seed)
     vals = []
-    for _ in range(n_boot):
-        pick = np.concatenate([members[g] for g in rng.integers(0, len(uniq), len(uniq))])
+    for pick in group_resamples(groups, n_boot, seed):
         v = _auc(y[pick], s[pick])
         if np.isfinite(v):
             vals.append(v)
