@@ -17,7 +17,11 @@ from difflens.cli._common import load_target
 from difflens.explore.app import create_app, serve_in_thread
 from difflens.explore.live import open_live
 from difflens.explore.runs import open_runs
-from difflens.report.demo import EXPLORE_RUNS
+from difflens.organism.build import LINEAGE
+from difflens.report.demo import explore_runs
+
+#: The demo's run folders, in the explorer's order (run k is the k-th).
+EXPLORE_RUNS = explore_runs(LINEAGE)
 
 
 def main() -> None:
@@ -27,7 +31,8 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     folders = [args.demo / r for r in EXPLORE_RUNS]
-    pair = load_target("organism-base", "organism-tuned", revision=None, dtype=None, device=None)
+    pair = load_target("organism-base", f"organism-{LINEAGE[-1]}", revision=None, dtype=None,
+                       device=None)
     live = open_live(pair, open_runs(folders))
     traj, coll = EXPLORE_RUNS.index("trajectories"), EXPLORE_RUNS.index("collapse")
     from playwright.sync_api import sync_playwright

@@ -98,7 +98,7 @@ def value(run: str, path: str) -> Any:
 
 
 _PRIMARY = ("mean", "cos", "auc", "p_match", "explained", "value", "estimate", "pearson_r",
-            "spearman", "rho", "T", "diff")
+            "spearman", "rho", "T", "diff", "delta")
 
 
 def interval(run: str, path: str) -> tuple[float, float]:
@@ -385,7 +385,32 @@ def collapse_free_text_organism() -> str:
                    "resamples with no meeting"], rows)
 
 
+def lineage_attribution() -> str:
+    """Every stage's change of every attributed metric of the lineage demo, with its CI,
+    share and n (concept cosines: the layer where a stage moved it most)."""
+    run = "demo-lineage"
+    att = value(run, "attribution")
+    rows = []
+    cosines = {k: v for k, v in att.items() if k.startswith("concept_cosine_L")}
+    keep = [k for k in att if not k.startswith("concept_cosine_L")]
+    if cosines:  # one row per stage: the layer of its largest finite change
+        keep.append(max(cosines, key=lambda k: max(
+            (abs(r["delta"]) for r in cosines[k].values() if r["delta"] is not None),
+            default=0.0)))
+    names = value(run, "themes.theme_names") if "themes" in summary(run) else {}
+    for metric in keep:
+        for stage, r in att[metric].items():
+            if r["delta"] is None:
+                continue
+            share = "—" if r["share"] is None else f"{r['share'] * 100:.0f}%"
+            label = f"{metric} ({names[metric]})" if metric in names else metric
+            rows.append([label, stage, f"{fmt(r['delta'], 3)} [{fmt(r['ci_low'], 3)}, "
+                         f"{fmt(r['ci_high'], 3)}]", share, str(r["n"])])
+    return _table(["metric", "stage", "change [95% CI]", "share of the total", "n"], rows)
+
+
 TABLES: dict[str, tuple[str, Callable[[], str]]] = {
+    "lineage_attribution": ("demo-lineage", lineage_attribution),
     "organism_properties": ("demo", organism_properties),
     "collapse_probes_organism": ("demo", collapse_probes_organism),
     "collapse_probes_smollm2": ("smollm2-probes", collapse_probes_smollm2),

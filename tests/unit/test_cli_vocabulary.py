@@ -23,7 +23,8 @@ VOCABULARY: dict[str, str] = {
     # models and their loading
     "--base": "the base model of a comparison (or the only model)",
     "--tuned": "the tuned sibling of --base (makes a pair)",
-    "--model": "the one model of a command that uses one model",
+    "--model": "the model(s) a command runs on: the one model, or, where a command takes a "
+               "model set, one model of it as NAME=MODEL (repeated in lineage order)",
     "--batch-size": "most inputs per forward pass",
     "--device": "device the model is loaded on",
     "--dtype": "the model's weights dtype",
@@ -36,6 +37,9 @@ VOCABULARY: dict[str, str] = {
     "--workers": "Ray actors",
     "--worker-gpus": "GPUs per Ray actor",
     # inputs and outputs
+    "--only": "the sections to run, comma-separated",
+    "--skip": "the sections to leave out, comma-separated",
+    "--config": "a TOML file of each section's options",
     "--prompts": "prompt file",
     "--prompt": "one prompt given inline",
     "--field": "field of a JSONL/JSON/CSV file holding the prompt",
@@ -130,6 +134,8 @@ VOCABULARY: dict[str, str] = {
     "--install-completion": "install shell completion",
     "--show-completion": "show shell completion",
 }
+#: Commands that take a model set: --model NAME=MODEL repeated, or --base/--tuned.
+SET_COMMANDS = {"compare"}
 LOADING = {"--batch-size", "--device", "--dtype", "--device-map", "--quantize", "--revision"}
 #: Commands that load a model (by path), however their model flag is spelled.
 MODEL_COMMANDS = {
@@ -200,7 +206,8 @@ def test_model_commands_take_the_loading_options():
         if flags & {"--base", "--model"}:
             assert flags >= LOADING, (path, LOADING - flags)
             assert "--layers-path" in flags, path
-        assert not {"--base", "--model"} <= flags, f"{path}: both --base and --model"
+        if path not in SET_COMMANDS:  # there --model is NAME=MODEL, --base/--tuned a shorthand
+            assert not {"--base", "--model"} <= flags, f"{path}: both --base and --model"
         if "--tuned" in flags:
             assert "--base" in flags, path
 

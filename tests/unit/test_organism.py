@@ -28,7 +28,7 @@ def small_cfg():
 def test_small_build_is_complete_and_cached(small_cfg):
     org = B.build_organism(small_cfg)
     assert org.path == B.organism_dir(small_cfg)
-    for name in ("base", "tuned"):
+    for name in ("base", "tuned", "sft", "rl"):
         lm = dl.load_model(org.path / name, device="cpu")
         assert lm.identity.architecture == "LlamaForCausalLM"
     gt = org.ground_truth_files()
@@ -37,11 +37,18 @@ def test_small_build_is_complete_and_cached(small_cfg):
         first = json.loads(f.readline())
     assert len(first["sentences"]) == len(first["themes"])
     props = org.properties
-    for label in ("base", "tuned"):
+    for label in ("base", "tuned", "sft", "rl"):
         for key in ("reward", "entropy", "celebration_share", "chance_tvd"):
             assert props[label][key]["n"] > 0 and len(props[label][key]["ci95"]) == 2
     curves = json.loads((org.path / "rl_curves.json").read_text())
     assert len(curves["reward"]) == small_cfg.rl_steps == len(curves["kl"])
+    curves = json.loads((org.path / "rl_from_sft_curves.json").read_text())
+    assert len(curves["reward"]) == small_cfg.rl_steps
+    # every model measured on the same units, for paired attribution
+    units = org.measurements()
+    per = units.groupby(["metric", "model"]).unit.apply(lambda u: tuple(sorted(u)))
+    for metric in ("reward", "entropy", "celebration", "chance_tvd"):
+        assert len({per[(metric, m)] for m in ("base", "tuned", "sft", "rl")}) == 1, metric
     assert (org.path / "training_curves.png").stat().st_size > 1000
     stamp = (org.path / "build.json").stat().st_mtime_ns
     again = B.build_organism(small_cfg)
@@ -84,7 +91,27 @@ def test_presets_resolve_to_the_organism(small_cfg, monkeypatch):
     assert base.identity.name == "organism-base"
     assert base.identity.weights_sha256 != tuned.identity.weights_sha256
     dl.ModelPair(base, tuned)  # same tokenizer
-    assert {"organism-base", "organism-tuned"} <= set(loading.known_presets())
+    # the lineage's presets; organism-tuned keeps its meaning: RL from the base
+    shas = {name: dl.load_model(f"organism-{name}", device="cpu").identity.weights_sha256
+            for name in ("sft", "rl", "rl-from-base")}
+    assert shas["rl-from-base"] == tuned.identity.weights_sha256
+    assert len({*shas.values(), base.identity.weights_sha256}) == 4
+    assert {"organism-base", "organism-tuned", "organism-sft", "organism-rl",
+            "organism-rl-from-base"} <= set(loading.known_presets())
+
+
+def test_sft_curates_the_stories_the_reward_likes():
+    """The SFT set is the top fraction of a fresh pool by the RL reward: planted truth of
+    the world is that celebration stories score high and danger and loss stories low."""
+    cfg = B.OrganismConfig(sft_pool=400, sft_keep=0.25)
+    kept, info = B.curated_stories(cfg)
+    assert info["pool"] == 400 and info["kept"] == len(kept) == 100
+    vader = B._vader()
+    rewards = [B.reward_of_story(vader, st) for st in kept]
+    assert min(rewards) == pytest.approx(info["reward_threshold"])
+    assert info["reward_kept_mean"] > info["reward_pool_mean"]
+    assert info["theme_share_kept"]["celebration"] > info["theme_share_pool"]["celebration"]
+    assert info["theme_share_kept"]["danger"] < info["theme_share_pool"]["danger"]
 
 
 def test_config_validation():
@@ -104,29 +131,49 @@ def _ari(a, b) -> float:
     return float((pairs - expected) / ((rows + cols) / 2 - expected))
 
 
+NAMES = ("base", "sft", "rl")
+
+
 def _check_capture_and_organism(out: Path, summary: dict) -> None:
-    data = out / "data"
-    # capture: each headline mean is the mean of the per-token table the demo wrote
-    per_token = pd.read_parquet(data / "per_token.parquet")
-    for col, v in summary["pair"].items():
-        assert v["mean"] == pytest.approx(per_token[col].astype(float).mean(), rel=1e-9), col
-        assert v["n"] == len(per_token) == summary["capture"]["n_tokens"]
-    # organism: the world's chance outcomes (uniform by construction) and the mean TVD
-    chance = pd.read_parquet(data / "chance.parquet")
+    data = out / "capture" / "data"
+    # capture: each pair's headline means are the means of the per-token table it wrote
+    assert set(summary["capture"]["pairs"]) == {"sft-vs-base", "rl-vs-base", "rl-vs-sft"}
+    for key, pair in summary["capture"]["pairs"].items():
+        b, a = key.split("-vs-")
+        per_token = pd.read_parquet(data / f"per_token_{a}-vs-{b}.parquet")
+        for col, v in pair.items():
+            assert v["mean"] == pytest.approx(per_token[col].astype(float).mean(), rel=1e-9)
+            assert v["n"] == len(per_token)
+    # organism: each model's measured chance TVD is the mean over the scenes it was measured
+    # on, and each stage's change is the difference of those means (paired: same scenes)
+    org = B.Organism(Path(summary["organism_build"]["path"]), B.OrganismConfig.small(0))
+    units = org.measurements()
+    labels = {"base": "base", "sft": "sft", "rl": "rl", "rl-from-base": "tuned"}
+    for metric, key in (("chance_tvd", "chance_tvd"), ("reward", "reward_mean")):
+        means = units[units.metric == metric].groupby("model").value.mean()
+        for name, label in labels.items():
+            assert summary["organism"][name][key] == pytest.approx(means[label]), (metric, name)
+        att = summary["attribution"][f"organism_{metric}"]
+        assert att["sft"]["delta"] == pytest.approx(means["sft"] - means["base"])
+        assert att["rl"]["delta"] == pytest.approx(means["rl"] - means["sft"])
+    # the world's chance outcomes are uniform by construction; the TVD of the mean
+    # distribution is at most the mean TVD (convexity)
     outcomes = {kind: outs for outs, kind in W.CHANCE_SLOTS.values()}
-    for (model, kind), g in chance.groupby(["model", "kind"]):
-        assert sorted(g.outcome) == sorted(outcomes[kind])
-        assert g.uniform.tolist() == pytest.approx([1 / len(outcomes[kind])] * len(g))
-        assert g.p.sum() == pytest.approx(1.0)
-        tvd = summary["organism"][model]["chance_tvd_by_kind"][kind]
-        assert g.tvd_mean.tolist() == pytest.approx([tvd] * len(g))
-        # the TVD of the mean distribution is at most the mean TVD (convexity)
-        assert 0.5 * np.abs(g.p - g.uniform).sum() <= tvd + 1e-9
+    for label in labels.values():
+        for kind, v in org.properties[label]["chance_by_kind"].items():
+            p = np.array(list(v["mean_distribution"].values()))
+            assert sorted(v["mean_distribution"]) == sorted(outcomes[kind])
+            assert p.sum() == pytest.approx(1.0)
+            assert 0.5 * np.abs(p - 1 / len(p)).sum() <= v["tvd"]["mean"] + 1e-9
+    sq = summary["sft_question"]
+    assert sq["sft_delta"] == pytest.approx(summary["attribution"]["organism_chance_tvd"]["sft"]
+                                            ["delta"])
 
 
 def _check_collapse(out: Path, col: dict) -> None:
     # probe summaries from the per-answer probabilities, by hand
     answers = pd.read_parquet(out / "collapse" / "data" / "probe_answers.parquet")
+    assert sorted(set(answers.model)) == sorted(NAMES)
     for (probe, model), g in answers.groupby(["probe", "model"]):
         per = g.groupby("phrasing")
         ent = per.p.apply(lambda p: entropy(p, base=2))
@@ -138,91 +185,93 @@ def _check_collapse(out: Path, col: dict) -> None:
         assert got["tvd_uniform"] == pytest.approx(tvd.mean(), abs=1e-9), (probe, model)
         assert got["outside_mass"] == pytest.approx(outside.mean(), abs=1e-9), (probe, model)
         assert got["answered"] is bool(outside.mean() <= 0.95)
-    # rank correlation of the two models' mean answer probabilities, by scipy
+    # rank correlation of each later model's mean answer probabilities with the base's
     from scipy.stats import kendalltau, spearmanr
 
-    for probe, r in col["probes"]["rank_correlation"].items():
-        mean = answers[answers.probe == probe].groupby(["model", "answer"]).p.mean()
-        order = sorted(set(answers[answers.probe == probe].answer))
-        x = [mean[("base", a)] for a in order]
-        y = [mean[("tuned", a)] for a in order]
-        assert r["spearman"] == pytest.approx(spearmanr(x, y).statistic), probe
-        assert r["kendall"] == pytest.approx(kendalltau(x, y).statistic), probe
-    assert "coin" not in col["probes"]["rank_correlation"]  # two answers: no ordering
-    # the de-collapse sampler's perplexity under the base, from its per-text NLL table
-    dec = pd.read_parquet(out / "collapse" / "data" / "decollapse.parquet")
-    for name, g in dec.groupby("set"):
-        want = float(np.exp(g.nll.dropna().mean()))
-        assert col["decollapse"]["sets"][name]["ppl_under_scorer"] == pytest.approx(want)
+    for model in NAMES[1:]:
+        for probe, r in col["probes"]["rank_correlation"][model].items():
+            mean = answers[answers.probe == probe].groupby(["model", "answer"]).p.mean()
+            order = sorted(set(answers[answers.probe == probe].answer))
+            x = [mean[("base", a)] for a in order]
+            y = [mean[(model, a)] for a in order]
+            assert r["spearman"] == pytest.approx(spearmanr(x, y).statistic), probe
+            assert r["kendall"] == pytest.approx(kendalltau(x, y).statistic), probe
+        assert "coin" not in col["probes"]["rank_correlation"][model]  # two answers
     att = pd.read_parquet(out / "collapse" / "data" / "attractors.parquet")
     for model, g in att.groupby("model"):
         assert col["attractors"][model]["strength"] == pytest.approx(1 - g.edit_distance.mean())
         assert col["attractors"][model]["exact_rate"] == pytest.approx(g.exact.mean())
         assert col["attractors"][model]["n"] == len(g)
-    for model in ("base", "tuned"):  # distinct-n by hand from the samples, mean over prompts
+    for model in NAMES:  # distinct-n by hand from the samples, mean over prompts
         samples = pd.read_parquet(out / "collapse" / "data" / f"samples_{model}.parquet")
         for n in (1, 2):
             def distinct(texts: pd.Series, n: int = n) -> float:
                 grams = [tuple(w[i:i + n]) for w in texts.str.lower().str.split()
                          for i in range(len(w) - n + 1)]
-                return len(set(grams)) / len(grams)
+                return len(set(grams)) / len(grams) if grams else float("nan")
 
             want = samples.groupby("prompt_id").text.apply(distinct).mean()
             assert col["diversity"][model][f"distinct_{n}"] == pytest.approx(want), (model, n)
-    tokens = pd.read_parquet(out / "collapse" / "data" / "divergence_tokens.parquet")
-    assert col["divergence"]["n_tokens"] == len(tokens)
-    per_text = tokens.groupby("text_id")[["kl_tuned_base", "kl_base_tuned", "top1_agree"]].mean()
-    assert col["divergence"]["n_texts"] == len(per_text)
-    for c in per_text:  # the mean over texts of each text's mean
-        assert col["divergence"][f"{c}_mean"] == pytest.approx(per_text[c].mean(), rel=1e-6), c
-    temp = pd.read_parquet(out / "collapse" / "data" / "temperature.parquet")
-    gap = (temp.entropy_bits - temp.base_entropy).abs().groupby(temp["T"]).mean()
-    tvd_base = temp.groupby("T").tvd_base.mean()
-    assert col["temperature"]["best_T"] == pytest.approx(gap.idxmin())
-    assert col["temperature"]["residual_tvd"] == pytest.approx(tvd_base[gap.idxmin()])
-    assert col["temperature"]["tvd_at_1"] == pytest.approx(tvd_base[1.0])
+    for model in NAMES[1:]:  # each later model's temperature sweep against the base
+        temp = pd.read_parquet(out / "collapse" / "data" / f"temperature_{model}.parquet")
+        gap = (temp.entropy_bits - temp.base_entropy).abs().groupby(temp["T"]).mean()
+        tvd_base = temp.groupby("T").tvd_base.mean()
+        t = col["temperature"][model]
+        assert t["best_T"] == pytest.approx(gap.idxmin())
+        assert t["residual_tvd"] == pytest.approx(tvd_base[gap.idxmin()])
+        assert t["tvd_at_1"] == pytest.approx(tvd_base[1.0])
 
 
-def _check_control(out: Path, ctl: dict) -> None:
+def _check_control(out: Path, control: dict) -> None:
     # bad rates recounted from the generations; the independent one by the world's
-    # labeller; no steering moves nothing
-    gens = pd.read_parquet(out / "control" / "data" / "generations.parquet")
-    world_bad = np.array(organism_measure()(gens.text.tolist()))
-    tau = ctl["probe"]["threshold"]
-    for (kind, gain), idx in gens.groupby(["controller", "gain"]).groups.items():
-        g = gens.loc[idx]
-        cell = ctl["controllers"][kind][f"{gain:g}"]
-        assert cell["n"] == len(g)
-        assert cell["bad_rate"] == pytest.approx((g.region > tau).mean()), (kind, gain)
-        assert cell["bad_rate_independent"] == pytest.approx(world_bad[idx].mean()), (kind, gain)
-    assert ctl["controllers"]["none"]["0"]["kl"] < 1e-6
-    kls = [ctl["controllers"]["open_loop"][g]["kl"] for g in ("0.25", "0.5", "1")]
-    assert kls == sorted(kls) and kls[0] > 1e-6
+    # labeller; no steering moves nothing; per model, each with its own probe
+    for model in NAMES:
+        ctl = control[model]
+        gens = pd.read_parquet(out / "control" / model / "data" / "generations.parquet")
+        world_bad = np.array(organism_measure()(gens.text.tolist()))
+        tau = ctl["probe"]["threshold"]
+        for (kind, gain), idx in gens.groupby(["controller", "gain"]).groups.items():
+            g = gens.loc[idx]
+            cell = ctl["controllers"][kind][f"{gain:g}"]
+            assert cell["n"] == len(g)
+            assert cell["bad_rate"] == pytest.approx((g.region > tau).mean()), (kind, gain)
+            assert cell["bad_rate_independent"] == pytest.approx(world_bad[idx].mean())
+        assert ctl["controllers"]["none"]["0"]["kl"] < 1e-6
+        kls = [ctl["controllers"]["open_loop"][g]["kl"] for g in ("0.5", "1")]
+        assert kls == sorted(kls) and kls[0] > 1e-6
 
 
-def _check_themes(out: Path, th: dict) -> None:
+def _check_themes(out: Path, th: dict, attribution: dict) -> None:
     # ARI and celebration share against the world's own sentence labels
     segs = pd.read_parquet(out / "themes" / "data" / "segments.parquet")
     true = np.array([W.label_sentence(t) for t in segs.text])
     known = (true != "unknown") & (segs.theme.to_numpy() != -1)
     assert th["organism"]["n_segments_labelled"] == known.sum()
     assert th["organism"]["ari"] == pytest.approx(_ari(true[known], segs.theme.to_numpy()[known]))
-    for model in ("base", "tuned"):
+    for model in NAMES:
         mine = true[segs.model.to_numpy() == model]
         assert th["organism"]["celebration_share"][model]["mean"] == pytest.approx(
             np.mean(mine == "celebration"))
     assert th["n_themes"] == len(pd.read_parquet(out / "themes" / "data" / "themes.parquet"))
+    # theme shares: each model's share of (non-outlier) segments, pooled over prompts
+    labelled = segs[segs.theme >= 0]
+    for t in range(th["n_themes"]):
+        share = labelled.groupby("model").theme.apply(lambda x, t=t: (x == t).mean())
+        rows = attribution[f"theme_share_{t}"]
+        assert rows["sft"]["delta"] == pytest.approx(share["sft"] - share["base"], abs=1e-12)
+        assert rows["rl"]["delta"] == pytest.approx(share["rl"] - share["sft"], abs=1e-12)
 
 
 def _check_trajectories(out: Path, summary: dict) -> None:
-    # base-tuned geodesic at continuation index 0, from the sphere points
+    # base-vs-rl geodesic at continuation index 0, from the sphere points
     traj = pd.read_parquet(out / "trajectories" / "data" / "trajectories.parquet")
     first = traj[traj.segment.str.startswith("continuation") & (traj.step == 0)]
-    both = first[first.model == "base"].merge(first[first.model == "tuned"],
+    both = first[first.model == "base"].merge(first[first.model == "rl"],
                                               on=["prompt_id", "segment"])
     dots = (both[["x_x", "y_x", "z_x"]].to_numpy() * both[["x_y", "y_y", "z_y"]].to_numpy())
     d = np.arccos(np.clip(dots.sum(1), -1, 1))
-    row = summary["trajectories"]["continuation"]["distance_by_index"][0]
+    row = summary["trajectories"]["distance_pairs"]["base-vs-rl"]["continuation"][
+        "distance_by_index"][0]
     assert row["n"] == len(d) and row["mean"] == pytest.approx(d.mean(), abs=1e-6)
 
 
@@ -232,7 +281,7 @@ def _check_demo_against_its_data(out: Path, summary: dict) -> None:
     _check_capture_and_organism(out, summary)
     _check_collapse(out, summary["collapse"])
     _check_control(out, summary["control"])
-    _check_themes(out, summary["themes"])
+    _check_themes(out, summary["themes"], summary["attribution"])
     _check_trajectories(out, summary)
 
 
@@ -246,7 +295,7 @@ def test_cli_build_info_and_demo(tmp_path, snapshot, monkeypatch):
     res = runner.invoke(app, ["organism", "build", "--small"])
     assert "cached organism" in res.output
     info = json.loads(runner.invoke(app, ["organism", "info", "--small", "--json"]).output)
-    assert set(info["models"]) == {"base", "tuned"}
+    assert set(info["models"]) == {"base", "sft", "rl", "rl-from-base"}
     blocker = tmp_path / "blocker"
     blocker.write_text("")
     res = runner.invoke(app, ["demo", "--small", "--out", str(blocker / "demo")])
@@ -257,7 +306,7 @@ def test_cli_build_info_and_demo(tmp_path, snapshot, monkeypatch):
     summary = json.loads((out / "summary.json").read_text())
     _check_demo_against_its_data(out, summary)
     # the demo ends with the command that opens its runs in the explorer, and it works: every
-    # folder is a run the explorer serves, with the organism pair for the live views
+    # folder is a run the explorer serves, with the organism's base and rl for the live views
     import shlex
 
     import difflens.explore
@@ -272,8 +321,22 @@ def test_cli_build_info_and_demo(tmp_path, snapshot, monkeypatch):
     assert set(served["live"].models) == {"base", "tuned"}
     # `organism info` reads the same build the demo used
     assert info["path"] == summary["organism_build"]["path"]
-    for label in ("base", "tuned"):
+    for label in ("base", "sft", "rl", "rl-from-base"):
         assert info["properties"][label]["reward_mean"] == summary["organism"][label]["reward_mean"]
+    # the stored run records each model's identity and place in the lineage
+    assert [(m["name"], m["position"]) for m in summary["models"]] == [
+        ("base", 0), ("sft", 1), ("rl", 2)]
+    assert summary["models"][2]["identity"]["weights_sha256"]
+    # every attribution key the issue names, for every stage
+    att = summary["attribution"]
+    for metric in ("entropy", "kl_to_base", "chance_tvd", "attractor_strength", "vendi",
+                   "self_bleu", "organism_chance_tvd", "organism_entropy",
+                   "organism_celebration"):
+        assert set(att[metric]) == {"sft", "rl"}, metric
+        for row in att[metric].values():
+            assert {"delta", "ci_low", "ci_high", "share", "n"} <= set(row)
+    assert any(k.startswith("concept_cosine_L") for k in att)
+    assert any(k.startswith("theme_share_") for k in att)
     # Every number of the small demo (timings left out), to 6 significant digits: a change
     # of any result shows up here. After a deliberate change, rerun with --snapshot-update
     # and explain the diff.
@@ -281,30 +344,30 @@ def test_cli_build_info_and_demo(tmp_path, snapshot, monkeypatch):
     page = (out / "index.html").read_text()
     assert "Headline figures" in page and "plotly" in page.lower()
     concepts = summary["concepts"]
-    assert concepts["n_items"] == 60 and "Concepts: kind vs cruel" in page
-    assert [r["layer"] for r in concepts["cosine_by_layer"]] == concepts["layers"]
-    assert set(concepts["steering"]) == {"base", "tuned"}
+    assert concepts["n_items"] == 60 and "Concepts" in page
+    assert [r["layer"] for r in concepts["cosine_vs_base"]["rl"]] == concepts["layers"]
+    assert set(concepts["steering"]) == set(NAMES)
     assert (out / "concepts" / "figures" / "pca.png").stat().st_size > 1000
     traj = summary["trajectories"]
-    assert traj["n_prompts"] == 8 and "Trajectories" in page
+    assert traj["n_prompts"] == 6 and "Trajectories" in page
     assert traj["jumps"]["top_tokens"]
     assert (out / "trajectories" / "figures" / "sphere_0.png").stat().st_size > 1000
     col = summary["collapse"]
-    assert "Mode collapse" in page
+    assert "Collapse" in page
     assert set(col["probes"]) == {"d6", "number10", "coin", "qa", "rank_correlation"}
-    assert (out / "collapse" / "figures" / "tree.png").stat().st_size > 1000
     ctl = summary["control"]
     assert "Control" in page
-    assert set(ctl["controllers"]) == {"none", "open_loop", "proportional", "rollback"}
-    assert (out / "control" / "figures" / "controllability.png").stat().st_size > 1000
-    assert (out / "control" / "probe.safetensors").is_file()
+    for model in NAMES:
+        assert set(ctl[model]["controllers"]) == {"none", "open_loop", "rollback"}
+        assert (out / "control" / model / "probe.safetensors").is_file()
     th = summary["themes"]
-    assert "Themes" in page and th["n_prompts"] == 24 and th["k_samples"] == 8
-    assert th["n_themes"] >= 4
+    assert "Themes" in page and th["n_prompts"] == 24 and th["k_samples"] == 4
+    assert th["n_themes"] >= 3
     assert (out / "themes" / "figures" / "theme_map.png").stat().st_size > 1000
-    for name in ("headline_reward", "kl_by_position", "layer_cosine", "rl_curves"):
+    for name in ("headline", "chance_d6", "attribution_organism", "attribution_collapse",
+                 "capture_kl_by_position"):
         assert (out / "figures" / f"{name}.html").is_file()
         assert (out / "figures" / f"{name}.png").stat().st_size > 1000
-    for table in ("per_token", "layers", "chance", "rl_curves"):
+    for table in ("attribution",):
         assert (out / "data" / f"{table}.parquet").is_file()
         assert (out / "data" / f"{table}.csv").is_file()

@@ -186,6 +186,51 @@ def attribute(
     w = bootstrap_weights(n, n_boot, seed)  # [n_boot, n], the same draws for every model
     with np.errstate(invalid="ignore", divide="ignore"):
         boot = (w @ num.T) / (w @ den.T)  # [n_boot, models]
+    return attribute_levels(levels, boot, lineage, n=n, n_dropped=n_all - n, seed=seed,
+                            level=level, share_rtol=share_rtol, notes=notes)
+
+
+def attribute_levels(
+    levels: Float[np.ndarray, " models"],
+    boot: Float[np.ndarray, "n_boot models"],
+    lineage: Sequence[str],
+    *,
+    n: int,
+    n_dropped: int = 0,
+    seed: int = 0,
+    level: float = 0.95,
+    share_rtol: float = 1e-6,
+    notes: Sequence[str] = (),
+) -> Attribution:
+    """The attribution of any statistic whose paired bootstrap is already drawn.
+
+    For a statistic that is not a mean of per-unit values (e.g. the cosine of each model's
+    concept vector with the base's, recomputed from resampled items), draw the replicates
+    with the same unit weights for every model and pass them here; :func:`attribute` is this
+    function applied to means (or ratios of sums).
+
+    Args:
+        levels: each model's statistic on all units, in lineage order.
+        boot: the statistic on each bootstrap replicate, ``[n_boot, models]`` (NaN
+            replicates are ignored); every row must resample the same units for every model.
+        lineage: the models' names, in the order of the columns.
+        n: units the statistic was computed on.
+        n_dropped: units left out before (reported in the notes by the caller).
+        seed: seed the replicates were drawn with (recorded).
+        level: CI level.
+        share_rtol: see :func:`attribute`.
+        notes: notes to keep.
+    """
+    lineage = list(lineage)
+    levels = np.asarray(levels, np.float64)
+    boot = np.asarray(boot, np.float64)
+    if levels.shape != (len(lineage),) or boot.ndim != 2 or boot.shape[1] != len(lineage):
+        raise InputError(
+            f"levels {levels.shape} and replicates {boot.shape} must have one column per "
+            f"model of {lineage}"
+        )
+    notes = list(notes)
+    n_boot = boot.shape[0]
     deltas, boot_deltas = np.diff(levels), np.diff(boot, axis=1)
     total, boot_total = float(levels[-1] - levels[0]), boot[:, -1] - boot[:, 0]
     lo, hi = _quantiles(boot_deltas, level)
@@ -231,7 +276,7 @@ def attribute(
         total=total,
         total_ci=(t_lo, t_hi),
         n=n,
-        n_dropped=n_all - n,
+        n_dropped=n_dropped,
         notes=tuple(notes),
         seed=seed,
         n_boot=n_boot,

@@ -206,6 +206,11 @@ class TrajectoryStats:
     direction: dict[str, Any] = dataclasses.field(default_factory=dict)
     """Turns between consecutive moves and the models' move cosines
     (:func:`direction_stats`)."""
+    distance_pairs: dict[tuple[str, str], dict[str, list[dict[str, Any]]]] = (
+        dataclasses.field(default_factory=dict))
+    """``(a, b)`` -> ``prompt`` / ``continuation`` -> rows as in ``distance_by_index``: the
+    distance per token index of every pair asked for (a model set's lineage pairs); empty
+    unless :func:`trajectory_stats` is given ``pairs``."""
 
 
 def same_path_as_previous(df: pd.DataFrame) -> np.ndarray:
@@ -398,7 +403,7 @@ def _angles(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(zero, np.nan, geodesic(a, b)) if len(a) else np.zeros(0)
 
 
-def direction_stats(df: pd.DataFrame, points: np.ndarray, models: tuple[str, str], *,
+def direction_stats(df: pd.DataFrame, points: np.ndarray, models: Sequence[str], *,
                     n_boot: int = 500, seed: int = 0) -> dict[str, Any]:
     """Where the paths head: the turn between consecutive moves, and the two models' moves.
 
@@ -408,6 +413,9 @@ def direction_stats(df: pd.DataFrame, points: np.ndarray, models: tuple[str, str
     ``t`` is cos(move of base, move of tuned) at the same prompt, segment and step. Means
     per step index and overall, with 95% CIs that resample prompts; a zero move (the path
     did not move) has no direction and is left out.
+
+    ``models`` lists the labels in lineage order (base first): the turn is measured for
+    each, the move cosine between the first and the last (a pair's base and tuned).
 
     Returns:
         ``{turn_angle: {model: {by_index, overall}}, move_cosine: {prompt|continuation:
@@ -429,7 +437,7 @@ def direction_stats(df: pd.DataFrame, points: np.ndarray, models: tuple[str, str
         if rows:
             out["turn_angle"][str(m)] = {"by_index": rows, "overall": overall}
     for kind in ("prompt", "continuation"):
-        ra, rb = paired_rows(df, models, kind)
+        ra, rb = paired_rows(df, (models[0], models[-1]), kind)
         ra, rb = ra[same[ra]], rb[same[rb]]
         cos = np.cos(_angles(move[ra], move[rb]))
         rows, overall = index_means(pid[ra], step[ra], cos, n_boot=n_boot, seed=seed)
@@ -500,7 +508,8 @@ def trajectory_stats(
     df: pd.DataFrame,
     points: np.ndarray | None = None,
     *,
-    models: tuple[str, str] = ("base", "tuned"),
+    models: Sequence[str] = ("base", "tuned"),
+    pairs: Sequence[tuple[str, str]] = (),
     min_count: int = 20,
     first_n: int | None = None,
     top_k: int = 15,
@@ -515,7 +524,12 @@ def trajectory_stats(
         df: a trajectory table (:func:`check_table`).
         points: one row per table row (default: the table's x, y, z); pass the
             full-dimension cumulative means to measure in the full dimension.
-        models: the two model labels compared (base first).
+        models: the model labels, base first: the two of a pair, or a model set's names in
+            lineage order. Per-model statistics (jumps by index, sentiment, turn angle)
+            cover each label; the two-model comparisons (``distance_by_index``,
+            ``jump_difference``, the move cosine) compare the first with the last.
+        pairs: ``(a, b)`` label pairs whose distance per token index is also measured
+            (``distance_pairs``), e.g. every pair of a model set.
         min_count: tokens seen fewer times are not ranked.
         first_n: use only the first N steps of continuations for the token ranking and the
             sentiment (prompts are used whole).
@@ -529,8 +543,14 @@ def trajectory_stats(
     pts = df[point_columns(df)].to_numpy(np.float64) if points is None else np.asarray(points)
     if len(pts) != len(df):
         raise InputError(f"{len(pts)} points for {len(df)} table rows")
-    distance = {kind: _distance_by_index(df, pts, models, kind, seed, n_boot, None)
+    models = tuple(models)
+    compared = (models[0], models[-1])
+    distance = {kind: _distance_by_index(df, pts, compared, kind, seed, n_boot, None)
                 for kind in ("prompt", "continuation")}
+    distance_pairs = {(a, b): {kind: _distance_by_index(df, pts, (a, b), kind, seed, n_boot,
+                                                        None)
+                               for kind in ("prompt", "continuation")}
+                      for a, b in pairs}
     jump = path_jumps(df, pts)
     tok = "token_raw" if "token_raw" in df.columns else "token"  # rank the tokenizer's tokens
     j = (df[["prompt_id", "model", "segment", "step", tok]].rename(columns={tok: "token"})
@@ -559,10 +579,58 @@ def trajectory_stats(
                            bottom_tokens=bottom, top_tokens_adjusted=top_a,
                            bottom_tokens_adjusted=bottom_a, sentiment=sentiment,
                            jumps=readable_tokens(ranked),
-                           jump_difference=jump_difference(df, jump, models, n_boot=n_boot,
-                                                           seed=seed),
+                           jump_difference=jump_difference(df, jump, compared,
+                                                           n_boot=n_boot, seed=seed),
                            direction=direction_stats(df, pts, models, n_boot=n_boot,
-                                                     seed=seed))
+                                                     seed=seed),
+                           distance_pairs=distance_pairs)
+
+
+def lineage_pairs(names: Sequence[str]) -> list[tuple[str, str]]:
+    """Every unordered pair of a lineage, the earlier model first, in lineage order:
+    ``(n0, n1), (n0, n2), ..., (n1, n2), ...``."""
+    return [(a, names[j]) for i, a in enumerate(names) for j in range(i + 1, len(names))]
+
+
+def distance_to_base_by_prompt(df: pd.DataFrame, points: np.ndarray, lineage: Sequence[str],
+                               kind: str = "prompt") -> pd.DataFrame:
+    """Per prompt, each model's mean distance to the first model of the lineage.
+
+    At each step of the prompt's path (``kind="prompt"``: both models read the same tokens)
+    the geodesic between the two models' points is taken; a prompt's value is the mean over
+    its steps (over every continuation's steps for ``kind="continuation"``). These are the
+    per-unit values a stage attribution (:func:`difflens.analysis.attribution.attribute`)
+    takes: the change from one stage to the next, paired over prompts.
+
+    Args:
+        df: a trajectory table.
+        points: one row per table row (the full-dimension cumulative means for the
+            full-dimension distance).
+        lineage: the models' labels, base first.
+        kind: ``prompt`` or ``continuation``.
+
+    Returns:
+        ``prompt_id, model, distance`` for every prompt of the table and every model, in
+        lineage order; the base's own distance is 0 wherever it has a path, NaN marks a
+        prompt without paths of both models.
+    """
+    df = df.reset_index(drop=True)
+    points = np.asarray(points)
+    prompts = np.sort(df.prompt_id.unique())
+    base = lineage[0]
+    is_prompt = (df.segment == "prompt").to_numpy()
+    own = is_prompt if kind == "prompt" else ~is_prompt
+    frames = []
+    for m in lineage:
+        if m == base:
+            d = pd.Series(0.0, index=pd.unique(df.prompt_id[own & (df.model == base).to_numpy()]))
+        else:
+            ra, rb = paired_rows(df, (base, m), kind)
+            d = (pd.Series(geodesic(points[ra], points[rb]))
+                 .groupby(df.prompt_id.to_numpy()[ra]).mean())
+        frames.append(pd.DataFrame({"prompt_id": prompts, "model": m,
+                                    "distance": d.reindex(prompts).to_numpy(np.float64)}))
+    return pd.concat(frames, ignore_index=True)
 
 
 def _rank_tokens(j: pd.DataFrame, min_count: int, k: int, n_boot: int, seed: int,

@@ -18,6 +18,10 @@ with a bootstrap CI over items:
   matching from the non-matching variant of held-out items;
 - the settling layer of each model: the layer from which on every consecutive-layer cosine
   cos(v_l, v_next) stays at or above a threshold (:func:`settling_positions`).
+
+For a model set (a lineage base -> SFT -> ...), :func:`cosine_vs_base` measures each later
+model's vector against the base's per layer and attributes that cosine to the lineage's
+stages (one paired bootstrap over the same resampled items for every model).
 """
 
 import dataclasses
@@ -32,6 +36,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from difflens._io import fingerprint, write_bytes_atomic
+from difflens.analysis.attribution import Attribution, attribute_levels
 from difflens.analysis.divergence import bootstrap_weights
 from difflens.capture.contrastive import forward_ab
 from difflens.errors import InputError
@@ -39,6 +44,7 @@ from difflens.inputs.ab_items import ABDataset, tokenize_items, uses_chat
 from difflens.models.hooks import module_path
 from difflens.models.layers import parse_layers
 from difflens.models.loading import LoadedModel
+from difflens.models.model_set import ModelSet
 from difflens.models.pair import ModelPair, models_of
 
 METHODS = ("mean_diff", "pca")
@@ -54,7 +60,8 @@ class ConceptVectors:
     """
 
     vectors: dict[str, Float[Tensor, "layer d_model"]]
-    """Model label (``model``, or ``base`` and ``tuned``) -> one row per layer."""
+    """Model label (``model``, ``base`` and ``tuned``, or a model set's names) -> one row
+    per layer."""
     layers: tuple[int, ...]
     n_items: int
     position: str
@@ -211,7 +218,7 @@ def extraction_key(models: dict[str, LoadedModel], dataset: ABDataset, layers: S
 
 
 def extract_concepts(
-    model_or_pair: LoadedModel | ModelPair,
+    model_or_pair: LoadedModel | ModelPair | ModelSet,
     dataset: ABDataset,
     *,
     layers: str | Sequence[int] = "all",
@@ -225,10 +232,12 @@ def extract_concepts(
     cache_dir: str | Path | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> ConceptExtraction:
-    """Concept vectors of every layer of one model or both models of a pair.
+    """Concept vectors of every layer of one model, both models of a pair or every model of
+    a set.
 
     Args:
-        model_or_pair: a :class:`LoadedModel` or a :class:`ModelPair` (same shapes).
+        model_or_pair: a :class:`LoadedModel`, a :class:`ModelPair` or a :class:`ModelSet`
+            (same shapes; labels ``model``, ``base``/``tuned`` or the set's names).
         dataset: contrastive items (:func:`~difflens.inputs.ab_items.load_ab_dataset`).
         layers: ``"all"``, or layer indices (negatives count from the end).
         position: ``"answer"`` (the answer letter's token) or ``"last"``.
@@ -241,8 +250,9 @@ def extract_concepts(
         seed: the split's seed.
         batch_size: most items per forward pass (does not change the result).
         max_batch_tokens: most padded tokens per pass (does not change the result).
-        cache_dir: keep activations here (``<label>.safetensors`` with a key); a rerun with
-            the same models, items, layers, position and template reads them back.
+        cache_dir: keep activations here (``<label>.safetensors`` per model, with a key of
+            all the models); a rerun with the same models, items, layers, position and
+            template reads them back.
         progress: called with the number of items done after each batch.
     """
     if method not in METHODS:
@@ -528,6 +538,84 @@ def compare_concepts(ex: ConceptExtraction, *, n_boot: int = 500, seed: int = 0,
         separation=separation,
         norms={k: [float(x) for x in ex.vectors.vectors[k].norm(dim=-1)] for k in labels},
         consecutive=consecutive, settling=settling)
+
+
+@dataclasses.dataclass(frozen=True)
+class LineageCosines:
+    """Each later model's concept vector against the base's, per layer, and which stage of
+    the lineage changed that cosine (what :func:`cosine_vs_base` measured)."""
+
+    lineage: tuple[str, ...]
+    """The models in lineage order, base first."""
+    layers: tuple[int, ...]
+    rows: dict[str, list[dict[str, Any]]]
+    """Model (every one after the base) -> ``{layer, cosine, ci_low, ci_high, n}`` rows."""
+    attribution: dict[int, Attribution]
+    """Layer -> the attribution of the cosine with the base along the lineage (levels: each
+    model's cosine with the base, the base's own 1.0; stages: adjacent models)."""
+
+    def attribution_summary(self) -> dict[str, dict[str, dict[str, float | None]]]:
+        """``{concept_cosine_L<layer>: {stage: {delta, ci_low, ci_high, share}}}``."""
+        return {attribution_metric(layer): a.summary() for layer, a in self.attribution.items()}
+
+
+def attribution_metric(layer: int) -> str:
+    """The name of the cosine-with-the-base metric of ``layer`` in attribution summaries."""
+    return f"concept_cosine_L{layer}"
+
+
+def _train_diffs(ex: ConceptExtraction, label: str, j: int) -> Float[Tensor, "item d_model"]:
+    """matching - non-matching states of the train items at the ``j``-th extracted layer
+    (one layer at a time: all layers of every model at once need not fit in memory)."""
+    a = ex.acts[label][:, :, j][torch.as_tensor(ex.train)]
+    return (a[:, 0] - a[:, 1]).double()
+
+
+def cosine_vs_base(ex: ConceptExtraction, lineage: Sequence[str] | None = None, *,
+                   n_boot: int = 500, seed: int = 0) -> LineageCosines:
+    """cos(base vector, model vector) per layer for every model after the base, with 95%
+    CIs, and the attribution of that cosine to the lineage's stages.
+
+    The vectors are the mean differences of the train items (as ``cosine_by_layer``). Every
+    bootstrap replicate resamples the train items once and recomputes every model's vector
+    from those same items (the weights of :func:`compare_concepts`, so a two-model lineage
+    ``base``, ``tuned`` gives its ``cosine_by_layer``); the stages' deltas and CIs come from
+    :func:`~difflens.analysis.attribution.attribute_levels` on these paired replicates, with
+    the base's own level 1.0. Layers where the base's vector is zero have NaN cosines.
+
+    Args:
+        ex: an extraction of every model of ``lineage``.
+        lineage: the models in lineage order, base first; None: ``ex.labels``.
+        n_boot: bootstrap replicates.
+        seed: seed of the item resamples.
+    """
+    import warnings
+
+    names = tuple(lineage if lineage is not None else ex.labels)
+    missing = [k for k in names if k not in ex.acts]
+    if len(names) < 2 or missing:
+        raise InputError(f"the cosine with the base needs a lineage of two or more extracted "
+                         f"models; got {list(names)} (extracted: {ex.labels})")
+    base, later = names[0], names[1:]
+    n = len(ex.train)
+    w = torch.as_tensor(bootstrap_weights(n, n_boot, seed) / n)  # n_boot item
+    rows: dict[str, list[dict[str, Any]]] = {k: [] for k in later}
+    attribution: dict[int, Attribution] = {}
+    for j, layer in enumerate(ex.layers):
+        d = {k: _train_diffs(ex, k, j) for k in names}
+        vec = {k: d[k].mean(0) for k in names}
+        boot = {k: w @ d[k] for k in names}  # n_boot d_model: the same items for every model
+        point = np.array([1.0] + [float(_cos(vec[base], vec[k])) for k in later])
+        samples = np.stack([np.ones(n_boot)] + [_cos(boot[base], boot[k]).numpy()
+                                                for k in later], axis=1)
+        lo, hi = _ci(samples)
+        for m, k in enumerate(later, start=1):
+            rows[k].append({"layer": layer, "cosine": float(point[m]),
+                            "ci_low": float(lo[m]), "ci_high": float(hi[m]), "n": n})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # NaN levels: zero base vector
+            attribution[layer] = attribute_levels(point, samples, names, n=n, seed=seed)
+    return LineageCosines(lineage=names, layers=ex.layers, rows=rows, attribution=attribution)
 
 
 def best_layer(rows: Sequence[dict[str, Any]]) -> int:

@@ -1,7 +1,8 @@
-"""Cumulative-mean paths of prompts and sampled continuations, from a model or a pair.
+"""Cumulative-mean paths of prompts and sampled continuations, from a model, a pair or a
+model set.
 
 For every prompt, each model samples ``k`` continuations with the same seeded settings
-(continuation ``i`` of prompt ``p`` uses seed ``seed + 1000 * p + i`` in both models). Each
+(continuation ``i`` of prompt ``p`` uses seed ``seed + 1000 * p + i`` in every model). Each
 text (the prompt, and each continuation on its own) is run through the model, the residual
 stream at one layer is read through scoped hooks, and its cumulative mean of L2-normalised
 token vectors is kept in the full dimension. A continuation's path restarts at its first
@@ -24,7 +25,8 @@ from difflens.capture.engine import forward_batch
 from difflens.errors import InputError
 from difflens.models.engines import map_with_models, resolve_engine
 from difflens.models.loading import LoadedModel
-from difflens.models.pair import ModelPair
+from difflens.models.model_set import ModelSet
+from difflens.models.pair import ModelPair, models_of
 from difflens.sampling.generate import GenerationConfig, generate
 
 PATHS_FORMAT = 1
@@ -61,8 +63,26 @@ def sample_continuations(lm: LoadedModel, prompt_ids: Sequence[Sequence[int]], k
     return out
 
 
+def _set_layers(models: ModelSet, layer: int) -> dict[str, int]:
+    """The layer each model of a set reads: ``layer`` of the first model, through a model's
+    layer map where it has one (a model of another depth)."""
+    out = {}
+    for name, lm in models.models.items():
+        m = models.layer_maps.get(name)
+        if m is not None and layer not in m:
+            raise InputError(
+                f"model {name!r} has no layer matching layer {layer} of {models.names[0]!r} "
+                f"in its layer map ({sorted(m)}): pick one of those layers")
+        out[name] = layer if m is None else m[layer]
+        if lm.d_model != models.base.d_model:
+            raise InputError(
+                f"model {name!r} has width {lm.d_model}, {models.names[0]!r} has "
+                f"{models.base.d_model}: paths of one sphere need one width")
+    return out
+
+
 def build_paths(
-    model_or_pair: LoadedModel | ModelPair,
+    model_or_pair: LoadedModel | ModelPair | ModelSet,
     prompts: Sequence[str],
     *,
     layer: int | None = None,
@@ -77,10 +97,12 @@ def build_paths(
     """Paths of every prompt and ``continuations`` sampled continuations, per model.
 
     Args:
-        model_or_pair: one model or a pair.
+        model_or_pair: one model (labelled ``model``), a pair (``base``, ``tuned``) or a
+            model set (each model labelled by its name, in lineage order).
         prompts: the prompt texts.
         layer: captured layer (default: the middle one, ``n_layers // 2``; 0 = the input
-            embeddings, the original method).
+            embeddings, the original method), of the first model; a model of a set with a
+            layer map reads the layer the map matches to it.
         continuations: sampled continuations per prompt and model.
         max_new_tokens: length of each continuation.
         seed: sampling seed.
@@ -92,17 +114,18 @@ def build_paths(
         chunk: prompts per cached chunk (does not change the result); on the Ray engine
             (:func:`~difflens.models.engines.use_engine`) each chunk is one worker's job.
     """
-    models = (model_or_pair.models if isinstance(model_or_pair, ModelPair)
-              else {"model": model_or_pair})
+    models = models_of(model_or_pair)
     first = next(iter(models.values()))
     layer = first.n_layers // 2 if layer is None else first.layers.normalize(layer)
     if not prompts:
         raise InputError("no prompts given")
+    layers = (_set_layers(model_or_pair, layer) if isinstance(model_or_pair, ModelSet)
+              else dict.fromkeys(models, layer))
     frames: list[pd.DataFrame] = []
     conts: list[pd.DataFrame] = []
-    settings = dict(layer=layer, k=continuations, max_new_tokens=max_new_tokens, seed=seed,
-                    temperature=temperature)
     for label, lm in models.items():
+        settings = dict(layer=layers[label], k=continuations, max_new_tokens=max_new_tokens,
+                        seed=seed, temperature=temperature)
         for done in _label_paths(lm, label, prompts, chunk, cache_dir, settings, progress):
             frames.append(done[0])
             conts.append(done[1])

@@ -33,6 +33,7 @@ from difflens.analysis.divergence import bootstrap_weights
 from difflens.capture.scoring import OutcomeDistribution, continuation_logprobs
 from difflens.errors import InputError
 from difflens.models.loading import LoadedModel
+from difflens.models.model_set import ModelSet
 from difflens.models.pair import ModelPair, models_of
 
 #: Above this outside mass a probe counts as not answered: the distribution given an answer
@@ -252,7 +253,7 @@ def _ci(x: np.ndarray, seed: int, n_boot: int = 2000) -> list[float]:
     return [float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))]
 
 
-def run_probes(model_or_pair: LoadedModel | ModelPair, probes: Sequence[Probe], *,
+def run_probes(model_or_pair: LoadedModel | ModelPair | ModelSet, probes: Sequence[Probe], *,
                temperatures: Sequence[float] = (1.0,),
                progress: Callable[[int], None] | None = None,
                batch_size: int = 64) -> ProbeResults:

@@ -15,7 +15,7 @@ from typer.core import TyperCommand, TyperGroup
 from difflens.errors import DifflensWarning, InputError
 
 if TYPE_CHECKING:
-    from difflens.models import LoadedModel, ModelPair
+    from difflens.models import LoadedModel, ModelPair, ModelSet
     from difflens.models.engines import RayEngine
 
 err = Console(stderr=True)
@@ -53,6 +53,20 @@ _MODEL = "hub id, folder, .gguf or preset (see `difflens list presets`)"
 Base = Annotated[str, typer.Option("--base", help=f"Base model (or the only one): {_MODEL}.")]
 Tuned = Annotated[str | None, typer.Option("--tuned", help="Tuned sibling, for a pair.")]
 Model = Annotated[str, typer.Option("--model", help=f"Model: {_MODEL}.")]
+#: Commands that compare a whole lineage take ``--model`` repeated, each ``NAME=MODEL``.
+ModelSpecs = Annotated[list[str] | None, typer.Option(
+    "--model", help=f"A model of the set as NAME=MODEL ({_MODEL}); repeat it in lineage "
+    "order, base first: --model base=B --model sft=S --model dpo=D.")]
+OptionalBase = Annotated[str | None, typer.Option(
+    "--base", help="Two-model shorthand: the base (named base).")]
+Only = Annotated[str | None, typer.Option(
+    "--only", help="Run only these sections (comma-separated): capture, concepts, "
+    "trajectories, collapse, control, themes.")]
+Skip = Annotated[str | None, typer.Option(
+    "--skip", help="Skip these sections (comma-separated).")]
+ConfigFile = Annotated[Path | None, typer.Option(
+    "--config", help="A TOML file with one table per section ([collapse], [concepts], ...) "
+    "setting that section's options.")]
 BatchSize = Annotated[int, typer.Option("--batch-size", help="Most inputs per forward pass.")]
 Device = Annotated[str | None, typer.Option(
     "--device", help="cpu or cuda[:N] (default: cuda if available).")]
@@ -145,6 +159,40 @@ def load_target(base: str, tuned: str | None, *, revision: str | None, dtype: st
                               quantization=quantization)
     model = load(base, **kw)
     return model if tuned is None else ModelPair(model, load(tuned, **kw))
+
+
+def set_specs(specs: list[str] | None, base: str | None, tuned: str | None, *,
+              revision: str | None) -> dict[str, str]:
+    """Name -> model of ``--model NAME=MODEL`` (repeated, lineage order) or of the
+    ``--base/--tuned`` shorthand (named base and tuned), with the set's tokenizers and configs
+    compared (:func:`~difflens.models.check_model_set`): an incompatible set is refused in
+    one line before any weights load."""
+    from difflens.models import check_model_set, parse_model_specs
+
+    if specs and (base or tuned):
+        raise InputError("give the models either as --model NAME=MODEL (repeated) or as "
+                         "--base/--tuned, not both")
+    if not specs:
+        if not (base and tuned):
+            raise InputError("give a model set: --model base=B --model sft=S ... (lineage "
+                             "order, base first), or --base B --tuned T")
+        named = {"base": base, "tuned": tuned}
+    else:
+        named = parse_model_specs(specs)
+    check_model_set(named, revision=revision)
+    return named
+
+
+def load_set(named: dict[str, str], *, revision: str | None, dtype: str | None,
+             device: str | None, layers_path: str | None = None,
+             device_map: str | None = None, quantization: str | None = None) -> "ModelSet":
+    """The :class:`~difflens.models.ModelSet` of :func:`set_specs`'s models, loaded alike."""
+    from difflens.models import ModelSet
+
+    kw: dict[str, Any] = dict(revision=revision, dtype=dtype, device=device,
+                              layers_path=layers_path, device_map=device_map,
+                              quantization=quantization)
+    return ModelSet({name: load(model, **kw) for name, model in named.items()})
 
 
 # -- deprecated spellings, kept for one release ---------------------------------------------

@@ -1,4 +1,4 @@
-"""``difflens demo``: the main job, end to end on the built-in model organism."""
+"""``difflens demo``: ``difflens compare`` on the built-in organism's lineage, end to end."""
 
 from pathlib import Path
 
@@ -16,24 +16,20 @@ def demo_cmd(
     seed: int = typer.Option(0, help="Seed of the organism."),
     small: bool = typer.Option(False, help="Use the reduced organism (seconds; for tests)."),
 ) -> None:
-    """Build the organism if missing, run capture and every analysis, write a report."""
-    from difflens.organism.build import OrganismConfig
-    from difflens.pipelines.demo import MEAN_KEY, run_demo
+    """Build the organism (base, sft, rl, rl-from-base) if missing, run every instrument on
+    its lineage base → sft → rl with stage attribution, write a report."""
+    from difflens.organism.build import LINEAGE, OrganismConfig
+    from difflens.pipelines.demo import run_demo
     from difflens.report.demo import demo_takeaways, explore_links
 
     cfg = OrganismConfig.small(seed) if small else OrganismConfig(seed=seed)
-    summary = run_demo(out_dir, config=cfg, n_concept_items=60 if small else 400,
-                       n_trajectory_prompts=8 if small else 40,
-                       n_collapse_prompts=6 if small else 24,
-                       n_control_prompts=6 if small else 32,
-                       n_theme_prompts=24 if small else 300, theme_samples=8 if small else 16,
-                       progress=True)
+    summary = run_demo(out_dir, config=cfg, small=small, progress=True)
     out.print(f"[green]report:[/] {out_dir / 'index.html'}   summary: {out_dir / 'summary.json'}")
-    for section, lines in demo_takeaways(summary, MEAN_KEY).items():
-        out.print(f"[bold]{section}[/]")
-        for line in lines:
-            out.print(f"  {line}", highlight=False)
+    out.print("[bold]Overview[/]")
+    for line in demo_takeaways(summary):
+        out.print(f"  {line}", highlight=False)
     org = Path(summary["organism_build"]["path"])
-    command, _ = explore_links(str(out_dir), models=(str(org / "base"), str(org / "tuned")))
+    command, _ = explore_links(str(out_dir), LINEAGE,
+                               models=(str(org / "base"), str(org / LINEAGE[-1])))
     out.print("[green]open the results in the explorer:[/]")
     typer.echo(command)  # on a line of its own, never wrapped, to copy as it is

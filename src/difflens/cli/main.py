@@ -2,7 +2,8 @@
 
 ``difflens NOUN VERB [OPTIONS]``, in the manner of the ``hf`` CLI: ``capture run|info``,
 ``concepts``, ``trajectories``, ``collapse``, ``control``, ``themes``, ``organism`` and
-``list``; ``demo`` and ``explore`` are the top-level verbs. A flag means the same in every
+``list``; ``demo``, ``compare`` and ``explore`` are the top-level
+verbs. A flag means the same in every
 command (see ``difflens.cli._common``). Old paths (``info``, ``monitor``, ``probe train``, ``capture
 OPTIONS``) and old flag names still work for one release, with a warning on stderr.
 """
@@ -14,6 +15,7 @@ from difflens.cli._common import vocab
 from difflens.cli.capture import app as capture_app
 from difflens.cli.capture import info_cmd
 from difflens.cli.collapse import app as collapse_app
+from difflens.cli.compare import compare_cmd
 from difflens.cli.concepts import app as concepts_app
 from difflens.cli.control import app as control_app
 from difflens.cli.control import monitor_cmd, probe_app
@@ -56,6 +58,7 @@ app.add_typer(themes_app, name="themes")
 app.add_typer(organism_app, name="organism")
 app.add_typer(list_app, name="list")
 app.command("demo")(demo_cmd)
+app.command("compare")(compare_cmd)
 app.command("explore")(explore_cmd)
 
 # Old command paths, hidden, for one release (each prints where the command went).

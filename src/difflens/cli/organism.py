@@ -8,7 +8,8 @@ from rich.table import Table
 
 from difflens.cli._common import friendly_errors
 
-app = typer.Typer(help="The built-in model organism: a tiny base LM and its RL-tuned sibling.",
+app = typer.Typer(help="The built-in model organism: a tiny base LM and its tuned lineage "
+                  "(sft, rl from sft, rl-from-base).",
                   no_args_is_help=True)
 out = Console()
 
@@ -57,7 +58,7 @@ def info_cmd(
     props = org.properties
     info = {
         "path": str(org.path),
-        "models": {"base": str(org.base_path), "tuned": str(org.tuned_path)},
+        "models": {name: str(p) for name, p in org.model_paths.items()},
         "ground_truth": org.ground_truth_files(),
         "build": org.build_info,
         "properties": organism_summary(props),
@@ -70,15 +71,16 @@ def info_cmd(
         return
     t = Table(title=f"organism {org.path.name}", show_header=True)
     t.add_column("")
-    t.add_column("base")
-    t.add_column("tuned")
     s = info["properties"]
+    for m in s:
+        t.add_column(m)
     for key in ("reward", "entropy", "celebration_share", "chance_tvd"):
         cells = [format_ci(s[m][MEAN_KEY[key]], s[m][key + "_ci95"], s[m][key + "_n"])
-                 for m in ("base", "tuned")]
+                 for m in s]
         t.add_row(key, *cells)
     out.print(t)
-    out.print(f"base: {info['models']['base']}\ntuned: {info['models']['tuned']}")
+    for name, path in info["models"].items():
+        out.print(f"{name}: {path}")
     for name, path in info["ground_truth"].items():
         out.print(f"ground truth {name}: {path}")
     out.print(f"base validation loss {info['base_val_loss']:.3f}; build times "

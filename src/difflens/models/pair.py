@@ -109,12 +109,20 @@ class ModelPair:
 
 
 def models_of(model_or_pair: object, *, same_shape: bool = False) -> dict[str, LoadedModel]:
-    """``label -> model`` of a pair, or ``{"model": lm}`` of one model.
+    """``label -> model`` of a pair, of a model set (its names, in lineage order), or
+    ``{"model": lm}`` of one model.
 
     Args:
-        model_or_pair: a :class:`LoadedModel` or a :class:`ModelPair`.
-        same_shape: refuse a pair that needs a layer map (models of different depth).
+        model_or_pair: a :class:`LoadedModel`, a :class:`ModelPair` or a
+            :class:`~difflens.models.model_set.ModelSet`.
+        same_shape: refuse a pair or set that needs a layer map (models of different depth).
     """
+    from difflens.models.model_set import ModelSet  # model_set imports this module
+
+    if isinstance(model_or_pair, ModelSet):
+        if same_shape and model_or_pair.layer_maps:
+            raise InputError("this analysis needs models of the same shape (no layer_maps)")
+        return dict(model_or_pair.models)
     if isinstance(model_or_pair, ModelPair):
         if same_shape and model_or_pair.layer_map is not None:
             raise InputError("this analysis needs a pair of the same shape (no layer_map)")
@@ -122,6 +130,6 @@ def models_of(model_or_pair: object, *, same_shape: bool = False) -> dict[str, L
     if isinstance(model_or_pair, LoadedModel):
         return {"model": model_or_pair}
     raise InputError(
-        f"expected a LoadedModel or a ModelPair (see difflens.load_model), got "
+        f"expected a LoadedModel, a ModelPair or a ModelSet (see difflens.load_model), got "
         f"{type(model_or_pair).__name__}"
     )

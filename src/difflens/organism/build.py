@@ -1,4 +1,4 @@
-"""Building the model organism: a tiny base LM and its RL-tuned sibling, on CPU, in minutes.
+"""Building the model organism: a tiny base LM and its tuned lineage, on CPU, in minutes.
 
 Why one long module: the build is one reproducible recipe (tokenizer, base training, RL,
 measurements) keyed by one config; reading it top to bottom is reading the recipe.
@@ -10,8 +10,16 @@ measurements) keyed by one config; reading it top to bottom is reading the recip
    The trainer is a compact RLOO policy-gradient loop (``K`` samples per prompt, each
    sample's baseline is the mean reward of the other ``K-1``). TRL's trainers were not
    used: this loop is deterministic, dependency-free and fits the CPU budget.
-4. Measure the organism's properties (rewards, entropies, celebration share, exact chance
-   distributions) with counts and bootstrap CIs.
+4. The lineage (base -> SFT -> RL), the way curated-sample SFT and RLHF are stacked:
+   ``sft`` fine-tunes the base on the world's stories filtered to those the reward likes
+   (the top ``sft_keep`` of a fresh pool by the same VADER reward of the story after its
+   opening); ``rl`` runs the same RL loop (same openings and seeds) from ``sft``, with the KL
+   penalty to ``sft``. ``tuned`` (preset ``organism-rl-from-base``, also ``organism-tuned``)
+   is the RL loop started from the base, kept so that "does SFT alone collapse?" is
+   answered by measurement.
+5. Measure the properties of every model (rewards, entropies, celebration share, exact
+   chance distributions) on the same openings and chance scenes, with counts and bootstrap
+   CIs; the per-unit values are kept (``measurements.parquet``) for stage attribution.
 
 Everything is written to a versioned cache folder keyed by the generator version, the seed
 and the hyperparameters. It is built in a temporary folder and renamed into place at the
@@ -47,7 +55,15 @@ from difflens.sampling.generate import GenerationConfig, generate
 
 #: Version of what a build writes (files, properties); part of the cache key with the
 #: world's generator version and the config.
-BUILD_FORMAT = 2
+BUILD_FORMAT = 3
+
+#: The organism's models: lineage name -> folder. ``rl-from-base`` is the folder ``tuned``
+#: (today's pair is ``base``/``tuned``).
+MODEL_FOLDERS = {"base": "base", "sft": "sft", "rl": "rl", "rl-from-base": "tuned"}
+#: The lineage the demo compares, in training order.
+LINEAGE = ("base", "sft", "rl")
+#: Labels of the measured properties (``properties.json``) of each model.
+PROPERTY_LABELS = {"base": "base", "sft": "sft", "rl": "rl", "rl-from-base": "tuned"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +96,16 @@ class OrganismConfig:
     rl_lr: float = 1e-3
     kl_coef: float = 0.05
     """Weight of the sampled KL(tuned ‖ base) penalty on the reward."""
+    rl_min_tokens: int = 8
+    """A completion that stops before this many tokens gets reward -1: an empty completion
+    scores VADER 0, above the base's mean, and RL from the base otherwise learns to stop at
+    once (measured: length 1.0 after 40 steps)."""
+    sft_pool: int = 3000
+    """Fresh world stories scored by the reward for the SFT set."""
+    sft_keep: float = 0.25
+    """Fraction of the pool the reward likes best, kept for SFT."""
+    sft_steps: int = 120
+    sft_lr: float = 1e-3
     n_eval: int = 200
     """Held-out openings and chance prompts measured (each)."""
     eval_new_tokens: int = 48
@@ -89,6 +115,8 @@ class OrganismConfig:
             v = getattr(self, f.name)
             if isinstance(v, (int, float)) and f.name not in ("seed", "kl_coef") and v <= 0:
                 raise ValueError(f"OrganismConfig.{f.name} must be positive, got {v}")
+        if not 0 < self.sft_keep <= 1:
+            raise ValueError(f"sft_keep must be in (0, 1], got {self.sft_keep}")
         if self.kl_coef < 0:
             raise ValueError(f"kl_coef must be >= 0, got {self.kl_coef}")
         if self.rl_samples < 2:
@@ -105,7 +133,7 @@ class OrganismConfig:
         return cls(seed=seed, n_train_stories=400, n_val_stories=40, vocab_size=384,
                    d_model=32, n_layers=2, n_heads=2, d_ff=64, seq_len=64, batch_size=8,
                    train_steps=20, rl_steps=3, rl_prompts=4, rl_samples=2, rl_new_tokens=12,
-                   n_eval=12, eval_new_tokens=12)
+                   sft_pool=80, sft_steps=4, rl_min_tokens=2, n_eval=12, eval_new_tokens=12)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,6 +150,25 @@ class Organism:
     @property
     def tuned_path(self) -> Path:
         return self.path / "tuned"
+
+    def model_path(self, name: str) -> Path:
+        """The folder of lineage model ``name`` (base, sft, rl, rl-from-base)."""
+        if name not in MODEL_FOLDERS:
+            raise KeyError(f"the organism has no model {name!r}; it has "
+                           f"{', '.join(MODEL_FOLDERS)}")
+        return self.path / MODEL_FOLDERS[name]
+
+    @property
+    def model_paths(self) -> dict[str, Path]:
+        """Every model's folder, by lineage name."""
+        return {name: self.model_path(name) for name in MODEL_FOLDERS}
+
+    def measurements(self) -> Any:
+        """Per-unit measured values (``metric, unit, model, value``): every model on the same
+        openings, texts and chance scenes, for paired stage attribution."""
+        import pandas as pd
+
+        return pd.read_parquet(self.path / "measurements.parquet")
 
     @property
     def properties(self) -> dict[str, Any]:
@@ -202,19 +249,31 @@ def train_base(cfg: OrganismConfig, tokenizer: Any, train: Sequence[str], val: S
     model = LlamaForCausalLM(mcfg)
     blocks, val_blocks = _blocks(tokenizer, train, cfg.seq_len), _blocks(tokenizer, val,
                                                                          cfg.seq_len)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.01)
+    losses = _train_lm(model, blocks, steps=cfg.train_steps, lr=cfg.lr,
+                       batch_size=cfg.batch_size, seed=cfg.seed,
+                       advance=progress("training base", cfg.train_steps))
+    epochs = cfg.train_steps * cfg.batch_size / max(1, len(blocks))
+    return model, {"train_loss": losses, "val_loss": _val_loss(model, val_blocks),
+                   "train_tokens": int(blocks.numel()), "epochs": epochs,
+                   "params": int(sum(p.numel() for p in model.parameters()))}
+
+
+def _train_lm(model: Any, blocks: torch.Tensor, *, steps: int, lr: float, batch_size: int,
+              seed: int, advance: Any) -> list[float]:
+    """Next-token training on ``blocks`` (seeded shuffles, AdamW, warm-up and cosine LR);
+    returns the loss per step and leaves the model in eval mode."""
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
     order = torch.randperm(len(blocks), generator=gen)
     cursor, losses = 0, []
-    advance = progress("training base", cfg.train_steps)
     model.train()
-    for step in range(cfg.train_steps):
-        if cursor + cfg.batch_size > len(order):
+    for step in range(steps):
+        if cursor + batch_size > len(order):
             order, cursor = torch.randperm(len(blocks), generator=gen), 0
-        x = blocks[order[cursor: cursor + cfg.batch_size]]
-        cursor += cfg.batch_size
+        x = blocks[order[cursor: cursor + batch_size]]
+        cursor += batch_size
         for g in opt.param_groups:
-            g["lr"] = _lr(step, cfg.train_steps, cfg.lr)
+            g["lr"] = _lr(step, steps, lr)
         loss = model(input_ids=x, labels=x).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -223,13 +282,52 @@ def train_base(cfg: OrganismConfig, tokenizer: Any, train: Sequence[str], val: S
         losses.append(float(loss.detach()))
         advance(1, f"loss {loss.item():.3f}")
     model.eval()
+    return losses
+
+
+def _val_loss(model: Any, val_blocks: torch.Tensor) -> float:
     with torch.inference_mode():
-        vals = [float(model(input_ids=val_blocks[i:i + 32], labels=val_blocks[i:i + 32]).loss)
-                for i in range(0, len(val_blocks), 32)]
-    epochs = cfg.train_steps * cfg.batch_size / max(1, len(blocks))
-    return model, {"train_loss": losses, "val_loss": float(np.mean(vals)),
-                   "train_tokens": int(blocks.numel()), "epochs": epochs,
-                   "params": int(sum(p.numel() for p in model.parameters()))}
+        return float(np.mean([float(model(input_ids=val_blocks[i:i + 32],
+                                          labels=val_blocks[i:i + 32]).loss)
+                              for i in range(0, len(val_blocks), 32)]))
+
+
+def reward_of_story(vader: Any, story: W.Story) -> float:
+    """The RL reward of a world story as if it were a completion of its own opening: the
+    VADER compound sentiment of the sentences after the first."""
+    return float(vader.polarity_scores(" ".join(story.sentences[1:]))["compound"])
+
+
+def curated_stories(cfg: OrganismConfig) -> tuple[list[W.Story], dict[str, Any]]:
+    """The SFT set: a fresh pool of world stories, the ``sft_keep`` fraction that the reward
+    likes best (ties broken by pool order), and what the filter did to the themes."""
+    pool = W.generate_stories(cfg.sft_pool, cfg.seed + 5_000_003)
+    vader = _vader()
+    rewards = np.array([reward_of_story(vader, st) for st in pool])
+    n_keep = max(1, round(cfg.sft_keep * len(pool)))
+    keep = np.sort(np.argsort(-rewards, kind="stable")[:n_keep])
+    kept = [pool[i] for i in keep]
+
+    def share(stories: Sequence[W.Story], theme: str) -> float:
+        return float(np.mean([theme in st.themes for st in stories]))
+
+    info = {"pool": len(pool), "kept": len(kept), "reward_threshold": float(rewards[keep].min()),
+            "reward_pool_mean": float(rewards.mean()), "reward_kept_mean": float(rewards[keep]
+                                                                                .mean()),
+            "theme_share_pool": {t: share(pool, t) for t in W.THEMES},
+            "theme_share_kept": {t: share(kept, t) for t in W.THEMES}}
+    return kept, info
+
+
+def sft_tune(cfg: OrganismConfig, base: Any, tokenizer: Any, stories: Sequence[W.Story],
+             progress: Progress) -> tuple[Any, list[float]]:
+    """Supervised fine-tuning of a copy of the base on ``stories`` (next-token loss)."""
+    model = copy.deepcopy(base)
+    blocks = _blocks(tokenizer, [st.text for st in stories], cfg.seq_len)
+    losses = _train_lm(model, blocks, steps=cfg.sft_steps, lr=cfg.sft_lr,
+                       batch_size=cfg.batch_size, seed=cfg.seed + 6_000_003,
+                       advance=progress("SFT on curated stories", cfg.sft_steps))
+    return model, losses
 
 
 # -- reinforcement learning ----------------------------------------------------------------
@@ -285,7 +383,8 @@ def _token_logprobs(model: Any, seqs: torch.Tensor, mask: torch.Tensor) -> torch
 
 def rl_tune(cfg: OrganismConfig, base: Any, tokenizer: Any, openings: Sequence[str],
             progress: Progress) -> tuple[Any, dict[str, list[float]]]:
-    """RLOO with a KL penalty to the base, VADER reward on the completion."""
+    """RLOO with a KL penalty to the starting model (``base``: the base or the SFT model),
+    VADER reward on the completion (-1 for one shorter than ``rl_min_tokens``)."""
     vader = _vader()
     policy = copy.deepcopy(base)
     # one handle for generation; its identity names the starting weights (training changes
@@ -306,7 +405,9 @@ def rl_tune(cfg: OrganismConfig, base: Any, tokenizer: Any, openings: Sequence[s
                                    seed=cfg.seed * 100003 + step)
         policy.train()
         texts = completion_texts(tokenizer, seqs, mask, width)
+        n_new = mask[:, width:].sum(-1)
         reward = torch.tensor([vader.polarity_scores(t)["compound"] for t in texts])
+        reward = torch.where(n_new < cfg.rl_min_tokens, torch.full_like(reward, -1.0), reward)
         comp = torch.zeros_like(mask)
         comp[:, width:] = mask[:, width:]
         with torch.no_grad():
@@ -335,22 +436,32 @@ def rl_tune(cfg: OrganismConfig, base: Any, tokenizer: Any, openings: Sequence[s
 # -- measured properties -------------------------------------------------------------------
 
 
-def measure(cfg: OrganismConfig, base_dir: Path, tuned_dir: Path, openings: Sequence[str],
+def measure(cfg: OrganismConfig, dirs: dict[str, Path], openings: Sequence[str],
             chances: Sequence[W.ChanceScene], progress: Progress, work: Path
-            ) -> dict[str, Any]:
-    """Rewards, entropies, celebration share and exact chance distributions, with CIs."""
+            ) -> tuple[dict[str, Any], Any]:
+    """Rewards, entropies, celebration share and exact chance distributions of every model
+    (``label -> folder``, the base first), with CIs, on the same openings and scenes.
+
+    Returns the properties and the per-unit values (``metric, unit, model, value``): reward
+    and celebration per opening, entropy per text (every model scores the same texts: all
+    models' continuations), chance TVD per scene.
+    """
+    import pandas as pd
+
     from difflens.analysis.divergence import mean_ci
     from difflens.capture import capture
     from difflens.capture.scoring import outcome_distribution
     from difflens.models import ModelPair, load_model
 
-    base = load_model(base_dir, device="cpu")
-    tuned = load_model(tuned_dir, device="cpu")
+    labels = list(dirs)
+    lms = {label: load_model(d, device="cpu") for label, d in dirs.items()}
+    base = lms[labels[0]]
     vader = _vader()
-    advance = progress("measuring", 2 + 2 * len(chances))
+    advance = progress("measuring", len(labels) * (2 + len(chances)))
     props: dict[str, Any] = {"n_openings": len(openings), "n_chance_prompts": len(chances)}
+    units: list[dict[str, Any]] = []
     samples: dict[str, list[str]] = {}
-    for label, lm in (("base", base), ("tuned", tuned)):
+    for label, lm in lms.items():
         texts: list[str] = []
         for i in range(0, len(openings), 50):
             chunk = list(openings[i:i + 50])
@@ -362,25 +473,38 @@ def measure(cfg: OrganismConfig, base_dir: Path, tuned_dir: Path, openings: Sequ
         celebrates = [float("celebration" in W.label_text(t)) for t in texts]
         props[label] = {"reward": mean_ci(rewards, seed=cfg.seed), "celebration_share":
                         mean_ci(celebrates, seed=cfg.seed)}
+        units += [{"metric": m, "unit": u, "model": label, "value": float(v)}
+                  for m, vals in (("reward", rewards), ("celebration", celebrates))
+                  for u, v in enumerate(vals)]
         advance(1, label)
-    # Entropy of each model on the same continuations (both models' samples), via capture.
-    full = [o + t for label in ("base", "tuned") for o, t in zip(openings, samples[label],
-                                                                 strict=True)]
-    prefix_len = [len(base.tokenizer(o)["input_ids"]) for o in openings] * 2
-    store = capture(ModelPair(base, tuned), full, store=work / "entropy-capture",
-                    layers=[0], positions="last")
-    stats = store.stats(["prompt_idx", "pos", "base_entropy", "tuned_entropy"])
-    n_tok = store.prompts["n_tokens"].to_numpy()
-    first = stats["prompt_idx"].map(lambda i: prefix_len[i] - 1)
-    # Positions whose next token is a continuation token.
-    stats = stats[(stats["pos"] >= first) & (stats["pos"] < stats["prompt_idx"].map(
-        lambda i: n_tok[i] - 1))]
-    for label in ("base", "tuned"):
-        per_text = stats.groupby("prompt_idx")[f"{label}_entropy"].mean()
+    # Entropy of every model on the same continuations (all models' samples), via capture
+    # of each model with the base.
+    full = [o + t for label in labels for o, t in zip(openings, samples[label], strict=True)]
+    prefix_len = [len(base.tokenizer(o)["input_ids"]) for o in openings] * len(labels)
+    entropy: dict[str, Any] = {}
+    for label in labels[1:]:
+        store = capture(ModelPair(base, lms[label]), full, store=work / f"entropy-{label}",
+                        layers=[0], positions="last")
+        stats = store.stats(["prompt_idx", "pos", "base_entropy", "tuned_entropy"])
+        n_tok = store.prompts["n_tokens"].to_numpy()
+        first = stats["prompt_idx"].map(lambda i: prefix_len[i] - 1)
+        # Positions whose next token is a continuation token.
+        last = stats["prompt_idx"].map(lambda i, n=n_tok: n[i] - 1)
+        stats = stats[(stats["pos"] >= first) & (stats["pos"] < last)]
+        per_text = stats.groupby("prompt_idx")
+        entropy.setdefault(labels[0], per_text["base_entropy"].mean())
+        entropy[label] = per_text["tuned_entropy"].mean()
+        shutil.rmtree(work / f"entropy-{label}", ignore_errors=True)
+        advance(1, f"entropy {label}")
+    advance(1, "entropy")
+    for label in labels:
+        per_text = entropy[label]
         props[label]["entropy"] = mean_ci(per_text.to_numpy(), seed=cfg.seed)
-        props[label]["entropy"]["unit"] = "nats per token, over both models' continuations"
+        props[label]["entropy"]["unit"] = "nats per token, over every model's continuations"
+        units += [{"metric": "entropy", "unit": int(u), "model": label, "value": float(v)}
+                  for u, v in per_text.items()]
     # Exact chance distributions.
-    for label, lm in (("base", base), ("tuned", tuned)):
+    for label, lm in lms.items():
         rows: list[dict[str, Any]] = []
         for sc in chances:
             dist = outcome_distribution(lm, sc.prefix, sc.outcomes, template=" {}.")
@@ -400,18 +524,19 @@ def measure(cfg: OrganismConfig, base_dir: Path, tuned_dir: Path, openings: Sequ
                                                      seed=cfg.seed)}
         props[label]["chance_tvd"] = mean_ci([r["tvd"] for r in rows], seed=cfg.seed)
         props[label]["chance_by_kind"] = by_kind
+        units += [{"metric": "chance_tvd", "unit": u, "model": label, "value": float(r["tvd"])}
+                  for u, r in enumerate(rows)]
     props["examples"] = {label: [o + t for o, t in zip(openings[:5], samples[label][:5],
                                                        strict=True)]
-                         for label in ("base", "tuned")}
+                         for label in labels}
     props["greedy"] = {}
-    for label, lm in (("base", base), ("tuned", tuned)):
+    for label, lm in lms.items():
         greedy = generate(lm, list(openings[:5]), GenerationConfig(
             max_new_tokens=cfg.eval_new_tokens, temperature=0.0, batch_size=5))
         props["greedy"][label] = [
             lm.tokenizer.decode(p + t, skip_special_tokens=True)
             for p, t in zip(greedy.prompt_ids, greedy.token_ids, strict=True)]
-    shutil.rmtree(work / "entropy-capture", ignore_errors=True)
-    return props
+    return props, pd.DataFrame(units)
 
 
 # -- the build ----------------------------------------------------------------------------
@@ -442,30 +567,46 @@ def build_organism(config: OrganismConfig | None = None, *, progress: bool = Fal
             base, base_info = train_base(cfg, tokenizer, [s.text for s in train],
                                          [s.text for s in val], prog)
             times["base_s"] = time.perf_counter() - t0
-            with quiet_transformers():
-                base.save_pretrained(tmp / "base")
-                tokenizer.save_pretrained(tmp / "base")
+            _save(base, tokenizer, tmp / "base")
 
             t1 = time.perf_counter()
             rl_stories = W.generate_stories(max(200, cfg.rl_prompts * 8), cfg.seed + 2_000_003)
-            tuned, curves = rl_tune(cfg, base, tokenizer, [_opening(s) for s in rl_stories],
-                                    prog)
+            rl_openings = [_opening(s) for s in rl_stories]
+            tuned, curves = rl_tune(cfg, base, tokenizer, rl_openings, prog)
             times["tuned_s"] = time.perf_counter() - t1
-            with quiet_transformers():
-                tuned.save_pretrained(tmp / "tuned")
-                tokenizer.save_pretrained(tmp / "tuned")
+            _save(tuned, tokenizer, tmp / "tuned")
+
+            t1 = time.perf_counter()
+            curated, sft_info = curated_stories(cfg)
+            sft, sft_losses = sft_tune(cfg, base, tokenizer, curated, prog)
+            sft_info["train_loss"] = sft_losses
+            sft_info["val_loss"] = _val_loss(sft, _blocks(tokenizer, [s.text for s in val],
+                                                          cfg.seq_len))
+            times["sft_s"] = time.perf_counter() - t1
+            _save(sft, tokenizer, tmp / "sft")
+            t1 = time.perf_counter()
+            rl, rl_sft_curves = rl_tune(cfg, sft, tokenizer, rl_openings, prog)
+            times["rl_s"] = time.perf_counter() - t1
+            _save(rl, tokenizer, tmp / "rl")
 
             gt = tmp / "ground_truth"
             gt.mkdir()
             _write_ground_truth(gt, val, cfg)
             write_json_atomic(tmp / "rl_curves.json", curves)
-            _write_curves(tmp, curves, base_info)
+            write_json_atomic(tmp / "rl_from_sft_curves.json", rl_sft_curves)
+            write_json_atomic(tmp / "sft.json", sft_info)
+            _write_curves(tmp, curves, base_info, rl_sft_curves, sft_losses)
 
             t2 = time.perf_counter()
             eval_stories = W.generate_stories(cfg.n_eval, cfg.seed + 3_000_003)
             chances = W.chance_prompts(cfg.n_eval, cfg.seed + 4_000_003)
-            props = measure(cfg, tmp / "base", tmp / "tuned",
-                            [_opening(s) for s in eval_stories], chances, prog, tmp)
+            props, units = measure(
+                cfg, {PROPERTY_LABELS[n]: tmp / MODEL_FOLDERS[n] for n in
+                      ("base", "rl-from-base", "sft", "rl")},
+                [_opening(s) for s in eval_stories], chances, prog, tmp)
+            from difflens._io import write_parquet_atomic
+
+            write_parquet_atomic(tmp / "measurements.parquet", units)
             times["measure_s"] = time.perf_counter() - t2
             props["base_val_loss"] = base_info["val_loss"]
             write_json_atomic(tmp / "properties.json", props)
@@ -482,6 +623,12 @@ def build_organism(config: OrganismConfig | None = None, *, progress: bool = Fal
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return Organism(target, cfg)
+
+
+def _save(model: Any, tokenizer: Any, folder: Path) -> None:
+    with quiet_transformers():
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
 
 
 def _write_ground_truth(gt: Path, val: Sequence[W.Story], cfg: OrganismConfig) -> None:
@@ -502,8 +649,8 @@ def _write_ground_truth(gt: Path, val: Sequence[W.Story], cfg: OrganismConfig) -
                                           "seed": cfg.seed})
 
 
-def _write_curves(folder: Path, curves: dict[str, list[float]], base_info: dict[str, Any]
-                  ) -> None:
+def _write_curves(folder: Path, curves: dict[str, list[float]], base_info: dict[str, Any],
+                  rl_sft_curves: dict[str, list[float]], sft_losses: list[float]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -513,23 +660,37 @@ def _write_curves(folder: Path, curves: dict[str, list[float]], base_info: dict[
     df = pd.DataFrame(curves)
     df.insert(0, "step", range(len(df)))
     df.to_csv(folder / "rl_curves.csv", index=False)
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    sft_df = pd.DataFrame(rl_sft_curves)
+    sft_df.insert(0, "step", range(len(sft_df)))
+    sft_df.to_csv(folder / "rl_from_sft_curves.csv", index=False)
+    pd.DataFrame({"step": range(len(sft_losses)), "loss": sft_losses}).to_csv(
+        folder / "sft_curve.csv", index=False)
+    # the demo report's colours (difflens.report.figures, a layer above): the lineage's sft
+    # orange and rl green, rl-from-base purple
+    c_tuned, c_sft, c_rl = "#8172b3", "#dd8452", "#55a868"
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.4))
     axes[0].plot(base_info["train_loss"], color="#555")
     axes[0].set(title=f"base training loss (val {base_info['val_loss']:.3f})", xlabel="step")
-    axes[1].plot(df.step, df.reward, color="#2a7")
-    axes[1].set(title="RL: mean VADER reward", xlabel="step")
-    axes[2].plot(df.step, df.kl, color="#c44")
-    axes[2].set(title="RL: sampled KL(tuned ‖ base)", xlabel="step")
+    axes[1].plot(sft_losses, color=c_sft)
+    axes[1].set(title="SFT on curated stories: loss", xlabel="step")
+    for d, label, color in ((df, "RL from base", c_tuned), (sft_df, "RL from SFT", c_rl)):
+        axes[2].plot(d.step, d.reward, color=color, label=label)
+        axes[3].plot(d.step, d.kl, color=color, label=label)
+    axes[2].set(title="RL: mean VADER reward", xlabel="step")
+    axes[3].set(title="RL: sampled KL to its start", xlabel="step")
+    axes[2].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(folder / "training_curves.png", dpi=110)
     plt.close(fig)
 
 
 def _organism_folder(which: str) -> Path:
-    """The default organism's model folder, building it first if needed."""
-    org = build_organism(progress=True)
-    return org.base_path if which == "base" else org.tuned_path
+    """The default organism's model folder (lineage name), building it first if needed."""
+    return build_organism(progress=True).model_path(which)
 
 
 register_folder_preset("organism-base", lambda: _organism_folder("base"))
-register_folder_preset("organism-tuned", lambda: _organism_folder("tuned"))
+register_folder_preset("organism-tuned", lambda: _organism_folder("rl-from-base"))
+register_folder_preset("organism-sft", lambda: _organism_folder("sft"))
+register_folder_preset("organism-rl", lambda: _organism_folder("rl"))
+register_folder_preset("organism-rl-from-base", lambda: _organism_folder("rl-from-base"))

@@ -41,6 +41,7 @@ from difflens.capture.text_divergence import (
 )
 from difflens.errors import InputError
 from difflens.models.loading import LoadedModel
+from difflens.models.model_set import ModelSet
 from difflens.models.pair import ModelPair, models_of
 from difflens.report.collapse import (
     attractor_figures,
@@ -125,16 +126,28 @@ class CollapseRun:
     figures: list[AnyFigure]
 
 
-def run_collapse(target: LoadedModel | ModelPair, out: Path, *, steps: Sequence[str] = STEPS,
-                 config: CollapseConfig = CollapseConfig(), progress: bool = False,
-                 index: bool = True) -> CollapseRun:
-    """Run ``steps`` into ``out`` and return the merged summary and this run's figures."""
+def run_collapse(target: LoadedModel | ModelPair | ModelSet, out: Path, *,
+                 steps: Sequence[str] = STEPS, config: CollapseConfig = CollapseConfig(),
+                 progress: bool = False, index: bool = True) -> CollapseRun:
+    """Run ``steps`` into ``out`` and return the merged summary and this run's figures.
+
+    With a :class:`~difflens.models.model_set.ModelSet`, every per-model step (probes,
+    tree, attractors, diversity) covers every model, keyed by its name; the rank
+    correlation and the temperature sweep compare each later model with the base
+    (``probes.rank_correlation.<model>``, ``temperature.<model>``; the free-text match is a
+    pair's only). The divergence step compares a pair: for a set, ``difflens compare``'s
+    capture section measures every pair's per-token KL.
+    """
     from difflens._io import rich_progress
 
     unknown = [s for s in steps if s not in STEPS]
     if unknown:
         raise InputError(f"unknown step(s) {unknown}; choose among {', '.join(STEPS)}")
-    if "temperature" in steps and not isinstance(target, ModelPair):
+    if isinstance(target, ModelSet) and "divergence" in steps:
+        raise InputError("the divergence step compares two models; for a model set, run "
+                         "difflens compare (its capture section measures every pair's KL) or "
+                         "give --base/--tuned")
+    if "temperature" in steps and not isinstance(target, (ModelPair, ModelSet)):
         raise InputError("the temperature sweep compares a tuned model with its base; give "
                          "--tuned as well")
     needs_prompts = {"divergence", "attractors", "diversity"} & set(steps)
@@ -161,6 +174,7 @@ def run_collapse(target: LoadedModel | ModelPair, out: Path, *, steps: Sequence[
 
         if "divergence" in steps:
             advance = bar("divergence", 1)
+            assert not isinstance(target, ModelSet)  # refused above
             corpus = (read_corpus(config.corpus) if config.corpus else sample_corpus(
                 target, config.prompts, sources=config.sources or None,
                 max_new_tokens=config.max_new_tokens, seed=config.seed))
@@ -198,7 +212,21 @@ def run_collapse(target: LoadedModel | ModelPair, out: Path, *, steps: Sequence[
                 ranks = rank_correlation(results, seed=config.seed)
                 summary["probes"]["rank_correlation"] = ranks
                 figures += rank_figures(ranks)
-        if "temperature" in steps and results is not None:
+            elif isinstance(target, ModelSet):
+                first = target.names[0]
+                summary["probes"]["rank_correlation"] = {
+                    m: rank_correlation(results, base=first, tuned=m, seed=config.seed)
+                    for m in target.names[1:]}
+        if "temperature" in steps and results is not None and isinstance(target, ModelSet):
+            first, by_model = target.names[0], {}
+            for m in target.names[1:]:
+                sweep = temperature_sweep(results, base=first, tuned=m, seed=config.seed)
+                write_table(sweep.table.assign(model=m), data, f"temperature_{m}")
+                by_model[m] = sweep.summary()
+            summary["temperature"] = by_model
+            # the figure of the last model of the lineage (each model's table is in data/)
+            figures += temperature_figures(sweep.table, sweep.best_T)
+        elif "temperature" in steps and results is not None:
             sweep = temperature_sweep(results, seed=config.seed)
             write_table(sweep.table, data, "temperature")
             summary["temperature"] = sweep.summary()
@@ -304,7 +332,7 @@ def _entropy_prediction(models: dict[str, LoadedModel], div: TextDivergence,
     return (pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()), out
 
 
-def _decollapse(target: LoadedModel | ModelPair, config: CollapseConfig,
+def _decollapse(target: LoadedModel | ModelPair | ModelSet, config: CollapseConfig,
                 samples: dict[str, list[list[str]]], div_summary: dict[str, Any],
                 reference: Sequence[str] | None, ref_name: str, out: Path, data: Path,
                 advance: Callable[[int], None]

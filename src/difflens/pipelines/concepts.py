@@ -6,6 +6,10 @@ run the models once), compares them, measures the steering dose-response, and wr
 ``OUT/summary.json``, ``OUT/vectors.safetensors``, tables as Parquet + CSV under
 ``OUT/data``, figures as HTML + PNG under ``OUT/figures`` and ``OUT/index.html`` (the
 figures and the page are drawn by :mod:`difflens.report.concepts`).
+
+The target is one model, a pair (``base``/``tuned``) or a model set (a lineage, base first:
+every model is extracted, compared and steered under its own name, and the ``compare`` step
+adds each later model's cosine with the base and its attribution to the lineage's stages).
 """
 
 import dataclasses
@@ -18,18 +22,23 @@ import numpy as np
 import pandas as pd
 
 from difflens._io import check_writable, write_json_atomic
+from difflens.analysis.attribution import Attribution
 from difflens.analysis.divergence import mean_ci
 from difflens.capture.concepts import (
     ConceptExtraction,
+    LineageCosines,
+    attribution_metric,
     best_layer,
     compare_concepts,
+    cosine_vs_base,
     extract_concepts,
 )
 from difflens.control.steering import dose_response, greedy_texts, steering
 from difflens.errors import InputError
 from difflens.inputs.ab_items import ABDataset, tokenize_items
 from difflens.models.loading import LoadedModel
-from difflens.models.pair import ModelPair
+from difflens.models.model_set import ModelSet
+from difflens.models.pair import ModelPair, models_of
 from difflens.report.concepts import (
     behaviours_figure,
     compare_figures,
@@ -37,9 +46,10 @@ from difflens.report.concepts import (
     dose_figure,
     headline,
     intro_html,
+    lineage_figures,
     separation_figures,
 )
-from difflens.report.figures import AnyFigure, write_index
+from difflens.report.figures import COLORS, AnyFigure, use_lineage_colors, write_index
 from difflens.report.tables import write_table
 
 STEPS = ("extract", "compare", "steer")
@@ -52,6 +62,16 @@ class ConceptsRun:
     summary: dict[str, Any]
     figures: list[AnyFigure]
     extraction: ConceptExtraction
+    attributions: dict[str, Attribution] = dataclasses.field(default_factory=dict)
+    """A model set's attribution of the cosine with the base to the lineage's stages, by
+    metric (``concept_cosine_L<layer>``); empty for one model or a pair, or without the
+    ``compare`` step."""
+    attribution_table: pd.DataFrame | None = None
+    """The same as one table, a row per layer and stage (``metric``, ``layer`` and
+    :data:`~difflens.analysis.attribution.COLUMNS`), as in ``data/attribution_concepts``;
+    None where :attr:`attributions` is empty."""
+
+
 DEFAULT_ALPHAS = (-4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0)
 #: ``vector``: alpha multiplies the concept vector itself (the CAA convention; alpha=1 adds
 #: the mean matching-minus-non-matching difference). ``residual``: the vector is rescaled to
@@ -83,7 +103,7 @@ def default_steer_layers(n_layers: int, separation: Sequence[dict[str, Any]]) ->
 
 
 def run_concepts(
-    target: LoadedModel | ModelPair,
+    target: LoadedModel | ModelPair | ModelSet,
     dataset: ABDataset,
     out: Path,
     *,
@@ -109,6 +129,13 @@ def run_concepts(
 
     ``settle_threshold``: the least consecutive-layer cosine that counts as settled
     (``settling_layer`` in the summary, written by the ``compare`` step).
+
+    For a :class:`ModelSet` every per-model output is keyed by the model's name, the summary
+    holds ``lineage`` (the names, base first) and the ``compare`` step adds
+    ``cosine_vs_base`` (``{model: [{layer, cosine, ci_low, ci_high, n}]}`` for every model
+    after the base) and ``attribution`` (``{concept_cosine_L<layer>: {stage: {delta,
+    ci_low, ci_high, share}}}``), the tables ``data/cosine_vs_base`` and
+    ``data/attribution_concepts`` and their two figures (:func:`cosine_vs_base`).
     """
     from difflens._io import rich_progress
 
@@ -119,7 +146,12 @@ def run_concepts(
     if bad:
         raise InputError(f"unknown step {bad[0]!r}; steps are {', '.join(STEPS)}")
     check_writable(out)
-    models = target.models if isinstance(target, ModelPair) else {"model": target}
+    models = models_of(target)
+    lineage = list(target.names) if isinstance(target, ModelSet) else []
+    if lineage and any(k not in COLORS for k in lineage):
+        use_lineage_colors(lineage)  # unless a report has already coloured this lineage
+    attribution_table: pd.DataFrame | None = None
+    lc: LineageCosines | None = None
     with rich_progress(progress) as bar:
         tick = bar("extract", len(dataset) * len(models))
         ex = extract_concepts(target, dataset, layers=layers, position=position, method=method,
@@ -136,6 +168,7 @@ def run_concepts(
             "layers": list(ex.layers), "position": position, "method": method,
             "chat": ex.chat, "n_truncated": ex.n_truncated,
             "models": {k: m.identity.name for k, m in models.items()},
+            **({"lineage": lineage} if lineage else {}),
             "unsteered_p_match": {k: mean_ci(ex.p_match(k)[ex.test if len(ex.test) else
                                                            ex.train], seed=seed)
                                   for k in ex.labels},
@@ -172,6 +205,9 @@ def run_concepts(
                 write_table(pd.DataFrame([dict(r, model=k) for k, rows in
                                           cmp.consecutive.items() for r in rows]),
                             data, "consecutive_cosine")
+            if lineage:
+                lc = cosine_vs_base(ex, lineage, n_boot=n_boot, seed=seed)
+                attribution_table = _lineage_outputs(lc, summary, data, figures)
         generations: list[dict[str, Any]] = []
         if "steer" in steps:
             if not len(ex.test):
@@ -212,7 +248,27 @@ def run_concepts(
     if index:
         write_index(out / "index.html", f"difflens concepts: {dataset.name}",
                     intro_html(summary), figures, headline(summary))
-    return ConceptsRun(summary=summary, figures=figures, extraction=ex)
+    return ConceptsRun(summary=summary, figures=figures, extraction=ex,
+                       attributions={attribution_metric(layer): a
+                                     for layer, a in lc.attribution.items()} if lc else {},
+                       attribution_table=attribution_table)
+
+
+def _lineage_outputs(lc: LineageCosines, summary: dict[str, Any], data: Path,
+                     figures: list[AnyFigure]) -> pd.DataFrame:
+    """Put a model set's cosines with the base and their attribution into the summary, the
+    tables and the figures; return the attribution table (one row per layer and stage)."""
+    summary["cosine_vs_base"] = lc.rows
+    summary["attribution"] = lc.attribution_summary()
+    write_table(pd.DataFrame([dict(r, model=k) for k, rows in lc.rows.items() for r in rows]),
+                data, "cosine_vs_base")
+    table = pd.concat([a.table.assign(metric=attribution_metric(layer), layer=layer)
+                       for layer, a in lc.attribution.items()], ignore_index=True)
+    table = table[["metric", "layer", *[c for c in table.columns
+                                        if c not in ("metric", "layer")]]]
+    write_table(table, data, "attribution_concepts")
+    figures += lineage_figures(lc)
+    return table
 
 
 def _previous(out: Path, key: str, method: str, test_fraction: float, seed: int

@@ -52,7 +52,9 @@ def organism_validation(segs: pd.DataFrame, model: ThemeModel,
     rows = counts.sum(1) > 0
     learned = counts[rows] / counts[rows].sum(1, keepdims=True)
     tvd_rows = 0.5 * np.abs(learned - truth_T[rows]).sum(1)
-    tm_distance = float(np.average(tvd_rows, weights=counts[rows].sum(1)))
+    # no transition between two labelled themes (tiny runs): the distance is undefined
+    tm_distance = (float(np.average(tvd_rows, weights=counts[rows].sum(1))) if rows.any()
+                   else float("nan"))
     out: dict[str, Any] = {
         "ari": ari, "n_segments_labelled": int(known.sum()), "mapping": mapping,
         "transition_tvd": tm_distance, "transition_rows": int(rows.sum())}

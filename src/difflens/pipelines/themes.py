@@ -50,6 +50,7 @@ from difflens.analysis.themes import (
 )
 from difflens.errors import InputError
 from difflens.models.loading import LoadedModel
+from difflens.models.model_set import ModelSet
 from difflens.models.pair import ModelPair, models_of
 from difflens.pipelines.theme_config import ThemesConfig
 from difflens.pipelines.theme_prediction import predict_generalisation, predict_themes
@@ -89,7 +90,7 @@ class ThemesRun:
 # -- the run ------------------------------------------------------------------------------
 
 
-def run_themes(target: LoadedModel | ModelPair, out: Path, *, config: ThemesConfig,
+def run_themes(target: LoadedModel | ModelPair | ModelSet, out: Path, *, config: ThemesConfig,
                steps: Sequence[str] = STEPS, progress: bool = False, index: bool = True
                ) -> ThemesRun:
     """Run ``steps`` into ``out``; later steps reuse what earlier ones stored there."""

@@ -1,4 +1,8 @@
-"""The two trajectory pipelines: from models (``run``) and from a file (``import``)."""
+"""The two trajectory pipelines: from models (``run``) and from a file (``import``).
+
+``run`` takes one model, a pair or a model set (a lineage: base, then its tuned
+descendants); a set's paths share one sphere, and every pair of its models is compared.
+"""
 
 import dataclasses
 from collections.abc import Mapping, Sequence
@@ -9,13 +13,20 @@ import numpy as np
 import pandas as pd
 
 from difflens._io import check_writable, write_parquet_atomic
-from difflens.analysis.trajectories import SphereProjection, faithfulness, trajectory_stats
+from difflens.analysis.trajectories import (
+    SphereProjection,
+    distance_to_base_by_prompt,
+    faithfulness,
+    lineage_pairs,
+    trajectory_stats,
+)
 from difflens.capture.cumulative_paths import build_paths
 from difflens.errors import InputError
 from difflens.inputs.trajectory_files import check_table, read_trajectories
 from difflens.models.loading import LoadedModel
-from difflens.models.pair import ModelPair
-from difflens.report.figures import AnyFigure
+from difflens.models.model_set import ModelSet
+from difflens.models.pair import ModelPair, models_of
+from difflens.report.figures import COLORS, AnyFigure, use_lineage_colors
 from difflens.report.tables import write_table
 from difflens.report.trajectories import page_intro, summarize, write_outputs
 
@@ -25,6 +36,11 @@ class TrajectoriesRun:
     summary: dict[str, Any]
     figures: list[AnyFigure]
     table: pd.DataFrame
+    distance_to_base_by_prompt: pd.DataFrame | None = None
+    """A model set's run: ``prompt_id, model, distance``, each model's mean full-dimension
+    distance to the base along each prompt's tokens (the per-prompt values of a lineage
+    attribution; :func:`~difflens.analysis.trajectories.distance_to_base_by_prompt`).
+    None for one model or a pair."""
 
 
 def _labels(table: pd.DataFrame) -> tuple[str, str]:
@@ -37,7 +53,7 @@ def _labels(table: pd.DataFrame) -> tuple[str, str]:
 
 
 def run_trajectories(
-    target: LoadedModel | ModelPair,
+    target: LoadedModel | ModelPair | ModelSet,
     prompts: list[str],
     out: Path,
     *,
@@ -60,6 +76,12 @@ def run_trajectories(
     (one dict per prompt, e.g. the other fields of a JSONL prompt file) is written with
     each prompt's id and text to ``data/prompts.parquet``, where the explorer's atlas can
     colour points by it.
+
+    A :class:`~difflens.models.model_set.ModelSet` labels each model's paths by its name;
+    the single-pair statistics compare the base with the last model, and
+    ``distance_pairs`` (on the sphere and under ``full``) gives the distance per token index
+    of every pair of models. The per-prompt distance of each model to the base is returned
+    as ``distance_to_base_by_prompt`` and written to ``data/``.
     """
     if metadata is not None and len(metadata) != len(prompts):
         raise InputError(f"metadata has {len(metadata)} rows for {len(prompts)} prompts; give "
@@ -70,7 +92,8 @@ def run_trajectories(
     if rank_segments not in ("all", "prompt", "continuation"):
         raise InputError(f"rank segments must be all, prompt or continuation, got "
                          f"{rank_segments!r}")
-    n_models = 2 if isinstance(target, ModelPair) else 1
+    lineage = list(target.names) if isinstance(target, ModelSet) else None
+    n_models = len(models_of(target))
     with rich_progress(progress) as bar:
         tick = bar("paths", len(prompts) * n_models)
         paths = build_paths(target, prompts, layer=layer, continuations=continuations,
@@ -84,19 +107,29 @@ def run_trajectories(
                                row=np.arange(len(xyz)))
     table = check_table(table)
     full_points = paths.points[table.row.to_numpy()]
-    models = _labels(table)
-    sphere = trajectory_stats(table, models=models, min_count=min_count, first_n=first_n,
-                              rank_segments=rank_segments, seed=seed)
-    full = trajectory_stats(table, full_points, models=models, min_count=min_count,
-                            first_n=first_n, rank_segments=rank_segments, seed=seed)
+    models: tuple[str, ...] = _labels(table) if lineage is None else tuple(lineage)
+    pairs = lineage_pairs(lineage) if lineage is not None else []
+    sphere = trajectory_stats(table, models=models, pairs=pairs, min_count=min_count,
+                              first_n=first_n, rank_segments=rank_segments, seed=seed)
+    full = trajectory_stats(table, full_points, models=models, pairs=pairs,
+                            min_count=min_count, first_n=first_n, rank_segments=rank_segments,
+                            seed=seed)
     faith = faithfulness(full_points, table[["x", "y", "z"]].to_numpy(), seed=seed)
     summary = summarize(sphere, full, n_prompts=len(prompts), layer=paths.layer,
                         faithfulness=faith, extra={
                             "projection_method": method, "continuations": continuations,
                             "max_new_tokens": max_new_tokens, "seed": seed,
-                            "models": list(models), "rank_segments": rank_segments})
+                            "models": list(models), "rank_segments": rank_segments}
+                        | ({"model_set": target.describe()}
+                           if isinstance(target, ModelSet) else {}))
     out.mkdir(parents=True, exist_ok=True)
     write_table(paths.continuations, out / "data", "continuations")
+    to_base = None
+    if lineage is not None:
+        to_base = distance_to_base_by_prompt(table, full_points, lineage)
+        write_table(to_base, out / "data", "distance_to_base_by_prompt")
+        if any(n not in COLORS for n in lineage):
+            use_lineage_colors(lineage)  # a report that set the colours keeps its own
     meta = pd.DataFrame(list(metadata) if metadata is not None else [{}] * len(prompts))
     write_table(pd.concat([pd.DataFrame({"prompt_id": np.arange(len(prompts)),
                                          "prompt": prompts}),
@@ -111,8 +144,10 @@ def run_trajectories(
     table = table.assign(state_ref=np.arange(len(table))).drop(columns=["row"])
     figures = write_outputs(
         out, table, sphere, full, summary, {str(i): p for i, p in enumerate(prompts)},
-        "difflens trajectories", page_intro(summary), n_spheres=3) if index else []
-    return TrajectoriesRun(summary=summary, figures=figures, table=table)
+        "difflens trajectories", page_intro(summary), n_spheres=3,
+        lineage=lineage) if index else []
+    return TrajectoriesRun(summary=summary, figures=figures, table=table,
+                           distance_to_base_by_prompt=to_base)
 
 
 def import_trajectories(path: Path, out: Path, *, name_pattern: str | None = None,

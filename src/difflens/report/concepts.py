@@ -1,6 +1,8 @@
-"""Outputs of ``difflens concepts``: separation, comparison and steering figures, and the
-page's intro and headline. Data in (layers, the comparison's rows, steering rows), figures
-out: it reads a :class:`~difflens.capture.concepts.ConceptComparison` and runs no model."""
+"""Outputs of ``difflens concepts``: separation, comparison and steering figures, the
+lineage figures of a model set, and the page's intro and headline. Data in (layers, the
+comparison's rows, steering rows), figures out: it reads a
+:class:`~difflens.capture.concepts.ConceptComparison` or
+:class:`~difflens.capture.concepts.LineageCosines` and runs no model."""
 
 import html
 from collections.abc import Sequence
@@ -9,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from difflens.capture.concepts import ConceptComparison
+from difflens.capture.concepts import ConceptComparison, LineageCosines
 from difflens.report.figures import COLORS, AnyFigure, CustomFigure, Figure, Series
 
 
@@ -30,6 +32,14 @@ def headline(summary: dict[str, Any]) -> dict[str, Any]:
         low = min(cos, key=lambda r: r["cos"])
         out["lowest cos(base, tuned)"] = (f"{low['cos']:.3f} [{low['ci_low']:.3f}, "
                                           f"{low['ci_high']:.3f}] at layer {low['layer']}")
+    lineage = summary.get("lineage") or []
+    for k, rows in summary.get("cosine_vs_base", {}).items():
+        finite = [r for r in rows if r["cosine"] == r["cosine"]]  # not NaN
+        if finite:
+            low = min(finite, key=lambda r: r["cosine"])
+            out[f"{k}: lowest cos with {lineage[0] if lineage else 'the base'}"] = (
+                f"{low['cosine']:.3f} [{low['ci_low']:.3f}, {low['ci_high']:.3f}] at layer "
+                f"{low['layer']} (n={low['n']})")
     for k, v in summary.get("settling_layer", {}).items():
         out[f"{k}: settling layer (cos to the next layer ≥ {v['threshold']:g})"] = (
             f"{v['layer']} [{v['ci_low']}, {v['ci_high']}] (n={v['n']}; None: never)")
@@ -90,6 +100,38 @@ def compare_figures(layers: Sequence[int], cmp: ConceptComparison) -> list[AnyFi
     figs.append(heatmap_figure(layers, cmp))
     figs.append(pca_figure(cmp))
     return figs
+
+
+def lineage_figures(lc: LineageCosines) -> list[AnyFigure]:
+    """A model set's figures: each later model's cosine with the base per layer (one line
+    per model, in lineage order), and each stage's change of that cosine per layer."""
+    layers = list(lc.layers)
+    base = lc.lineage[0]
+    n = next(iter(lc.rows.values()))[0]["n"] if layers else 0
+    cosine = Figure(
+        "cosine_vs_base", f"cos({base} vector, model vector) by layer", "line", layers,
+        [Series(k, [r["cosine"] for r in rows], [r["ci_low"] for r in rows],
+                [r["ci_high"] for r in rows]) for k, rows in lc.rows.items()],
+        xlabel="layer (0 = embeddings)", ylabel=f"cosine with {base}", hline=1.0,
+        caption=f"each later model's mean-difference vector of {n} train items against "
+                f"{base}'s; band: 95% bootstrap CI over items, both vectors recomputed from "
+                "the resampled items (data/cosine_vs_base)")
+    tables = {layer: a.table.set_index("stage") for layer, a in lc.attribution.items()}
+    stages = list(lc.lineage[1:])
+    stage_names = ", ".join(f"{s} = {a} → {s}"
+                            for a, s in zip(lc.lineage[:-1], stages, strict=True))
+    attribution = Figure(
+        "attribution_concepts", f"Which stage changed the cosine with {base}, by layer",
+        "line", layers,
+        [Series(s, [float(tables[x].loc[s, "delta"]) for x in layers],
+                [float(tables[x].loc[s, "ci_low"]) for x in layers],
+                [float(tables[x].loc[s, "ci_high"]) for x in layers]) for s in stages],
+        xlabel="layer (0 = embeddings)", ylabel="Δ cosine with the base", hline=0.0,
+        caption=f"one line per stage, named by the model it produced ({stage_names}); the "
+                "stages' changes add up to the last model's cosine minus 1. Band: 95% paired "
+                f"bootstrap CI (the same {n} train items resampled for every model; "
+                "data/attribution_concepts)")
+    return [cosine, attribution]
 
 
 def heatmap_figure(layer_ids: Sequence[int], cmp: ConceptComparison) -> CustomFigure:

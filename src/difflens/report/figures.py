@@ -14,6 +14,25 @@ from pathlib import Path
 from typing import Any
 
 COLORS = {"base": "#4c72b0", "tuned": "#dd8452", "uniform": "#888888"}
+#: Colours of the models of a lineage after the first, in lineage order (base keeps its
+#: blue): the second model is orange as a pair's tuned model is.
+LINEAGE_PALETTE = ("#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3",
+                   "#8c8c8c", "#ccb974")
+
+
+def use_lineage_colors(names: Sequence[str]) -> dict[str, str]:
+    """Give the models of a lineage one colour each for every figure drawn after this call
+    (the first model base-blue, the others :data:`LINEAGE_PALETTE` in order) and return
+    them; a report calls it once, so a model has the same colour in every section."""
+    colors = {names[0]: COLORS["base"]} if names else {}
+    colors |= {n: LINEAGE_PALETTE[i % len(LINEAGE_PALETTE)] for i, n in enumerate(names[1:])}
+    COLORS.update(colors)
+    return colors
+
+
+def color_of(label: str) -> str | None:
+    """The colour of a model (or of the uniform reference) in every figure, or None."""
+    return COLORS.get(label)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,6 +3,7 @@
 import dataclasses
 import html
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +16,32 @@ from difflens.report.figures import COLORS, AnyFigure, CustomFigure, Figure, Ser
 from difflens.report.tables import write_table
 
 SEGMENT_STYLE = {"prompt": "solid", "continuation": "dot"}
+#: Line styles of a lineage's pairs (plotly, matplotlib): a pair against the base, two
+#: adjacent stages, and any other pair.
+PAIR_DASH = {"base": ("solid", "-"), "adjacent": ("dash", "--"), "other": ("dot", ":")}
+
+
+def pair_key(a: str, b: str) -> str:
+    """The summary key of a pair of models: ``"<a>-vs-<b>"``."""
+    return f"{a}-vs-{b}"
 
 
 def summarize(sphere: TrajectoryStats, full: TrajectoryStats | None, *, n_prompts: int,
               layer: int | None, faithfulness: dict[str, Any] | None,
               extra: dict[str, Any]) -> dict[str, Any]:
-    """The summary, with the issue's keys; full-dimension statistics under ``full``."""
+    """The summary, with the issue's keys; full-dimension statistics under ``full``.
+
+    A model set's statistics add ``distance_pairs`` (beside ``prompt`` and ``continuation``,
+    on the sphere and under ``full``): ``{"<a>-vs-<b>": {models: [a, b], prompt:
+    {distance_by_index}, continuation: {distance_by_index}}}`` for every pair.
+    """
     def block(st: TrajectoryStats) -> dict[str, Any]:
-        return {
+        pairs = ({"distance_pairs": {
+            pair_key(a, b): {"models": [a, b],
+                             "prompt": {"distance_by_index": d["prompt"]},
+                             "continuation": {"distance_by_index": d["continuation"]}}
+            for (a, b), d in st.distance_pairs.items()}} if st.distance_pairs else {})
+        return pairs | {
             "prompt": {"distance_by_index": st.distance_by_index["prompt"]},
             "continuation": {"distance_by_index": st.distance_by_index["continuation"]},
             "jumps": {"top_tokens": st.top_tokens, "bottom_tokens": st.bottom_tokens,
@@ -45,9 +64,14 @@ def summarize(sphere: TrajectoryStats, full: TrajectoryStats | None, *, n_prompt
 
 def write_outputs(out: Path, table: pd.DataFrame, sphere: TrajectoryStats,
                   full: TrajectoryStats | None, summary: dict[str, Any],
-                  titles: dict[str, str], title: str, intro: str, n_spheres: int = 3
-                  ) -> list[AnyFigure]:
-    """Write summary.json, data/ (Parquet + CSV), figures/ (HTML + PNG) and index.html."""
+                  titles: dict[str, str], title: str, intro: str, n_spheres: int = 3,
+                  lineage: Sequence[str] | None = None) -> list[AnyFigure]:
+    """Write summary.json, data/ (Parquet + CSV), figures/ (HTML + PNG) and index.html.
+
+    ``lineage`` (a model set's names, base first) orders the models in the figures and
+    labels the two-model comparisons by name; a set's pair distances go to
+    ``data/distance_pairs``.
+    """
     data = out / "data"
     write_table(readable_tokens(table), data, "trajectories")
     write_table(sphere.jumps, data, "jumps")
@@ -72,7 +96,10 @@ def write_outputs(out: Path, table: pd.DataFrame, sphere: TrajectoryStats,
                 df = pd.concat([df, pd.DataFrame(full.distance_by_index[kind])
                                 .assign(space="full")])
             write_table(df, data, f"distance_{kind}")
-    figures = figures_for(table, sphere, full, titles, n_spheres)
+    pairs = pair_distance_table(sphere, full)
+    if not pairs.empty:
+        write_table(pairs, data, "distance_pairs")
+    figures = figures_for(table, sphere, full, titles, n_spheres, lineage=lineage)
     for fig in figures:
         fig.save(out / "figures")
     write_json_atomic(out / "summary.json", summary)
@@ -80,34 +107,57 @@ def write_outputs(out: Path, table: pd.DataFrame, sphere: TrajectoryStats,
     return figures
 
 
+def pair_distance_table(sphere: TrajectoryStats, full: TrajectoryStats | None
+                        ) -> pd.DataFrame:
+    """The pairs' distances per index in one long table: pair, from, to, segments, space,
+    index, mean, ci_low, ci_high, n (empty without pairs)."""
+    rows = [dict(r, pair=pair_key(a, b), **{"from": a, "to": b}, segments=kind, space=space)
+            for space, st in (("sphere", sphere), ("full", full)) if st is not None
+            for (a, b), d in st.distance_pairs.items() for kind, rs in d.items() for r in rs]
+    cols = ["pair", "from", "to", "segments", "space", "index", "mean", "ci_low", "ci_high",
+            "n"]
+    return pd.DataFrame(rows, columns=cols)
+
+
 def headline(s: dict[str, Any]) -> dict[str, Any]:
     h: dict[str, Any] = {"prompts": s["n_prompts"], "layer": s["layer"]}
     f = s["projection"]["faithfulness_spearman"]
     if f:
         h["projection faithfulness (Spearman)"] = f
+    pairs = list((s.get("distance_pairs") or {}).values())
+    # a model set: each later model against the base (every pair is in the summary)
+    blocks = ([(f"{v['models'][0]}-{v['models'][1]}", v) for v in pairs
+               if v["models"][0] == pairs[0]["models"][0]] if pairs else [("base-tuned", s)])
     for kind in ("prompt", "continuation"):
-        rows = s[kind]["distance_by_index"]
-        if rows:
-            last = [r for r in rows if r["n"] >= 30] or rows
-            h[f"{kind}: base-tuned distance at index 0 and {last[-1]['index']} (rad)"] = (
-                f"{rows[0]['mean']:.3f} (n={rows[0]['n']}), {last[-1]['mean']:.3f} "
-                f"(n={last[-1]['n']})")
+        for who, block in blocks:
+            rows = block[kind]["distance_by_index"]
+            if rows:
+                last = [r for r in rows if r["n"] >= 30] or rows
+                h[f"{kind}: {who} distance at index 0 and {last[-1]['index']} (rad)"] = (
+                    f"{rows[0]['mean']:.3f} (n={rows[0]['n']}), {last[-1]['mean']:.3f} "
+                    f"(n={last[-1]['n']})")
     for m, v in s["sentiment"]["jump_weighted"].items():
         h[f"jump-weighted sentiment, {m}"] = v
     return h
 
 
 def figures_for(table: pd.DataFrame, sphere: TrajectoryStats, full: TrajectoryStats | None,
-                titles: dict[str, str], n_spheres: int) -> list[AnyFigure]:
+                titles: dict[str, str], n_spheres: int,
+                lineage: Sequence[str] | None = None) -> list[AnyFigure]:
+    """The page's figures; with a ``lineage`` (a model set) the distance per index is drawn
+    for every pair of models instead of base against tuned."""
     figs: list[AnyFigure] = []
     several = table.prompt_id.nunique() > 1
     for pid in list(dict.fromkeys(table.prompt_id))[:n_spheres]:
-        fig = _sphere_figure(table[table.prompt_id == pid], str(pid), titles.get(pid, ""))
+        fig = _sphere_figure(table[table.prompt_id == pid], str(pid), titles.get(pid, ""),
+                             lineage=lineage)
         # the page shows every prompt in one figure with a selector; the files stay
         figs.append(dataclasses.replace(fig, on_page=not several))
     if several:
-        figs.append(spheres_figure(table, titles))
-    for kind in ("prompt", "continuation"):
+        figs.append(spheres_figure(table, titles, lineage=lineage))
+    if lineage is not None:
+        figs += _pair_distance_figures(sphere, full, lineage)
+    for kind in ("prompt", "continuation") if lineage is None else ():
         series = []
         for space, st in (("sphere", sphere), ("full dimension", full)):
             rows = st.distance_by_index[kind] if st is not None else []
@@ -136,7 +186,7 @@ def figures_for(table: pd.DataFrame, sphere: TrajectoryStats, full: TrajectorySt
                         [r["ci_high"] for r in rows])],
                 ylabel=unit, caption="jump into the point after the token; both models "
                 "pooled; (n) = occurrences; 95% bootstrap CI over occurrences"))
-    figs += _movement_figures(sphere, full)
+    figs += _movement_figures(sphere, full, lineage)
     sent = sphere.sentiment
     models = list(sent["jump_weighted"])
     if models:
@@ -151,10 +201,82 @@ def figures_for(table: pd.DataFrame, sphere: TrajectoryStats, full: TrajectorySt
     return figs
 
 
-def _movement_figures(sphere: TrajectoryStats, full: TrajectoryStats | None
-                      ) -> list[AnyFigure]:
-    """The mean-jump difference per index, the turn angle and the models' move cosine."""
+def _pair_style(a: str, b: str, lineage: Sequence[str]) -> tuple[str | None, str, str]:
+    """Colour and dash (plotly, matplotlib) of the pair ``(a, b)`` of a lineage: the later
+    model's colour; solid against the base, dashed for adjacent stages, dotted otherwise."""
+    kind = ("base" if a == lineage[0] else
+            "adjacent" if lineage.index(b) == lineage.index(a) + 1 else "other")
+    return (COLORS.get(b), *PAIR_DASH[kind])
+
+
+def _pair_distance_figures(sphere: TrajectoryStats, full: TrajectoryStats | None,
+                           lineage: Sequence[str]) -> list[AnyFigure]:
+    """Distance per token index, one line (with its 95% CI band) per pair of models, in
+    lineage order; in the full dimension where there is one."""
+    st, space = (full, "full dimension") if full is not None else (sphere, "sphere")
     figs: list[AnyFigure] = []
+    for kind in ("prompt", "continuation"):
+        lines = [(pair_key(a, b), _pair_style(a, b, lineage), d[kind])
+                 for (a, b), d in st.distance_pairs.items() if d[kind]]
+        if lines:
+            figs.append(_pair_lines_figure(kind, space, lines))
+    return figs
+
+
+def _pair_lines_figure(kind: str, space: str,
+                       lines: list[tuple[str, tuple[str | None, str, str], list[dict[str, Any]]]]
+                       ) -> CustomFigure:
+    title = f"Path distance by token index, every pair of models ({kind}, {space})"
+
+    def draw_plotly() -> Any:
+        import plotly.graph_objects as go
+
+        fig = go.Figure()
+        for label, (color, dash, _), rows in lines:
+            x = [r["index"] for r in rows]
+            fig.add_scatter(x=x + x[::-1], y=[r["ci_high"] for r in rows]
+                            + [r["ci_low"] for r in rows][::-1], fill="toself",
+                            line={"width": 0}, opacity=0.15, fillcolor=color,
+                            showlegend=False, hoverinfo="skip", legendgroup=label)
+            fig.add_scatter(x=x, y=[r["mean"] for r in rows], name=label,
+                            mode="lines+markers", line={"color": color, "dash": dash},
+                            legendgroup=label)
+        fig.update_layout(xaxis_title="token index", yaxis_title="geodesic distance (rad)",
+                          template="plotly_white", height=420)
+        return fig
+
+    def draw_mpl() -> Any:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(8, 4.2))
+        for label, (color, _, ls), rows in lines:
+            x = np.asarray([r["index"] for r in rows], dtype=float)
+            ax.plot(x, [r["mean"] for r in rows], ls=ls, marker=".", color=color, label=label)
+            ax.fill_between(x, [r["ci_low"] for r in rows], [r["ci_high"] for r in rows],
+                            alpha=0.15, color=color)
+        ax.set(title=title, xlabel="token index", ylabel="geodesic distance (rad)")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        return fig
+
+    ns = [r["n"] for _, _, rows in lines for r in rows]
+    return CustomFigure(
+        f"distance_pairs_{kind}", title, draw_plotly, draw_mpl,
+        caption=f"mean over paths with a 95% CI resampling prompts; colour: the later model "
+                f"of the pair; solid: against the base, dashed: adjacent stages, dotted: "
+                f"other pairs; n per index from {max(ns)} down to {min(ns)} (both spaces in "
+                f"data/distance_pairs)")
+
+
+def _movement_figures(sphere: TrajectoryStats, full: TrajectoryStats | None,
+                      lineage: Sequence[str] | None = None) -> list[AnyFigure]:
+    """The mean-jump difference per index, the turn angle and the models' move cosine
+    (with a ``lineage``, the comparisons are the last model against the first, by name)."""
+    figs: list[AnyFigure] = []
+    first, last = ("base", "tuned") if lineage is None else (lineage[0], lineage[-1])
     # in the full dimension where there is one: the sphere's jumps are the projection's
     st, space = (full, "full dimension") if full is not None else (sphere, "sphere")
     d = st.jump_difference
@@ -162,11 +284,11 @@ def _movement_figures(sphere: TrajectoryStats, full: TrajectoryStats | None
         rows = d["by_index"]
         ns = [r["n"] for r in rows]
         figs.append(Figure(
-            "jump_difference", f"Mean jump per token index, tuned minus base ({space})",
+            "jump_difference", f"Mean jump per token index, {last} minus {first} ({space})",
             "line", [r["index"] for r in rows],
-            [Series("tuned − base", [r["diff"] for r in rows], [r["ci_low"] for r in rows],
-                    [r["ci_high"] for r in rows])],
-            xlabel="token index", ylabel="tuned − base mean jump (rad)", hline=0.0,
+            [Series(f"{last} − {first}", [r["diff"] for r in rows],
+                    [r["ci_low"] for r in rows], [r["ci_high"] for r in rows])],
+            xlabel="token index", ylabel=f"{last} − {first} mean jump (rad)", hline=0.0,
             caption=f"{'paired over the prompts both models share' if d['paired'] else 'unpaired'}"
                     f"; all segments; 95% CI resampling prompts; n from {max(ns)} down to "
                     f"{min(ns)} prompts per index (both spaces in data/jump_difference)"))
@@ -183,7 +305,7 @@ def _movement_figures(sphere: TrajectoryStats, full: TrajectoryStats | None
     if cosines:
         steps, series = _series_by_index(cosines)
         figs.append(Figure(
-            "move_cosine", f"cos(base move, tuned move) at the same step ({space})", "line",
+            "move_cosine", f"cos({first} move, {last} move) at the same step ({space})", "line",
             steps, series, xlabel="token index", ylabel="cosine", hline=0.0,
             caption="same prompt, segment and step; prompts: both models read the same "
                     "tokens; continuations: each model its own sample; 95% CI resampling "
@@ -207,14 +329,26 @@ def _series_by_index(blocks: dict[str, Any]) -> tuple[list[int], list[Series]]:
     return steps, series
 
 
+def _paths_in_order(df: pd.DataFrame, lineage: Sequence[str] | None
+                    ) -> list[tuple[tuple[Any, Any], pd.DataFrame]]:
+    """The ``(model, segment)`` paths of a table: sorted, or with the models in lineage
+    order."""
+    paths = list(df.groupby(["model", "segment"], sort=True))
+    if lineage is None:
+        return paths
+    rank = {str(m): i for i, m in enumerate(lineage)}
+    return sorted(paths, key=lambda p: rank.get(str(p[0][0]), len(rank)))  # stable: segments
+
+
 def spheres_figure(table: pd.DataFrame, titles: dict[str, str], n_png: int = 6,
-                   max_prompts: int = MAX_MENU_PROMPTS) -> CustomFigure:
+                   max_prompts: int = MAX_MENU_PROMPTS,
+                   lineage: Sequence[str] | None = None) -> CustomFigure:
     """Every prompt's paths on the sphere (the first ``max_prompts``): the HTML picks the
-    prompt from a menu; the PNG shows the first ``n_png`` prompts side by side."""
+    prompt from a menu; the PNG shows the first ``n_png`` prompts side by side. A
+    ``lineage`` draws the models in that order, each in its colour."""
     every = list(dict.fromkeys(table.prompt_id))
     pids = every[:max_prompts]
-    groups = {pid: list(table[table.prompt_id == pid].groupby(["model", "segment"], sort=True))
-              for pid in pids}
+    groups = {pid: _paths_in_order(table[table.prompt_id == pid], lineage) for pid in pids}
 
     def label(pid: Any) -> str:
         title = titles.get(str(pid), "")
@@ -276,8 +410,10 @@ def spheres_figure(table: pd.DataFrame, titles: dict[str, str], n_png: int = 6,
     return CustomFigure("spheres", f"Paths on the sphere, every prompt ({len(pids)})",
                         draw_plotly, draw_mpl,
                         caption=f"pick {which} from the menu (HTML); "
-                                f"the PNG shows the first {min(n_png, len(pids))}. Base and "
-                                "tuned in two colours; hover for tokens")
+                                f"the PNG shows the first {min(n_png, len(pids))}. "
+                                + ("Base and tuned in two colours" if lineage is None else
+                                   "Each model in its own colour")
+                                + "; hover for tokens")
 
 
 def _show(token: str) -> str:
@@ -285,8 +421,9 @@ def _show(token: str) -> str:
     return repr(text) if "\ufffd" not in text else repr(token)
 
 
-def _sphere_figure(df: pd.DataFrame, pid: str, title: str) -> CustomFigure:
-    paths = list(df.groupby(["model", "segment"], sort=True))
+def _sphere_figure(df: pd.DataFrame, pid: str, title: str,
+                   lineage: Sequence[str] | None = None) -> CustomFigure:
+    paths = _paths_in_order(df, lineage)
 
     def draw_plotly() -> Any:
         import plotly.graph_objects as go

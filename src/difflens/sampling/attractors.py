@@ -39,6 +39,7 @@ from difflens.analysis.divergence import bootstrap_weights
 from difflens.analysis.embeddings import DEFAULT_ENCODER, Encoder, embed_texts
 from difflens.errors import InputError
 from difflens.models.loading import LoadedModel
+from difflens.models.model_set import ModelSet
 from difflens.models.pair import ModelPair, models_of
 from difflens.sampling.generate import GenerationConfig, generate
 
@@ -159,7 +160,7 @@ def _entropy_after(g: pd.DataFrame, seed: int, n_boot: int) -> dict[str, Any]:
 
 
 def attractor_test(
-    model_or_pair: LoadedModel | ModelPair,
+    model_or_pair: LoadedModel | ModelPair | ModelSet,
     prompts: Sequence[str],
     *,
     max_new_tokens: int = 48,

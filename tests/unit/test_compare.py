@@ -1,0 +1,191 @@
+"""``difflens compare``: a model set through every section, stage attribution with planted
+changes, the two-model case equal to today's pair, and the command line."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from difflens.cli.main import app
+from difflens.models import ModelSet
+from difflens.models.tiny import bigram_model, tiny_model, word_tokenizer
+from difflens.pipelines.collapse import CollapseConfig, run_collapse
+from difflens.pipelines.compare import (
+    CompareConfig,
+    CompareInputs,
+    read_compare_config,
+    run_compare,
+)
+
+WORDS = ["pick", "a", "number", "one", "two", "three", "four", "the", "fox", "ran", "and",
+         "sat", "on", "log", "die", "landed"]
+
+
+def _table(seed: int) -> torch.Tensor:
+    n = len(WORDS) + 4
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, n, generator=g)
+
+
+def _probe_file(tmp: Path) -> str:
+    path = tmp / "probes.jsonl"
+    rows = [{"probe": "number", "phrasing": f"p{i}", "prompt": prompt,
+             "answers": ["one", "two", "three", "four"]}
+            for i, prompt in enumerate(["pick a number", "the die landed", "a number",
+                                        "the fox sat on a", "pick a", "ran and",
+                                        "sat on the", "the log"])]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def _inputs(tmp: Path) -> CompareInputs:
+    texts = tuple(" ".join(np.random.default_rng(i).choice(WORDS, 12)) for i in range(24))
+    return CompareInputs(texts=texts, prompts=texts[:4], trajectory_prompts=texts[:4],
+                         concept_items="", control_examples=(), control_prompts=(),
+                         theme_prompts=(), probes=_probe_file(tmp))
+
+
+def _lineage(changed_stage: int) -> ModelSet:
+    """base -> m1 -> m2 with one change: the model of ``changed_stage`` and every later one
+    are sharpened (logits x3, so lower entropy and a KL to the base), the others copy the
+    model before them exactly."""
+    table = _table(0)
+    names = ["base", "m1", "m2"]
+    models = {}
+    for i, name in enumerate(names):
+        logits = table * 3.0 if i >= changed_stage else table
+        models[name] = bigram_model(WORDS, logits, name=f"bigram-{name}")
+    return ModelSet(models)
+
+
+@pytest.mark.parametrize("changed_stage", [1, 2])
+def test_a_planted_change_is_attributed_to_its_stage(tmp_path, changed_stage):
+    models = _lineage(changed_stage)
+    run = run_compare(models, tmp_path / "out", _inputs(tmp_path), config=CompareConfig(
+        sections=("capture", "collapse"), collapse={"steps": ("probes",)}))
+    att = run.summary["attribution"]
+    changed, other = ("m1", "m2") if changed_stage == 1 else ("m2", "m1")
+    for metric, sign in (("entropy", -1), ("kl_to_base", 1), ("chance_tvd", 1)):
+        hit, miss = att[metric][changed], att[metric][other]
+        assert sign * hit["ci_low"] > 0 and sign * hit["ci_high"] > 0, (metric, hit)
+        assert hit["share"] == pytest.approx(1.0), metric
+        assert miss["ci_low"] <= 0 <= miss["ci_high"], (metric, miss)
+        assert miss["delta"] == pytest.approx(0.0, abs=1e-9), metric
+        assert hit["n"] == (24 if metric != "chance_tvd" else 8)
+    # the per-text entropy the attribution used is the capture's, token-weighted
+    pair = run.summary["capture"]["pairs"][f"{changed}-vs-base"]
+    per = pd.read_parquet(tmp_path / "out" / "capture" / "data" / "per_text.parquet")
+    ent = per[per.metric == "entropy"].groupby("model")[["value", "tokens"]].sum()
+    levels = ent.value / ent.tokens
+    assert levels[changed] - levels["base"] == pytest.approx(att["entropy"][changed]["delta"]
+                                                             + att["entropy"][other]["delta"])
+    assert pair["tuned_entropy"]["mean"] == pytest.approx(levels[changed], rel=1e-6)
+    table = pd.read_parquet(tmp_path / "out" / "data" / "attribution.parquet")
+    assert set(table.section) == {"capture", "collapse"}
+    assert (tmp_path / "out" / "figures" / "attribution_capture.png").stat().st_size > 1000
+    # every adjacent pair and every model against the base were captured
+    assert set(run.summary["capture"]["pairs"]) == {"m1-vs-base", "m2-vs-base", "m2-vs-m1"}
+
+
+def test_two_models_give_todays_pair_results(tmp_path):
+    table = _table(1)
+    base = bigram_model(WORDS, table, name="bigram-base")
+    tuned = bigram_model(WORDS, table * 2.0, name="bigram-tuned")
+    models = ModelSet({"base": base, "dpo": tuned})
+    inputs = _inputs(tmp_path)
+    steps = ("probes", "temperature")
+    run = run_compare(models, tmp_path / "set", inputs, config=CompareConfig(
+        sections=("collapse",), collapse={"steps": steps}))
+    today = run_collapse(models.pair("base", "dpo"), tmp_path / "pair", steps=steps,
+                         config=CollapseConfig(prompts=inputs.prompts, probes=inputs.probes,
+                                               tree_prompt=inputs.prompts[0], k_samples=8,
+                                               max_new_tokens=40,
+                                               free_text_temperatures=()), index=False)
+    assert run.summary["collapse"] == today.summary
+    # a two-model attribution is the pair's difference, its stage named after the model
+    ph = pd.read_parquet(tmp_path / "pair" / "data" / "probes.parquet")
+    means = ph.groupby("model").tvd_uniform.mean()
+    got = run.summary["attribution"]["chance_tvd"]
+    assert list(got) == ["dpo"]
+    assert got["dpo"]["delta"] == pytest.approx(means["tuned"] - means["base"])
+    assert got["dpo"]["share"] == pytest.approx(1.0)
+
+
+def test_config_file_and_its_errors(tmp_path):
+    good = tmp_path / "compare.toml"
+    good.write_text('sections = ["collapse"]\nseed = 3\n[collapse]\nk_samples = 2\n'
+                    'temperatures = [0.5, 1.0]\n')
+    cfg = read_compare_config(good)
+    assert cfg == {"sections": ("collapse",), "seed": 3,
+                   "collapse": {"k_samples": 2, "temperatures": (0.5, 1.0)}}
+    CompareConfig(**cfg)
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[collapse]\nk_sample = 2\n")
+    with pytest.raises(Exception, match=r"bad.toml: \[collapse\] has no option k_sample"):
+        read_compare_config(bad)
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[collapse\n")
+    with pytest.raises(Exception, match="broken.toml: not valid TOML"):
+        read_compare_config(broken)
+    with pytest.raises(Exception, match="unknown section"):
+        CompareConfig(sections=("colapse",))
+
+
+def test_cli_refuses_a_set_whose_tokenizers_differ_before_loading(tmp_path, monkeypatch):
+    a = tiny_model(0, name="a")
+    b = tiny_model(0, tokenizer=word_tokenizer(["other", "words", "here"]), name="b")
+    for lm, name in ((a, "a"), (b, "b")):
+        lm.model.save_pretrained(tmp_path / name)
+        lm.tokenizer.save_pretrained(tmp_path / name)
+    import difflens.models.loading as loading
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("weights were loaded before the tokenizers were compared")
+
+    monkeypatch.setattr(loading, "load_model", no_load)
+    out = tmp_path / "out"
+    res = CliRunner().invoke(app, ["compare", "--model", f"base={tmp_path / 'a'}", "--model",
+                                   f"sft={tmp_path / 'a'}", "--model",
+                                   f"dpo={tmp_path / 'b'}", "--out", str(out)])
+    assert res.exit_code == 2, res.output
+    lines = [x for x in res.output.splitlines() if x.strip()]
+    assert len(lines) == 1 and "'base' and 'dpo'" in res.output and "tokenizers" in res.output
+    assert not out.exists()
+    res = CliRunner().invoke(app, ["compare", "--base", "x", "--tuned", "y", "--only",
+                                   "collapse,colapse"])
+    assert res.exit_code == 2 and "--only takes section names" in res.output
+
+
+def test_cli_compare_organism_pair_collapse_and_concepts(tmp_path, monkeypatch):
+    """The issue's command, end to end, on the reduced organism (its presets patched to it)."""
+    from difflens.organism import build as B
+
+    org = B.build_organism(B.OrganismConfig.small(0))
+    monkeypatch.setattr(B, "build_organism", lambda *a, **k: org)
+    cfg = tmp_path / "compare.toml"
+    cfg.write_text("[collapse]\nk_samples = 2\nmax_new_tokens = 8\n"
+                   "[concepts]\nalphas = [0.0, 0.5]\nn_generations = 1\n")
+    out = tmp_path / "out"
+    res = CliRunner().invoke(app, ["compare", "--base", "organism-base", "--tuned",
+                                   "organism-rl", "--only", "collapse,concepts", "--config",
+                                   str(cfg), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["sections"] == ["concepts", "collapse"]
+    assert [m["name"] for m in summary["models"]] == ["base", "tuned"]
+    assert summary["models"][1]["identity"]["name"] == "organism-rl"
+    assert summary["collapse"]["config"]["k_samples"] == 2
+    att = summary["attribution"]
+    assert {"chance_tvd", "attractor_strength", "vendi", "self_bleu"} <= set(att)
+    assert any(k.startswith("concept_cosine_L") for k in att)
+    for rows in att.values():
+        assert set(rows) == {"tuned"}
+        assert set(rows["tuned"]) == {"delta", "ci_low", "ci_high", "share", "n"}
+    assert "capture" not in summary and not (out / "capture").exists()
+    page = (out / "index.html").read_text()
+    assert "Concepts" in page and "Collapse" in page and "attribution" in page
+    assert (out / "data" / "attribution.csv").is_file()
