@@ -77,7 +77,7 @@ def test_a_planted_change_is_attributed_to_its_stage(tmp_path, changed_stage):
         assert miss["delta"] == pytest.approx(0.0, abs=1e-9), metric
         assert hit["n"] == (24 if metric != "chance_tvd" else 8)
     # the per-text entropy the attribution used is the capture's, token-weighted
-    pair = run.summary["capture"]["pairs"][f"{changed}-vs-base"]
+    pair = run.summary["capture"]["pairs"][f"base-vs-{changed}"]
     per = pd.read_parquet(tmp_path / "out" / "capture" / "data" / "per_text.parquet")
     ent = per[per.metric == "entropy"].groupby("model")[["value", "tokens"]].sum()
     levels = ent.value / ent.tokens
@@ -88,7 +88,7 @@ def test_a_planted_change_is_attributed_to_its_stage(tmp_path, changed_stage):
     assert set(table.section) == {"capture", "collapse"}
     assert (tmp_path / "out" / "figures" / "attribution_capture.png").stat().st_size > 1000
     # every adjacent pair and every model against the base were captured
-    assert set(run.summary["capture"]["pairs"]) == {"m1-vs-base", "m2-vs-base", "m2-vs-m1"}
+    assert set(run.summary["capture"]["pairs"]) == {"base-vs-m1", "base-vs-m2", "m1-vs-m2"}
 
 
 def test_two_models_give_todays_pair_results(tmp_path):

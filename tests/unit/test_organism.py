@@ -137,9 +137,9 @@ NAMES = ("base", "sft", "rl")
 def _check_capture_and_organism(out: Path, summary: dict) -> None:
     data = out / "capture" / "data"
     # capture: each pair's headline means are the means of the per-token table it wrote
-    assert set(summary["capture"]["pairs"]) == {"sft-vs-base", "rl-vs-base", "rl-vs-sft"}
+    assert set(summary["capture"]["pairs"]) == {"base-vs-sft", "base-vs-rl", "sft-vs-rl"}
     for key, pair in summary["capture"]["pairs"].items():
-        b, a = key.split("-vs-")
+        a, b = key.split("-vs-")
         per_token = pd.read_parquet(data / f"per_token_{a}-vs-{b}.parquet")
         for col, v in pair.items():
             assert v["mean"] == pytest.approx(per_token[col].astype(float).mean(), rel=1e-9)

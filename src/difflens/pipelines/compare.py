@@ -342,7 +342,8 @@ def _capture(models: ModelSet, out: Path, inputs: CompareInputs, config: Compare
         stats = store.stats(["prompt_idx", "pos", "base_entropy", "tuned_entropy",
                              "kl_tuned_base", "kl_base_tuned", "top1_agree"])
         write_table(stats, out / "data", f"per_token_{a}-vs-{b}")
-        pair_summary[f"{b}-vs-{a}"] = summarize_pair_stats(stats, seed=config.seed)
+        # "a-vs-b" in lineage order, as trajectories' distance_pairs; the pair's "tuned" is b
+        pair_summary[f"{a}-vs-{b}"] = summarize_pair_stats(stats, seed=config.seed)
         g = stats.groupby("prompt_idx")
         n_tok = g.size()
         if a == names[0]:
@@ -356,7 +357,7 @@ def _capture(models: ModelSet, out: Path, inputs: CompareInputs, config: Compare
                                           "model": b, "value": g["kl_tuned_base"].sum(),
                                           "tokens": n_tok}))
         by_pos = stats.groupby("pos")["kl_tuned_base"].agg(["mean", "count"]).reset_index()
-        by_position.append(by_pos.assign(pair=f"{b}-vs-{a}"))
+        by_position.append(by_pos.assign(pair=f"{a}-vs-{b}"))
     units = pd.concat(per_text, ignore_index=True)
     base_kl = units[(units.metric == "entropy") & (units.model == names[0])].assign(
         metric="kl_to_base", value=0.0)  # the base's KL to itself
@@ -521,8 +522,7 @@ def _control(models: ModelSet, out: Path, inputs: CompareInputs, config: Compare
             rows.append(_uncontrolled(name, run.summary))
             if name == models.names[-1]:
                 figures += [*probe_figs, *run.figures]
-    values = {r["model"]: {"mean": r["mean"], "ci95": r["ci95"]} for r in rows if r["mean"]
-              is not None}
+    values = {r["model"]: {"mean": r["mean"], "ci95": r["ci95"]} for r in rows}
     if values:
         figures.insert(0, per_model_figure(
             "control_uncontrolled", "Share of bad continuations without control, per model",
@@ -540,14 +540,11 @@ def _ticks(step: Callable[[int, str], None]) -> Callable[[int], None]:
 
 
 def _uncontrolled(name: str, summary: Mapping[str, Any]) -> dict[str, Any]:
-    """The uncontrolled row of a model's control summary: its bad share with CI."""
-    ctrl = summary.get("controllers", {})
-    row = ctrl.get("none") or next((v for k, v in ctrl.items() if k.startswith("none")), None)
-    if not isinstance(row, Mapping):
-        return {"model": name, "mean": None, "ci95": None}
-    mean = row.get("bad_rate", row.get("mean"))
-    ci = row.get("bad_rate_ci95", row.get("ci95"))
-    return {"model": name, "mean": mean, "ci95": ci}
+    """The uncontrolled cell of a model's control summary (``controllers.none.<gain>``):
+    its bad rate by the model's own probe, with the CI."""
+    cell = next(iter(summary["controllers"]["none"].values()))
+    return {"model": name, "mean": cell["bad_rate"],
+            "ci95": [cell["bad_rate_ci_low"], cell["bad_rate_ci_high"]]}
 
 
 # -- themes --------------------------------------------------------------------------------
