@@ -86,7 +86,7 @@ def test_a_planted_change_is_attributed_to_its_stage(tmp_path, changed_stage):
     assert pair["tuned_entropy"]["mean"] == pytest.approx(levels[changed], rel=1e-6)
     table = pd.read_parquet(tmp_path / "out" / "data" / "attribution.parquet")
     assert set(table.section) == {"capture", "collapse"}
-    assert (tmp_path / "out" / "figures" / "attribution_capture.png").stat().st_size > 1000
+    assert (tmp_path / "out" / "figures" / "stages_capture.png").stat().st_size > 1000
     # every adjacent pair and every model against the base were captured
     assert set(run.summary["capture"]["pairs"]) == {"base-vs-m1", "base-vs-m2", "m1-vs-m2"}
 

@@ -364,8 +364,8 @@ def test_cli_build_info_and_demo(tmp_path, snapshot, monkeypatch):
     assert "Themes" in page and th["n_prompts"] == 24 and th["k_samples"] == 4
     assert th["n_themes"] >= 3
     assert (out / "themes" / "figures" / "theme_map.png").stat().st_size > 1000
-    for name in ("headline", "chance_d6", "attribution_organism", "attribution_collapse",
-                 "capture_kl_by_position"):
+    for name in ("headline", "chance_d6", "stages_organism", "stages_collapse",
+                 "capture_kl_by_position", "control_uncontrolled", "rl_curves"):
         assert (out / "figures" / f"{name}.html").is_file()
         assert (out / "figures" / f"{name}.png").stat().st_size > 1000
     for table in ("attribution",):

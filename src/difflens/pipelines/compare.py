@@ -39,6 +39,7 @@ from difflens.report.compare import (
     attribution_figure,
     attribution_html,
     lineage_html,
+    pair_colors,
     per_model_figure,
     stage_takeaways,
 )
@@ -247,7 +248,7 @@ def run_compare(models: ModelSet, out: Path, inputs: CompareInputs, *,
         table = _attribution_table(name, attributions)
         if not table.empty:
             tables.append(table)
-            figures = [attribution_figure(f"attribution_{name}",
+            figures = [attribution_figure(f"stages_{name}",
                                           f"{name}: the change each stage made", table),
                        *figures]
         sections.append(Section(name.capitalize(), intro + attribution_html(table), figures,
@@ -372,6 +373,7 @@ def _capture(models: ModelSet, out: Path, inputs: CompareInputs, config: Compare
         entropy[m] = mean_ci(per, seed=config.seed)
     curve = pd.concat(by_position, ignore_index=True)
     write_table(curve, out / "data", "kl_by_position")
+    pair_colors(names)
     cut = curve[curve["count"] >= 5]
     positions = sorted(set(cut.pos))
     series = [Series(p, cut[cut.pair == p].set_index("pos")["mean"].reindex(positions).tolist())

@@ -39,6 +39,22 @@ def metric_text(metric: str) -> str:
     return METRIC_TEXT.get(metric, metric)
 
 
+def pair_colors(names: Sequence[str]) -> dict[str, str]:
+    """Colours of the pairs ``a-vs-b`` of a lineage in every figure: a model against the base
+    takes that model's colour; other pairs (adjacent stages) take the palette's tail."""
+    from difflens.report.figures import COLORS, LINEAGE_PALETTE
+
+    out: dict[str, str] = {}
+    spare = list(LINEAGE_PALETTE[len(names) - 1:]) or list(LINEAGE_PALETTE)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            key = f"{a}-vs-{b}"
+            out[key] = (COLORS.get(b, "#999999") if a == names[0]
+                        else spare[len(out) % len(spare)])
+    COLORS.update(out)
+    return out
+
+
 def attribution_figure(name: str, title: str, table: pd.DataFrame) -> Figure:
     """Each stage's change of each metric (x) with its 95% CI, one series per stage."""
     metrics = list(dict.fromkeys(table["metric"]))

@@ -98,7 +98,7 @@ def organism_figures(props: Mapping[str, Any], organism: Mapping[str, Any],
             caption="The world draws every outcome uniformly (dashed line)."))
     if len(attribution):
         figures.append(attribution_figure(
-            "attribution_organism", "The organism: the change each stage made", attribution))
+            "stages_organism", "The organism: the change each stage made", attribution))
     if curves:
         figures.append(training_figure(curves))
     return figures
