@@ -189,3 +189,37 @@ def test_cli_compare_organism_pair_collapse_and_concepts(tmp_path, monkeypatch):
     page = (out / "index.html").read_text()
     assert "Concepts" in page and "Collapse" in page and "attribution" in page
     assert (out / "data" / "attribution.csv").is_file()
+
+
+def test_builtin_inputs_ship_with_the_package():
+    """A user's own models need no dataset: the built-in files load through the readers
+    every command uses, with the sizes the docs state."""
+    from difflens.inputs.ab_items import load_ab_dataset
+    from difflens.pipelines.compare_inputs import builtin_inputs
+
+    inputs = builtin_inputs()
+    assert len(inputs.texts) == len(inputs.prompts) == len(inputs.theme_prompts) == 40
+    assert len(set(inputs.prompts)) == 40 and all(p.strip() for p in inputs.prompts)
+    items = load_ab_dataset(inputs.concept_items)
+    assert len(items) == 150 and not items.skipped
+    assert len(inputs.control_examples) == 240
+    labels = [seg[1] for ex in inputs.control_examples for seg in ex.segments]
+    assert labels.count(1) == labels.count(0) == 120
+    assert len({ex.group for ex in inputs.control_examples}) == 12  # one group per subject
+    assert inputs.probes is None  # the built-in probes
+
+
+def test_sections_from_only_skip_and_the_config():
+    from difflens.cli.compare import choose_sections
+    from difflens.errors import InputError
+
+    assert choose_sections(None, None) == ("capture", "concepts", "trajectories", "collapse",
+                                           "control", "themes")
+    assert choose_sections("collapse,concepts", None) == ("concepts", "collapse")
+    assert choose_sections(None, "control,themes") == ("capture", "concepts", "trajectories",
+                                                       "collapse")
+    assert choose_sections(None, "capture", ["capture", "themes"]) == ("themes",)
+    with pytest.raises(InputError, match="leave no section"):
+        choose_sections("collapse", "collapse")
+    with pytest.raises(InputError, match="--skip takes section names"):
+        choose_sections(None, "nope")

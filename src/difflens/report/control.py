@@ -149,10 +149,15 @@ def trace_figure(gens: pd.DataFrame, threshold: float, picks: Sequence[tuple[str
         for i, sc in enumerate(df["scores"]):
             sc = list(sc)[:max_tokens]
             mat[i, :len(sc)] = sc
+        # positions past every generation's end have no score: NaN there, without the
+        # "mean of empty slice" warnings nanmean would print
+        n = np.isfinite(mat).sum(0)
+        filled = np.where(np.isfinite(mat), mat, 0.0)
         with np.errstate(all="ignore"):
-            mean = np.nanmean(mat, 0)
-            n = np.isfinite(mat).sum(0)
-            se = np.nanstd(mat, 0) / np.sqrt(np.maximum(n, 1))
+            mean = np.where(n > 0, filled.sum(0) / n, np.nan)
+            var = np.where(n > 0, (np.where(np.isfinite(mat), mat - mean, 0.0) ** 2).sum(0) / n,
+                           np.nan)
+        se = np.sqrt(var) / np.sqrt(np.maximum(n, 1))
         series.append(Series(_label(kind, gain), mean.tolist(), (mean - 1.96 * se).tolist(),
                              (mean + 1.96 * se).tolist()))
     return Figure(name="score_traces", title="Probe score per generated token",
