@@ -364,10 +364,12 @@ def test_cli_build_info_and_demo(tmp_path, snapshot, monkeypatch):
     assert "Themes" in page and th["n_prompts"] == 24 and th["k_samples"] == 4
     assert th["n_themes"] >= 3
     assert (out / "themes" / "figures" / "theme_map.png").stat().st_size > 1000
-    for name in ("headline", "chance_d6", "stages_organism", "stages_collapse",
-                 "capture_kl_by_position", "control_uncontrolled", "rl_curves"):
-        assert (out / "figures" / f"{name}.html").is_file()
-        assert (out / "figures" / f"{name}.png").stat().st_size > 1000
+    for name in ("figures/headline", "figures/chance_d6", "figures/stages_organism",
+                 "figures/stages_collapse", "figures/rl_curves",
+                 "capture/figures/capture_kl_by_position",
+                 "control/figures/control_uncontrolled"):
+        assert (out / f"{name}.html").is_file()
+        assert (out / f"{name}.png").stat().st_size > 1000
     for table in ("attribution",):
         assert (out / "data" / f"{table}.parquet").is_file()
         assert (out / "data" / f"{table}.csv").is_file()

@@ -1,7 +1,9 @@
 """``difflens compare``: every instrument on a model set (a lineage such as base -> SFT ->
 RL, or a pair), one report, and the change each stage made to each headline metric.
 
-Sections (``SECTIONS``) run into ``OUT/<section>/`` with the section's own pipeline:
+Sections (``SECTIONS``) run into ``OUT/<section>/`` (their figures in ``OUT/<section>/
+figures``) with the section's own pipeline; each section's stage figure is
+``OUT/figures/stages_<section>``:
 
 - ``capture``: every model scores the same texts; per-token KL of each adjacent pair and of
   each model against the base, and each model's entropy (:func:`difflens.capture.capture`);
@@ -19,7 +21,6 @@ CI over the same prompts or items (:mod:`difflens.analysis.attribution`).
 
 import dataclasses
 import inspect
-import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -248,9 +249,10 @@ def run_compare(models: ModelSet, out: Path, inputs: CompareInputs, *,
         table = _attribution_table(name, attributions)
         if not table.empty:
             tables.append(table)
-            figures = [attribution_figure(f"stages_{name}",
-                                          f"{name}: the change each stage made", table),
-                       *figures]
+            stages = attribution_figure(f"stages_{name}", f"{name}: the change each stage made",
+                                        table)
+            stages.save(out / "figures")  # the section's own figures are in OUT/<section>
+            figures = [stages, *figures]
         sections.append(Section(name.capitalize(), intro + attribution_html(table), figures,
                                 stage_takeaways(table) if not table.empty else []))
     attribution = (pd.concat(tables, ignore_index=True) if tables
@@ -264,9 +266,6 @@ def run_compare(models: ModelSet, out: Path, inputs: CompareInputs, *,
     summary["colors"] = colors
     summary["seconds"] = seconds
     write_table(attribution, out / "data", "attribution")
-    for s in sections:
-        for fig in s.figures:
-            fig.save(out / "figures")
     write_json_atomic(out / "summary.json", summary)
     return CompareRun(summary=summary, sections=sections, attribution=attribution)
 
@@ -386,6 +385,8 @@ def _capture(models: ModelSet, out: Path, inputs: CompareInputs, config: Compare
                          "entropy (nats)", caption=f"Per-text means over the same "
                          f"{len(inputs.texts)} texts, 95% bootstrap CIs."),
     ]
+    for fig in figures:
+        fig.save(out / "figures")
     summary = {"pairs": pair_summary, "entropy": entropy, "n_texts": len(inputs.texts),
                "n_tokens": int(units[(units.metric == "entropy") & (units.model == names[0])]
                                .tokens.sum())}
@@ -530,6 +531,7 @@ def _control(models: ModelSet, out: Path, inputs: CompareInputs, config: Compare
             "control_uncontrolled", "Share of bad continuations without control, per model",
             values, "bad share", caption="Graded by each model's own probe; the figures below "
             f"are {models.names[-1]}'s."))
+        figures[0].save(out / "figures")
     intro = (f"<p>A state probe trained on each model's own states "
              f"({inputs.control_source or 'built-in labelled texts'}) and every controller on "
              f"{len(inputs.control_prompts)} prompts, per model.</p>")
@@ -578,7 +580,3 @@ def _themes(models: ModelSet, out: Path, inputs: CompareInputs, config: CompareC
         attributions[key] = _attribute(units, list(models.names), config.seed, "n")
     run.summary["theme_names"] = {f"theme_share_{t}": n for t, n in names.items()}
     return run.summary, run.figures, attributions, intro_html(run.summary)
-
-
-def to_json(summary: Mapping[str, Any]) -> str:
-    return json.dumps(summary, indent=2, default=str)
