@@ -68,7 +68,10 @@ def test_smollm2_preset_converts_once_and_captures(tmp_path, monkeypatch, requir
     with torch.no_grad():
         ref = lm.model(**ids, output_hidden_states=True).hidden_states
     for layer in store.layers:
-        assert (store.hidden(0, layer) - ref[layer][0]).abs().max() < 1e-4
+        # float32 relative precision: SmolLM2's residual stream holds activations in the
+        # hundreds, and the batched capture (3 padded prompts) sums in another order than
+        # this single-prompt forward (measured: 0.0078 absolute at layer 15 on one CPU)
+        torch.testing.assert_close(store.hidden(0, layer), ref[layer][0], rtol=1e-4, atol=1e-4)
     stats = store.stats()
     paris = lm.tokenizer.convert_ids_to_tokens(
         stats.query("prompt_idx == 0").iloc[-1]["model_topk_ids"][:1].tolist())[0]
