@@ -270,7 +270,7 @@ def test_bad_layers_and_prompts(tiny, tmp_path):
         dl.capture(tiny, LONG, store=tmp_path / "b", layers="first")
     with pytest.raises(dl.InputError, match="prompt 1 is empty"):
         dl.capture(tiny, ["the fox", "  "], store=tmp_path / "c")
-    with pytest.raises(dl.InputError, match="expected a LoadedModel or a ModelPair"):
+    with pytest.raises(dl.InputError, match="expected a LoadedModel, a ModelPair or a ModelSet"):
         engine_mod.models_of(tiny.model)  # type: ignore[arg-type]
 
 
