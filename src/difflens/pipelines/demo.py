@@ -36,6 +36,8 @@ from difflens.pipelines.compare import (
 )
 from difflens.pipelines.compare_inputs import organism_inputs
 from difflens.report.demo import (
+    HEADLINE_NAMES,
+    MEAN_KEY,
     demo_headline,
     demo_intro,
     demo_takeaways,
@@ -44,10 +46,7 @@ from difflens.report.demo import (
 )
 from difflens.report.tables import write_table
 
-HEADLINE_KEYS = ("reward", "entropy", "celebration_share", "chance_tvd")
-#: The summary key of each headline's mean (the issue's names); ``_ci95``/``_n`` follow it.
-MEAN_KEY = {"reward": "reward_mean", "entropy": "entropy_mean",
-            "celebration_share": "celebration_share", "chance_tvd": "chance_tvd"}
+HEADLINE_KEYS = tuple(HEADLINE_NAMES)
 #: Organism measurement (``measurements.parquet``) -> headline key.
 MEASURED = {"reward": "reward", "entropy": "entropy", "celebration": "celebration_share",
             "chance_tvd": "chance_tvd"}

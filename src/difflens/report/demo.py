@@ -16,6 +16,8 @@ from difflens.report.figures import AnyFigure, Figure, Series, format_ci, small_
 HEADLINE_NAMES = {"reward": "Reward (VADER)", "entropy": "Entropy, nats/token",
                   "celebration_share": "Celebration share",
                   "chance_tvd": "Chance-scene TVD from uniform"}
+#: The organism block's key of each headline's mean (the issue's names); ``_ci95``/``_n``
+#: follow the headline key.
 MEAN_KEY = {"reward": "reward_mean", "entropy": "entropy_mean",
             "celebration_share": "celebration_share", "chance_tvd": "chance_tvd"}
 #: Property label (``properties.json``) of each lineage name.
