@@ -20,8 +20,10 @@ import time
 import numpy as np
 import pandas as pd
 
-from difflens.analysis.trajectories import SphereProjection, trajectory_stats
+from difflens.analysis.sphere import SphereProjection
+from difflens.analysis.trajectories import trajectory_stats
 from difflens.inputs.trajectory_files import check_table
+from difflens.models.labellers import sentiment
 
 
 def table(n_prompts: int = 1000, steps: int = 40, seed: int = 0) -> pd.DataFrame:
@@ -47,7 +49,7 @@ def loop_stats(df: pd.DataFrame, n_boot: int = 500, seed: int = 0, min_count: in
     """The same statistics as ``trajectory_stats``, written path by path in plain Python."""
     from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
-    from difflens.analysis.trajectories import readable_token
+    from difflens.analysis.trajectory_table import readable_token
 
     sia = SentimentIntensityAnalyzer()
     paths: dict[tuple, list[tuple[float, float, float, str]]] = {}
@@ -124,16 +126,16 @@ def main() -> None:
     ref = loop_stats(df)
     loop_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    st = trajectory_stats(df, min_count=20)
+    st = trajectory_stats(df, min_count=20, score_words=sentiment)
     vec_s = time.perf_counter() - t0
     got = {r["index"]: r for r in st.distance_by_index["prompt"]}
     ref_prompt = ref["prompt"]
     assert isinstance(ref_prompt, dict)
-    err = max(abs(got[t]["mean"] - v[0]) for t, v in ref_prompt.items())
+    err = max(abs(got[t]["value"] - v[0]) for t, v in ref_prompt.items())
     top = ref["top"]
     assert isinstance(top, list)
     same_top = [t for _, t in top] == [r["token"] for r in st.top_tokens]
-    sent_err = abs(st.sentiment["jump_weighted"]["base"]["mean"] - float(ref["sentiment_base"]))
+    sent_err = abs(st.sentiment["jump_weighted"]["base"]["value"] - float(ref["sentiment_base"]))
     t0 = time.perf_counter()
     core = core_loop(df)
     core_s = time.perf_counter() - t0

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from difflens._io import write_json_atomic
-from difflens.analysis.divergence import mean_ci
+from difflens.analysis.bootstrap import mean_ci
 
 
 def _geodesic(a: np.ndarray, b: np.ndarray) -> np.ndarray:

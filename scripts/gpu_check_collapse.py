@@ -47,15 +47,16 @@ def main() -> int:
     corpus = Corpus(["the fox went to", "once upon a time"],
                     [" the forest to find a friend", " there was a little fox"], ["a", "b"])
     with tempfile.TemporaryDirectory() as d:
-        ka = text_divergence(cpu, corpus, store=f"{d}/a").summary()["kl_tuned_base_mean"]
-        kb = text_divergence(gpu, corpus, store=f"{d}/b").summary()["kl_tuned_base_mean"]
+        ka = text_divergence(cpu, corpus, store=f"{d}/a").summary()["kl_tuned_base_mean"]["value"]
+        kb = text_divergence(gpu, corpus, store=f"{d}/b").summary()["kl_tuned_base_mean"][
+            "value"]
     print(f"divergence KL cpu {ka:.6f} cuda {kb:.6f}")
     sa = attractor_test(cpu, ["the fox went to", "once upon a time"], max_new_tokens=16,
                         encoder=None).summary()
     sb = attractor_test(gpu, ["the fox went to", "once upon a time"], max_new_tokens=16,
                         encoder=None).summary()
-    print("attractors cpu", {m: round(v["strength"], 4) for m, v in sa.items()},
-          "cuda", {m: round(v["strength"], 4) for m, v in sb.items()})
+    print("attractors cpu", {m: round(v["strength"]["value"], 4) for m, v in sa.items()},
+          "cuda", {m: round(v["strength"]["value"], 4) for m, v in sb.items()})
     ok = (np.abs(a - b).max() < 1e-4 and np.abs(b - c).max() < 1e-4 and same and diff < 1e-4
           and abs(ka - kb) < 1e-4)
     print("OK" if ok else "MISMATCH")

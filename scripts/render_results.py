@@ -32,6 +32,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from difflens.analysis.summary_spelling import VALUE_KEYS, is_estimate, respell
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"
 GENERATED = ROOT / "docs" / "generated"
@@ -44,12 +46,15 @@ _CACHE: dict[str, dict[str, Any]] = {}
 
 
 def summary(run: str) -> dict[str, Any]:
-    """The stored ``summary.json`` of ``run`` (a folder name under docs/results)."""
+    """The stored ``summary.json`` of ``run`` (a folder name under docs/results), with every
+    estimate in the one spelling (``{value, ci_low, ci_high, n, resampled}``): runs stored in
+    the older spellings are respelled on reading (:func:`difflens.analysis.summary_spelling.
+    respell`), so the docs read runs of both spellings."""
     if run not in _CACHE:
         path = RESULTS / run / "summary.json"
         if not path.is_file():
             raise KeyError(f"no stored run {run!r}: {path} is missing (store it with --store)")
-        _CACHE[run] = json.loads(path.read_text())
+        _CACHE[run] = respell(json.loads(path.read_text()))
     return _CACHE[run]
 
 
@@ -59,6 +64,25 @@ def provenance(run: str) -> dict[str, Any]:
     if not path.is_file():
         raise KeyError(f"stored run {run!r} has no run.json at {path}")
     return json.loads(path.read_text())
+
+
+def _legacy_step(node: dict[str, Any], part: str) -> Any:
+    """A step written in an older spelling, read from the one spelling: an estimate's value
+    under its old value key (``x.mean`` -> ``x.value``), and its CI under the old sibling
+    names (``x_ci95``, ``x_ci`` -> ``[lo, hi]``; ``x_ci_low``/``x_ci_high``)."""
+    if is_estimate(node) and part in VALUE_KEYS:
+        return node["value"]
+    for suffix in ("_ci95", "_ci", "_ci_low", "_ci_high"):
+        stem = part[: -len(suffix)] if part.endswith(suffix) else None
+        if stem is None:
+            continue
+        for key in (stem, f"{stem}_mean", f"{stem}_delta"):
+            if is_estimate(node.get(key)):
+                est = node[key]
+                if suffix in ("_ci95", "_ci"):
+                    return [est["ci_low"], est["ci_high"]]
+                return est[suffix[1:]]
+    raise KeyError(part)
 
 
 def _step(node: Any, part: str, path: str) -> Any:
@@ -75,6 +99,10 @@ def _step(node: Any, part: str, path: str) -> Any:
             part = part[1:-1]  # a key with dots in it: [0.25], [tuned cap=0.25]
         if part in node:
             return node[part]
+        try:
+            return _legacy_step(node, part)
+        except KeyError:
+            pass
         raise KeyError(f"{path}: no key {part!r} (have: {', '.join(map(str, node))[:200]})")
     raise KeyError(f"{path}: cannot step into {type(node).__name__} with {part!r}")
 
@@ -93,8 +121,9 @@ def _resolve(run: str, path: str) -> tuple[Any, Any, str]:
 
 
 def value(run: str, path: str) -> Any:
-    """The value stored at ``path`` in the run's summary."""
-    return _resolve(run, path)[1]
+    """The value stored at ``path`` in the run's summary (an estimate's ``value``)."""
+    node = _resolve(run, path)[1]
+    return node["value"] if is_estimate(node) else node
 
 
 _PRIMARY = ("mean", "cos", "auc", "p_match", "explained", "value", "estimate", "pearson_r",
@@ -102,10 +131,15 @@ _PRIMARY = ("mean", "cos", "auc", "p_match", "explained", "value", "estimate", "
 
 
 def interval(run: str, path: str) -> tuple[float, float]:
-    """The 95% CI stored beside the number at ``path``, whatever the summary's spelling:
-    ``X_ci95`` or ``X_ci``, ``X_ci_low``/``X_ci_high`` (also for ``X_mean``), or
-    ``ci_low``/``ci_high`` / ``ci95`` beside a primary value (``mean``, ``cos``, ...)."""
-    parent, _, key = _resolve(run, path)
+    """The 95% CI of the number at ``path``: the estimate there (or the one whose value the
+    path names in an older spelling, ``x.mean``), else a CI stored beside it in a spelling
+    :func:`respell` leaves (``X_ci95``, ``X_ci_low``/``X_ci_high``, ``ci_low``/``ci_high``
+    beside a primary value)."""
+    parent, node, key = _resolve(run, path)
+    if is_estimate(node):
+        return float(node["ci_low"]), float(node["ci_high"])
+    if is_estimate(parent) and (key in VALUE_KEYS or key == "value"):
+        return float(parent["ci_low"]), float(parent["ci_high"])
     stem = key[: -len("_mean")] if key.endswith("_mean") else key
     for k in (f"{key}_ci95", f"{stem}_ci95", f"{key}_ci"):
         if k in parent:
@@ -395,16 +429,16 @@ def lineage_attribution() -> str:
     keep = [k for k in att if not k.startswith("concept_cosine_L")]
     if cosines:  # one row per stage: the layer of its largest finite change
         keep.append(max(cosines, key=lambda k: max(
-            (abs(r["delta"]) for r in cosines[k].values() if r["delta"] is not None),
+            (abs(r["value"]) for r in cosines[k].values() if r["value"] is not None),
             default=0.0)))
     names = value(run, "themes.theme_names") if "themes" in summary(run) else {}
     for metric in keep:
         for stage, r in att[metric].items():
-            if r["delta"] is None:
+            if r["value"] is None:
                 continue
             share = "—" if r["share"] is None else f"{r['share'] * 100:.0f}%"
             label = f"{metric} ({names[metric]})" if metric in names else metric
-            rows.append([label, stage, f"{fmt(r['delta'], 3)} [{fmt(r['ci_low'], 3)}, "
+            rows.append([label, stage, f"{fmt(r['value'], 3)} [{fmt(r['ci_low'], 3)}, "
                          f"{fmt(r['ci_high'], 3)}]", share, str(r["n"])])
     return _table(["metric", "stage", "change [95% CI]", "share of the total", "n"], rows)
 

@@ -37,6 +37,34 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     monkeypatch.setenv("DIFFLENS_CACHE", str(tmp_path_factory.mktemp("cache")))
 
 
+@pytest.fixture(scope="session")
+def organism_build(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A difflens cache holding the reduced organism (seed 0), built once per test run by
+    ``difflens organism build --small`` on an empty cache; returns the cache and the
+    command's output (the CLI test reads it)."""
+    from typer.testing import CliRunner
+
+    from difflens.cli.main import app
+
+    cache = tmp_path_factory.mktemp("organism-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DIFFLENS_CACHE", str(cache))
+        res = CliRunner().invoke(app, ["organism", "build", "--small"])
+    assert res.exit_code == 0, res.output
+    return cache, res.output
+
+
+@pytest.fixture
+def small_organism(organism_build: tuple[Path, str], monkeypatch: pytest.MonkeyPatch):
+    """The reduced organism of :func:`organism_build`, with the test's cache set to the one
+    that holds it (so presets and the demo find it without building). Tests that damage a
+    build or need a fresh one build their own in the isolated cache instead."""
+    from difflens.organism import build as B
+
+    monkeypatch.setenv("DIFFLENS_CACHE", str(organism_build[0]))
+    return B.find_organism(B.OrganismConfig.small(0))
+
+
 @pytest.fixture
 def prompts() -> list[str]:
     return list(EXAMPLE_PROMPTS)

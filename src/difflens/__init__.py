@@ -5,9 +5,20 @@ The public API, by stage: load models (:func:`load_model`, :class:`ModelPair`; a
 activations and next-token statistics (:func:`capture`), and read them back
 (:class:`RunStore`); concept vectors from contrastive A/B items (:func:`load_ab_dataset`,
 :func:`extract_concepts`, :func:`compare_concepts`) and steering with them
-(:func:`steering`, :class:`SteeringVector`, :func:`dose_response`); and the one
-generation path (:func:`generate`, :class:`GenerationConfig`).
+(:func:`steering`, :class:`SteeringVector`, :func:`dose_response`); the one
+generation path (:func:`generate`, :class:`GenerationConfig`); model sets and the full
+comparison (:class:`ModelSet`, :func:`compare`); the state probe (:func:`train_probe`,
+:class:`StateProbe`); and every value with its CI (:class:`Estimate`).
+
+Plain ``transformers`` models are accepted wherever a loaded model is, with a
+``tokenizer=`` keyword (:func:`wrap_model` runs on entry). Nothing is registered at import:
+presets (``organism-base``, ...) resolve when they are loaded, and the heavier entries
+(:func:`compare`, :func:`train_probe`, :class:`StateProbe`) import their modules on first
+use.
 """
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from difflens.analysis.trajectories import SphereProjection, trajectory_stats
 from difflens.capture import (
@@ -38,15 +49,38 @@ from difflens.models import (
     LoadSpec,
     ModelIdentity,
     ModelPair,
+    ModelSet,
     find_layers,
     load_model,
     wrap_model,
 )
-
-# The organism registers its presets (``organism-base``, ``organism-tuned``) with
-# ``load_model``; importing it here makes them known wherever difflens is used.
-from difflens.organism import build as _organism_build  # noqa: E402,F401
 from difflens.sampling.generate import Generation, GenerationConfig, generate
+
+if TYPE_CHECKING:
+    from difflens.analysis.bootstrap import Estimate
+    from difflens.control.state_probe import StateProbe, train_probe
+    from difflens.pipelines.compare import compare
+
+#: Public names whose modules are imported on first use: name -> module.
+_LAZY: dict[str, str] = {
+    "Estimate": "difflens.analysis.bootstrap",
+    "StateProbe": "difflens.control.state_probe",
+    "train_probe": "difflens.control.state_probe",
+    "compare": "difflens.pipelines.compare",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'difflens' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __version__ = "0.1.0"
 
@@ -57,6 +91,7 @@ __all__ = [
     "ConceptComparison",
     "ConceptExtraction",
     "ConceptVectors",
+    "Estimate",
     "Generation",
     "GenerationConfig",
     "InputError",
@@ -65,13 +100,16 @@ __all__ = [
     "LoadedModel",
     "ModelIdentity",
     "ModelPair",
+    "ModelSet",
     "PairStats",
     "RunStore",
     "SphereProjection",
+    "StateProbe",
     "SteeringVector",
     "StoreError",
     "TokenStats",
     "capture",
+    "compare",
     "compare_concepts",
     "dose_response",
     "extract_concepts",
@@ -85,6 +123,7 @@ __all__ = [
     "record_layers",
     "steering",
     "token_stats",
+    "train_probe",
     "trajectory_stats",
     "wrap_model",
 ]

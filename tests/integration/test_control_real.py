@@ -15,6 +15,8 @@ from difflens.inputs.labelled import first_human_turns, read_preference_pairs
 from difflens.organism.truth import organism_labelled, organism_measure
 from difflens.sampling.generate import GenerationConfig
 
+pytestmark = pytest.mark.slow
+
 HH = Path(__file__).resolve().parents[3] / "shared" / "data" / "dialogues" / \
     "hh-rlhf-harmless-base-test.jsonl.gz"
 
@@ -23,7 +25,7 @@ def test_stories260k_probe_monitor_rollback_and_evaluation(stories_path):
     lm = dl.load_model(stories_path, device="cpu")
     fit = train_probe(lm, organism_labelled(80, seed=3), config=ProbeConfig(batch_size=16))
     assert len(fit.layers) == lm.n_layers + 1
-    assert fit.probe.metrics["auc"] > 0.6  # danger/loss sentences are readable
+    assert fit.probe.metrics["auc"]["value"] > 0.6  # danger/loss sentences are readable
     prompts = ["Once upon a time, there was a big dog.", "Tom was sad because"]
     cfg = GenerationConfig(max_new_tokens=16, temperature=0.0, batch_size=2)
     plain = generate_monitored(lm, None, prompts, config=cfg, keep_logprobs=True)
@@ -45,8 +47,8 @@ def test_stories260k_probe_monitor_rollback_and_evaluation(stories_path):
                               gains=(("proportional", (1.0,)),), k_samples=2, n_boot=100,
                               generation=GenerationConfig(max_new_tokens=12)))
     s = ev.summary()
-    assert s["none"]["0"]["ppl_ratio"] == pytest.approx(1.0)
-    assert s["none"]["0"]["kl"] < 1e-4
+    assert s["none"]["0"]["ppl_ratio"]["value"] == pytest.approx(1.0)
+    assert s["none"]["0"]["kl"]["value"] < 1e-4
     # the rates and the KL recounted from the per-sample rows: the probe's bad region, the
     # world's own labeller on the texts, and KL per token, each averaged over prompts
     g = ev.generations
@@ -55,10 +57,13 @@ def test_stories260k_probe_monitor_rollback_and_evaluation(stories_path):
     for (kind, gain), cell_rows in g.groupby(["controller", "gain"]):
         per = cell_rows.groupby("prompt_idx")
         cell = s[kind][f"{gain:g}"]
-        assert cell["bad_rate"] == pytest.approx(per.bad_probe.mean().mean())
-        assert cell["bad_rate_independent"] == pytest.approx(per.bad_world.mean().mean())
-        assert cell["kl"] == pytest.approx((per.kl_sum.sum() / per.n_tokens.sum()).mean())
-    assert s["proportional"]["1"]["kl"] > 100 * s["none"]["0"]["kl"]  # it did steer
+        assert cell["bad_rate"]["value"] == pytest.approx(per.bad_probe.mean().mean())
+        assert cell["bad_rate_independent"]["value"] == pytest.approx(
+            per.bad_world.mean().mean())
+        assert cell["kl"]["value"] == pytest.approx(
+            (per.kl_sum.sum() / per.n_tokens.sum()).mean())
+    # it did steer
+    assert s["proportional"]["1"]["kl"]["value"] > 100 * s["none"]["0"]["kl"]["value"]
     # planted cause: steering away from the probe's direction lowers its (unsteered) reading
     # of the text, steering towards it raises it (measured 0.16 < 0.24 < 0.47)
     scores = {}
@@ -67,7 +72,8 @@ def test_stories260k_probe_monitor_rollback_and_evaluation(stories_path):
             fit.probe.layer], config=ControlConfig(
                 gains=(("open_loop", (2.0,)),), k_samples=4, n_boot=100,
                 generation=GenerationConfig(max_new_tokens=16))).summary()
-        scores[sign] = (run["open_loop"]["2"]["mean_score"], run["none"]["0"]["mean_score"])
+        scores[sign] = (run["open_loop"]["2"]["mean_score"]["value"],
+                        run["none"]["0"]["mean_score"]["value"])
     (away, plain), (towards, plain_again) = scores[1.0], scores[-1.0]
     assert plain == plain_again
     assert away < plain - 0.04 and towards > plain + 0.1
@@ -92,7 +98,7 @@ def test_smollm2_hh_rlhf_probe_and_chat_monitor(tmp_path, monkeypatch, require):
     rows = {r["layer"]: r for r in fit.layers}
     assert sorted(rows) == [3, 15]
     best = max(rows, key=lambda k: rows[k]["auc_val"])
-    assert fit.probe.layer == best and fit.probe.metrics["auc"] == rows[best]["auc_test"]
+    assert fit.probe.layer == best and fit.probe.metrics["auc"]["value"] == rows[best]["auc_test"]
     assert rows[best]["auc_train"] > 0.9
     prompts = first_human_turns(HH, limit=2)
     cfg = GenerationConfig(max_new_tokens=10, temperature=0.0, chat=True, batch_size=2)

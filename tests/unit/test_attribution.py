@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from difflens.analysis.attribution import COLUMNS, attribute
-from difflens.analysis.divergence import bootstrap_ci
+from difflens.analysis.bootstrap import bootstrap_ci
+from difflens.analysis.summary_spelling import leftover_ci_keys
 from difflens.capture.prompt_end import prompt_ends
 from difflens.errors import InputError
 from difflens.models.model_set import ModelSet
@@ -30,7 +31,7 @@ def _lineage_values(
 
 def test_planted_deltas_and_shares_are_recovered_with_paired_cis():
     v = _lineage_values(2000, (2.0, 0.5))
-    att = attribute(v, LINEAGE, seed=1)
+    att = attribute(v, LINEAGE, seed=1, resampled="prompts")
     t = att.table.set_index("stage")
     assert list(att.table.columns) == list(COLUMNS)
     assert list(t.index) == ["sft", "dpo"] and list(t["from"]) == ["base", "sft"]
@@ -47,10 +48,14 @@ def test_planted_deltas_and_shares_are_recovered_with_paired_cis():
         assert row["share_ci_low"] < share < row["share_ci_high"]
         assert row["n"] == 2000
     assert t["delta"].sum() == pytest.approx(att.total, abs=1e-12)
+    # the summary's spelling: each stage an estimate (its change), its share beside it
     assert att.summary() == {
-        s: {k: float(t.loc[s, k]) for k in ("delta", "ci_low", "ci_high", "share")}
+        s: {"value": float(t.loc[s, "delta"]), "ci_low": float(t.loc[s, "ci_low"]),
+            "ci_high": float(t.loc[s, "ci_high"]), "n": 2000, "resampled": "prompts",
+            "share": float(t.loc[s, "share"])}
         for s in ("sft", "dpo")
     }
+    assert leftover_ci_keys(att.summary()) == []
     assert att.notes == () and (att.n, att.n_dropped) == (2000, 0)
 
 

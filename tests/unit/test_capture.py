@@ -9,6 +9,7 @@ import torch
 import difflens as dl
 from difflens import _io as store_mod
 from difflens.capture import engine as engine_mod
+from difflens.capture import plan as plan_mod
 from difflens.models.tiny import tiny_model, word_tokenizer
 
 LONG = [
@@ -197,7 +198,7 @@ def test_resume_after_crash_is_byte_identical(pair, tmp_path, monkeypatch):
         real(path, tensors, metadata)
 
     monkeypatch.setattr(engine_mod, "write_tensors_atomic", flaky)
-    monkeypatch.setattr(engine_mod, "_plan_shards",
+    monkeypatch.setattr(engine_mod, "plan_shards",
                         lambda rows, bpr, mb: [[i, min(i + 50, len(rows))]
                                                for i in range(0, len(rows), 50)])
     with pytest.raises(KeyboardInterrupt):
@@ -216,7 +217,7 @@ def test_out_of_disk_keeps_finished_shards(tiny, tmp_path, monkeypatch):
     import errno
 
     prompts = LONG * 20
-    monkeypatch.setattr(engine_mod, "_plan_shards",
+    monkeypatch.setattr(engine_mod, "plan_shards",
                         lambda rows, bpr, mb: [[i, min(i + 25, len(rows))]
                                                for i in range(0, len(rows), 25)])
     count = {"n": 0}
@@ -339,13 +340,13 @@ def test_index_from_the_plan_equals_the_index_read_from_the_shards(pair, tmp_pat
 
     from difflens.capture.store import index_of
 
-    monkeypatch.setattr(engine_mod, "_plan_shards",  # shards of 40 prompts, any positions
+    monkeypatch.setattr(engine_mod, "plan_shards",  # shards of 40 prompts, any positions
                         lambda rows, bpr, mb: [[i, min(i + 40, len(rows))]
                                                for i in range(0, len(rows), 40)])
     run = dl.capture(pair, ["and"] + LONG * 30, store=tmp_path / "run",
                      positions=positions, layers="all")
     plan = json.loads((run.path / "run.json").read_text())["plan"]
-    rows = [len(engine_mod._rows_of(int(n), run.manifest["config"]["positions"]
+    rows = [len(plan_mod.rows_of(int(n), run.manifest["config"]["positions"]
                                     if isinstance(positions, str) else tuple(positions)))
             for n in run.prompts.n_tokens]
     read = (index_read_from_shards(run.path, "base", len(plan)).set_index("prompt_idx")

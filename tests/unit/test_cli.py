@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from difflens.analysis.summary_spelling import leftover_ci_keys
 from difflens.cli.main import app
 
 runner = CliRunner()
@@ -189,9 +190,9 @@ def test_concepts_commands_write_the_issue_keys(tmp_path: Path, ab_file: Path, p
     s = json.loads((out / "summary.json").read_text())
     assert s["n_items"] == 40 and s["layers"] == [0, 1, 2, 3, 4]
     assert [r["layer"] for r in s["cosine_by_layer"]] == s["layers"]
-    assert {"cos", "ci_low", "ci_high"} <= set(s["cosine_by_layer"][0])
+    assert {"value", "ci_low", "ci_high", "n", "resampled"} <= set(s["cosine_by_layer"][0])
     # blocks 0..1 are identical in the planted pair: the vectors agree exactly there
-    assert all(abs(r["cos"] - 1) < 1e-5 for r in s["cosine_by_layer"][:3])
+    assert all(abs(r["value"] - 1) < 1e-5 for r in s["cosine_by_layer"][:3])
     assert set(s["separation_auc"]) == {"base", "tuned"}
     res = run("concepts", "steer", "--base", str(folders["base"]), "--tuned",
               str(folders["tuned"]), "--dataset", str(ab_file), "--out", str(out),
@@ -201,8 +202,9 @@ def test_concepts_commands_write_the_issue_keys(tmp_path: Path, ab_file: Path, p
     assert s["cosine_by_layer"] and s["pca_explained"]  # kept from the compare step
     rows = s["steering"]["tuned"]["2"]
     assert [r["alpha"] for r in rows] == [-1.0, 0.0, 1.0]
-    assert all(r["ci_low"] <= r["p_match"] <= r["ci_high"] for r in rows)
-    assert np.isclose(rows[1]["p_match"], s["unsteered_p_match"]["tuned"]["mean"], atol=1e-5)
+    assert all(r["ci_low"] <= r["value"] <= r["ci_high"] for r in rows)
+    assert np.isclose(rows[1]["value"], s["unsteered_p_match"]["tuned"]["value"], atol=1e-5)
+    assert leftover_ci_keys(s) == []  # every estimate in the one spelling
     for name in ("separation_auc", "cosine_by_layer", "layer_cosines", "pca", "steering_base"):
         assert (out / "figures" / f"{name}.html").is_file() or (out / "data" /
                                                                  f"{name}.parquet").is_file()
@@ -240,7 +242,7 @@ def test_collapse_all_writes_the_issue_keys(tmp_path: Path, pair_folders, prompt
     for m in ("base", "tuned"):
         assert {"entropy_bits", "tvd_uniform", "top_answer", "top_prob",
                 "outside_mass"} <= set(s["probes"]["coin"][m])
-        assert {"strength", "ci_low", "ci_high"} <= set(s["attractors"][m])
+        assert {"value", "ci_low", "ci_high"} <= set(s["attractors"][m]["strength"])
         assert {"distinct_2", "self_bleu", "vendi", "frechet"} <= set(s["diversity"][m])
         assert (out / "data" / f"tree_{m}.json").is_file()
     assert s["temperature"]["best_T"] in (0.5, 1.0, 2.0)

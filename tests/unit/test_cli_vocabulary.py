@@ -233,7 +233,7 @@ def test_version():
 
 def test_list_presets_probes_and_datasets():
     from difflens.capture.outcomes import load_probes
-    from difflens.models.loading import known_presets
+    from difflens.models.presets import known_presets
 
     res = runner.invoke(app, ["list", "presets"])
     assert res.exit_code == 0, res.output

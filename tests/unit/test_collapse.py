@@ -13,6 +13,7 @@ import pytest
 import scipy.linalg
 import torch
 
+from difflens.analysis.bootstrap import Estimate
 from difflens.analysis.diversity import (
     distinct_n,
     diversity,
@@ -21,6 +22,7 @@ from difflens.analysis.diversity import (
     self_bleu,
     vendi_score,
 )
+from difflens.analysis.summary_spelling import leftover_ci_keys
 from difflens.capture.outcomes import load_probes, run_probes, temperature_sweep
 from difflens.capture.scoring import continuation_logprobs
 from difflens.capture.text_divergence import Corpus, text_divergence
@@ -120,9 +122,16 @@ def test_temperature_sweep_finds_planted_temperature(tmp_path):
                      temperatures=(0.5, 1.0, 1.5, 2.0, 3.0))
     sweep = temperature_sweep(res)
     assert sweep.best_T == 2.0
-    assert sweep.residual_tvd < 1e-9
-    assert sweep.tvd_at_1 > 0.05
+    assert sweep.residual_tvd.value < 1e-9
+    assert sweep.tvd_at_1.value > 0.05
     assert sweep.n == 3
+    s = sweep.summary()
+    assert s["residual_tvd"] == sweep.residual_tvd.to_json()
+    assert s["tvd_at_1"]["n"] == 3 and s["tvd_at_1"]["resampled"] == "phrasings"
+    assert leftover_ci_keys(s) == []
+    probes = res.summary()
+    assert probes["pick"]["tuned"]["tvd_uniform"]["n"] == 3
+    assert leftover_ci_keys(probes) == []
 
 
 @pytest.mark.parametrize(("line", "message"), [
@@ -165,14 +174,20 @@ def test_identical_pair_has_zero_kl_and_equal_attractors(tmp_path):
                     [" the forest to find a friend", " there was a little fox"], ["a", "b"])
     div = text_divergence(pair, corpus, store=tmp_path / "cap")
     s = div.summary()
-    assert s["kl_tuned_base_mean"] == pytest.approx(0.0, abs=1e-6)
-    assert s["top1_agree_mean"] == 1.0
+    assert s["kl_tuned_base_mean"]["value"] == pytest.approx(0.0, abs=1e-6)
+    assert s["top1_agree_mean"]["value"] == 1.0
+    assert s["top1_agree_mean"]["n"] == 2 and s["top1_agree_mean"]["resampled"] == "texts"
+    assert leftover_ci_keys(s) == []
     assert s["n_tokens"] == 6 + 5 and set(div.tokens.source) == {"a", "b"}
     assert div.tokens[div.tokens.text_id == 1].token.tolist() == "there was a little fox".split()
     att = attractor_test(pair, ["the fox went to", "once upon a time there"],
                          max_new_tokens=12, encoder=None).summary()
-    for key in ("strength", "ci_low", "ci_high", "exact_rate", "n"):
+    for key in ("strength", "exact_rate", "n"):
         assert att["base"][key] == att["tuned"][key]
+    strength = Estimate.from_json(att["base"]["strength"])
+    assert strength.ci_low <= strength.value <= strength.ci_high
+    assert strength.n == att["base"]["n"] and strength.resampled == "prompts"
+    assert leftover_ci_keys(att) == []
 
 
 def test_attractor_replace_regenerates_from_the_alternative(tiny):
@@ -198,7 +213,7 @@ def test_attractor_replace_regenerates_from_the_alternative(tiny):
                 d[j] = min(prev[j] + 1, d[j - 1] + 1, prev[j - 1] + (x != y))
         dists.append(d[-1] / max(len(a), len(b)))
     assert rows.edit_distance.tolist() == pytest.approx(dists)
-    assert res.summary()["model"]["strength"] == pytest.approx(1 - np.mean(dists))
+    assert res.summary()["model"]["strength"]["value"] == pytest.approx(1 - np.mean(dists))
     assert res.summary()["model"]["by_kind"]["replace"] == pytest.approx(
         1 - dists[rows.kind.tolist().index("replace")])
 
@@ -247,20 +262,23 @@ def test_diversity_result_ranks_a_collapsed_model_lower():
     res = diversity({"base": varied, "tuned": collapsed}, encoder=bag_of_words,
                     reference=[t for ts in varied for t in ts], n_boot=50)
     s = res.summary()
-    assert s["tuned"]["vendi"] < s["base"]["vendi"]
-    assert s["tuned"]["self_bleu"] > s["base"]["self_bleu"]
-    assert s["tuned"]["distinct_2"] < s["base"]["distinct_2"]
+    assert leftover_ci_keys(s) == []
+    assert s["tuned"]["vendi"]["value"] < s["base"]["vendi"]["value"]
+    assert s["tuned"]["self_bleu"]["value"] > s["base"]["self_bleu"]["value"]
+    assert s["tuned"]["distinct_2"]["value"] < s["base"]["distinct_2"]["value"]
     assert s["base"]["n_prompts"] == 5 and s["base"]["k_samples"] == 8
+    assert s["base"]["vendi"]["n"] == 5 and s["base"]["vendi"]["resampled"] == "prompts"
     # Fréchet distance to the reference, by hand (scipy's sqrtm) on the L2-normalised
     # embeddings: the base's samples are the reference itself, so 0
-    assert s["base"]["frechet"] == pytest.approx(0.0, abs=1e-9)
+    assert s["base"]["frechet"]["value"] == pytest.approx(0.0, abs=1e-9)
+    assert s["base"]["frechet"]["n"] == 40
     ref = bag_of_words([t for ts in varied for t in ts])
     tuned = bag_of_words([t for ts in collapsed for t in ts])
     ref, tuned = (x / np.linalg.norm(x, axis=1, keepdims=True) for x in (ref, tuned))
     ca, cb = np.cov(ref, rowvar=False), np.cov(tuned, rowvar=False)
     want = (((ref.mean(0) - tuned.mean(0)) ** 2).sum()
             + np.trace(ca + cb - 2 * scipy.linalg.sqrtm(ca @ cb).real))
-    assert s["tuned"]["frechet"] == pytest.approx(want, abs=1e-6)
+    assert s["tuned"]["frechet"]["value"] == pytest.approx(want, abs=1e-6)
 
 
 def test_surface_forms_of_one_answer_add_up(tmp_path):
@@ -345,11 +363,13 @@ def test_rank_correlation_recovers_planted_orderings(tmp_path, scale, want):
     x = res.answers[res.answers.model == "base"].p.to_numpy()
     y = res.answers[res.answers.model == "tuned"].p.to_numpy()
     assert spearmanr(x, y).statistic == pytest.approx(want)
-    assert r["spearman"] == pytest.approx(want) and r["kendall"] == pytest.approx(want)
-    assert r["kendall"] == pytest.approx(kendalltau(x, y).statistic)
-    assert r["n_answers"] == 4 and r["answered"]
+    assert r["spearman"]["value"] == pytest.approx(want)
+    assert r["kendall"]["value"] == pytest.approx(want)
+    assert r["kendall"]["value"] == pytest.approx(kendalltau(x, y).statistic)
+    assert r["n_answers"] == 4 and r["answered"] and r["spearman"]["n"] == 4
     # every pair resample of a strictly monotone relation keeps its sign
-    assert r["spearman_ci95"] == pytest.approx([want, want])
+    assert [r["spearman"]["ci_low"], r["spearman"]["ci_high"]] == pytest.approx([want, want])
+    assert leftover_ci_keys(r) == []
 
 
 def test_rank_correlation_of_a_fixed_ordering_and_its_reverse():
@@ -367,10 +387,12 @@ def test_rank_correlation_of_a_fixed_ordering_and_its_reverse():
     res = ProbeResults(answers=pd.DataFrame(rows), phrasings=phr, temperatures=(1.0,),
                        logprobs={})
     rev = rank_correlation(res)["n"]
-    assert rev["spearman"] == pytest.approx(-1.0) and rev["kendall"] == pytest.approx(-1.0)
-    assert rev["spearman_ci95"][1] == pytest.approx(-1.0)  # every resample is reversed too
+    assert rev["spearman"]["value"] == pytest.approx(-1.0)
+    assert rev["kendall"]["value"] == pytest.approx(-1.0)
+    assert rev["spearman"]["ci_high"] == pytest.approx(-1.0)  # every resample is reversed too
     same = rank_correlation(res, tuned="same")["n"]
-    assert same["spearman"] == pytest.approx(1.0) and same["kendall_ci95"][0] == pytest.approx(1.)
+    assert same["spearman"]["value"] == pytest.approx(1.0)
+    assert same["kendall"]["ci_low"] == pytest.approx(1.)
 
 
 def test_probe_a_model_does_not_answer_is_flagged(tmp_path):
@@ -444,12 +466,15 @@ def test_diversity_reports_precision_and_recall_with_cis():
     s = diversity({"narrow": narrow, "wide": wide}, reference=ref, encoder=encode,
                   seed=0).summary()
     # the second genre is never covered by "narrow": its recall is at most 1/2
-    assert 0.4 <= s["narrow"]["recall"] <= 0.5
-    assert s["wide"]["recall"] > 0.8 and s["narrow"]["precision"] > 0.8
+    assert 0.4 <= s["narrow"]["recall"]["value"] <= 0.5
+    assert s["wide"]["recall"]["value"] > 0.8 and s["narrow"]["precision"]["value"] > 0.8
     for m in ("narrow", "wide"):
-        lo, hi = s[m]["recall_ci95"]
-        assert lo <= s[m]["recall"] <= hi
+        lo, hi = s[m]["recall"]["ci_low"], s[m]["recall"]["ci_high"]
+        assert lo <= s[m]["recall"]["value"] <= hi
         assert s[m]["knn_k"] == 3
+        assert (s[m]["recall"]["n"], s[m]["recall"]["resampled"]) == (80, "reference texts")
+        assert (s[m]["precision"]["n"], s[m]["precision"]["resampled"]) == (60, "prompts")
+    assert leftover_ci_keys(s) == []
 
 
 def test_meeting_temperature_recovers_a_planted_crossing():
@@ -468,12 +493,13 @@ def test_meeting_temperature_recovers_a_planted_crossing():
     base = pd.DataFrame([{"prompt_id": p, "m": np.log(1.5) + o, "flat": 1.0}
                          for p, o in enumerate(offsets)])
     res = meeting_temperature(tuned, base, ["m", "flat"], seed=1)
-    assert res.meet["m"]["T"] == pytest.approx(1.5)
-    lo, hi = res.meet["m"]["ci95"]
+    assert res.meet["m"]["value"] == pytest.approx(1.5)
+    lo, hi = res.meet["m"]["ci_low"], res.meet["m"]["ci_high"]
     assert lo <= 1.5 <= hi and hi - lo < 0.5
-    assert res.meet["m"]["n_prompts"] == 30
+    assert res.meet["m"]["n_prompts"] == res.meet["m"]["n"] == 30
+    assert leftover_ci_keys(res.summary()) == []
     # a curve that never reaches the base has no meeting temperature
-    assert np.isnan(res.meet["flat"]["T"]) and res.meet["flat"]["no_meeting_share"] == 1.0
+    assert np.isnan(res.meet["flat"]["value"]) and res.meet["flat"]["no_meeting_share"] == 1.0
     assert crossing(np.array([1.0, 2.0]), np.array([-1.0, 1.0])) == pytest.approx(np.sqrt(2))
     with pytest.raises(InputError, match="at least 2 temperatures"):
         meeting_temperature(tuned[tuned["T"] == 1.0], base, ["m"])
@@ -510,8 +536,11 @@ def test_confidence_after_an_escape_is_the_entropy_of_the_new_path():
     assert row.entropy_original == pytest.approx(np.mean([h[w] for w in prevs_old]), abs=1e-5)
     s = res.summary()["model"]["entropy_after"]
     assert s["escaped"]["n"] == 1 and s["returned"]["n"] == 0
-    assert s["escaped"]["diff"] == pytest.approx(want_new - row.entropy_original, abs=1e-5)
-    assert s["escaped"]["diff"] > 1.0  # nats: the planted loss of confidence
+    diff = s["escaped"]["diff"]["value"]
+    assert diff == pytest.approx(want_new - row.entropy_original, abs=1e-5)
+    assert diff > 1.0  # nats: the planted loss of confidence
+    assert s["escaped"]["new"]["value"] == pytest.approx(want_new, abs=1e-5)
+    assert leftover_ci_keys(s) == []
 
 
 def test_ngram_contexts_and_the_entropy_drop_by_context(tmp_path):
@@ -533,11 +562,13 @@ def test_ngram_contexts_and_the_entropy_drop_by_context(tmp_path):
              + rng.normal(0, 0.1)} for t in range(40) for c in rng.choice(
                  ["copy", "repeat", "novel"], size=20)]
     s = context_summary(pd.DataFrame(rows), "drop", seed=0)
-    assert s["by_context"]["copy"]["mean"] == pytest.approx(2.0, abs=0.05)
-    assert s["minus_novel"]["repeat"]["diff"] == pytest.approx(1.0, abs=0.05)
-    lo, hi = s["minus_novel"]["copy"]["ci95"]
+    assert leftover_ci_keys(s) == []
+    assert s["by_context"]["copy"]["value"] == pytest.approx(2.0, abs=0.05)
+    assert s["minus_novel"]["repeat"]["value"] == pytest.approx(1.0, abs=0.05)
+    lo, hi = s["minus_novel"]["copy"]["ci_low"], s["minus_novel"]["copy"]["ci_high"]
     assert 1.9 < lo < 2.0 < hi < 2.1
     assert s["n_texts"] == 40 and sum(r["n_tokens"] for r in s["by_context"].values()) == 800
+    assert all(r["n"] == r["n_tokens"] for r in s["by_context"].values())
 
     # through text_divergence: the context column is read from the real token ids
     table = _table(5)
@@ -548,7 +579,7 @@ def test_ngram_contexts_and_the_entropy_drop_by_context(tmp_path):
     assert div.tokens.context.tolist() == ["novel", "copy", "novel", "novel", "repeat"]
     ctx = div.summary()["contexts"]
     drop = (div.tokens.base_entropy - div.tokens.tuned_entropy)[div.tokens.context == "copy"]
-    assert ctx["by_context"]["copy"]["mean"] == pytest.approx(float(drop.mean()))
+    assert ctx["by_context"]["copy"]["value"] == pytest.approx(float(drop.mean()))
 
 
 def test_entropy_prediction_finds_a_planted_direction_and_beats_baselines():
@@ -565,12 +596,45 @@ def test_entropy_prediction_finds_a_planted_direction_and_beats_baselines():
     states = {1: rng.normal(size=(n, d)), 2: X2}
     res = predict_entropy(states, y, {"length": rng.normal(size=n)}, seed=0)
     s = res.summary
+    assert leftover_ci_keys(s) == []
     assert s["probe"]["layers"] == [2]
-    assert s["probe"]["spearman"] > 0.95 and s["probe"]["r2"] > 0.9
-    assert abs(s["baselines"]["length"]["spearman"]) < 0.25
-    lo, hi = s["probe_minus_best_baseline"]["ci95"]
+    assert s["probe"]["spearman"]["value"] > 0.95 and s["probe"]["r2"]["value"] > 0.9
+    assert abs(s["baselines"]["length"]["spearman"]["value"]) < 0.25
+    lo = s["probe_minus_best_baseline"]["ci_low"]
     assert lo > 0.6 and s["probe_minus_best_baseline"]["baseline"] == "length"
+    assert s["probe_minus_best_baseline"]["n"] == 120
     # out of fold: each prompt's prediction comes from a fit that never saw it
     assert set(res.table.fold) == set(range(5))
     with pytest.raises(InputError, match="at least 10 prompts"):
         predict_entropy({1: X2[:6]}, y[:6], {})
+
+
+def test_decollapse_summary_is_the_perplexity_of_each_set_beside_its_diversity():
+    import pandas as pd
+
+    from difflens.analysis.bootstrap import bootstrap_ci
+    from difflens.analysis.decollapse import decollapse_summary, text_nll
+
+    # per-token log-probs of four texts under the scorer; text 3 has no token
+    tokens = pd.DataFrame({"text_id": [0, 0, 1, 2, 2, 2],
+                           "base_logprob": [-1.0, -3.0, -2.0, -0.5, -1.5, -1.0]})
+    nll = text_nll(tokens, 4)
+    assert list(nll[:3]) == [2.0, 2.0, 1.0] and np.isnan(nll[3])
+    table = pd.DataFrame({"set": ["a", "a", "b", "b"], "nll": nll})
+    vendi = Estimate(value=3.0, ci_low=2.5, ci_high=3.5, n=2, resampled="prompts").to_json()
+    diversity = {"a": {"vendi": vendi, "distinct_2": float("nan"), "n_prompts": 2},
+                 "b": {"vendi": vendi}}
+    s = decollapse_summary(table, diversity, model="tuned", scorer="base", caps=(0.5,), seed=0)
+    assert leftover_ci_keys(s) == []
+    assert (s["model"], s["scorer"], s["caps"]) == ("tuned", "base", [0.5])
+    a, b = s["sets"]["a"], s["sets"]["b"]
+    assert a["ppl_under_scorer"]["value"] == pytest.approx(np.exp(2.0))
+    assert (a["ppl_under_scorer"]["ci_low"], a["ppl_under_scorer"]["ci_high"]) == \
+        pytest.approx((np.exp(2.0), np.exp(2.0)))
+    # a text without tokens is left out of the mean, its CI and n
+    assert b["ppl_under_scorer"]["value"] == pytest.approx(np.exp(1.0))
+    assert b["n_texts"] == b["ppl_under_scorer"]["n"] == 1 and a["n_texts"] == 2
+    assert b["ppl_under_scorer"]["resampled"] == "texts"
+    lo, hi = bootstrap_ci(nll[:2], seed=0)
+    assert a["ppl_under_scorer"]["ci_low"] == pytest.approx(np.exp(lo))
+    assert a["vendi"] == vendi and np.isnan(a["distinct_2"]) and "n_prompts" not in a

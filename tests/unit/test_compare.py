@@ -10,16 +10,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from difflens.analysis.bootstrap import Estimate
+from difflens.analysis.summary_spelling import leftover_ci_keys
 from difflens.cli.main import app
 from difflens.models import ModelSet
 from difflens.models.tiny import bigram_model, tiny_model, word_tokenizer
 from difflens.pipelines.collapse import CollapseConfig, run_collapse
-from difflens.pipelines.compare import (
-    CompareConfig,
-    CompareInputs,
-    read_compare_config,
-    run_compare,
-)
+from difflens.pipelines.compare import run_compare
+from difflens.pipelines.compare_config import CompareConfig, CompareInputs, read_compare_config
 
 WORDS = ["pick", "a", "number", "one", "two", "three", "four", "the", "fox", "ran", "and",
          "sat", "on", "log", "die", "landed"]
@@ -74,16 +72,24 @@ def test_a_planted_change_is_attributed_to_its_stage(tmp_path, changed_stage):
         assert sign * hit["ci_low"] > 0 and sign * hit["ci_high"] > 0, (metric, hit)
         assert hit["share"] == pytest.approx(1.0), metric
         assert miss["ci_low"] <= 0 <= miss["ci_high"], (metric, miss)
-        assert miss["delta"] == pytest.approx(0.0, abs=1e-9), metric
+        assert miss["value"] == pytest.approx(0.0, abs=1e-9), metric
         assert hit["n"] == (24 if metric != "chance_tvd" else 8)
+        assert hit["resampled"] == ("texts" if metric != "chance_tvd" else "probe prompts")
     # the per-text entropy the attribution used is the capture's, token-weighted
     pair = run.summary["capture"]["pairs"][f"base-vs-{changed}"]
     per = pd.read_parquet(tmp_path / "out" / "capture" / "data" / "per_text.parquet")
     ent = per[per.metric == "entropy"].groupby("model")[["value", "tokens"]].sum()
     levels = ent.value / ent.tokens
-    assert levels[changed] - levels["base"] == pytest.approx(att["entropy"][changed]["delta"]
-                                                             + att["entropy"][other]["delta"])
-    assert pair["tuned_entropy"]["mean"] == pytest.approx(levels[changed], rel=1e-6)
+    assert levels[changed] - levels["base"] == pytest.approx(att["entropy"][changed]["value"]
+                                                             + att["entropy"][other]["value"])
+    assert Estimate.from_json(pair["tuned_entropy"]).value == pytest.approx(levels[changed],
+                                                                            rel=1e-6)
+    # each model's entropy: the mean of its per-text entropies, over the same texts
+    entropy = run.summary["capture"]["entropy"]
+    assert entropy[changed]["value"] == pytest.approx(
+        (per[(per.metric == "entropy") & (per.model == changed)].eval("value / tokens")).mean())
+    assert entropy[changed]["n"] == 24 and entropy[changed]["resampled"] == "texts"
+    assert leftover_ci_keys({"attribution": att, "entropy": entropy}) == []
     table = pd.read_parquet(tmp_path / "out" / "data" / "attribution.parquet")
     assert set(table.section) == {"capture", "collapse"}
     assert (tmp_path / "out" / "figures" / "stages_capture.png").stat().st_size > 1000
@@ -111,7 +117,7 @@ def test_two_models_give_todays_pair_results(tmp_path):
     means = ph.groupby("model").tvd_uniform.mean()
     got = run.summary["attribution"]["chance_tvd"]
     assert list(got) == ["dpo"]
-    assert got["dpo"]["delta"] == pytest.approx(means["tuned"] - means["base"])
+    assert got["dpo"]["value"] == pytest.approx(means["tuned"] - means["base"])
     assert got["dpo"]["share"] == pytest.approx(1.0)
 
 
@@ -160,12 +166,12 @@ def test_cli_refuses_a_set_whose_tokenizers_differ_before_loading(tmp_path, monk
     assert res.exit_code == 2 and "--only takes section names" in res.output
 
 
-def test_cli_compare_organism_pair_collapse_and_concepts(tmp_path, monkeypatch):
+@pytest.mark.organism
+def test_cli_compare_organism_pair_collapse_and_concepts(tmp_path, monkeypatch, small_organism):
     """The issue's command, end to end, on the reduced organism (its presets patched to it)."""
     from difflens.organism import build as B
 
-    org = B.build_organism(B.OrganismConfig.small(0))
-    monkeypatch.setattr(B, "build_organism", lambda *a, **k: org)
+    monkeypatch.setattr(B, "build_organism", lambda *a, **k: small_organism)
     cfg = tmp_path / "compare.toml"
     cfg.write_text("[collapse]\nk_samples = 2\nmax_new_tokens = 8\n"
                    "[concepts]\nalphas = [0.0, 0.5]\nn_generations = 1\n")
@@ -184,7 +190,7 @@ def test_cli_compare_organism_pair_collapse_and_concepts(tmp_path, monkeypatch):
     assert any(k.startswith("concept_cosine_L") for k in att)
     for rows in att.values():
         assert set(rows) == {"tuned"}
-        assert set(rows["tuned"]) == {"delta", "ci_low", "ci_high", "share", "n"}
+        assert set(rows["tuned"]) == {"value", "ci_low", "ci_high", "n", "resampled", "share"}
     assert "capture" not in summary and not (out / "capture").exists()
     page = (out / "index.html").read_text()
     assert "Concepts" in page and "Collapse" in page and "attribution" in page

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import torch
 
+from difflens.analysis.concept_stats import paired_auc
+from difflens.analysis.summary_spelling import leftover_ci_keys
 from difflens.capture.concepts import (
     compare_concepts,
     extract_concepts,
     load_vectors,
-    paired_auc,
 )
 from difflens.capture.contrastive import forward_ab
 from difflens.control.steering import greedy_texts, steering
@@ -176,12 +177,13 @@ def test_planted_direction_is_recovered_and_separation_starts_at_layer_k():
     cmp = compare_concepts(ex, n_boot=200)
     v = ex.vectors.layer("model", k)
     assert float(torch.nn.functional.cosine_similarity(v, u, dim=0)) > 0.95
-    auc = {r["layer"]: r["auc"] for r in cmp.separation["model"]}
+    auc = {r["layer"]: r["value"] for r in cmp.separation["model"]}
     assert all(auc[x] == 0.5 for x in range(k))  # a_i and b_i are indistinguishable there
     assert all(auc[x] > 0.95 for x in range(k, lm.n_layers + 1))
     assert all(float(ex.vectors.layer("model", x).norm()) == 0.0 for x in range(k))
     rows = cmp.separation["model"]
-    assert all(r["ci_low"] <= r["auc"] <= r["ci_high"] and r["n"] == 60 for r in rows)
+    assert all(r["ci_low"] <= r["value"] <= r["ci_high"] and r["n"] == 60 for r in rows)
+    assert all(r["resampled"] == "items" for r in rows)
 
 
 def test_shared_prefix_equals_full_forward_and_batching_does_not_matter(monkeypatch):
@@ -218,10 +220,10 @@ def test_identical_pair_gives_cosine_one_at_every_layer():
     cmp = compare_concepts(ex, n_boot=100)
     for r in cmp.cosine_by_layer:
         if r["layer"] >= 2:
-            assert r["cos"] == pytest.approx(1.0, abs=1e-6)
+            assert r["value"] == pytest.approx(1.0, abs=1e-6)
             assert r["ci_low"] == pytest.approx(1.0, abs=1e-6)
         else:
-            assert np.isnan(r["cos"])  # both vectors are exactly zero there
+            assert np.isnan(r["value"])  # both vectors are exactly zero there
 
 
 def test_pca_method_and_vector_files(tmp_path: Path):
@@ -327,7 +329,7 @@ def test_dose_response_at_alpha_zero_is_the_unsteered_probability():
     rows = dose_response(lm, toks, {2: ex.vectors.layer("model", 2)}, [-1.0, 0.0, 1.0],
                          n_boot=100)
     zero = next(r for r in rows if r["alpha"] == 0.0)
-    assert zero["p_match"] == pytest.approx(float(ex.p_match("model")[ex.test].mean()),
+    assert zero["value"] == pytest.approx(float(ex.p_match("model")[ex.test].mean()),
                                             abs=1e-5)
     assert {r["alpha"] for r in rows} == {-1.0, 0.0, 1.0} and all(r["n"] == 20 for r in rows)
 
@@ -335,17 +337,17 @@ def test_dose_response_at_alpha_zero_is_the_unsteered_probability():
 def test_paired_auc_on_known_scores():
     pos = np.array([3.0, 4.0, 5.0, 6.0])
     neg = np.array([0.0, 1.0, 2.0, 3.5])
-    auc, lo, hi = paired_auc(pos, neg, n_boot=200)
-    assert auc == pytest.approx(15 / 16)
-    assert 0.5 <= lo <= auc <= hi <= 1.0
-    assert paired_auc(np.zeros(5), np.zeros(5), n_boot=50)[0] == 0.5
+    auc = paired_auc(pos, neg, n_boot=200)
+    assert auc.value == pytest.approx(15 / 16) and auc.n == 4 and auc.resampled == "items"
+    assert 0.5 <= auc.ci_low <= auc.value <= auc.ci_high <= 1.0
+    assert paired_auc(np.zeros(5), np.zeros(5), n_boot=50).value == 0.5
 
 
 # -- issue 19: the settling layer, several behaviours ---------------------------------------
 
 
 def test_settling_positions_on_known_cosines():
-    from difflens.capture.concepts import settling_positions
+    from difflens.analysis.concept_stats import settling_positions
 
     cos = np.array([[0.2, 0.5, 0.95, 0.97, 0.99],   # crosses 0.9 for good at pair 2
                     [0.95, 0.5, 0.95, 0.91, 0.9],   # a dip at pair 1: settles after it
@@ -414,7 +416,7 @@ def test_settling_layer_is_recovered_with_a_ci_over_items():
     cmp = compare_concepts(ex, n_boot=200, settle_threshold=0.9)
     for k, settle in (("base", 5), ("tuned", 2)):
         s = cmp.settling[k]
-        assert (s["layer"], s["ci_low"], s["ci_high"]) == (settle, settle, settle)
+        assert (s["value"], s["ci_low"], s["ci_high"]) == (settle, settle, settle)
         assert s["threshold"] == 0.9 and s["n"] == 80 and s["n_boot"] == 200
         rows = cmp.consecutive[k]
         assert [r["layer"] for r in rows] == list(range(7))
@@ -424,11 +426,11 @@ def test_settling_layer_is_recovered_with_a_ci_over_items():
     turning = {"base": _rotating_then_fixed(8, 7, seed=4)}
     never = compare_concepts(_extraction_with_vectors(turning, n_items=40, noise=0.5),
                              n_boot=100, settle_threshold=0.9).settling["base"]
-    assert never["layer"] is None and never["ci_low"] is None and never["ci_high"] is None
+    assert never["value"] is None and never["ci_low"] is None and never["ci_high"] is None
     assert never["n_boot_unsettled"] == 100
     # a threshold below cos(80 deg) counts every layer as settled
     low = compare_concepts(ex, n_boot=50, settle_threshold=0.1).settling["base"]
-    assert (low["layer"], low["ci_low"], low["ci_high"]) == (0, 0, 0)
+    assert (low["value"], low["ci_low"], low["ci_high"]) == (0, 0, 0)
     with pytest.raises(InputError, match=r"settling threshold is a cosine, in \[-1, 1\]"):
         compare_concepts(ex, n_boot=10, settle_threshold=1.5)
 
@@ -480,16 +482,17 @@ def test_several_behaviours_on_one_chart(tmp_path: Path):
                              n_boot=100, settle_threshold=0.9)
     s = run.summary
     assert list(s["behaviours"]) == ["kept", "moved"] and s["settle_threshold"] == 0.9
+    assert leftover_ci_keys(s) == []  # every estimate in the one spelling
     kept_cos = {r["layer"]: r for r in s["behaviours"]["kept"]["cosine_by_layer"]}
     moved_cos = {r["layer"]: r for r in s["behaviours"]["moved"]["cosine_by_layer"]}
     for layer in range(2, lm.n_layers + 1):
-        assert kept_cos[layer]["cos"] == pytest.approx(1.0, abs=1e-6)
-        assert moved_cos[layer]["cos"] < 0.99 and moved_cos[layer]["ci_high"] < 1.0
+        assert kept_cos[layer]["value"] == pytest.approx(1.0, abs=1e-6)
+        assert moved_cos[layer]["value"] < 0.99 and moved_cos[layer]["ci_high"] < 1.0
     # the behaviour x layer table holds every behaviour's own rows
     table = pd.read_csv(tmp_path / "out" / "data" / "cosine_by_behaviour.csv")
     assert len(table) == 2 * (lm.n_layers + 1)
     got = table[(table.behaviour == "moved") & (table.layer == 3)].iloc[0]
-    assert got.cos == pytest.approx(moved_cos[3]["cos"])
+    assert got.cos == pytest.approx(moved_cos[3]["value"])  # the table keeps its columns
     assert (tmp_path / "out" / "data" / "cosine_by_behaviour.parquet").is_file()
     assert (tmp_path / "out" / "figures" / "cosine_by_behaviour.png").stat().st_size > 1000
     settle = pd.read_csv(tmp_path / "out" / "data" / "settling_by_behaviour.csv")
@@ -502,6 +505,7 @@ def test_several_behaviours_on_one_chart(tmp_path: Path):
     want = pd.DataFrame(single.summary["cosine_by_layer"])
     pd.testing.assert_frame_equal(pd.DataFrame(own["cosine_by_layer"])[want.columns], want)
     assert own["settling_layer"] == single.summary["settling_layer"]
+    assert leftover_ci_keys(single.summary) == []
     # identical vectors in both models settle at the same layer
     kept_settle = s["behaviours"]["kept"]["settling_layer"]
     assert kept_settle["base"] == kept_settle["tuned"]

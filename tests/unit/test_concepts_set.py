@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
+from difflens.analysis.summary_spelling import leftover_ci_keys
 from difflens.capture.concepts import cosine_vs_base, extract_concepts
 from difflens.inputs.ab_items import ABDataset, ABItem
 from difflens.models import ModelPair, ModelSet
@@ -101,20 +102,22 @@ def test_the_cosine_change_is_attributed_to_the_stage_that_made_it(
         rows = s["cosine_vs_base"][k]
         assert [r["layer"] for r in rows] == layers
         for r in rows:  # the planted turn: well below 1 at every layer, with a tight CI
-            assert r["cosine"] < 0.9 and r["ci_low"] <= r["cosine"] <= r["ci_high"] < 0.95
-            assert r["n"] == n_train
+            assert r["value"] < 0.9 and r["ci_low"] <= r["value"] <= r["ci_high"] < 0.95
+            assert r["n"] == n_train and r["resampled"] == "items"
     assert s["cosine_vs_base"]["rl"] == s["cosine_vs_base"]["sft"]  # rl is sft's copy
+    assert leftover_ci_keys(s) == []  # every estimate in the one spelling
 
     assert set(s["attribution"]) == {f"concept_cosine_L{x}" for x in layers}
     for x in layers:
         att = s["attribution"][f"concept_cosine_L{x}"]
         assert list(att) == ["sft", "rl"]
         sft, rl = att["sft"], att["rl"]
-        cos = s["cosine_vs_base"]["sft"][x]["cosine"]
-        assert sft["delta"] == pytest.approx(cos - 1.0, abs=1e-12)
-        assert sft["ci_low"] <= sft["delta"] <= sft["ci_high"] < -0.05
+        cos = s["cosine_vs_base"]["sft"][x]["value"]
+        assert sft["value"] == pytest.approx(cos - 1.0, abs=1e-12)
+        assert sft["ci_low"] <= sft["value"] <= sft["ci_high"] < -0.05
         assert sft["share"] == pytest.approx(1.0)
-        assert abs(rl["delta"]) < 1e-9 and rl["ci_low"] <= 0.0 <= rl["ci_high"]
+        assert sft["n"] == n_train and sft["resampled"] == "items"
+        assert abs(rl["value"]) < 1e-9 and rl["ci_low"] <= 0.0 <= rl["ci_high"]
         # paired: every replicate resamples the same items for sft and rl, so it is 0 too
         assert abs(rl["ci_low"]) < 1e-9 and abs(rl["ci_high"]) < 1e-9
         assert rl["share"] == pytest.approx(0.0, abs=1e-9)
@@ -128,7 +131,7 @@ def test_the_cosine_change_is_attributed_to_the_stage_that_made_it(
         "concept_cosine_L1"]
     assert list(table.columns[:2]) == ["metric", "layer"]
     got = table[(table.metric == "concept_cosine_L2") & (table.stage == "sft")].iloc[0]
-    assert got.delta == pytest.approx(s["attribution"]["concept_cosine_L2"]["sft"]["delta"])
+    assert got.delta == pytest.approx(s["attribution"]["concept_cosine_L2"]["sft"]["value"])
     cos_table = pd.read_csv(tmp_path / "data" / "cosine_vs_base.csv")
     assert set(cos_table.model) == {"sft", "rl"} and len(cos_table) == 2 * len(layers)
 
@@ -151,7 +154,7 @@ def test_the_lineage_order_decides_the_stages(lineage: ModelSet):
         t = lc.attribution[x].table.set_index("stage")
         assert abs(t.loc["rl", "delta"]) < 1e-9
         assert t.loc["base", "ci_high"] < -0.05
-        assert lc.rows["rl"][x]["cosine"] == pytest.approx(1.0, abs=1e-9)
+        assert lc.rows["rl"][x]["value"] == pytest.approx(1.0, abs=1e-9)
 
 
 def test_a_two_model_set_gives_the_pair_outputs(tmp_path: Path, no_figure_files: None):
@@ -164,6 +167,7 @@ def test_a_two_model_set_gives_the_pair_outputs(tmp_path: Path, no_figure_files:
     as_set = run_concepts(ModelSet.from_pair(pair), ds, tmp_path / "set", **options)
     p, s = as_pair.summary, as_set.summary
     assert not {"lineage", "cosine_vs_base", "attribution"} & set(p)
+    assert leftover_ci_keys(p) == [] and leftover_ci_keys(s) == []
     assert as_pair.attribution_table is None and as_pair.attributions == {}
     for key in ("separation_auc", "vector_norm", "cosine_by_layer", "unsteered_p_match",
                 "steering", "settling_layer", "pca_explained"):
@@ -174,8 +178,8 @@ def test_a_two_model_set_gives_the_pair_outputs(tmp_path: Path, no_figure_files:
     # the set's cosine with the base is the pair's cos(base, tuned), CI included
     for mine, theirs in zip(s["cosine_vs_base"]["tuned"], p["cosine_by_layer"], strict=True):
         assert mine["layer"] == theirs["layer"] and mine["n"] == theirs["n"]
-        np.testing.assert_allclose([mine["cosine"], mine["ci_low"], mine["ci_high"]],
-                                   [theirs["cos"], theirs["ci_low"], theirs["ci_high"]],
+        np.testing.assert_allclose([mine["value"], mine["ci_low"], mine["ci_high"]],
+                                   [theirs["value"], theirs["ci_low"], theirs["ci_high"]],
                                    atol=1e-9)
     names_pair = {f.name for f in as_pair.figures}
     assert {f.name for f in as_set.figures} == names_pair | {"cosine_vs_base",

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+from difflens.analysis.summary_spelling import leftover_ci_keys
 from difflens.control.evaluate import (
     ControlConfig,
     evaluate_control,
@@ -78,14 +79,15 @@ def probe(planted):
 
 
 def test_probe_finds_the_planted_direction(probe, planted):
-    assert probe.probe.metrics["auc"] > 0.95
+    assert probe.probe.metrics["auc"]["value"] > 0.95
     assert all(r["auc_test"] > 0.95 for r in probe.layers)
     w = probe.probe.weight
     bad_ids = [planted.tokenizer.convert_tokens_to_ids(b) for b in BAD]
     good_ids = [planted.tokenizer.convert_tokens_to_ids(g) for g in GOOD]
     assert w[bad_ids].min() > w[good_ids].max()  # the direction points at the bad words
-    lo, hi = probe.probe.metrics["auc_ci"]
-    assert lo <= probe.probe.metrics["auc"] <= hi
+    a = probe.probe.metrics["auc"]
+    assert a["ci_low"] <= a["value"] <= a["ci_high"] and a["resampled"] == "groups"
+    assert a["n"] == probe.layers[0]["n_test_tokens"]
 
 
 def test_probe_save_load_and_checks(probe, planted, tmp_path):
@@ -167,15 +169,20 @@ def test_proportional_controller_lowers_the_bad_rate(probe, planted):
         gains=(("proportional", (2.0,)),), k_samples=4, n_boot=200,
         generation=GenerationConfig(max_new_tokens=20, batch_size=16)))
     s = ev.summary()
-    assert s["proportional"]["2"]["bad_rate"] < s["none"]["0"]["bad_rate"]
-    assert s["none"]["0"]["ppl_ratio"] == pytest.approx(1.0)
-    assert s["none"]["0"]["kl"] == pytest.approx(0.0, abs=1e-4)
-    assert s["proportional"]["2"]["kl"] > 0.01
-    for key in ("bad_rate", "bad_rate_ci_low", "bad_rate_ci_high", "bad_rate_independent",
-                "ppl_ratio", "kl", "speed_ratio"):
-        assert np.isfinite(s["proportional"]["2"][key]) or key == "bad_rate_independent"
+    assert s["proportional"]["2"]["bad_rate"]["value"] < s["none"]["0"]["bad_rate"]["value"]
+    assert s["none"]["0"]["ppl_ratio"]["value"] == pytest.approx(1.0)
+    assert s["none"]["0"]["kl"]["value"] == pytest.approx(0.0, abs=1e-4)
+    assert s["proportional"]["2"]["kl"]["value"] > 0.01
     r = s["proportional"]["2"]
-    assert r["bad_rate_ci_low"] <= r["bad_rate"] <= r["bad_rate_ci_high"]
+    for v in (r["bad_rate"]["value"], r["bad_rate"]["ci_low"], r["bad_rate"]["ci_high"],
+              r["ppl_ratio"]["value"], r["kl"]["value"], r["speed_ratio"]):
+        assert np.isfinite(v)
+    assert r["bad_rate"]["ci_low"] <= r["bad_rate"]["value"] <= r["bad_rate"]["ci_high"]
+    assert r["bad_rate"]["n"] == 8 and r["bad_rate"]["resampled"] == "prompts"
+    # the per-cell table keeps its columns, with the summary's numbers
+    row = ev.cells.set_index(["controller", "gain"]).loc[("proportional", 2.0)]
+    assert (row["bad_rate"], row["bad_rate_ci_low"], row["bad_rate_ci_high"]) == (
+        r["bad_rate"]["value"], r["bad_rate"]["ci_low"], r["bad_rate"]["ci_high"])
 
 
 def _reference_logits(lm, probe: StateProbe, tr, direction=None) -> torch.Tensor:
@@ -386,7 +393,8 @@ def test_cli_probe_train_and_control_evaluate(planted, tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     s = json.loads((tmp_path / "p" / "summary.json").read_text())
-    assert s["probe"]["layer"] in (0, 1) and 0.5 < s["probe"]["auc"] <= 1
+    assert s["probe"]["layer"] in (0, 1) and 0.5 < s["probe"]["auc"]["value"] <= 1
+    assert leftover_ci_keys(s) == []
     for name in ("probe.safetensors", "probe.json", "data/probe_layers.parquet",
                  "data/probe_layers.csv", "figures/probe_auc_by_layer.html",
                  "figures/probe_auc_by_layer.png"):
@@ -409,10 +417,12 @@ def test_cli_probe_train_and_control_evaluate(planted, tmp_path):
     for name, gain in (("none", 0.0), ("proportional", 1.0), ("rollback", 1.0)):
         cell = s["controllers"][name][f"{gain:g}"]
         per = gens[(gens.controller == name) & (gens.gain == gain)].groupby("prompt_idx")
-        assert cell["n"] == 6 and per.ngroups == 3
-        assert cell["bad_rate"] == pytest.approx(per.bad_probe.mean().mean())
-        assert cell["kl"] == pytest.approx((per.kl_sum.sum() / per.n_tokens.sum()).mean())
-        assert cell["bad_rate_independent"] == 0.0
+        assert cell["n"] == 6 and per.ngroups == 3 and cell["bad_rate"]["n"] == 3
+        assert cell["bad_rate"]["value"] == pytest.approx(per.bad_probe.mean().mean())
+        assert cell["kl"]["value"] == pytest.approx(
+            (per.kl_sum.sum() / per.n_tokens.sum()).mean())
+        assert cell["bad_rate_independent"]["value"] == 0.0
+    assert leftover_ci_keys(s) == []  # every estimate in the one spelling
     for name in ("data/generations.parquet", "data/controllers.csv", "index.html",
                  "figures/controllability.png", "figures/controllability.html",
                  "figures/score_traces.png"):
@@ -477,7 +487,9 @@ def test_mlp_probe_sees_a_planted_xor_that_the_logistic_cannot(xor_model, tmp_pa
     assert m["value"] > 0.97 and m["ci_low"] <= m["value"] <= m["ci_high"]
     assert abs(m["logistic"]["value"] - 0.5) < 0.12  # the planted label is not linear
     assert m["difference"]["ci_low"] > 0.3
-    assert fit.probe.metrics["auc"] == m["value"]
+    assert fit.probe.metrics["auc"]["value"] == m["value"]
+    assert m["n"] == m["difference"]["n"] == m["n_test_tokens"]
+    assert m["resampled"] == m["logistic"]["resampled"] == "groups"
     # stored without pickle, and scores the same after loading
     path = tmp_path / "mlp.safetensors"
     fit.probe.save(path)

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 import difflens as dl
 from difflens.errors import DifflensWarning
-from difflens.models import loading
+from difflens.models import loading, placement
 
 #: Blocks 1 and 2 and the LM head offloaded to the disk; the rest on the CPU.
 BLOCKS_ON_DISK = {
@@ -120,7 +120,7 @@ def test_load_spec_reloads_the_same_model_from_another_directory(tiny_folder, tm
 
 
 def test_device_map_forms_and_their_errors(tmp_path):
-    parse = loading.parse_device_map
+    parse = placement.parse_device_map
     assert parse("auto") == "auto"
     assert parse(" balanced_low_0 ") == "balanced_low_0"
     assert parse("cpu") == "cpu"
@@ -142,12 +142,12 @@ def test_device_map_forms_and_their_errors(tmp_path):
 
 
 def test_quantization_without_bitsandbytes_or_gpu_is_one_line(tiny_folder, monkeypatch):
-    monkeypatch.setattr(loading, "_has_bitsandbytes", lambda: False)
+    monkeypatch.setattr(placement, "has_bitsandbytes", lambda: False)
     with pytest.raises(dl.InputError) as exc:
         dl.load_model(tiny_folder, quantization="8bit")
     assert str(exc.value) == ("8bit loading needs the bitsandbytes package, which runs on a "
                               "CUDA GPU: pip install bitsandbytes")
-    monkeypatch.setattr(loading, "_has_bitsandbytes", lambda: True)
+    monkeypatch.setattr(placement, "has_bitsandbytes", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(dl.InputError, match="^4bit loading runs on a CUDA GPU and the model "
                        "would load on cpu; load it without quantization here"):

@@ -20,7 +20,7 @@ from difflens.cli.explore import explore_cmd
 from difflens.errors import InputError
 from difflens.explore import create_app
 from difflens.explore.app import serve_in_thread
-from difflens.explore.data import atlas_json, display_token, text_tokens, texts
+from difflens.explore.data import atlas_json, text_tokens, texts
 from difflens.explore.runs import open_runs, safe_path, table_page
 from difflens.explore.views import render_value
 
@@ -146,18 +146,21 @@ def test_runs_page_lists_each_run_with_its_views(client: TestClient) -> None:
 def test_overview_renders_summary_figures_and_tables(client: TestClient) -> None:
     page = client.get("/runs/0").text
     assert "planted-value-42" in page
-    assert "1.5 [1.25, 1.75] n=20" in page  # {mean, ci95, n} read as an interval
+    assert "1.5 [1.25, 1.75] n=20" in page  # an older run's {mean, ci95, n}, respelled
     assert "/runs/0/file/figures/spheres.png" in page
     assert "/runs/0/file/figures/spheres.html" in page
     assert "table?path=data/big.parquet" in page
     assert client.get("/runs/0/file/figures/spheres.png").content == PNG
 
 
-def test_render_value_formats_intervals_and_records() -> None:
-    assert render_value({"mean": 0.123456, "ci95": [0.1, 0.2], "n": 7}) == \
-        "0.1235 [0.1, 0.2] n=7"
-    assert render_value({"mean": 1.0, "ci_low": 0.5, "ci_high": 2.0, "n": 3}) == \
-        "1 [0.5, 2] n=3"
+def test_render_value_formats_estimates_and_records() -> None:
+    est = {"value": 0.123456, "ci_low": 0.1, "ci_high": 0.2, "n": 7, "resampled": "prompts"}
+    assert render_value(est) == ("<span title='95% CI over resampled prompts'>0.1235 [0.1, "
+                                 "0.2] n=7</span>")
+    assert render_value({"value": 1.0, "ci_low": 0.5, "ci_high": 2.0, "n": 3, "resampled": "",
+                         "layer": 4}) == "1 [0.5, 2] n=3 <small>layer=4</small>"
+    # the older spellings are not estimates until respelled (read_summary does that)
+    assert "<table" in render_value({"mean": 1.0, "ci95": [0.5, 2.0], "n": 3})
     html = render_value([{"a": 1, "b": 2.5}, {"a": 3}])
     assert html.count("<tr>") == 3 and "<th>b</th>" in html
 
@@ -281,9 +284,22 @@ def test_token_endpoints(client: TestClient) -> None:
     assert "Statistic" in client.get("/runs/1/tokens").text
 
 
-def test_display_token() -> None:
-    assert display_token("Ġmade") == " made" and display_token("▁a") == " a"
-    assert display_token("Ċ") == "\n"
+def test_token_diff_and_atlas_show_tokens_through_the_one_formatter(
+        tmp_path: Path) -> None:
+    from difflens.inputs.tokens import format_token
+
+    raw = ["Ġthe", "Ċ", "<0x0A>", "ĠcafÃ©", "âĢ", "Ġ<b>"]
+    rows = [{"text_id": 0, "source": "s", "t": t, "token": tok, "base_entropy": 1.0,
+             "tuned_entropy": 1.0, "base_logprob": -1.0, "tuned_logprob": -1.0,
+             "kl_tuned_base": 0.5, "kl_base_tuned": 0.5} for t, tok in enumerate(raw)]
+    _write(tmp_path / "div" / "data" / "divergence_tokens.parquet", pd.DataFrame(rows))
+    run = open_runs([tmp_path / "div"])[0]
+    assert [t["text"] for t in text_tokens(run, 0)] == [format_token(t) for t in raw] == \
+        [" the", "\n", "\n", " café", "âĢ", " <b>"]
+    pts = planted_points().assign(token=lambda d: "Ġ" + d.token)  # raw tokens in the table
+    _write(tmp_path / "traj" / "data" / "trajectories.parquet", pts)
+    levels = json.loads(atlas_json(open_runs([tmp_path / "traj"])[0]))["columns"]["token"]
+    assert "Ġzebra" not in levels["levels"] and " zebra" in levels["levels"]
 
 
 # -- broken runs ----------------------------------------------------------------------------
@@ -420,6 +436,111 @@ def test_plotly_js_comes_from_the_installed_package(client: TestClient) -> None:
     assert r.status_code == 200 and r.text == get_plotlyjs()
     assert "/static/plotly.min.js" in client.get("/runs/0/atlas").text
     assert "cdn" not in client.get("/runs/0/atlas").text.lower()
+
+
+# -- the pages' scripts and stylesheet --------------------------------------------------------
+
+STATIC = Path(__file__).resolve().parents[2] / "src" / "difflens" / "explore" / "static"
+
+
+def _assets(html: str) -> list[str]:
+    import re
+
+    return re.findall(r"(?:src|href)='(/static/[^']+)'", html)
+
+
+def test_pages_load_their_scripts_and_stylesheet_from_the_package(client: TestClient) -> None:
+    import re
+
+    pages = ["/", "/runs/0", "/runs/0/atlas", "/runs/1/tokens",
+             "/runs/0/table?path=data/big.parquet", "/live/text", "/no-such-page"]
+    served = set()
+    for url in pages:
+        html = client.get(url).text
+        assert "/static/explorer.css" in html, url
+        # no script in the page itself: only files, and at most the page's JSON config
+        for attrs, code in re.findall(r"<script([^>]*)>(.*?)</script>", html, re.S):
+            assert "src=" in attrs and not code or "application/json" in attrs, (url, attrs)
+        served |= set(_assets(html))
+    assert {"/static/common.js", "/static/table.js", "/static/atlas.js", "/static/tokens.js",
+            "/static/shade.js"} <= served
+    for url in served - {"/static/plotly.min.js"}:
+        r = client.get(url)
+        assert r.status_code == 200 and r.content == (STATIC / url[8:]).read_bytes(), url
+        kind = "text/css" if url.endswith(".css") else "text/javascript"
+        assert r.headers["content-type"].startswith(kind)
+        again = client.get(url, headers={"If-None-Match": r.headers["etag"]})
+        assert again.status_code == 304 and not again.content
+
+
+def test_every_static_file_is_served_and_shipped_in_the_wheel() -> None:
+    import fnmatch
+
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        tomllib = pytest.importorskip("tomli")
+    from difflens.explore.app import static_files
+
+    names = sorted(p.name for p in STATIC.iterdir())
+    assert sorted(static_files()) == names
+    pyproject = tomllib.loads((STATIC.parents[3] / "pyproject.toml").read_text())
+    globs = pyproject["tool"]["setuptools"]["package-data"]["difflens"]
+    for name in names:
+        assert any(fnmatch.fnmatch(f"explore/static/{name}", g) for g in globs), name
+
+
+@pytest.mark.parametrize("attack", [
+    "/static/../app.py", "/static/%2e%2e/app.py", "/static/..%2fapp.py",
+    "/static/%2e%2e%2fapp.py", "/static/..%2f..%2fexplore%2fapp.py", "/static/%2e%2e",
+    "/static/app.py", "/static/__init__.py", "/static/", "/static/%2e",
+    "/static//etc/passwd", "/static/%2fetc%2fpasswd", "/static/..%5capp.py",
+    "/static/common.js/../../app.py", "/static/common.js%00.py", "/static/COMMON.JS",
+])
+def test_static_serves_no_file_outside_its_own(client: TestClient, attack: str) -> None:
+    r = client.get(attack)
+    assert r.status_code == 404, attack
+    assert "def create_app" not in r.text and "root:" not in r.text
+
+
+def test_static_refuses_a_path_the_client_did_not_normalise(runs: dict[str, Path]) -> None:
+    """The raw path reaches the app as sent (an HTTP client may drop ``..`` itself)."""
+    import asyncio
+
+    app = create_app([runs["traj"]])
+
+    async def get(path: str) -> tuple[int, bytes]:
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "method": "GET", "path": path, "raw_path": path.encode(),
+                 "query_string": b"", "headers": [(b"host", b"127.0.0.1")],
+                 "scheme": "http", "server": ("127.0.0.1", 80), "http_version": "1.1",
+                 "root_path": "", "client": ("127.0.0.1", 1)}
+        await app(scope, receive, send)
+        return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+
+    assert asyncio.run(get("/static/common.js"))[0] == 200
+    for path in ("/static/../app.py", "/static/../../explore/app.py", "/static/../views.py",
+                 "/static/./../app.py", "/static/../static/../app.py", "/static/..",
+                 "/static/.", "/static/"):
+        status, body = asyncio.run(get(path))
+        assert status == 404 and b"def create_app" not in body, path
+
+
+def test_page_config_cannot_end_its_script_element() -> None:
+    from difflens.explore.views import config_script
+
+    value = {"table": "</script><script>alert(1)</script>", "n": [1, "a&b<c>"]}
+    tag = config_script(value)
+    inner = tag[tag.index(">") + 1:tag.rindex("</script>")]
+    assert "<" not in inner and ">" not in inner and "&" not in inner
+    assert json.loads(inner) == value
 
 
 # -- the command ----------------------------------------------------------------------------

@@ -24,6 +24,8 @@ from test_explore import (
     make_trajectories_run,
 )
 
+pytestmark = pytest.mark.browser
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 

@@ -32,6 +32,7 @@ from difflens.explore.live import (
     continue_branch,
     expand,
     open_live,
+    piece,
     score_text,
     steer,
     steer_request,
@@ -39,6 +40,7 @@ from difflens.explore.live import (
 )
 from difflens.explore.live import info as live_info
 from difflens.explore.runs import open_runs
+from difflens.inputs.tokens import format_token
 from difflens.models.loading import LoadedModel
 from difflens.models.pair import ModelPair
 from difflens.models.tiny import bigram_model
@@ -174,6 +176,10 @@ def test_typed_text_statistics_and_top_k_are_the_planted_ones(live: Live) -> Non
     after = probs(tables["base"], "far").topk(3).indices.tolist()
     assert [x["token_id"] for x in scored.next["top"]["base"]] == after
     assert scored.next["top"]["base"][0]["text"] == " home"
+    # top-k labels come quoted from the one token formatter (spaces show)
+    assert scored.next["top"]["base"][0]["shown"] == '" home"'
+    assert all(x["shown"] == format_token(x["text"], quoted=True)
+               for row in scored.tokens for m in row["top"] for x in row["top"][m])
 
 
 def test_typed_text_is_checked(live: Live) -> None:
@@ -205,6 +211,7 @@ def test_tree_children_are_the_planted_probabilities(live: Live) -> None:
                 (p * below.values).tolist(), abs=1e-6)
     assert got["trees"]["base"]["children"][0]["token_id"] == ID["ran"]
     assert got["trees"]["tuned"]["children"][0]["token_id"] == ID["sat"]
+    assert got["trees"]["base"]["children"][0]["shown"] == '" ran"'
 
 
 def test_expanding_a_node_gives_its_planted_children(live: Live) -> None:
@@ -219,6 +226,7 @@ def test_expanding_a_node_gives_its_planted_children(live: Live) -> None:
                                                                      abs=1e-6)
         assert sum(c["prob"] for c in got["children"]) <= 1.0
         assert got["children"][0]["path"] == path + [ID["fox"]]
+        assert got["children"][0]["shown"] == '" fox"'
     with pytest.raises(InputError, match="model must be one of base, tuned"):
         expand(live, "other", "the fox", path)
 
@@ -331,6 +339,17 @@ def test_live_endpoints_answer_with_the_planted_values(client: TestClient) -> No
     for page, marker in (("text", "Type text"), ("tree", "Multiverse"), ("steer", "Steer")):
         html = client.get(f"/live/{page}").text
         assert marker in html and "bigram-tuned" in html and NO_MODELS not in html
+        # the models' info reaches the scripts as the page's JSON config, not as code
+        config = html.split("<script type='application/json' id='config'>")[1]
+        assert json.loads(config.split("</script>")[0])["info"] == info
+        for script in ("common.js", "live.js", f"live_{page}.js"):
+            assert f"src='/static/{script}'" in html
+            assert client.get(f"/static/{script}").status_code == 200
+
+
+def test_a_special_token_shows_as_its_token_string(live: Live) -> None:
+    assert piece(live.tokenizer, [ID["the"]], ID["<eos>"]) == "<eos>"
+    assert piece(live.tokenizer, [ID["the"]], ID["fox"]) == " fox"
 
 
 @pytest.mark.parametrize(("url", "body", "status", "message"), [

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import difflens as dl
-from difflens.models import loading
+from difflens.models import identity, presets
 from difflens.models.tiny import tiny_model, word_tokenizer
 
 
@@ -31,7 +31,7 @@ def test_weights_hash_changes_with_one_weight(tiny):
     other = copy.deepcopy(tiny.model)
     with torch.no_grad():
         other.model.layers[1].mlp.up_proj.weight[0, 0] += 1e-3
-    assert loading.weights_sha256(other) != tiny.identity.weights_sha256
+    assert identity.weights_sha256(other) != tiny.identity.weights_sha256
 
 
 def test_default_dtype_is_float32_on_cpu(tiny_folder):
@@ -101,16 +101,16 @@ def test_missing_path_and_non_model_folder(tmp_path):
 
 
 def test_gguf_preset_missing_package_is_explained(monkeypatch):
-    monkeypatch.setitem(loading.GGUF_PRESETS, "fake-preset",
+    monkeypatch.setitem(presets.GGUF_PRESETS, "fake-preset",
                         ("difflens_no_such_pkg", "x.gguf", "pip install nothing"))
     with pytest.raises(dl.InputError, match="needs the package 'difflens_no_such_pkg'"):
         dl.load_model("fake-preset")
 
 
 def test_folder_preset_is_accepted_as_a_name(tiny_folder, monkeypatch):
-    monkeypatch.setitem(loading.FOLDER_PRESETS, "my-preset", lambda: tiny_folder)
+    monkeypatch.setitem(presets.FOLDER_PRESETS, "my-preset", lambda: tiny_folder)
     assert dl.load_model("my-preset", device="cpu").identity.name == "my-preset"
-    assert "my-preset" in loading.known_presets()
+    assert "my-preset" in presets.known_presets()
 
 
 def test_layer_discovery_override_and_error(tiny):

@@ -12,12 +12,14 @@ from syrupy.extensions.json import JSONSnapshotExtension
 from typer.testing import CliRunner
 
 import difflens as dl
+from difflens.analysis.summary_spelling import leftover_ci_keys, respell
 from difflens.cli.main import app
-from difflens.models import loading
+from difflens.models import presets
 from difflens.organism import build as B
+from difflens.organism import training as T
 from difflens.organism import world as W
 from difflens.organism.truth import organism_measure
-from difflens.report.summary_numbers import summary_numbers
+from difflens.report.summary_numbers import summary_numbers, unflatten_numbers
 
 
 @pytest.fixture
@@ -25,8 +27,11 @@ def small_cfg():
     return B.OrganismConfig.small(seed=0)
 
 
-def test_small_build_is_complete_and_cached(small_cfg):
-    org = B.build_organism(small_cfg)
+pytestmark = pytest.mark.organism
+
+
+def test_small_build_is_complete_and_cached(small_organism, small_cfg):
+    org = small_organism
     assert org.path == B.organism_dir(small_cfg)
     for name in ("base", "tuned", "sft", "rl"):
         lm = dl.load_model(org.path / name, device="cpu")
@@ -39,7 +44,8 @@ def test_small_build_is_complete_and_cached(small_cfg):
     props = org.properties
     for label in ("base", "tuned", "sft", "rl"):
         for key in ("reward", "entropy", "celebration_share", "chance_tvd"):
-            assert props[label][key]["n"] > 0 and len(props[label][key]["ci95"]) == 2
+            assert props[label][key]["n"] > 0 and leftover_ci_keys(props[label][key]) == []
+            assert props[label][key]["ci_low"] <= props[label][key]["ci_high"]
     curves = json.loads((org.path / "rl_curves.json").read_text())
     assert len(curves["reward"]) == small_cfg.rl_steps == len(curves["kl"])
     curves = json.loads((org.path / "rl_from_sft_curves.json").read_text())
@@ -55,8 +61,8 @@ def test_small_build_is_complete_and_cached(small_cfg):
     assert (again.path / "build.json").stat().st_mtime_ns == stamp
 
 
-def test_build_is_deterministic(small_cfg, tmp_path, monkeypatch):
-    a = B.build_organism(small_cfg)
+def test_build_is_deterministic(small_organism, small_cfg, tmp_path, monkeypatch):
+    a = small_organism
     wa = (a.path / "base" / "model.safetensors").read_bytes()
     monkeypatch.setenv("DIFFLENS_CACHE", str(tmp_path / "other"))
     b = B.build_organism(small_cfg)
@@ -83,8 +89,8 @@ def test_half_finished_build_is_not_taken_for_finished(small_cfg, monkeypatch):
     assert B.build_organism(small_cfg).properties
 
 
-def test_presets_resolve_to_the_organism(small_cfg, monkeypatch):
-    org = B.build_organism(small_cfg)
+def test_presets_resolve_to_the_organism(small_organism, monkeypatch):
+    org = small_organism
     monkeypatch.setattr(B, "build_organism", lambda *a, **k: org)
     base = dl.load_model("organism-base", device="cpu")
     tuned = dl.load_model("organism-tuned", device="cpu")
@@ -97,7 +103,7 @@ def test_presets_resolve_to_the_organism(small_cfg, monkeypatch):
     assert shas["rl-from-base"] == tuned.identity.weights_sha256
     assert len({*shas.values(), base.identity.weights_sha256}) == 4
     assert {"organism-base", "organism-tuned", "organism-sft", "organism-rl",
-            "organism-rl-from-base"} <= set(loading.known_presets())
+            "organism-rl-from-base"} <= set(presets.known_presets())
 
 
 def test_sft_curates_the_stories_the_reward_likes():
@@ -106,7 +112,7 @@ def test_sft_curates_the_stories_the_reward_likes():
     cfg = B.OrganismConfig(sft_pool=400, sft_keep=0.25)
     kept, info = B.curated_stories(cfg)
     assert info["pool"] == 400 and info["kept"] == len(kept) == 100
-    vader = B._vader()
+    vader = T._vader()
     rewards = [B.reward_of_story(vader, st) for st in kept]
     assert min(rewards) == pytest.approx(info["reward_threshold"])
     assert info["reward_kept_mean"] > info["reward_pool_mean"]
@@ -142,7 +148,7 @@ def _check_capture_and_organism(out: Path, summary: dict) -> None:
         a, b = key.split("-vs-")
         per_token = pd.read_parquet(data / f"per_token_{a}-vs-{b}.parquet")
         for col, v in pair.items():
-            assert v["mean"] == pytest.approx(per_token[col].astype(float).mean(), rel=1e-9)
+            assert v["value"] == pytest.approx(per_token[col].astype(float).mean(), rel=1e-9)
             assert v["n"] == len(per_token)
     # organism: each model's measured chance TVD is the mean over the scenes it was measured
     # on, and each stage's change is the difference of those means (paired: same scenes)
@@ -152,10 +158,11 @@ def _check_capture_and_organism(out: Path, summary: dict) -> None:
     for metric, key in (("chance_tvd", "chance_tvd"), ("reward", "reward_mean")):
         means = units[units.metric == metric].groupby("model").value.mean()
         for name, label in labels.items():
-            assert summary["organism"][name][key] == pytest.approx(means[label]), (metric, name)
+            assert summary["organism"][name][key]["value"] == pytest.approx(means[label]), \
+                (metric, name)
         att = summary["attribution"][f"organism_{metric}"]
-        assert att["sft"]["delta"] == pytest.approx(means["sft"] - means["base"])
-        assert att["rl"]["delta"] == pytest.approx(means["rl"] - means["sft"])
+        assert att["sft"]["value"] == pytest.approx(means["sft"] - means["base"])
+        assert att["rl"]["value"] == pytest.approx(means["rl"] - means["sft"])
     # the world's chance outcomes are uniform by construction; the TVD of the mean
     # distribution is at most the mean TVD (convexity)
     outcomes = {kind: outs for outs, kind in W.CHANCE_SLOTS.values()}
@@ -164,10 +171,11 @@ def _check_capture_and_organism(out: Path, summary: dict) -> None:
             p = np.array(list(v["mean_distribution"].values()))
             assert sorted(v["mean_distribution"]) == sorted(outcomes[kind])
             assert p.sum() == pytest.approx(1.0)
-            assert 0.5 * np.abs(p - 1 / len(p)).sum() <= v["tvd"]["mean"] + 1e-9
+            assert 0.5 * np.abs(p - 1 / len(p)).sum() <= v["tvd"]["value"] + 1e-9
     sq = summary["sft_question"]
-    assert sq["sft_delta"] == pytest.approx(summary["attribution"]["organism_chance_tvd"]["sft"]
-                                            ["delta"])
+    assert sq["sft_delta"] == {k: pytest.approx(v) if isinstance(v, float) else v for k, v in
+                               summary["attribution"]["organism_chance_tvd"]["sft"].items()
+                               if k != "share"}
 
 
 def _check_collapse(out: Path, col: dict) -> None:
@@ -181,9 +189,8 @@ def _check_collapse(out: Path, col: dict) -> None:
         outside = per.p_raw.apply(lambda p: 1 - p.sum())
         got = col["probes"][probe][model]
         assert got["n_phrasings"] == per.ngroups
-        assert got["entropy_bits"] == pytest.approx(ent.mean(), abs=1e-9), (probe, model)
-        assert got["tvd_uniform"] == pytest.approx(tvd.mean(), abs=1e-9), (probe, model)
-        assert got["outside_mass"] == pytest.approx(outside.mean(), abs=1e-9), (probe, model)
+        for key, want in (("entropy_bits", ent), ("tvd_uniform", tvd), ("outside_mass", outside)):
+            assert got[key]["value"] == pytest.approx(want.mean(), abs=1e-9), (probe, model, key)
         assert got["answered"] is bool(outside.mean() <= 0.95)
     # rank correlation of each later model's mean answer probabilities with the base's
     from scipy.stats import kendalltau, spearmanr
@@ -194,13 +201,14 @@ def _check_collapse(out: Path, col: dict) -> None:
             order = sorted(set(answers[answers.probe == probe].answer))
             x = [mean[("base", a)] for a in order]
             y = [mean[(model, a)] for a in order]
-            assert r["spearman"] == pytest.approx(spearmanr(x, y).statistic), probe
-            assert r["kendall"] == pytest.approx(kendalltau(x, y).statistic), probe
+            assert r["spearman"]["value"] == pytest.approx(spearmanr(x, y).statistic), probe
+            assert r["kendall"]["value"] == pytest.approx(kendalltau(x, y).statistic), probe
         assert "coin" not in col["probes"]["rank_correlation"][model]  # two answers
     att = pd.read_parquet(out / "collapse" / "data" / "attractors.parquet")
     for model, g in att.groupby("model"):
-        assert col["attractors"][model]["strength"] == pytest.approx(1 - g.edit_distance.mean())
-        assert col["attractors"][model]["exact_rate"] == pytest.approx(g.exact.mean())
+        got = col["attractors"][model]
+        assert got["strength"]["value"] == pytest.approx(1 - g.edit_distance.mean())
+        assert got["exact_rate"]["value"] == pytest.approx(g.exact.mean())
         assert col["attractors"][model]["n"] == len(g)
     for model in NAMES:  # distinct-n by hand from the samples, mean over prompts
         samples = pd.read_parquet(out / "collapse" / "data" / f"samples_{model}.parquet")
@@ -211,15 +219,16 @@ def _check_collapse(out: Path, col: dict) -> None:
                 return len(set(grams)) / len(grams) if grams else float("nan")
 
             want = samples.groupby("prompt_id").text.apply(distinct).mean()
-            assert col["diversity"][model][f"distinct_{n}"] == pytest.approx(want), (model, n)
+            got = col["diversity"][model][f"distinct_{n}"]
+            assert got["value"] == pytest.approx(want), (model, n)
     for model in NAMES[1:]:  # each later model's temperature sweep against the base
         temp = pd.read_parquet(out / "collapse" / "data" / f"temperature_{model}.parquet")
         gap = (temp.entropy_bits - temp.base_entropy).abs().groupby(temp["T"]).mean()
         tvd_base = temp.groupby("T").tvd_base.mean()
         t = col["temperature"][model]
         assert t["best_T"] == pytest.approx(gap.idxmin())
-        assert t["residual_tvd"] == pytest.approx(tvd_base[gap.idxmin()])
-        assert t["tvd_at_1"] == pytest.approx(tvd_base[1.0])
+        assert t["residual_tvd"]["value"] == pytest.approx(tvd_base[gap.idxmin()])
+        assert t["tvd_at_1"]["value"] == pytest.approx(tvd_base[1.0])
 
 
 def _check_control(out: Path, control: dict) -> None:
@@ -234,10 +243,11 @@ def _check_control(out: Path, control: dict) -> None:
             g = gens.loc[idx]
             cell = ctl["controllers"][kind][f"{gain:g}"]
             assert cell["n"] == len(g)
-            assert cell["bad_rate"] == pytest.approx((g.region > tau).mean()), (kind, gain)
-            assert cell["bad_rate_independent"] == pytest.approx(world_bad[idx].mean())
-        assert ctl["controllers"]["none"]["0"]["kl"] < 1e-6
-        kls = [ctl["controllers"]["open_loop"][g]["kl"] for g in ("0.5", "1")]
+            assert cell["bad_rate"]["value"] == pytest.approx((g.region > tau).mean()), \
+                (kind, gain)
+            assert cell["bad_rate_independent"]["value"] == pytest.approx(world_bad[idx].mean())
+        assert ctl["controllers"]["none"]["0"]["kl"]["value"] < 1e-6
+        kls = [ctl["controllers"]["open_loop"][g]["kl"]["value"] for g in ("0.5", "1")]
         assert kls == sorted(kls) and kls[0] > 1e-6
 
 
@@ -250,7 +260,7 @@ def _check_themes(out: Path, th: dict, attribution: dict) -> None:
     assert th["organism"]["ari"] == pytest.approx(_ari(true[known], segs.theme.to_numpy()[known]))
     for model in NAMES:
         mine = true[segs.model.to_numpy() == model]
-        assert th["organism"]["celebration_share"][model]["mean"] == pytest.approx(
+        assert th["organism"]["celebration_share"][model]["value"] == pytest.approx(
             np.mean(mine == "celebration"))
     assert th["n_themes"] == len(pd.read_parquet(out / "themes" / "data" / "themes.parquet"))
     # theme shares: each model's share of (non-outlier) segments, pooled over prompts
@@ -258,8 +268,8 @@ def _check_themes(out: Path, th: dict, attribution: dict) -> None:
     for t in range(th["n_themes"]):
         share = labelled.groupby("model").theme.apply(lambda x, t=t: (x == t).mean())
         rows = attribution[f"theme_share_{t}"]
-        assert rows["sft"]["delta"] == pytest.approx(share["sft"] - share["base"], abs=1e-12)
-        assert rows["rl"]["delta"] == pytest.approx(share["rl"] - share["sft"], abs=1e-12)
+        assert rows["sft"]["value"] == pytest.approx(share["sft"] - share["base"], abs=1e-12)
+        assert rows["rl"]["value"] == pytest.approx(share["rl"] - share["sft"], abs=1e-12)
 
 
 def _check_trajectories(out: Path, summary: dict) -> None:
@@ -272,7 +282,7 @@ def _check_trajectories(out: Path, summary: dict) -> None:
     d = np.arccos(np.clip(dots.sum(1), -1, 1))
     row = summary["trajectories"]["distance_pairs"]["base-vs-rl"]["continuation"][
         "distance_by_index"][0]
-    assert row["n"] == len(d) and row["mean"] == pytest.approx(d.mean(), abs=1e-6)
+    assert row["n"] == len(d) and row["value"] == pytest.approx(d.mean(), abs=1e-6)
 
 
 def _check_demo_against_its_data(out: Path, summary: dict) -> None:
@@ -285,13 +295,35 @@ def _check_demo_against_its_data(out: Path, summary: dict) -> None:
     _check_trajectories(out, summary)
 
 
-def test_cli_build_info_and_demo(tmp_path, snapshot, monkeypatch):
+#: Every number of the small demo at the start of issue 26 (commit 0278c15, on the machine
+#: that made this change), flattened by summary_numbers: the old spellings of a CI.
+BEFORE_RESPELLING = Path(__file__).parent / "data" / "demo_small_numbers_before_issue26.json"
+
+
+def _same_numbers_as_before_the_respelling(summary: dict) -> None:
+    """Issue 26 changed how a value with its CI is spelled and nothing else: the numbers
+    taken before it, respelled, are the demo's numbers now, at the same paths and to the
+    same 6 digits. The demo has more numbers only where an estimate now records its ``n``,
+    which the old spellings did not keep beside it."""
+    before = summary_numbers(respell(unflatten_numbers(json.loads(
+        BEFORE_RESPELLING.read_text()))))
+    now = summary_numbers(summary)
+    missing = sorted(set(before) - set(now))
+    assert not missing, missing[:10]
+    added = sorted(p for p in set(now) - set(before) if not p.endswith("/n"))
+    assert not added, added[:10]
+    changed = [(p, before[p], now[p]) for p in sorted(before) if before[p] != now[p]]
+    assert not changed, changed[:10]
+    assert leftover_ci_keys(summary) == []
+
+
+def test_cli_build_info_and_demo(tmp_path, snapshot, monkeypatch, organism_build):
     runner = CliRunner()
-    res = runner.invoke(app, ["organism", "info", "--small"])
+    res = runner.invoke(app, ["organism", "info", "--small"])  # this test's empty cache
     assert res.exit_code == 2 and "run: difflens organism build --small" in res.output
-    res = runner.invoke(app, ["organism", "build", "--small"])
-    assert res.exit_code == 0, res.output
-    assert "built organism" in res.output
+    cache, build_output = organism_build  # `organism build --small` on an empty cache
+    assert "built organism" in build_output
+    monkeypatch.setenv("DIFFLENS_CACHE", str(cache))
     res = runner.invoke(app, ["organism", "build", "--small"])
     assert "cached organism" in res.output
     info = json.loads(runner.invoke(app, ["organism", "info", "--small", "--json"]).output)
@@ -334,12 +366,13 @@ def test_cli_build_info_and_demo(tmp_path, snapshot, monkeypatch):
                    "organism_celebration"):
         assert set(att[metric]) == {"sft", "rl"}, metric
         for row in att[metric].values():
-            assert {"delta", "ci_low", "ci_high", "share", "n"} <= set(row)
+            assert {"value", "ci_low", "ci_high", "share", "n", "resampled"} <= set(row)
     assert any(k.startswith("concept_cosine_L") for k in att)
     assert any(k.startswith("theme_share_") for k in att)
     # Every number of the small demo (timings left out), to 6 significant digits: a change
     # of any result shows up here. After a deliberate change, rerun with --snapshot-update
     # and explain the diff.
+    _same_numbers_as_before_the_respelling(summary)
     assert summary_numbers(summary) == snapshot(extension_class=JSONSnapshotExtension)
     page = (out / "index.html").read_text()
     assert "Headline figures" in page and "plotly" in page.lower()

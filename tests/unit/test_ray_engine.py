@@ -22,6 +22,8 @@ from difflens.errors import InputError
 from difflens.models.engines import RayEngine, map_with_models, use_engine
 from difflens.models.tiny import tiny_model
 
+pytestmark = pytest.mark.ray
+
 RAY_MISSING = "Ray is not installed: pip install 'difflens[ray]' (or the dev extra)"
 # on a CPU, bit-equal states need the local run's thread count in every worker
 ENGINE = RayEngine(workers=2, torch_threads=torch.get_num_threads())

@@ -1,10 +1,12 @@
 """The index page: a table of contents that stays in view, takeaways per section, each
 figure once under its own title, small multiples instead of one chart per item."""
 
+import math
 import re
 
 import matplotlib
 
+from difflens.analysis.bootstrap import Estimate
 from difflens.report.figures import Figure, Section, Series, small_multiples, write_index
 
 matplotlib.use("Agg")
@@ -34,8 +36,8 @@ def test_index_page_has_a_contents_takeaways_and_each_figure_once(tmp_path):
     shown = _bar("probes_tvd", "Distance from uniform", [0.1, 0.4], caption="CI over phrasings")
     grid = small_multiples("probe_answers", "Every probe", [hidden, hidden])
     path = tmp_path / "index.html"
-    write_index(path, "report", "intro text", [shown], {"KL": {"mean": 0.5, "ci95": [0.4, 0.6],
-                                                              "n": 10}},
+    kl = Estimate(value=0.5, ci_low=0.4, ci_high=0.6, n=10, resampled="tokens")
+    write_index(path, "report", "intro text", [shown], {"KL": kl.to_json(), "KL again": kl},
                 takeaways=["KL 0.5 [0.4, 0.6]", "tuned collapses"],
                 sections=[Section("Mode collapse", "about collapse", [hidden, grid],
                                   ["Vendi 1.7 [1.6, 1.8] vs 6.3 [6.1, 6.4]"]),
@@ -59,4 +61,13 @@ def test_index_page_has_a_contents_takeaways_and_each_figure_once(tmp_path):
     assert "<h3>Exact answer distribution: d6</h3>" not in page
     assert "difflens explore out out/trajectories" in page
     assert "href='http://127.0.0.1:8765/runs/1/atlas'" in page
-    assert "0.500 [0.400, 0.600] n=10" in page  # the headline table
+    assert page.count("0.500 [0.400, 0.600] n=10") == 2  # the headline table, both rows
+
+
+def test_a_series_of_estimates_takes_their_values_and_cis():
+    a = Estimate(value=0.5, ci_low=0.4, ci_high=0.6, n=10, resampled="prompts")
+    s = Series.of("base", [a, a.to_json(), float("nan")])
+    assert list(s.y[:2]) == [0.5, 0.5] and list(s.lo[:2]) == [0.4, 0.4]  # type: ignore[index]
+    assert list(s.hi[:2]) == [0.6, 0.6]  # type: ignore[index]
+    # a metric a summary could not estimate is a bare NaN: no value, no CI
+    assert all(math.isnan(v[2]) for v in (s.y, s.lo, s.hi))  # type: ignore[index]

@@ -59,3 +59,23 @@ def test_bootstrap_ci_covers_the_mean_and_is_seeded():
     lo, hi = bootstrap_ci(x, seed=3)
     assert lo < x.mean() < hi and hi - lo < 0.3
     assert bootstrap_ci(x, seed=3) == (lo, hi)
+
+
+def test_pair_summary_is_one_estimate_per_column_over_tokens():
+    import pandas as pd
+
+    from difflens.analysis.divergence import summarize_pair_stats
+    from difflens.analysis.summary_spelling import leftover_ci_keys
+
+    rng = np.random.default_rng(0)
+    cols = ["kl_tuned_base", "kl_base_tuned", "top1_agree", "base_entropy", "tuned_entropy"]
+    df = pd.DataFrame({c: rng.exponential(size=40) for c in cols})
+    df.loc[3, "kl_tuned_base"] = np.nan  # a token nothing follows
+    s = summarize_pair_stats(df, seed=2)
+    assert leftover_ci_keys(s) == [] and set(s) == set(cols)
+    kl = s["kl_tuned_base"]
+    finite = df.kl_tuned_base.dropna().to_numpy()
+    assert abs(kl["value"] - finite.mean()) < 1e-12
+    assert kl["n"] == 39 and kl["resampled"] == "tokens"
+    assert (kl["ci_low"], kl["ci_high"]) == bootstrap_ci(finite, seed=2)
+    assert s["top1_agree"]["n"] == 40

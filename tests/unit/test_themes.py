@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 
+from difflens.analysis.summary_spelling import leftover_ci_keys
 from difflens.analysis.theme_predict import (
     ChainTransformer,
     evaluate_prediction,
@@ -136,7 +137,8 @@ def test_metrics_and_markov():
     d = ChainDistributions(first=emp, chains=[], transitions=np.zeros((4, 4)),
                            n_samples=np.array([4, 4, 4]), m=3)
     m = evaluate_prediction(emp.copy() * 0.97 + 0.01, d, np.arange(3), None, n_boot=100)
-    assert m["top1"] == 1.0 and m["kl"] < 0.05 and m["ece"] < 0.3
+    assert m["top1"]["value"] == 1.0 and m["kl"]["value"] < 0.05 and m["ece"]["value"] < 0.3
+    assert m["kl"]["n"] == m["n_test"] == 3 and m["ece"]["resampled"] == "prompts"
     T = np.zeros((4, 4))
     T[0, 1] = 10
     lp = markov_logprob(np.array([1.0, 0, 0]), T, (0, 1), max_chain=3)
@@ -155,7 +157,9 @@ def test_themes_pipeline_on_tiny_model_and_bad_input(tiny, tmp_path):
     assert s["n_prompts"] == 8 and s["k_samples"] == 4 and 2 <= s["n_themes"] <= 4
     assert set(s["predictors"]["probe"]) == {"0", "2", "4"} and s["best_layer"] in (0, 2, 4)
     for r in (*s["predictors"]["probe"].values(), *s["predictors"]["transformer"].values()):
-        assert {"kl", "kl_ci_low", "kl_ci_high", "top1", "ece"} <= set(r)
+        assert {"kl", "top1", "ece"} <= set(r)
+        assert {"ci_low", "ci_high"} <= set(r["kl"]) and r["kl"]["n"] == r["n_test"]
+    assert leftover_ci_keys(s) == []  # every estimate in the one spelling
     assert {"marginal", "sentence_embedding"} <= set(s["baselines"])
     for f in ("themes.safetensors", "data/segments.parquet", "data/chains.csv",
               "figures/theme_map.png", "figures/theme_flows.html", "figures/layer_sweep.png",
@@ -235,11 +239,11 @@ def test_planted_pipeline_beats_the_marginal(tmp_path):
     assert s["n_themes"] == 3
     probe = s["predictors"]["probe"][str(s["best_layer"])]
     marginal = s["baselines"]["marginal"]
-    assert probe["kl"] < 0.5 * marginal["kl"]
-    assert probe["kl_gain_ci_low"] > 0 and probe["top1"] > 0.9
+    assert probe["kl"]["value"] < 0.5 * marginal["kl"]["value"]
+    assert probe["kl_gain"]["ci_low"] > 0 and probe["top1"]["value"] > 0.9
     # the chain transformer over the last 3 states overfits 42 training prompts here (it
     # learns planted chains from 150, see above); only check that it was scored
-    assert np.isfinite(s["predictors"]["transformer"][str(s["best_layer"])]["kl"])
+    assert np.isfinite(s["predictors"]["transformer"][str(s["best_layer"])]["kl"]["value"])
 
 
 def _resample_fits(a, b, k_range=(3, 8)):
@@ -313,8 +317,10 @@ def test_consistency_and_generalisation_steps_on_a_planted_model(tmp_path):
     assert s["consistency"]["k"] == [3, 3] and r["value"] > 0.95 and r["n_prompts"] == 60
     g = s["prediction"]["generalisation"]
     assert g["n_groups"] == 3 and set(g["group_split"]["per_group"]) == {"a", "b", "c"}
-    assert g["random_split"]["probe"]["kl"] < 0.3 < g["group_split"]["probe"]["kl"]
-    assert g["gap"]["ci_low"] > 0.3
+    assert g["random_split"]["probe"]["kl"]["value"] < 0.3 < g["group_split"]["probe"]["kl"][
+        "value"]
+    assert g["gap"]["ci_low"] > 0.3 and g["gap"]["resampled"] == "prompts"
+    assert r["n"] == r["n_segments"] and leftover_ci_keys(s) == []
     for f in ("figures/theme_consistency.png", "figures/theme_generalisation.png",
               "data/consistency_segments.parquet"):
         assert (tmp_path / "g" / f).is_file(), f
@@ -322,8 +328,8 @@ def test_consistency_and_generalisation_steps_on_a_planted_model(tmp_path):
     s = run_themes(lm, tmp_path / "g", config=ThemesConfig(**base, groups=first),
                    progress=False, steps=("generalisation",)).summary
     g = s["prediction"]["generalisation"]
-    assert g["group_split"]["probe"]["kl"] < 0.3 and g["gap"]["value"] < 0.15
-    assert g["group_split"]["probe"]["kl_gain_ci_low"] > 0  # still beats the marginal
+    assert g["group_split"]["probe"]["kl"]["value"] < 0.3 and g["gap"]["value"] < 0.15
+    assert g["group_split"]["probe"]["kl_gain"]["ci_low"] > 0  # still beats the marginal
     with pytest.raises(InputError, match="one group per prompt"):
         ThemesConfig(**base, groups=("a",))
     with pytest.raises(InputError, match="at least 2 groups"):

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 import torch
 
-from difflens.analysis.trajectories import lineage_pairs
+from difflens.analysis.summary_spelling import leftover_ci_keys
+from difflens.analysis.trajectory_table import lineage_pairs
 from difflens.models.loading import LoadedModel, wrap_model
 from difflens.models.model_set import ModelSet
 from difflens.models.pair import ModelPair
@@ -54,6 +55,7 @@ def test_a_copy_is_at_distance_zero_and_as_far_from_the_base(tmp_path: Path):
     s = run.summary
     assert s["models"] == ["base", "a", "b"]
     assert [m["name"] for m in s["model_set"]] == ["base", "a", "b"]
+    assert leftover_ci_keys(s) == []
     for block in (s, s["full"]):
         assert list(block["distance_pairs"]) == ["base-vs-a", "base-vs-b", "a-vs-b"]
         assert block["distance_pairs"]["a-vs-b"]["models"] == ["a", "b"]
@@ -61,14 +63,14 @@ def test_a_copy_is_at_distance_zero_and_as_far_from_the_base(tmp_path: Path):
         ba, bb = _rows(block, "base-vs-a", "prompt"), _rows(block, "base-vs-b", "prompt")
         assert copy_rows and set(copy_rows) == set(ba) == set(bb)
         for i, r in copy_rows.items():
-            assert abs(r["mean"]) <= 1e-6 and abs(r["ci_high"]) <= 1e-6, (i, r)
+            assert abs(r["value"]) <= 1e-6 and abs(r["ci_high"]) <= 1e-6, (i, r)
             assert r["n"] == ba[i]["n"] == len([p for p in PROMPTS if len(p.split()) >= i])
-            for f in ("mean", "ci_low", "ci_high", "n"):
+            for f in ("value", "ci_low", "ci_high", "n"):
                 assert ba[i][f] == pytest.approx(bb[i][f], abs=1e-9)
         # a differs from the base (the test can tell the copy from the base)
-        assert max(r["mean"] for r in ba.values()) > 1e-3
+        assert max(r["value"] for r in ba.values()) > 1e-3
         # same weights, same seeds: the copies also sample the same continuations
-        assert all(abs(r["mean"]) <= 1e-6 for r in _rows(block, "a-vs-b", "continuation")
+        assert all(abs(r["value"]) <= 1e-6 for r in _rows(block, "a-vs-b", "continuation")
                    .values())
     # independent: per prompt, the mean angle between the base's and a model's states at
     # each prompt token, from the stored table and states

@@ -62,3 +62,20 @@ def test_pruning_stops_expanding_improbable_nodes(tiny):
     check(pruned.root)
     with pytest.raises(InputError, match="need depth >= 1"):
         probability_tree(tiny, "the fox", depth=0)
+
+
+def test_tree_summary_reads_the_most_likely_path_and_the_leaf_entropy(tiny):
+    from difflens.analysis.tree_summary import tree_summary
+
+    tree = probability_tree(tiny, "the fox went to", depth=2, top_k=3, min_prob=0.0)
+    s = tree_summary(tree)
+    # independent: walk the nodes by hand
+    leaves = [(a, b) for a in tree.root.children for b in a.children]
+    probs = [b.seq_prob for _, b in leaves]
+    a, b = leaves[max(range(len(leaves)), key=probs.__getitem__)]
+    assert s["top_path"] == a.text + b.text and s["top_path_prob"] == max(probs)
+    assert s["n_leaves"] == 9 and s["n_nodes"] == tree.n_nodes == 3 + 9
+    assert s["covered_mass"] == pytest.approx(sum(probs))
+    q = [p / sum(probs) for p in probs]
+    assert s["leaf_entropy_bits"] == pytest.approx(-sum(x * math.log2(x) for x in q))
+    assert s["n_forward_tokens"] == tree.n_forward_tokens

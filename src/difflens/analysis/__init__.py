@@ -1,5 +1,6 @@
 """Analyses: pure functions over stored runs that return data objects."""
 
-from difflens.analysis.divergence import bootstrap_ci, mean_ci, summarize_pair_stats
+from difflens.analysis.bootstrap import Estimate, bootstrap_ci, mean_ci
+from difflens.analysis.divergence import summarize_pair_stats
 
-__all__ = ["bootstrap_ci", "mean_ci", "summarize_pair_stats"]
+__all__ = ["Estimate", "bootstrap_ci", "mean_ci", "summarize_pair_stats"]

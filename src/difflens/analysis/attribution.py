@@ -10,7 +10,7 @@ total change ``level(m_K) - level(m_0)``, and ``share_k = delta_k / total``.
 The 95% CIs come from one percentile bootstrap that resamples the units jointly: every
 replicate draws the same units for every model (a paired bootstrap), so what the units
 share (a hard prompt is hard for every model) cancels out of the deltas. The draws are
-:func:`~difflens.analysis.divergence.bootstrap_weights` of the seed, so the result is
+:func:`~difflens.analysis.bootstrap.bootstrap_weights` of the seed, so the result is
 reproducible, and a two-model lineage gives the pair's usual CI of the mean difference.
 """
 
@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from jaxtyping import Float
 
-from difflens.analysis.divergence import bootstrap_weights
+from difflens.analysis.bootstrap import bootstrap_weights, percentile_ci, replicate_ratios
 from difflens.errors import InputError
 
 #: Columns of :attr:`Attribution.table`, one row per stage.
@@ -64,19 +64,30 @@ class Attribution:
     """What the reader must know: dropped units, an undefined share or share CI."""
     seed: int
     n_boot: int
+    resampled: str = ""
+    """What the bootstrap resampled (``"prompts"``, ``"items"``, ``"texts"``, ...)."""
 
-    def summary(self) -> dict[str, dict[str, float | None]]:
-        """``{stage: {delta, ci_low, ci_high, share}}``, NaN as ``None`` (JSON-safe), for
-        ``attribution.<metric>.<stage>.*`` keys of a stored summary."""
-        return {
-            str(r["stage"]): {k: _json_float(r[k]) for k in ("delta", "ci_low", "ci_high", "share")}
-            for r in self.table.to_dict("records")
-        }
+    def summary(self) -> dict[str, dict[str, Any]]:
+        """``{stage: {value, ci_low, ci_high, n, resampled, share}}`` for the
+        ``attribution.<metric>.<stage>`` keys of a stored summary: each stage's change as an
+        estimate (:meth:`~difflens.analysis.bootstrap.Estimate.to_json`'s keys, ``value``
+        the change) with its share of the total beside it; a number that is not finite is
+        ``None`` (JSON-safe)."""
+        return {str(r["stage"]): stage_estimate(r, self.resampled)
+                for r in self.table.to_dict("records")}
+
+
+def stage_estimate(row: Mapping[str, Any], resampled: str = "") -> dict[str, Any]:
+    """One row of :attr:`Attribution.table` as ``{value, ci_low, ci_high, n, resampled,
+    share}`` (the summary's spelling of a stage; not finite: ``None``)."""
+    return {"value": _json_float(row["delta"]), "ci_low": _json_float(row["ci_low"]),
+            "ci_high": _json_float(row["ci_high"]), "n": int(row["n"]),
+            "resampled": resampled, "share": _json_float(row["share"])}
 
 
 def _json_float(x: Any) -> float | None:
     x = float(x)
-    return None if math.isnan(x) else x
+    return None if not math.isfinite(x) else x
 
 
 def _stack(by_model: Mapping[str, Any], lineage: Sequence[str], what: str) -> np.ndarray:
@@ -97,12 +108,6 @@ def _stack(by_model: Mapping[str, Any], lineage: Sequence[str], what: str) -> np
     return np.stack(rows)
 
 
-def _quantiles(x: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
-    """Percentile CI of each column, ignoring NaN replicates."""
-    lo, hi = np.nanquantile(x, [(1 - level) / 2, 1 - (1 - level) / 2], axis=0)
-    return lo, hi
-
-
 def attribute(
     values_by_model: Mapping[str, Float[np.ndarray, " n"]],
     lineage: Sequence[str],
@@ -112,6 +117,7 @@ def attribute(
     n_boot: int = 1000,
     level: float = 0.95,
     share_rtol: float = 1e-6,
+    resampled: str = "",
 ) -> Attribution:
     """Split the change of a per-unit metric along ``lineage`` into its stages.
 
@@ -130,6 +136,8 @@ def attribute(
         share_rtol: the total counts as ~0 (shares undefined) when ``|total|`` is at most
             this times the summed size of the stage changes (or within float rounding of
             the levels).
+        resampled: what the units are (``"prompts"``, ``"texts"``, ...), recorded for the
+            summary.
 
     Returns:
         An :class:`Attribution`: one table row per stage, the levels, the total and notes.
@@ -184,10 +192,10 @@ def attribute(
 
     levels = num.sum(axis=1) / den.sum(axis=1)  # [models]
     w = bootstrap_weights(n, n_boot, seed)  # [n_boot, n], the same draws for every model
-    with np.errstate(invalid="ignore", divide="ignore"):
-        boot = (w @ num.T) / (w @ den.T)  # [n_boot, models]
+    boot = replicate_ratios(w, num.T, den.T)  # [n_boot, models]
     return attribute_levels(levels, boot, lineage, n=n, n_dropped=n_all - n, seed=seed,
-                            level=level, share_rtol=share_rtol, notes=notes)
+                            level=level, share_rtol=share_rtol, notes=notes,
+                            resampled=resampled)
 
 
 def attribute_levels(
@@ -201,6 +209,7 @@ def attribute_levels(
     level: float = 0.95,
     share_rtol: float = 1e-6,
     notes: Sequence[str] = (),
+    resampled: str = "",
 ) -> Attribution:
     """The attribution of any statistic whose paired bootstrap is already drawn.
 
@@ -220,6 +229,7 @@ def attribute_levels(
         level: CI level.
         share_rtol: see :func:`attribute`.
         notes: notes to keep.
+        resampled: what the replicates resampled (recorded for the summary).
     """
     lineage = list(lineage)
     levels = np.asarray(levels, np.float64)
@@ -233,8 +243,8 @@ def attribute_levels(
     n_boot = boot.shape[0]
     deltas, boot_deltas = np.diff(levels), np.diff(boot, axis=1)
     total, boot_total = float(levels[-1] - levels[0]), boot[:, -1] - boot[:, 0]
-    lo, hi = _quantiles(boot_deltas, level)
-    t_lo, t_hi = (float(v[0]) for v in _quantiles(boot_total[:, None], level))
+    lo, hi = percentile_ci(boot_deltas, level=level, omit_nan=True)
+    t_lo, t_hi = (float(v) for v in percentile_ci(boot_total, level=level, omit_nan=True))
 
     rounding = 64 * np.finfo(np.float64).eps * float(np.abs(levels).max())
     nan = np.full(len(deltas), np.nan)
@@ -254,7 +264,8 @@ def attribute_levels(
             )
         else:
             with np.errstate(invalid="ignore", divide="ignore"):
-                s_lo, s_hi = _quantiles(boot_deltas / boot_total[:, None], level)
+                s_lo, s_hi = percentile_ci(boot_deltas / boot_total[:, None], level=level,
+                                           omit_nan=True)
     table = pd.DataFrame(
         {
             "stage": lineage[1:],
@@ -280,4 +291,5 @@ def attribute_levels(
         notes=tuple(notes),
         seed=seed,
         n_boot=n_boot,
+        resampled=resampled,
     )

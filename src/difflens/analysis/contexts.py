@@ -11,7 +11,8 @@ wrote a moment ago. Each continuation token is put in one of three contexts by t
 For a pair the measure is the entropy drop, ``base_entropy - tuned_entropy`` (nats) of the
 distributions that predict the token; for one model, its entropy. Means per context average
 over tokens with a 95% bootstrap CI that resamples texts (tokens of a text are not
-independent), as do the differences from ``novel``.
+independent), as do the differences from ``novel``. Each is an estimate,
+``{value, ci_low, ci_high, n, resampled: "texts"}``, whose ``n`` counts the tokens averaged.
 """
 
 from collections.abc import Hashable, Sequence
@@ -20,7 +21,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from difflens.analysis.divergence import bootstrap_weights
+from difflens.analysis.bootstrap import (
+    Estimate,
+    bootstrap_weights,
+    percentile_ci,
+    replicate_ratios,
+)
 
 CONTEXTS = ("copy", "repeat", "novel")
 
@@ -51,6 +57,12 @@ def context_summary(tokens: pd.DataFrame, measure: str, *, seed: int = 0,
     Args:
         tokens: one row per continuation token with ``text_id``, ``context`` and ``measure``.
         measure: the column to average (e.g. ``entropy_drop``).
+
+    Returns:
+        ``{measure, n_texts, by_context: {context: {value, ci_low, ci_high, n, resampled,
+        n_tokens, share}}, minus_novel: {copy|repeat: {value, ci_low, ci_high, n,
+        resampled}}}`` (a context without tokens has only ``n_tokens`` and ``share``); ``n``
+        counts the tokens averaged (for a difference, the tokens of both contexts).
     """
     df = tokens[np.isfinite(tokens[measure].to_numpy(np.float64))]
     texts = np.sort(df.text_id.unique())
@@ -64,17 +76,20 @@ def context_summary(tokens: pd.DataFrame, measure: str, *, seed: int = 0,
         n = int(counts.sum())
         row: dict[str, Any] = {"n_tokens": n, "share": n / max(1, len(df))}
         if n:
-            with np.errstate(invalid="ignore", divide="ignore"):
-                boot[ctx] = (w @ sums.to_numpy(np.float64)) / (w @ counts.to_numpy(np.float64))
-            row["mean"] = float(sums.sum() / n)
-            row["ci95"] = [float(np.nanquantile(boot[ctx], 0.025)),
-                           float(np.nanquantile(boot[ctx], 0.975))]
+            boot[ctx] = replicate_ratios(w, sums.to_numpy(np.float64),
+                                         counts.to_numpy(np.float64))
+            lo, hi = percentile_ci(boot[ctx], omit_nan=True)
+            row = Estimate(value=float(sums.sum() / n), ci_low=float(lo), ci_high=float(hi),
+                           n=n, resampled="texts").to_json() | row
         out["by_context"][ctx] = row
     out["minus_novel"] = {}
     for ctx in ("copy", "repeat"):
         if ctx in boot and "novel" in boot:
             d = boot[ctx] - boot["novel"]
-            out["minus_novel"][ctx] = {
-                "diff": out["by_context"][ctx]["mean"] - out["by_context"]["novel"]["mean"],
-                "ci95": [float(np.nanquantile(d, 0.025)), float(np.nanquantile(d, 0.975))]}
+            lo, hi = percentile_ci(d, omit_nan=True)
+            by = out["by_context"]
+            out["minus_novel"][ctx] = Estimate(
+                value=by[ctx]["value"] - by["novel"]["value"], ci_low=float(lo),
+                ci_high=float(hi), n=by[ctx]["n"] + by["novel"]["n"],
+                resampled="texts").to_json()
     return out

@@ -32,7 +32,14 @@ import numpy as np
 import pandas as pd
 from jaxtyping import Float
 
-from difflens.analysis.divergence import bootstrap_weights
+from difflens.analysis.bootstrap import (
+    Estimate,
+    bootstrap_weights,
+    percentile_ci,
+    quantile,
+    replicate_means,
+    replicate_ratios,
+)
 from difflens.analysis.embeddings import DEFAULT_ENCODER, Encoder, embed_texts
 from difflens.errors import InputError
 
@@ -160,14 +167,22 @@ class DiversityResult:
     """One row per model and prompt: distinct_1, distinct_2, self_bleu, pairwise_distance,
     vendi, n_samples."""
     frechet: dict[str, dict[str, Any]]
-    """model -> {frechet, ci95, n_samples, n_reference, precision, precision_ci95, recall,
-    recall_ci95, k}."""
+    """model -> ``{frechet, n_samples, n_reference, precision, recall, k}``; ``frechet``,
+    ``precision`` and ``recall`` are estimates (``{value, ci_low, ci_high, n, resampled}``;
+    ``n`` counts the model's samples, or for recall the reference texts)."""
     reference: str
     """What the Fréchet reference set is."""
     encoder: str
 
     def summary(self, *, seed: int = 0, n_boot: int = 1000) -> dict[str, Any]:
-        """``{model: {distinct_2, self_bleu, vendi, frechet, ..._ci95, n_prompts}}``."""
+        """``{model: {n_prompts, k_samples, distinct_1, distinct_2, self_bleu,
+        pairwise_distance, vendi, frechet, frechet_reference, precision, recall, knn_k}}``.
+
+        Each metric is an estimate, ``{value, ci_low, ci_high, n, resampled}``: the
+        per-prompt metrics are means over the prompts where they are finite (``n``), with CIs
+        over prompts (a metric no prompt has is a bare NaN); ``frechet``, ``precision`` and
+        ``recall`` as in :attr:`frechet`.
+        """
         out: dict[str, Any] = {}
         for model, g in self.per_prompt.groupby("model", sort=False):
             row: dict[str, Any] = {"n_prompts": len(g),
@@ -175,16 +190,18 @@ class DiversityResult:
             for col in ("distinct_1", "distinct_2", "self_bleu", "pairwise_distance", "vendi"):
                 x = g[col].to_numpy(dtype=np.float64)
                 x = x[np.isfinite(x)]
-                row[col] = float(x.mean()) if len(x) else float("nan")
+                row[col] = float("nan")
                 if len(x):
-                    means = bootstrap_weights(len(x), n_boot, seed) @ x / len(x)
-                    row[f"{col}_ci95"] = [float(np.quantile(means, 0.025)),
-                                          float(np.quantile(means, 0.975))]
+                    lo, hi = percentile_ci(
+                        replicate_means(bootstrap_weights(len(x), n_boot, seed), x))
+                    row[col] = Estimate(value=float(x.mean()), ci_low=float(lo),
+                                        ci_high=float(hi), n=len(x),
+                                        resampled="prompts").to_json()
             f = self.frechet.get(str(model))
             if f is not None:
-                row["frechet"], row["frechet_ci95"] = f["frechet"], f["ci95"]
+                row["frechet"] = f["frechet"]
                 row["frechet_reference"] = self.reference
-                for key in ("precision", "precision_ci95", "recall", "recall_ci95"):
+                for key in ("precision", "recall"):
                     if key in f:
                         row[key] = f[key]
                 if "k" in f:
@@ -200,13 +217,15 @@ def _precision_recall(emb: np.ndarray, owner: np.ndarray, ref: np.ndarray, k: in
     n_p = int(owner.max()) + 1
     hits = np.bincount(owner, weights=pr.in_reference, minlength=n_p)
     sizes = np.bincount(owner, minlength=n_p)
-    w = bootstrap_weights(n_p, n_boot, seed)
-    prec = (w @ hits) / (w @ sizes)
-    rec = bootstrap_weights(len(ref), n_boot, seed + 1) @ pr.covered_reference / len(ref)
-    return {"precision": pr.precision, "recall": pr.recall, "k": k,
-            "precision_ci95": [float(np.quantile(prec, 0.025)),
-                               float(np.quantile(prec, 0.975))],
-            "recall_ci95": [float(np.quantile(rec, 0.025)), float(np.quantile(rec, 0.975))]}
+    prec = percentile_ci(replicate_ratios(bootstrap_weights(n_p, n_boot, seed), hits, sizes))
+    rec = percentile_ci(replicate_means(bootstrap_weights(len(ref), n_boot, seed + 1),
+                                        pr.covered_reference))
+    return {"precision": Estimate(value=pr.precision, ci_low=float(prec[0]),
+                                  ci_high=float(prec[1]), n=len(emb),
+                                  resampled="prompts").to_json(),
+            "recall": Estimate(value=pr.recall, ci_low=float(rec[0]), ci_high=float(rec[1]),
+                               n=len(ref), resampled="reference texts").to_json(),
+            "k": k}
 
 
 def diversity(samples: Mapping[str, Sequence[Sequence[str]]], *,
@@ -261,11 +280,12 @@ def diversity(samples: Mapping[str, Sequence[Sequence[str]]], *,
             # so the raw percentile interval can sit above the estimate; the interval is
             # the bootstrap's spread around its median, re-centred on the estimate.
             theta = frechet_distance(emb, ref)
-            q_lo, med, q_hi = np.nanquantile(boots, [0.025, 0.5, 0.975])
-            frechet[model] = {"frechet": theta,
-                              "ci95": [max(0.0, float(theta - (med - q_lo))),
-                                       float(theta + (q_hi - med))],
-                              "n_samples": len(emb), "n_reference": len(ref)}
+            q_lo, med, q_hi = quantile(boots, [0.025, 0.5, 0.975], omit_nan=True)
+            frechet[model] = {"frechet": Estimate(
+                value=theta, ci_low=max(0.0, float(theta - (med - q_lo))),
+                ci_high=float(theta + (q_hi - med)), n=len(emb),
+                resampled="prompts and reference texts").to_json(),
+                "n_samples": len(emb), "n_reference": len(ref)}
             if len(emb) > knn_k and len(ref) > knn_k:
                 frechet[model] |= _precision_recall(emb, owner, ref, knn_k, seed, n_boot)
     return DiversityResult(per_prompt=pd.DataFrame(rows), frechet=frechet,

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 from jaxtyping import Float
 
+from difflens.analysis.bootstrap import Estimate, percentile_ci, resample_indices
 from difflens.errors import InputError
 
 ALPHAS = tuple(float(a) for a in np.logspace(-2, 5, 15))
@@ -57,13 +58,21 @@ def _scores(y: np.ndarray, pred: np.ndarray, idx: np.ndarray) -> tuple[float, fl
     return rho, r2
 
 
+def _estimate(value: float, replicates: np.ndarray, n: int) -> dict[str, Any]:
+    lo, hi = percentile_ci(replicates)
+    return Estimate(value=value, ci_low=float(lo), ci_high=float(hi), n=n,
+                    resampled="prompts").to_json()
+
+
 @dataclasses.dataclass(frozen=True)
 class EntropyPrediction:
     table: pd.DataFrame
     """One row per prompt: target, probe, the baselines' predictions, fold, probe layer."""
     summary: dict[str, Any]
-    """``{n_prompts, n_folds, probe: {spearman, spearman_ci95, r2, r2_ci95, layers},
-    baselines: {name: {...}}, probe_minus_best_baseline: {baseline, diff, ci95}}``."""
+    """``{n_prompts, n_folds, probe: {spearman, r2, layers}, baselines: {name: {spearman,
+    r2}}, probe_minus_best_baseline: {value, ci_low, ci_high, n, resampled, baseline}}``:
+    ``spearman``, ``r2`` and the difference of the Spearman rhos are estimates
+    (``{value, ci_low, ci_high, n, resampled: "prompts"}``)."""
 
 
 def predict_entropy(states: Mapping[int, Float[np.ndarray, "n d"]],
@@ -87,27 +96,26 @@ def predict_entropy(states: Mapping[int, Float[np.ndarray, "n d"]],
         preds["probe"][test], layer_of[test] = _ridge_fold(states, y, train, test)
         for name, x in baselines.items():
             preds[name][test] = _linear_fold(np.asarray(x, np.float64), y, train, test)
-    boots = rng.integers(0, n, size=(n_boot, n))
+    boots = resample_indices(n, n_boot, rng)
     result: dict[str, Any] = {"n_prompts": n, "n_folds": n_folds, "baselines": {}}
     boot_rho: dict[str, np.ndarray] = {}
     for name, pred in preds.items():
         rho, r2 = _scores(y, pred, np.arange(n))
         bs = np.array([_scores(y, pred, b) for b in boots])
         boot_rho[name] = bs[:, 0]
-        row = {"spearman": rho, "spearman_ci95": np.quantile(bs[:, 0], [0.025, 0.975]).tolist(),
-               "r2": r2, "r2_ci95": np.quantile(bs[:, 1], [0.025, 0.975]).tolist()}
+        row: dict[str, Any] = {"spearman": _estimate(rho, bs[:, 0], n),
+                               "r2": _estimate(r2, bs[:, 1], n)}
         if name == "probe":
             row["layers"] = sorted({int(v) for v in layer_of})
             result["probe"] = row
         else:
             result["baselines"][name] = row
     if baselines:
-        best = max(baselines, key=lambda k: result["baselines"][k]["spearman"])
+        best = max(baselines, key=lambda k: result["baselines"][k]["spearman"]["value"])
         d = boot_rho["probe"] - boot_rho[best]
-        result["probe_minus_best_baseline"] = {
-            "baseline": best,
-            "diff": result["probe"]["spearman"] - result["baselines"][best]["spearman"],
-            "ci95": np.quantile(d, [0.025, 0.975]).tolist()}
+        diff = (result["probe"]["spearman"]["value"]
+                - result["baselines"][best]["spearman"]["value"])
+        result["probe_minus_best_baseline"] = _estimate(diff, d, n) | {"baseline": best}
     table = pd.DataFrame({"target": y, "fold": fold, "probe_layer": layer_of,
                           **{f"pred_{k}": v for k, v in preds.items()}})
     return EntropyPrediction(table=table, summary=result)

@@ -16,7 +16,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from difflens.analysis.divergence import bootstrap_weights
+from difflens.analysis.bootstrap import (
+    Estimate,
+    bootstrap_weights,
+    percentile_ci,
+    replicate_means,
+)
 from difflens.errors import InputError
 
 
@@ -28,8 +33,10 @@ class TemperatureMatch:
     """One row per metric and temperature: tuned mean, ci_low, ci_high, base (mean at T=1),
     n_prompts."""
     meet: dict[str, dict[str, Any]]
-    """metric -> {T, ci95, no_meeting_share, base, tuned_at_1, n_prompts}; T (and its CI) is
-    NaN when the tuned curve does not cross the base within the grid."""
+    """metric -> the meeting temperature as an estimate, ``{value, ci_low, ci_high, n,
+    resampled: "prompts"}``, with ``no_meeting_share``, ``base``, ``tuned_at_1`` and
+    ``n_prompts`` beside it; the value (and its CI) is NaN when the tuned curve does not cross
+    the base within the grid."""
 
     def summary(self) -> dict[str, Any]:
         return {"meet": self.meet,
@@ -79,10 +86,10 @@ def meeting_temperature(tuned: pd.DataFrame, base: pd.DataFrame, metrics: Sequen
         if not len(b):
             raise InputError(f"no prompt has a finite {metric} at every temperature; sample "
                              f"longer continuations or more samples per prompt")
-        boot_t = (wm @ grid) / wm.sum(axis=1, keepdims=True)  # [n_boot, T]
-        boot_b = (wm @ b) / wm.sum(axis=1)
+        boot_t = replicate_means(wm, grid)  # [n_boot, T]
+        boot_b = replicate_means(wm, b)
         mean_t, mean_b = grid.mean(axis=0), float(b.mean())
-        lo, hi = np.quantile(boot_t, [0.025, 0.975], axis=0)
+        lo, hi = percentile_ci(boot_t)
         rows += [{"metric": metric, "T": float(t), "tuned": float(m), "ci_low": float(x),
                   "ci_high": float(y), "base": mean_b, "n_prompts": int(ok.sum())}
                  for t, m, x, y in zip(temps, mean_t, lo, hi, strict=True)]
@@ -90,10 +97,10 @@ def meeting_temperature(tuned: pd.DataFrame, base: pd.DataFrame, metrics: Sequen
         found = boots[np.isfinite(boots)]
         t1 = np.flatnonzero(np.isclose(temps, 1.0))
         point = crossing(temps, mean_t - mean_b)
-        meet[metric] = {
-            "T": point,
-            "ci95": ([float(np.quantile(found, 0.025)), float(np.quantile(found, 0.975))]
-                     if len(found) and np.isfinite(point) else [float("nan"), float("nan")]),
+        t_lo, t_hi = (percentile_ci(found) if len(found) and np.isfinite(point)
+                      else (float("nan"), float("nan")))
+        meet[metric] = Estimate(value=point, ci_low=float(t_lo), ci_high=float(t_hi),
+                                n=int(ok.sum()), resampled="prompts").to_json() | {
             "no_meeting_share": float(1 - len(found) / len(boots)),
             "base": mean_b, "tuned_at_1": float(mean_t[t1[0]]) if len(t1) else float("nan"),
             "n_prompts": int(ok.sum())}

@@ -16,7 +16,8 @@ the training prompts' theme transition matrix (a Markov chain). Metrics, each wi
 percentile bootstrap CI over test prompts: KL(empirical || predicted) of the first theme,
 top-1 and top-3 agreement with the empirical mode, the mean chain log-likelihood, and the
 expected calibration error (ECE; confidence = the predicted top probability, accuracy = the
-empirical frequency of that theme).
+empirical frequency of that theme); each an estimate ``{value, ci_low, ci_high, n,
+resampled}`` in the summaries.
 """
 
 import dataclasses
@@ -27,7 +28,13 @@ import numpy as np
 import torch
 from jaxtyping import Float
 
-from difflens.analysis.divergence import bootstrap_weights
+from difflens.analysis.bootstrap import (
+    Estimate,
+    bootstrap_statistic,
+    bootstrap_weights,
+    percentile_ci,
+    replicate_means,
+)
 from difflens.analysis.themes import ChainDistributions
 
 EPS = 1e-9
@@ -315,7 +322,10 @@ def ece(pred: np.ndarray, emp: np.ndarray, weight: np.ndarray, n_bins: int = 10
 def evaluate_prediction(pred: np.ndarray, dist: ChainDistributions, test: np.ndarray,
                         chain_lp: np.ndarray | None, *, n_boot: int = 1000, seed: int = 0,
                         reference: np.ndarray | None = None) -> dict[str, Any]:
-    """Metrics on the test prompts with bootstrap CIs over them.
+    """Metrics on the test prompts with bootstrap CIs over them: ``n_test``, then ``kl``,
+    ``top1``, ``top3``, ``chain_ll`` (with ``chain_lp``), ``kl_gain`` (with ``reference``)
+    and ``ece``, each ``{value, ci_low, ci_high, n, resampled}``; ``reliability`` (the ECE's
+    bins), ``entropy_error_spearman`` and ``mean_entropy``.
 
     Args:
         pred: predicted first-theme distributions of the test prompts.
@@ -332,27 +342,23 @@ def evaluate_prediction(pred: np.ndarray, dist: ChainDistributions, test: np.nda
     ent = -(pred * np.log(np.clip(pred, EPS, None))).sum(1)
     w = bootstrap_weights(len(test), n_boot, seed)
 
-    def ci(x: np.ndarray) -> tuple[float, float, float]:
-        reps = (w @ x) / w.sum(1)
-        lo, hi = np.quantile(reps, [0.025, 0.975])
-        return float(x.mean()), float(lo), float(hi)
+    def ci(x: np.ndarray) -> dict[str, Any]:
+        lo, hi = percentile_ci(replicate_means(w, x))
+        return Estimate(value=float(x.mean()), ci_low=float(lo), ci_high=float(hi),
+                        n=len(test), resampled="prompts").to_json()
 
     out: dict[str, Any] = {"n_test": int(len(test))}
     for name, x in (("kl", kl), ("top1", top1), ("top3", top3)):
-        out[name], out[f"{name}_ci_low"], out[f"{name}_ci_high"] = ci(x)
+        out[name] = ci(x)
     if chain_lp is not None:
-        out["chain_ll"], out["chain_ll_ci_low"], out["chain_ll_ci_high"] = ci(chain_lp)
+        out["chain_ll"] = ci(chain_lp)
     if reference is not None:
-        gain = kl_rows(emp, reference) - kl
-        out["kl_gain"], out["kl_gain_ci_low"], out["kl_gain_ci_high"] = ci(gain)
+        out["kl_gain"] = ci(kl_rows(emp, reference) - kl)
     e, rel = ece(pred, emp, np.ones(len(test)))
-    reps = []
-    rng = np.random.default_rng(seed)
-    for _ in range(min(n_boot, 300)):
-        pick = rng.integers(0, len(test), len(test))
-        reps.append(ece(pred[pick], emp[pick], np.ones(len(pick)))[0])
-    out["ece"] = e
-    out["ece_ci_low"], out["ece_ci_high"] = (float(v) for v in np.quantile(reps, [0.025, 0.975]))
+    est = bootstrap_statistic(lambda pick: ece(pred[pick], emp[pick], np.ones(len(pick)))[0],
+                              len(test), n_boot=min(n_boot, 300), seed=seed,
+                              resampled="prompts")
+    out["ece"] = dataclasses.replace(est, value=e).to_json()
     out["reliability"] = rel
     out["entropy_error_spearman"] = _spearman(ent, kl)
     out["mean_entropy"] = float(ent.mean())

@@ -27,7 +27,7 @@ import numpy as np
 from jaxtyping import Float, Int
 
 from difflens._io import write_bytes_atomic, write_json_atomic
-from difflens.analysis.divergence import group_resamples
+from difflens.analysis.bootstrap import Estimate, bootstrap_statistic, quantile
 from difflens.analysis.embeddings import DEFAULT_ENCODER, Encoder, embed_texts
 from difflens.errors import InputError
 
@@ -226,7 +226,7 @@ def fit_themes(segments: Sequence[str], *, encoder: Encoder = DEFAULT_ENCODER,
         sims = emb[members] @ c
         cents.append(c)
         examples.append([segments[members[j]] for j in np.argsort(-sims)[:3]])
-        floors.append(float(np.quantile(sims, 0.05)))
+        floors.append(float(quantile(sims, 0.05)))
         sizes.append(int(len(members)))
     kw = _ctfidf({t: [segments[int(i)] for i in np.flatnonzero(labels == t)]
                   for t in range(len(ids))}, n_keywords)
@@ -341,6 +341,12 @@ class ThemeConsistency:
     contingency: Int[np.ndarray, "k_a k_b"]
     """Segments per (theme of fit A, theme of fit B); HDBSCAN outliers are left out."""
 
+    @property
+    def estimate(self) -> Estimate:
+        """The ARI with its CI, over the segments (``n``), resampling prompts."""
+        return Estimate(value=self.ari, ci_low=self.ci_low, ci_high=self.ci_high,
+                        n=self.n_segments, resampled="prompts")
+
 
 def resample_consistency(fit_a: ThemeModel, fit_b: ThemeModel, emb: Float[np.ndarray, "n dim"],
                          prompt: Int[np.ndarray, " m"], *, n_boot: int = 1000, seed: int = 0
@@ -362,13 +368,12 @@ def resample_consistency(fit_a: ThemeModel, fit_b: ThemeModel, emb: Float[np.nda
         raise InputError(f"need one prompt index per segment and at least 2 segments, got "
                          f"{len(emb)} embeddings and {len(prompt)} prompt indices")
     la, lb = fit_a.assign_embeddings(emb), fit_b.assign_embeddings(emb)
-    ari = float(adjusted_rand_score(la, lb))
-    reps = [adjusted_rand_score(la[pick], lb[pick])
-            for pick in group_resamples(prompt, n_boot, seed)]
-    lo, hi = np.quantile(reps, [0.025, 0.975]) if reps else (float("nan"), float("nan"))
+    est = bootstrap_statistic(lambda pick: float(adjusted_rand_score(la[pick], lb[pick])),
+                              len(emb), n_boot=n_boot, seed=seed, resampled="prompts",
+                              groups=prompt)
     table = np.zeros((fit_a.k, fit_b.k), dtype=np.int64)
     keep = (la != OUTLIER) & (lb != OUTLIER)
     np.add.at(table, (la[keep], lb[keep]), 1)
-    return ThemeConsistency(ari=ari, ci_low=float(lo), ci_high=float(hi),
+    return ThemeConsistency(ari=est.value, ci_low=est.ci_low, ci_high=est.ci_high,
                             n_segments=int(len(emb)), n_prompts=int(len(np.unique(prompt))),
                             contingency=table)

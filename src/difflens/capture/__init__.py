@@ -1,6 +1,7 @@
 """Capture: batched forward passes with scoped hooks, and the on-disk run store."""
 
-from difflens.capture.engine import CaptureConfig, capture, forward_batch
+from difflens.capture.engine import capture, forward_batch
+from difflens.capture.plan import CaptureConfig
 from difflens.capture.stats import PairStats, TokenStats, pair_stats, token_stats
 from difflens.capture.store import RunStore
 from difflens.inputs.prompts import read_prompts

@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from difflens._io import fingerprint, write_parquet_atomic
-from difflens.analysis.trajectories import cumulative_mean_path
+from difflens.analysis.sphere import cumulative_mean_path
 from difflens.capture.engine import forward_batch
 from difflens.errors import InputError
 from difflens.models.engines import map_with_models, resolve_engine

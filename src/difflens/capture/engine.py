@@ -1,7 +1,7 @@
 """Batched capture of all-layer activations and next-token statistics into a run store.
 
-Why one long module: planning shards, batching, the forward pass and resuming after a kill
-share one cache key and one shard plan; split apart, each piece would re-derive them.
+The plan (config, shards, batches, cache key) is :mod:`~difflens.capture.plan`; this module
+runs it: the forward pass, the shard jobs and resuming after a kill.
 
 ``capture`` tokenizes the prompts, splits them into shards fixed by the data (never by the
 batch size), and for each shard runs length-bucketed batches through every model with
@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -28,12 +28,21 @@ from torch import Tensor
 from difflens._io import (
     RemoteDir,
     check_writable,
-    fingerprint,
     is_uri,
     remove_stale_temporaries,
     write_json_atomic,
     write_parquet_atomic,
     write_tensors_atomic,
+)
+from difflens.capture.plan import (
+    KEY_VERSION,
+    CaptureConfig,
+    Positions,
+    batches_of,
+    cache_key,
+    plan_shards,
+    rows_of,
+    tokenize_prompts,
 )
 from difflens.capture.stats import next_token_stats
 from difflens.capture.store import (
@@ -54,153 +63,7 @@ from difflens.models.hooks import record_layers
 from difflens.models.layers import parse_layers
 from difflens.models.loading import LoadedModel
 from difflens.models.pair import ModelPair, models_of
-
-Positions = Literal["all", "last"] | Sequence[int]
-
-
-KEY_VERSION = 2
-"""How cache keys are made: 2 = :func:`difflens._io.fingerprint`; 1 = before it."""
-
-
-@dataclasses.dataclass(frozen=True)
-class CaptureConfig:
-    """What to capture. Everything here except the batching fields is in the cache key."""
-
-    layers: tuple[int, ...]
-    """Captured layers, normalised to ``0..n_layers`` (base numbering for a pair)."""
-    positions: str | tuple[int, ...] = "all"
-    """``"all"`` token positions, the ``"last"`` one, or a tuple of indices (negatives
-    count from the end; indices a prompt does not have are skipped)."""
-    store_dtype: str = "float32"
-    """dtype of stored hidden states: ``float32`` or ``float16``."""
-    top_k: int = 5
-    """How many top next tokens to record per position."""
-    logprob_positions: tuple[int, ...] = ()
-    """Positions at which to store the full next-token log-prob vector."""
-    truncate: bool = True
-    """Truncate prompts longer than the context from the left (else raise)."""
-    batch_size: int = 32
-    """Most prompts in one forward pass (not in the key: it does not change the result)."""
-    max_batch_tokens: int = 8192
-    """Most padded tokens in one forward pass (not in the key)."""
-    shard_mb: int = 128
-    """Target size of one tensor shard; fixed per run once written to ``run.json``."""
-    padding_side: str = "right"
-    """Where padding goes inside a batch; results do not depend on it."""
-
-    def __post_init__(self) -> None:
-        if self.store_dtype not in ("float32", "float16"):
-            raise InputError(f"store dtype must be float32 or float16, got {self.store_dtype!r}")
-        if self.padding_side not in ("left", "right"):
-            raise InputError(f"padding_side must be 'left' or 'right', got {self.padding_side!r}")
-        if isinstance(self.positions, str) and self.positions not in ("all", "last"):
-            raise InputError(f"positions must be 'all', 'last' or integers, got {self.positions!r}")
-        if self.batch_size < 1 or self.max_batch_tokens < 1 or self.shard_mb < 1:
-            raise InputError("batch_size, max_batch_tokens and shard_mb must be positive")
-        if self.top_k < 1:
-            raise InputError(f"top_k must be at least 1, got {self.top_k}")
-
-    def key_fields(self) -> dict[str, Any]:
-        return {
-            "layers": list(self.layers),
-            "positions": (self.positions if isinstance(self.positions, str)
-                          else list(self.positions)),
-            "store_dtype": self.store_dtype,
-            "top_k": self.top_k,
-            "logprob_positions": list(self.logprob_positions),
-            "truncate": self.truncate,
-        }
-
-
-# -- hooks --------------------------------------------------------------------------------
-
-
-# -- planning -----------------------------------------------------------------------------
-
-
-def _tokenize(
-    lm: LoadedModel, prompts: Sequence[str], max_len: int | None, truncate: bool
-) -> tuple[list[list[int]], list[bool]]:
-    enc = lm.tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
-    truncated: list[bool] = []
-    out: list[list[int]] = []
-    for i, ids in enumerate(enc):
-        if not ids:
-            raise InputError(f"prompt {i} tokenizes to nothing; remove it")
-        if max_len is not None and len(ids) > max_len:
-            if not truncate:
-                raise InputError(
-                    f"prompt {i} has {len(ids)} tokens, more than the context of {max_len}; "
-                    f"shorten it or drop --no-truncate to keep its last {max_len} tokens"
-                )
-            ids = ids[-max_len:]
-            truncated.append(True)
-        else:
-            truncated.append(False)
-        out.append(list(ids))
-    return out, truncated
-
-
-def _rows_of(n_tokens: int, positions: str | tuple[int, ...]) -> list[int]:
-    if positions == "all":
-        return list(range(n_tokens))
-    if positions == "last":
-        return [n_tokens - 1]
-    assert isinstance(positions, tuple)
-    resolved = [p + n_tokens if p < 0 else p for p in positions]
-    return sorted({p for p in resolved if 0 <= p < n_tokens})
-
-
-def _plan_shards(row_counts: Sequence[int], bytes_per_row: int, shard_mb: int) -> list[list[int]]:
-    """Consecutive prompt ranges ``[start, end)`` whose stored rows fill about ``shard_mb``."""
-    budget = max(1, shard_mb * 2**20 // max(bytes_per_row, 1))
-    plan, start, acc = [], 0, 0
-    for i, rows in enumerate(row_counts):
-        if acc and acc + rows > budget:
-            plan.append([start, i])
-            start, acc = i, 0
-        acc += max(rows, 1)
-    plan.append([start, len(row_counts)])
-    return plan
-
-
-def cache_key(
-    models: dict[str, LoadedModel],
-    token_ids: Sequence[Sequence[int]],
-    cfg: CaptureConfig,
-    layer_map: dict[int, int] | None,
-) -> str:
-    """Hash of everything that changes the stored result, and nothing else."""
-    idents = {k: {f: v for f, v in m.identity.to_dict().items() if f != "name"}
-              for k, m in models.items()}
-    return fingerprint({
-        "format": FORMAT_VERSION,
-        "key_version": KEY_VERSION,
-        "models": idents,
-        "prompts": fingerprint([list(map(int, ids)) for ids in token_ids], length=64),
-        "config": cfg.key_fields(),
-        "layer_map": layer_map,
-    }, length=32)
-
-
-# -- forward ------------------------------------------------------------------------------
-
-
-def _batches(lengths: Sequence[int], order: Sequence[int], cfg: CaptureConfig) -> list[list[int]]:
-    """Group prompt indices (already sorted by length, longest first) into batches."""
-    out: list[list[int]] = []
-    cur: list[int] = []
-    width = 0
-    for i in order:
-        w = max(width, lengths[i])
-        if cur and (len(cur) >= cfg.batch_size or w * (len(cur) + 1) > cfg.max_batch_tokens):
-            out.append(cur)
-            cur, w = [], lengths[i]
-        cur.append(i)
-        width = w
-    if cur:
-        out.append(cur)
-    return out
+from difflens.models.wrapping import Models, as_models
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,10 +122,11 @@ def forward_batch(
 
 
 def capture(
-    model_or_pair: LoadedModel | ModelPair,
+    model_or_pair: "LoadedModel | ModelPair | Models",
     prompts: Sequence[str],
     *,
     store: str | Path,
+    tokenizer: Any = None,
     layers: str | int | Sequence[int] = "all",
     positions: Positions = "all",
     store_dtype: str = "float32",
@@ -280,12 +144,14 @@ def capture(
 
     Args:
         model_or_pair: one :class:`LoadedModel` (label ``model``) or a :class:`ModelPair`
-            (labels ``base`` and ``tuned``; both read the same token ids).
+            (labels ``base`` and ``tuned``; both read the same token ids); or plain
+            ``transformers`` models (one, or a ``(base, tuned)`` tuple) with ``tokenizer``.
         prompts: the texts; each is tokenized with the model's special tokens.
         store: the run directory, or a filesystem URI (``s3://bucket/run``, any filesystem
             ``pyarrow.fs`` opens; written through a local mirror, file by file, each file
             whole). A finished run with the same cache key is reused; an unfinished one is
             resumed.
+        tokenizer: the tokenizer of plain ``transformers`` models (wrapped on entry).
         layers: ``"all"``, ``"0,3,5"``, an int or a list (negatives count from the end).
         positions: ``"all"``, ``"last"`` or a list of token indices to store states at.
         store_dtype: ``float32`` or ``float16`` for stored states.
@@ -308,6 +174,7 @@ def capture(
     Returns:
         The finished :class:`RunStore`.
     """
+    model_or_pair = as_models(model_or_pair, tokenizer=tokenizer)
     models = models_of(model_or_pair)
     first = next(iter(models.values()))
     if not prompts:
@@ -331,7 +198,8 @@ def capture(
         padding_side=padding_side,
     )
     max_lens = [m.max_length for m in models.values() if m.max_length]
-    token_ids, truncated = _tokenize(first, prompts, min(max_lens) if max_lens else None, truncate)
+    token_ids, truncated = tokenize_prompts(first, prompts, min(max_lens) if max_lens else None,
+                                            truncate)
     n_trunc = sum(truncated)
     if n_trunc:
         warnings.warn(f"{n_trunc} prompt(s) were longer than the context and were truncated "
@@ -362,7 +230,7 @@ def capture(
         claim_mirror(out, key)
     remove_stale_temporaries(out)
     lengths = [len(t) for t in token_ids]
-    rows = [len(_rows_of(n, cfg.positions)) for n in lengths]
+    rows = [len(rows_of(n, cfg.positions)) for n in lengths]
     elem = 2 if cfg.store_dtype == "float16" else 4
     bytes_per_row = sum(len(cfg.layers) * m.d_model * elem for m in models.values())
     run_json = out / RUN_JSON
@@ -381,7 +249,7 @@ def capture(
             )
         plan = prior["plan"]
     else:
-        plan = _plan_shards(rows, bytes_per_row, cfg.shard_mb)
+        plan = plan_shards(rows, bytes_per_row, cfg.shard_mb)
         write_parquet_atomic(out / "prompts.parquet", pd.DataFrame({
             "prompt_idx": range(len(prompts)), "text": list(prompts), "token_ids": token_ids,
             "n_tokens": lengths,
@@ -514,8 +382,8 @@ def _run_shard(
     """Capture one shard of prompts and write its files (tensors first, stats last)."""
     idx = list(prompt_range)
     lengths = {i: len(token_ids[i]) for i in idx}
-    keep = {i: _rows_of(lengths[i], cfg.positions) for i in idx}
-    full_lp = {i: _rows_of(lengths[i], cfg.logprob_positions) for i in idx}
+    keep = {i: rows_of(lengths[i], cfg.positions) for i in idx}
+    full_lp = {i: rows_of(lengths[i], cfg.logprob_positions) for i in idx}
     # Rows are stored in prompt order, whatever order the batches run in.
     start, lp_start, acc, lp_acc = {}, {}, 0, 0
     for i in idx:
@@ -530,7 +398,7 @@ def _run_shard(
     lp_buf = {label: torch.empty((lp_acc, vocab)) for label in models} if lp_acc else {}
     frames = []
     order = sorted(idx, key=lambda i: (-lengths[i], i))
-    for batch in _batches([len(t) for t in token_ids], order, cfg):
+    for batch in batches_of([len(t) for t in token_ids], order, cfg):
         seqs = [token_ids[i] for i in batch]
         dst = torch.tensor([start[i] + k for i in batch for k in range(len(keep[i]))])
         lp_dst = torch.tensor([lp_start[i] + k for i in batch for k in range(len(full_lp[i]))])

@@ -29,7 +29,13 @@ import numpy as np
 import pandas as pd
 
 from difflens._io import jsonl_objects
-from difflens.analysis.divergence import bootstrap_weights
+from difflens.analysis.bootstrap import (
+    Estimate,
+    bootstrap_weights,
+    percentile_ci,
+    replicate_means,
+    resamples,
+)
 from difflens.capture.scoring import OutcomeDistribution, continuation_logprobs
 from difflens.errors import InputError
 from difflens.models.loading import LoadedModel
@@ -165,11 +171,13 @@ class ProbeResults:
 
     def summary(self, *, seed: int = 0, outside_limit: float = OUTSIDE_MASS_LIMIT
                 ) -> dict[str, Any]:
-        """``{probe: {model: {entropy_bits, tvd_uniform, top_answer, top_prob,
-        outside_mass, ..._ci95, n_phrasings, answered}}}``: means over phrasings with
-        bootstrap CIs. ``answered`` is false when the mean outside mass is above
-        ``outside_limit``: the model does not answer the probe, and the distribution given an
-        answer (top answer, entropy, TVD) rests on almost no mass."""
+        """``{probe: {model: {entropy_bits, tvd_uniform, outside_mass, top_answer, top_prob,
+        n_phrasings, answered, ...}}}``: ``entropy_bits``, ``tvd_uniform`` and
+        ``outside_mass`` are means over phrasings with bootstrap CIs, as estimates
+        (``{value, ci_low, ci_high, n, resampled: "phrasings"}``). ``answered`` is false
+        when the mean outside mass is above ``outside_limit``: the model does not answer the
+        probe, and the distribution given an answer (top answer, entropy, TVD) rests on
+        almost no mass."""
         out: dict[str, Any] = {}
         for (name, model), g in self.phrasings.groupby(["probe", "model"], sort=False):
             mean_dist = (self.answers[(self.answers.probe == name)
@@ -179,12 +187,11 @@ class ProbeResults:
                                    "max_entropy_bits": float(g.max_entropy_bits.iloc[0])}
             for col in ("entropy_bits", "tvd_uniform", "outside_mass"):
                 x = g[col].to_numpy(dtype=np.float64)
-                row[col] = float(x.mean())
-                row[f"{col}_ci95"] = _ci(x, seed)
+                row[col] = _mean_estimate(x, seed).to_json()
             row["top_answer"] = str(mean_dist.idxmax())
             row["top_prob"] = float(mean_dist.max())
             row["top_answer_by_phrasing"] = dict(zip(g.phrasing, g.top_answer, strict=True))
-            row["answered"] = bool(row["outside_mass"] <= outside_limit)
+            row["answered"] = bool(row["outside_mass"]["value"] <= outside_limit)
             row["outside_limit"] = outside_limit
             out.setdefault(str(name), {})[str(model)] = row
         return out
@@ -200,8 +207,9 @@ class ProbeResults:
 def rank_correlation(results: ProbeResults, *, base: str = "base", tuned: str = "tuned",
                      seed: int = 0, n_boot: int = 2000,
                      outside_limit: float = OUTSIDE_MASS_LIMIT) -> dict[str, Any]:
-    """Do the two models order a probe's answers alike? ``{probe: {spearman, kendall, their
-    ..._ci95, n_answers, answered}}``.
+    """Do the two models order a probe's answers alike? ``{probe: {spearman, kendall,
+    n_answers, n_boot, answered}}``, the correlations as estimates (``{value, ci_low,
+    ci_high, n, resampled: "answers"}``).
 
     Spearman and Kendall (tau-b) correlation between the base's and the tuned model's mean
     probabilities over the answers; 95% percentile bootstrap CIs resample the answers in
@@ -223,10 +231,8 @@ def rank_correlation(results: ProbeResults, *, base: str = "base", tuned: str = 
         n = len(x)
         if n < 3:
             continue
-        rng = np.random.default_rng(seed)
         boot_s, boot_k = [], []
-        for _ in range(n_boot):
-            i = rng.integers(0, n, n)
+        for i in resamples(n, n_boot, seed):
             if np.ptp(x[i]) == 0 or np.ptp(y[i]) == 0:
                 continue
             boot_s.append(spearmanr(x[i], y[i]).statistic)
@@ -236,21 +242,24 @@ def rank_correlation(results: ProbeResults, *, base: str = "base", tuned: str = 
                                                 and outside[(name, tuned)] <= outside_limit)}
         for key, stat, boot in (("spearman", spearmanr(x, y).statistic, boot_s),
                                 ("kendall", kendalltau(x, y).statistic, boot_k)):
-            row[key] = float(stat)
-            row[f"{key}_ci95"] = ([float(np.nanquantile(boot, 0.025)),
-                                   float(np.nanquantile(boot, 0.975))] if boot
-                                  else [float("nan"), float("nan")])
+            lo, hi = (percentile_ci(boot, omit_nan=True) if boot
+                      else (float("nan"), float("nan")))
+            row[key] = Estimate(value=float(stat), ci_low=float(lo), ci_high=float(hi), n=n,
+                                resampled="answers").to_json()
         out[name] = row
     return out
 
 
-def _ci(x: np.ndarray, seed: int, n_boot: int = 2000) -> list[float]:
-    """Percentile bootstrap CI of the mean of a few values (exact for one value)."""
+def _mean_estimate(x: np.ndarray, seed: int, n_boot: int = 2000) -> Estimate:
+    """The mean of a few values over phrasings with its percentile bootstrap CI (exact for
+    one value)."""
     if len(x) == 1:
-        return [float(x[0]), float(x[0])]
-    w = bootstrap_weights(len(x), n_boot, seed)
-    means = w @ x / len(x)
-    return [float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))]
+        lo = hi = float(x[0])
+    else:
+        lo, hi = (float(v) for v in
+                  percentile_ci(replicate_means(bootstrap_weights(len(x), n_boot, seed), x)))
+    return Estimate(value=float(x.mean()), ci_low=lo, ci_high=hi, n=len(x),
+                    resampled="phrasings")
 
 
 def run_probes(model_or_pair: LoadedModel | ModelPair | ModelSet, probes: Sequence[Probe], *,
@@ -318,22 +327,21 @@ class TemperatureSweep:
     best_T: float
     """The temperature at which the tuned model's entropy best matches the base's, averaged
     over phrasings (minimises the mean |H_tuned(T) - H_base|)."""
-    residual_tvd: float
+    residual_tvd: Estimate
     """Mean TVD(tuned at best_T, base) over phrasings: what temperature cannot explain."""
-    residual_tvd_ci95: tuple[float, float]
-    tvd_at_1: float
+    tvd_at_1: Estimate
     """Mean TVD(tuned, base) at T = 1, for comparison."""
-    tvd_at_1_ci95: tuple[float, float]
     n: int
     """Phrasings (probes x phrasings)."""
     best_T_by_probe: dict[str, float]
 
     def summary(self) -> dict[str, Any]:
-        return {"best_T": self.best_T, "residual_tvd": self.residual_tvd,
-                "residual_tvd_ci95": list(self.residual_tvd_ci95), "tvd_at_1": self.tvd_at_1,
-                "tvd_at_1_ci95": list(self.tvd_at_1_ci95),
-                "explained_share": (1 - self.residual_tvd / self.tvd_at_1
-                                    if self.tvd_at_1 > 0 else float("nan")),
+        """``{best_T, residual_tvd, tvd_at_1, explained_share, n, best_T_by_probe}``, the two
+        TVDs as estimates (``{value, ci_low, ci_high, n, resampled: "phrasings"}``)."""
+        res, at1 = self.residual_tvd.value, self.tvd_at_1.value
+        return {"best_T": self.best_T, "residual_tvd": self.residual_tvd.to_json(),
+                "tvd_at_1": self.tvd_at_1.to_json(),
+                "explained_share": 1 - res / at1 if at1 > 0 else float("nan"),
                 "n": self.n, "best_T_by_probe": self.best_T_by_probe}
 
 
@@ -370,7 +378,6 @@ def temperature_sweep(results: ProbeResults, *, base: str = "base", tuned: str =
         by_probe[name] = float(temps[int(np.argmin(gap[sel].mean(axis=0)))])
     res, at1 = tvd[:, best], tvd[:, t1]
     return TemperatureSweep(
-        table=pd.DataFrame(rows), best_T=float(temps[best]), residual_tvd=float(res.mean()),
-        residual_tvd_ci95=tuple(_ci(res, seed)),  # type: ignore[arg-type]
-        tvd_at_1=float(at1.mean()), tvd_at_1_ci95=tuple(_ci(at1, seed)),  # type: ignore[arg-type]
+        table=pd.DataFrame(rows), best_T=float(temps[best]),
+        residual_tvd=_mean_estimate(res, seed), tvd_at_1=_mean_estimate(at1, seed),
         n=len(res), best_T_by_probe=by_probe)

@@ -30,7 +30,8 @@ from torch import Tensor
 
 from difflens._io import RemoteDir, fingerprint, is_uri
 from difflens.errors import StoreError
-from difflens.models.loading import ModelIdentity, cache_dir
+from difflens.models.identity import ModelIdentity
+from difflens.models.presets import cache_dir
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"

@@ -16,8 +16,9 @@ import numpy as np
 import pandas as pd
 
 from difflens._io import jsonl_objects
+from difflens.analysis.bootstrap import bootstrap_ci
 from difflens.analysis.contexts import context_summary, ngram_contexts
-from difflens.analysis.divergence import bootstrap_ci, mean_ci
+from difflens.analysis.divergence import nanmean_estimate
 from difflens.capture import capture
 from difflens.capture.cumulative_paths import sample_continuations
 from difflens.errors import InputError
@@ -94,14 +95,16 @@ class TextDivergence:
                 if c.endswith(("_entropy", "_logprob")) or c in PAIR_COLUMNS]
 
     def summary(self, *, seed: int = 0) -> dict[str, Any]:
-        """``{<metric>_mean, <metric>_ci95, n_texts, n_tokens, by_source: {...}}``: means over
-        texts of each text's mean, with bootstrap CIs over texts."""
+        """``{<metric>_mean, n_texts, n_tokens, by_source: {...}, contexts, units}``: each
+        ``<metric>_mean`` is the mean over texts of each text's mean, an estimate
+        (``{value, ci_low, ci_high, n, resampled: "texts"}``, ``n`` the texts with a finite
+        mean)."""
         def block(df: pd.DataFrame) -> dict[str, Any]:
             per_text = df.groupby("text_id")[self.metrics].mean()
             row: dict[str, Any] = {"n_texts": len(per_text), "n_tokens": len(df)}
             for m in self.metrics:
-                s = mean_ci(per_text[m].to_numpy(dtype=np.float64), seed=seed)
-                row[f"{m}_mean"], row[f"{m}_ci95"] = s["mean"], s["ci95"]
+                row[f"{m}_mean"] = nanmean_estimate(per_text[m].to_numpy(dtype=np.float64),
+                                                    seed=seed, resampled="texts").to_json()
             return row
 
         out = block(self.tokens)

@@ -44,7 +44,7 @@ from difflens.cli._common import (
 from difflens.errors import InputError
 from difflens.models.engines import use_engine
 from difflens.pipelines.collapse import STEPS, CollapseConfig, run_collapse
-from difflens.report.collapse import probe_items, unanswered_note
+from difflens.report.collapse import probe_items, rank_text, unanswered_note, value_of
 
 app = typer.Typer(help="Mode collapse and attractors: divergence along text, exact probes, "
                   "temperature sweeps, probability trees, attractor tests, diversity.",
@@ -152,31 +152,33 @@ def _print(summary: dict, steps: tuple[str, ...], out_dir: Path) -> None:  # typ
     if "divergence" in steps:
         d = summary["divergence"]
         if "kl_tuned_base_mean" in d:
-            lo, hi = d["kl_tuned_base_ci95"]
-            out.print(f"divergence: KL(tuned‖base) {d['kl_tuned_base_mean']:.4f} [{lo:.4f}, "
-                      f"{hi:.4f}] nats/token over {d['n_texts']} texts ({d['n_tokens']} tokens)")
+            kl = d["kl_tuned_base_mean"]
+            out.print(f"divergence: KL(tuned‖base) {kl['value']:.4f} [{kl['ci_low']:.4f}, "
+                      f"{kl['ci_high']:.4f}] nats/token over {d['n_texts']} texts "
+                      f"({d['n_tokens']} tokens)")
     if "probes" in steps:
         for name, by_model in probe_items(summary["probes"]):
             cells = "; ".join(f"{m}: top {r['top_answer']} p={r['top_prob']:.3f}, "
-                              f"{r['entropy_bits']:.2f}/{r['max_entropy_bits']:.2f} bits, TVD "
-                              f"{r['tvd_uniform']:.3f}, outside {r['outside_mass']:.3f}"
+                              f"{r['entropy_bits']['value']:.2f}/{r['max_entropy_bits']:.2f} "
+                              f"bits, TVD {r['tvd_uniform']['value']:.3f}, outside "
+                              f"{r['outside_mass']['value']:.3f}"
                               if r["answered"] else f"{m}: {unanswered_note(r)}"
                               for m, r in by_model.items())
             out.print(f"probe {name}: {cells}", highlight=False)
         for name, r in summary["probes"].get("rank_correlation", {}).items():
             out.print(f"probe {name}: rank correlation base vs tuned: Spearman "
-                      f"{r['spearman']:.2f} [{r['spearman_ci95'][0]:.2f}, "
-                      f"{r['spearman_ci95'][1]:.2f}], Kendall {r['kendall']:.2f} "
-                      f"[{r['kendall_ci95'][0]:.2f}, {r['kendall_ci95'][1]:.2f}] over "
+                      f"{rank_text(r['spearman'])}, Kendall {rank_text(r['kendall'])} over "
                       f"{r['n_answers']} answers", highlight=False)
     if "temperature" in steps:
         t = summary["temperature"]
-        out.print(f"temperature: best T {t['best_T']:.3g}; TVD(tuned, base) {t['tvd_at_1']:.3f} "
-                  f"at T=1 -> {t['residual_tvd']:.3f} [{t['residual_tvd_ci95'][0]:.3f}, "
-                  f"{t['residual_tvd_ci95'][1]:.3f}] at best T (n={t['n']})")
+        res = t["residual_tvd"]
+        out.print(f"temperature: best T {t['best_T']:.3g}; TVD(tuned, base) "
+                  f"{t['tvd_at_1']['value']:.3f} at T=1 -> {res['value']:.3f} "
+                  f"[{res['ci_low']:.3f}, {res['ci_high']:.3f}] at best T (n={t['n']})")
         for metric, m in t.get("free_text", {}).get("meet", {}).items():
-            out.print(f"free text {metric}: tuned meets the base (at T=1) at T={m['T']:.3g} "
-                      f"[{m['ci95'][0]:.3g}, {m['ci95'][1]:.3g}] (n={m['n_prompts']} prompts)")
+            out.print(f"free text {metric}: tuned meets the base (at T=1) at "
+                      f"T={m['value']:.3g} [{m['ci_low']:.3g}, {m['ci_high']:.3g}] "
+                      f"(n={m['n_prompts']} prompts)")
     if "tree" in steps:
         for m, t in summary["tree"].items():
             out.print(f"tree {m}: {t['n_nodes']} nodes, top path {t['top_path']!r} p="
@@ -184,24 +186,25 @@ def _print(summary: dict, steps: tuple[str, ...], out_dir: Path) -> None:  # typ
                       highlight=False)
     if "attractors" in steps:
         for m, a in summary["attractors"].items():
-            out.print(f"attractors {m}: strength {a['strength']:.3f} [{a['ci_low']:.3f}, "
-                      f"{a['ci_high']:.3f}] (chance {a['chance']:.3f}), exact endings "
-                      f"{a['exact_rate']:.3f}, n={a['n']}")
+            st = a["strength"]
+            out.print(f"attractors {m}: strength {st['value']:.3f} [{st['ci_low']:.3f}, "
+                      f"{st['ci_high']:.3f}] (chance {a['chance']:.3f}), exact endings "
+                      f"{a['exact_rate']['value']:.3f}, n={a['n']}")
     if "diversity" in steps:
         for m, r in summary["diversity"].items():
-            out.print(f"diversity {m}: distinct-2 {r['distinct_2']:.3f}, self-BLEU "
-                      f"{r['self_bleu']:.3f}, Vendi {r['vendi']:.2f}, Fréchet "
-                      f"{r.get('frechet', float('nan')):.4f}, precision "
-                      f"{r.get('precision', float('nan')):.2f}, recall "
-                      f"{r.get('recall', float('nan')):.2f}")
+            out.print(f"diversity {m}: distinct-2 {value_of(r['distinct_2']):.3f}, self-BLEU "
+                      f"{value_of(r['self_bleu']):.3f}, Vendi {value_of(r['vendi']):.2f}, "
+                      f"Fréchet {value_of(r.get('frechet')):.4f}, precision "
+                      f"{value_of(r.get('precision')):.2f}, recall "
+                      f"{value_of(r.get('recall')):.2f}")
     if "decollapse" in summary and "diversity" in steps:
         d = summary["decollapse"]
         for label, r in d["sets"].items():
-            out.print(f"de-collapse {label}: Vendi {r['vendi']:.2f}, distinct-2 "
-                      f"{r['distinct_2']:.3f}, perplexity under {d['scorer']} "
-                      f"{r['ppl_under_scorer']:.2f} [{r['ppl_under_scorer_ci95'][0]:.2f}, "
-                      f"{r['ppl_under_scorer_ci95'][1]:.2f}] (n={r['n_texts']} texts)",
-                      highlight=False)
+            ppl = r["ppl_under_scorer"]
+            out.print(f"de-collapse {label}: Vendi {value_of(r.get('vendi')):.2f}, distinct-2 "
+                      f"{value_of(r.get('distinct_2')):.3f}, perplexity under {d['scorer']} "
+                      f"{ppl['value']:.2f} [{ppl['ci_low']:.2f}, {ppl['ci_high']:.2f}] "
+                      f"(n={r['n_texts']} texts)", highlight=False)
     out.print(f"wrote {out_dir}/summary.json, data/, figures/, index.html")
 
 

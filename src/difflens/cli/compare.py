@@ -77,13 +77,8 @@ def compare_cmd(
     """
     from difflens._io import check_writable
     from difflens.cli._common import load_set, set_specs
-    from difflens.pipelines.compare import (
-        CompareConfig,
-        read_compare_config,
-        run_compare,
-        write_compare_index,
-    )
-    from difflens.pipelines.compare_inputs import builtin_inputs
+    from difflens.pipelines.compare import compare
+    from difflens.pipelines.compare_config import CompareConfig, read_compare_config
 
     options = read_compare_config(config) if config is not None else {}
     sections = choose_sections(only, skip, options.pop("sections", None))
@@ -95,12 +90,7 @@ def compare_cmd(
     check_writable(out_dir)
     model_set = load_set(named, revision=revision, dtype=dtype, device=device,
                          layers_path=layers_path, device_map=device_map, quantization=quantize)
-    run = run_compare(model_set, out_dir, builtin_inputs(), config=cfg, progress=True)
-    names = " → ".join(model_set.names)
-    write_compare_index(out_dir, run, f"difflens compare: {names}",
-                        intro=f"<p>Every instrument on {names}, with difflens's built-in "
-                              f"inputs.</p>",
-                        takeaways=[f"sections: {', '.join(sections)}"])
+    run = compare(model_set, out_dir, config=cfg, progress=True)
     out.print(f"[green]report:[/] {out_dir / 'index.html'}   summary: "
               f"{out_dir / 'summary.json'}")
     for block in run.sections:

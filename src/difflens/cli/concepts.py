@@ -97,15 +97,15 @@ def _run(step: str, base: str, tuned: str | None, datasets: list[Path], out_dir:
               f"held out), layers {summary['layers'][0]}..{summary['layers'][-1]}")
     for k, rows in summary.get("separation_auc", {}).items():
         if rows:
-            b = max(rows, key=lambda r: r["auc"])
-            out.print(f"  {k}: best held-out AUC {b['auc']:.3f} [{b['ci_low']:.3f}, "
+            b = max(rows, key=lambda r: r["value"])
+            out.print(f"  {k}: best held-out AUC {b['value']:.3f} [{b['ci_low']:.3f}, "
                       f"{b['ci_high']:.3f}] at layer {b['layer']}")
     for k, v in summary.get("settling_layer", {}).items():
-        out.print(f"  {k}: settling layer {v['layer']} [{v['ci_low']}, {v['ci_high']}] "
+        out.print(f"  {k}: settling layer {v['value']} [{v['ci_low']}, {v['ci_high']}] "
                   f"(cos to the next layer >= {v['threshold']:g} from there on; n={v['n']})")
     for k, by_layer in summary.get("steering", {}).items():
         best = str(summary["steering_best_layer"][k])
-        pts = ", ".join(f"α={r['alpha']:+g}: {r['p_match']:.3f}" for r in by_layer[best])
+        pts = ", ".join(f"α={r['alpha']:+g}: {r['value']:.3f}" for r in by_layer[best])
         out.print(f"  {k} steering at layer {best}: P(match) {pts}")
     out.print(f"wrote {out_dir}/summary.json, vectors.safetensors, data/, figures/, index.html")
 
@@ -114,14 +114,14 @@ def _behaviours(target: LoadedModel | ModelPair, datasets: list[ABDataset], out_
                 **options: Any) -> None:
     s = compare_behaviours(target, datasets, out_dir, progress=True, **options).summary
     for name, b in s["behaviours"].items():
-        low = min((r for r in b["cosine_by_layer"] if r["cos"] == r["cos"]),  # not NaN
-                  key=lambda r: r["cos"], default=None)
+        low = min((r for r in b["cosine_by_layer"] if r["value"] == r["value"]),  # not NaN
+                  key=lambda r: r["value"], default=None)
         line = f"[green]{name}[/]: {b['n_items']} items"
         if low is not None:
-            line += (f"; lowest cos(base, tuned) {low['cos']:.3f} [{low['ci_low']:.3f}, "
+            line += (f"; lowest cos(base, tuned) {low['value']:.3f} [{low['ci_low']:.3f}, "
                      f"{low['ci_high']:.3f}] at layer {low['layer']}")
         for k, v in b["settling_layer"].items():
-            line += f"; {k} settles at layer {v['layer']} [{v['ci_low']}, {v['ci_high']}]"
+            line += f"; {k} settles at layer {v['value']} [{v['ci_low']}, {v['ci_high']}]"
         out.print(line, highlight=False)
     out.print(f"wrote {out_dir}/summary.json, data/cosine_by_behaviour, figures/, index.html "
               f"and one folder per behaviour")

@@ -359,10 +359,12 @@ def evaluate_cmd(
                                      progress=lambda k: step(k, ""), self_judge=judge_cfg)
     for kind, by_gain in run.summary["controllers"].items():
         for g, r in by_gain.items():
-            out.print(f"  {kind:>12} g={g:<5} bad {r['bad_rate']:.3f} [{r['bad_rate_ci_low']:.3f}"
-                      f", {r['bad_rate_ci_high']:.3f}]  independent "
-                      f"{r['bad_rate_independent']:.3f}  ppl x{r['ppl_ratio']:.2f}  KL "
-                      f"{r['kl']:.3f}  speed x{r['speed_ratio']:.2f}", highlight=False)
+            b = r["bad_rate"]
+            out.print(f"  {kind:>12} g={g:<5} bad {b['value']:.3f} [{b['ci_low']:.3f}"
+                      f", {b['ci_high']:.3f}]  independent "
+                      f"{r['bad_rate_independent']['value']:.3f}  ppl "
+                      f"x{r['ppl_ratio']['value']:.2f}  KL {r['kl']['value']:.3f}  speed "
+                      f"x{r['speed_ratio']:.2f}", highlight=False)
     sj = run.summary.get("self_judge")
     if sj:
         a, p, d = sj["auc"], sj["probe_auc"], sj["difference"]

@@ -36,7 +36,7 @@ def shared_data_dirs() -> list[Path]:
 def presets_cmd() -> None:
     """Model presets: names --base, --tuned and --model accept besides hub ids and folders."""
     import difflens.organism.build  # noqa: F401  (registers the organism presets)
-    from difflens.models.loading import known_presets
+    from difflens.models.presets import known_presets
 
     for name in known_presets():
         typer.echo(name)

@@ -75,8 +75,9 @@ def info_cmd(
     for m in s:
         t.add_column(m)
     for key in ("reward", "entropy", "celebration_share", "chance_tvd"):
-        cells = [format_ci(s[m][MEAN_KEY[key]], s[m][key + "_ci95"], s[m][key + "_n"])
-                 for m in s]
+        cells = [format_ci(s[m][MEAN_KEY[key]]["value"], [s[m][MEAN_KEY[key]]["ci_low"],
+                                                          s[m][MEAN_KEY[key]]["ci_high"]],
+                           s[m][key + "_n"]) for m in s]
         t.add_row(key, *cells)
     out.print(t)
     for name, path in info["models"].items():

@@ -63,13 +63,15 @@ def _print(summary: dict, out_dir: Path) -> None:  # type: ignore[type-arg]
             for layer, r in by_layer.items():
                 if name == "probe" and int(layer) != summary["best_layer"]:
                     continue
-                out.print(f"  {name} (layer {layer}): KL {r['kl']:.3f} [{r['kl_ci_low']:.3f}, "
-                          f"{r['kl_ci_high']:.3f}], gain over marginal {r['kl_gain']:.3f} "
-                          f"[{r['kl_gain_ci_low']:.3f}, {r['kl_gain_ci_high']:.3f}], top-1 "
-                          f"{r['top1']:.3f}, ECE {r['ece']:.3f}")
+                kl, gain = r["kl"], r["kl_gain"]
+                out.print(f"  {name} (layer {layer}): KL {kl['value']:.3f} [{kl['ci_low']:.3f}, "
+                          f"{kl['ci_high']:.3f}], gain over marginal {gain['value']:.3f} "
+                          f"[{gain['ci_low']:.3f}, {gain['ci_high']:.3f}], top-1 "
+                          f"{r['top1']['value']:.3f}, ECE {r['ece']['value']:.3f}")
         for name, r in summary["baselines"].items():
-            out.print(f"  baseline {name}: KL {r['kl']:.3f} [{r['kl_ci_low']:.3f}, "
-                      f"{r['kl_ci_high']:.3f}], top-1 {r['top1']:.3f}")
+            kl = r["kl"]
+            out.print(f"  baseline {name}: KL {kl['value']:.3f} [{kl['ci_low']:.3f}, "
+                      f"{kl['ci_high']:.3f}], top-1 {r['top1']['value']:.3f}")
     if "organism" in summary:
         o = summary["organism"]
         out.print(f"organism: ARI {o['ari']:.3f}, transition TVD {o['transition_tvd']:.3f}")
@@ -84,8 +86,8 @@ def _print(summary: dict, out_dir: Path) -> None:  # type: ignore[type-arg]
         for split in ("group_split", "random_split"):
             b = g[split]
             out.print(f"{split}: " + ", ".join(
-                f"{name} KL {b[name]['kl']:.3f} [{b[name]['kl_ci_low']:.3f}, "
-                f"{b[name]['kl_ci_high']:.3f}]"
+                f"{name} KL {b[name]['kl']['value']:.3f} [{b[name]['kl']['ci_low']:.3f}, "
+                f"{b[name]['kl']['ci_high']:.3f}]"
                 for name in ("probe", "sentence_embedding", "marginal")))
     out.print(f"wrote {out_dir}/summary.json, data/, figures/, index.html")
 

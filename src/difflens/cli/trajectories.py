@@ -50,27 +50,27 @@ def _report(summary: dict, out_dir: Path) -> None:  # type: ignore[type-arg]
         rows = summary[kind]["distance_by_index"]
         if rows:
             r0 = rows[0]
-            out.print(f"{kind}: base-tuned distance at index 0: {r0['mean']:.3f} rad "
+            out.print(f"{kind}: base-tuned distance at index 0: {r0['value']:.3f} rad "
                       f"[{r0['ci_low']:.3f}, {r0['ci_high']:.3f}] n={r0['n']}")
     top = summary["jumps"]["top_tokens"][:5]
     if top:
         out.print("largest jumps after: " + ", ".join(
-            f"{t['text']!r} {t['mean_jump']:.2f} (n={t['n']})" for t in top))
+            f"{t['text']!r} {t['value']:.2f} (n={t['n']})" for t in top))
     block, space = ((summary["full"], "full dimension") if summary.get("full")
                     else (summary, "sphere"))
     diff = block["jumps"]["mean_by_index_diff"]
     if diff:
         o = diff["overall"]
-        out.print(f"mean jump, tuned - base ({space}): {o['diff']:+.4f} rad "
+        out.print(f"mean jump, tuned - base ({space}): {o['value']:+.4f} rad "
                   f"[{o['ci_low']:+.4f}, {o['ci_high']:+.4f}] "
                   f"({'paired' if diff['paired'] else 'unpaired'}, n={o['n']} prompt-indices)")
     for m, v in block["direction"]["turn_angle"].items():
         o = v["overall"]
-        out.print(f"turn between moves, {m} ({space}): {o['mean']:.3f} rad "
+        out.print(f"turn between moves, {m} ({space}): {o['value']:.3f} rad "
                   f"[{o['ci_low']:.3f}, {o['ci_high']:.3f}] n={o['n']}")
     for m, v in summary["sentiment"]["jump_weighted"].items():
-        out.print(f"jump-weighted sentiment {m}: {v['mean']:.4f} [{v['ci95'][0]:.4f}, "
-                  f"{v['ci95'][1]:.4f}] n={v['n']}")
+        out.print(f"jump-weighted sentiment {m}: {v['value']:.4f} [{v['ci_low']:.4f}, "
+                  f"{v['ci_high']:.4f}] n={v['n']}")
     out.print(f"wrote {out_dir}/summary.json, data/, figures/, index.html")
 
 
@@ -125,7 +125,7 @@ def run_cmd(
                                progress=True)
     f = res.summary["projection"]["faithfulness_spearman"]
     out.print(f"layer {res.summary['layer']}; projection faithfulness (Spearman) "
-              f"{f['mean']:.3f} [{f['ci95'][0]:.3f}, {f['ci95'][1]:.3f}] n={f['n']} pairs")
+              f"{f['value']:.3f} [{f['ci_low']:.3f}, {f['ci_high']:.3f}] n={f['n']} pairs")
     _report(res.summary, out_dir)
 
 

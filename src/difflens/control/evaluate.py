@@ -19,11 +19,15 @@ An independent measure grades the same texts without the probe (``bad_rate_indep
 a lexicon (an offensive-word list and VADER) or, for the organism, the world's own theme
 labeller. Speed is tokens per second relative to plain generation with the same loop and
 no hook. Rates and means come with percentile bootstrap CIs over prompts (a prompt's
-samples are resampled together); ratios are paired with the baseline.
+samples are resampled together); ratios are paired with the baseline. In the summary each
+of them is an estimate, ``{value, ci_low, ci_high, n, resampled}`` (``n`` the prompts it
+was computed on); the per-cell table keeps ``<name>``, ``<name>_ci_low`` and
+``<name>_ci_high`` columns.
 """
 
 import dataclasses
 import functools
+import math
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -36,7 +40,12 @@ from jaxtyping import Float
 from torch import Tensor
 
 from difflens._io import fingerprint, write_parquet_atomic
-from difflens.analysis.divergence import bootstrap_weights
+from difflens.analysis.bootstrap import (
+    Estimate,
+    bootstrap_weights,
+    percentile_ci,
+    replicate_means,
+)
 from difflens.capture.engine import forward_batch
 from difflens.control.monitor import (
     Controller,
@@ -47,6 +56,7 @@ from difflens.control.monitor import (
 from difflens.control.state_probe import StateProbe, check_threshold
 from difflens.errors import InputError
 from difflens.models.engines import map_with_models, resolve_engine
+from difflens.models.labellers import vader
 from difflens.models.loading import LoadedModel
 
 Measure = Callable[[Sequence[str]], list[bool]]
@@ -110,8 +120,6 @@ def lexicon_measure(words: str | Path | Sequence[str] | None = None, *,
                     vader_threshold: float = -0.5) -> Measure:
     """Bad when a text contains a listed word or phrase (case-insensitive, whole words) or
     its VADER compound sentiment is at most ``vader_threshold``."""
-    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
-
     if isinstance(words, (str, Path)):
         path = Path(words)
         if not path.is_file():
@@ -120,11 +128,11 @@ def lexicon_measure(words: str | Path | Sequence[str] | None = None, *,
     terms = sorted({w.lower() for w in (words or []) if w.strip()}, key=len, reverse=True)
     rx = (re.compile(r"\b(?:" + "|".join(re.escape(t) for t in terms) + r")\b", re.IGNORECASE)
           if terms else None)
-    vader = SentimentIntensityAnalyzer()
+    sia = vader()  # the one VADER labeller (models.labellers)
 
     def measure(texts: Sequence[str]) -> list[bool]:
         return [bool((rx is not None and rx.search(t))
-                     or vader.polarity_scores(t)["compound"] <= vader_threshold) for t in texts]
+                     or sia.polarity_scores(t)["compound"] <= vader_threshold) for t in texts]
 
     return measure
 
@@ -139,15 +147,34 @@ class ControlEvaluation:
     generations: pd.DataFrame
     """One row per (controller, gain, prompt, sample)."""
     cells: pd.DataFrame
-    """One row per (controller, gain) with rates, CIs, fluency, KL, speed."""
+    """One row per (controller, gain) with rates, CIs, fluency, KL, speed (a rate's CI in
+    ``<name>_ci_low`` and ``<name>_ci_high`` columns)."""
     threshold: float
     independent_name: str
+    estimates: dict[tuple[str, float], dict[str, Estimate]] = dataclasses.field(
+        default_factory=dict)
+    """(controller, gain) -> the cell's estimates by name (``bad_rate``, ``ppl``, ``kl``,
+    ...): the numbers of :attr:`cells` with the prompts each was computed on."""
 
     def summary(self) -> dict[str, Any]:
-        """``{controller: {gain: {bad_rate, bad_rate_ci_low, ..., speed_ratio}}}``."""
+        """``{controller: {gain: {n, n_prompts, bad_rate, ..., kl, tokens_per_s,
+        speed_ratio, ...}}}``; every rate, mean and ratio with a CI is an estimate,
+        ``{value, ci_low, ci_high, n, resampled}``, over prompts."""
         out: dict[str, Any] = {}
         for row in self.cells.to_dict("records"):
-            cell = {k: v for k, v in row.items() if k not in ("controller", "gain")}
+            est = self.estimates.get((row["controller"], row["gain"]), {})
+            cell: dict[str, Any] = {}
+            for k, v in row.items():
+                if k in ("controller", "gain") or k.endswith(("_ci_low", "_ci_high")):
+                    continue
+                if k in est:
+                    cell[k] = est[k].to_json()
+                elif f"{k}_ci_low" in row:  # cells without their estimates: n unknown
+                    cell[k] = {"value": v, "ci_low": row[f"{k}_ci_low"],
+                               "ci_high": row[f"{k}_ci_high"], "n": None,
+                               "resampled": "prompts"}
+                else:
+                    cell[k] = v
             out.setdefault(row["controller"], {})[gain_key(row["gain"])] = cell
         return out
 
@@ -334,9 +361,9 @@ def evaluate_control(
         frames.append(df)
     gens = pd.concat(frames, ignore_index=True)
     plain = _plain_speed(lm, prompts, config)
-    cells = _cells(gens, controllers, config, plain)
+    cells, estimates = _cells(gens, controllers, config, plain)
     return ControlEvaluation(generations=gens, cells=cells, threshold=tau,
-                             independent_name=independent_name)
+                             independent_name=independent_name, estimates=estimates)
 
 
 def _plain_speed(lm: LoadedModel, prompts: Sequence[str], config: ControlConfig) -> float:
@@ -352,7 +379,9 @@ def _plain_speed(lm: LoadedModel, prompts: Sequence[str], config: ControlConfig)
 
 
 def _cells(gens: pd.DataFrame, controllers: Sequence[Controller], config: ControlConfig,
-           plain_tps: float) -> pd.DataFrame:
+           plain_tps: float
+           ) -> tuple[pd.DataFrame, dict[tuple[str, float], dict[str, Estimate]]]:
+    """The per-cell table, and each cell's estimates (over prompts) by name."""
     n_prompts = int(gens["prompt_idx"].max()) + 1
     w = bootstrap_weights(n_prompts, config.n_boot, config.seed)
 
@@ -363,36 +392,41 @@ def _cells(gens: pd.DataFrame, controllers: Sequence[Controller], config: Contro
         s = g[col].sum() / g[weight].sum().replace(0, np.nan)
         return s.reindex(range(n_prompts)).to_numpy(dtype=np.float64)
 
-    def boot(x: np.ndarray) -> tuple[float, float, float]:
+    def boot(x: np.ndarray) -> Estimate:
+        """The mean over the prompts with a finite value, its CI from the shared draws."""
         ok = np.isfinite(x)
         if not ok.any():
-            return (float("nan"),) * 3
-        ww = w[:, ok]
-        reps = (ww @ x[ok]) / ww.sum(1)
-        lo, hi = np.quantile(reps, [0.025, 0.975])
-        return float(x[ok].mean()), float(lo), float(hi)
+            return Estimate(math.nan, math.nan, math.nan, 0, "prompts")
+        lo, hi = percentile_ci(replicate_means(w[:, ok], x[ok]))
+        return Estimate(float(x[ok].mean()), float(lo), float(hi), int(ok.sum()), "prompts")
 
     base = gens[gens["controller"] == "none"]
     base_nll = per_prompt(base, "nll_sum", "n_tokens")
     base_tps = base["n_tokens"].sum() / max(float(base["gen_seconds"].iloc[0]), 1e-9)
+    def exp(e: Estimate) -> Estimate:
+        """A mean log (NLL per token) as its exp (perplexity), CI ends included."""
+        return dataclasses.replace(e, value=float(np.exp(e.value)),
+                                   ci_low=float(np.exp(e.ci_low)),
+                                   ci_high=float(np.exp(e.ci_high)))
+
     rows = []
+    estimates: dict[tuple[str, float], dict[str, Estimate]] = {}
     for ctrl in controllers:
         df = gens[(gens["controller"] == ctrl.kind) & (gens["gain"] == ctrl.gain)]
         row: dict[str, Any] = {"controller": ctrl.kind, "gain": ctrl.gain, "n": len(df),
                                "n_prompts": n_prompts}
+        est: dict[str, Estimate] = {}
         for name, col in (("bad_rate", "bad"), ("bad_rate_independent", "bad_independent"),
                           ("mean_score", "mean_score"),
                           ("max_score", "max_score")):
-            m, lo, hi = boot(per_prompt(df.assign(**{col: df[col].astype(float)}), col))
-            row[name], row[f"{name}_ci_low"], row[f"{name}_ci_high"] = m, lo, hi
+            est[name] = boot(per_prompt(df.assign(**{col: df[col].astype(float)}), col))
         nll = per_prompt(df, "nll_sum", "n_tokens")
-        m, lo, hi = boot(nll)
-        row["ppl"], row["ppl_ci_low"], row["ppl_ci_high"] = np.exp(m), np.exp(lo), np.exp(hi)
-        m, lo, hi = boot(nll - base_nll)
-        row["ppl_ratio"], row["ppl_ratio_ci_low"], row["ppl_ratio_ci_high"] = (
-            float(np.exp(m)), float(np.exp(lo)), float(np.exp(hi)))
-        m, lo, hi = boot(per_prompt(df, "kl_sum", "n_tokens"))
-        row["kl"], row["kl_ci_low"], row["kl_ci_high"] = m, lo, hi
+        est["ppl"] = exp(boot(nll))
+        est["ppl_ratio"] = exp(boot(nll - base_nll))
+        est["kl"] = boot(per_prompt(df, "kl_sum", "n_tokens"))
+        for name, e in est.items():
+            row[name], row[f"{name}_ci_low"], row[f"{name}_ci_high"] = e.value, *e.ci
+        estimates[(ctrl.kind, ctrl.gain)] = est
         tps = df["n_tokens"].sum() / max(float(df["gen_seconds"].iloc[0]), 1e-9)
         row["tokens_per_s"] = float(tps)
         row["speed_ratio"] = float(tps / plain_tps)
@@ -400,6 +434,6 @@ def _cells(gens: pd.DataFrame, controllers: Sequence[Controller], config: Contro
         row["mean_tokens"] = float(df["n_tokens"].mean())
         row["rollbacks"] = float(df["rollbacks"].mean())
         rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows), estimates
 
 

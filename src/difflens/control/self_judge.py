@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from difflens.analysis.roc import paired_auc_ci
 from difflens.capture.scoring import continuation_logprobs
 from difflens.control.evaluate import Measure, sentence_spans
-from difflens.control.state_probe import paired_auc_ci
 from difflens.errors import InputError
 from difflens.models.loading import LoadedModel
 
@@ -123,24 +123,22 @@ def judge_sentences(lm: LoadedModel, generations: pd.DataFrame, measure: Measure
 def self_judge_summary(rows: pd.DataFrame, config: SelfJudgeConfig, *, n_boot: int = 1000,
                        seed: int = 0) -> dict[str, Any]:
     """AUCs of the self-judge and of the probe against the independent label, on the same
-    sentences, with percentile CIs over prompts and their paired difference."""
+    sentences, with percentile CIs over prompts and their paired difference: ``auc``,
+    ``probe_auc`` and ``difference`` are estimates ``{value, ci_low, ci_high, n,
+    resampled}`` (``n`` the judged sentences)."""
     y = rows["independent"].to_numpy(dtype=np.int64)
     if len(np.unique(y)) < 2:
         raise InputError(f"the independent judge labels all {len(y)} judged sentences alike; "
                          f"an AUC needs both classes (more prompts or samples)")
     groups = rows["prompt_idx"].to_numpy()
     sj, pr = rows["self_judge"].to_numpy(), rows["probe"].to_numpy()
-    from sklearn.metrics import roc_auc_score
-
-    a_sj, a_pr = float(roc_auc_score(y, sj)), float(roc_auc_score(y, pr))
-    lo, hi, dlo, dhi = paired_auc_ci(y, sj, pr, groups, n_boot, seed)
-    plo, phi, _, _ = paired_auc_ci(y, pr, sj, groups, n_boot, seed)
+    a_sj, diff = paired_auc_ci(y, sj, pr, groups, n_boot=n_boot, seed=seed, resampled="prompts")
+    a_pr, _ = paired_auc_ci(y, pr, sj, groups, n_boot=n_boot, seed=seed, resampled="prompts")
     from scipy.stats import spearmanr
 
-    return {"auc": {"value": a_sj, "ci_low": lo, "ci_high": hi, "n": int(len(y)),
-                    "n_bad": int(y.sum()), "n_prompts": int(len(np.unique(groups)))},
-            "probe_auc": {"value": a_pr, "ci_low": plo, "ci_high": phi},
-            "difference": {"value": a_sj - a_pr, "ci_low": dlo, "ci_high": dhi},
+    return {"auc": {**a_sj.to_json(), "n_bad": int(y.sum()),
+                    "n_prompts": int(len(np.unique(groups)))},
+            "probe_auc": a_pr.to_json(), "difference": diff.to_json(),
             "spearman_probe": float(spearmanr(sj, pr).statistic),
             "answer_mass": float(rows["answer_mass"].mean()),
             "question": config.question, "answers": list(config.answers),

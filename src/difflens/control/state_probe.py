@@ -41,7 +41,8 @@ from torch import Tensor
 
 from difflens._io import write_bytes_atomic, write_json_atomic
 from difflens._types import Vector
-from difflens.analysis.divergence import group_resamples
+from difflens.analysis.bootstrap import Estimate
+from difflens.analysis.roc import auc, auc_ci, paired_auc_ci
 from difflens.capture.engine import forward_batch
 from difflens.control.steering import SteeringVector
 from difflens.errors import DifflensWarning, InputError
@@ -108,7 +109,9 @@ class StateProbe:
     model: dict[str, Any]
     """Identity of the model it was trained on (name, d_model, tokenizer hash, ...)."""
     metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
-    """Held-out AUCs per layer and the data it saw."""
+    """Held-out AUCs per layer (``layers``, the rows of ``data/probe_layers``), the chosen
+    layer's test AUC (``auc``, an estimate ``{value, ci_low, ci_high, n, resampled}`` over
+    test tokens, resampling test groups) and the data it saw."""
     mlp: dict[str, Tensor] | None = None
     """An MLP probe's network (``w1`` [hidden, d_model], ``b1`` [hidden], ``w2`` [hidden],
     ``b2`` [1]), which scores instead of ``weight``; None for a logistic probe."""
@@ -275,47 +278,6 @@ class ProbeFit:
     labelled segment), CIs over test groups, counts."""
 
 
-def _auc(y: np.ndarray, s: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(y, s)) if len(np.unique(y)) == 2 else float("nan")
-
-
-def _auc_ci(y: np.ndarray, s: np.ndarray, groups: np.ndarray, n_boot: int, seed: int
-            ) -> tuple[float, float]:
-    """Percentile CI of the AUC, resampling test groups (all of a group's tokens together)."""
-    vals = []
-    for pick in group_resamples(groups, n_boot, seed):
-        v = _auc(y[pick], s[pick])
-        if np.isfinite(v):
-            vals.append(v)
-    if not vals:
-        return (float("nan"), float("nan"))
-    lo, hi = np.quantile(vals, [0.025, 0.975])
-    return (float(lo), float(hi))
-
-
-def paired_auc_ci(y: np.ndarray, s_a: np.ndarray, s_b: np.ndarray, groups: np.ndarray,
-                   n_boot: int, seed: int) -> tuple[float, float, float, float]:
-    """Percentile CIs of AUC(a) and of AUC(a) - AUC(b), resampling test groups (the draws of
-    :func:`_auc_ci` with the same seed)."""
-    uniq, inv = np.unique(groups, return_inverse=True)
-    members = [np.flatnonzero(inv == g) for g in range(len(uniq))]
-    rng = np.random.default_rng(seed)
-    va, vd = [], []
-    for _ in range(n_boot):
-        pick = np.concatenate([members[g] for g in rng.integers(0, len(uniq), len(uniq))])
-        a, b = _auc(y[pick], s_a[pick]), _auc(y[pick], s_b[pick])
-        if np.isfinite(a) and np.isfinite(b):
-            va.append(a)
-            vd.append(a - b)
-    if not va:
-        return (float("nan"),) * 4
-    lo, hi = np.quantile(va, [0.025, 0.975])
-    dlo, dhi = np.quantile(vd, [0.025, 0.975])
-    return float(lo), float(hi), float(dlo), float(dhi)
-
-
 def train_probe(lm: LoadedModel, examples: Sequence[LabelledText], *,
                 config: ProbeConfig = ProbeConfig(), threshold: float | None = None,
                 progress: Callable[[int], None] | None = None,
@@ -385,12 +347,13 @@ def train_probe(lm: LoadedModel, examples: Sequence[LabelledText], *,
         s = 1 / (1 + np.exp(-(X @ w + b)))
         seg_mean = _segment_means(s[te], y[te], seg_id[te])
         seg_val = _segment_means(s[va], y[va], seg_id[va])
-        lo, hi = _auc_ci(y[te], s[te], groups[te], config.n_boot, config.seed)
-        rows.append({"layer": layer, "auc_val": _auc(y[va], s[va]), "auc_test": _auc(y[te], s[te]),
-                     "auc_test_ci_low": lo, "auc_test_ci_high": hi,
-                     "auc_test_segment": _auc(*seg_mean),
+        test = auc_ci(y[te], s[te], groups[te], n_boot=config.n_boot, seed=config.seed,
+                      resampled="groups")
+        rows.append({"layer": layer, "auc_val": auc(y[va], s[va]), "auc_test": test.value,
+                     "auc_test_ci_low": test.ci_low, "auc_test_ci_high": test.ci_high,
+                     "auc_test_segment": auc(*seg_mean),
                      "segment_threshold": _balanced_threshold(*seg_val),
-                     "auc_train": _auc(y[tr], s[tr]),
+                     "auc_train": auc(y[tr], s[tr]),
                      "n_train_tokens": int(tr.sum()), "n_test_tokens": int(te.sum()),
                      "n_test_groups": int(len(np.unique(groups[te]))),
                      "bad_share": float(y.mean()),
@@ -406,8 +369,7 @@ def train_probe(lm: LoadedModel, examples: Sequence[LabelledText], *,
     ident = lm.identity
     pre = "mlp_" if config.kind == "mlp" else ""
     metrics: dict[str, Any] = {
-        "auc": best[f"{pre}auc_test"],
-        "auc_ci": [best[f"{pre}auc_test_ci_low"], best[f"{pre}auc_test_ci_high"]],
+        "auc": _test_auc(best, f"{pre}auc_test"),
         "auc_segment": best[f"{pre}auc_test_segment"], "layers": rows,
         "n_examples": len(examples), "source": source,
         "config": {k: (list(v) if isinstance(v, tuple) else v)
@@ -455,28 +417,33 @@ def _mlp_row(y: np.ndarray, s_lin: np.ndarray, s_mlp: np.ndarray, groups: np.nda
              config: ProbeConfig) -> dict[str, Any]:
     """The MLP's columns of a layer row: its AUCs, and its test AUC minus the logistic
     probe's with a paired CI (the same resampled test groups for both)."""
-    lo, hi, dlo, dhi = paired_auc_ci(y[te], s_mlp[te], s_lin[te], groups[te], config.n_boot,
-                                      config.seed)
-    return {"mlp_auc_val": _auc(y[va], s_mlp[va]), "mlp_auc_test": _auc(y[te], s_mlp[te]),
-            "mlp_auc_test_ci_low": lo, "mlp_auc_test_ci_high": hi,
-            "mlp_minus_logistic": _auc(y[te], s_mlp[te]) - _auc(y[te], s_lin[te]),
-            "mlp_minus_logistic_ci_low": dlo, "mlp_minus_logistic_ci_high": dhi,
-            "mlp_auc_test_segment": _auc(*_segment_means(s_mlp[te], y[te], seg_id[te])),
+    mlp, diff = paired_auc_ci(y[te], s_mlp[te], s_lin[te], groups[te], n_boot=config.n_boot,
+                              seed=config.seed)
+    return {"mlp_auc_val": auc(y[va], s_mlp[va]), "mlp_auc_test": mlp.value,
+            "mlp_auc_test_ci_low": mlp.ci_low, "mlp_auc_test_ci_high": mlp.ci_high,
+            "mlp_minus_logistic": diff.value,
+            "mlp_minus_logistic_ci_low": diff.ci_low, "mlp_minus_logistic_ci_high": diff.ci_high,
+            "mlp_auc_test_segment": auc(*_segment_means(s_mlp[te], y[te], seg_id[te])),
             "mlp_segment_threshold": _balanced_threshold(
                 *_segment_means(s_mlp[va], y[va], seg_id[va])),
-            "mlp_auc_train": _auc(y[tr], s_mlp[tr])}
+            "mlp_auc_train": auc(y[tr], s_mlp[tr])}
+
+
+def _test_auc(row: dict[str, Any], key: str) -> dict[str, Any]:
+    """The test-token AUC ``key`` of a layer row (``auc_test``, ``mlp_auc_test``,
+    ``mlp_minus_logistic``) as an estimate: ``{value, ci_low, ci_high, n, resampled}``, n
+    the test tokens, the CI over resampled test groups."""
+    return Estimate(value=row[key], ci_low=row[f"{key}_ci_low"], ci_high=row[f"{key}_ci_high"],
+                    n=int(row["n_test_tokens"]), resampled="groups").to_json()
 
 
 def _mlp_comparison(row: dict[str, Any]) -> dict[str, Any]:
     """``probe.mlp_auc``: the MLP's held-out token AUC at its layer, the logistic probe's at
-    the same layer, their paired difference, and both segment AUCs."""
-    return {"value": row["mlp_auc_test"], "ci_low": row["mlp_auc_test_ci_low"],
-            "ci_high": row["mlp_auc_test_ci_high"], "layer": row["layer"],
-            "logistic": {"value": row["auc_test"], "ci_low": row["auc_test_ci_low"],
-                         "ci_high": row["auc_test_ci_high"]},
-            "difference": {"value": row["mlp_minus_logistic"],
-                           "ci_low": row["mlp_minus_logistic_ci_low"],
-                           "ci_high": row["mlp_minus_logistic_ci_high"]},
+    the same layer, their paired difference (each an estimate over the test tokens,
+    resampling test groups), and both segment AUCs."""
+    return {**_test_auc(row, "mlp_auc_test"), "layer": row["layer"],
+            "logistic": _test_auc(row, "auc_test"),
+            "difference": _test_auc(row, "mlp_minus_logistic"),
             "segment": {"value": row["mlp_auc_test_segment"],
                         "logistic": row["auc_test_segment"]},
             "n_test_tokens": row["n_test_tokens"], "n_test_groups": row["n_test_groups"]}

@@ -195,10 +195,12 @@ def dose_response(
         on_step: called after each (layer, alpha).
 
     Returns:
-        Rows ``{layer, alpha, p_match, ci_low, ci_high, n}``: P(matching) is normalised over
-        the two answers, averaged over items, with a percentile bootstrap 95% CI.
+        Rows ``{value, ci_low, ci_high, n, resampled, layer, alpha}``: ``value`` is
+        P(matching), normalised over the two answers and averaged over items, with a
+        percentile bootstrap 95% CI over the items (the summaries' one spelling of an
+        estimate, with its layer and multiplier beside it).
     """
-    from difflens.analysis.divergence import bootstrap_ci
+    from difflens.analysis.bootstrap import bootstrap_mean
     from difflens.capture.contrastive import forward_ab
 
     rows = []
@@ -208,9 +210,8 @@ def dose_response(
                 res = forward_ab(lm, items, [], batch_size=batch_size)
             lp = res.logp.double()
             p = torch.sigmoid(lp[:, 0] - lp[:, 1]).numpy()
-            lo, hi = bootstrap_ci(p, seed=seed, n_boot=n_boot)
-            rows.append({"layer": int(layer), "alpha": float(alpha), "p_match": float(p.mean()),
-                         "ci_low": lo, "ci_high": hi, "n": len(p)})
+            est = bootstrap_mean(p, n_boot=n_boot, seed=seed, resampled="items")
+            rows.append({**est.to_json(), "layer": int(layer), "alpha": float(alpha)})
             if on_step is not None:
                 on_step()
     return rows

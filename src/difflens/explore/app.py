@@ -11,8 +11,10 @@ Routes (``ID`` is a run's position in the order given):
 - ``/live/text``, ``/live/tree``, ``/live/steer``: the live views (typed text, multiverse,
   steer and monitor), which need the models given at start (:mod:`difflens.explore.live`);
   without them they say how to start with models.
-- ``/api/...``: the JSON those pages load (``POST /api/live/...``: the live views' work);
-  ``/static/plotly.min.js``: the installed plotly.js.
+- ``/api/...``: the JSON those pages load (``POST /api/live/...``: the live views' work).
+- ``/static/NAME``: the pages' scripts and stylesheet, the files of the package's
+  ``difflens/explore/static`` (package data) and only those, by name; and
+  ``/static/plotly.min.js``, the installed plotly.js.
 
 The app only reads. A path that does not lead to a file inside its run folder is a 404. A
 bad live request is answered with one line of JSON (``{"error": ...}``): 400 for a body
@@ -22,6 +24,7 @@ loaded, 422 for a value out of range.
 
 import dataclasses
 import functools
+import hashlib
 import json
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -71,6 +74,21 @@ class ExploreConfig:
     def exposed(self) -> bool:
         """Whether other machines may reach the server."""
         return self.host not in LOOPBACK
+
+
+#: The kinds of file ``difflens/explore/static`` holds, and how each is served.
+STATIC_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8"}
+
+
+def static_files() -> dict[str, bytes]:
+    """The explorer's scripts and stylesheet by file name: the files of the package's
+    ``difflens/explore/static`` folder (read with :mod:`importlib.resources`, so from a
+    wheel or an editable install alike). ``/static/NAME`` serves these and nothing else."""
+    from importlib.resources import files
+
+    folder = files("difflens.explore") / "static"
+    return {f.name: f.read_bytes() for f in folder.iterdir()
+            if f.is_file() and Path(f.name).suffix in STATIC_TYPES}
 
 
 @functools.lru_cache(maxsize=1)
@@ -219,6 +237,21 @@ def create_app(folders: Sequence[Path], *, allowed_hosts: Sequence[str] | None =
         return Response(_plotly_js(), media_type="text/javascript",
                         headers={"Cache-Control": "max-age=86400"})
 
+    assets = {name: (body, f'"{hashlib.sha256(body).hexdigest()[:32]}"')
+              for name, body in static_files().items()}
+
+    def static(request: Request) -> Response:
+        # a name looked up among the package's files: no path is ever built from the request
+        found = assets.get(request.path_params["name"])
+        if found is None:
+            return missing("no such file")
+        body, etag = found
+        headers = {"Cache-Control": "no-cache", "ETag": etag}
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers=headers)
+        return Response(body, headers=headers,
+                        media_type=STATIC_TYPES[Path(request.path_params["name"]).suffix])
+
     # -- live views --------------------------------------------------------------------------
 
     live_info = info(live) if live is not None else None
@@ -314,6 +347,7 @@ def create_app(folders: Sequence[Path], *, allowed_hosts: Sequence[str] | None =
         Route("/api/runs/{run}/texts", texts_api),
         Route("/api/runs/{run}/tokens", tokens_api),
         Route("/static/plotly.min.js", plotly_js),
+        Route("/static/{name}", static),
         Mount("/runs/{run}/embedding-atlas", app=EmbeddingAtlasMount(served)),
     ]
     middleware = ([] if allowed_hosts is None

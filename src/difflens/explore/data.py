@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from difflens.errors import InputError
 from difflens.explore.runs import Run, cell, connection, query, quote, schema
+from difflens.inputs.tokens import format_token
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -37,15 +38,6 @@ STATISTICS = {
     "logprob": ("base_logprob", "tuned_logprob", "log-prob of the token"),
     "logprob_diff": ("base_minus_tuned", "tuned_minus_base", "log-prob minus the other's"),
 }
-#: Byte-level and SentencePiece space and newline marks, shown as what they stand for.
-_MARKS = {"Ġ": " ", "▁": " ", "Ċ": "\n", "ĉ": "\t"}
-
-
-def display_token(raw: str) -> str:
-    """A tokenizer's token as text (``Ġmade`` -> `` made``)."""
-    return "".join(_MARKS.get(c, c) for c in raw)
-
-
 def _stamp(*paths: Path | None) -> tuple[tuple[str, int, int], ...]:
     """What identifies the files' current content for the in-memory caches."""
     out = []
@@ -164,13 +156,21 @@ def _frame_cached(traj: Path, jumps: Path | None, conts: Path | None, prompts: P
     except Exception as exc:  # duckdb.Error, kept one line
         raise InputError(f"cannot read the trajectories: {str(exc).splitlines()[0]}") from None
     if "text" in df:
-        df["text"] = df["text"].map(lambda s: display_token(s) if isinstance(s, str) else "")
+        df["text"] = _formatted(df["text"], "")
+    df["token"] = _formatted(df["token"])
     xyz = df[["x", "y", "z"]].to_numpy(dtype=float)
     norm = np.linalg.norm(xyz, axis=1)
     norm[norm == 0] = 1.0
     df["lon"] = np.degrees(np.arctan2(xyz[:, 1], xyz[:, 0]))
     df["lat"] = np.degrees(np.arcsin(np.clip(xyz[:, 2] / norm, -1.0, 1.0)))
     return df
+
+
+def _formatted(series: "pd.Series", missing: Any = None) -> "pd.Series":
+    """Each string of ``series`` as :func:`~difflens.inputs.tokens.format_token` shows it
+    (formatted once per distinct value); anything else becomes ``missing``."""
+    shown = {v: format_token(v) for v in set(series) if isinstance(v, str)}
+    return series.map(lambda v: shown[v] if isinstance(v, str) else missing)
 
 
 def path_points(run: Run, prompt_id: str, model: str) -> list[dict[str, Any]]:
@@ -186,7 +186,7 @@ def path_points(run: Run, prompt_id: str, model: str) -> list[dict[str, Any]]:
     if not rows:
         raise InputError(f"no points of prompt {prompt_id!r} and model {model!r} in "
                          f"data/trajectories.parquet; pick a point on the map")
-    return [{"segment": str(r[0]), "step": cell(r[1]), "token": display_token(str(r[2])),
+    return [{"segment": str(r[0]), "step": cell(r[1]), "token": format_token(str(r[2])),
              "x": cell(r[3]), "y": cell(r[4]), "z": cell(r[5])} for r in rows]
 
 
@@ -240,7 +240,7 @@ def texts(run: Run) -> list[TextInfo]:
                  "ORDER BY text_id", [str(path)])
     out = []
     for tid, source, n, kl, joined in rows:
-        preview = display_token(joined or "").strip()
+        preview = format_token(joined or "").strip()
         out.append(TextInfo(int(tid), str(source), int(n), float(kl if kl is not None
                                                                    else "nan"),
                             preview[:80] + ("…" if len(preview) > 80 else "")))
@@ -262,7 +262,7 @@ def text_tokens(run: Run, text_id: int) -> list[dict[str, Any]]:
     out = []
     for r in rows:
         d = {c: cell(v) for c, v in zip(cols, r, strict=True)}
-        d["text"] = display_token(str(r[1]))
+        d["text"] = format_token(str(r[1]))
         b, t = r[5], r[6]
         if b is not None and t is not None:
             d["tuned_minus_base"] = cell(float(t) - float(b))

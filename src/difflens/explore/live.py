@@ -30,6 +30,7 @@ import torch
 
 from difflens.errors import InputError
 from difflens.explore.runs import Run
+from difflens.inputs.tokens import format_token
 from difflens.models.loading import LoadedModel
 from difflens.models.pair import ModelPair, models_of
 
@@ -254,19 +255,34 @@ def _model(live: Live, label: Any) -> LoadedModel:
 
 def piece(tokenizer: Any, before: Sequence[int], token: int) -> str:
     """The text ``token`` adds after the ids ``before`` (decoding a lone token would drop
-    SentencePiece's leading space)."""
+    SentencePiece's leading space); a special token, or one that holds only part of a
+    character, is its token string as :func:`~difflens.inputs.tokens.format_token` shows
+    it (as in the stored runs' views)."""
     ctx = list(before[-_CONTEXT:])
     said = tokenizer.decode(ctx, skip_special_tokens=True)
     text = tokenizer.decode(ctx + [token], skip_special_tokens=True)
     out = text[len(said):] if text.startswith(said) else tokenizer.decode([token])
-    return out or str(tokenizer.convert_ids_to_tokens(token))  # a special token
+    if out and "\ufffd" not in out:
+        return str(out)
+    return format_token(str(tokenizer.convert_ids_to_tokens(token)))
+
+
+def _text_after(tokenizer: Any, before: Sequence[int], ids: Sequence[int]) -> str:
+    """The text the token ids ``ids`` add after the ids ``before``, decoded together."""
+    said = tokenizer.decode(list(before), skip_special_tokens=True)
+    text = tokenizer.decode(list(before) + list(ids), skip_special_tokens=True)
+    return str(text[len(said):] if text.startswith(said)
+               else tokenizer.decode(list(ids), skip_special_tokens=True))
 
 
 def _top(tokenizer: Any, before: Sequence[int], ids: torch.Tensor,
          logprobs: torch.Tensor) -> list[dict[str, Any]]:
-    return [{"token_id": int(t), "text": piece(tokenizer, before, int(t)),
-             "prob": float(math.exp(lp))}
-            for t, lp in zip(ids.tolist(), logprobs.tolist(), strict=True)]
+    out = []
+    for t, lp in zip(ids.tolist(), logprobs.tolist(), strict=True):
+        text = piece(tokenizer, before, int(t))
+        out.append({"token_id": int(t), "text": text, "shown": format_token(text, quoted=True),
+                    "prob": float(math.exp(lp))})
+    return out
 
 
 # -- typed text -----------------------------------------------------------------------------
@@ -389,8 +405,12 @@ def trees(live: Live, prompt: str, *, depth: int = 2, top_k: int = 3,
 
 
 def _with_paths(node: dict[str, Any], path: list[int]) -> dict[str, Any]:
-    """A tree node's dict with ``path``: the token ids from the prompt to it."""
+    """A tree node's dict with ``path``: the token ids from the prompt to it, and (below
+    the root, the prompt) ``shown``: its token as
+    :func:`~difflens.inputs.tokens.format_token` quotes it."""
     node["path"] = path
+    if path:
+        node["shown"] = format_token(str(node["text"]), quoted=True)
     for c in node["children"]:
         _with_paths(c, path + [c["token_id"]])
     return node
@@ -459,8 +479,7 @@ def continue_branch(live: Live, prompt: str, path: Sequence[int], *,
     with live.lock:
         for m, lm in live.models.items():
             new = generate(lm, [ids], config).token_ids[0]
-            out[m] = {"token_ids": new, "text": "".join(
-                piece(tok, ids + new[:i], t) for i, t in enumerate(new))}
+            out[m] = {"token_ids": new, "text": _text_after(tok, ids, new)}
     return {"branch": path_text(live, prompt, path), "path": list(path),
             "continuations": out}
 

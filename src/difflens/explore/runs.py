@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from difflens.analysis.summary_spelling import respell
 from difflens.errors import InputError
 
 #: Most rows one table request returns.
@@ -145,7 +146,8 @@ def kinds(run: Run) -> list[str]:
 
 
 def read_summary(run: Run) -> Summary:
-    """The run's ``summary.json``, or a one-line reason why there is none to show."""
+    """The run's ``summary.json`` with every estimate in the one spelling (runs written in
+    older spellings are respelled), or a one-line reason why there is none to show."""
     path = run.file("summary.json")
     if path is None:
         return Summary(None, "no summary.json in this folder: the run is unfinished or this "
@@ -161,7 +163,7 @@ def read_summary(run: Run) -> Summary:
     if not isinstance(data, dict):
         return Summary(None, f"summary.json holds a {type(data).__name__}, not an object; "
                              f"rerun the command that wrote it")
-    return Summary(data, None)
+    return Summary(respell(data), None)  # a run of an older difflens reads the same
 
 
 # -- DuckDB ---------------------------------------------------------------------------------

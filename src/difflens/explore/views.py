@@ -1,7 +1,10 @@
 """The explorer's pages: plain HTML with a little JavaScript each, no front-end framework.
 
-Every page is built from escaped strings; the data of the table, atlas and token views
-comes from the JSON endpoints of :mod:`difflens.explore.app` after the page has loaded.
+Every page is built from escaped strings. Its scripts and stylesheet are files of
+``difflens/explore/static`` that the page links (served under :data:`STATIC`); what a
+script needs from the server comes in the page's JSON config (:func:`config_script`), and
+the data of the table, atlas and token views from the JSON endpoints of
+:mod:`difflens.explore.app` after the page has loaded.
 """
 
 import html
@@ -9,55 +12,38 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from difflens.analysis.summary_spelling import ESTIMATE_KEYS, is_estimate
 from difflens.explore.runs import FILTER_OPS, Run, Summary
 
-CSS = """
-body{font-family:system-ui,sans-serif;margin:0;color:#222;background:#fafafa}
-header{background:#2d3e50;color:#fff;padding:.6em 1.2em}
-header a{color:#fff;text-decoration:none;margin-right:1.2em}
-main{max-width:1200px;margin:1em auto;padding:0 1em}
-section.panel{background:#fff;border:1px solid #ddd;border-radius:6px;padding:.8em 1.2em;
-margin-bottom:1em}
-.error{background:#fdecea;border:1px solid #f5c2c0;color:#8a1f11;padding:.6em 1em;
-border-radius:4px}
-table{border-collapse:collapse;font-size:.9em}
-td,th{border-bottom:1px solid #e4e4e4;padding:3px 10px;text-align:left;vertical-align:top}
-th.sortable{cursor:pointer;user-select:none}
-th.sortable:hover{background:#eef}
-.path{color:#666;font-size:.85em}
-.figs{display:flex;flex-wrap:wrap;gap:1em}
-.figs figure{margin:0;width:360px}
-.figs img{width:100%;border:1px solid #eee}
-.tok{white-space:pre-wrap;border-radius:2px;padding:1px 0}
-.tokens{font-family:ui-monospace,monospace;line-height:1.9;background:#fff;padding:.6em;
-border:1px solid #eee}
-#tip{position:fixed;display:none;background:#222;color:#fff;font-size:.8em;padding:.4em .6em;
-border-radius:4px;pointer-events:none;white-space:pre}
-.controls{margin:.5em 0;display:flex;gap:.6em;flex-wrap:wrap;align-items:center}
-.side{display:flex;gap:1em;flex-wrap:wrap}.side>div{flex:1;min-width:320px}
-.tok.pinned{outline:2px solid #2d3e50}.tok.next{color:#888}
-.topk td.bar{width:120px}.topk .fill{background:#4c72b0;height:.8em}
-ul.tree{list-style:none;padding-left:1.1em;margin:0;border-left:1px dotted #bbb}
-.node{cursor:pointer;font-family:ui-monospace,monospace;white-space:pre;padding:0 .3em;
-border-radius:3px}.node:hover{background:#eef}.node .p{color:#666;font-size:.85em}
-.loom{font-size:.75em;margin-left:.4em;cursor:pointer}
-.gen{font-family:ui-monospace,monospace;line-height:1.9;background:#fff;padding:.4em;
-border:1px solid #eee;min-height:1.5em}
-"""
+#: Where the app serves the files of ``difflens/explore/static`` (and plotly.js).
+STATIC = "/static"
+#: What a page's JSON config may not hold as such inside ``<script>`` (``</script>``).
+_SCRIPT_SAFE = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026"})
 
 
 def esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def page(title: str, body: str, *, scripts: Sequence[str] = ()) -> str:
-    """A whole page: header with the way back to the runs, ``body``, then ``scripts``."""
-    tags = "".join(f"<script src='{esc(s)}'></script>" for s in scripts)
+def config_script(config: Any) -> str:
+    """``config`` as the page's ``<script type="application/json" id="config">``, which
+    ``common.js`` reads into ``CONFIG`` (``<``, ``>`` and ``&`` as JSON escapes, so no
+    value can end the element)."""
+    text = json.dumps(config, ensure_ascii=False, allow_nan=False).translate(_SCRIPT_SAFE)
+    return f"<script type='application/json' id='config'>{text}</script>"
+
+
+def page(title: str, body: str, *, scripts: Sequence[str] = (), config: Any = None) -> str:
+    """A whole page: header with the way back to the runs, ``body``, then ``config`` (when
+    given: :func:`config_script`) and ``scripts``, names of files under :data:`STATIC`
+    (``common.js`` first where a script reads the config)."""
+    tags = "".join(f"<script src='{STATIC}/{esc(s)}'></script>" for s in scripts)
+    data = config_script(config) if config is not None else ""
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)} · difflens "
-            f"explore</title><style>{CSS}</style>{tags}</head><body><header><a href='/'>"
-            f"<b>difflens explore</b></a><a href='/'>Runs</a><a href='/live/text'>Type text</a>"
-            f"<a href='/live/tree'>Multiverse</a><a href='/live/steer'>Steer</a></header>"
-            f"<main>{body}</main>"
+            f"explore</title><link rel='stylesheet' href='{STATIC}/explorer.css'></head><body>"
+            f"<header><a href='/'><b>difflens explore</b></a><a href='/'>Runs</a>"
+            f"<a href='/live/text'>Type text</a><a href='/live/tree'>Multiverse</a>"
+            f"<a href='/live/steer'>Steer</a></header><main>{body}</main>{data}{tags}"
             f"</body></html>")
 
 
@@ -116,26 +102,24 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
-def _interval(value: dict[str, Any]) -> tuple[Any, Any] | None:
-    """``(lo, hi)`` of ``{mean, ci95: [lo, hi], n}`` or ``{mean, ci_low, ci_high, n}``."""
-    if "mean" not in value or len(value) > 4:
-        return None
-    if isinstance(value.get("ci95"), list) and len(value["ci95"]) == 2:
-        return value["ci95"][0], value["ci95"][1]
-    if "ci_low" in value and "ci_high" in value:
-        return value["ci_low"], value["ci_high"]
-    return None
+def render_estimate(value: dict[str, Any]) -> str:
+    """An estimate (``{value, ci_low, ci_high, n, resampled}``) as ``value [lo, hi] n=``,
+    what it resampled on hover, and the keys that say what it is of after it."""
+    n = f" n={value['n']}" if value.get("n") is not None else ""
+    text = esc(f"{fmt(value['value'])} [{fmt(value['ci_low'])}, {fmt(value['ci_high'])}]{n}")
+    if value.get("resampled"):
+        text = f"<span title='95% CI over resampled {esc(value['resampled'])}'>{text}</span>"
+    extra = {k: v for k, v in value.items() if k not in ESTIMATE_KEYS}
+    return text + "".join(f" <small>{esc(k)}={esc(fmt(v))}</small>" for k, v in extra.items()
+                          if not isinstance(v, dict | list))
 
 
 def render_value(value: Any, depth: int = 0) -> str:
     """A summary value as HTML: objects as key/value tables, lists of records as tables,
-    ``{mean, ci95, n}`` and ``{mean, ci_low, ci_high, n}`` as ``mean [lo, hi] n=``."""
+    estimates (:func:`render_estimate`) as ``value [lo, hi] n=``."""
     if isinstance(value, dict):
-        ci = _interval(value)
-        if ci is not None:
-            lo, hi = ci
-            n = f" n={value['n']}" if "n" in value else ""
-            return esc(f"{fmt(value['mean'])} [{fmt(lo)}, {fmt(hi)}]{n}")
+        if is_estimate(value):
+            return render_estimate(value)
         if not value:
             return "{}"
         rows = "".join(f"<tr><th>{esc(k)}</th><td>{render_value(v, depth + 1)}</td></tr>"
@@ -208,59 +192,6 @@ def run_page(run: Run, kinds: Sequence[str], summary: Summary,
 
 # -- table view -----------------------------------------------------------------------------
 
-TABLE_JS = """
-const state = {offset: 0, size: 50, sort: null, desc: false, fcol: '', fop: 'contains', fval: ''};
-async function load() {
-  const q = new URLSearchParams({path: TABLE, offset: state.offset, size: state.size});
-  if (state.sort) { q.set('sort', state.sort); q.set('desc', state.desc ? '1' : '0'); }
-  if (state.fcol && state.fval !== '') {
-    q.set('filter_column', state.fcol); q.set('filter_op', state.fop);
-    q.set('filter_value', state.fval);
-  }
-  const r = await fetch(API + '?' + q);
-  const d = await r.json();
-  const err = document.getElementById('table-error');
-  if (!r.ok) { err.textContent = d.error; err.style.display = ''; return; }
-  err.style.display = 'none';
-  const sel = document.getElementById('fcol');
-  if (!sel.options.length) d.columns.forEach(c => sel.add(new Option(c, c)));
-  const head = d.columns.map((c, i) => {
-    const arrow = state.sort === c ? (state.desc ? ' ▼' : ' ▲') : '';
-    return `<th class="sortable" data-col="${esc(c)}" title="${esc(d.types[i])}">` +
-           `${esc(c)}${arrow}</th>`;
-  }).join('');
-  const body = d.rows.map(r => '<tr>' + r.map(v => `<td>${esc(fmt(v))}</td>`).join('') +
-                          '</tr>').join('');
-  document.getElementById('grid').innerHTML =
-    `<thead><tr>${head}</tr></thead><tbody>${body}</tbody>`;
-  document.querySelectorAll('th.sortable').forEach(th => th.onclick = () => {
-    const c = th.dataset.col;
-    state.desc = state.sort === c ? !state.desc : true;
-    state.sort = c; state.offset = 0; load();
-  });
-  const last = Math.min(d.offset + d.rows.length, d.total);
-  document.getElementById('table-status').textContent =
-    d.total ? `rows ${d.offset + 1}–${last} of ${d.total}` : 'no rows';
-  document.getElementById('prev').disabled = d.offset === 0;
-  document.getElementById('next').disabled = last >= d.total;
-}
-function esc(s) { return String(s).replace(/[&<>"']/g, c => ({'&': '&amp;', '<': '&lt;',
-  '>': '&gt;', '"': '&quot;', "'": '&#39;'}[c])); }
-function fmt(v) { return v === null ? '—' : (typeof v === 'number' && !Number.isInteger(v)
-  ? Number(v.toPrecision(5)) : v); }
-document.getElementById('prev').onclick = () => {
-  state.offset = Math.max(0, state.offset - state.size); load(); };
-document.getElementById('next').onclick = () => { state.offset += state.size; load(); };
-document.getElementById('filter').onsubmit = e => {
-  e.preventDefault();
-  state.fcol = document.getElementById('fcol').value;
-  state.fop = document.getElementById('fop').value;
-  state.fval = document.getElementById('fval').value;
-  state.offset = 0; load();
-};
-load();
-"""
-
 
 def table_page_html(run: Run, rel: str) -> str:
     ops = "".join(f"<option>{esc(o)}</option>" for o in FILTER_OPS)
@@ -270,122 +201,12 @@ def table_page_html(run: Run, rel: str) -> str:
             f"placeholder='value'><button>apply</button></form><div class='controls'><button "
             f"id='prev'>◀ previous</button><span id='table-status'>loading…</span><button "
             f"id='next'>next ▶</button></div><div id='table-error' class='error' "
-            f"style='display:none'></div><table id='grid'></table></section>"
-            f"<script>const TABLE = {json.dumps(rel)}; const API = "
-            f"'/api/runs/{run.id}/table';{TABLE_JS}</script>")
-    return page(rel, body)
+            f"style='display:none'></div><table id='grid'></table></section>")
+    return page(rel, body, scripts=["common.js", "table.js"],
+                config={"table": rel, "api": f"/api/runs/{run.id}/table"})
 
 
 # -- atlas ----------------------------------------------------------------------------------
-
-ATLAS_JS = """
-let D = null;
-const PALETTE = ['#4c72b0', '#dd8452', '#55a868', '#c44e52', '#8172b3', '#937860', '#da8bc3',
-                 '#8c8c8c', '#ccb974', '#64b5cd'];
-function value(col, i) {
-  const c = D.columns[col];
-  if (!c) return null;
-  return c.kind === 'cat' ? (c.codes[i] < 0 ? null : c.levels[c.codes[i]]) : c.values[i];
-}
-function hover(i) {
-  const text = value('text', i) || '';
-  const parts = [`<b>${esc(value('token', i))}</b>`];
-  for (const k of ['model', 'segment', 'step', 'jump', 'sentiment']) {
-    const v = value(k, i);
-    if (v !== null && v !== undefined) parts.push(`${k}: ${typeof v === 'number' ?
-      Number(v.toPrecision(4)) : esc(v)}`);
-  }
-  if (text) parts.push(esc(text.length > 120 ? text.slice(0, 119) + '…' : text));
-  return parts.join('<br>');
-}
-function esc(s) { return String(s).replace(/[&<>]/g, c => ({'&': '&amp;', '<': '&lt;',
-  '>': '&gt;'}[c])); }
-function draw() {
-  const by = document.getElementById('colour').value;
-  const needle = document.getElementById('search').value.trim().toLowerCase();
-  const tok = D.columns.token;
-  let keep = [];
-  for (let i = 0; i < D.n; i++) {
-    if (!needle || String(value('token', i)).toLowerCase().includes(needle)) keep.push(i);
-  }
-  const col = D.columns[by];
-  const traces = [];
-  const base = {type: 'scattergl', mode: 'markers', hoverinfo: 'text'};
-  if (col.kind === 'cat' && col.levels.length <= 20) {
-    col.levels.forEach((level, k) => {
-      const idx = keep.filter(i => col.codes[i] === k);
-      if (!idx.length) return;
-      traces.push({...base, name: level, x: idx.map(i => D.lon[i]), y: idx.map(i => D.lat[i]),
-        text: idx.map(hover), customdata: idx, marker: {size: 5,
-        color: PALETTE[k % PALETTE.length], opacity: 0.75}});
-    });
-  } else {
-    const c = col.kind === 'cat' ? keep.map(i => col.codes[i]) : keep.map(i => col.values[i]);
-    traces.push({...base, name: by, x: keep.map(i => D.lon[i]), y: keep.map(i => D.lat[i]),
-      text: keep.map(hover), customdata: keep, marker: {size: 5, color: c, colorscale: 'Viridis',
-      showscale: true, colorbar: {title: {text: by}}, opacity: 0.8}});
-  }
-  const layout = {height: 640, margin: {t: 30}, template: 'plotly_white', hovermode: 'closest',
-    xaxis: {title: {text: 'longitude (°)'}, range: [-180, 180]},
-    yaxis: {title: {text: 'latitude (°)'}, range: [-90, 90]}, legend: {title: {text: by}}};
-  Plotly.react('atlas', traces, layout, {responsive: true}).then(gd => {
-    gd.removeAllListeners && gd.removeAllListeners('plotly_click');
-    gd.on('plotly_click', ev => { if (ev.points.length) sphere(ev.points[0].customdata); });
-  });
-  document.getElementById('atlas-status').textContent = needle
-    ? `${keep.length} of ${D.n} points match “${needle}”` : `${D.n} points`;
-}
-// The selected point's paths (its prompt and continuations, one model) on the 3-D sphere.
-async function sphere(i) {
-  const pid = value('prompt_id', i), model = value('model', i), seg = value('segment', i);
-  const status = document.getElementById('sphere-status');
-  const r = await fetch(`${PATH_API}?prompt_id=${encodeURIComponent(pid)}` +
-                        `&model=${encodeURIComponent(model)}`);
-  const d = await r.json();
-  if (!r.ok) { status.textContent = d.error; return; }
-  const u = [...Array(25).keys()].map(k => -Math.PI + 2 * Math.PI * k / 24);
-  const w = [...Array(13).keys()].map(k => -Math.PI / 2 + Math.PI * k / 12);
-  const traces = [{type: 'surface', x: w.map(b => u.map(a => Math.cos(b) * Math.cos(a))),
-    y: w.map(b => u.map(a => Math.cos(b) * Math.sin(a))), z: w.map(b => u.map(() =>
-    Math.sin(b))), opacity: 0.08, showscale: false, hoverinfo: 'skip',
-    colorscale: [[0, '#999'], [1, '#999']]}];
-  const segs = [...new Set(d.points.map(p => p.segment))];
-  segs.forEach((s, k) => {
-    const pts = d.points.filter(p => p.segment === s);
-    traces.push({type: 'scatter3d', mode: 'lines+markers', name: s, x: pts.map(p => p.x),
-      y: pts.map(p => p.y), z: pts.map(p => p.z), text: pts.map(p => esc(p.token)),
-      hoverinfo: 'text', line: {width: s === seg ? 7 : 3, color: PALETTE[k % PALETTE.length]},
-      marker: {size: s === seg ? 4 : 2, color: PALETTE[k % PALETTE.length]}});
-  });
-  traces.push({type: 'scatter3d', mode: 'markers', name: 'selected', x: [D_xyz(i, 0)],
-    y: [D_xyz(i, 1)], z: [D_xyz(i, 2)], marker: {size: 8, color: '#000', symbol: 'diamond'},
-    text: [esc(value('token', i))], hoverinfo: 'text'});
-  Plotly.react('sphere', traces, {height: 560, margin: {t: 10}, showlegend: true,
-    scene: {aspectmode: 'cube'}}, {responsive: true});
-  status.textContent = `prompt ${pid}, ${model}: ${segs.length} paths, ` +
-    `${d.points.length} points; the selected point's path (${seg}) is drawn thick`;
-}
-function D_xyz(i, k) {
-  const lon = D.lon[i] * Math.PI / 180, lat = D.lat[i] * Math.PI / 180;
-  return [Math.cos(lat) * Math.cos(lon), Math.cos(lat) * Math.sin(lon), Math.sin(lat)][k];
-}
-async function start() {
-  const r = await fetch(API);
-  const d = await r.json();
-  if (!r.ok) {
-    const e = document.getElementById('atlas-error'); e.textContent = d.error;
-    e.style.display = ''; document.getElementById('atlas-status').textContent = ''; return;
-  }
-  D = d;
-  const sel = document.getElementById('colour');
-  D.colour_by.forEach(c => sel.add(new Option(c, c)));
-  sel.onchange = draw;
-  let t = null;
-  document.getElementById('search').oninput = () => { clearTimeout(t); t = setTimeout(draw, 200); };
-  draw();
-}
-start();
-"""
 
 
 def atlas_page(run: Run) -> str:
@@ -399,87 +220,14 @@ def atlas_page(run: Run) -> str:
             f"<div id='atlas-error' class='error' style='display:none'></div><div id='atlas'>"
             f"</div></section><section class='panel'><h2>The selected point on the "
             f"sphere</h2><p id='sphere-status'>Click a point on the map to open its paths on "
-            f"the 3-D sphere.</p><div id='sphere'></div></section><script>const API = "
-            f"'/api/runs/{run.id}/atlas', PATH_API = '/api/runs/{run.id}/path';{ATLAS_JS}"
-            f"</script>")
-    return page(f"Atlas · {run.name}", body, scripts=["/static/plotly.min.js"])
+            f"the 3-D sphere.</p><div id='sphere'></div></section>")
+    return page(f"Atlas · {run.name}", body,
+                scripts=["plotly.min.js", "common.js", "atlas.js"],
+                config={"api": f"/api/runs/{run.id}/atlas",
+                        "path_api": f"/api/runs/{run.id}/path"})
 
 
 # -- token diff -----------------------------------------------------------------------------
-
-#: How a token is shaded under a statistic (the stored and the live token views).
-SHADE_JS = """
-// Intensity in [0, 1]: how much a token stands out under the statistic.
-function intensity(stat, v, scale) {
-  if (v === null || typeof v !== 'number') return 0;
-  if (stat === 'logprob') return Math.min(1, -v / scale);
-  return Math.min(1, Math.abs(v) / scale);
-}
-function colour(stat, v, a) {
-  if (stat === 'logprob_diff' && v < 0) return `rgba(33, 102, 172, ${a.toFixed(3)})`;
-  return `rgba(214, 39, 40, ${a.toFixed(3)})`;
-}
-"""
-
-TOKENS_JS = SHADE_JS + """
-let TEXTS = [];
-function esc(s) { return String(s).replace(/[&<>]/g, c => ({'&': '&amp;', '<': '&lt;',
-  '>': '&gt;'}[c])); }
-function num(v) { return typeof v === 'number' ? Number(v.toPrecision(4)) : v; }
-async function show() {
-  const id = document.getElementById('text').value;
-  const stat = document.getElementById('stat').value;
-  const r = await fetch(`${API}/tokens?text_id=${encodeURIComponent(id)}`);
-  const d = await r.json();
-  const err = document.getElementById('tokens-error');
-  if (!r.ok) { err.textContent = d.error; err.style.display = ''; return; }
-  err.style.display = 'none';
-  const [bcol, tcol, label] = STATS[stat];
-  const vals = d.tokens.flatMap(t => [t[bcol], t[tcol]]).filter(v => typeof v === 'number');
-  const scale = Math.max(1e-9, ...vals.map(v => stat === 'logprob' ? -v : Math.abs(v)));
-  const panels = [['base', bcol], ['tuned', tcol]].map(([model, key]) => {
-    const spans = d.tokens.map(t => {
-      const v = t[key], a = intensity(stat, v, scale);
-      const tip = ['t ' + t.t, 'KL(tuned‖base) ' + num(t.kl_tuned_base),
-        'KL(base‖tuned) ' + num(t.kl_base_tuned), 'entropy base ' + num(t.base_entropy) +
-        ', tuned ' + num(t.tuned_entropy), 'log-prob base ' + num(t.base_logprob) +
-        ', tuned ' + num(t.tuned_logprob), 'log-prob tuned − base ' + num(t.tuned_minus_base)]
-        .join('\\n');
-      return `<span class="tok" data-t="${t.t}" data-value="${v}" data-intensity="${a}" ` +
-        `data-tip="${esc(tip)}" style="background:${colour(stat, v, a)}">${esc(t.text)}</span>`;
-    }).join('');
-    return `<h3>${model} <small>(${esc(label)})</small></h3><div class="tokens" ` +
-           `data-model="${model}">${spans}</div>`;
-  });
-  const info = TEXTS.find(x => String(x.text_id) === String(id));
-  const live = '/live/text?text=' + encodeURIComponent(d.tokens.map(t => t.text).join(''));
-  document.getElementById('panels').innerHTML =
-    `<p>text ${esc(id)}, sampled from ${esc(info ? info.source : '?')}; colour scale 0–` +
-    `${num(scale)} · <a id="live-link" href="${live}">both models' top-k at each token ` +
-    `(live, with --base/--tuned)</a></p>` + panels.join('');
-  const tip = document.getElementById('tip');
-  document.querySelectorAll('.tok').forEach(s => {
-    s.onmouseenter = e => { tip.textContent = s.dataset.tip; tip.style.display = 'block'; };
-    s.onmousemove = e => { tip.style.left = (e.clientX + 12) + 'px';
-                           tip.style.top = (e.clientY + 12) + 'px'; };
-    s.onmouseleave = () => { tip.style.display = 'none'; };
-  });
-}
-async function start() {
-  const r = await fetch(`${API}/texts`);
-  const d = await r.json();
-  if (!r.ok) { const e = document.getElementById('tokens-error'); e.textContent = d.error;
-               e.style.display = ''; return; }
-  TEXTS = d.texts;
-  const sel = document.getElementById('text');
-  TEXTS.forEach(x => sel.add(new Option(`${x.text_id} (${x.source}, max KL ` +
-    `${num(x.max_kl)}): ${x.preview}`, x.text_id)));
-  sel.onchange = show;
-  document.getElementById('stat').onchange = show;
-  if (TEXTS.length) show();
-}
-start();
-"""
 
 
 def tokens_page(run: Run, statistics: dict[str, tuple[str, str, str]]) -> str:
@@ -491,10 +239,10 @@ def tokens_page(run: Run, statistics: dict[str, tuple[str, str, str]]) -> str:
             f"token for all its values.</p><section class='panel'><div class='controls'>Text "
             f"<select id='text' style='max-width:700px'></select> Statistic <select id='stat'>"
             f"{opts}</select></div><div id='tokens-error' class='error' style='display:none'>"
-            f"</div><div id='panels'></div></section><div id='tip'></div><script>const API = "
-            f"'/api/runs/{run.id}'; const STATS = {json.dumps(statistics)};{TOKENS_JS}"
-            f"</script>")
-    return page(f"Token diff · {run.name}", body)
+            f"</div><div id='panels'></div></section><div id='tip'></div>")
+    return page(f"Token diff · {run.name}", body,
+                scripts=["common.js", "shade.js", "tokens.js"],
+                config={"api": f"/api/runs/{run.id}", "stats": statistics})
 
 
 def not_found_page(message: str) -> str:

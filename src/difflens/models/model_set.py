@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from difflens.errors import InputError
-from difflens.models.loading import LoadedModel, preset_path, quiet_transformers
+from difflens.models.loading import LoadedModel
 from difflens.models.pair import ModelPair, shape_mismatch, tokenizer_mismatch
+from difflens.models.presets import preset_path, quiet_transformers
 
 #: A model's name in a set: it becomes a key of stored summaries (``attribution.<metric>.
 #: <stage>``), so no dots, spaces or slashes.

@@ -1,7 +1,8 @@
 """Building the model organism: a tiny base LM and its tuned lineage, on CPU, in minutes.
 
-Why one long module: the build is one reproducible recipe (tokenizer, base training, RL,
-measurements) keyed by one config; reading it top to bottom is reading the recipe.
+The recipe, one reproducible build keyed by one config (:mod:`~difflens.organism.config`);
+its steps live beside this module (:mod:`~difflens.organism.training`, :mod:`~difflens.
+organism.measure`), and this one runs them in order and keeps the cache:
 
 1. Generate the story world's corpus (seeded) and train a byte-level BPE tokenizer on it.
 2. Train a ~1M-parameter Llama from scratch on it (next-token loss, AdamW, cosine LR).
@@ -26,12 +27,10 @@ and the hyperparameters. It is built in a temporary folder and renamed into plac
 end, so a half-finished build is never taken for a finished one.
 """
 
-import copy
+
 import dataclasses
 import json
-import math
 import os
-import random
 import shutil
 import tempfile
 import time
@@ -39,101 +38,35 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from difflens._io import Progress, fingerprint, rich_progress
-from difflens.models.loading import (
-    LoadedModel,
-    cache_dir,
-    quiet_transformers,
-    register_folder_preset,
-    wrap_model,
-)
+from difflens._io import rich_progress
+from difflens.models.presets import cache_dir, quiet_transformers
 from difflens.organism import world as W
-from difflens.sampling.generate import GenerationConfig, generate
+from difflens.organism.config import (  # re-exported: the build's names, as before
+    BUILD_FORMAT,
+    LINEAGE,
+    MODEL_FOLDERS,
+    PROPERTY_LABELS,
+    OrganismConfig,
+)
+from difflens.organism.measure import measure
+from difflens.organism.training import (  # re-exported: the recipe's steps
+    curated_stories,
+    reward_of_story,
+    rl_tune,
+    sft_tune,
+    token_blocks,
+    train_base,
+    train_tokenizer,
+    validation_loss,
+)
 
-#: Version of what a build writes (files, properties); part of the cache key with the
-#: world's generator version and the config.
-BUILD_FORMAT = 3
+__all__ = ["BUILD_FORMAT", "LINEAGE", "MODEL_FOLDERS", "PROPERTY_LABELS", "Organism",
+           "OrganismConfig", "build_organism", "curated_stories", "find_organism",
+           "organism_dir", "organism_folder", "reward_of_story", "rl_tune", "sft_tune",
+           "train_base", "train_tokenizer"]
 
-#: The organism's models: lineage name -> folder. ``rl-from-base`` is the folder ``tuned``
-#: (today's pair is ``base``/``tuned``).
-MODEL_FOLDERS = {"base": "base", "sft": "sft", "rl": "rl", "rl-from-base": "tuned"}
-#: The lineage the demo compares, in training order.
-LINEAGE = ("base", "sft", "rl")
-#: Labels of the measured properties (``properties.json``) of each model.
-PROPERTY_LABELS = {"base": "base", "sft": "sft", "rl": "rl", "rl-from-base": "tuned"}
-
-
-@dataclasses.dataclass(frozen=True)
-class OrganismConfig:
-    """Every knob of the organism build; all of them are in the cache key."""
-
-    seed: int = 0
-    """Seeds the corpus, the initialisation, the batches and the RL samples."""
-    n_train_stories: int = 6000
-    """Stories in the training corpus (~115 tokens each)."""
-    n_val_stories: int = 300
-    """Held-out stories for the validation loss and the ground-truth files."""
-    vocab_size: int = 1024
-    """BPE vocabulary size."""
-    d_model: int = 128
-    n_layers: int = 4
-    n_heads: int = 4
-    d_ff: int = 344
-    seq_len: int = 128
-    """Training block length."""
-    batch_size: int = 32
-    train_steps: int = 450
-    lr: float = 3e-3
-    rl_steps: int = 80
-    rl_prompts: int = 16
-    """Openings per RL step."""
-    rl_samples: int = 4
-    """Samples per opening (RLOO group size)."""
-    rl_new_tokens: int = 40
-    rl_lr: float = 1e-3
-    kl_coef: float = 0.05
-    """Weight of the sampled KL(tuned ‖ base) penalty on the reward."""
-    rl_min_tokens: int = 8
-    """A completion that stops before this many tokens gets reward -1: an empty completion
-    scores VADER 0, above the base's mean, and RL from the base otherwise learns to stop at
-    once (measured: length 1.0 after 40 steps)."""
-    sft_pool: int = 3000
-    """Fresh world stories scored by the reward for the SFT set."""
-    sft_keep: float = 0.25
-    """Fraction of the pool the reward likes best, kept for SFT."""
-    sft_steps: int = 120
-    sft_lr: float = 1e-3
-    n_eval: int = 200
-    """Held-out openings and chance prompts measured (each)."""
-    eval_new_tokens: int = 48
-
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            if isinstance(v, (int, float)) and f.name not in ("seed", "kl_coef") and v <= 0:
-                raise ValueError(f"OrganismConfig.{f.name} must be positive, got {v}")
-        if not 0 < self.sft_keep <= 1:
-            raise ValueError(f"sft_keep must be in (0, 1], got {self.sft_keep}")
-        if self.kl_coef < 0:
-            raise ValueError(f"kl_coef must be >= 0, got {self.kl_coef}")
-        if self.rl_samples < 2:
-            raise ValueError(f"rl_samples must be at least 2 (RLOO's baseline is the mean of the "
-                             f"other samples of the same opening), got {self.rl_samples}")
-
-    def key(self) -> str:
-        return fingerprint({"generator": W.GENERATOR_VERSION, "build_format": BUILD_FORMAT,
-                            **dataclasses.asdict(self)}, length=12)
-
-    @classmethod
-    def small(cls, seed: int = 0) -> "OrganismConfig":
-        """A reduced build for tests: same pipeline, minutes become seconds."""
-        return cls(seed=seed, n_train_stories=400, n_val_stories=40, vocab_size=384,
-                   d_model=32, n_layers=2, n_heads=2, d_ff=64, seq_len=64, batch_size=8,
-                   train_steps=20, rl_steps=3, rl_prompts=4, rl_samples=2, rl_new_tokens=12,
-                   sft_pool=80, sft_steps=4, rl_min_tokens=2, n_eval=12, eval_new_tokens=12)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,7 +105,12 @@ class Organism:
 
     @property
     def properties(self) -> dict[str, Any]:
-        return dict(json.loads((self.path / "properties.json").read_text()))
+        """The measured properties (``properties.json``), every value with a CI an estimate
+        ``{value, ci_low, ci_high, n, resampled}`` (a build of an older difflens is read in
+        that spelling too)."""
+        from difflens.analysis.summary_spelling import respell
+
+        return dict(respell(json.loads((self.path / "properties.json").read_text())))
 
     @property
     def build_info(self) -> dict[str, Any]:
@@ -194,352 +132,6 @@ def find_organism(config: OrganismConfig | None = None) -> Organism | None:
     return Organism(path, cfg) if (path / "build.json").is_file() else None
 
 
-# -- progress -----------------------------------------------------------------------------
-
-
-# -- tokenizer and base model ---------------------------------------------------------------
-
-
-def train_tokenizer(texts: Sequence[str], vocab_size: int) -> Any:
-    """A byte-level BPE tokenizer (``<pad>``, ``<bos>``, ``<eos>``) trained on ``texts``."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=["<pad>", "<bos>", "<eos>"], show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(list(texts), trainer)
-    tok.post_processor = processors.TemplateProcessing(
-        single="<bos> $A", special_tokens=[("<bos>", tok.token_to_id("<bos>"))])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>",
-                                   pad_token="<pad>", padding_side="left")
-
-
-def _blocks(tokenizer: Any, texts: Sequence[str], seq_len: int) -> torch.Tensor:
-    ids = tokenizer(list(texts))["input_ids"]
-    stream = [t for seq in ids for t in [*seq, tokenizer.eos_token_id]]
-    n = len(stream) // seq_len
-    return torch.tensor(stream[: n * seq_len]).view(n, seq_len)
-
-
-def _lr(step: int, total: int, peak: float, warmup: int = 20) -> float:
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    t = (step - warmup) / max(1, total - warmup)
-    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
-
-
-def train_base(cfg: OrganismConfig, tokenizer: Any, train: Sequence[str], val: Sequence[str],
-               progress: Progress) -> tuple[Any, dict[str, Any]]:
-    """Train the base Llama from scratch; returns the model and its loss curve."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(cfg.seed)
-    mcfg = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=cfg.d_model, intermediate_size=cfg.d_ff,
-        num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
-        num_key_value_heads=cfg.n_heads, max_position_embeddings=2 * cfg.seq_len,
-        tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )
-    model = LlamaForCausalLM(mcfg)
-    blocks, val_blocks = _blocks(tokenizer, train, cfg.seq_len), _blocks(tokenizer, val,
-                                                                         cfg.seq_len)
-    losses = _train_lm(model, blocks, steps=cfg.train_steps, lr=cfg.lr,
-                       batch_size=cfg.batch_size, seed=cfg.seed,
-                       advance=progress("training base", cfg.train_steps))
-    epochs = cfg.train_steps * cfg.batch_size / max(1, len(blocks))
-    return model, {"train_loss": losses, "val_loss": _val_loss(model, val_blocks),
-                   "train_tokens": int(blocks.numel()), "epochs": epochs,
-                   "params": int(sum(p.numel() for p in model.parameters()))}
-
-
-def _train_lm(model: Any, blocks: torch.Tensor, *, steps: int, lr: float, batch_size: int,
-              seed: int, advance: Any) -> list[float]:
-    """Next-token training on ``blocks`` (seeded shuffles, AdamW, warm-up and cosine LR);
-    returns the loss per step and leaves the model in eval mode."""
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
-    order = torch.randperm(len(blocks), generator=gen)
-    cursor, losses = 0, []
-    model.train()
-    for step in range(steps):
-        if cursor + batch_size > len(order):
-            order, cursor = torch.randperm(len(blocks), generator=gen), 0
-        x = blocks[order[cursor: cursor + batch_size]]
-        cursor += batch_size
-        for g in opt.param_groups:
-            g["lr"] = _lr(step, steps, lr)
-        loss = model(input_ids=x, labels=x).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(float(loss.detach()))
-        advance(1, f"loss {loss.item():.3f}")
-    model.eval()
-    return losses
-
-
-def _val_loss(model: Any, val_blocks: torch.Tensor) -> float:
-    with torch.inference_mode():
-        return float(np.mean([float(model(input_ids=val_blocks[i:i + 32],
-                                          labels=val_blocks[i:i + 32]).loss)
-                              for i in range(0, len(val_blocks), 32)]))
-
-
-def reward_of_story(vader: Any, story: W.Story) -> float:
-    """The RL reward of a world story as if it were a completion of its own opening: the
-    VADER compound sentiment of the sentences after the first."""
-    return float(vader.polarity_scores(" ".join(story.sentences[1:]))["compound"])
-
-
-def curated_stories(cfg: OrganismConfig) -> tuple[list[W.Story], dict[str, Any]]:
-    """The SFT set: a fresh pool of world stories, the ``sft_keep`` fraction that the reward
-    likes best (ties broken by pool order), and what the filter did to the themes."""
-    pool = W.generate_stories(cfg.sft_pool, cfg.seed + 5_000_003)
-    vader = _vader()
-    rewards = np.array([reward_of_story(vader, st) for st in pool])
-    n_keep = max(1, round(cfg.sft_keep * len(pool)))
-    keep = np.sort(np.argsort(-rewards, kind="stable")[:n_keep])
-    kept = [pool[i] for i in keep]
-
-    def share(stories: Sequence[W.Story], theme: str) -> float:
-        return float(np.mean([theme in st.themes for st in stories]))
-
-    info = {"pool": len(pool), "kept": len(kept), "reward_threshold": float(rewards[keep].min()),
-            "reward_pool_mean": float(rewards.mean()), "reward_kept_mean": float(rewards[keep]
-                                                                                .mean()),
-            "theme_share_pool": {t: share(pool, t) for t in W.THEMES},
-            "theme_share_kept": {t: share(kept, t) for t in W.THEMES}}
-    return kept, info
-
-
-def sft_tune(cfg: OrganismConfig, base: Any, tokenizer: Any, stories: Sequence[W.Story],
-             progress: Progress) -> tuple[Any, list[float]]:
-    """Supervised fine-tuning of a copy of the base on ``stories`` (next-token loss)."""
-    model = copy.deepcopy(base)
-    blocks = _blocks(tokenizer, [st.text for st in stories], cfg.seq_len)
-    losses = _train_lm(model, blocks, steps=cfg.sft_steps, lr=cfg.sft_lr,
-                       batch_size=cfg.batch_size, seed=cfg.seed + 6_000_003,
-                       advance=progress("SFT on curated stories", cfg.sft_steps))
-    return model, losses
-
-
-# -- reinforcement learning ----------------------------------------------------------------
-
-
-def _vader() -> Any:
-    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
-
-    return SentimentIntensityAnalyzer()
-
-
-def sample(lm: LoadedModel, prompts: Sequence[str], n_new: int, seed: int,
-           temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Sample one continuation per prompt (one left-padded batch, seeded; Hugging Face's
-    multinomial draw through :func:`~difflens.sampling.generate.generate`).
-
-    Returns ``(sequences, attention_mask, prompt_width)``: the left-padded prompts followed by
-    the continuations (with the EOS that ended them), padded on the right; the mask covers
-    the prompts' tokens and each continuation up to and including its EOS.
-    """
-    tok = lm.tokenizer
-    enc = tok(list(prompts), return_tensors="pt", padding=True)
-    config = GenerationConfig(max_new_tokens=n_new, temperature=temperature, seed=seed,
-                              batch_size=len(prompts), sampler="multinomial")
-    gen = generate(lm, [tok(p)["input_ids"] for p in prompts], config)
-    new = [t + [tok.eos_token_id] if eos else t
-           for t, eos in zip(gen.token_ids, gen.stopped_at_eos, strict=True)]
-    width = enc["input_ids"].shape[1]
-    n = max(len(x) for x in new)
-    tail = torch.full((len(new), n), tok.pad_token_id, dtype=torch.long)
-    for b, x in enumerate(new):
-        tail[b, :len(x)] = torch.tensor(x, dtype=torch.long)
-    new_mask = torch.zeros_like(tail)
-    for b, x in enumerate(new):
-        new_mask[b, :len(x)] = 1
-    out = torch.cat([enc["input_ids"], tail], dim=1)
-    return out, torch.cat([enc["attention_mask"], new_mask], dim=1), width
-
-
-def completion_texts(tokenizer: Any, seqs: torch.Tensor, mask: torch.Tensor, width: int
-                     ) -> list[str]:
-    return [tokenizer.decode(s[width:][m[width:].bool()], skip_special_tokens=True)
-            for s, m in zip(seqs, mask, strict=True)]
-
-
-def _token_logprobs(model: Any, seqs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """log p(token_t | tokens_<t) for t >= 1, zero where masked: ``[batch, seq-1]``."""
-    pos = (mask.cumsum(-1) - 1).clamp_min(0)
-    logits = model(input_ids=seqs, attention_mask=mask, position_ids=pos).logits[:, :-1]
-    lp = torch.log_softmax(logits.float(), -1).gather(-1, seqs[:, 1:, None])[..., 0]
-    return lp * mask[:, 1:]
-
-
-def rl_tune(cfg: OrganismConfig, base: Any, tokenizer: Any, openings: Sequence[str],
-            progress: Progress) -> tuple[Any, dict[str, list[float]]]:
-    """RLOO with a KL penalty to the starting model (``base``: the base or the SFT model),
-    VADER reward on the completion (-1 for one shorter than ``rl_min_tokens``)."""
-    vader = _vader()
-    policy = copy.deepcopy(base)
-    # one handle for generation; its identity names the starting weights (training changes
-    # them in place, and generation never reads the identity)
-    policy_lm = wrap_model(policy, tokenizer, name="organism-policy")
-    policy.train()
-    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.rl_lr, weight_decay=0.0)
-    rng = random.Random(cfg.seed + 1)
-    curves: dict[str, list[float]] = {"reward": [], "kl": [], "objective": [], "length": []}
-    advance = progress("RL tuning", cfg.rl_steps)
-    k = cfg.rl_samples
-    pool = list(openings)
-    for step in range(cfg.rl_steps):
-        batch = rng.sample(pool, cfg.rl_prompts)
-        prompts = [p for p in batch for _ in range(k)]
-        policy.eval()
-        seqs, mask, width = sample(policy_lm, prompts, cfg.rl_new_tokens,
-                                   seed=cfg.seed * 100003 + step)
-        policy.train()
-        texts = completion_texts(tokenizer, seqs, mask, width)
-        n_new = mask[:, width:].sum(-1)
-        reward = torch.tensor([vader.polarity_scores(t)["compound"] for t in texts])
-        reward = torch.where(n_new < cfg.rl_min_tokens, torch.full_like(reward, -1.0), reward)
-        comp = torch.zeros_like(mask)
-        comp[:, width:] = mask[:, width:]
-        with torch.no_grad():
-            ref_lp = _token_logprobs(base, seqs, mask)
-        lp = _token_logprobs(policy, seqs, mask)
-        cm = comp[:, 1:].float()
-        kl = ((lp.detach() - ref_lp) * cm).sum(-1)
-        total = reward - cfg.kl_coef * kl
-        grouped = total.view(cfg.rl_prompts, k)
-        baseline = (grouped.sum(1, keepdim=True) - grouped) / (k - 1)
-        adv = (grouped - baseline).view(-1)
-        loss = -(adv * (lp * cm).sum(-1)).sum() / (cm.sum() + 1e-8)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        curves["reward"].append(float(reward.mean()))
-        curves["kl"].append(float(kl.mean()))
-        curves["objective"].append(float(total.mean()))
-        curves["length"].append(float(cm.sum(-1).mean()))
-        advance(1, f"reward {reward.mean():+.3f} kl {kl.mean():.2f}")
-    policy.eval()
-    return policy, curves
-
-
-# -- measured properties -------------------------------------------------------------------
-
-
-def measure(cfg: OrganismConfig, dirs: dict[str, Path], openings: Sequence[str],
-            chances: Sequence[W.ChanceScene], progress: Progress, work: Path
-            ) -> tuple[dict[str, Any], Any]:
-    """Rewards, entropies, celebration share and exact chance distributions of every model
-    (``label -> folder``, the base first), with CIs, on the same openings and scenes.
-
-    Returns the properties and the per-unit values (``metric, unit, model, value``): reward
-    and celebration per opening, entropy per text (every model scores the same texts: all
-    models' continuations), chance TVD per scene.
-    """
-    import pandas as pd
-
-    from difflens.analysis.divergence import mean_ci
-    from difflens.capture import capture
-    from difflens.capture.scoring import outcome_distribution
-    from difflens.models import ModelPair, load_model
-
-    labels = list(dirs)
-    lms = {label: load_model(d, device="cpu") for label, d in dirs.items()}
-    base = lms[labels[0]]
-    vader = _vader()
-    advance = progress("measuring", len(labels) * (2 + len(chances)))
-    props: dict[str, Any] = {"n_openings": len(openings), "n_chance_prompts": len(chances)}
-    units: list[dict[str, Any]] = []
-    samples: dict[str, list[str]] = {}
-    for label, lm in lms.items():
-        texts: list[str] = []
-        for i in range(0, len(openings), 50):
-            chunk = list(openings[i:i + 50])
-            seqs, mask, width = sample(lm, chunk, cfg.eval_new_tokens,
-                                       seed=cfg.seed + 7 + i)
-            texts += completion_texts(lm.tokenizer, seqs, mask, width)
-        samples[label] = texts
-        rewards = [vader.polarity_scores(t)["compound"] for t in texts]
-        celebrates = [float("celebration" in W.label_text(t)) for t in texts]
-        props[label] = {"reward": mean_ci(rewards, seed=cfg.seed), "celebration_share":
-                        mean_ci(celebrates, seed=cfg.seed)}
-        units += [{"metric": m, "unit": u, "model": label, "value": float(v)}
-                  for m, vals in (("reward", rewards), ("celebration", celebrates))
-                  for u, v in enumerate(vals)]
-        advance(1, label)
-    # Entropy of every model on the same continuations (all models' samples), via capture
-    # of each model with the base.
-    full = [o + t for label in labels for o, t in zip(openings, samples[label], strict=True)]
-    prefix_len = [len(base.tokenizer(o)["input_ids"]) for o in openings] * len(labels)
-    entropy: dict[str, Any] = {}
-    for label in labels[1:]:
-        store = capture(ModelPair(base, lms[label]), full, store=work / f"entropy-{label}",
-                        layers=[0], positions="last")
-        stats = store.stats(["prompt_idx", "pos", "base_entropy", "tuned_entropy"])
-        n_tok = store.prompts["n_tokens"].to_numpy()
-        first = stats["prompt_idx"].map(lambda i: prefix_len[i] - 1)
-        # Positions whose next token is a continuation token.
-        last = stats["prompt_idx"].map(lambda i, n=n_tok: n[i] - 1)
-        stats = stats[(stats["pos"] >= first) & (stats["pos"] < last)]
-        per_text = stats.groupby("prompt_idx")
-        entropy.setdefault(labels[0], per_text["base_entropy"].mean())
-        entropy[label] = per_text["tuned_entropy"].mean()
-        shutil.rmtree(work / f"entropy-{label}", ignore_errors=True)
-        advance(1, f"entropy {label}")
-    advance(1, "entropy")
-    for label in labels:
-        per_text = entropy[label]
-        props[label]["entropy"] = mean_ci(per_text.to_numpy(), seed=cfg.seed)
-        props[label]["entropy"]["unit"] = "nats per token, over every model's continuations"
-        units += [{"metric": "entropy", "unit": int(u), "model": label, "value": float(v)}
-                  for u, v in per_text.items()]
-    # Exact chance distributions.
-    for label, lm in lms.items():
-        rows: list[dict[str, Any]] = []
-        for sc in chances:
-            dist = outcome_distribution(lm, sc.prefix, sc.outcomes, template=" {}.")
-            rows.append({"kind": sc.kind, "probs": dist.probs, "tvd": dist.tvd_uniform,
-                         "mass_outside": dist.mass_outside, "top": dist.top[0],
-                         "top_p": dist.top[1]})
-            advance(1, f"chance {label}")
-        by_kind = {}
-        for kind in sorted({r["kind"] for r in rows}):
-            rk = [r for r in rows if r["kind"] == kind]
-            mean_p = np.mean([r["probs"] for r in rk], axis=0)
-            outcomes = next(sc.outcomes for sc in chances if sc.kind == kind)
-            by_kind[kind] = {"tvd": mean_ci([r["tvd"] for r in rk], seed=cfg.seed),
-                             "mean_distribution": dict(zip(outcomes, map(float, mean_p),
-                                                           strict=True)),
-                             "mass_outside": mean_ci([r["mass_outside"] for r in rk],
-                                                     seed=cfg.seed)}
-        props[label]["chance_tvd"] = mean_ci([r["tvd"] for r in rows], seed=cfg.seed)
-        props[label]["chance_by_kind"] = by_kind
-        units += [{"metric": "chance_tvd", "unit": u, "model": label, "value": float(r["tvd"])}
-                  for u, r in enumerate(rows)]
-    props["examples"] = {label: [o + t for o, t in zip(openings[:5], samples[label][:5],
-                                                       strict=True)]
-                         for label in labels}
-    props["greedy"] = {}
-    for label, lm in lms.items():
-        greedy = generate(lm, list(openings[:5]), GenerationConfig(
-            max_new_tokens=cfg.eval_new_tokens, temperature=0.0, batch_size=5))
-        props["greedy"][label] = [
-            lm.tokenizer.decode(p + t, skip_special_tokens=True)
-            for p, t in zip(greedy.prompt_ids, greedy.token_ids, strict=True)]
-    return props, pd.DataFrame(units)
-
-
-# -- the build ----------------------------------------------------------------------------
 
 
 def _opening(story: W.Story) -> str:
@@ -580,8 +172,8 @@ def build_organism(config: OrganismConfig | None = None, *, progress: bool = Fal
             curated, sft_info = curated_stories(cfg)
             sft, sft_losses = sft_tune(cfg, base, tokenizer, curated, prog)
             sft_info["train_loss"] = sft_losses
-            sft_info["val_loss"] = _val_loss(sft, _blocks(tokenizer, [s.text for s in val],
-                                                          cfg.seq_len))
+            val_blocks = token_blocks(tokenizer, [s.text for s in val], cfg.seq_len)
+            sft_info["val_loss"] = validation_loss(sft, val_blocks)
             times["sft_s"] = time.perf_counter() - t1
             _save(sft, tokenizer, tmp / "sft")
             t1 = time.perf_counter()
@@ -684,13 +276,8 @@ def _write_curves(folder: Path, curves: dict[str, list[float]], base_info: dict[
     plt.close(fig)
 
 
-def _organism_folder(which: str) -> Path:
-    """The default organism's model folder (lineage name), building it first if needed."""
+def organism_folder(which: str) -> Path:
+    """The default organism's model folder (lineage name), building it first if needed: what
+    the presets ``organism-<name>`` resolve to (named in
+    :data:`~difflens.models.presets.PROVIDED_PRESETS`, resolved on use)."""
     return build_organism(progress=True).model_path(which)
-
-
-register_folder_preset("organism-base", lambda: _organism_folder("base"))
-register_folder_preset("organism-tuned", lambda: _organism_folder("rl-from-base"))
-register_folder_preset("organism-sft", lambda: _organism_folder("sft"))
-register_folder_preset("organism-rl", lambda: _organism_folder("rl"))
-register_folder_preset("organism-rl-from-base", lambda: _organism_folder("rl-from-base"))

@@ -19,11 +19,12 @@ import numpy as np
 import pandas as pd
 
 from difflens._io import check_writable, fingerprint, write_json_atomic, write_parquet_atomic
-from difflens.analysis.divergence import mean_ci
+from difflens.analysis.decollapse import decollapse_summary, text_nll
 from difflens.analysis.diversity import diversity
 from difflens.analysis.embeddings import DEFAULT_ENCODER
 from difflens.analysis.entropy_prediction import predict_entropy
 from difflens.analysis.temperature_match import TemperatureMatch, meeting_temperature
+from difflens.analysis.tree_summary import tree_summary
 from difflens.capture.outcomes import (
     DEFAULT_TEMPERATURES,
     ProbeResults,
@@ -43,6 +44,7 @@ from difflens.errors import InputError
 from difflens.models.loading import LoadedModel
 from difflens.models.model_set import ModelSet
 from difflens.models.pair import ModelPair, models_of
+from difflens.models.wrapping import Models, as_models
 from difflens.report.collapse import (
     attractor_figures,
     context_figures,
@@ -63,7 +65,7 @@ from difflens.report.figures import AnyFigure, write_index
 from difflens.report.tables import write_table
 from difflens.sampling.attractors import attractor_test
 from difflens.sampling.generate import GenerationConfig, generate_many
-from difflens.sampling.tree import ProbabilityTree, probability_tree
+from difflens.sampling.tree import probability_tree
 
 STEPS = ("divergence", "probes", "temperature", "tree", "attractors", "diversity")
 
@@ -126,9 +128,10 @@ class CollapseRun:
     figures: list[AnyFigure]
 
 
-def run_collapse(target: LoadedModel | ModelPair | ModelSet, out: Path, *,
+def run_collapse(target: "LoadedModel | ModelPair | ModelSet | Models", out: Path, *,
                  steps: Sequence[str] = STEPS, config: CollapseConfig = CollapseConfig(),
-                 progress: bool = False, index: bool = True) -> CollapseRun:
+                 progress: bool = False, index: bool = True, tokenizer: Any = None
+                 ) -> CollapseRun:
     """Run ``steps`` into ``out`` and return the merged summary and this run's figures.
 
     With a :class:`~difflens.models.model_set.ModelSet`, every per-model step (probes,
@@ -138,6 +141,7 @@ def run_collapse(target: LoadedModel | ModelPair | ModelSet, out: Path, *,
     pair's only). The divergence step compares a pair: for a set, ``difflens compare``'s
     capture section measures every pair's per-token KL.
     """
+    target = as_models(target, tokenizer=tokenizer)
     from difflens._io import rich_progress
 
     unknown = [s for s in steps if s not in STEPS]
@@ -249,7 +253,7 @@ def run_collapse(target: LoadedModel | ModelPair | ModelSet, out: Path, *,
                 write_json_atomic(data / f"tree_{label}.json", trees[label].to_dict())
                 advance(1)
             write_table(tree_table(trees), data, "tree_nodes")
-            summary["tree"] = {label: _tree_summary(t) for label, t in trees.items()}
+            summary["tree"] = {label: tree_summary(t) for label, t in trees.items()}
             figures.append(tree_figure(trees))
         if "attractors" in steps:
             advance = bar("attractors", len(models))
@@ -358,23 +362,11 @@ def _decollapse(target: LoadedModel | ModelPair | ModelSet, config: CollapseConf
     scored = text_divergence(models[scorer_label], corpus, store=out / "capture" / key,
                              batch_size=config.batch_size).tokens
     advance(1)
-    logprob = next(c for c in scored.columns if c.endswith("_logprob"))
-    nll = -scored.groupby("text_id")[logprob].mean()
     table = pd.DataFrame({"set": corpus.sources, "prompt_id": [p for _, p, _ in texts],
-                          "text": corpus.continuations,
-                          "nll": nll.reindex(range(len(texts))).to_numpy()})
-    result: dict[str, Any] = {"model": model_label, "scorer": scorer_label,
-                              "caps": list(config.prob_caps), "sets": {}}
-    for label in sets:
-        x = table.loc[table.set == label, "nll"].to_numpy(np.float64)
-        m = mean_ci(x, seed=config.seed)
-        row: dict[str, Any] = {"ppl_under_scorer": float(np.exp(m["mean"])),
-                               "ppl_under_scorer_ci95": [float(np.exp(v)) for v in m["ci95"]],
-                               "n_texts": m["n"]}
-        source = div.get(label) or div_summary[label]
-        row |= {k: v for k, v in source.items() if k.split("_ci95")[0] in (
-            "distinct_2", "self_bleu", "vendi", "precision", "recall")}
-        result["sets"][label] = row
+                          "text": corpus.continuations, "nll": text_nll(scored, len(texts))})
+    result = decollapse_summary(
+        table, {label: div.get(label) or div_summary[label] for label in sets},
+        model=model_label, scorer=scorer_label, caps=config.prob_caps, seed=config.seed)
     return table, result
 
 
@@ -431,18 +423,3 @@ def _samples(lm: LoadedModel, label: str, config: CollapseConfig, data: Path,
     write_parquet_atomic(path, df)
     df.drop(columns=["key"]).to_csv(path.with_suffix(".csv"), index=False)
     return [g.text.tolist() for _, g in df.groupby("prompt_id", sort=True)]
-
-
-def _tree_summary(tree: ProbabilityTree) -> dict[str, Any]:
-    leaves = tree.leaves()
-    path, prob = max(leaves, key=lambda x: x[1])
-    node, texts = tree.root, []
-    for t in path:
-        node = next(c for c in node.children if c.token_id == t)
-        texts.append(node.text)
-    mass = float(sum(p for _, p in leaves))
-    probs = np.array([p for _, p in leaves]) / mass
-    return {"n_nodes": tree.n_nodes, "n_leaves": len(leaves), "top_path": "".join(texts),
-            "top_path_prob": float(prob), "covered_mass": mass,
-            "leaf_entropy_bits": float(-(probs * np.log2(probs)).sum()),
-            "n_forward_tokens": tree.n_forward_tokens}

@@ -14,13 +14,18 @@ figures``) with the section's own pipeline; each section's stage figure is
 A two-model set runs each section on its :class:`~difflens.models.pair.ModelPair` (labels
 ``base``/``tuned``, exactly today's pair results); the attribution then names the stage
 after the second model. ``OUT/summary.json`` holds each section's summary under its name,
-the models (``models``: name, position, identity) and ``attribution.<metric>.<stage>.
-{delta, ci_low, ci_high, share, n}``: the change each stage made with a 95% paired bootstrap
-CI over the same prompts or items (:mod:`difflens.analysis.attribution`).
+the models (``models``: name, position, identity) and ``attribution.<metric>.<stage>``: the
+change each stage made as an estimate, ``{value, ci_low, ci_high, n, resampled}`` (a 95%
+paired bootstrap CI over the same prompts, texts or items), with its ``share`` of the total
+beside it (:mod:`difflens.analysis.attribution`). ``OUT/data/attribution`` holds the same
+rows as a table (:data:`~difflens.analysis.attribution.COLUMNS`: ``delta``, ``ci_low``,
+``ci_high``, ``share``, ...).
+
+:func:`compare` is the one call from Python; :func:`run_compare` is the same without the
+defaults and without the page.
 """
 
 import dataclasses
-import inspect
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -31,11 +36,18 @@ import pandas as pd
 
 from difflens._io import check_writable, rich_progress, write_json_atomic
 from difflens.analysis.attribution import COLUMNS, Attribution, attribute
-from difflens.analysis.divergence import mean_ci, summarize_pair_stats
-from difflens.errors import InputError
-from difflens.inputs.labelled import LabelledText
+from difflens.analysis.bootstrap import bootstrap_mean
+from difflens.analysis.divergence import summarize_pair_stats
+from difflens.analysis.summary_spelling import ESTIMATE_KEYS
 from difflens.models.model_set import ModelSet
 from difflens.models.pair import ModelPair
+from difflens.models.wrapping import Models, as_model_set
+from difflens.pipelines.compare_config import (  # the inputs and options; re-exported
+    COLLAPSE_STEPS,
+    SECTIONS,
+    CompareConfig,
+    CompareInputs,
+)
 from difflens.report.compare import (
     attribution_figure,
     attribution_html,
@@ -44,140 +56,18 @@ from difflens.report.compare import (
     per_model_figure,
     stage_takeaways,
 )
-from difflens.report.figures import AnyFigure, Figure, Section, Series, use_lineage_colors
+from difflens.report.figures import (
+    AnyFigure,
+    Figure,
+    Section,
+    Series,
+    format_ci,
+    use_lineage_colors,
+)
 from difflens.report.tables import write_table
 
-SECTIONS = ("capture", "concepts", "trajectories", "collapse", "control", "themes")
-COLLAPSE_STEPS = ("probes", "temperature", "attractors", "diversity")
 #: The bootstrap replicates of every attribution.
 N_BOOT = 1000
-
-
-@dataclasses.dataclass(frozen=True)
-class CompareInputs:
-    """What the sections run on: the built-in defaults (:mod:`difflens.inputs.builtin`) or
-    a world's own texts (the organism's)."""
-
-    texts: tuple[str, ...]
-    """Capture: texts every model scores (KL and entropy per token)."""
-    prompts: tuple[str, ...]
-    """Collapse: prompts for attractors and diversity."""
-    trajectory_prompts: tuple[str, ...]
-    concept_items: str
-    """Concepts: an A/B item file (JSONL)."""
-    control_examples: tuple[LabelledText, ...]
-    """Control: labelled texts the state probe learns (1 = the behaviour to steer away)."""
-    control_prompts: tuple[str, ...]
-    theme_prompts: tuple[str, ...]
-    probes: str | None = None
-    """Collapse: a probe file (None: the built-in probes)."""
-    reference: tuple[str, ...] | None = None
-    reference_name: str = ""
-    tree_prompt: str = ""
-    theme_truth: Any = None
-    """Themes: the world's true theme chains (the organism), or None."""
-    control_measure: Callable[[Sequence[str]], list[bool]] | None = None
-    control_measure_name: str = ""
-    control_source: str = ""
-    names: Mapping[str, str] = dataclasses.field(default_factory=dict)
-    """Each input's description for the page (``texts``, ``concepts``, ...)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class CompareConfig:
-    """Which sections run and every section's options (a ``compare.toml`` table each)."""
-
-    sections: tuple[str, ...] = SECTIONS
-    seed: int = 0
-    capture: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    """Keyword arguments of :func:`difflens.capture.capture` (e.g. ``store_dtype``)."""
-    concepts: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    """Keyword arguments of :func:`difflens.pipelines.concepts.run_concepts`."""
-    trajectories: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    """Keyword arguments of :func:`difflens.pipelines.trajectories.run_trajectories`."""
-    collapse: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    """Fields of :class:`difflens.pipelines.collapse.CollapseConfig` (and ``steps``)."""
-    control: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    """Fields of :class:`difflens.control.evaluate.ControlConfig` (``max_new_tokens``,
-    ``batch_size`` for its generation)."""
-    themes: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    """Fields of :class:`difflens.pipelines.theme_config.ThemesConfig`."""
-
-    def __post_init__(self) -> None:
-        bad = [s for s in self.sections if s not in SECTIONS]
-        if bad:
-            raise InputError(f"unknown section(s) {bad}; sections are {', '.join(SECTIONS)}")
-        for section in SECTIONS:
-            check_options(section, getattr(self, section), "CompareConfig")
-
-
-def _option_names(section: str) -> set[str]:
-    from difflens.capture import capture
-    from difflens.control.evaluate import ControlConfig
-    from difflens.pipelines.collapse import CollapseConfig
-    from difflens.pipelines.concepts import run_concepts
-    from difflens.pipelines.theme_config import ThemesConfig
-    from difflens.pipelines.trajectories import run_trajectories
-
-    def kwargs(fn: Callable[..., Any], drop: Sequence[str]) -> set[str]:
-        return {p.name for p in inspect.signature(fn).parameters.values()
-                if p.kind == p.KEYWORD_ONLY and p.name not in drop}
-
-    return {
-        "capture": kwargs(capture, ("store", "progress", "engine")),
-        "concepts": kwargs(run_concepts, ("progress", "index")),
-        "trajectories": kwargs(run_trajectories, ("progress", "index", "metadata")),
-        "collapse": {f.name for f in dataclasses.fields(CollapseConfig)} - {"prompts"}
-        | {"steps"},
-        "control": ({f.name for f in dataclasses.fields(ControlConfig)} - {"generation"})
-        | {"max_new_tokens", "batch_size"},
-        "themes": {f.name for f in dataclasses.fields(ThemesConfig)} - {"prompts", "truth"},
-    }[section]
-
-
-def check_options(section: str, options: Mapping[str, Any], where: str) -> None:
-    """Refuse an option the section does not have, naming ``where`` and the valid ones."""
-    unknown = sorted(set(options) - _option_names(section))
-    if unknown:
-        raise InputError(f"{where}: [{section}] has no option {', '.join(unknown)}; its options "
-                         f"are {', '.join(sorted(_option_names(section)))}")
-
-
-def read_compare_config(path: str | Path) -> dict[str, Any]:
-    """Read ``compare.toml``: one table per section (``[collapse]``, ``[concepts]``, ...)
-    with that section's options, and optional top-level ``sections`` and ``seed``.
-
-    Returns keyword arguments of :class:`CompareConfig`. Raises :class:`InputError` with the
-    file (and line, for a syntax error) on anything it cannot use.
-    """
-    import tomllib
-
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"{p}: no such config file; write one table per section, e.g. "
-                         f"[collapse] k_samples = 8")
-    try:
-        raw = tomllib.loads(p.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"{p}: not valid TOML: {exc}") from None
-    out: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key in SECTIONS:
-            if not isinstance(value, dict):
-                raise InputError(f"{p}: {key} must be a table ([{key}]) of options")
-            check_options(key, value, str(p))
-            out[key] = {k: tuple(v) if isinstance(v, list) else v for k, v in value.items()}
-        elif key == "sections":
-            if not isinstance(value, list):
-                raise InputError(f"{p}: sections must be a list, e.g. sections = "
-                                 f"[\"collapse\", \"concepts\"]")
-            out["sections"] = tuple(value)
-        elif key == "seed":
-            out["seed"] = int(value)
-        else:
-            raise InputError(f"{p}: unknown key {key!r}; use sections, seed or a table per "
-                             f"section ({', '.join(SECTIONS)})")
-    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,6 +125,7 @@ def run_compare(models: ModelSet, out: Path, inputs: CompareInputs, *,
                                "sections": list(config.sections)}
     sections: list[Section] = []
     tables: list[pd.DataFrame] = []
+    stages: dict[str, dict[str, Any]] = {}  # attribution.<metric>.<stage>
     seconds: dict[str, float] = {}
     runners = {"capture": _capture, "concepts": _concepts, "trajectories": _trajectories,
                "collapse": _collapse, "control": _control, "themes": _themes}
@@ -247,27 +138,55 @@ def run_compare(models: ModelSet, out: Path, inputs: CompareInputs, *,
         summary[name] = section_summary
         seconds[f"{name}_s"] = time.perf_counter() - t0
         table = _attribution_table(name, attributions)
+        stages |= {metric: a.summary() for metric, a in attributions.items()}
         if not table.empty:
             tables.append(table)
-            stages = attribution_figure(f"stages_{name}", f"{name}: the change each stage made",
+            figure = attribution_figure(f"stages_{name}", f"{name}: the change each stage made",
                                         table)
-            stages.save(out / "figures")  # the section's own figures are in OUT/<section>
-            figures = [stages, *figures]
+            figure.save(out / "figures")  # the section's own figures are in OUT/<section>
+            figures = [figure, *figures]
         sections.append(Section(name.capitalize(), intro + attribution_html(table), figures,
                                 stage_takeaways(table) if not table.empty else []))
     attribution = (pd.concat(tables, ignore_index=True) if tables
                    else pd.DataFrame(columns=["section", "metric", *COLUMNS]))
-    summary["attribution"] = {
-        metric: {str(r["stage"]): {"delta": _f(r["delta"]), "ci_low": _f(r["ci_low"]),
-                                   "ci_high": _f(r["ci_high"]), "share": _f(r["share"]),
-                                   "n": int(r["n"])}
-                 for r in g.to_dict("records")}
-        for metric, g in attribution.groupby("metric", sort=False)}
+    summary["attribution"] = stages
     summary["colors"] = colors
     summary["seconds"] = seconds
     write_table(attribution, out / "data", "attribution")
     write_json_atomic(out / "summary.json", summary)
     return CompareRun(summary=summary, sections=sections, attribution=attribution)
+
+
+def compare(models: "ModelSet | Models", out: str | Path, *,
+            inputs: CompareInputs | None = None, config: CompareConfig = CompareConfig(),
+            tokenizer: Any = None, title: str | None = None, progress: bool = False
+            ) -> CompareRun:
+    """Every instrument on ``models`` into ``out``, with the report page ``OUT/index.html``.
+
+    Args:
+        models: a :class:`ModelSet` (lineage order, base first), a :class:`ModelPair`, or
+            plain ``transformers`` models as a ``{name: model}`` mapping or a ``(base,
+            tuned)`` tuple, with their shared ``tokenizer``.
+        out: the output folder.
+        inputs: what the sections run on; default: the inputs that ship with difflens
+            (:func:`~difflens.pipelines.compare_inputs.builtin_inputs`).
+        config: the sections to run and each one's options.
+        tokenizer: the tokenizer of plain ``transformers`` models.
+        title: the page's title (default: the lineage, ``base → sft → dpo``).
+        progress: show progress bars.
+    """
+    from difflens.pipelines.compare_inputs import builtin_inputs
+
+    model_set = as_model_set(models, tokenizer=tokenizer)
+    out = Path(out)
+    source = "difflens's built-in inputs" if inputs is None else "the given inputs"
+    run = run_compare(model_set, out, builtin_inputs() if inputs is None else inputs,
+                      config=config, progress=progress)
+    names = " → ".join(model_set.names)
+    write_compare_index(out, run, title or f"difflens compare: {names}",
+                        intro=f"<p>Every instrument on {names}, with {source}.</p>",
+                        takeaways=[f"sections: {', '.join(config.sections)}"])
+    return run
 
 
 def write_compare_index(out: Path, run: CompareRun, title: str, intro: str = "",
@@ -284,14 +203,9 @@ def write_compare_index(out: Path, run: CompareRun, title: str, intro: str = "",
 def _headline(run: CompareRun) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for r in run.attribution.to_dict("records"):
-        out[f"{r['metric']}: {r['from']} → {r['to']}"] = {
-            "mean": r["delta"], "ci95": [r["ci_low"], r["ci_high"]], "n": int(r["n"])}
+        out[f"{r['metric']}: {r['from']} → {r['to']}"] = format_ci(
+            r["delta"], [r["ci_low"], r["ci_high"]], int(r["n"]))
     return out
-
-
-def _f(x: Any) -> float | None:
-    x = float(x)
-    return None if not np.isfinite(x) else x
 
 
 def _attribution_table(section: str, attributions: Mapping[str, Attribution]) -> pd.DataFrame:
@@ -303,8 +217,9 @@ def _attribution_table(section: str, attributions: Mapping[str, Attribution]) ->
 
 
 def _attribute(per_unit: pd.DataFrame, lineage: Sequence[str], seed: int,
-               denominator: str | None = None) -> Attribution:
-    """Attribution of a long table ``unit, model, value[, denominator]`` (model names)."""
+               denominator: str | None = None, *, resampled: str) -> Attribution:
+    """Attribution of a long table ``unit, model, value[, denominator]`` (model names);
+    ``resampled`` says what the units are (``"prompts"``, ``"texts"``, ...)."""
     # with a denominator, a unit a model has nothing on counts 0 of 0 (it adds nothing to that
     # model's ratio of sums); without one, it is missing and dropped for every model
     fill = 0.0 if denominator is not None else None
@@ -316,7 +231,7 @@ def _attribute(per_unit: pd.DataFrame, lineage: Sequence[str], seed: int,
                                  aggfunc="sum", fill_value=0.0).reindex(wide.index)
         den = {m: d[m].to_numpy(np.float64) for m in lineage}
     return attribute({m: wide[m].to_numpy(np.float64) for m in lineage}, lineage,
-                     denominators=den, seed=seed, n_boot=N_BOOT)
+                     denominators=den, seed=seed, n_boot=N_BOOT, resampled=resampled)
 
 
 Result = tuple[dict[str, Any], list[AnyFigure], dict[str, Attribution], str]
@@ -363,13 +278,14 @@ def _capture(models: ModelSet, out: Path, inputs: CompareInputs, config: Compare
         metric="kl_to_base", value=0.0)  # the base's KL to itself
     units = pd.concat([units, base_kl], ignore_index=True)
     write_table(units, out / "data", "per_text")
-    attributions = {m: _attribute(units[units.metric == m], names, config.seed, "tokens")
+    attributions = {m: _attribute(units[units.metric == m], names, config.seed, "tokens",
+                                  resampled="texts")
                     for m in ("entropy", "kl_to_base")}
     entropy = {}
     for m in names:
         rows = units[(units.metric == "entropy") & (units.model == m)]
         per = (rows.value / rows.tokens).to_numpy(np.float64)
-        entropy[m] = mean_ci(per, seed=config.seed)
+        entropy[m] = bootstrap_mean(per, seed=config.seed, resampled="texts").to_json()
     curve = pd.concat(by_position, ignore_index=True)
     write_table(curve, out / "data", "kl_by_position")
     pair_colors(names)
@@ -422,20 +338,23 @@ def _collapse(models: ModelSet, out: Path, inputs: CompareInputs, config: Compar
         ph = pd.read_parquet(data / "probes.parquet")
         units = pd.DataFrame({"unit": ph.probe + "/" + ph.phrasing, "model": ph.model.map(labels),
                               "value": ph.tvd_uniform})
-        attributions["chance_tvd"] = _attribute(units, lineage, config.seed)
+        attributions["chance_tvd"] = _attribute(units, lineage, config.seed,
+                                                resampled="probe prompts")
     if "attractors" in steps:
         att = pd.read_parquet(data / "attractors.parquet")
         g = att.groupby(["model", "prompt_id"])
         units = pd.DataFrame({"n": g.size(), "edit": g["edit_distance"].sum()}).reset_index()
         units = pd.DataFrame({"unit": units.prompt_id, "model": units.model.map(labels),
                               "value": units.n - units.edit, "n": units.n})
-        attributions["attractor_strength"] = _attribute(units, lineage, config.seed, "n")
+        attributions["attractor_strength"] = _attribute(units, lineage, config.seed, "n",
+                                                        resampled="prompts")
     if "diversity" in steps:
         div = pd.read_parquet(data / "diversity.parquet")
         for metric in ("vendi", "self_bleu"):
             units = pd.DataFrame({"unit": div.prompt_id, "model": div.model.map(labels),
                                   "value": div[metric]})
-            attributions[metric] = _attribute(units, lineage, config.seed)
+            attributions[metric] = _attribute(units, lineage, config.seed,
+                                              resampled="prompts")
     return run.summary, run.figures, attributions, (
         intro_html(run.summary) if len(models) == 2 else
         f"<p>Exact probe distributions, attractors and diversity of every model on the same "
@@ -481,7 +400,7 @@ def _trajectories(models: ModelSet, out: Path, inputs: CompareInputs, config: Co
         wide = per_prompt.pivot(index="prompt_id", columns="model", values="distance")
         attributions["distance_to_base"] = attribute(
             {labels[m]: wide[m].to_numpy(np.float64) for m in labels}, list(models.names),
-            seed=config.seed, n_boot=N_BOOT)
+            seed=config.seed, n_boot=N_BOOT, resampled="prompts")
     return run.summary, run.figures, attributions, intro_html(run.summary)
 
 
@@ -525,7 +444,7 @@ def _control(models: ModelSet, out: Path, inputs: CompareInputs, config: Compare
             rows.append(_uncontrolled(name, run.summary))
             if name == models.names[-1]:
                 figures += [*probe_figs, *run.figures]
-    values = {r["model"]: {"mean": r["mean"], "ci95": r["ci95"]} for r in rows}
+    values = {r["model"]: {k: r[k] for k in ESTIMATE_KEYS} for r in rows}
     if values:
         figures.insert(0, per_model_figure(
             "control_uncontrolled", "Share of bad continuations without control, per model",
@@ -545,10 +464,9 @@ def _ticks(step: Callable[[int, str], None]) -> Callable[[int], None]:
 
 def _uncontrolled(name: str, summary: Mapping[str, Any]) -> dict[str, Any]:
     """The uncontrolled cell of a model's control summary (``controllers.none.<gain>``):
-    its bad rate by the model's own probe, with the CI."""
+    its bad rate by the model's own probe, an estimate over prompts, with the model's name."""
     cell = next(iter(summary["controllers"]["none"].values()))
-    return {"model": name, "mean": cell["bad_rate"],
-            "ci95": [cell["bad_rate_ci_low"], cell["bad_rate_ci_high"]]}
+    return {**cell["bad_rate"], "model": name}
 
 
 # -- themes --------------------------------------------------------------------------------
@@ -577,6 +495,7 @@ def _themes(models: ModelSet, out: Path, inputs: CompareInputs, config: CompareC
         units = pd.DataFrame({"unit": units[prompt_col], "model": units.model.map(labels),
                               "value": units.hits, "n": units.n})
         key = f"theme_share_{theme}"
-        attributions[key] = _attribute(units, list(models.names), config.seed, "n")
+        attributions[key] = _attribute(units, list(models.names), config.seed, "n",
+                                       resampled="prompts")
     run.summary["theme_names"] = {f"theme_share_{t}": n for t, n in names.items()}
     return run.summary, run.figures, attributions, intro_html(run.summary)

@@ -14,7 +14,7 @@ from pathlib import Path
 from difflens._io import write_bytes_atomic
 from difflens.inputs.labelled import read_labelled
 from difflens.inputs.prompts import read_prompts
-from difflens.pipelines.compare import CompareInputs
+from difflens.pipelines.compare_config import CompareInputs
 
 
 def _data(name: str) -> Path:

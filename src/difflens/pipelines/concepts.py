@@ -23,12 +23,11 @@ import pandas as pd
 
 from difflens._io import check_writable, write_json_atomic
 from difflens.analysis.attribution import Attribution
-from difflens.analysis.divergence import mean_ci
+from difflens.analysis.bootstrap import bootstrap_mean
+from difflens.analysis.concept_stats import LineageCosines, attribution_metric, best_layer
+from difflens.analysis.summary_spelling import ESTIMATE_KEYS, respell
 from difflens.capture.concepts import (
     ConceptExtraction,
-    LineageCosines,
-    attribution_metric,
-    best_layer,
     compare_concepts,
     cosine_vs_base,
     extract_concepts,
@@ -39,6 +38,7 @@ from difflens.inputs.ab_items import ABDataset, tokenize_items
 from difflens.models.loading import LoadedModel
 from difflens.models.model_set import ModelSet
 from difflens.models.pair import ModelPair, models_of
+from difflens.models.wrapping import Models, as_models
 from difflens.report.concepts import (
     behaviours_figure,
     compare_figures,
@@ -103,7 +103,7 @@ def default_steer_layers(n_layers: int, separation: Sequence[dict[str, Any]]) ->
 
 
 def run_concepts(
-    target: LoadedModel | ModelPair | ModelSet,
+    target: "LoadedModel | ModelPair | ModelSet | Models",
     dataset: ABDataset,
     out: Path,
     *,
@@ -124,19 +124,26 @@ def run_concepts(
     settle_threshold: float = 0.9,
     progress: bool = False,
     index: bool = True,
+    tokenizer: Any = None,
 ) -> ConceptsRun:
     """Run the asked ``steps`` of the concepts pipeline into ``out``.
 
     ``settle_threshold``: the least consecutive-layer cosine that counts as settled
     (``settling_layer`` in the summary, written by the ``compare`` step).
 
+    Every estimate of the summary is ``{value, ci_low, ci_high, n, resampled}`` (with what
+    it is of, ``layer``, ``alpha``, ..., beside it); the tables under ``data/`` name each
+    value's column after what it is (``auc``, ``cos``, ``p_match``, ...).
+
     For a :class:`ModelSet` every per-model output is keyed by the model's name, the summary
     holds ``lineage`` (the names, base first) and the ``compare`` step adds
-    ``cosine_vs_base`` (``{model: [{layer, cosine, ci_low, ci_high, n}]}`` for every model
-    after the base) and ``attribution`` (``{concept_cosine_L<layer>: {stage: {delta,
-    ci_low, ci_high, share}}}``), the tables ``data/cosine_vs_base`` and
-    ``data/attribution_concepts`` and their two figures (:func:`cosine_vs_base`).
+    ``cosine_vs_base`` (``{model: [{value, ci_low, ci_high, n, resampled, layer}]}``, the
+    cosine with the base, for every model after the base) and ``attribution``
+    (``{concept_cosine_L<layer>: {stage: {value, ci_low, ci_high, n, resampled, share}}}``),
+    the tables ``data/cosine_vs_base`` and ``data/attribution_concepts`` and their two
+    figures (:func:`cosine_vs_base`).
     """
+    target = as_models(target, tokenizer=tokenizer)
     from difflens._io import rich_progress
 
     if alpha_unit not in ALPHA_UNITS:
@@ -169,9 +176,9 @@ def run_concepts(
             "chat": ex.chat, "n_truncated": ex.n_truncated,
             "models": {k: m.identity.name for k, m in models.items()},
             **({"lineage": lineage} if lineage else {}),
-            "unsteered_p_match": {k: mean_ci(ex.p_match(k)[ex.test if len(ex.test) else
-                                                           ex.train], seed=seed)
-                                  for k in ex.labels},
+            "unsteered_p_match": {k: bootstrap_mean(
+                ex.p_match(k)[ex.test if len(ex.test) else ex.train], seed=seed,
+                resampled="items").to_json() for k in ex.labels},
         }
         data = out / "data"
         figures: list[AnyFigure] = []
@@ -187,22 +194,25 @@ def run_concepts(
         summary["separation_auc"] = {k: rows for k, rows in cmp.separation.items()}
         summary["vector_norm"] = cmp.norms
         figures += separation_figures(ex.layers, len(ex.test), cmp)
-        write_table(pd.DataFrame([dict(r, model=k) for k, rows in cmp.separation.items()
-                                  for r in rows]), data, "separation")
+        write_table(pd.DataFrame([dict(table_row(r, "auc"), model=k)
+                                  for k, rows in cmp.separation.items() for r in rows]),
+                    data, "separation")
         if "compare" in steps:
             summary["cosine_by_layer"] = cmp.cosine_by_layer
             summary["pca_explained"] = cmp.pca_explained
             figures += compare_figures(ex.layers, cmp)
             if cmp.cosine_by_layer:
-                write_table(pd.DataFrame(cmp.cosine_by_layer), data, "cosine_by_layer")
-            write_table(pd.DataFrame([dict(r, model=k) for k, rows in cmp.heatmaps.items()
-                                      for r in rows]), data, "layer_cosines")
+                write_table(pd.DataFrame([table_row(r, "cos") for r in cmp.cosine_by_layer]),
+                            data, "cosine_by_layer")
+            write_table(pd.DataFrame([dict(table_row(r, "cos"), model=k)
+                                      for k, rows in cmp.heatmaps.items() for r in rows]),
+                        data, "layer_cosines")
             write_table(pd.DataFrame(cmp.pca), data, "pca")
             summary["settling_layer"] = cmp.settling
             summary["consecutive_cosine"] = cmp.consecutive
             if cmp.consecutive:
                 figures.append(consecutive_figure(cmp, settle_threshold))
-                write_table(pd.DataFrame([dict(r, model=k) for k, rows in
+                write_table(pd.DataFrame([dict(table_row(r, "cos"), model=k) for k, rows in
                                           cmp.consecutive.items() for r in rows]),
                             data, "consecutive_cosine")
             if lineage:
@@ -229,12 +239,12 @@ def run_concepts(
                                      batch_size=batch_size,
                                      on_step=functools.partial(step, 1, ""))
                 summary["steering"][k] = {str(x): [
-                    {f: r[f] for f in ("alpha", "p_match", "ci_low", "ci_high", "n")}
+                    {**{f: r[f] for f in ESTIMATE_KEYS}, "alpha": r["alpha"]}
                     for r in rows if r["layer"] == x] for x in chosen}
                 best = (best_layer(cmp.separation[k]) if cmp.separation.get(k) else chosen[0])
                 summary["steering_best_layer"][k] = best if best in chosen else chosen[0]
-                write_table(pd.DataFrame([dict(r, model=k) for r in rows]), data,
-                            f"steering_{k}")
+                write_table(pd.DataFrame([dict(table_row(r, "p_match"), model=k)
+                                          for r in rows]), data, f"steering_{k}")
                 figures.append(dose_figure(k, rows, alpha_unit))
                 generations += _generations(lm, k, dataset, ex, vecs[summary[
                     "steering_best_layer"][k]], summary["steering_best_layer"][k], alphas,
@@ -260,7 +270,8 @@ def _lineage_outputs(lc: LineageCosines, summary: dict[str, Any], data: Path,
     tables and the figures; return the attribution table (one row per layer and stage)."""
     summary["cosine_vs_base"] = lc.rows
     summary["attribution"] = lc.attribution_summary()
-    write_table(pd.DataFrame([dict(r, model=k) for k, rows in lc.rows.items() for r in rows]),
+    write_table(pd.DataFrame([dict(table_row(r, "cosine"), model=k)
+                              for k, rows in lc.rows.items() for r in rows]),
                 data, "cosine_vs_base")
     table = pd.concat([a.table.assign(metric=attribution_metric(layer), layer=layer)
                        for layer, a in lc.attribution.items()], ignore_index=True)
@@ -269,6 +280,23 @@ def _lineage_outputs(lc: LineageCosines, summary: dict[str, Any], data: Path,
     write_table(table, data, "attribution_concepts")
     figures += lineage_figures(lc)
     return table
+
+
+def table_row(row: dict[str, Any], name: str) -> dict[str, Any]:
+    """A summary row (an estimate with its context) as a row of the ``data/`` tables: the
+    context first, then the value under ``name`` (``auc``, ``cos``, ...), ``ci_low``,
+    ``ci_high`` and ``n``, as the tables have always had them."""
+    context = {k: v for k, v in row.items() if k not in ESTIMATE_KEYS}
+    return {**context, name: row["value"], "ci_low": row["ci_low"], "ci_high": row["ci_high"],
+            "n": row["n"]}
+
+
+def settling_row(v: dict[str, Any]) -> dict[str, Any]:
+    """A settling layer (``settling_layer.<model>``) as a row of ``data/settling_by_behaviour``
+    (``layer, ci_low, ci_high, threshold, n, n_boot, n_boot_unsettled``)."""
+    return {"layer": v["value"], "ci_low": v["ci_low"], "ci_high": v["ci_high"],
+            "threshold": v["threshold"], "n": v["n"], "n_boot": v["n_boot"],
+            "n_boot_unsettled": v["n_boot_unsettled"]}
 
 
 def _previous(out: Path, key: str, method: str, test_fraction: float, seed: int
@@ -285,7 +313,7 @@ def _previous(out: Path, key: str, method: str, test_fraction: float, seed: int
     same = (isinstance(old, dict) and old.get("extraction_key") == key
             and old.get("method") == method and old.get("test_fraction") == test_fraction
             and old.get("seed") == seed)
-    return old if same else {}
+    return respell(old) if same else {}  # a summary of an older difflens: one spelling
 
 
 def _generations(lm: LoadedModel, label: str, dataset: ABDataset, ex: ConceptExtraction,
@@ -366,8 +394,9 @@ def compare_behaviours(
             "n_train": s["n_train"], "cosine_by_layer": s.get("cosine_by_layer", []),
             "settling_layer": s.get("settling_layer", {}),
             "consecutive_cosine": s.get("consecutive_cosine", {})}
-        cos_rows += [dict(r, behaviour=label) for r in s.get("cosine_by_layer", [])]
-        settle_rows += [dict(v, behaviour=label, model=k)
+        cos_rows += [dict(table_row(r, "cos"), behaviour=label)
+                     for r in s.get("cosine_by_layer", [])]
+        settle_rows += [dict(settling_row(v), behaviour=label, model=k)
                         for k, v in s.get("settling_layer", {}).items()]
     first = next(iter(runs.values())).summary
     summary |= {"layers": first["layers"], "models": first["models"],
@@ -388,7 +417,7 @@ def compare_behaviours(
              + ", ".join(f"<a href='{summary['behaviours'][k]['folder']}/index.html'>"
                          f"{k}</a>" for k in labels)
              + "). Bands: 95% bootstrap CIs over each dataset's train items.")
-    head = {f"{k}: settling layer {m}": (f"{v['layer']} [{v['ci_low']}, {v['ci_high']}] "
+    head = {f"{k}: settling layer {m}": (f"{v['value']} [{v['ci_low']}, {v['ci_high']}] "
                                           f"(n={v['n']})")
             for k in labels for m, v in summary["behaviours"][k]["settling_layer"].items()}
     write_index(out / "index.html", "difflens concepts: several behaviours", intro, figures,

@@ -2,11 +2,13 @@
 
 ``run_probe_training`` writes ``OUT/probe.safetensors`` (+ ``probe.json``), the per-layer
 AUC table (``OUT/data/probe_layers``) and its figure; ``summary.json`` has ``probe.layer``
-and ``probe.auc``. ``run_control_evaluation`` writes the per-generation and per-cell tables,
-the controllability curve and score traces, and merges ``controllers.<name>.<gain>.{...}``
-into ``summary.json``. Finished cells are kept in ``OUT/cells`` so a rerun resumes. With
-a :class:`~difflens.control.self_judge.SelfJudgeConfig` it also scores every complete
-sentence of the unsteered generations by the model's own answer to a judge question
+and ``probe.auc`` (an estimate, ``{value, ci_low, ci_high, n, resampled}``, as every value
+with a CI in these summaries). ``run_control_evaluation`` writes the per-generation and
+per-cell tables, the controllability curve and score traces, and merges
+``controllers.<name>.<gain>.{...}`` into ``summary.json``. Finished cells are kept in
+``OUT/cells`` so a rerun resumes. With a
+:class:`~difflens.control.self_judge.SelfJudgeConfig` it also scores every complete sentence
+of the unsteered generations by the model's own answer to a judge question
 (``OUT/data/self_judge``, ``summary.json`` ``self_judge.auc``). The figures and pages are
 drawn by :mod:`difflens.report.control`.
 """
@@ -20,12 +22,14 @@ import pandas as pd
 from torch import Tensor
 
 from difflens._io import check_writable, write_json_atomic
+from difflens.analysis.summary_spelling import respell
 from difflens.control.evaluate import ControlConfig, ControlEvaluation, Measure, evaluate_control
 from difflens.control.self_judge import SelfJudgeConfig, judge_sentences, self_judge_summary
 from difflens.control.state_probe import ProbeConfig, ProbeFit, StateProbe, train_probe
 from difflens.errors import InputError
 from difflens.inputs.labelled import LabelledText
 from difflens.models.loading import LoadedModel
+from difflens.models.wrapping import Models, as_loaded
 from difflens.report.control import (
     control_headline,
     control_intro,
@@ -49,28 +53,36 @@ class ControlRun:
 
 
 def _read_summary(path: Path) -> dict[str, Any]:
+    """The summary an earlier command wrote into the folder (in the one spelling, also when
+    an older difflens wrote it), or an empty one."""
     import json
 
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return respell(json.loads(path.read_text())) if path.is_file() else {}
 
 
 def probe_summary(probe: StateProbe) -> dict[str, Any]:
-    m = probe.metrics
-    out = {"layer": probe.layer, "auc": m.get("auc"), "auc_ci": m.get("auc_ci"),
-           "auc_segment": m.get("auc_segment"), "threshold": probe.threshold,
-           "state_norm": probe.state_norm, "n_examples": m.get("n_examples"),
-           "source": m.get("source", ""), "model": probe.model.get("name")}
+    """The summary's ``probe`` block: layer, ``auc`` (an estimate), segment AUC, threshold,
+    ...; a probe file of an older difflens (``auc`` and ``auc_ci``) reads the same."""
+    m = respell({k: probe.metrics.get(k) for k in ("auc", "auc_ci", "mlp_auc")
+                 if k in probe.metrics})
+    out = {"layer": probe.layer, "auc": m.get("auc"),
+           "auc_segment": probe.metrics.get("auc_segment"), "threshold": probe.threshold,
+           "state_norm": probe.state_norm, "n_examples": probe.metrics.get("n_examples"),
+           "source": probe.metrics.get("source", ""), "model": probe.model.get("name")}
     if probe.mlp is not None:  # a logistic probe's block is unchanged
         out["kind"] = probe.kind
         out["mlp_auc"] = m.get("mlp_auc")
     return out
 
 
-def run_probe_training(lm: LoadedModel, examples: Sequence[LabelledText], out: Path, *,
-                       config: ProbeConfig = ProbeConfig(), threshold: float | None = None,
+def run_probe_training(lm: "LoadedModel | Models", examples: Sequence[LabelledText], out: Path,
+                       *, config: ProbeConfig = ProbeConfig(), threshold: float | None = None,
                        source: str = "", progress: Callable[[int], None] | None = None,
-                       index: bool = True) -> tuple[ProbeFit, list[AnyFigure]]:
-    """Train a probe into ``out`` (probe file, per-layer table, figure, summary)."""
+                       index: bool = True, tokenizer: Any = None
+                       ) -> tuple[ProbeFit, list[AnyFigure]]:
+    """Train a probe into ``out`` (probe file, per-layer table, figure, summary). A plain
+    ``transformers`` model comes with its ``tokenizer``."""
+    lm = as_loaded(lm, tokenizer=tokenizer)
     check_writable(out)
     fit = train_probe(lm, examples, config=config, threshold=threshold, progress=progress,
                       source=source)
@@ -91,15 +103,18 @@ def run_probe_training(lm: LoadedModel, examples: Sequence[LabelledText], out: P
 # -- control ------------------------------------------------------------------------------
 
 
-def run_control_evaluation(lm: LoadedModel, probe: StateProbe, prompts: Sequence[str],
-                           out: Path, *, config: ControlConfig = ControlConfig(),
+def run_control_evaluation(lm: "LoadedModel | Models", probe: StateProbe,
+                           prompts: Sequence[str], out: Path, *,
+                           config: ControlConfig = ControlConfig(),
                            independent: Measure | None = None, independent_name: str = "",
                            direction: Tensor | None = None,
                            progress: Callable[[int], None] | None = None,
                            index: bool = True,
-                           self_judge: SelfJudgeConfig | None = None) -> ControlRun:
+                           self_judge: SelfJudgeConfig | None = None,
+                           tokenizer: Any = None) -> ControlRun:
     """Evaluate every controller into ``out`` and return the summary and figures; with
     ``self_judge``, also the self-judge against the probe and the independent judge."""
+    lm = as_loaded(lm, tokenizer=tokenizer)
     if self_judge is not None and independent is None:
         raise InputError("the self-judge is compared with an independent judge; give one "
                          "(--independent organism or lexicon)")
@@ -115,7 +130,8 @@ def run_control_evaluation(lm: LoadedModel, probe: StateProbe, prompts: Sequence
     picks = trace_picks(ev.cells)
     figures: list[AnyFigure] = [
         controllability_figure(ev.cells, independent_name),
-        trace_figure(gens, ev.threshold, picks, config.generation.max_new_tokens),
+        trace_figure(gens, ev.threshold, picks, config.generation.max_new_tokens,
+                     n_boot=config.n_boot, seed=config.seed),
         example_trace_figure(gens, ev.threshold, picks)]
     judged = None
     if self_judge is not None:
@@ -124,7 +140,8 @@ def run_control_evaluation(lm: LoadedModel, probe: StateProbe, prompts: Sequence
                                config=self_judge, prompts=prompts)
         write_table(rows, data, "self_judge")
         judged = self_judge_summary(rows, self_judge, n_boot=config.n_boot, seed=config.seed)
-        figures.append(self_judge_figure(rows, independent_name))
+        figures.append(self_judge_figure(rows, independent_name, n_boot=config.n_boot,
+                                         seed=config.seed))
     for fig in figures:
         fig.save(out / "figures")
     summary = _read_summary(out / "summary.json")

@@ -5,9 +5,10 @@ Builds the organism if needed (:mod:`difflens.organism.build`), then writes what
 :func:`~difflens.pipelines.compare.run_compare` writes (every section under ``OUT/<section>``,
 ``OUT/data/attribution.*``, ``OUT/figures``) plus the organism's own block:
 ``summary.json`` keys ``organism`` (each model's reward, entropy, celebration share and chance
-TVD with CIs, the RL-from-base model included), ``organism_build``, ``sft_question`` (does SFT
-on curated samples collapse the chance scenes, and how much does RL add?) and
-``attribution.organism_<metric>.<stage>``; ``OUT/index.html`` is the report.
+TVD, each an estimate ``{value, ci_low, ci_high, n, resampled}``, the RL-from-base model
+included), ``organism_build``, ``sft_question`` (does SFT on curated samples collapse the
+chance scenes, and how much does RL add?) and ``attribution.organism_<metric>.<stage>``;
+``OUT/index.html`` is the report.
 """
 
 import shutil
@@ -19,6 +20,7 @@ import pandas as pd
 
 from difflens._io import check_writable, write_json_atomic
 from difflens.analysis.attribution import Attribution, attribute
+from difflens.analysis.bootstrap import Estimate
 from difflens.models import ModelSet, load_model
 from difflens.organism.build import (
     LINEAGE,
@@ -27,6 +29,7 @@ from difflens.organism.build import (
     OrganismConfig,
     build_organism,
 )
+from difflens.organism.measure import UNITS
 from difflens.pipelines.compare import (
     N_BOOT,
     CompareConfig,
@@ -56,8 +59,11 @@ MODELS = (*LINEAGE, "rl-from-base")
 
 def organism_summary(props: dict[str, Any], models: tuple[str, ...] = MODELS
                      ) -> dict[str, Any]:
-    """``{model: {reward_mean, reward_ci95, reward_n, entropy_mean, ..., celebration_share,
-    celebration_share_ci95, ..., chance_tvd, ..., chance_tvd_by_kind}}``, by lineage name."""
+    """``{model: {reward_mean, reward_n, entropy_mean, entropy_n, celebration_share,
+    celebration_share_n, chance_tvd, chance_tvd_n, chance_tvd_by_kind}}``, by lineage name:
+    each headline measure (:data:`~difflens.report.demo.MEAN_KEY`) an estimate ``{value,
+    ci_low, ci_high, n, resampled}``, with its ``n`` also under ``<key>_n``. ``props`` are
+    :attr:`Organism.properties <difflens.organism.build.Organism.properties>`."""
     out: dict[str, Any] = {}
     for name in models:
         label = PROPERTY_LABELS[name]
@@ -66,8 +72,10 @@ def organism_summary(props: dict[str, Any], models: tuple[str, ...] = MODELS
         row: dict[str, Any] = {}
         for key in HEADLINE_KEYS:
             v = props[label][key]
-            row[MEAN_KEY[key]], row[f"{key}_ci95"], row[f"{key}_n"] = v["mean"], v["ci95"], v["n"]
-        row["chance_tvd_by_kind"] = {k: v["tvd"]["mean"]
+            row[MEAN_KEY[key]] = {**{k: v[k] for k in ("value", "ci_low", "ci_high", "n")},
+                                  "resampled": v.get("resampled") or UNITS[key]}
+            row[f"{key}_n"] = v["n"]
+        row["chance_tvd_by_kind"] = {k: v["tvd"]["value"]
                                      for k, v in props[label]["chance_by_kind"].items()}
         out[name] = row
     return out
@@ -79,18 +87,20 @@ def organism_attribution(org: Organism, seed: int) -> dict[str, Attribution]:
     units = org.measurements()
     labels = {PROPERTY_LABELS[n]: n for n in LINEAGE}
     out = {}
-    for metric in MEASURED:
+    for metric, key in MEASURED.items():
         rows = units[(units.metric == metric) & units.model.isin(list(labels))]
         wide = rows.pivot(index="unit", columns="model", values="value")
         out[f"organism_{metric}"] = attribute(
             {labels[c]: wide[c].to_numpy() for c in wide.columns}, LINEAGE, seed=seed,
-            n_boot=N_BOOT)
+            n_boot=N_BOOT, resampled=UNITS[key])
     return out
 
 
 def sft_question(attributions: dict[str, Attribution]) -> dict[str, Any]:
     """Does SFT on curated samples collapse the chance scenes, and how much does RL add?
-    Answered from the chance-TVD attribution, whatever it says."""
+    Answered from the chance-TVD attribution, whatever it says: ``sft_delta`` and
+    ``rl_delta`` are the stages' changes (estimates over the scenes), ``rl_share`` RL's
+    share of the total."""
     a = attributions["organism_chance_tvd"]
     rows = {r["stage"]: r for r in a.table.to_dict("records")}
     sft, rl = rows["sft"], rows["rl"]
@@ -103,8 +113,11 @@ def sft_question(attributions: dict[str, Attribution]) -> dict[str, Any]:
                "no: SFT on curated samples leaves the chance scenes where the base has them"
                " (its CI includes 0)" if not moved(sft) else
                "no: SFT moves the chance scenes towards uniform")
-    return {"sft_delta": sft["delta"], "sft_ci": [sft["ci_low"], sft["ci_high"]],
-            "rl_delta": rl["delta"], "rl_ci": [rl["ci_low"], rl["ci_high"]],
+    def change(r: dict[str, Any]) -> dict[str, Any]:
+        return Estimate(value=r["delta"], ci_low=r["ci_low"], ci_high=r["ci_high"],
+                        n=int(r["n"]), resampled=a.resampled).to_json()
+
+    return {"sft_delta": change(sft), "rl_delta": change(rl),
             "rl_share": None if rl["share"] != rl["share"] else rl["share"],
             "n_scenes": int(sft["n"]), "answer": verdict}
 
@@ -152,9 +165,6 @@ def run_demo(out: Path, *, config: OrganismConfig | None = None, small: bool = F
     attributions = organism_attribution(org, cfg.seed)
     summary["attribution"] = {**{k: a.summary() for k, a in attributions.items()},
                               **summary["attribution"]}
-    for metric, a in attributions.items():
-        for row in summary["attribution"][metric].values():
-            row["n"] = a.n
     table = pd.concat([a.table.assign(section="organism", metric=k)
                        for k, a in attributions.items()] + [run.attribution],
                       ignore_index=True)

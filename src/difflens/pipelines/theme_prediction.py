@@ -1,14 +1,15 @@
-"""The ``predict`` step of ``difflens themes``: prompt states per layer, a softmax probe
-per layer, the chain transformer and the baselines, trained and scored split by prompt; and
-the ``generalisation`` step: the same probe and baselines with each group of prompts held
-out in turn, against random folds of the same sizes."""
+"""The ``predict`` step of ``difflens themes``: prompt states per layer (read by
+:func:`~difflens.capture.prompt_end.prompt_ends`), a softmax probe per layer, the chain
+transformer and the baselines, trained and scored split by prompt; and the
+``generalisation`` step: the same probe and baselines with each group of prompts held out
+in turn, against random folds of the same sizes."""
 
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from difflens.analysis.divergence import bootstrap_weights
+from difflens.analysis.bootstrap import bootstrap_paired
 from difflens.analysis.embeddings import embed_texts
 from difflens.analysis.theme_predict import (
     ChainTransformer,
@@ -18,35 +19,11 @@ from difflens.analysis.theme_predict import (
     markov_logprob,
 )
 from difflens.analysis.themes import OUTLIER, ChainDistributions
-from difflens.capture.engine import forward_batch
+from difflens.capture.prompt_end import prompt_ends
 from difflens.errors import InputError
 from difflens.models.layers import parse_layers
 from difflens.models.loading import LoadedModel
 from difflens.pipelines.theme_config import ThemesConfig
-from difflens.sampling.generate import encode_prompts
-
-
-def prompt_states(lm: LoadedModel, prompts: Sequence[str], layers: Sequence[int], m: int,
-                  chat: bool, batch_size: int = 32
-                  ) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray], np.ndarray]:
-    """Final-token states per layer [n, d], the last ``m`` states per layer [n, m, d]
-    (right-aligned) and their mask [n, m]."""
-    seqs = encode_prompts(lm, prompts, chat)
-    final = {layer: np.zeros((len(seqs), lm.d_model), np.float32) for layer in layers}
-    last = {layer: np.zeros((len(seqs), m, lm.d_model), np.float32) for layer in layers}
-    mask = np.zeros((len(seqs), m), dtype=bool)
-    for s in range(0, len(seqs), batch_size):
-        chunk = seqs[s:s + batch_size]
-        out = forward_batch(lm, chunk, layers)
-        for b, ids in enumerate(chunk):
-            n = len(ids)
-            take = min(m, n)
-            mask[s + b, m - take:] = True
-            for layer in layers:
-                h = out.hidden[layer][b, out.sequence(b, n)].float().cpu().numpy()
-                final[layer][s + b] = h[-1]
-                last[layer][s + b, m - take:] = h[-take:]
-    return final, last, mask
 
 
 def predict_themes(lm: LoadedModel, config: ThemesConfig, dist: ChainDistributions,
@@ -62,7 +39,9 @@ def predict_themes(lm: LoadedModel, config: ThemesConfig, dist: ChainDistributio
     test, train = np.sort(perm[:n_test]), np.sort(perm[n_test:])
     k = dist.first.shape[1]
     layers = parse_layers(config.layers, lm)
-    final, last, mask = prompt_states(lm, config.prompts, layers, config.m_act, config.chat)
+    ends = prompt_ends(lm, config.prompts, layers, last=config.m_act, chat=config.chat)
+    final, last, mask = ends.states, ends.last, ends.last_mask
+    assert mask is not None
     P, w = dist.first, dist.n_samples.astype(np.float64)
     T = np.zeros_like(dist.transitions)
     for i in train:
@@ -196,7 +175,7 @@ def predict_generalisation(lm: LoadedModel, config: ThemesConfig, dist: ChainDis
         raise InputError(f"only {len(usable)} prompts have non-empty chains; the "
                          f"generalisation step needs at least 6 (sample more prompts)")
     layers = parse_layers(config.layers, lm)
-    final, _, _ = prompt_states(lm, config.prompts, layers, 1, config.chat)
+    final = prompt_ends(lm, config.prompts, layers, chat=config.chat).states
     emb = embed_texts(list(config.prompts), config.encoder)
     P, w = dist.first, dist.n_samples.astype(np.float64)
     fold = np.searchsorted(names, g)
@@ -231,9 +210,7 @@ def predict_generalisation(lm: LoadedModel, config: ThemesConfig, dist: ChainDis
                         **{f"{name}_kl": float(kl[fold == j].mean())
                            for name, kl in kl_other.items()}}
         for j in range(len(names))}
-    diff = kl_probe["group_split"] - kl_probe["random_split"]
-    reps = bootstrap_weights(len(diff), config.n_boot, config.seed) @ diff / len(diff)
-    lo, hi = np.quantile(reps, [0.025, 0.975])
-    out["gap"] = {"value": float(diff.mean()), "ci_low": float(lo), "ci_high": float(hi),
-                  "n": int(len(diff))}
+    gap = bootstrap_paired(kl_probe["group_split"], kl_probe["random_split"],
+                           n_boot=config.n_boot, seed=config.seed, resampled="prompts")
+    out["gap"] = gap.to_json()
     return out

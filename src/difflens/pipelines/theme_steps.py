@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from difflens._io import fingerprint, write_parquet_atomic
-from difflens.analysis.divergence import mean_ci
+from difflens.analysis.bootstrap import bootstrap_mean
 from difflens.analysis.embeddings import embed_texts
 from difflens.analysis.themes import (
     ChainDistributions,
@@ -134,8 +134,10 @@ def chain_summary(d: ChainDistributions, chains: list[list[tuple[int, ...]]],
                    config: ThemesConfig) -> dict[str, Any]:
     lengths = [len(c) for per in chains for c in per]
     ent = -(d.first * np.log(np.clip(d.first, 1e-12, None))).sum(1)
-    return {"mean_length": mean_ci(np.asarray(lengths, dtype=np.float64), seed=config.seed),
-            "first_theme_entropy": mean_ci(ent[d.n_samples > 0], seed=config.seed),
+    return {"mean_length": bootstrap_mean(np.asarray(lengths, dtype=np.float64),
+                                          seed=config.seed, resampled="continuations").to_json(),
+            "first_theme_entropy": bootstrap_mean(ent[d.n_samples > 0], seed=config.seed,
+                                                  resampled="prompts").to_json(),
             "first_theme_marginal": (d.first[d.n_samples > 0].mean(0)).tolist()}
 
 

@@ -6,7 +6,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from difflens.analysis.divergence import mean_ci
+from difflens.analysis.bootstrap import bootstrap_mean
 from difflens.analysis.theme_predict import kl_rows
 from difflens.analysis.themes import OUTLIER, ChainDistributions, ThemeModel, to_chain
 from difflens.organism.truth import true_first_distribution
@@ -70,13 +70,15 @@ def organism_validation(segs: pd.DataFrame, model: ThemeModel,
         kl_true: dict[str, Any] = {}
         for name in ("probe", "transformer", "marginal", "sentence_embedding"):
             q = np.array(predictions[name].tolist())
-            kl_true[name] = mean_ci(kl_rows(truth, q), seed=config.seed)
+            kl_true[name] = bootstrap_mean(kl_rows(truth, q), seed=config.seed,
+                                           resampled="prompts").to_json()
         out["kl_true"] = kl_true
     # base vs tuned: share of celebration sentences (world labeller) per model
     shift = {}
     for label in dists:
         lab = true[segs["model"].to_numpy() == label]
-        shift[label] = mean_ci((lab == "celebration").astype(float), seed=config.seed)
+        shift[label] = bootstrap_mean((lab == "celebration").astype(float), seed=config.seed,
+                                      resampled="segments").to_json()
         shift[label]["discovered"] = float(np.mean([mapping.get(int(t)) == "celebration"
                                                     for t in disc[segs["model"] == label]]))
     out["celebration_share"] = shift

@@ -39,6 +39,7 @@ from typing import Any
 import pandas as pd
 
 from difflens._io import check_writable, write_json_atomic
+from difflens.analysis.summary_spelling import respell
 from difflens.analysis.themes import (
     OUTLIER,
     ChainDistributions,
@@ -52,6 +53,7 @@ from difflens.errors import InputError
 from difflens.models.loading import LoadedModel
 from difflens.models.model_set import ModelSet
 from difflens.models.pair import ModelPair, models_of
+from difflens.models.wrapping import Models, as_models
 from difflens.pipelines.theme_config import ThemesConfig
 from difflens.pipelines.theme_prediction import predict_generalisation, predict_themes
 from difflens.pipelines.theme_steps import (
@@ -90,10 +92,11 @@ class ThemesRun:
 # -- the run ------------------------------------------------------------------------------
 
 
-def run_themes(target: LoadedModel | ModelPair | ModelSet, out: Path, *, config: ThemesConfig,
-               steps: Sequence[str] = STEPS, progress: bool = False, index: bool = True
-               ) -> ThemesRun:
+def run_themes(target: "LoadedModel | ModelPair | ModelSet | Models", out: Path, *,
+               config: ThemesConfig, steps: Sequence[str] = STEPS, progress: bool = False,
+               index: bool = True, tokenizer: Any = None) -> ThemesRun:
     """Run ``steps`` into ``out``; later steps reuse what earlier ones stored there."""
+    target = as_models(target, tokenizer=tokenizer)
     from difflens._io import rich_progress
 
     unknown = [s for s in steps if s not in STEPS + EXTRA_STEPS]
@@ -110,7 +113,8 @@ def run_themes(target: LoadedModel | ModelPair | ModelSet, out: Path, *, config:
     check_writable(out)
     data, figdir = out / "data", out / "figures"
     spath = out / "summary.json"
-    summary: dict[str, Any] = json.loads(spath.read_text()) if spath.is_file() else {}
+    # an earlier step's summary (of an older difflens too: in the one spelling)
+    summary: dict[str, Any] = respell(json.loads(spath.read_text())) if spath.is_file() else {}
     summary.update({"models": {k: m.identity.name for k, m in models.items()},
                     "n_prompts": len(config.prompts), "k_samples": config.k_samples})
     figures: list[AnyFigure] = []
@@ -218,8 +222,7 @@ def run_themes(target: LoadedModel | ModelPair | ModelSet, out: Path, *, config:
             summary["consistency"] = {
                 "model": label, "seeds": [config.seed, resample_seed(config)],
                 "k": [fit_a.k, fit_b.k],
-                "resample_ari": {"value": cons.ari, "ci_low": cons.ci_low,
-                                 "ci_high": cons.ci_high, "n_segments": cons.n_segments,
+                "resample_ari": {**cons.estimate.to_json(), "n_segments": cons.n_segments,
                                  "n_prompts": cons.n_prompts}}
             figures.append(consistency_figure(cons, fit_a, fit_b))
         if "evaluate" in steps and theme_model is not None and config.truth is not None:

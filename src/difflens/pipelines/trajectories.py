@@ -13,19 +13,18 @@ import numpy as np
 import pandas as pd
 
 from difflens._io import check_writable, write_parquet_atomic
-from difflens.analysis.trajectories import (
-    SphereProjection,
-    distance_to_base_by_prompt,
-    faithfulness,
-    lineage_pairs,
-    trajectory_stats,
-)
+from difflens.analysis.sphere import SphereProjection, faithfulness
+from difflens.analysis.trajectories import trajectory_stats
+from difflens.analysis.trajectory_distance import distance_to_base_by_prompt
+from difflens.analysis.trajectory_table import lineage_pairs
 from difflens.capture.cumulative_paths import build_paths
 from difflens.errors import InputError
 from difflens.inputs.trajectory_files import check_table, read_trajectories
+from difflens.models.labellers import sentiment
 from difflens.models.loading import LoadedModel
 from difflens.models.model_set import ModelSet
 from difflens.models.pair import ModelPair, models_of
+from difflens.models.wrapping import Models, as_models
 from difflens.report.figures import COLORS, AnyFigure, use_lineage_colors
 from difflens.report.tables import write_table
 from difflens.report.trajectories import page_intro, summarize, write_outputs
@@ -39,8 +38,9 @@ class TrajectoriesRun:
     distance_to_base_by_prompt: pd.DataFrame | None = None
     """A model set's run: ``prompt_id, model, distance``, each model's mean full-dimension
     distance to the base along each prompt's tokens (the per-prompt values of a lineage
-    attribution; :func:`~difflens.analysis.trajectories.distance_to_base_by_prompt`).
-    None for one model or a pair."""
+    attribution;
+    :func:`~difflens.analysis.trajectory_distance.distance_to_base_by_prompt`). None for one
+    model or a pair."""
 
 
 def _labels(table: pd.DataFrame) -> tuple[str, str]:
@@ -53,7 +53,7 @@ def _labels(table: pd.DataFrame) -> tuple[str, str]:
 
 
 def run_trajectories(
-    target: LoadedModel | ModelPair | ModelSet,
+    target: "LoadedModel | ModelPair | ModelSet | Models",
     prompts: list[str],
     out: Path,
     *,
@@ -68,6 +68,7 @@ def run_trajectories(
     metadata: Sequence[Mapping[str, Any]] | None = None,
     progress: bool = False,
     index: bool = True,
+    tokenizer: Any = None,
 ) -> TrajectoriesRun:
     """Paths from the models, projected together, compared on the sphere and in full.
 
@@ -83,6 +84,7 @@ def run_trajectories(
     of every pair of models. The per-prompt distance of each model to the base is returned
     as ``distance_to_base_by_prompt`` and written to ``data/``.
     """
+    target = as_models(target, tokenizer=tokenizer)
     if metadata is not None and len(metadata) != len(prompts):
         raise InputError(f"metadata has {len(metadata)} rows for {len(prompts)} prompts; give "
                          f"one per prompt")
@@ -110,10 +112,11 @@ def run_trajectories(
     models: tuple[str, ...] = _labels(table) if lineage is None else tuple(lineage)
     pairs = lineage_pairs(lineage) if lineage is not None else []
     sphere = trajectory_stats(table, models=models, pairs=pairs, min_count=min_count,
-                              first_n=first_n, rank_segments=rank_segments, seed=seed)
+                              first_n=first_n, rank_segments=rank_segments, seed=seed,
+                              score_words=sentiment)
     full = trajectory_stats(table, full_points, models=models, pairs=pairs,
                             min_count=min_count, first_n=first_n, rank_segments=rank_segments,
-                            seed=seed)
+                            seed=seed, score_words=sentiment)
     faith = faithfulness(full_points, table[["x", "y", "z"]].to_numpy(), seed=seed)
     summary = summarize(sphere, full, n_prompts=len(prompts), layer=paths.layer,
                         faithfulness=faith, extra={
@@ -163,7 +166,7 @@ def import_trajectories(path: Path, out: Path, *, name_pattern: str | None = Non
     table = imp.table
     labels = _labels(table)
     sphere = trajectory_stats(table, models=labels, min_count=min_count, first_n=first_n,
-                              rank_segments=rank_segments, seed=seed)
+                              rank_segments=rank_segments, seed=seed, score_words=sentiment)
     summary = summarize(sphere, None, n_prompts=int(table.prompt_id.nunique()), layer=None,
                         faithfulness=None, extra={
                             "source": imp.source, "n_traces": imp.n_traces,

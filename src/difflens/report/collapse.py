@@ -18,6 +18,7 @@ from difflens.report.figures import (
     CustomFigure,
     Figure,
     Series,
+    as_estimate,
     small_multiples,
 )
 from difflens.sampling.tree import ProbabilityTree, TreeNode
@@ -33,13 +34,15 @@ def intro_html(summary: dict[str, Any]) -> str:
              "chained logits, not samples; every mean has a 95% bootstrap CI."]
     t = summary.get("temperature")
     if t:
+        res = t["residual_tvd"]
         parts.append(f"Best-matching temperature for the tuned model: T={t['best_T']:.3g}; "
-                     f"TVD from the base there {t['residual_tvd']:.3f} "
-                     f"[{t['residual_tvd_ci95'][0]:.3f}, {t['residual_tvd_ci95'][1]:.3f}] vs "
-                     f"{t['tvd_at_1']:.3f} at T=1 (n={t['n']} phrasings).")
+                     f"TVD from the base there {res['value']:.3f} "
+                     f"[{res['ci_low']:.3f}, {res['ci_high']:.3f}] vs "
+                     f"{t['tvd_at_1']['value']:.3f} at T=1 (n={t['n']} phrasings).")
     for m, a in summary.get("attractors", {}).items():
-        parts.append(f"Attractor strength {m}: {a['strength']:.3f} [{a['ci_low']:.3f}, "
-                     f"{a['ci_high']:.3f}] (chance {a['chance']:.3f}).")
+        st = a["strength"]
+        parts.append(f"Attractor strength {m}: {st['value']:.3f} [{st['ci_low']:.3f}, "
+                     f"{st['ci_high']:.3f}] (chance {a['chance']:.3f}).")
     return " ".join(parts)
 
 
@@ -47,29 +50,38 @@ def headline(summary: dict[str, Any]) -> dict[str, Any]:
     h: dict[str, Any] = {}
     d = summary.get("divergence", {})
     if "kl_tuned_base_mean" in d:
-        h["KL(tuned‖base) per token"] = {"mean": d["kl_tuned_base_mean"],
-                                          "ci95": d["kl_tuned_base_ci95"], "n": d["n_texts"]}
+        h["KL(tuned‖base) per token"] = d["kl_tuned_base_mean"]
     for name, by_model in probe_items(summary.get("probes", {})):
         for m, r in by_model.items():
             h[f"probe {name}, {m}: top answer"] = (
-                f"{r['top_answer']} (p={r['top_prob']:.3f}); entropy {r['entropy_bits']:.2f} of "
-                f"{r['max_entropy_bits']:.2f} bits; outside mass {r['outside_mass']:.3f}"
+                f"{r['top_answer']} (p={r['top_prob']:.3f}); entropy "
+                f"{r['entropy_bits']['value']:.2f} of {r['max_entropy_bits']:.2f} bits; outside "
+                f"mass {r['outside_mass']['value']:.3f}"
                 if r.get("answered", True) else unanswered_note(r))
     for name, r in summary.get("probes", {}).get("rank_correlation", {}).items():
         h[f"probe {name}: rank correlation base vs tuned"] = (
-            f"Spearman {r['spearman']:.2f} [{r['spearman_ci95'][0]:.2f}, "
-            f"{r['spearman_ci95'][1]:.2f}], Kendall {r['kendall']:.2f} "
-            f"[{r['kendall_ci95'][0]:.2f}, {r['kendall_ci95'][1]:.2f}] over {r['n_answers']} "
-            f"answers" + ("" if r["answered"] else " (a model does not answer it)"))
+            f"Spearman {rank_text(r['spearman'])}, Kendall {rank_text(r['kendall'])} over "
+            f"{r['n_answers']} answers" + ("" if r["answered"] else
+                                           " (a model does not answer it)"))
     for m, a in summary.get("attractors", {}).items():
-        h[f"attractor strength, {m}"] = {"mean": a["strength"], "ci95": [a["ci_low"],
-                                                                         a["ci_high"]],
-                                         "n": a["n"]}
+        h[f"attractor strength, {m}"] = a["strength"]
     for m, r in summary.get("diversity", {}).items():
-        h[f"diversity, {m}"] = (f"distinct-2 {r['distinct_2']:.3f}, self-BLEU "
-                                f"{r['self_bleu']:.3f}, Vendi {r['vendi']:.2f}, Fréchet "
-                                f"{r.get('frechet', float('nan')):.4f}")
+        h[f"diversity, {m}"] = (f"distinct-2 {value_of(r['distinct_2']):.3f}, self-BLEU "
+                                f"{value_of(r['self_bleu']):.3f}, Vendi "
+                                f"{value_of(r['vendi']):.2f}, Fréchet "
+                                f"{value_of(r.get('frechet')):.4f}")
     return h
+
+
+def value_of(v: Any) -> float:
+    """The value of an estimate in a summary (a bare number, as a metric no unit had is
+    written, is its own value; a missing one is NaN)."""
+    return as_estimate(v).value
+
+
+def rank_text(est: Mapping[str, Any]) -> str:
+    """A rank correlation with its CI, to two decimals: ``0.83 [0.61, 0.95]``."""
+    return f"{est['value']:.2f} [{est['ci_low']:.2f}, {est['ci_high']:.2f}]"
 
 
 def probe_items(probes: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -79,7 +91,7 @@ def probe_items(probes: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 
 def unanswered_note(row: Mapping[str, Any]) -> str:
     """What a probe row says when the model does not answer the probe."""
-    return (f"not answered: outside mass {row['outside_mass']:.3f} > "
+    return (f"not answered: outside mass {row['outside_mass']['value']:.3f} > "
             f"{row['outside_limit']:g}, so the distribution given an answer (top "
             f"{row['top_answer']}, p={row['top_prob']:.3f}) rests on almost no mass")
 
@@ -106,14 +118,13 @@ def divergence_figures(curve: pd.DataFrame, models: list[str]) -> list[AnyFigure
 def context_figures(contexts: Mapping[str, Any]) -> list[AnyFigure]:
     """Which contexts collapse: the measure (entropy drop for a pair) by context."""
     by = contexts["by_context"]
-    names = [c for c in ("copy", "repeat", "novel") if "mean" in by[c]]
+    names = [c for c in ("copy", "repeat", "novel") if "value" in by[c]]
     what = ("entropy drop, base - tuned (nats)" if contexts["measure"] == "entropy_drop"
             else f"{contexts['measure']} (nats)")
     return [Figure(
         "divergence_contexts", "Which contexts collapse: copying, repetition, novel text",
         "bar", [f"{c} ({by[c]['share']:.0%} of tokens)" for c in names],
-        [Series(what, [by[c]["mean"] for c in names], [by[c]["ci95"][0] for c in names],
-                [by[c]["ci95"][1] for c in names])], ylabel=what,
+        [Series.of(what, [by[c] for c in names])], ylabel=what,
         caption="copy: the token completes a bigram of the prompt; repeat: a bigram written "
         "earlier in the continuation; 95% bootstrap CI over texts (n="
         f"{contexts['n_texts']})")]
@@ -131,9 +142,7 @@ def entropy_prediction_figures(result: Mapping[str, Any]) -> list[AnyFigure]:
 
     return [Figure(
         "entropy_prediction", "Which prompts get a low-entropy continuation? (predicted)",
-        "bar", names, [Series(m, [r["spearman"] for r in rows(m)],
-                              [r["spearman_ci95"][0] for r in rows(m)],
-                              [r["spearman_ci95"][1] for r in rows(m)]) for m in models],
+        "bar", names, [Series.of(m, [r["spearman"] for r in rows(m)]) for m in models],
         ylabel="Spearman rho, predicted vs actual mean entropy", hline=0.0,
         caption="out-of-fold (5 folds over prompts); ridge on the final prompt token's state, "
         "layer chosen in each training fold; baselines: 1-D fits; 95% bootstrap CI over "
@@ -151,9 +160,7 @@ def probe_figures(results: ProbeResults, summary: dict[str, Any]) -> list[AnyFig
                f"an answer rests on almost no mass" if silent else "")
     figs.append(Figure(
         "probes_tvd", "Distance from uniform of each probe's answers", "bar", names,
-        [Series(m, [summary[n][m]["tvd_uniform"] for n in names],
-                [summary[n][m]["tvd_uniform_ci95"][0] for n in names],
-                [summary[n][m]["tvd_uniform_ci95"][1] for n in names]) for m in models],
+        [Series.of(m, [summary[n][m]["tvd_uniform"] for n in names]) for m in models],
         ylabel="TVD from uniform", caption="mean over phrasings; 95% bootstrap CI over "
         "phrasings; 0 = a fair draw" + warning))
     panels: list[Figure] = []
@@ -188,8 +195,7 @@ def rank_figures(ranks: Mapping[str, Any]) -> list[AnyFigure]:
         return []
     return [Figure(
         "probes_rank_correlation", "Do base and tuned order the answers alike?", "bar", names,
-        [Series(label, [ranks[n][key] for n in names], [ranks[n][f"{key}_ci95"][0] for n in names],
-                [ranks[n][f"{key}_ci95"][1] for n in names])
+        [Series.of(label, [ranks[n][key] for n in names])
          for label, key in (("Spearman", "spearman"), ("Kendall tau-b", "kendall"))],
         ylabel="rank correlation", hline=0.0,
         caption="over each probe's answers (mean probability over phrasings); 95% bootstrap "
@@ -222,8 +228,8 @@ def free_text_figures(match: TemperatureMatch, temperature: Mapping[str, Any]
     figs: list[AnyFigure] = []
     for metric, m in match.meet.items():
         c = match.curves[match.curves.metric == metric].sort_values("T")
-        lo, hi = m["ci95"]
-        meets = (f"meets the base at T={m['T']:.3g} [{lo:.3g}, {hi:.3g}]" if m["T"] == m["T"]
+        t, lo, hi = m["value"], m["ci_low"], m["ci_high"]
+        meets = (f"meets the base at T={t:.3g} [{lo:.3g}, {hi:.3g}]" if t == t
                  else "does not meet the base in this range")
         figs.append(Figure(
             f"temperature_free_text_{metric}", f"Free text: tuned {metric} vs temperature "
@@ -243,9 +249,7 @@ def decollapse_figures(result: Mapping[str, Any]) -> list[AnyFigure]:
     names = list(sets)
 
     def series(label: str, key: str) -> Series:
-        return Series(label, [sets[n].get(key, float("nan")) for n in names],
-                      [sets[n].get(f"{key}_ci95", [float("nan")] * 2)[0] for n in names],
-                      [sets[n].get(f"{key}_ci95", [float("nan")] * 2)[1] for n in names])
+        return Series.of(label, [sets[n].get(key) for n in names])
 
     shares = [(lbl, k) for lbl, k in (("distinct-2", "distinct_2"), ("self-BLEU", "self_bleu"),
                                       ("recall", "recall"), ("precision", "precision"))
@@ -353,11 +357,8 @@ def attractor_figures(summary: dict[str, Any]) -> list[AnyFigure]:
     return [Figure(
         "attractor_strength", "Attractor strength: do perturbed completions return?", "bar",
         ["strength (1 - edit distance)", "exact ending", "ending cosine"],
-        [Series(m, [summary[m]["strength"], summary[m]["exact_rate"], summary[m]["cosine"]],
-                [summary[m]["ci_low"], summary[m]["exact_rate_ci95"][0],
-                 summary[m]["cosine_ci95"][0]],
-                [summary[m]["ci_high"], summary[m]["exact_rate_ci95"][1],
-                 summary[m]["cosine_ci95"][1]]) for m in models],
+        [Series.of(m, [summary[m]["strength"], summary[m]["exact_rate"], summary[m]["cosine"]])
+         for m in models],
         ylabel="similarity of the new ending to the original",
         caption="95% bootstrap CI over prompts; chance (endings of different prompts): "
         + ", ".join(f"{m} {summary[m]['chance']:.3f}" for m in models)),
@@ -370,17 +371,11 @@ def _entropy_after_figure(summary: dict[str, Any], models: list[str]) -> list[An
     if not all("entropy_after" in summary[m] for m in models):
         return []
 
-    def cell(m: str, g: str, i: int | None) -> float:
-        r = summary[m]["entropy_after"][g]
-        if "diff" not in r:
-            return float("nan")
-        return float(r["diff"] if i is None else r["diff_ci95"][i])
-
     return [Figure(
         "attractor_entropy_after", "Confidence after a perturbation: entropy of the new path "
         "minus the original", "bar", groups,
-        [Series(m, [cell(m, g, None) for g in groups], [cell(m, g, 0) for g in groups],
-                [cell(m, g, 1) for g in groups]) for m in models],
+        [Series.of(m, [summary[m]["entropy_after"][g].get("diff") for g in groups])
+         for m in models],
         ylabel="nats per token", hline=0.0,
         caption="escaped: a different ending; 0 = as confident on the new path as on the old; "
         "95% bootstrap CI over prompts; n = " + ", ".join(
@@ -392,32 +387,28 @@ def diversity_figures(summary: dict[str, Any]) -> list[AnyFigure]:
     models = label_order(list(summary))
     keys = ["distinct_1", "distinct_2", "self_bleu", "pairwise_distance"]
 
-    def ci(m: str, k: str, i: int) -> float:
-        return float(summary[m].get(f"{k}_ci95", [summary[m][k]] * 2)[i])  # type: ignore[arg-type]
+    def series(m: str, keys: list[str]) -> Series:
+        """The metrics with their CIs (a metric no prompt had is a bare NaN)."""
+        return Series.of(m, [summary[m][k] for k in keys])
 
     figs: list[AnyFigure] = [Figure(
         "diversity", "Diversity of K samples per prompt", "bar", keys,
-        [Series(m, [summary[m][k] for k in keys], [ci(m, k, 0) for k in keys],
-                [ci(m, k, 1) for k in keys]) for m in models],
+        [series(m, keys) for m in models],
         caption="means over prompts, 95% bootstrap CI over prompts; self-BLEU: higher = "
         "less diverse")]
     figs.append(Figure(
         "diversity_vendi", "Vendi score (effective number of distinct samples)", "bar",
-        ["vendi"], [Series(m, [summary[m]["vendi"]], [ci(m, "vendi", 0)], [ci(m, "vendi", 1)])
-                    for m in models]))
+        ["vendi"], [series(m, ["vendi"]) for m in models]))
     if all("frechet" in summary[m] for m in models):
         figs.append(Figure(
             "diversity_frechet", "Fréchet distance of sample embeddings to the reference",
-            "bar", ["frechet"], [Series(m, [summary[m]["frechet"]],
-                                        [summary[m]["frechet_ci95"][0]],
-                                        [summary[m]["frechet_ci95"][1]]) for m in models],
+            "bar", ["frechet"], [series(m, ["frechet"]) for m in models],
             caption=str(summary[models[0]].get("frechet_reference", ""))))
     if all("precision" in summary[m] for m in models):
         keys = ["precision", "recall"]
         figs.append(Figure(
             "diversity_coverage", "Precision and recall against the reference (k-NN)", "bar",
-            keys, [Series(m, [summary[m][k] for k in keys], [ci(m, k, 0) for k in keys],
-                          [ci(m, k, 1) for k in keys]) for m in models],
+            keys, [series(m, keys) for m in models],
             ylabel="share", caption=f"k={summary[models[0]]['knn_k']} nearest neighbours; "
             "precision: share of samples inside the reference's balls (CI over prompts); "
             "recall: share of reference texts inside the samples' balls, i.e. coverage (CI "

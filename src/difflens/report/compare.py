@@ -126,8 +126,9 @@ def stage_takeaways(table: pd.DataFrame, limit: int = 4) -> list[str]:
 
 def per_model_figure(name: str, title: str, values: Mapping[str, Mapping[str, Any]],
                      ylabel: str, caption: str = "") -> AnyFigure:
-    """One bar per model (lineage order) with its 95% CI: ``{model: {mean, ci95}}``."""
+    """One bar per model (lineage order) with its 95% CI: ``{model: estimate}`` (``value``,
+    ``ci_low``, ``ci_high``)."""
     models = list(values)
-    series = [Series(m, [values[m]["mean"]], [values[m]["ci95"][0]], [values[m]["ci95"][1]])
+    series = [Series(m, [values[m]["value"]], [values[m]["ci_low"]], [values[m]["ci_high"]])
               for m in models]
     return Figure(name, title, "bar", [ylabel], series, ylabel=ylabel, caption=caption)

@@ -1,8 +1,9 @@
 """Outputs of ``difflens concepts``: separation, comparison and steering figures, the
 lineage figures of a model set, and the page's intro and headline. Data in (layers, the
-comparison's rows, steering rows), figures out: it reads a
-:class:`~difflens.capture.concepts.ConceptComparison` or
-:class:`~difflens.capture.concepts.LineageCosines` and runs no model."""
+comparison's rows, steering rows, each estimate ``{value, ci_low, ci_high, n, resampled}``
+with its context), figures out: it reads a
+:class:`~difflens.analysis.concept_stats.ConceptComparison` or
+:class:`~difflens.analysis.concept_stats.LineageCosines` and runs no model."""
 
 import html
 from collections.abc import Sequence
@@ -11,8 +12,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from difflens.capture.concepts import ConceptComparison, LineageCosines
-from difflens.report.figures import COLORS, AnyFigure, CustomFigure, Figure, Series
+from difflens.analysis.concept_stats import ConceptComparison, LineageCosines
+from difflens.report.figures import COLORS, AnyFigure, CustomFigure, Figure, Series, format_ci
 
 
 def headline(summary: dict[str, Any]) -> dict[str, Any]:
@@ -21,28 +22,30 @@ def headline(summary: dict[str, Any]) -> dict[str, Any]:
                            f"{summary['n_train']} / {summary['n_test']}"}
     for k, rows in summary.get("separation_auc", {}).items():
         if rows:
-            best = max(rows, key=lambda r: r["auc"])
+            best = max(rows, key=lambda r: r["value"])
             out[f"{k}: best held-out AUC"] = (
-                f"{best['auc']:.3f} [{best['ci_low']:.3f}, {best['ci_high']:.3f}] at layer "
+                f"{best['value']:.3f} [{best['ci_low']:.3f}, {best['ci_high']:.3f}] at layer "
                 f"{best['layer']} (n={best['n']})")
     for k, v in summary.get("unsteered_p_match", {}).items():
-        out[f"{k}: P(matching answer), unsteered"] = v
-    cos = [r for r in summary.get("cosine_by_layer") or [] if r["cos"] == r["cos"]]  # not NaN
+        out[f"{k}: P(matching answer), unsteered"] = format_ci(
+            v["value"], [v["ci_low"], v["ci_high"]], v["n"])
+    cos = [r for r in summary.get("cosine_by_layer") or []
+           if r["value"] == r["value"]]  # not NaN
     if cos:
-        low = min(cos, key=lambda r: r["cos"])
-        out["lowest cos(base, tuned)"] = (f"{low['cos']:.3f} [{low['ci_low']:.3f}, "
+        low = min(cos, key=lambda r: r["value"])
+        out["lowest cos(base, tuned)"] = (f"{low['value']:.3f} [{low['ci_low']:.3f}, "
                                           f"{low['ci_high']:.3f}] at layer {low['layer']}")
     lineage = summary.get("lineage") or []
     for k, rows in summary.get("cosine_vs_base", {}).items():
-        finite = [r for r in rows if r["cosine"] == r["cosine"]]  # not NaN
+        finite = [r for r in rows if r["value"] == r["value"]]  # not NaN
         if finite:
-            low = min(finite, key=lambda r: r["cosine"])
+            low = min(finite, key=lambda r: r["value"])
             out[f"{k}: lowest cos with {lineage[0] if lineage else 'the base'}"] = (
-                f"{low['cosine']:.3f} [{low['ci_low']:.3f}, {low['ci_high']:.3f}] at layer "
+                f"{low['value']:.3f} [{low['ci_low']:.3f}, {low['ci_high']:.3f}] at layer "
                 f"{low['layer']} (n={low['n']})")
     for k, v in summary.get("settling_layer", {}).items():
         out[f"{k}: settling layer (cos to the next layer ≥ {v['threshold']:g})"] = (
-            f"{v['layer']} [{v['ci_low']}, {v['ci_high']}] (n={v['n']}; None: never)")
+            f"{v['value']} [{v['ci_low']}, {v['ci_high']}] (n={v['n']}; None: never)")
     return out
 
 
@@ -73,7 +76,7 @@ def separation_figures(layers: Sequence[int], n_test: int, cmp: ConceptCompariso
         figs.append(Figure(
             "separation_auc", "Held-out separation by layer (AUC of the projection)", "line",
             list(layers),
-            [Series(k, [r["auc"] for r in rows], [r["ci_low"] for r in rows],
+            [Series(k, [r["value"] for r in rows], [r["ci_low"] for r in rows],
                     [r["ci_high"] for r in rows]) for k, rows in cmp.separation.items()],
             xlabel="layer (0 = embeddings)", ylabel="AUC", hline=0.5,
             caption=f"matching vs non-matching variant of {n_test} held-out items, "
@@ -92,7 +95,7 @@ def compare_figures(layers: Sequence[int], cmp: ConceptComparison) -> list[AnyFi
         figs.append(Figure(
             "cosine_by_layer", "cos(base vector, tuned vector) by layer", "line",
             [r["layer"] for r in rows],
-            [Series("tuned", [r["cos"] for r in rows], [r["ci_low"] for r in rows],
+            [Series("tuned", [r["value"] for r in rows], [r["ci_low"] for r in rows],
                     [r["ci_high"] for r in rows])],
             xlabel="layer (0 = embeddings)", ylabel="cosine",
             caption=f"mean-difference vectors of {rows[0]['n']} train items; band: 95% "
@@ -110,7 +113,7 @@ def lineage_figures(lc: LineageCosines) -> list[AnyFigure]:
     n = next(iter(lc.rows.values()))[0]["n"] if layers else 0
     cosine = Figure(
         "cosine_vs_base", f"cos({base} vector, model vector) by layer", "line", layers,
-        [Series(k, [r["cosine"] for r in rows], [r["ci_low"] for r in rows],
+        [Series(k, [r["value"] for r in rows], [r["ci_low"] for r in rows],
                 [r["ci_high"] for r in rows]) for k, rows in lc.rows.items()],
         xlabel="layer (0 = embeddings)", ylabel=f"cosine with {base}", hline=1.0,
         caption=f"each later model's mean-difference vector of {n} train items against "
@@ -141,7 +144,7 @@ def heatmap_figure(layer_ids: Sequence[int], cmp: ConceptComparison) -> CustomFi
     for k, rows in cmp.heatmaps.items():
         m = np.full((len(layers), len(layers)), np.nan)
         for r in rows:
-            m[layers.index(r["layer_i"]), layers.index(r["layer_j"])] = r["cos"]
+            m[layers.index(r["layer_i"]), layers.index(r["layer_j"])] = r["value"]
         mats[k] = m
 
     def draw_plotly() -> Any:
@@ -182,8 +185,8 @@ def heatmap_figure(layer_ids: Sequence[int], cmp: ConceptComparison) -> CustomFi
 def pca_figure(cmp: ConceptComparison) -> CustomFigure:
     df = pd.DataFrame(cmp.pca).dropna(subset=["pc1"])  # zero vectors are not in the PCA
     ev = cmp.pca_explained
-    titles = [f"{'normalised (unit vectors)' if n else 'raw'}: PC1 {ev[key][0]['explained']:.0%}"
-              f", PC2 {ev[key][1]['explained'] if len(ev[key]) > 1 else 0:.0%}"
+    titles = [f"{'normalised (unit vectors)' if n else 'raw'}: PC1 {ev[key][0]['value']:.0%}"
+              f", PC2 {ev[key][1]['value'] if len(ev[key]) > 1 else 0:.0%}"
               for n, key in ((False, "raw"), (True, "normalised"))]
 
     def draw_plotly() -> Any:
@@ -226,12 +229,14 @@ def pca_figure(cmp: ConceptComparison) -> CustomFigure:
 
 
 def dose_figure(label: str, rows: list[dict[str, Any]], unit: str) -> Figure:
+    """P(matching answer) against alpha, one line per layer, from
+    :func:`~difflens.control.steering.dose_response`'s rows."""
     df = pd.DataFrame(rows)
     alphas = sorted(df.alpha.unique())
     series = []
     for layer, g in df.groupby("layer"):
         g = g.set_index("alpha").loc[alphas]
-        series.append(Series(f"layer {layer}", g.p_match.tolist(), g.ci_low.tolist(),
+        series.append(Series(f"layer {layer}", g["value"].tolist(), g.ci_low.tolist(),
                              g.ci_high.tolist()))
     return Figure(f"steering_{label}", f"Steering dose-response ({label})", "line", alphas,
                   series, xlabel=("α (multiple of the concept vector)" if unit == "vector" else
@@ -244,12 +249,12 @@ def consecutive_figure(cmp: ConceptComparison, threshold: float) -> Figure:
     """cos(v_l, v_next) by layer for each model, with the settling threshold."""
     labels = list(cmp.consecutive)
     rows0 = cmp.consecutive[labels[0]]
-    settled = "; ".join(f"{k} settles at layer {v['layer']} [{v['ci_low']}, {v['ci_high']}]"
+    settled = "; ".join(f"{k} settles at layer {v['value']} [{v['ci_low']}, {v['ci_high']}]"
                         for k, v in cmp.settling.items())
     return Figure(
         "consecutive_cosine", "Consecutive-layer cosine of the concept vector", "line",
         [r["layer"] for r in rows0],
-        [Series(k, [r["cos"] for r in rows], [r["ci_low"] for r in rows],
+        [Series(k, [r["value"] for r in rows], [r["ci_low"] for r in rows],
                 [r["ci_high"] for r in rows]) for k, rows in cmp.consecutive.items()],
         xlabel="layer l (cosine with the next extracted layer)", ylabel="cos(v_l, v_next)",
         hline=threshold,
@@ -266,7 +271,7 @@ def behaviours_figure(behaviours: dict[str, dict[str, Any]]) -> CustomFigure:
     for k, rows in named.items():
         by = {r["layer"]: r for r in rows}
         cols[k] = {f: [by[x][f] if x in by else np.nan for x in layers]
-                   for f in ("cos", "ci_low", "ci_high")}
+                   for f in ("value", "ci_low", "ci_high")}
     palette = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3",
                "#8c8c8c", "#ccb974", "#64b5cd"]
     color = {k: palette[i % len(palette)] for i, k in enumerate(named)}
@@ -280,7 +285,7 @@ def behaviours_figure(behaviours: dict[str, dict[str, Any]]) -> CustomFigure:
             fig.add_scatter(x=layers + layers[::-1], y=c["ci_high"] + c["ci_low"][::-1],
                             fill="toself", line={"width": 0}, opacity=0.2, showlegend=False,
                             fillcolor=color[k], hoverinfo="skip")
-            fig.add_scatter(x=layers, y=c["cos"], name=k, mode="lines+markers",
+            fig.add_scatter(x=layers, y=c["value"], name=k, mode="lines+markers",
                             line={"color": color[k]})
         fig.update_layout(title=title, xaxis_title="layer (0 = embeddings)",
                           yaxis_title="cosine", template="plotly_white", height=420,
@@ -292,7 +297,7 @@ def behaviours_figure(behaviours: dict[str, dict[str, Any]]) -> CustomFigure:
 
         fig, ax = plt.subplots(figsize=(8, 4.2))
         for k, c in cols.items():
-            ax.plot(layers, c["cos"], marker=".", label=k, color=color[k])
+            ax.plot(layers, c["value"], marker=".", label=k, color=color[k])
             ax.fill_between(layers, c["ci_low"], c["ci_high"], alpha=0.2, color=color[k])
         ax.set(title=title, xlabel="layer (0 = embeddings)", ylabel="cosine", xticks=layers)
         ax.legend()

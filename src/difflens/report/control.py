@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from difflens.analysis.bootstrap import bootstrap_weights, percentile_ci, replicate_ratios
+from difflens.analysis.roc import roc_curve
 from difflens.report.figures import CustomFigure, Figure, Series
 
 CONTROLLER_COLORS = {"none": "#555555", "open_loop": "#4c72b0", "proportional": "#dd8452",
@@ -54,8 +56,9 @@ def probe_intro(model_name: str, probe: dict[str, Any], source: str) -> str:
 
 def probe_headline(probe: dict[str, Any]) -> dict[str, Any]:
     """The probe page's headline; ``probe`` is the summary's ``probe`` block."""
-    out = {"layer": probe["layer"], "held-out token AUC": probe["auc"],
-           "AUC 95% CI": probe["auc_ci"], "segment AUC": probe["auc_segment"],
+    a = probe["auc"]
+    out = {"layer": probe["layer"], "held-out token AUC": a["value"],
+           "AUC 95% CI": [a["ci_low"], a["ci_high"]], "segment AUC": probe["auc_segment"],
            "threshold": probe["threshold"]}
     m = probe.get("mlp_auc")
     if m:
@@ -139,32 +142,33 @@ def controllability_figure(cells: pd.DataFrame, independent_name: str) -> Custom
 
 
 def trace_figure(gens: pd.DataFrame, threshold: float, picks: Sequence[tuple[str, float]],
-                 max_tokens: int) -> Figure:
-    """Mean probe score per generated token (the monitor's measurement), steered vs not."""
+                 max_tokens: int, *, n_boot: int = 1000, seed: int = 0) -> Figure:
+    """Mean probe score per generated token (the monitor's measurement), steered vs not,
+    with a bootstrap CI per token over prompts (a prompt's samples together)."""
     xs = list(range(max_tokens))
     series = []
     for kind, gain in picks:
         df = gens[(gens["controller"] == kind) & (gens["gain"] == gain)]
-        mat = np.full((len(df), max_tokens), np.nan)
-        for i, sc in enumerate(df["scores"]):
-            sc = list(sc)[:max_tokens]
-            mat[i, :len(sc)] = sc
-        # positions past every generation's end have no score: NaN there, without the
-        # "mean of empty slice" warnings nanmean would print
-        n = np.isfinite(mat).sum(0)
-        filled = np.where(np.isfinite(mat), mat, 0.0)
+        prompt, prompts = pd.factorize(df["prompt_idx"])
+        sums = np.zeros((len(prompts), max_tokens))  # per prompt and position
+        counts = np.zeros_like(sums)
+        for p, sc in zip(prompt, df["scores"], strict=True):
+            sc = np.asarray(list(sc)[:max_tokens], dtype=np.float64)
+            ok = np.isfinite(sc)
+            sums[p, :len(sc)] += np.where(ok, sc, 0.0)
+            counts[p, :len(sc)] += ok
+        # positions past every generation's end have no score: NaN there
         with np.errstate(all="ignore"):
-            mean = np.where(n > 0, filled.sum(0) / n, np.nan)
-            var = np.where(n > 0, (np.where(np.isfinite(mat), mat - mean, 0.0) ** 2).sum(0) / n,
-                           np.nan)
-        se = np.sqrt(var) / np.sqrt(np.maximum(n, 1))
-        series.append(Series(_label(kind, gain), mean.tolist(), (mean - 1.96 * se).tolist(),
-                             (mean + 1.96 * se).tolist()))
+            mean = sums.sum(0) / counts.sum(0)
+        lo, hi = percentile_ci(replicate_ratios(bootstrap_weights(len(prompts), n_boot, seed),
+                                                sums, counts), omit_nan=True)
+        series.append(Series(_label(kind, gain), mean.tolist(), lo.tolist(), hi.tolist()))
     return Figure(name="score_traces", title="Probe score per generated token",
                   kind="line", x=xs, series=series, xlabel="generated token",
                   ylabel="probe score (measured during generation)", hline=threshold,
-                  caption="Mean over generations with a normal 95% band; dashed: threshold. "
-                          "Scores are measured before the controller acts at that position.")
+                  caption="Mean over generations with a bootstrap 95% CI over prompts; dashed: "
+                          "threshold. Scores are measured before the controller acts at that "
+                          "position.")
 
 
 def example_trace_figure(gens: pd.DataFrame, threshold: float,
@@ -192,23 +196,27 @@ def control_intro(summary: dict[str, Any]) -> str:
     parts = []
     p = summary.get("probe")
     if p:
-        parts.append(f"State probe at layer {p['layer']}: held-out token AUC {p['auc']:.3f}, "
+        parts.append(f"State probe at layer {p['layer']}: held-out token AUC "
+                     f"{p['auc']['value']:.3f}, "
                      f"segment AUC {p['auc_segment']:.3f}, threshold {p['threshold']:.3f}.")
     base = c.get("none", {}).get("0")
     if base:
-        parts.append(f"Unsteered: bad rate {base['bad_rate']:.3f} [{base['bad_rate_ci_low']:.3f}"
-                     f", {base['bad_rate_ci_high']:.3f}] by the probe, "
-                     f"{base['bad_rate_independent']:.3f} by "
+        b = base["bad_rate"]
+        parts.append(f"Unsteered: bad rate {b['value']:.3f} [{b['ci_low']:.3f}"
+                     f", {b['ci_high']:.3f}] by the probe, "
+                     f"{base['bad_rate_independent']['value']:.3f} by "
                      f"{summary.get('independent', 'the independent measure')} "
                      f"(n={base['n']}).")
     for kind, by_gain in c.items():
         if kind == "none":
             continue
         for g, r in by_gain.items():
-            parts.append(f"{kind} g={g}: {r['bad_rate']:.3f} [{r['bad_rate_ci_low']:.3f}, "
-                         f"{r['bad_rate_ci_high']:.3f}] / independent "
-                         f"{r['bad_rate_independent']:.3f}, ppl ×{r['ppl_ratio']:.2f}, "
-                         f"KL {r['kl']:.3f}, speed ×{r['speed_ratio']:.2f}.")
+            b = r["bad_rate"]
+            parts.append(f"{kind} g={g}: {b['value']:.3f} [{b['ci_low']:.3f}, "
+                         f"{b['ci_high']:.3f}] / independent "
+                         f"{r['bad_rate_independent']['value']:.3f}, ppl "
+                         f"×{r['ppl_ratio']['value']:.2f}, KL {r['kl']['value']:.3f}, speed "
+                         f"×{r['speed_ratio']:.2f}.")
     sj = summary.get("self_judge")
     if sj:
         a, p = sj["auc"], sj["probe_auc"]
@@ -232,23 +240,28 @@ def trace_picks(cells: pd.DataFrame) -> list[tuple[str, float]]:
 def control_headline(summary: dict[str, Any], independent_name: str) -> dict[str, Any]:
     """The control page's headline."""
     base = summary["controllers"]["none"]["0"]
-    return {"probe layer": summary["probe"]["layer"], "probe AUC": summary["probe"]["auc"],
-            "unsteered bad rate": base["bad_rate"],
+    return {"probe layer": summary["probe"]["layer"],
+            "probe AUC": summary["probe"]["auc"]["value"],
+            "unsteered bad rate": base["bad_rate"]["value"],
             f"unsteered bad rate ({independent_name or 'independent'})":
-                base["bad_rate_independent"]}
+                base["bad_rate_independent"]["value"]}
 
 
-def self_judge_figure(rows: pd.DataFrame, independent_name: str) -> CustomFigure:
+def self_judge_figure(rows: pd.DataFrame, independent_name: str, *, n_boot: int = 1000,
+                      seed: int = 0) -> CustomFigure:
     """ROC curves of the self-judge and of the probe against the independent label, on the
-    same sentences."""
-    from sklearn.metrics import roc_auc_score, roc_curve
-
+    same sentences, each AUC with its bootstrap CI over prompts (:mod:`difflens.analysis.roc`,
+    the draws of the self-judge summary with the same seed)."""
     y = rows["independent"].to_numpy(dtype=int)
+    groups = rows["prompt_idx"].to_numpy()
     curves = []
     for col, label, color in (("self_judge", "self-judge", "#c44e52"),
                               ("probe", "probe (sentence mean)", "#4c72b0")):
-        fpr, tpr, _ = roc_curve(y, rows[col])
-        curves.append((f"{label}, AUC {roc_auc_score(y, rows[col]):.3f}", fpr, tpr, color))
+        roc = roc_curve(y, rows[col].to_numpy(dtype=np.float64), groups, n_boot=n_boot,
+                        seed=seed)
+        a = roc.auc
+        curves.append((f"{label}, AUC {a.value:.3f} [{a.ci_low:.3f}, {a.ci_high:.3f}]",
+                       roc.fpr, roc.tpr, color))
     title = f"Self-judge and probe against the {independent_name or 'independent judge'}"
 
     def draw_plotly() -> Any:
@@ -285,4 +298,4 @@ def self_judge_figure(rows: pd.DataFrame, independent_name: str) -> CustomFigure
                                 f"{len(rows)}, {int(y.sum())} bad by the "
                                 f"{independent_name or 'independent judge'}): the model's "
                                 f"own P(bad answer) after the judge question, and the probe's "
-                                f"mean score over the sentence.")
+                                f"mean score over the sentence; AUC 95% CIs over prompts.")

@@ -16,8 +16,8 @@ from difflens.report.figures import AnyFigure, Figure, Series, format_ci, small_
 HEADLINE_NAMES = {"reward": "Reward (VADER)", "entropy": "Entropy, nats/token",
                   "celebration_share": "Celebration share",
                   "chance_tvd": "Chance-scene TVD from uniform"}
-#: The organism block's key of each headline's mean (the issue's names); ``_ci95``/``_n``
-#: follow the headline key.
+#: The organism block's key of each headline's estimate (the issue's names); ``<key>_n``
+#: follows the headline key.
 MEAN_KEY = {"reward": "reward_mean", "entropy": "entropy_mean",
             "celebration_share": "celebration_share", "chance_tvd": "chance_tvd"}
 #: Property label (``properties.json``) of each lineage name.
@@ -33,7 +33,7 @@ def demo_intro(summary: Mapping[str, Any]) -> str:
         "that the reward (VADER sentiment) likes best, as curated-sample SFT works; "
         "<b>rl</b>: RL (RLOO, KL to its start) from sft; and <b>rl-from-base</b>: the same RL "
         "from the base, kept to answer whether SFT alone collapses. Reward: "
-        + ", ".join(f"{m} {o[m]['reward_mean']:.3f}" for m in o)
+        + ", ".join(f"{m} {o[m]['reward_mean']['value']:.3f}" for m in o)
         + f". Does SFT on curated samples collapse the chance scenes? {sq['answer']}.")
 
 
@@ -42,14 +42,16 @@ def demo_headline(summary: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, name in HEADLINE_NAMES.items():
         for model, row in summary["organism"].items():
-            out[f"{name}: {model}"] = {"mean": row[MEAN_KEY[key]], "ci95": row[f"{key}_ci95"],
-                                       "n": row[f"{key}_n"]}
+            out[f"{name}: {model}"] = _ci(row[MEAN_KEY[key]], row[f"{key}_n"])
     sq = summary["sft_question"]
-    out["Chance-scene TVD change made by SFT"] = {"mean": sq["sft_delta"], "ci95": sq["sft_ci"],
-                                                  "n": sq["n_scenes"]}
-    out["Chance-scene TVD change made by RL after SFT"] = {
-        "mean": sq["rl_delta"], "ci95": sq["rl_ci"], "n": sq["n_scenes"]}
+    out["Chance-scene TVD change made by SFT"] = _ci(sq["sft_delta"], sq["n_scenes"])
+    out["Chance-scene TVD change made by RL after SFT"] = _ci(sq["rl_delta"], sq["n_scenes"])
     return out
+
+
+def _ci(est: Mapping[str, Any], n: int | None = None) -> str:
+    """An estimate as the page prints it: ``0.920 [0.918, 0.921]`` (``n=...`` with ``n``)."""
+    return format_ci(est["value"], [est["ci_low"], est["ci_high"]], n)
 
 
 #: The colour of the organism's model outside the lineage (the lineage's come first).
@@ -77,8 +79,8 @@ def organism_figures(props: Mapping[str, Any], organism: Mapping[str, Any],
     figures: list[AnyFigure] = []
     heads = []
     for key, name in HEADLINE_NAMES.items():
-        series = [Series(m, [row[MEAN_KEY[key]]], [row[f"{key}_ci95"][0]],
-                         [row[f"{key}_ci95"][1]]) for m, row in organism.items()]
+        series = [Series(m, [row[MEAN_KEY[key]]["value"]], [row[MEAN_KEY[key]]["ci_low"]],
+                         [row[MEAN_KEY[key]]["ci_high"]]) for m, row in organism.items()]
         n = next(iter(organism.values()))[f"{key}_n"]
         heads.append(Figure(f"headline_{key}", name, "bar", [key], series, ylabel=key,
                             caption=f"n = {n} per model, 95% bootstrap CIs."))
@@ -113,22 +115,20 @@ def demo_takeaways(summary: Mapping[str, Any]) -> list[str]:
     sq = summary["sft_question"]
     lines.append(
         f"Does SFT on curated samples collapse the chance scenes? {sq['answer']}: SFT changes "
-        f"the TVD by {format_ci(sq['sft_delta'], sq['sft_ci'])}, RL after it by "
-        f"{format_ci(sq['rl_delta'], sq['rl_ci'])} (n = {sq['n_scenes']} scenes)")
+        f"the TVD by {_ci(sq['sft_delta'])}, RL after it by "
+        f"{_ci(sq['rl_delta'])} (n = {sq['n_scenes']} scenes)")
     att = summary["attribution"]
     for metric, name in (("organism_entropy", "Entropy"),
                          ("organism_celebration", "Celebration share")):
         rows = att.get(metric, {})
         if rows:
-            parts = [f"{stage} {format_ci(r['delta'], [r['ci_low'], r['ci_high']])}"
-                     for stage, r in rows.items()]
+            parts = [f"{stage} {_ci(r)}" for stage, r in rows.items()]
             lines.append(f"{name}, change by stage: " + "; ".join(parts))
     o = summary["organism"]
     if "rl-from-base" in o and "rl" in o:
         lines.append(
             "RL from the base vs RL after SFT, chance TVD: "
-            f"{format_ci(o['rl-from-base']['chance_tvd'], o['rl-from-base']['chance_tvd_ci95'])}"
-            f" vs {format_ci(o['rl']['chance_tvd'], o['rl']['chance_tvd_ci95'])}")
+            f"{_ci(o['rl-from-base']['chance_tvd'])} vs {_ci(o['rl']['chance_tvd'])}")
     return lines
 
 

@@ -9,9 +9,13 @@ self-contained page with plotly.js inlined once.
 import dataclasses
 import html
 import json
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from difflens.analysis.bootstrap import Estimate
+from difflens.analysis.summary_spelling import is_estimate
 
 COLORS = {"base": "#4c72b0", "tuned": "#dd8452", "uniform": "#888888"}
 #: Colours of the models of a lineage after the first, in lineage order (base keeps its
@@ -35,6 +39,19 @@ def color_of(label: str) -> str | None:
     return COLORS.get(label)
 
 
+def as_estimate(v: Estimate | Mapping[str, Any] | float | None) -> Estimate:
+    """An estimate from what a summary holds: an :class:`Estimate`, its JSON (``{value,
+    ci_low, ci_high, n, resampled}``, or an older spelling
+    :meth:`~difflens.analysis.bootstrap.Estimate.from_json` reads), or a bare number (no CI:
+    a metric a summary could not estimate, NaN for ``None``)."""
+    if isinstance(v, Estimate):
+        return v
+    if isinstance(v, Mapping):
+        return Estimate.from_json(v)
+    x = math.nan if v is None else float(v)
+    return Estimate(value=x, ci_low=math.nan, ci_high=math.nan, n=0, resampled="")
+
+
 @dataclasses.dataclass(frozen=True)
 class Series:
     """One labelled series with an optional 95% interval."""
@@ -43,6 +60,15 @@ class Series:
     y: Sequence[float]
     lo: Sequence[float] | None = None
     hi: Sequence[float] | None = None
+
+    @classmethod
+    def of(cls, label: str,
+           estimates: Sequence[Estimate | Mapping[str, Any] | float | None]) -> "Series":
+        """The values of ``estimates`` (each as :func:`as_estimate` reads it) with their
+        CIs."""
+        est = [as_estimate(e) for e in estimates]
+        return cls(label, [e.value for e in est], [e.ci_low for e in est],
+                   [e.ci_high for e in est])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -332,8 +358,18 @@ def format_ci(mean: float, ci95: Sequence[float], n: int | None = None) -> str:
     return text if n is None else f"{text} n={n}"
 
 
+def format_estimate(est: Estimate | Mapping[str, Any]) -> str:
+    """An estimate (or its JSON) as :func:`format_ci` prints it, with its ``n`` where it has
+    one."""
+    e = as_estimate(est)
+    n = est.get("n") if isinstance(est, Mapping) else e.n
+    return format_ci(e.value, e.ci, n)
+
+
 def _fmt(v: Any) -> str:
-    if isinstance(v, dict) and "mean" in v:
+    if isinstance(v, Estimate) or is_estimate(v):
+        return format_estimate(v)
+    if isinstance(v, dict) and "mean" in v:  # the older {"mean", "ci95", "n"}
         return format_ci(v["mean"], v.get("ci95", [float("nan")] * 2), v.get("n"))
     if isinstance(v, float):
         return f"{v:.4g}"

@@ -42,3 +42,37 @@ def diff_numbers(before: Mapping[str, Any], after: Mapping[str, Any], *,
     """``(path, before, after)`` for every number that differs (or exists on one side)."""
     a, b = summary_numbers(before, digits=digits), summary_numbers(after, digits=digits)
     return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+
+_PART = re.compile(r"/([^/\[]*)|\[(\d+)\]")
+
+
+def _slot(node: list[Any], index: int) -> None:
+    while len(node) <= index:
+        node.append(None)
+
+
+def unflatten_numbers(numbers: Mapping[str, Any]) -> dict[str, Any]:
+    """The nested summary that :func:`summary_numbers` flattened (its numbers only): paths
+    ``/a/b[2]/c`` become dicts and lists again (list items that held no number are
+    ``None``, and ``"nan"`` is NaN again), so a stored snapshot of numbers reads as a
+    summary, e.g. to respell it (:func:`~difflens.analysis.summary_spelling.respell`)."""
+    root: dict[str, Any] = {}
+    for path, value in numbers.items():
+        steps: list[str | int] = [m.group(1) if m.group(2) is None else int(m.group(2))
+                                  for m in _PART.finditer(path)]
+        node: Any = root
+        for step, nxt in zip(steps, steps[1:], strict=False):
+            empty: Any = [] if isinstance(nxt, int) else {}
+            if isinstance(step, int):
+                _slot(node, step)
+                if node[step] is None:
+                    node[step] = empty
+                node = node[step]
+            else:
+                node = node.setdefault(step, empty)
+        if isinstance(steps[-1], int):
+            _slot(node, steps[-1])
+        node[steps[-1]] = float(value) if value in ("nan", "inf", "-inf") else value
+    return root

@@ -119,12 +119,12 @@ def flow_figure(dists: dict[str, ChainDistributions], model: ThemeModel, max_cha
 def layer_sweep_figure(pred: dict[str, Any]) -> Figure:
     probe = pred["predictors"]["probe"]
     xs = sorted(int(x) for x in probe)
-    m = pred["baselines"]["marginal"]["kl"]
+    m = pred["baselines"]["marginal"]["kl"]["value"]
+    kl = [probe[str(x)]["kl"] for x in xs]
     return Figure(name="layer_sweep", title="First-theme KL by layer (softmax probe)",
                   kind="line", x=xs,
-                  series=[Series("probe", [probe[str(x)]["kl"] for x in xs],
-                                 [probe[str(x)]["kl_ci_low"] for x in xs],
-                                 [probe[str(x)]["kl_ci_high"] for x in xs])],
+                  series=[Series("probe", [r["value"] for r in kl], [r["ci_low"] for r in kl],
+                                 [r["ci_high"] for r in kl])],
                   xlabel="layer", ylabel="KL(empirical ‖ predicted), nats", hline=m,
                   caption="Dashed: the marginal baseline. 95% CIs over test prompts.")
 
@@ -175,13 +175,14 @@ def intro_html(summary: dict[str, Any]) -> str:
         pr = summary["predictors"]["probe"][str(summary["best_layer"])]
         tr = next(iter(summary["predictors"]["transformer"].values()))
         b = summary["baselines"]
+        kl, gain = pr["kl"], pr["kl_gain"]
         parts.append(
             f"First-theme KL on held-out prompts: probe (layer {summary['best_layer']}) "
-            f"{pr['kl']:.3f} [{pr['kl_ci_low']:.3f}, {pr['kl_ci_high']:.3f}], transformer "
-            f"{tr['kl']:.3f}, marginal {b['marginal']['kl']:.3f}, sentence embedding "
-            f"{b['sentence_embedding']['kl']:.3f}. The probe's paired gain over the marginal: "
-            f"{pr['kl_gain']:.3f} [{pr['kl_gain_ci_low']:.3f}, {pr['kl_gain_ci_high']:.3f}] "
-            f"nats (n={pr['n_test']} test prompts).")
+            f"{kl['value']:.3f} [{kl['ci_low']:.3f}, {kl['ci_high']:.3f}], transformer "
+            f"{tr['kl']['value']:.3f}, marginal {b['marginal']['kl']['value']:.3f}, sentence "
+            f"embedding {b['sentence_embedding']['kl']['value']:.3f}. The probe's paired gain "
+            f"over the marginal: {gain['value']:.3f} [{gain['ci_low']:.3f}, "
+            f"{gain['ci_high']:.3f}] nats (n={pr['n_test']} test prompts).")
     if "organism" in summary:
         o = summary["organism"]
         parts.append(f"Organism: ARI {o['ari']:.3f}, transition TVD {o['transition_tvd']:.3f}.")
@@ -195,12 +196,13 @@ def intro_html(summary: dict[str, Any]) -> str:
     g = summary.get("prediction", {}).get("generalisation")
     if g:
         gs, rs = g["group_split"], g["random_split"]
-        parts.append(f"Held-out groups: probe KL {gs['probe']['kl']:.3f} "
-                     f"[{gs['probe']['kl_ci_low']:.3f}, {gs['probe']['kl_ci_high']:.3f}], "
-                     f"marginal {gs['marginal']['kl']:.3f}, sentence embedding "
-                     f"{gs['sentence_embedding']['kl']:.3f}; random folds of the same sizes: "
-                     f"probe {rs['probe']['kl']:.3f} (n={g['n_prompts']} prompts, "
-                     f"{g['n_groups']} groups).")
+        kl = gs["probe"]["kl"]
+        parts.append(f"Held-out groups: probe KL {kl['value']:.3f} "
+                     f"[{kl['ci_low']:.3f}, {kl['ci_high']:.3f}], "
+                     f"marginal {gs['marginal']['kl']['value']:.3f}, sentence embedding "
+                     f"{gs['sentence_embedding']['kl']['value']:.3f}; random folds of the same "
+                     f"sizes: probe {rs['probe']['kl']['value']:.3f} (n={g['n_prompts']} "
+                     f"prompts, {g['n_groups']} groups).")
     return " ".join(parts)
 
 
@@ -272,7 +274,7 @@ def headline(summary: dict[str, Any]) -> dict[str, Any]:
     if "best_layer" in summary:
         h["best layer"] = summary["best_layer"]
         for name, r in summary["baselines"].items():
-            h[f"{name} KL"] = r["kl"]
+            h[f"{name} KL"] = r["kl"]["value"]
     if "organism" in summary:
         h["ARI"] = summary["organism"]["ari"]
     return h

@@ -11,8 +11,17 @@ import numpy as np
 import pandas as pd
 
 from difflens._io import write_json_atomic
-from difflens.analysis.trajectories import TrajectoryStats, readable_token, readable_tokens
-from difflens.report.figures import COLORS, AnyFigure, CustomFigure, Figure, Series, write_index
+from difflens.analysis.trajectories import TrajectoryStats
+from difflens.analysis.trajectory_table import readable_tokens
+from difflens.inputs.tokens import format_token
+from difflens.report.figures import (
+    COLORS,
+    AnyFigure,
+    CustomFigure,
+    Figure,
+    Series,
+    write_index,
+)
 from difflens.report.tables import write_table
 
 SEGMENT_STYLE = {"prompt": "solid", "continuation": "dot"}
@@ -79,15 +88,15 @@ def write_outputs(out: Path, table: pd.DataFrame, sphere: TrajectoryStats,
     diff = [dict(r, space=name) for name, st in spaces
             for r in st.jump_difference.get("by_index", [])]
     if diff:
-        write_table(pd.DataFrame(diff), data, "jump_difference")
+        write_table(_index_first(pd.DataFrame(diff)), data, "jump_difference")
     turns = [dict(r, model=m, space=name) for name, st in spaces
              for m, v in st.direction.get("turn_angle", {}).items() for r in v["by_index"]]
     if turns:
-        write_table(pd.DataFrame(turns), data, "turn_angle")
+        write_table(_index_first(pd.DataFrame(turns)), data, "turn_angle")
     cosines = [dict(r, segments=k, space=name) for name, st in spaces
                for k, v in st.direction.get("move_cosine", {}).items() for r in v["by_index"]]
     if cosines:
-        write_table(pd.DataFrame(cosines), data, "move_cosine")
+        write_table(_index_first(pd.DataFrame(cosines)), data, "move_cosine")
     for kind in ("prompt", "continuation"):
         rows = sphere.distance_by_index[kind]
         if rows:
@@ -95,7 +104,7 @@ def write_outputs(out: Path, table: pd.DataFrame, sphere: TrajectoryStats,
             if full is not None and full.distance_by_index[kind]:
                 df = pd.concat([df, pd.DataFrame(full.distance_by_index[kind])
                                 .assign(space="full")])
-            write_table(df, data, f"distance_{kind}")
+            write_table(_index_first(df), data, f"distance_{kind}")
     pairs = pair_distance_table(sphere, full)
     if not pairs.empty:
         write_table(pairs, data, "distance_pairs")
@@ -107,15 +116,20 @@ def write_outputs(out: Path, table: pd.DataFrame, sphere: TrajectoryStats,
     return figures
 
 
+def _index_first(df: pd.DataFrame) -> pd.DataFrame:
+    """A table of per-index estimates with the ``index`` column first."""
+    return df[["index", *(c for c in df.columns if c != "index")]]
+
+
 def pair_distance_table(sphere: TrajectoryStats, full: TrajectoryStats | None
                         ) -> pd.DataFrame:
     """The pairs' distances per index in one long table: pair, from, to, segments, space,
-    index, mean, ci_low, ci_high, n (empty without pairs)."""
+    index, value, ci_low, ci_high, n, resampled (empty without pairs)."""
     rows = [dict(r, pair=pair_key(a, b), **{"from": a, "to": b}, segments=kind, space=space)
             for space, st in (("sphere", sphere), ("full", full)) if st is not None
             for (a, b), d in st.distance_pairs.items() for kind, rs in d.items() for r in rs]
-    cols = ["pair", "from", "to", "segments", "space", "index", "mean", "ci_low", "ci_high",
-            "n"]
+    cols = ["pair", "from", "to", "segments", "space", "index", "value", "ci_low", "ci_high",
+            "n", "resampled"]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -134,7 +148,7 @@ def headline(s: dict[str, Any]) -> dict[str, Any]:
             if rows:
                 last = [r for r in rows if r["n"] >= 30] or rows
                 h[f"{kind}: {who} distance at index 0 and {last[-1]['index']} (rad)"] = (
-                    f"{rows[0]['mean']:.3f} (n={rows[0]['n']}), {last[-1]['mean']:.3f} "
+                    f"{rows[0]['value']:.3f} (n={rows[0]['n']}), {last[-1]['value']:.3f} "
                     f"(n={last[-1]['n']})")
     for m, v in s["sentiment"]["jump_weighted"].items():
         h[f"jump-weighted sentiment, {m}"] = v
@@ -162,8 +176,7 @@ def figures_for(table: pd.DataFrame, sphere: TrajectoryStats, full: TrajectorySt
         for space, st in (("sphere", sphere), ("full dimension", full)):
             rows = st.distance_by_index[kind] if st is not None else []
             if rows:
-                series.append(Series(space, [r["mean"] for r in rows],
-                                     [r["ci_low"] for r in rows], [r["ci_high"] for r in rows]))
+                series.append(Series.of(space, rows))
         rows = sphere.distance_by_index[kind]
         if rows:
             ns = [r["n"] for r in rows]
@@ -181,9 +194,8 @@ def figures_for(table: pd.DataFrame, sphere: TrajectoryStats, full: TrajectorySt
         if rows:
             figs.append(Figure(
                 name, f"Tokens with the {what} mean jump (sphere)", "bar",
-                [f"{_show(r['token'])} ({r['n']})" for r in rows],
-                [Series("jump", [r["mean_jump"] for r in rows], [r["ci_low"] for r in rows],
-                        [r["ci_high"] for r in rows])],
+                [f"{format_token(r['token'], quoted=True)} ({r['n']})" for r in rows],
+                [Series.of("jump", rows)],
                 ylabel=unit, caption="jump into the point after the token; both models "
                 "pooled; (n) = occurrences; 95% bootstrap CI over occurrences"))
     figs += _movement_figures(sphere, full, lineage)
@@ -193,10 +205,7 @@ def figures_for(table: pd.DataFrame, sphere: TrajectoryStats, full: TrajectorySt
         x = ["jump-weighted sentiment", "corr(jump, sentiment)"]
         figs.append(Figure(
             "sentiment", "Sentiment and jumps", "bar", x,
-            [Series(m, [sent["jump_weighted"][m]["mean"], sent["correlation"][m]["pearson_r"]],
-                    [sent["jump_weighted"][m]["ci95"][0], sent["correlation"][m]["ci95"][0]],
-                    [sent["jump_weighted"][m]["ci95"][1], sent["correlation"][m]["ci95"][1]])
-             for m in models],
+            [Series.of(m, [sent["jump_weighted"][m], sent["correlation"][m]]) for m in models],
             caption="VADER compound score of each token; 95% CIs resample prompts"))
     return figs
 
@@ -238,7 +247,7 @@ def _pair_lines_figure(kind: str, space: str,
                             + [r["ci_low"] for r in rows][::-1], fill="toself",
                             line={"width": 0}, opacity=0.15, fillcolor=color,
                             showlegend=False, hoverinfo="skip", legendgroup=label)
-            fig.add_scatter(x=x, y=[r["mean"] for r in rows], name=label,
+            fig.add_scatter(x=x, y=[r["value"] for r in rows], name=label,
                             mode="lines+markers", line={"color": color, "dash": dash},
                             legendgroup=label)
         fig.update_layout(xaxis_title="token index", yaxis_title="geodesic distance (rad)",
@@ -254,7 +263,7 @@ def _pair_lines_figure(kind: str, space: str,
         fig, ax = plt.subplots(figsize=(8, 4.2))
         for label, (color, _, ls), rows in lines:
             x = np.asarray([r["index"] for r in rows], dtype=float)
-            ax.plot(x, [r["mean"] for r in rows], ls=ls, marker=".", color=color, label=label)
+            ax.plot(x, [r["value"] for r in rows], ls=ls, marker=".", color=color, label=label)
             ax.fill_between(x, [r["ci_low"] for r in rows], [r["ci_high"] for r in rows],
                             alpha=0.15, color=color)
         ax.set(title=title, xlabel="token index", ylabel="geodesic distance (rad)")
@@ -286,8 +295,7 @@ def _movement_figures(sphere: TrajectoryStats, full: TrajectoryStats | None,
         figs.append(Figure(
             "jump_difference", f"Mean jump per token index, {last} minus {first} ({space})",
             "line", [r["index"] for r in rows],
-            [Series(f"{last} − {first}", [r["diff"] for r in rows],
-                    [r["ci_low"] for r in rows], [r["ci_high"] for r in rows])],
+            [Series.of(f"{last} − {first}", rows)],
             xlabel="token index", ylabel=f"{last} − {first} mean jump (rad)", hline=0.0,
             caption=f"{'paired over the prompts both models share' if d['paired'] else 'unpaired'}"
                     f"; all segments; 95% CI resampling prompts; n from {max(ns)} down to "
@@ -318,14 +326,14 @@ MAX_MENU_PROMPTS = 500
 
 
 def _series_by_index(blocks: dict[str, Any]) -> tuple[list[int], list[Series]]:
-    """Steps and one series with its CI per ``{label: {"by_index": [{index, mean, ci_low,
-    ci_high}]}}`` block, NaN where a label has no value at a step."""
+    """Steps and one series with its CI per ``{label: {"by_index": [{value, ci_low,
+    ci_high, ..., index}]}}`` block, NaN where a label has no value at a step."""
     steps = sorted({r["index"] for v in blocks.values() for r in v["by_index"]})
     series = []
     for label, v in blocks.items():
         by = {r["index"]: r for r in v["by_index"]}
         series.append(Series(label, *([by[i][k] if i in by else np.nan for i in steps]
-                                      for k in ("mean", "ci_low", "ci_high"))))
+                                      for k in ("value", "ci_low", "ci_high"))))
     return steps, series
 
 
@@ -366,8 +374,7 @@ def spheres_figure(table: pd.DataFrame, titles: dict[str, str], n_png: int = 6,
         for pid in pids:
             for (model, segment), g in groups[pid]:
                 kind = "prompt" if segment == "prompt" else "continuation"
-                text = [f"{segment} step {s}: "
-                        f"{html.escape(_show(t)) if isinstance(t, str) else '?'}"
+                text = [f"{segment} step {s}: {_hover_token(t)}"
                         for s, t in zip(g.step, g.token, strict=True)]
                 fig.add_scatter3d(x=g.x, y=g.y, z=g.z, mode="lines+markers",
                                   name=f"{model} {segment}", text=text,
@@ -416,9 +423,9 @@ def spheres_figure(table: pd.DataFrame, titles: dict[str, str], n_png: int = 6,
                                 + "; hover for tokens")
 
 
-def _show(token: str) -> str:
-    text = readable_token(token)
-    return repr(text) if "\ufffd" not in text else repr(token)
+def _hover_token(token: Any) -> str:
+    """A token in a plotly hover label: quoted and escaped (``?`` where there is none)."""
+    return format_token(token, quoted=True, html=True) if isinstance(token, str) else "?"
 
 
 def _sphere_figure(df: pd.DataFrame, pid: str, title: str,
@@ -435,7 +442,7 @@ def _sphere_figure(df: pd.DataFrame, pid: str, title: str,
                         colorscale=[[0, "#cccccc"], [1, "#cccccc"]])
         for (model, segment), g in paths:
             kind = "prompt" if segment == "prompt" else "continuation"
-            text = [f"{segment} step {s}: {html.escape(_show(t)) if isinstance(t, str) else '?'}"
+            text = [f"{segment} step {s}: {_hover_token(t)}"
                     for s, t in zip(g.step, g.token, strict=True)]
             fig.add_scatter3d(x=g.x, y=g.y, z=g.z, mode="lines+markers", name=f"{model} "
                               f"{segment}", text=text, hoverinfo="text+name",
@@ -472,11 +479,11 @@ def intro_html(s: dict[str, Any]) -> str:
     parts = [f"{s['n_prompts']} prompts; layer {s['layer']}."]
     if f:
         parts.append(f"Projection faithfulness (Spearman of sphere geodesics vs full-dimension "
-                     f"angles): {f['mean']:.3f} [{f['ci95'][0]:.3f}, {f['ci95'][1]:.3f}], "
+                     f"angles): {f['value']:.3f} [{f['ci_low']:.3f}, {f['ci_high']:.3f}], "
                      f"n={f['n']} pairs.")
     for m, v in s["sentiment"]["jump_weighted"].items():
-        parts.append(f"Jump-weighted sentiment {html.escape(m)}: {v['mean']:.3f} "
-                     f"[{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}].")
+        parts.append(f"Jump-weighted sentiment {html.escape(m)}: {v['value']:.3f} "
+                     f"[{v['ci_low']:.3f}, {v['ci_high']:.3f}].")
     return " ".join(parts)
 
 

@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from difflens.analysis.divergence import bootstrap_weights
+from difflens.analysis.bootstrap import bootstrap_ratio
 from difflens.analysis.embeddings import DEFAULT_ENCODER, Encoder, embed_texts
 from difflens.errors import InputError
 from difflens.models.loading import LoadedModel
@@ -105,26 +105,24 @@ class AttractorResult:
     """model -> 1 - mean edit distance between endings of different prompts."""
 
     def summary(self, *, seed: int = 0, n_boot: int = 2000) -> dict[str, Any]:
-        """``{model: {strength, ci_low, ci_high, exact_rate, cosine, chance, n, n_prompts}}``."""
+        """``{model: {n, n_prompts, strength, exact_rate, final_sentence_rate, cosine, chance,
+        by_kind, entropy_after}}``: ``strength`` .. ``cosine`` are means over the
+        perturbations (``n``) with bootstrap CIs over prompts, as estimates (``{value,
+        ci_low, ci_high, n, resampled: "prompts"}``)."""
         out: dict[str, Any] = {}
         for model, g in self.table.groupby("model", sort=False):
             per = g.groupby("prompt_id")
-            n_p = per.ngroups
-            w = bootstrap_weights(n_p, n_boot, seed)
-            row: dict[str, Any] = {"n": len(g), "n_prompts": n_p}
+            row: dict[str, Any] = {"n": len(g), "n_prompts": per.ngroups}
             sums = per.size().to_numpy(dtype=np.float64)
             for key, col, sign in (("strength", "edit_distance", -1), ("exact_rate", "exact", 1),
                                    ("final_sentence_rate", "same_final_sentence", 1),
                                    ("cosine", "cosine", 1)):
-                vals = per[col].sum().to_numpy(dtype=np.float64)
-                mean = vals.sum() / sums.sum()
-                boot = (w @ vals) / (w @ sums)
-                lo, hi = np.quantile(boot, [0.025, 0.975])
+                est = bootstrap_ratio(per[col].sum().to_numpy(dtype=np.float64), sums,
+                                      n_boot=n_boot, seed=seed, resampled="prompts")
                 if sign < 0:
-                    mean, lo, hi = 1 - mean, 1 - hi, 1 - lo
-                row[key] = float(mean)
-                row[key + "_ci95"] = [float(lo), float(hi)]
-            row["ci_low"], row["ci_high"] = row["strength_ci95"]
+                    est = dataclasses.replace(est, value=1 - est.value, ci_low=1 - est.ci_high,
+                                              ci_high=1 - est.ci_low)
+                row[key] = dataclasses.replace(est, n=len(g)).to_json()
             row["chance"] = self.chance.get(str(model), float("nan"))
             row["by_kind"] = {str(k): float(1 - gk.edit_distance.mean())
                               for k, gk in g.groupby("kind")}
@@ -137,7 +135,8 @@ def _entropy_after(g: pd.DataFrame, seed: int, n_boot: int) -> dict[str, Any]:
     """Confidence after an escape: the model's mean entropy on the regenerated path against
     the original path over the same positions, for perturbations that escaped (a different
     ending) and that returned (the same ending); paired differences with a bootstrap CI over
-    prompts."""
+    prompts. ``new``, ``original`` and ``diff`` are estimates (``{value, ci_low, ci_high, n,
+    resampled: "prompts"}``, ``n`` the perturbations)."""
     out: dict[str, Any] = {}
     g = g[np.isfinite(g.entropy_new) & np.isfinite(g.entropy_original)]
     for name, part in (("escaped", g[g.exact == 0]), ("returned", g[g.exact == 1])):
@@ -145,15 +144,12 @@ def _entropy_after(g: pd.DataFrame, seed: int, n_boot: int) -> dict[str, Any]:
         row: dict[str, Any] = {"n": len(part), "n_prompts": per.ngroups}
         if len(part):
             sizes = per.size().to_numpy(np.float64)
-            w = bootstrap_weights(per.ngroups, n_boot, seed)
             for key, col in (("new", part.entropy_new),
                              ("original", part.entropy_original),
                              ("diff", part.entropy_new - part.entropy_original)):
-                sums = col.groupby(part.prompt_id).sum().to_numpy(np.float64)
-                boot = (w @ sums) / (w @ sizes)
-                row[key] = float(sums.sum() / sizes.sum())
-                row[f"{key}_ci95"] = [float(np.quantile(boot, 0.025)),
-                                      float(np.quantile(boot, 0.975))]
+                est = bootstrap_ratio(col.groupby(part.prompt_id).sum().to_numpy(np.float64),
+                                      sizes, n_boot=n_boot, seed=seed, resampled="prompts")
+                row[key] = dataclasses.replace(est, n=len(part)).to_json()
         out[name] = row
     out["units"] = "nats per token (greedy path, the model's own distribution at T = 1)"
     return out
