@@ -126,34 +126,15 @@ def value(run: str, path: str) -> Any:
     return node["value"] if is_estimate(node) else node
 
 
-_PRIMARY = ("mean", "cos", "auc", "p_match", "explained", "value", "estimate", "pearson_r",
-            "spearman", "rho", "T", "diff", "delta")
-
-
 def interval(run: str, path: str) -> tuple[float, float]:
-    """The 95% CI of the number at ``path``: the estimate there (or the one whose value the
-    path names in an older spelling, ``x.mean``), else a CI stored beside it in a spelling
-    :func:`respell` leaves (``X_ci95``, ``X_ci_low``/``X_ci_high``, ``ci_low``/``ci_high``
-    beside a primary value)."""
+    """The 95% CI of the number at ``path``: the estimate there, or the one whose value the
+    path names in an older spelling (``x.mean``); stored runs are respelled on reading, so
+    no other spelling is left to look for."""
     parent, node, key = _resolve(run, path)
     if is_estimate(node):
         return float(node["ci_low"]), float(node["ci_high"])
     if is_estimate(parent) and (key in VALUE_KEYS or key == "value"):
         return float(parent["ci_low"]), float(parent["ci_high"])
-    stem = key[: -len("_mean")] if key.endswith("_mean") else key
-    for k in (f"{key}_ci95", f"{stem}_ci95", f"{key}_ci"):
-        if k in parent:
-            lo, hi = parent[k]
-            return float(lo), float(hi)
-    for lo_k, hi_k in ((f"{key}_ci_low", f"{key}_ci_high"), (f"{stem}_ci_low", f"{stem}_ci_high")):
-        if lo_k in parent and hi_k in parent:
-            return float(parent[lo_k]), float(parent[hi_k])
-    if key in _PRIMARY:
-        if "ci_low" in parent and "ci_high" in parent:
-            return float(parent["ci_low"]), float(parent["ci_high"])
-        if "ci95" in parent:
-            lo, hi = parent["ci95"]
-            return float(lo), float(hi)
     raise KeyError(f"{run}:{path}: no confidence interval stored beside it")
 
 

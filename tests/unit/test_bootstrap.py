@@ -49,7 +49,6 @@ def test_estimate_reads_every_legacy_spelling():
     m = mean_ci(x, seed=2)  # {"mean", "ci95", "n"}: every headline figure
     e = Estimate.from_json(m, resampled="prompts")
     assert (e.value, e.ci, e.n, e.resampled) == (m["mean"], tuple(m["ci95"]), 40, "prompts")
-    assert e.to_legacy_json("ci95") == m
     # an attribution row (extra keys ignored; null is NaN)
     row = {"delta": -0.5, "ci_low": -0.9, "ci_high": None, "share": 0.3, "n": 12}
     a = Estimate.from_json(row)
@@ -57,7 +56,7 @@ def test_estimate_reads_every_legacy_spelling():
     # the trajectories' overall difference, a theme-prediction gap, an AUC without n
     assert Estimate.from_json({"diff": 1.0, "ci_low": 0.5, "ci_high": 2.0, "n": 3}).value == 1.0
     gap = {"value": 0.1, "ci_low": 0.0, "ci_high": 0.2, "n": 9}
-    assert Estimate.from_json(gap).to_legacy_json("value") == gap
+    assert Estimate.from_json(gap).to_json() == {**gap, "resampled": ""}
     assert Estimate.from_json({"value": 0.8, "ci_low": 0.7, "ci_high": 0.9}).n == 0
     assert Estimate.from_json({"mean": 2.0, "ci_low": 1.0, "ci_high": 3.0, "n": 5}).ci == (1, 3)
     with pytest.raises(InputError, match="no ci_low"):

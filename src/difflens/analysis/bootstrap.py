@@ -41,8 +41,6 @@ QuantileMethod = Literal["linear", "inverted_cdf"]
 """The quantile definitions in use (``numpy.quantile``'s names): ``linear`` everywhere but
 for statistics on a grid (a layer index), which take ``inverted_cdf``, an observed value."""
 
-LegacySpelling = Literal["ci95", "value", "mean", "delta", "diff"]
-
 #: Keys that hold the value in the summaries' older spellings, in order of preference.
 _VALUE_KEYS = ("value", "delta", "diff", "mean")
 
@@ -85,16 +83,6 @@ class Estimate:
         if self.level != 0.95:
             out["level"] = float(self.level)
         return out
-
-    def to_legacy_json(self, spelling: LegacySpelling) -> dict[str, Any]:
-        """The estimate in a spelling the summaries use today: ``"ci95"`` gives ``{"mean",
-        "ci95": [lo, hi], "n"}``; a value key (``"value"``, ``"mean"``, ``"delta"``,
-        ``"diff"``) gives ``{key, "ci_low", "ci_high", "n"}``."""
-        if spelling == "ci95":
-            return {"mean": float(self.value), "ci95": [float(self.ci_low), float(self.ci_high)],
-                    "n": int(self.n)}
-        return {spelling: float(self.value), "ci_low": float(self.ci_low),
-                "ci_high": float(self.ci_high), "n": int(self.n)}
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any], *, resampled: str = "") -> "Estimate":
@@ -365,6 +353,15 @@ def mean_ci(values: Sequence[float] | np.ndarray, *, seed: int = 0) -> dict[str,
     ``mean`` is ``numpy.nanmean`` of ``values`` (as it always was: an infinite value makes
     it infinite, while the CI and ``n`` leave it out).
     """
+    est = nanmean_estimate(values, seed=seed, resampled="")
+    return {"mean": est.value, "ci95": list(est.ci), "n": est.n}
+
+
+def nanmean_estimate(values: Sequence[float] | np.ndarray, *, seed: int = 0,
+                     resampled: str) -> Estimate:
+    """The mean of ``values`` with the CI of :func:`bootstrap_mean` (``n`` counts the finite
+    values); the value is ``numpy.nanmean`` of all of them, so an infinite value makes it
+    infinite while the CI and ``n`` leave it out."""
     x = np.asarray(values, dtype=np.float64)
-    est = bootstrap_mean(x, seed=seed, resampled="")
-    return {"mean": float(np.nanmean(x)), "ci95": list(est.ci), "n": est.n}
+    est = bootstrap_mean(x, seed=seed, resampled=resampled)
+    return dataclasses.replace(est, value=float(np.nanmean(x)))

@@ -14,8 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from difflens.analysis.bootstrap import Estimate
-from difflens.analysis.divergence import nanmean_estimate
+from difflens.analysis.bootstrap import Estimate, nanmean_estimate
 
 #: The diversity estimates each set's row carries beside its perplexity.
 DIVERSITY_KEYS = ("distinct_2", "self_bleu", "vendi", "precision", "recall")

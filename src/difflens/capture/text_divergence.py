@@ -16,9 +16,8 @@ import numpy as np
 import pandas as pd
 
 from difflens._io import jsonl_objects
-from difflens.analysis.bootstrap import bootstrap_ci
+from difflens.analysis.bootstrap import bootstrap_ci, nanmean_estimate
 from difflens.analysis.contexts import context_summary, ngram_contexts
-from difflens.analysis.divergence import nanmean_estimate
 from difflens.capture import capture
 from difflens.capture.cumulative_paths import sample_continuations
 from difflens.errors import InputError
