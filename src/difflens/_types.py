@@ -4,6 +4,9 @@ Dimension names: ``batch`` (sequences in a forward pass), ``seq`` (token positio
 ``rows`` (stored token rows), ``layer``, ``d_model`` and ``vocab``.
 """
 
+from collections.abc import Callable, Sequence
+
+import numpy as np
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
@@ -19,9 +22,13 @@ NextLogits = Float[Tensor, "batch vocab"]
 """Next-token logits of each row of a batch (the last position)."""
 Vector = Float[Tensor, " d_model"]
 """One residual-stream direction (a steering vector's layer, a probe's weight)."""
+Embedder = Callable[[Sequence[str]], np.ndarray]
+"""A sentence embedder: texts -> one row per text (``n dim``). The analyses take one of these,
+never an encoder name; :func:`difflens.models.encoders.embedder` turns a name into one."""
 
 __all__ = [
     "AttentionMask",
+    "Embedder",
     "Hidden",
     "HiddenRows",
     "LogProbs",

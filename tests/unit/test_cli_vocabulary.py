@@ -21,10 +21,10 @@ runner = CliRunner()
 #: keep that meaning in every command that takes it).
 VOCABULARY: dict[str, str] = {
     # models and their loading
-    "--base": "the base model of a comparison (or the only model)",
+    "--base": "two-model shorthand: the base model of a comparison (or the only model)",
     "--tuned": "the tuned sibling of --base (makes a pair)",
-    "--model": "the model(s) a command runs on: the one model, or, where a command takes a "
-               "model set, one model of it as NAME=MODEL (repeated in lineage order)",
+    "--model": "a model of the run, [NAME=]MODEL: the one model, or, repeated, each model of "
+               "a set (lineage order, base first, each named)",
     "--batch-size": "most inputs per forward pass",
     "--device": "device the model is loaded on",
     "--dtype": "the model's weights dtype",
@@ -113,6 +113,17 @@ VOCABULARY: dict[str, str] = {
     "--gain": "controller gain",
     "--independent": "the second judge",
     "--window": "rollback trigger window",
+    "--segment-window": "tokens per segment (--segment tokens)",
+    "--min-segment-tokens": "least tokens of an unfinished sentence counted as bad",
+    "--max-rollbacks": "most rollbacks per continuation",
+    "--steer-tokens": "tokens steered after a rollback",
+    "--n-boot": "bootstrap resamples of each CI",
+    "--resample-seed": "seed of the second sample set (consistency)",
+    "--tokens-per-example": "labelled tokens kept per example",
+    "--val-fraction": "share of examples that picks the layer and threshold",
+    "--C": "inverse L2 strength of the logistic probe",
+    "--hidden": "hidden units of the MLP probe",
+    "--alpha": "L2 strength of the MLP probe",
     "--allow-other-model": "use a probe trained on other weights",
     "--segment": "how continuations are segmented",
     "--k-min": "fewest k-means themes",
@@ -134,8 +145,14 @@ VOCABULARY: dict[str, str] = {
     "--install-completion": "install shell completion",
     "--show-completion": "show shell completion",
 }
-#: Commands that take a model set: --model NAME=MODEL repeated, or --base/--tuned.
-SET_COMMANDS = {"compare"}
+#: Commands that take a model set: --model [NAME=]MODEL repeated, or --base/--tuned.
+SET_COMMANDS = {
+    "compare", "trajectories run", "concepts extract", "concepts compare", "concepts steer",
+    *(f"collapse {s}" for s in ("divergence", "probes", "temperature", "tree", "attractors",
+                                "diversity", "all")),
+    *(f"themes {s}" for s in ("sample", "fit", "chains", "predict", "evaluate", "all",
+                              "consistency", "generalisation")),
+}
 LOADING = {"--batch-size", "--device", "--dtype", "--device-map", "--quantize", "--revision"}
 #: Commands that load a model (by path), however their model flag is spelled.
 MODEL_COMMANDS = {
@@ -222,7 +239,7 @@ def test_collapse_steps_show_only_their_own_options():
     assert "--temperatures" in own["temperature"] and "--temperatures" not in own["probes"]
     assert _flags(cmds["collapse all"]) == set().union(*own.values())
     shared = set.intersection(*own.values())
-    assert shared == {"--base", "--tuned", "--out", *LOADING, "--layers-path"}
+    assert shared == {"--model", "--base", "--tuned", "--out", *LOADING, "--layers-path"}
 
 
 def test_version():
@@ -307,7 +324,7 @@ def test_loading_options_reach_load_model(monkeypatch, files, args):
 
 @pytest.mark.parametrize(("args", "warnings", "error"), [
     (["themes", "sample", "--model", "x", "--out", "O", "--k", "3"],
-     ["--model is deprecated; use --base", "--k is deprecated; use --samples"],
+     ["--k is deprecated; use --samples"],
      "exactly one of --prompts FILE or --organism N"),
     (["control", "evaluate", "--model", "x", "--probe", "p", "--out", "O", "--limit", "3",
       "--k=2"],

@@ -1,6 +1,7 @@
 """``difflens compare``: a model set through every section, stage attribution with planted
 changes, the two-model case equal to today's pair, and the command line."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from typer.testing import CliRunner
 from difflens.analysis.bootstrap import Estimate
 from difflens.analysis.summary_spelling import leftover_ci_keys
 from difflens.cli.main import app
+from difflens.errors import DifflensWarning, InputError
 from difflens.models import ModelSet
 from difflens.models.tiny import bigram_model, tiny_model, word_tokenizer
 from difflens.pipelines.collapse import CollapseConfig, run_collapse
@@ -106,12 +108,12 @@ def test_two_models_give_todays_pair_results(tmp_path):
     steps = ("probes", "temperature")
     run = run_compare(models, tmp_path / "set", inputs, config=CompareConfig(
         sections=("collapse",), collapse={"steps": steps}))
-    today = run_collapse(models.pair("base", "dpo"), tmp_path / "pair", steps=steps,
-                         config=CollapseConfig(prompts=inputs.prompts, probes=inputs.probes,
-                                               tree_prompt=inputs.prompts[0], k_samples=8,
-                                               max_new_tokens=40,
-                                               free_text_temperatures=()), index=False)
-    assert run.summary["collapse"] == today.summary
+    today = run_collapse(models.pair("base", "dpo"), inputs.prompts, tmp_path / "pair",
+                         CollapseConfig(steps=steps, probes=inputs.probes,
+                                        tree_prompt=inputs.prompts[0], k_samples=8,
+                                        max_new_tokens=40, free_text_temperatures=()),
+                         index=False)
+    assert run.summary["collapse"] == today.summary()
     # a two-model attribution is the pair's difference, its stage named after the model
     ph = pd.read_parquet(tmp_path / "pair" / "data" / "probes.parquet")
     means = ph.groupby("model").tvd_uniform.mean()
@@ -123,15 +125,25 @@ def test_two_models_give_todays_pair_results(tmp_path):
 
 def test_config_file_and_its_errors(tmp_path):
     good = tmp_path / "compare.toml"
-    good.write_text('sections = ["collapse"]\nseed = 3\n[collapse]\nk_samples = 2\n'
-                    'temperatures = [0.5, 1.0]\n')
+    good.write_text('sections = ["collapse"]\nseed = 3\n[collapse]\nsamples = 2\n'
+                    'temperatures = [0.5, 1.0]\nmax-new-tokens = 9\n')
     cfg = read_compare_config(good)
     assert cfg == {"sections": ("collapse",), "seed": 3,
-                   "collapse": {"k_samples": 2, "temperatures": (0.5, 1.0)}}
-    CompareConfig(**cfg)
+                   "collapse": {"samples": 2, "temperatures": [0.5, 1.0],
+                                "max-new-tokens": 9}}
+    # the table's names are the CLI's; what it leaves out is the section's quick() preset
+    got = CompareConfig(**cfg).collapse
+    assert got == dataclasses.replace(CollapseConfig.quick(), seed=3, k_samples=2,
+                                      temperatures=(0.5, 1.0), max_new_tokens=9)
+    assert CompareConfig().concepts.position == "last"  # the preset, visible in the config
+    old = tmp_path / "old.toml"
+    old.write_text("[collapse]\nk_samples = 2\n")  # the library's name, one release
+    with pytest.warns(DifflensWarning, match="k_samples is deprecated; use samples"):
+        assert CompareConfig(**read_compare_config(old)).collapse.k_samples == 2
     bad = tmp_path / "bad.toml"
     bad.write_text("[collapse]\nk_sample = 2\n")
-    with pytest.raises(Exception, match=r"bad.toml: \[collapse\] has no option k_sample"):
+    with pytest.raises(InputError, match=r"bad.toml \[collapse\]: no option 'k_sample'; the "
+                       r"options are steps, corpus, sources"):
         read_compare_config(bad)
     broken = tmp_path / "broken.toml"
     broken.write_text("[collapse\n")
@@ -173,7 +185,7 @@ def test_cli_compare_organism_pair_collapse_and_concepts(tmp_path, monkeypatch, 
 
     monkeypatch.setattr(B, "build_organism", lambda *a, **k: small_organism)
     cfg = tmp_path / "compare.toml"
-    cfg.write_text("[collapse]\nk_samples = 2\nmax_new_tokens = 8\n"
+    cfg.write_text("[collapse]\nsamples = 2\nmax_new_tokens = 8\n"
                    "[concepts]\nalphas = [0.0, 0.5]\nn_generations = 1\n")
     out = tmp_path / "out"
     res = CliRunner().invoke(app, ["compare", "--base", "organism-base", "--tuned",

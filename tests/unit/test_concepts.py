@@ -452,7 +452,7 @@ def test_several_behaviours_on_one_chart(tmp_path: Path):
     both models (cos exactly 1) and the second's are rotated (cos < 1)."""
     import pandas as pd
 
-    from difflens.pipelines.concepts import compare_behaviours, run_concepts
+    from difflens.pipelines.concepts import ConceptsConfig, compare_behaviours, run_concepts
 
     lm, _ = _planted(2)
     twin = wrap_model(copy.deepcopy(lm.model), lm.tokenizer, name="twin")
@@ -478,9 +478,9 @@ def test_several_behaviours_on_one_chart(tmp_path: Path):
                          items=tuple(items))
 
     kept, moved = dataset("kept", slice(0, 15), 1), dataset("moved", slice(15, 30), 2)
-    run = compare_behaviours(pair, [kept, moved], tmp_path / "out", test_fraction=0.25,
-                             n_boot=100, settle_threshold=0.9)
-    s = run.summary
+    run = compare_behaviours(pair, [kept, moved], tmp_path / "out", ConceptsConfig(
+        test_fraction=0.25, n_boot=100, settle_threshold=0.9))
+    s = run.summary()
     assert list(s["behaviours"]) == ["kept", "moved"] and s["settle_threshold"] == 0.9
     assert leftover_ci_keys(s) == []  # every estimate in the one spelling
     kept_cos = {r["layer"]: r for r in s["behaviours"]["kept"]["cosine_by_layer"]}
@@ -499,13 +499,13 @@ def test_several_behaviours_on_one_chart(tmp_path: Path):
     assert set(zip(settle.behaviour, settle.model, strict=True)) == {
         (b, m) for b in ("kept", "moved") for m in ("base", "tuned")}
     # each behaviour's folder is the single-dataset run's output
-    single = run_concepts(pair, moved, tmp_path / "single", steps=("extract", "compare"),
-                          test_fraction=0.25, n_boot=100, index=False)
+    single = run_concepts(pair, moved, tmp_path / "single", ConceptsConfig(
+        steps=("extract", "compare"), test_fraction=0.25, n_boot=100), index=False)
     own = json.loads((tmp_path / "out" / "moved" / "summary.json").read_text())
-    want = pd.DataFrame(single.summary["cosine_by_layer"])
+    want = pd.DataFrame(single.summary()["cosine_by_layer"])
     pd.testing.assert_frame_equal(pd.DataFrame(own["cosine_by_layer"])[want.columns], want)
-    assert own["settling_layer"] == single.summary["settling_layer"]
-    assert leftover_ci_keys(single.summary) == []
+    assert own["settling_layer"] == single.summary()["settling_layer"]
+    assert leftover_ci_keys(single.summary()) == []
     # identical vectors in both models settle at the same layer
     kept_settle = s["behaviours"]["kept"]["settling_layer"]
     assert kept_settle["base"] == kept_settle["tuned"]

@@ -18,7 +18,7 @@ from difflens.inputs.ab_items import ABDataset, ABItem
 from difflens.models import ModelPair, ModelSet
 from difflens.models.loading import LoadedModel, wrap_model
 from difflens.models.tiny import tiny_model, word_tokenizer
-from difflens.pipelines.concepts import run_concepts
+from difflens.pipelines.concepts import ConceptsConfig, run_concepts
 from difflens.report.figures import COLORS, CustomFigure, Figure
 
 FILLER = [f"w{i}" for i in range(30)]
@@ -90,9 +90,9 @@ def lineage() -> ModelSet:
 def test_the_cosine_change_is_attributed_to_the_stage_that_made_it(
         tmp_path: Path, lineage: ModelSet, no_figure_files: None):
     ds = _items()
-    run = run_concepts(lineage, ds, tmp_path, steps=("extract", "compare"), test_fraction=0.25,
-                       n_boot=200, index=False)
-    s = run.summary
+    run = run_concepts(lineage, ds, tmp_path, ConceptsConfig(
+        steps=("extract", "compare"), test_fraction=0.25, n_boot=200), index=False)
+    s = run.summary()
     layers = list(range(N_LAYERS + 1))
     assert s["lineage"] == ["base", "sft", "rl"] and s["layers"] == layers
     assert set(s["separation_auc"]) == set(s["vector_norm"]) == {"base", "sft", "rl"}
@@ -160,12 +160,12 @@ def test_the_lineage_order_decides_the_stages(lineage: ModelSet):
 def test_a_two_model_set_gives_the_pair_outputs(tmp_path: Path, no_figure_files: None):
     base = _base()
     pair = ModelPair(base, _moved(base, "tiny-tuned"))
-    options = {"test_fraction": 0.25, "n_boot": 100, "steer_layers": [2],
-               "alphas": (-1.0, 0.0, 1.0), "n_generations": 1, "max_new_tokens": 3}
+    options = ConceptsConfig(test_fraction=0.25, n_boot=100, steer_layers=(2,),
+                             alphas=(-1.0, 0.0, 1.0), n_generations=1, max_new_tokens=3)
     ds = _items(40)
-    as_pair = run_concepts(pair, ds, tmp_path / "pair", **options)
-    as_set = run_concepts(ModelSet.from_pair(pair), ds, tmp_path / "set", **options)
-    p, s = as_pair.summary, as_set.summary
+    as_pair = run_concepts(pair, ds, tmp_path / "pair", options)
+    as_set = run_concepts(ModelSet.from_pair(pair), ds, tmp_path / "set", options)
+    p, s = as_pair.summary(), as_set.summary()
     assert not {"lineage", "cosine_vs_base", "attribution"} & set(p)
     assert leftover_ci_keys(p) == [] and leftover_ci_keys(s) == []
     assert as_pair.attribution_table is None and as_pair.attributions == {}
@@ -187,9 +187,9 @@ def test_a_two_model_set_gives_the_pair_outputs(tmp_path: Path, no_figure_files:
 
 
 def test_a_set_draws_its_lineage_figures(tmp_path: Path, lineage: ModelSet):
-    run = run_concepts(lineage, _items(), tmp_path, steps=("extract", "compare", "steer"),
-                       test_fraction=0.25, n_boot=50, steer_layers=[2], alphas=(0.0, 1.0),
-                       n_generations=1, max_new_tokens=2)
+    run = run_concepts(lineage, _items(), tmp_path, ConceptsConfig(
+        steps=("extract", "compare", "steer"), test_fraction=0.25, n_boot=50, steer_layers=(2,),
+        alphas=(0.0, 1.0), n_generations=1, max_new_tokens=2))
     figures = tmp_path / "figures"
     for name in ("cosine_vs_base", "attribution_concepts", "steering_base", "steering_sft",
                  "steering_rl"):
@@ -201,6 +201,6 @@ def test_a_set_draws_its_lineage_figures(tmp_path: Path, lineage: ModelSet):
     assert [x.label for x in att_fig.series] == ["sft", "rl"]
     assert COLORS["sft"] != COLORS["rl"] and COLORS["base"] not in (COLORS["sft"],
                                                                     COLORS["rl"])
-    assert set(run.summary["steering"]) == {"base", "sft", "rl"}
+    assert set(run.summary()["steering"]) == {"base", "sft", "rl"}
     assert (tmp_path / "index.html").is_file()
     assert "sft: lowest cos with base" in (tmp_path / "index.html").read_text()

@@ -614,7 +614,7 @@ def test_control_evaluation_with_the_self_judge(judge_model, tmp_path):
                                  tmp_path / "c", config=cfg, independent=measure,
                                  independent_name="bad words", self_judge=judge, index=False)
     rows = pd.read_parquet(tmp_path / "c" / "data" / "self_judge.parquet")
-    sj = run.summary["self_judge"]
+    sj = run.summary()["self_judge"]
     assert sj["auc"]["n"] == len(rows) > 10 and sj["answers"] == [" yes", " no"]
     # every judged sentence ended on '!' or '.', whose planted score is known
     last = rows["text"].str.split().str[-1]

@@ -83,22 +83,22 @@ def test_collapse_takes_plain_models(plain_pair, tmp_path):
     from difflens.pipelines.collapse import CollapseConfig, run_collapse
 
     pair, plain, tok = plain_pair
-    cfg = CollapseConfig(k_samples=2, max_new_tokens=4)
-    a = run_collapse(plain, tmp_path / "plain", steps=("probes",), config=cfg, index=False,
-                     tokenizer=tok)
-    b = run_collapse(pair, tmp_path / "pair", steps=("probes",), config=cfg, index=False)
-    assert a.summary["probes"] == b.summary["probes"]
+    cfg = CollapseConfig(steps=("probes",), k_samples=2, max_new_tokens=4)
+    a = run_collapse(plain, (), tmp_path / "plain", cfg, index=False, tokenizer=tok)
+    b = run_collapse(pair, (), tmp_path / "pair", cfg, index=False)
+    assert a.summary()["probes"] == b.summary()["probes"]
+    assert a.estimate("probes.d6.tuned.tvd_uniform") == b.estimate(
+        "probes.d6.tuned.tvd_uniform")
 
 
 def test_trajectories_take_plain_models(plain_pair, tmp_path):
-    from difflens.pipelines.trajectories import run_trajectories
+    from difflens.pipelines.trajectories import TrajectoriesConfig, run_trajectories
 
     pair, plain, tok = plain_pair
     prompts = ["the fox went to the forest", "once upon a time there was a fox"]
-    kw = {"continuations": 1, "max_new_tokens": 4, "method": "pca", "min_count": 1,
-          "index": False}
-    a = run_trajectories(plain, prompts, tmp_path / "plain", tokenizer=tok, **kw)
-    b = run_trajectories(pair, prompts, tmp_path / "pair", **kw)
+    cfg = TrajectoriesConfig(continuations=1, max_new_tokens=4, method="pca", min_count=1)
+    a = run_trajectories(plain, prompts, tmp_path / "plain", cfg, tokenizer=tok, index=False)
+    b = run_trajectories(pair, prompts, tmp_path / "pair", cfg, index=False)
     pd.testing.assert_frame_equal(a.table, b.table)
 
 
@@ -144,7 +144,7 @@ def test_probe_training_takes_a_plain_model(tmp_path):
 
 def test_concepts_take_plain_models(plain_pair, tmp_path):
     from difflens.inputs.ab_items import ABDataset, ABItem
-    from difflens.pipelines.concepts import run_concepts
+    from difflens.pipelines.concepts import ConceptsConfig, run_concepts
 
     pair, plain, tok = plain_pair
     rng = np.random.default_rng(0)
@@ -152,10 +152,10 @@ def test_concepts_take_plain_models(plain_pair, tmp_path):
     items = tuple(ABItem(prompt=" ".join(rng.choice(words, 5)), matching=" fox",
                          not_matching=" forest", source=f"synthetic:{i}") for i in range(16))
     ds = ABDataset(name="planted", path="synthetic", format="plain", items=items)
-    kw = {"steps": ("extract", "compare"), "n_boot": 50, "index": False}
-    a = run_concepts(plain, ds, tmp_path / "plain", tokenizer=tok, **kw)
-    b = run_concepts(pair, ds, tmp_path / "pair", **kw)
-    assert a.summary["cosine_by_layer"] == b.summary["cosine_by_layer"]
+    cfg = ConceptsConfig(steps=("extract", "compare"), n_boot=50)
+    a = run_concepts(plain, ds, tmp_path / "plain", cfg, tokenizer=tok, index=False)
+    b = run_concepts(pair, ds, tmp_path / "pair", cfg, index=False)
+    assert a.summary()["cosine_by_layer"] == b.summary()["cosine_by_layer"]
 
 
 @pytest.mark.parametrize("entry", ["themes", "control"])
@@ -171,8 +171,7 @@ def test_every_pipeline_entry_wraps_plain_models(entry, tmp_path):
     probe = StateProbe(weight=torch.zeros(32), bias=0.0, layer=1, threshold=0.5,
                        state_norm=1.0, model={})
     calls = {
-        "themes": lambda: run_themes(hf_model, tmp_path / "t",
-                                     config=ThemesConfig(prompts=("the fox",))),
+        "themes": lambda: run_themes(hf_model, ("the fox",), tmp_path / "t", ThemesConfig()),
         "control": lambda: run_control_evaluation(hf_model, probe, ["the fox"], tmp_path / "c"),
     }
     with pytest.raises(dl.InputError, match="needs its tokenizer"):

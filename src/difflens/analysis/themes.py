@@ -2,8 +2,9 @@
 and turn every continuation into a chain of themes.
 
 - :func:`segment` splits a continuation into sentences (default) or fixed token windows;
-- :func:`fit_themes` embeds segments with a sentence encoder (all-MiniLM-L6-v2 by default,
-  offline) and clusters them: k-means with k chosen by silhouette within a range, or
+- :func:`fit_themes` embeds segments with a sentence embedder (a callable; the pipelines make
+  one of all-MiniLM-L6-v2, offline, with :func:`difflens.models.encoders.embedder`) and
+  clusters them: k-means with k chosen by silhouette within a range, or
   HDBSCAN, whose outliers stay outliers (theme ``-1``, reported, never hidden);
 - every theme is labelled with its c-TF-IDF keywords and its three most central segments;
   an optional OpenAI-compatible chat endpoint can name it (off by default);
@@ -27,8 +28,9 @@ import numpy as np
 from jaxtyping import Float, Int
 
 from difflens._io import write_bytes_atomic, write_json_atomic
+from difflens._types import Embedder
 from difflens.analysis.bootstrap import Estimate, bootstrap_statistic, quantile
-from difflens.analysis.embeddings import DEFAULT_ENCODER, Encoder, embed_texts
+from difflens.analysis.embeddings import embed
 from difflens.errors import InputError
 
 THEME_FORMAT = "difflens-themes-1"
@@ -110,11 +112,10 @@ class ThemeModel:
             best = np.where(sims[np.arange(len(best)), best] >= floor, best, OUTLIER)
         return best.astype(np.int64)
 
-    def assign(self, texts: Sequence[str], *, encoder: Encoder | None = None,
-               batch_size: int = 256) -> Int[np.ndarray, " n"]:
-        """Theme of each text (embedded with this model's encoder unless one is given)."""
-        emb = embed_texts(list(texts), encoder or self.encoder, batch_size=batch_size)
-        return self.assign_embeddings(emb)
+    def assign(self, texts: Sequence[str], *, encoder: Embedder) -> Int[np.ndarray, " n"]:
+        """Theme of each text, embedded by ``encoder`` (an embedder of the encoder named in
+        :attr:`encoder`, e.g. ``difflens.models.encoders.embedder(model.encoder)``)."""
+        return self.assign_embeddings(embed(list(texts), encoder))
 
     def save(self, path: str | Path) -> None:
         """``path`` (safetensors: centroids; metadata inside) and ``path`` with ``.json``."""
@@ -204,15 +205,24 @@ def cluster(emb: Float[np.ndarray, "n dim"], *, method: str = "kmeans",
     raise InputError(f"clustering method must be 'kmeans' or 'hdbscan', got {method!r}")
 
 
-def fit_themes(segments: Sequence[str], *, encoder: Encoder = DEFAULT_ENCODER,
-               method: str = "kmeans", k_range: tuple[int, int] = (4, 16), seed: int = 0,
+def fit_themes(segments: Sequence[str], *, encoder: Embedder | None = None,
+               encoder_name: str = "callable", method: str = "kmeans",
+               k_range: tuple[int, int] = (4, 16), seed: int = 0,
                min_cluster_size: int = 15, n_keywords: int = 6,
                labeller: Callable[[list[str], list[str]], str] | None = None,
                embeddings: np.ndarray | None = None) -> ThemeFit:
-    """Embed ``segments``, cluster them into themes and label every theme."""
+    """Embed ``segments``, cluster them into themes and label every theme.
+
+    ``encoder`` embeds the segments unless their ``embeddings`` are given; ``encoder_name``
+    is the name the :class:`ThemeModel` records for it."""
     if not segments:
         raise InputError("no segments to fit themes on (are all continuations empty?)")
-    emb = embed_texts(list(segments), encoder) if embeddings is None else embeddings
+    if embeddings is not None:
+        emb = embeddings
+    elif encoder is not None:
+        emb = embed(list(segments), encoder)
+    else:
+        raise InputError("fit_themes needs an encoder (an embedder callable) or embeddings")
     labels, sil = cluster(emb, method=method, k_range=k_range, seed=seed,
                           min_cluster_size=min_cluster_size)
     ids = sorted(int(t) for t in set(labels.tolist()) if t != OUTLIER)
@@ -233,7 +243,7 @@ def fit_themes(segments: Sequence[str], *, encoder: Encoder = DEFAULT_ENCODER,
     keywords = [kw[t] for t in range(len(ids))]
     names = [labeller(keywords[t], examples[t]) if labeller is not None
              else " ".join(keywords[t][:3]) or f"theme {t}" for t in range(len(ids))]
-    model = ThemeModel(encoder=encoder if isinstance(encoder, str) else "callable",
+    model = ThemeModel(encoder=encoder_name,
                        centroids=np.asarray(cents, dtype=np.float32), keywords=keywords,
                        examples=examples, names=names, method=method, min_similarity=floors,
                        sizes=sizes, silhouette=sil)

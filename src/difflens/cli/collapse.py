@@ -2,8 +2,9 @@
 
 Every command writes into ``--out`` and merges its keys into ``OUT/summary.json``, so the
 steps can be run one at a time or together (``all``). Each step's command takes only the
-options that step reads (``_STEP_OPTIONS``); every option is defined once (``_OPTIONS``),
-with the library's default, and ``all`` takes the union.
+options that step reads (``_STEP_OPTIONS``); every option is a field of
+:class:`~difflens.pipelines.collapse.CollapseConfig` (flag, help, default), and ``all``
+takes the union.
 """
 
 import dataclasses
@@ -16,32 +17,23 @@ import typer
 from rich.console import Console
 
 from difflens.cli._common import (
-    Base,
-    BatchSize,
-    Device,
-    DeviceMap,
-    Dtype,
-    EngineName,
-    LayersPath,
     MaxInputs,
-    MaxNewTokens,
     OutDir,
     PromptsFile,
-    Quantize,
-    RayAddress,
-    Revision,
-    Samples,
-    Seed,
-    Tuned,
-    WorkerGpus,
-    Workers,
-    engine_of,
     err,
     friendly_errors,
-    load_target,
     vocab,
 )
-from difflens.errors import InputError
+from difflens.cli._options import (
+    ENGINE,
+    LOADING,
+    MODELS,
+    REQUIRED,
+    config_of,
+    config_params,
+    engine,
+    load_models,
+)
 from difflens.models.engines import use_engine
 from difflens.pipelines.collapse import STEPS, CollapseConfig, run_collapse
 from difflens.report.collapse import probe_items, rank_text, unanswered_note, value_of
@@ -51,72 +43,22 @@ app = typer.Typer(help="Mode collapse and attractors: divergence along text, exa
                   no_args_is_help=True)
 out = Console()
 
-_C = CollapseConfig  # the library's defaults
-_REQUIRED = inspect.Parameter.empty
-
-#: option name -> (annotated type, default), in help order.
+#: option name -> (annotated type, default), in help order: the models, the inputs, every
+#: field of CollapseConfig (flag, help and default as declared there), the loading options.
 _OPTIONS: dict[str, tuple[Any, Any]] = {
-    "base": (Base, _REQUIRED),
-    "out_dir": (OutDir, _REQUIRED),
-    "tuned": (Tuned, None),
+    **MODELS,
+    "out_dir": (OutDir, REQUIRED),
     "prompts": (PromptsFile, None),
     "max_inputs": (MaxInputs, None),
-    "corpus": (Annotated[Path | None, typer.Option(
-        "--corpus", help="Divergence corpus: JSONL with prompt and continuation (else "
-        "sampled).")], None),
-    "sources": (Annotated[str, typer.Option(
-        "--sources", help="Models whose samples form the divergence corpus, e.g. tuned "
-        "(default: all).")], ""),
-    "max_new_tokens": (MaxNewTokens, _C.max_new_tokens),
-    "probes": (Annotated[Path | None, typer.Option(
-        "--probes", help="Probe JSONL (default: built-in random number, dice, coin; see "
-        "`difflens list probes`).")], None),
-    "probe_names": (Annotated[str, typer.Option(
-        "--probe-names", help="Only these probes, e.g. d6,coin.")], ""),
-    "temperatures": (Annotated[str, typer.Option(
-        "--temperatures", help="Temperature grid (default: 0.25..4, log-spaced).")], ""),
-    "free_text_temperatures": (Annotated[str, typer.Option(
-        "--free-text-temperatures", help="Temperatures of the tuned model's samples in the "
-        "free-text check (with --prompts; 'none' skips it).")],
-        ",".join(f"{t:g}" for t in _C.free_text_temperatures)),
-    "tree_prompt": (Annotated[str, typer.Option(
-        "--tree-prompt", help="Prompt of the probability tree.")], _C.tree_prompt),
-    "depth": (Annotated[int, typer.Option("--depth", help="Tree depth.")], _C.tree_depth),
-    "top_k": (Annotated[int, typer.Option("--top-k", help="Children per tree node.")],
-              _C.tree_top_k),
-    "min_prob": (Annotated[float, typer.Option(
-        "--min-prob", help="Do not expand paths below this probability.")], _C.tree_min_prob),
-    "perturb_at": (Annotated[str, typer.Option(
-        "--perturb-at", help="Perturbation points (fractions of the completion).")],
-        ",".join(f"{x:g}" for x in _C.positions)),
-    "insert": (Annotated[str, typer.Option(
-        "--insert", help="Phrase inserted by the attractor test.")], _C.insert),
-    "samples": (Samples, _C.k_samples),
-    "prob_caps": (Annotated[str, typer.Option(
-        "--prob-caps", help="De-collapse sampler: also sample the tuned model with no token "
-        "above each probability, e.g. 0.5,0.25, and score diversity and perplexity under the "
-        "base.")], ""),
     "reference": (Annotated[Path | None, typer.Option(
         "--reference", help="Reference texts for the Fréchet distance (.txt/.jsonl; default: "
         "a second draw of the first model).")], None),
-    "encoder": (Annotated[str, typer.Option(
-        "--encoder", help="Sentence encoder (name or folder).")], _C.encoder),
-    "seed": (Seed, _C.seed),
-    "batch_size": (BatchSize, _C.batch_size),
-    "device": (Device, None),
-    "dtype": (Dtype, None),
-    "device_map": (DeviceMap, None),
-    "quantize": (Quantize, None),
-    "revision": (Revision, None),
-    "layers_path": (LayersPath, None),
-    "engine": (EngineName, "local"),
-    "address": (RayAddress, None),
-    "workers": (Workers, 2),
-    "worker_gpus": (WorkerGpus, 0.0),
+    **config_params(CollapseConfig),
+    **LOADING,
+    **ENGINE,
 }
-_COMMON = ("base", "out_dir", "tuned")
-_LOADING = ("batch_size", "device", "dtype", "device_map", "quantize", "revision",
-            "layers_path")
+_COMMON = ("model", "base", "out_dir", "tuned")
+_LOADING = ("batch_size", *LOADING)
 #: the options each step reads (besides the models, --out and the loading options).
 _STEP_OPTIONS: dict[str, tuple[str, ...]] = {
     "divergence": ("prompts", "max_inputs", "corpus", "sources", "max_new_tokens", "seed"),
@@ -139,13 +81,6 @@ def _flag(name: str) -> str:
     info = typing.get_args(_OPTIONS[name][0])[1]
     # typer keeps a flag given as the first positional argument in ``default``
     return str(info.param_decls[0] if info.param_decls else info.default)
-
-
-def _floats(text: str, option: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise InputError(f"{option} takes numbers like 0.5,1,2, got {text!r}") from None
 
 
 def _print(summary: dict, steps: tuple[str, ...], out_dir: Path) -> None:  # type: ignore[type-arg]
@@ -209,43 +144,24 @@ def _print(summary: dict, steps: tuple[str, ...], out_dir: Path) -> None:  # typ
 
 
 def _run(steps: tuple[str, ...], values: dict[str, Any]) -> None:
-    from difflens.capture.outcomes import DEFAULT_TEMPERATURES
     from difflens.inputs.prompts import read_prompts
 
     v = {name: default for name, (_, default) in _OPTIONS.items()} | values
-    prompts, reference, tuned = v["prompts"], v["reference"], v["tuned"]
-    depth, top_k, min_prob = v["depth"], v["top_k"], v["min_prob"]
+    prompts, reference = v["prompts"], v["reference"]
+    cfg = config_of(CollapseConfig, v, base=CollapseConfig(steps=steps))  # before loading
     ps = tuple(read_prompts(prompts)[:v["max_inputs"]]) if prompts else ()
     ref = tuple(read_prompts(reference, field="text")) if reference else None
-    cfg = CollapseConfig(
-        prompts=ps, corpus=str(v["corpus"]) if v["corpus"] else None,
-        sources=tuple(s for s in v["sources"].split(",") if s),
-        max_new_tokens=v["max_new_tokens"], probes=str(v["probes"]) if v["probes"] else None,
-        probe_names=tuple(n for n in v["probe_names"].split(",") if n),
-        temperatures=_floats(v["temperatures"], "--temperatures") or DEFAULT_TEMPERATURES,
-        free_text_temperatures=(() if v["free_text_temperatures"].strip().lower() == "none"
-                                else _floats(v["free_text_temperatures"],
-                                             "--free-text-temperatures")),
-        tree_prompt=v["tree_prompt"], tree_depth=depth, tree_top_k=top_k,
-        tree_min_prob=min_prob, positions=_floats(v["perturb_at"], "--perturb-at"),
-        insert=v["insert"], k_samples=v["samples"], reference=ref,
-        prob_caps=_floats(v["prob_caps"], "--prob-caps"),
-        reference_name=str(reference) if reference else "", encoder=v["encoder"],
-        seed=v["seed"], batch_size=v["batch_size"])
-    if "tree" in steps and (depth < 1 or top_k < 1 or not 0 <= min_prob < 1):
-        raise InputError(f"need --depth >= 1, --top-k >= 1 and 0 <= --min-prob < 1; got "
-                         f"{depth}, {top_k}, {min_prob}")
-    run_steps = steps
+    cfg = dataclasses.replace(cfg, reference=ref,
+                              reference_name=str(reference) if reference else "")
     if len(steps) > 1:  # `all`: the tree defaults to the first prompt; one model
         if not cfg.tree_prompt and ps:  # cannot be compared with itself in temperature
             cfg = dataclasses.replace(cfg, tree_prompt=ps[0])
-        run_steps = tuple(s for s in steps if s != "temperature" or tuned is not None)
-    target = load_target(v["base"], tuned, revision=v["revision"], dtype=v["dtype"],
-                         device=v["device"], layers_path=v["layers_path"],
-                         device_map=v["device_map"], quantization=v["quantize"])
-    with use_engine(engine_of(v["engine"], v["address"], v["workers"], v["worker_gpus"])):
-        run = run_collapse(target, v["out_dir"], steps=run_steps, config=cfg, progress=True)
-    _print(run.summary, run_steps, v["out_dir"])
+        if v["tuned"] is None and len(v["model"] or []) < 2:
+            cfg = dataclasses.replace(cfg, steps=tuple(s for s in steps if s != "temperature"))
+    target = load_models(v)
+    with use_engine(engine(v)):
+        run = run_collapse(target, ps, v["out_dir"], cfg, progress=True)
+    _print(run.summary(), cfg.steps, v["out_dir"])
 
 
 def _command(steps: tuple[str, ...], doc: str):  # type: ignore[no-untyped-def]

@@ -9,6 +9,7 @@ The old paths ``difflens probe train`` and ``difflens monitor`` still work for o
 
 import json
 from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -19,31 +20,35 @@ from difflens.cli._common import (
     Device,
     DeviceMap,
     Dtype,
-    EngineName,
     LayersPath,
     MaxInputs,
     MaxInputsCount,
     MaxNewTokens,
-    Model,
     OutDir,
     Quantize,
-    RayAddress,
     Revision,
-    Samples,
     Seed,
-    WorkerGpus,
-    Workers,
-    engine_of,
     friendly_errors,
     load,
     vocab,
+)
+from difflens.cli._options import (
+    ENGINE,
+    LOADING,
+    REQUIRED,
+    OneModel,
+    build,
+    config_of,
+    config_params,
+    engine,
+    loading,
+    one_model,
 )
 from difflens.control.evaluate import ControlConfig
 from difflens.control.self_judge import SelfJudgeConfig
 from difflens.control.state_probe import ProbeConfig
 from difflens.errors import InputError
 from difflens.models.engines import use_engine
-from difflens.models.layers import parse_layer_list
 
 app = typer.Typer(help="Closed-loop control with state probes (a score in [0, 1] per token "
                   "from hidden states): train a probe, monitor a generation, evaluate "
@@ -75,32 +80,7 @@ def _format_of(path: Path | None, fmt: str) -> str:
     return "pairs" if isinstance(obj, dict) and "chosen" in obj else "labelled"
 
 
-@friendly_errors
-def train_cmd(
-    model: Model,
-    out_dir: OutDir,
-    data: Path | None = typer.Option(None, "--data", help="JSONL (.gz ok): text/label, or "
-                                     "chosen/rejected preference transcripts."),
-    fmt: str = typer.Option("auto", "--format", help="auto|labelled|pairs|organism."),
-    layers: str = typer.Option("all", help="'all' or a list like 0,3,5; best on validation."),
-    threshold: float | None = typer.Option(None, help="Default threshold (default: calibrated "
-                                           "on validation segments)."),
-    max_inputs: MaxInputs = None,
-    n_stories: int = typer.Option(300, help="organism: labelled world stories."),
-    bad_themes: str = typer.Option("danger,loss", help="organism: themes that are bad."),
-    max_tokens: int = typer.Option(256, help="Tokens read per example (the end is kept)."),
-    method: str = typer.Option("logistic", "--method", help="logistic|mlp: an MLP probe "
-                               "(32 ReLU units) is compared with the logistic one at the same "
-                               "layer."),
-    seed: Seed = ProbeConfig.seed,
-    batch_size: BatchSize = ProbeConfig.batch_size,
-    device: Device = None,
-    dtype: Dtype = None,
-    device_map: DeviceMap = None,
-    quantize: Quantize = None,
-    revision: Revision = None,
-    layers_path: LayersPath = None,
-) -> None:
+def _train(**v: Any) -> None:
     """Train a state probe and report its held-out AUC per layer (examples: --max-inputs
     examples, or pairs for preference data)."""
     from difflens._io import rich_progress
@@ -109,11 +89,14 @@ def train_cmd(
     from difflens.organism.truth import organism_labelled
     from difflens.pipelines.control import run_probe_training
 
+    config = config_of(ProbeConfig, v)  # options checked before anything loads
+    threshold, data, max_inputs = v["threshold"], v["data"], v["max_inputs"]
+    n_stories, bad_themes, out_dir = v["n_stories"], v["bad_themes"], v["out_dir"]
     if threshold is not None:
         check_threshold(threshold)
-    kind = _format_of(data, fmt)
+    kind = _format_of(data, v["fmt"])
     if kind == "organism":
-        examples = organism_labelled(n_stories, seed=seed + 101,
+        examples = organism_labelled(n_stories, seed=config.seed + 101,
                                      bad_themes=[t.strip() for t in bad_themes.split(",")])
         source = f"organism world stories ({n_stories}; bad = {bad_themes})"
     elif data is None:
@@ -124,11 +107,7 @@ def train_cmd(
     else:
         examples = read_labelled(data)[:max_inputs]
         source = data.name
-    layer_sel = parse_layer_list(layers)
-    config = ProbeConfig(layers=layer_sel, max_tokens=max_tokens, seed=seed,
-                         batch_size=batch_size, kind=method)
-    lm = load(model, revision=revision, dtype=dtype, device=device, layers_path=layers_path,
-              device_map=device_map, quantization=quantize)
+    lm = load(one_model(v["model"]), **loading(v))
     with rich_progress(True) as bar:
         step = bar("probe: reading states", len(examples))
         fit, _ = run_probe_training(lm, examples, out_dir, config=config, threshold=threshold,
@@ -152,12 +131,12 @@ def train_cmd(
 
 def _load(model: str, probe_path: Path, allow_other_model: bool, *, revision: str | None,
           dtype: str | None, device: str | None, layers_path: str | None,
-          device_map: str | None, quantize: str | None):  # type: ignore[no-untyped-def]
+          device_map: str | None, quantization: str | None):  # type: ignore[no-untyped-def]
     from difflens.control.state_probe import load_probe
 
     probe = load_probe(probe_path)  # fail before loading the model
-    lm = load(model, revision=revision, dtype=dtype, device=device, layers_path=layers_path,
-              device_map=device_map, quantization=quantize)
+    lm = load(one_model(model), revision=revision, dtype=dtype, device=device,
+              layers_path=layers_path, device_map=device_map, quantization=quantization)
     probe.check(lm, allow_other_weights=allow_other_model)
     return lm, probe
 
@@ -171,7 +150,7 @@ def _style(score: float) -> str:
 
 @friendly_errors
 def monitor_cmd(
-    model: Model,
+    model: OneModel,
     probe_path: Path = typer.Option(..., "--probe", help="probe.safetensors (or its folder)."),
     prompt: str = typer.Option(..., "--prompt", help="The prompt to continue."),
     threshold: float | None = typer.Option(None, help="Alert threshold (default: the probe's)."),
@@ -214,7 +193,7 @@ def monitor_cmd(
         check_writable(out_dir)
     lm, probe = _load(model, probe_path, allow_other_model, revision=revision, dtype=dtype,
                       device=device, layers_path=layers_path, device_map=device_map,
-                      quantize=quantize)
+                      quantization=quantize)
     tau = probe.threshold if threshold is None else threshold
     alerted = [False]
     out.print(Text(prompt, style="bold"), end="")
@@ -249,50 +228,7 @@ def monitor_cmd(
 
 
 @friendly_errors
-def evaluate_cmd(
-    model: Model,
-    out_dir: OutDir,
-    probe_path: Path = typer.Option(..., "--probe", help="probe.safetensors (or its folder)."),
-    prompts: Path | None = typer.Option(None, "--prompts", help="Prompt file (.txt/.jsonl/...)."),
-    hh_rlhf: Path | None = typer.Option(None, "--hh-rlhf", help="hh-rlhf JSONL(.gz): use the "
-                                        "first human turns of its rejected dialogues."),
-    organism: bool = typer.Option(False, "--organism", help="World openings leading to danger."),
-    max_inputs: MaxInputsCount = 32,
-    controllers: str = typer.Option(
-        "open_loop=0.25,0.5,1;proportional=0.5,1,2;rollback=0.5,1",
-        help="controller=gains;... (gains in units of the mean state norm)."),
-    samples: Samples = ControlConfig.k_samples,
-    max_new_tokens: MaxNewTokens = 40,
-    temperature: float = typer.Option(1.0, help="Sampling temperature (0 = greedy)."),
-    threshold: float | None = typer.Option(None, help="Bad-region threshold (default: "
-                                           "the probe's)."),
-    independent: str = typer.Option("auto", help="auto|lexicon|organism|none: the second judge."),
-    lexicon: Path | None = typer.Option(None, help="Offensive word list for the lexicon judge."),
-    window: int = typer.Option(3, help="rollback: over-threshold tokens that trigger it."),
-    self_judge: bool = typer.Option(False, "--self-judge", help="Also score every complete "
-                                    "unsteered sentence by the model's own answer to "
-                                    "--judge-question, against the independent judge."),
-    judge_question: str = typer.Option(SelfJudgeConfig.question, help="Appended to the judged "
-                                       "sentence."),
-    judge_answers: str = typer.Option(",".join(SelfJudgeConfig.answers), help="The bad answer, "
-                                      "then the good one, comma-separated (leading spaces "
-                                      "kept)."),
-    chat: bool = typer.Option(False, "--chat", help="Wrap prompts in the chat template."),
-    seed: Seed = 0,
-    batch_size: BatchSize = 16,
-    allow_other_model: bool = typer.Option(False, "--allow-other-model",
-                                           help="Use a probe trained on other weights."),
-    device: Device = None,
-    dtype: Dtype = None,
-    device_map: DeviceMap = None,
-    quantize: Quantize = None,
-    revision: Revision = None,
-    layers_path: LayersPath = None,
-    engine: EngineName = "local",
-    address: RayAddress = None,
-    workers: Workers = 2,
-    worker_gpus: WorkerGpus = 0.0,
-) -> None:
+def _evaluate(**v: Any) -> None:
     """Bad rate (probe and independent), fluency cost, KL and speed per controller and gain."""
     from difflens._io import rich_progress
     from difflens.control.evaluate import lexicon_measure
@@ -300,8 +236,11 @@ def evaluate_cmd(
     from difflens.inputs.prompts import read_prompts
     from difflens.organism.truth import organism_measure, organism_openings
     from difflens.pipelines.control import run_control_evaluation
-    from difflens.sampling.generate import GenerationConfig
 
+    config = config_of(ControlConfig, v)  # options checked before anything loads
+    prompts, hh_rlhf, organism, max_inputs = v["prompts"], v["hh_rlhf"], v["organism"], \
+        v["max_inputs"]
+    lexicon, out_dir, seed = v["lexicon"], v["out_dir"], config.seed
     sources = [x for x in (prompts, hh_rlhf, organism or None) if x]
     if len(sources) != 1:
         raise InputError("give exactly one of --prompts FILE, --hh-rlhf FILE, --organism")
@@ -314,19 +253,7 @@ def evaluate_cmd(
         texts = read_prompts(prompts)[:max_inputs]
     if not texts:
         raise InputError("no usable prompts")
-    gains = []
-    for part in controllers.split(";"):
-        if not part.strip():
-            continue
-        name, _, vals = part.partition("=")
-        try:
-            gains.append((name.strip(), tuple(float(v) for v in vals.split(",") if v.strip())))
-        except ValueError:
-            raise InputError(f"--controllers takes name=g1,g2;..., got {part!r}") from None
-    config = ControlConfig(
-        gains=tuple(gains), k_samples=samples, threshold=threshold, window=window, seed=seed,
-        generation=GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature,
-                                    batch_size=batch_size, chat=chat))
+    independent, judge_answers = v["independent"], v["judge_answers"]
     judge = independent if independent != "auto" else ("organism" if organism else "lexicon")
     if judge == "organism":
         measure, name = organism_measure(), "world theme labeller"
@@ -338,7 +265,7 @@ def evaluate_cmd(
     else:
         raise InputError(f"--independent must be auto, lexicon, organism or none, got {judge!r}")
     judge_cfg = None
-    if self_judge:
+    if v["self_judge"]:
         if measure is None:
             raise InputError("--self-judge is compared with an independent judge; drop "
                              "--independent none")
@@ -346,18 +273,17 @@ def evaluate_cmd(
         if len(answers) != 2:
             raise InputError(f"--judge-answers takes two answers, bad then good, comma-"
                              f"separated (e.g. ' Yes, No'), got {judge_answers!r}")
-        judge_cfg = SelfJudgeConfig(question=judge_question, answers=(answers[0], answers[1]))
-    ray_engine = engine_of(engine, address, workers, worker_gpus)
-    lm, probe = _load(model, probe_path, allow_other_model, revision=revision, dtype=dtype,
-                      device=device, layers_path=layers_path, device_map=device_map,
-                      quantize=quantize)
-    n = len(texts) * samples * len(config.controllers())
+        judge_cfg = SelfJudgeConfig(question=v["judge_question"],
+                                    answers=(answers[0], answers[1]))
+    ray_engine = engine(v)
+    lm, probe = _load(v["model"], v["probe_path"], v["allow_other_model"], **loading(v))
+    n = len(texts) * config.k_samples * len(config.controllers())
     with rich_progress(True) as bar, use_engine(ray_engine):
         step = bar("control: generating", n)
         run = run_control_evaluation(lm, probe, texts, out_dir, config=config,
                                      independent=measure, independent_name=name,
                                      progress=lambda k: step(k, ""), self_judge=judge_cfg)
-    for kind, by_gain in run.summary["controllers"].items():
+    for kind, by_gain in run.summary()["controllers"].items():
         for g, r in by_gain.items():
             b = r["bad_rate"]
             out.print(f"  {kind:>12} g={g:<5} bad {b['value']:.3f} [{b['ci_low']:.3f}"
@@ -365,7 +291,7 @@ def evaluate_cmd(
                       f"{r['bad_rate_independent']['value']:.3f}  ppl "
                       f"x{r['ppl_ratio']['value']:.2f}  KL {r['kl']['value']:.3f}  speed "
                       f"x{r['speed_ratio']:.2f}", highlight=False)
-    sj = run.summary.get("self_judge")
+    sj = run.summary().get("self_judge")
     if sj:
         a, p, d = sj["auc"], sj["probe_auc"], sj["difference"]
         out.print(f"  self-judge AUC {a['value']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}] vs "
@@ -374,6 +300,55 @@ def evaluate_cmd(
                   f"[{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]", highlight=False)
     out.print(f"wrote {out_dir}/summary.json, data/, figures/, index.html")
 
+
+_TRAIN_PARAMS: dict[str, tuple[Any, Any]] = {
+    "model": (OneModel, REQUIRED), "out_dir": (OutDir, REQUIRED),
+    "data": (Annotated[Path | None, typer.Option(
+        "--data", help="JSONL (.gz ok): text/label, or chosen/rejected preference "
+        "transcripts.")], None),
+    "fmt": (Annotated[str, typer.Option("--format", help="auto|labelled|pairs|organism.")],
+            "auto"),
+    "threshold": (Annotated[float | None, typer.Option(
+        "--threshold", help="Default threshold (default: calibrated on validation "
+        "segments).")], None),
+    "max_inputs": (MaxInputs, None),
+    "n_stories": (Annotated[int, typer.Option("--n-stories", help="organism: labelled world "
+                                              "stories.")], 300),
+    "bad_themes": (Annotated[str, typer.Option("--bad-themes", help="organism: themes that "
+                                               "are bad.")], "danger,loss"),
+    **config_params(ProbeConfig), **LOADING}
+train_cmd = build(_train, _TRAIN_PARAMS, _train.__doc__ or "")
+
+_EVALUATE_PARAMS: dict[str, tuple[Any, Any]] = {
+    "model": (OneModel, REQUIRED), "out_dir": (OutDir, REQUIRED),
+    "probe_path": (Annotated[Path, typer.Option(
+        "--probe", help="probe.safetensors (or its folder).")], REQUIRED),
+    "prompts": (Annotated[Path | None, typer.Option(
+        "--prompts", help="Prompt file (.txt/.jsonl/...).")], None),
+    "hh_rlhf": (Annotated[Path | None, typer.Option(
+        "--hh-rlhf", help="hh-rlhf JSONL(.gz): use the first human turns of its rejected "
+        "dialogues.")], None),
+    "organism": (Annotated[bool, typer.Option(
+        "--organism", help="World openings leading to danger.")], False),
+    "max_inputs": (MaxInputsCount, 32),
+    **config_params(ControlConfig),
+    "independent": (Annotated[str, typer.Option(
+        "--independent", help="auto|lexicon|organism|none: the second judge.")], "auto"),
+    "lexicon": (Annotated[Path | None, typer.Option(
+        "--lexicon", help="Offensive word list for the lexicon judge.")], None),
+    "self_judge": (Annotated[bool, typer.Option(
+        "--self-judge", help="Also score every complete unsteered sentence by the model's "
+        "own answer to --judge-question, against the independent judge.")], False),
+    "judge_question": (Annotated[str, typer.Option(
+        "--judge-question", help="Appended to the judged sentence.")],
+        SelfJudgeConfig.question),
+    "judge_answers": (Annotated[str, typer.Option(
+        "--judge-answers", help="The bad answer, then the good one, comma-separated "
+        "(leading spaces kept).")], ",".join(SelfJudgeConfig.answers)),
+    "allow_other_model": (Annotated[bool, typer.Option(
+        "--allow-other-model", help="Use a probe trained on other weights.")], False),
+    **LOADING, **ENGINE}
+evaluate_cmd = build(_evaluate, _EVALUATE_PARAMS, _evaluate.__doc__ or "")
 
 _TRAIN_RENAMED = {"--limit": "--max-inputs"}  # old flag names (one release)
 app.command("train-probe", cls=vocab(_TRAIN_RENAMED))(train_cmd)

@@ -5,34 +5,24 @@ Every step writes into ``--out`` and reuses what earlier steps stored there (sam
 theme model, each segment's theme, predictions), so they can run one at a time, in order,
 or together (``all``)."""
 
+import dataclasses
 from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
-from difflens.cli._common import (
-    Base,
-    BatchSize,
-    Device,
-    DeviceMap,
-    Dtype,
-    EngineName,
-    LayersPath,
-    MaxNewTokens,
-    OutDir,
-    PromptsFile,
-    Quantize,
-    RayAddress,
-    Revision,
-    Samples,
-    Seed,
-    Tuned,
-    WorkerGpus,
-    Workers,
-    engine_of,
-    friendly_errors,
-    load_target,
-    vocab,
+from difflens.cli._common import OutDir, PromptsFile, vocab
+from difflens.cli._options import (
+    ENGINE,
+    LOADING,
+    MODELS,
+    REQUIRED,
+    build,
+    config_of,
+    config_params,
+    engine,
+    load_models,
 )
 from difflens.errors import InputError
 from difflens.models.engines import use_engine
@@ -92,86 +82,52 @@ def _print(summary: dict, out_dir: Path) -> None:  # type: ignore[type-arg]
     out.print(f"wrote {out_dir}/summary.json, data/, figures/, index.html")
 
 
-def _command(step: str, doc: str):  # type: ignore[no-untyped-def]
-    @friendly_errors
-    def cmd(
-        base: Base,
-        out_dir: OutDir,
-        tuned: Tuned = None,
-        prompts: PromptsFile = None,
-        organism: int = typer.Option(0, "--organism", help="Use N held-out world openings "
-                                     "(enables the ground-truth checks)."),
-        samples: Samples = ThemesConfig.k_samples,
-        max_new_tokens: MaxNewTokens = ThemesConfig.max_new_tokens,
-        temperature: float = typer.Option(1.0, help="Sampling temperature."),
-        segment: str = typer.Option("sentences", help="sentences | tokens:N."),
-        encoder: str = typer.Option("all-MiniLM-L6-v2", help="Sentence encoder."),
-        method: str = typer.Option("kmeans", help="kmeans | hdbscan."),
-        k_min: int = typer.Option(4, help="k-means: fewest themes."),
-        k_max: int = typer.Option(16, help="k-means: most themes."),
-        min_cluster_size: int = typer.Option(15, help="HDBSCAN: smallest theme."),
-        merge_repeats: bool = typer.Option(True, "--merge-repeats/--keep-repeats",
-                                           help="Merge consecutive repeats in chains."),
-        max_chain: int = typer.Option(3, help="Chain length m for distributions."),
-        layers: str = typer.Option("all", help="Layers for the probes."),
-        m_act: int = typer.Option(8, help="Last prompt states fed to the transformer."),
-        test_fraction: float = typer.Option(0.3, help="Held-out share of prompts."),
-        seed: Seed = ThemesConfig.seed,
-        chat: bool = typer.Option(False, "--chat", help="Wrap prompts in the chat template."),
-        labeller_url: str = typer.Option("", help="OpenAI-compatible endpoint to name themes."),
-        labeller_model: str = typer.Option("", help="Model name for the labeller."),
-        batch_size: BatchSize = ThemesConfig.batch_size,
-        device: Device = None,
-        dtype: Dtype = None,
-        device_map: DeviceMap = None,
-        quantize: Quantize = None,
-        revision: Revision = None,
-        layers_path: LayersPath = None,
-        engine: EngineName = "local",
-        address: RayAddress = None,
-        workers: Workers = 2,
-        worker_gpus: WorkerGpus = 0.0,
-    ) -> None:
-        from difflens.inputs.prompts import read_prompts
-        from difflens.organism.truth import organism_theme_prompts
-        from difflens.pipelines.themes import run_themes
+def _run(step: str, v: dict[str, Any]) -> None:
+    from difflens.inputs.prompts import read_prompts
+    from difflens.organism.truth import organism_theme_prompts
+    from difflens.pipelines.themes import run_themes
 
-        if (prompts is None) == (organism == 0):
-            raise InputError("give exactly one of --prompts FILE or --organism N")
-        truth = None
-        if organism:
-            texts, truth = organism_theme_prompts(organism, seed=seed + 555)
-        else:
-            assert prompts is not None
-            texts = tuple(read_prompts(prompts))
-        if not texts:
-            raise InputError(f"{prompts}: no usable prompts")
-        mode, _, n = segment.partition(":")
+    segment = v["segment"]
+    mode, _, n = segment.partition(":")  # tokens:N, as --segment tokens --segment-window N
+    if n:
         try:
-            window = int(n) if n else 16
+            v = {**v, "segment": mode, "segment_window": int(n)}
         except ValueError:
-            raise InputError(f"--segment takes sentences or tokens:N, got {segment!r}") from None
-        config = ThemesConfig(
-            prompts=texts, truth=truth, k_samples=samples, max_new_tokens=max_new_tokens,
-            temperature=temperature, seed=seed, batch_size=batch_size, chat=chat,
-            segment=mode, window=window, encoder=encoder, method=method, k_min=k_min,
-            k_max=k_max, min_cluster_size=min_cluster_size, merge_repeats=merge_repeats,
-            max_chain=max_chain, layers=layers, m_act=m_act, test_fraction=test_fraction,
-            labeller_url=labeller_url, labeller_model=labeller_model)
-        target = load_target(base, tuned, revision=revision, dtype=dtype, device=device,
-                             layers_path=layers_path, device_map=device_map,
-                             quantization=quantize)
-        with use_engine(engine_of(engine, address, workers, worker_gpus)):
-            run = run_themes(target, out_dir, config=config, steps=STEP_SETS[step],
-                             progress=True)
-        _print(run.summary, out_dir)
+            raise InputError(f"--segment takes sentences or tokens:N (tokens per segment), "
+                             f"got {segment!r}") from None
+    config = config_of(ThemesConfig, v, base=ThemesConfig(steps=STEP_SETS[step]))
+    prompts, organism = v["prompts"], v["organism"]
+    if (prompts is None) == (organism == 0):
+        raise InputError("give exactly one of --prompts FILE or --organism N")
+    truth = None
+    if organism:
+        texts, truth = organism_theme_prompts(organism, seed=config.seed + 555)
+    else:
+        texts = tuple(read_prompts(prompts))
+    if not texts:
+        raise InputError(f"{prompts}: no usable prompts")
+    config = dataclasses.replace(config, prompts=texts, truth=truth)
+    target = load_models(v)
+    with use_engine(engine(v)):
+        run = run_themes(target, texts, v["out_dir"], config, progress=True)
+    _print(run.summary(), v["out_dir"])
 
-    cmd.__doc__ = doc
-    return cmd
+
+_PARAMS: dict[str, tuple[Any, Any]] = {
+    **MODELS, "out_dir": (OutDir, REQUIRED), "prompts": (PromptsFile, None),
+    "organism": (Annotated[int, typer.Option(
+        "--organism", help="Use N held-out world openings (enables the ground-truth "
+        "checks).")], 0),
+    **config_params(ThemesConfig), **LOADING, **ENGINE}
 
 
-#: old flag names (one release): themes compares two models, so the base is --base.
-_RENAMED = {"--model": "--base", "--k": "--samples"}
+def _command(step: str, doc: str):  # type: ignore[no-untyped-def]
+    return build(lambda **v: _run(step, v), _PARAMS, doc)
+
+
+#: old flag names (one release). (``--model`` was once the base here; it is now a model of
+#: the run, as in every command, so a lone ``--model M`` is still the one model.)
+_RENAMED = {"--k": "--samples"}
 for _name, _doc in (("sample", "Sample K continuations per prompt (stored, resumable)."),
                     ("fit", "Segment, embed and cluster the continuations into themes."),
                     ("chains", "Chains of themes per continuation, and their distributions."),

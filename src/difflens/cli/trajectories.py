@@ -1,36 +1,31 @@
 """``difflens trajectories run|import``: cumulative-mean paths on the sphere."""
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
 from difflens.capture import read_prompts
 from difflens.cli._common import (
-    Base,
-    Device,
-    DeviceMap,
-    Dtype,
-    EngineName,
-    LayersPath,
     MaxInputs,
-    MaxNewTokens,
     OutDir,
-    Quantize,
-    RayAddress,
-    Revision,
-    Samples,
     Seed,
-    Tuned,
     UnusedBatchSize,
-    WorkerGpus,
-    Workers,
-    engine_of,
     friendly_errors,
-    load_target,
     unused_batch_size,
     vocab,
+)
+from difflens.cli._options import (
+    ENGINE,
+    LOADING,
+    MODELS,
+    REQUIRED,
+    build,
+    config_of,
+    config_params,
+    engine,
+    load_models,
 )
 from difflens.errors import InputError
 from difflens.inputs.prompts import read_prompt_metadata
@@ -74,59 +69,41 @@ def _report(summary: dict, out_dir: Path) -> None:  # type: ignore[type-arg]
     out.print(f"wrote {out_dir}/summary.json, data/, figures/, index.html")
 
 
-@app.command("run", cls=vocab({"--continuations": "--samples"}))
-@friendly_errors
-def run_cmd(
-    base: Base,
-    out_dir: OutDir,
-    prompts: Path = typer.Option(..., "--prompts", help="Prompt file: .txt .jsonl .json .csv"),
-    tuned: Tuned = None,
-    layer: int | None = typer.Option(None, help="Layer (default: the middle; 0 = embeddings)."),
-    samples: Samples = 4,
-    max_new_tokens: MaxNewTokens = 40,
-    method: str = typer.Option("umap", help="Projection: umap | pca."),
-    field: str | None = typer.Option(None, help="JSONL/JSON/CSV field holding the prompt."),
-    min_count: int = typer.Option(5, help="Least occurrences for a token to be ranked."),
-    first_n: int | None = typer.Option(None, help="Rank tokens in the first N continuation "
-                                                   "steps only."),
-    rank_segments: RankSegments = "all",
-    seed: Seed = 0,
-    batch_size: UnusedBatchSize = None,
-    device: Device = None,
-    dtype: Dtype = None,
-    device_map: DeviceMap = None,
-    quantize: Quantize = None,
-    revision: Revision = None,
-    layers_path: LayersPath = None,
-    engine: EngineName = "local",
-    address: RayAddress = None,
-    workers: Workers = 2,
-    worker_gpus: WorkerGpus = 0.0,
-) -> None:
-    """Paths of prompts and sampled continuations from one model or a pair."""
-    from difflens.pipelines.trajectories import run_trajectories
+def _run(**v: Any) -> None:
+    """Paths of prompts and sampled continuations from one model, a pair or a set."""
+    from difflens.pipelines.trajectories import TrajectoriesConfig, run_trajectories
 
-    if method not in ("umap", "pca"):
-        raise InputError(f"--method must be umap or pca, got {method!r}")
-    if rank_segments not in ("all", "prompt", "continuation"):
-        raise InputError(f"--rank-segments must be all, prompt or continuation, got "
-                         f"{rank_segments!r}")
-    unused_batch_size(batch_size, "trajectories run")
-    ray_engine = engine_of(engine, address, workers, worker_gpus)
-    texts = read_prompts(prompts, field=field)
-    metadata = read_prompt_metadata(prompts, field=field)
-    target = load_target(base, tuned, revision=revision, dtype=dtype, device=device,
-                         layers_path=layers_path, device_map=device_map, quantization=quantize)
+    config = config_of(TrajectoriesConfig, v)  # options checked before anything loads
+    unused_batch_size(v["batch_size"], "trajectories run")
+    ray_engine = engine(v)
+    texts = read_prompts(v["prompts"], field=v["field"])
+    metadata = read_prompt_metadata(v["prompts"], field=v["field"])
+    target = load_models(v)
     with use_engine(ray_engine):
-        res = run_trajectories(target, texts, out_dir, layer=layer, continuations=samples,
-                               max_new_tokens=max_new_tokens, method=method, seed=seed,
-                               min_count=min_count, first_n=first_n,
-                               rank_segments=rank_segments, metadata=metadata,
+        res = run_trajectories(target, texts, v["out_dir"], config, metadata=metadata,
                                progress=True)
-    f = res.summary["projection"]["faithfulness_spearman"]
-    out.print(f"layer {res.summary['layer']}; projection faithfulness (Spearman) "
+    summary = res.summary()
+    f = summary["projection"]["faithfulness_spearman"]
+    out.print(f"layer {summary['layer']}; projection faithfulness (Spearman) "
               f"{f['value']:.3f} [{f['ci_low']:.3f}, {f['ci_high']:.3f}] n={f['n']} pairs")
-    _report(res.summary, out_dir)
+    _report(summary, v["out_dir"])
+
+
+def _run_params() -> dict[str, tuple[Any, Any]]:
+    from difflens.pipelines.trajectories import TrajectoriesConfig
+
+    return {
+        **MODELS, "out_dir": (OutDir, REQUIRED),
+        "prompts": (Annotated[Path, typer.Option("--prompts", help="Prompt file: .txt .jsonl "
+                                                 ".json .csv")], REQUIRED),
+        "field": (Annotated[str | None, typer.Option(
+            "--field", help="JSONL/JSON/CSV field holding the prompt.")], None),
+        **config_params(TrajectoriesConfig),
+        "batch_size": (UnusedBatchSize, None), **LOADING, **ENGINE}
+
+
+app.command("run", cls=vocab({"--continuations": "--samples"}))(build(
+    _run, _run_params(), _run.__doc__ or ""))
 
 
 @app.command("import", cls=vocab({"--max-prompts": "--max-inputs"}))
@@ -159,7 +136,7 @@ def import_cmd(
     res = import_trajectories(file, out_dir, name_pattern=name_pattern, models=mapping,
                               min_count=min_count, first_n=first_n, max_prompts=max_inputs,
                               rank_segments=rank_segments, seed=seed)
-    s = res.summary
+    s = res.summary()
     out.print(f"{s['n_prompts']} prompts, {s['n_traces']} traces ({s['n_empty_traces']} empty, "
               f"{s['n_token_mismatch']} with tokens ≠ points: tokens dropped)")
     _report(s, out_dir)

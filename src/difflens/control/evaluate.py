@@ -31,7 +31,7 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -39,6 +39,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from difflens._config import option
 from difflens._io import fingerprint, write_parquet_atomic
 from difflens.analysis.bootstrap import (
     Estimate,
@@ -72,19 +73,31 @@ DEFAULT_GAINS: dict[str, tuple[float, ...]] = {
 class ControlConfig:
     """The grid and the sampling of an evaluation."""
 
-    gains: tuple[tuple[str, tuple[float, ...]], ...] = tuple(DEFAULT_GAINS.items())
+    gains: tuple[tuple[str, tuple[float, ...]], ...] = option(
+        tuple(DEFAULT_GAINS.items()), flag="--controllers", parse=lambda t: parse_gains(t),
+        help="controller=gains;... (gains in units of the mean state norm).")
     """(controller, gains) pairs; the unsteered baseline is always added."""
-    k_samples: int = 4
+    k_samples: int = option(4, flag="--samples", help="Samples per prompt and controller.")
     generation: GenerationConfig = GenerationConfig()
-    threshold: float | None = None
+    """How continuations are drawn: its ``--max-new-tokens``, ``--temperature``,
+    ``--batch-size`` and ``--chat`` are this config's options too."""
+    threshold: float | None = option(None, flag="--threshold", help="Bad-region threshold "
+                                     "(default: the probe's).")
     """Default: the probe's."""
-    min_segment_tokens: int = 3
-    """A trailing unfinished sentence counts towards the bad region from this length."""
-    window: int = 3
-    max_rollbacks: int = 2
-    steer_tokens: int = 8
-    n_boot: int = 1000
-    seed: int = 0
+    min_segment_tokens: int = option(3, flag="--min-segment-tokens", help="A trailing "
+                                     "unfinished sentence counts towards the bad region from "
+                                     "this length.")
+    window: int = option(3, flag="--window", help="rollback: over-threshold tokens that "
+                         "trigger it.")
+    max_rollbacks: int = option(2, flag="--max-rollbacks", help="rollback: most rollbacks per "
+                                "continuation.")
+    steer_tokens: int = option(8, flag="--steer-tokens", help="rollback: tokens steered after "
+                               "a rollback.")
+    n_boot: int = option(1000, flag="--n-boot", help="Bootstrap resamples of each CI.")
+    seed: int = option(0, flag="--seed", help="Seed of sampling and bootstraps.")
+
+    #: Python names of earlier releases -> option names (read with a warning).
+    RENAMED: ClassVar[dict[str, str]] = {"k_samples": "samples", "gains": "controllers"}
 
     def __post_init__(self) -> None:
         if self.k_samples < 1:
@@ -98,6 +111,14 @@ class ControlConfig:
             for g in gains:
                 Controller(kind, g)
 
+    @classmethod
+    def quick(cls) -> "ControlConfig":
+        """``difflens compare``'s lighter setting: two samples per prompt, two gains of each
+        controller (one of rollback), 32 rows generated together."""
+        return cls(gains=(("open_loop", (0.5, 1.0)), ("proportional", (1.0, 2.0)),
+                          ("rollback", (1.0,))), k_samples=2,
+                   generation=GenerationConfig(batch_size=32))
+
     def controllers(self) -> list[Controller]:
         out = [Controller("none")]
         for kind, gains in self.gains:
@@ -107,6 +128,20 @@ class ControlConfig:
                                max_rollbacks=self.max_rollbacks, steer_tokens=self.steer_tokens)
                     for g in gains]
         return out
+
+
+def parse_gains(text: str) -> tuple[tuple[str, tuple[float, ...]], ...]:
+    """``--controllers`` text, ``open_loop=0.25,0.5;rollback=1``, as (controller, gains)."""
+    gains = []
+    for part in text.split(";"):
+        if not part.strip():
+            continue
+        name, _, vals = part.partition("=")
+        try:
+            gains.append((name.strip(), tuple(float(v) for v in vals.split(",") if v.strip())))
+        except ValueError:
+            raise InputError(f"--controllers takes name=g1,g2;..., got {part!r}") from None
+    return tuple(gains)
 
 
 def gain_key(gain: float) -> str:

@@ -32,13 +32,14 @@ import json
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from difflens._config import option
 from difflens._io import write_bytes_atomic, write_json_atomic
 from difflens._types import Vector
 from difflens.analysis.bootstrap import Estimate
@@ -47,7 +48,7 @@ from difflens.capture.engine import forward_batch
 from difflens.control.steering import SteeringVector
 from difflens.errors import DifflensWarning, InputError
 from difflens.inputs.labelled import LabelledText
-from difflens.models.layers import parse_layers
+from difflens.models.layers import parse_layer_list, parse_layers
 from difflens.models.loading import LoadedModel
 
 PROBE_FORMAT = "difflens-state-probe-1"
@@ -59,26 +60,36 @@ MLP_TENSORS: tuple[str, ...] = ("mlp.w1", "mlp.b1", "mlp.w2", "mlp.b2")
 class ProbeConfig:
     """How a probe is trained."""
 
-    layers: str | tuple[int, ...] = "all"
+    layers: str | tuple[int, ...] = option("all", flag="--layers", parse=parse_layer_list,
+                                           help="'all' or a list like 0,3,5; the best on "
+                                           "validation is kept.")
     """Layers to try (``"all"`` or indices); the best on validation is kept."""
-    max_tokens: int = 256
+    max_tokens: int = option(256, flag="--max-tokens", help="Tokens read per example (the "
+                             "end is kept).")
     """Tokens per example read by the model (longer examples keep their end)."""
-    tokens_per_example: int = 48
+    tokens_per_example: int = option(48, flag="--tokens-per-example", help="Labelled tokens "
+                                     "kept per example (a seeded subsample).")
     """Labelled tokens kept per example (a seeded subsample), bounding memory."""
-    val_fraction: float = 0.2
-    test_fraction: float = 0.2
-    C: float = 1.0
+    val_fraction: float = option(0.2, flag="--val-fraction", help="Share of examples that "
+                                 "picks the layer and the threshold.")
+    test_fraction: float = option(0.2, flag="--test-fraction", help="Held-out share of "
+                                  "examples.")
+    C: float = option(1.0, flag="--C", help="Inverse L2 strength of the logistic "
+                      "regression.")
     """Inverse L2 strength of the logistic regression (on standardised states)."""
-    batch_size: int = 16
-    seed: int = 0
-    n_boot: int = 1000
-    kind: str = "logistic"
+    batch_size: int = option(16, flag="--batch-size", help="Most examples per forward pass.")
+    seed: int = option(0, flag="--seed", help="Seed of the splits and the bootstraps.")
+    n_boot: int = option(1000, flag="--n-boot", help="Bootstrap resamples of each CI.")
+    kind: str = option("logistic", flag="--method", help="logistic|mlp: an MLP probe is "
+                       "compared with the logistic one at the same layer.")
     """``logistic``, or ``mlp``: a one-hidden-layer ReLU network, compared with the logistic
     probe at the same layer."""
-    hidden: int = 32
+    hidden: int = option(32, flag="--hidden", help="mlp: hidden units.")
     """mlp: hidden units."""
-    alpha: float = 1e-3
+    alpha: float = option(1e-3, flag="--alpha", help="mlp: L2 strength.")
     """mlp: L2 strength (on standardised states)."""
+
+    RENAMED: ClassVar[dict[str, str]] = {"kind": "method"}
 
     def __post_init__(self) -> None:
         if self.kind not in PROBE_KINDS:

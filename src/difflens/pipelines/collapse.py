@@ -13,15 +13,15 @@ import dataclasses
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 
+from difflens._config import option
 from difflens._io import check_writable, fingerprint, write_json_atomic, write_parquet_atomic
 from difflens.analysis.decollapse import decollapse_summary, text_nll
 from difflens.analysis.diversity import diversity
-from difflens.analysis.embeddings import DEFAULT_ENCODER
 from difflens.analysis.entropy_prediction import predict_entropy
 from difflens.analysis.temperature_match import TemperatureMatch, meeting_temperature
 from difflens.analysis.tree_summary import tree_summary
@@ -41,10 +41,12 @@ from difflens.capture.text_divergence import (
     text_divergence,
 )
 from difflens.errors import InputError
+from difflens.models.encoders import DEFAULT_ENCODER, embedder
 from difflens.models.loading import LoadedModel
 from difflens.models.model_set import ModelSet
 from difflens.models.pair import ModelPair, models_of
 from difflens.models.wrapping import Models, as_models
+from difflens.pipelines.result import InstrumentResult
 from difflens.report.collapse import (
     attractor_figures,
     context_figures,
@@ -70,46 +72,83 @@ from difflens.sampling.tree import probability_tree
 STEPS = ("divergence", "probes", "temperature", "tree", "attractors", "diversity")
 
 
+def _free_text_temperatures(text: str) -> tuple[float, ...]:
+    """``--free-text-temperatures``: numbers, or ``none`` (skip the check)."""
+    if text.strip().lower() == "none":
+        return ()
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise InputError(f"--free-text-temperatures takes numbers like 0.5,1,2 or none, got "
+                         f"{text!r}") from None
+
+
 @dataclasses.dataclass(frozen=True)
 class CollapseConfig:
-    """Settings of every step (each step reads the ones it needs)."""
+    """Settings of every step (each step reads the ones it needs); each default is here only
+    (the CLI's options and ``compare.toml``'s ``[collapse]`` table are these fields, under
+    their flag names)."""
 
+    steps: tuple[str, ...] = option(STEPS, flag="--steps", cli=False, help="Steps to run "
+                                    "(the CLI's verb chooses them).")
     prompts: tuple[str, ...] = ()
-    """Prompts for divergence, attractors and diversity."""
-    corpus: str | None = None
+    """The prompts of the run (divergence, attractors, diversity): set by
+    :func:`run_collapse` from its ``prompts``."""
+    corpus: str | None = option(None, flag="--corpus", help="Divergence corpus: JSONL with "
+                                "prompt and continuation (else sampled).")
     """A JSONL corpus (prompt, continuation) for divergence instead of sampling."""
-    sources: tuple[str, ...] = ()
+    sources: tuple[str, ...] = option((), flag="--sources", help="Models whose samples form "
+                                      "the divergence corpus, e.g. tuned (default: all).")
     """Models whose samples form the divergence corpus (default: every model)."""
     predict_entropy: bool = True
     """Divergence step: predict each text's mean entropy from its prompt's states (a ridge
     probe against baselines); needs at least 10 texts of a model."""
-    max_new_tokens: int = 40
-    probes: str | None = None
+    max_new_tokens: int = option(40, flag="--max-new-tokens", help="Tokens per generation.")
+    probes: str | None = option(None, flag="--probes", help="Probe JSONL (default: built-in "
+                                "random number, dice, coin; see `difflens list probes`).")
     """Probe JSONL (default: the built-in probes)."""
-    probe_names: tuple[str, ...] = ()
-    temperatures: tuple[float, ...] = DEFAULT_TEMPERATURES
-    free_text_temperatures: tuple[float, ...] = (0.5, 0.7, 1.0, 1.4, 2.0, 2.8)
+    probe_names: tuple[str, ...] = option((), flag="--probe-names", help="Only these probes, "
+                                          "e.g. d6,coin.")
+    temperatures: tuple[float, ...] = option(DEFAULT_TEMPERATURES, flag="--temperatures",
+                                             help="Temperature grid of the probe sweep.")
+    free_text_temperatures: tuple[float, ...] = option(
+        (0.5, 0.7, 1.0, 1.4, 2.0, 2.8), flag="--free-text-temperatures",
+        parse=_free_text_temperatures, help="Temperatures of the tuned model's samples in the "
+        "free-text check (with prompts; 'none' skips it).")
     """Temperatures of the tuned model's samples in the free-text temperature check (run by
     the temperature step when prompts are given; empty: skip it)."""
-    tree_prompt: str = ""
-    tree_depth: int = 4
-    tree_top_k: int = 5
-    tree_min_prob: float = 1e-3
-    positions: tuple[float, ...] = (0.2, 0.4, 0.6)
-    insert: str = " Suddenly,"
-    k_samples: int = 16
-    prob_caps: tuple[float, ...] = ()
+    tree_prompt: str = option("", flag="--tree-prompt", help="Prompt of the probability tree "
+                              "(`all`: the first prompt).")
+    tree_depth: int = option(4, flag="--depth", help="Tree depth.")
+    tree_top_k: int = option(5, flag="--top-k", help="Children per tree node.")
+    tree_min_prob: float = option(1e-3, flag="--min-prob", help="Do not expand paths below "
+                                  "this probability.")
+    positions: tuple[float, ...] = option((0.2, 0.4, 0.6), flag="--perturb-at", help="Attractor "
+                                          "perturbation points (fractions of the completion).")
+    insert: str = option(" Suddenly,", flag="--insert", help="Phrase inserted by the "
+                         "attractor test.")
+    k_samples: int = option(16, flag="--samples", help="Samples per prompt (and model).")
+    prob_caps: tuple[float, ...] = option(
+        (), flag="--prob-caps", help="De-collapse sampler: also sample the tuned model with no "
+        "token above each probability, e.g. 0.5,0.25, and score diversity and perplexity "
+        "under the base.")
     """The de-collapse sampler's caps: the diversity step also samples the tuned model (the
     only model when there is one) with each cap, and scores diversity and perplexity under
     the base (empty: skip)."""
     reference: tuple[str, ...] | None = None
     """Reference texts for the Fréchet distance (None: a second draw of the first model)."""
     reference_name: str = ""
-    encoder: str = DEFAULT_ENCODER
-    seed: int = 0
-    batch_size: int = 32
+    encoder: str = option(DEFAULT_ENCODER, flag="--encoder", help="Sentence encoder (name or "
+                          "folder).")
+    seed: int = option(0, flag="--seed", help="Seed of sampling and bootstraps.")
+    batch_size: int = option(32, flag="--batch-size", help="Most inputs per forward pass.")
     """Most sequences per forward pass (divergence, probes, attractors); it does not change
     the results, so it is in no cache key."""
+
+    #: Python names of earlier releases -> option names (read with a warning).
+    RENAMED: ClassVar[dict[str, str]] = {
+        "k_samples": "samples", "tree_depth": "depth", "tree_top_k": "top_k",
+        "tree_min_prob": "min_prob", "positions": "perturb_at"}
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -120,19 +159,37 @@ class CollapseConfig:
         if any(not t > 0 for t in self.free_text_temperatures):
             raise InputError(f"--free-text-temperatures must be > 0, got "
                              f"{list(self.free_text_temperatures)}; e.g. 0.5,1,2")
+        unknown = [s for s in self.steps if s not in STEPS]
+        if unknown:
+            raise InputError(f"unknown step(s) {unknown}; choose among {', '.join(STEPS)}")
+        if "tree" in self.steps and (self.tree_depth < 1 or self.tree_top_k < 1
+                                     or not 0 <= self.tree_min_prob < 1):
+            raise InputError(f"need --depth >= 1, --top-k >= 1 and 0 <= --min-prob < 1; got "
+                             f"{self.tree_depth}, {self.tree_top_k}, {self.tree_min_prob}")
+
+    @classmethod
+    def quick(cls) -> "CollapseConfig":
+        """``difflens compare``'s lighter setting: probes, temperature, attractors and
+        diversity (no divergence, which compare's capture section measures, and no tree),
+        8 samples per prompt, no free-text temperature check."""
+        return cls(steps=("probes", "temperature", "attractors", "diversity"), k_samples=8,
+                   free_text_temperatures=())
 
 
 @dataclasses.dataclass(frozen=True)
-class CollapseRun:
-    summary: dict[str, Any]
-    figures: list[AnyFigure]
+class CollapseResult(InstrumentResult):
+    """What :func:`run_collapse` wrote: the merged summary and this run's figures."""
 
 
-def run_collapse(target: "LoadedModel | ModelPair | ModelSet | Models", out: Path, *,
-                 steps: Sequence[str] = STEPS, config: CollapseConfig = CollapseConfig(),
-                 progress: bool = False, index: bool = True, tokenizer: Any = None
-                 ) -> CollapseRun:
-    """Run ``steps`` into ``out`` and return the merged summary and this run's figures.
+CollapseRun = CollapseResult  # the name of earlier releases
+
+
+def run_collapse(models: "LoadedModel | ModelPair | ModelSet | Models",
+                 prompts: Sequence[str], out: Path, config: CollapseConfig = CollapseConfig(),
+                 *, progress: bool = False, index: bool = True, tokenizer: Any = None
+                 ) -> CollapseResult:
+    """Run ``config.steps`` on ``prompts`` into ``out``; return the merged summary and this
+    run's figures. (The probes and the tree need no prompts: pass ``()``.)
 
     With a :class:`~difflens.models.model_set.ModelSet`, every per-model step (probes,
     tree, attractors, diversity) covers every model, keyed by its name; the rank
@@ -141,12 +198,11 @@ def run_collapse(target: "LoadedModel | ModelPair | ModelSet | Models", out: Pat
     pair's only). The divergence step compares a pair: for a set, ``difflens compare``'s
     capture section measures every pair's per-token KL.
     """
-    target = as_models(target, tokenizer=tokenizer)
+    target = as_models(models, tokenizer=tokenizer)
     from difflens._io import rich_progress
 
-    unknown = [s for s in steps if s not in STEPS]
-    if unknown:
-        raise InputError(f"unknown step(s) {unknown}; choose among {', '.join(STEPS)}")
+    config = dataclasses.replace(config, prompts=tuple(prompts))
+    steps = config.steps
     if isinstance(target, ModelSet) and "divergence" in steps:
         raise InputError("the divergence step compares two models; for a model set, run "
                          "difflens compare (its capture section measures every pair's KL) or "
@@ -168,8 +224,8 @@ def run_collapse(target: "LoadedModel | ModelPair | ModelSet | Models", out: Pat
     summary_path = out / "summary.json"
     summary: dict[str, Any] = (json.loads(summary_path.read_text())
                                if summary_path.is_file() else {})
-    models = models_of(target)
-    summary["models"] = {k: m.identity.name for k, m in models.items()}
+    by_name = models_of(target)
+    summary["models"] = {k: m.identity.name for k, m in by_name.items()}
     figures: list[AnyFigure] = []
     with rich_progress(progress) as rich_bar:
         def bar(desc: str, total: int) -> Callable[[int], None]:
@@ -191,11 +247,11 @@ def run_collapse(target: "LoadedModel | ModelPair | ModelSet | Models", out: Pat
             curve = div.by_position(seed=config.seed)
             write_table(curve, data, "divergence_by_position")
             summary["divergence"] = div.summary(seed=config.seed)
-            figures += divergence_figures(curve, list(models))
+            figures += divergence_figures(curve, list(by_name))
             figures += context_figures(summary["divergence"]["contexts"])
             if config.predict_entropy:
                 table, summary["divergence"]["entropy_prediction"] = _entropy_prediction(
-                    models, div, config)
+                    by_name, div, config)
                 if len(table):
                     write_table(table, data, "entropy_prediction")
                 figures += entropy_prediction_figures(
@@ -203,7 +259,7 @@ def run_collapse(target: "LoadedModel | ModelPair | ModelSet | Models", out: Pat
             advance(1)
         results: ProbeResults | None = None
         if "probes" in steps or "temperature" in steps:
-            advance = bar("probes", len(probes) * len(models))
+            advance = bar("probes", len(probes) * len(by_name))
             temps = config.temperatures if "temperature" in steps else (1.0,)
             results = run_probes(target, probes, temperatures=temps, progress=advance,
                                  batch_size=config.batch_size)
@@ -244,9 +300,9 @@ def run_collapse(target: "LoadedModel | ModelPair | ModelSet | Models", out: Pat
                 summary["temperature"]["free_text"] = match.summary()
                 figures += free_text_figures(match, summary["temperature"])
         if "tree" in steps:
-            advance = bar("trees", len(models))
+            advance = bar("trees", len(by_name))
             trees = {}
-            for label, lm in models.items():
+            for label, lm in by_name.items():
                 trees[label] = probability_tree(lm, config.tree_prompt, depth=config.tree_depth,
                                                 top_k=config.tree_top_k,
                                                 min_prob=config.tree_min_prob)
@@ -256,7 +312,7 @@ def run_collapse(target: "LoadedModel | ModelPair | ModelSet | Models", out: Pat
             summary["tree"] = {label: tree_summary(t) for label, t in trees.items()}
             figures.append(tree_figure(trees))
         if "attractors" in steps:
-            advance = bar("attractors", len(models))
+            advance = bar("attractors", len(by_name))
             att = attractor_test(target, list(config.prompts),
                                  max_new_tokens=config.max_new_tokens,
                                  positions=config.positions, insert=config.insert,
@@ -267,20 +323,21 @@ def run_collapse(target: "LoadedModel | ModelPair | ModelSet | Models", out: Pat
             summary["attractors"] = att.summary(seed=config.seed)
             figures += attractor_figures(summary["attractors"])
         if "diversity" in steps:
-            advance = bar("diversity: sampling", len(models) * len(config.prompts))
+            advance = bar("diversity: sampling", len(by_name) * len(config.prompts))
             samples = {label: _samples(lm, label, config, data, advance)
-                       for label, lm in models.items()}
+                       for label, lm in by_name.items()}
             reference, ref_name = config.reference, config.reference_name
             if reference is None:
-                first = next(iter(models))
+                first = next(iter(by_name))
                 again = dataclasses.replace(config, seed=config.seed + 10_000)
-                reference = tuple(t for ts in _samples(models[first], first + "-reference",
+                reference = tuple(t for ts in _samples(by_name[first], first + "-reference",
                                                        again, data, None) for t in ts)
                 ref_name = (f"a second, independent draw of {first}'s samples (its distance "
                             f"is the noise floor)")
-            advance = bar("diversity: scoring", len(models) * len(config.prompts))
+            advance = bar("diversity: scoring", len(by_name) * len(config.prompts))
             div_res = diversity(samples, reference=reference, reference_name=ref_name,
-                                encoder=config.encoder, seed=config.seed, progress=advance)
+                                encoder=embedder(config.encoder), encoder_name=config.encoder,
+                                seed=config.seed, progress=advance)
             write_table(div_res.per_prompt, data, "diversity")
             summary["diversity"] = div_res.summary(seed=config.seed)
             summary["diversity_encoder"] = div_res.encoder
@@ -297,13 +354,13 @@ def run_collapse(target: "LoadedModel | ModelPair | ModelSet | Models", out: Pat
         fig.save(figdir)
     summary["config"] = {**summary.get("config", {}), **{
         k: v for k, v in dataclasses.asdict(config).items()
-        if k not in ("prompts", "reference", "batch_size")  # batch_size changes no result
+        if k not in ("prompts", "reference", "batch_size", "steps")  # batch_size: no result
     }, "n_prompts": len(config.prompts)}
     write_json_atomic(summary_path, summary)
     if index:
         write_index(out / "index.html", "difflens collapse", intro_html(summary), figures,
                     headline(summary))
-    return CollapseRun(summary=summary, figures=figures)
+    return CollapseResult(out=out, summary_json=summary, figures=figures)
 
 
 FREE_TEXT_METRICS = ("distinct_2", "self_bleu", "vendi")
@@ -353,7 +410,8 @@ def _decollapse(target: LoadedModel | ModelPair | ModelSet, config: CollapseConf
                                                       data, advance, prob_cap=cap)
     capped = {k: v for k, v in sets.items() if k not in samples}
     div = diversity(capped, reference=reference, reference_name=ref_name,
-                    encoder=config.encoder, seed=config.seed).summary(seed=config.seed)
+                    encoder=embedder(config.encoder), encoder_name=config.encoder,
+                    seed=config.seed).summary(seed=config.seed)
     texts = [(label, p, t) for label, per in sets.items() for p, ts in enumerate(per)
              for t in ts if t.strip()]
     corpus = Corpus([config.prompts[p] for _, p, _ in texts], [t for _, _, t in texts],
@@ -378,7 +436,8 @@ def _free_text_temperature(pair: ModelPair, config: CollapseConfig, data: Path,
     tuned = {t: _samples(pair.tuned, "tuned", config, data, advance, temperature=t)
              for t in config.free_text_temperatures}
     div = diversity({"base": base, **{f"T={t:g}": s for t, s in tuned.items()}},
-                    encoder=config.encoder, seed=config.seed).per_prompt
+                    encoder=embedder(config.encoder), encoder_name=config.encoder,
+                    seed=config.seed).per_prompt
     at = {f"T={t:g}": t for t in tuned}
     tuned_rows = div[div.model != "base"].assign(T=lambda d: d.model.map(at))
     return meeting_temperature(tuned_rows, div[div.model == "base"], FREE_TEXT_METRICS,

@@ -27,23 +27,21 @@ defaults and without the page.
 
 import dataclasses
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from difflens._io import check_writable, rich_progress, write_json_atomic
+from difflens._io import check_writable, write_json_atomic
 from difflens.analysis.attribution import COLUMNS, Attribution, attribute
 from difflens.analysis.bootstrap import bootstrap_mean
 from difflens.analysis.divergence import summarize_pair_stats
-from difflens.analysis.summary_spelling import ESTIMATE_KEYS
 from difflens.models.model_set import ModelSet
 from difflens.models.pair import ModelPair
 from difflens.models.wrapping import Models, as_model_set
 from difflens.pipelines.compare_config import (  # the inputs and options; re-exported
-    COLLAPSE_STEPS,
     SECTIONS,
     CompareConfig,
     CompareInputs,
@@ -317,18 +315,14 @@ def _capture(models: ModelSet, out: Path, inputs: CompareInputs, config: Compare
 
 def _collapse(models: ModelSet, out: Path, inputs: CompareInputs, config: CompareConfig,
               progress: bool) -> Result:
-    from difflens.pipelines.collapse import CollapseConfig, run_collapse
+    from difflens.pipelines.collapse import run_collapse
     from difflens.report.collapse import intro_html
 
-    options = dict(config.collapse)
-    steps = tuple(options.pop("steps", COLLAPSE_STEPS))
-    defaults: dict[str, Any] = {"k_samples": 8, "max_new_tokens": 40, "seed": config.seed,
-                                "free_text_temperatures": ()}
-    cfg = CollapseConfig(prompts=inputs.prompts, probes=inputs.probes,
-                         reference=inputs.reference, reference_name=inputs.reference_name,
-                         tree_prompt=inputs.tree_prompt or inputs.prompts[0],
-                         **{**defaults, **options})
-    run = run_collapse(_target(models), out, steps=steps, config=cfg, progress=progress,
+    cfg = dataclasses.replace(config.collapse, probes=inputs.probes, reference=inputs.reference,
+                              reference_name=inputs.reference_name,
+                              tree_prompt=inputs.tree_prompt or inputs.prompts[0])
+    steps = cfg.steps
+    run = run_collapse(_target(models), inputs.prompts, out, cfg, progress=progress,
                        index=False)
     labels = _labels(models)
     lineage = list(models.names)
@@ -355,8 +349,8 @@ def _collapse(models: ModelSet, out: Path, inputs: CompareInputs, config: Compar
                                   "value": div[metric]})
             attributions[metric] = _attribute(units, lineage, config.seed,
                                               resampled="prompts")
-    return run.summary, run.figures, attributions, (
-        intro_html(run.summary) if len(models) == 2 else
+    return run.summary(), run.figures, attributions, (
+        intro_html(run.summary()) if len(models) == 2 else
         f"<p>Exact probe distributions, attractors and diversity of every model on the same "
         f"{len(inputs.prompts)} prompts; the temperature sweep matches each model to the "
         f"base.</p>")
@@ -372,13 +366,10 @@ def _concepts(models: ModelSet, out: Path, inputs: CompareInputs, config: Compar
     from difflens.report.concepts import intro_html
 
     dataset = load_ab_dataset(inputs.concept_items)
-    options: dict[str, Any] = {"position": "last", "test_fraction": 0.3, "seed": config.seed,
-                               "alpha_unit": "residual", "n_generations": 2,
-                               **config.concepts}
-    run = run_concepts(_as_set(models), dataset, out, progress=progress, index=False,
-                       **options)
+    run = run_concepts(_as_set(models), dataset, out, config.concepts, progress=progress,
+                       index=False)
     attributions = _renamed(run.attributions, models)
-    return run.summary, run.figures, attributions, intro_html(run.summary)
+    return run.summary(), run.figures, attributions, intro_html(run.summary())
 
 
 # -- trajectories --------------------------------------------------------------------------
@@ -389,10 +380,8 @@ def _trajectories(models: ModelSet, out: Path, inputs: CompareInputs, config: Co
     from difflens.pipelines.trajectories import run_trajectories
     from difflens.report.trajectories import intro_html
 
-    options: dict[str, Any] = {"continuations": 4, "max_new_tokens": 30, "method": "umap",
-                               "seed": config.seed, "min_count": 5, **config.trajectories}
-    run = run_trajectories(_as_set(models), list(inputs.trajectory_prompts), out,
-                           progress=progress, **options)
+    run = run_trajectories(_as_set(models), inputs.trajectory_prompts, out,
+                           config.trajectories, progress=progress)
     attributions: dict[str, Attribution] = {}
     per_prompt = run.distance_to_base_by_prompt
     if per_prompt is not None and len(per_prompt):
@@ -401,7 +390,7 @@ def _trajectories(models: ModelSet, out: Path, inputs: CompareInputs, config: Co
         attributions["distance_to_base"] = attribute(
             {labels[m]: wide[m].to_numpy(np.float64) for m in labels}, list(models.names),
             seed=config.seed, n_boot=N_BOOT, resampled="prompts")
-    return run.summary, run.figures, attributions, intro_html(run.summary)
+    return run.summary(), run.figures, attributions, intro_html(run.summary())
 
 
 # -- control -------------------------------------------------------------------------------
@@ -410,63 +399,16 @@ def _trajectories(models: ModelSet, out: Path, inputs: CompareInputs, config: Co
 def _control(models: ModelSet, out: Path, inputs: CompareInputs, config: CompareConfig,
              progress: bool) -> Result:
     """A probe trained on each model's own states, every controller evaluated on it."""
-    from difflens.control.evaluate import ControlConfig
-    from difflens.pipelines.control import run_control_evaluation, run_probe_training
-    from difflens.sampling.generate import GenerationConfig
+    from difflens.pipelines.control import ControlInputs, run_control
 
-    options = dict(config.control)
-    generation = GenerationConfig(max_new_tokens=int(options.pop("max_new_tokens", 40)),
-                                  batch_size=int(options.pop("batch_size", 32)))
-    defaults: dict[str, Any] = {
-        "gains": (("open_loop", (0.5, 1.0)), ("proportional", (1.0, 2.0)),
-                  ("rollback", (1.0,))), "k_samples": 2, "seed": config.seed}
-    merged = {**defaults, **options}
-    if isinstance(merged["gains"], Mapping):
-        merged["gains"] = tuple((k, tuple(v)) for k, v in merged["gains"].items())
-    cfg = ControlConfig(generation=generation, **merged)
-    summary: dict[str, Any] = {}
-    figures: list[AnyFigure] = []
-    rows = []
-    with rich_progress(progress) as bar:
-        for name, lm in models.models.items():
-            folder = out / name
-            step = bar(f"control {name}: probe", len(inputs.control_examples))
-            fit, probe_figs = run_probe_training(lm, list(inputs.control_examples), folder,
-                                                 source=inputs.control_source,
-                                                 progress=_ticks(step), index=False)
-            step = bar(f"control {name}: generating",
-                       len(inputs.control_prompts) * cfg.k_samples * len(cfg.controllers()))
-            run = run_control_evaluation(lm, fit.probe, list(inputs.control_prompts), folder,
-                                         config=cfg, independent=inputs.control_measure,
-                                         independent_name=inputs.control_measure_name,
-                                         progress=_ticks(step), index=False)
-            summary[name] = run.summary
-            rows.append(_uncontrolled(name, run.summary))
-            if name == models.names[-1]:
-                figures += [*probe_figs, *run.figures]
-    values = {r["model"]: {k: r[k] for k in ESTIMATE_KEYS} for r in rows}
-    if values:
-        figures.insert(0, per_model_figure(
-            "control_uncontrolled", "Share of bad continuations without control, per model",
-            values, "bad share", caption="Graded by each model's own probe; the figures below "
-            f"are {models.names[-1]}'s."))
-        figures[0].save(out / "figures")
+    run = run_control(models, ControlInputs(
+        examples=inputs.control_examples, prompts=inputs.control_prompts,
+        independent=inputs.control_measure, independent_name=inputs.control_measure_name,
+        source=inputs.control_source), out, config.control, progress=progress, index=False)
     intro = (f"<p>A state probe trained on each model's own states "
              f"({inputs.control_source or 'built-in labelled texts'}) and every controller on "
              f"{len(inputs.control_prompts)} prompts, per model.</p>")
-    return summary, figures, {}, intro
-
-
-def _ticks(step: Callable[[int, str], None]) -> Callable[[int], None]:
-    """A progress callback of ``n`` for a rich bar step that also takes a description."""
-    return lambda n: step(n, "")
-
-
-def _uncontrolled(name: str, summary: Mapping[str, Any]) -> dict[str, Any]:
-    """The uncontrolled cell of a model's control summary (``controllers.none.<gain>``):
-    its bad rate by the model's own probe, an estimate over prompts, with the model's name."""
-    cell = next(iter(summary["controllers"]["none"].values()))
-    return {**cell["bad_rate"], "model": name}
+    return run.summary(), run.figures, {}, intro
 
 
 # -- themes --------------------------------------------------------------------------------
@@ -474,18 +416,17 @@ def _uncontrolled(name: str, summary: Mapping[str, Any]) -> dict[str, Any]:
 
 def _themes(models: ModelSet, out: Path, inputs: CompareInputs, config: CompareConfig,
             progress: bool) -> Result:
-    from difflens.pipelines.theme_config import ThemesConfig
     from difflens.pipelines.themes import run_themes
     from difflens.report.themes import intro_html
 
-    defaults: dict[str, Any] = {"k_samples": 8, "max_new_tokens": 48, "seed": config.seed}
-    cfg = ThemesConfig(prompts=inputs.theme_prompts, truth=inputs.theme_truth,
-                       **{**defaults, **config.themes})
-    run = run_themes(_target(models), out, config=cfg, progress=progress, index=False)
+    cfg = dataclasses.replace(config.themes, prompts=inputs.theme_prompts, truth=inputs.theme_truth)
+    run = run_themes(_target(models), inputs.theme_prompts, out, cfg, progress=progress,
+                     index=False)
     labels = _labels(models)
     segs = pd.read_parquet(out / "data" / "segments.parquet")
     attributions: dict[str, Attribution] = {}
-    names = {t["theme"]: t["name"] for t in run.summary.get("themes", [])}
+    summary = run.summary()
+    names = {t["theme"]: t["name"] for t in summary.get("themes", [])}
     prompt_col = "prompt_idx" if "prompt_idx" in segs else "prompt_id"
     segs = segs[segs["theme"] >= 0]
     counts = segs.groupby([prompt_col, "model"]).size()
@@ -497,5 +438,5 @@ def _themes(models: ModelSet, out: Path, inputs: CompareInputs, config: CompareC
         key = f"theme_share_{theme}"
         attributions[key] = _attribute(units, list(models.names), config.seed, "n",
                                        resampled="prompts")
-    run.summary["theme_names"] = {f"theme_share_{t}": n for t, n in names.items()}
-    return run.summary, run.figures, attributions, intro_html(run.summary)
+    summary["theme_names"] = {f"theme_share_{t}": n for t, n in names.items()}
+    return summary, run.figures, attributions, intro_html(summary)

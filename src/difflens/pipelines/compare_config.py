@@ -1,6 +1,7 @@
 """What ``difflens compare`` takes besides the models: its inputs (:class:`CompareInputs`),
-its options (:class:`CompareConfig`, one table per section in ``compare.toml``) and the
-check that refuses an option a section does not have."""
+its options (:class:`CompareConfig`, one table per section in ``compare.toml``, each read
+into that section's config under the command line's names) and the check that refuses an
+option a section does not have."""
 
 import dataclasses
 import inspect
@@ -8,6 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from difflens._config import config_from
 from difflens.errors import InputError
 from difflens.inputs.labelled import LabelledText
 
@@ -45,97 +47,134 @@ class CompareInputs:
     """Each input's description for the page (``texts``, ``concepts``, ...)."""
 
 
+#: section -> (module, config class) of every instrument section's config.
+_CONFIGS = {
+    "concepts": ("difflens.pipelines.concepts", "ConceptsConfig"),
+    "trajectories": ("difflens.pipelines.trajectories", "TrajectoriesConfig"),
+    "collapse": ("difflens.pipelines.collapse", "CollapseConfig"),
+    "control": ("difflens.control.evaluate", "ControlConfig"),
+    "themes": ("difflens.pipelines.theme_config", "ThemesConfig"),
+}
+
+
+def config_class(section: str) -> type:
+    """The config class of an instrument section (``collapse`` -> ``CollapseConfig``)."""
+    import importlib
+
+    module, name = _CONFIGS[section]
+    return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
+
+
+def quick(section: str, seed: int = 0) -> Any:
+    """The section's config as ``difflens compare`` runs it by default: the config's
+    :meth:`quick` preset (lighter than the standalone command's defaults, and visible
+    there), with ``seed``."""
+    cls: Any = config_class(section)
+    return dataclasses.replace(cls.quick(), seed=seed)
+
+
 @dataclasses.dataclass(frozen=True)
 class CompareConfig:
-    """Which sections run and every section's options (a ``compare.toml`` table each)."""
+    """Which sections run and every section's config (a ``compare.toml`` table each).
+
+    A section left out is its config's ``quick()`` preset with this ``seed``. A mapping of
+    options (``{"samples": 4}``, the TOML's names) is read into that preset too.
+    """
 
     sections: tuple[str, ...] = SECTIONS
     seed: int = 0
     capture: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     """Keyword arguments of :func:`difflens.capture.capture` (e.g. ``store_dtype``)."""
-    concepts: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    """Keyword arguments of :func:`difflens.pipelines.concepts.run_concepts`."""
-    trajectories: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    """Keyword arguments of :func:`difflens.pipelines.trajectories.run_trajectories`."""
-    collapse: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    """Fields of :class:`difflens.pipelines.collapse.CollapseConfig` (and ``steps``)."""
-    control: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    """Fields of :class:`difflens.control.evaluate.ControlConfig` (``max_new_tokens``,
-    ``batch_size`` for its generation)."""
-    themes: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    """Fields of :class:`difflens.pipelines.theme_config.ThemesConfig`."""
+    concepts: Any = None
+    """A :class:`~difflens.pipelines.concepts.ConceptsConfig` (default: its ``quick()``)."""
+    trajectories: Any = None
+    """A :class:`~difflens.pipelines.trajectories.TrajectoriesConfig` (default: its
+    ``quick()``)."""
+    collapse: Any = None
+    """A :class:`~difflens.pipelines.collapse.CollapseConfig` (default: its ``quick()``)."""
+    control: Any = None
+    """A :class:`~difflens.control.evaluate.ControlConfig` (default: its ``quick()``)."""
+    themes: Any = None
+    """A :class:`~difflens.pipelines.theme_config.ThemesConfig` (default: its ``quick()``)."""
 
     def __post_init__(self) -> None:
         bad = [s for s in self.sections if s not in SECTIONS]
         if bad:
             raise InputError(f"unknown section(s) {bad}; sections are {', '.join(SECTIONS)}")
-        for section in SECTIONS:
-            check_options(section, getattr(self, section), "CompareConfig")
+        check_capture_options(self.capture, "CompareConfig")
+        for section in _CONFIGS:
+            value = getattr(self, section)
+            base = quick(section, self.seed)
+            if value is None:
+                value = base
+            elif isinstance(value, Mapping):
+                value = config_from(config_class(section), value,
+                                    where=f"CompareConfig.{section}", base=base)
+            elif not isinstance(value, config_class(section)):
+                raise InputError(f"CompareConfig.{section} takes a "
+                                 f"{config_class(section).__name__} or a mapping of its "
+                                 f"options, got {type(value).__name__}")
+            object.__setattr__(self, section, value)
 
 
-def _option_names(section: str) -> set[str]:
+def _capture_options() -> set[str]:
     from difflens.capture import capture
-    from difflens.control.evaluate import ControlConfig
-    from difflens.pipelines.collapse import CollapseConfig
-    from difflens.pipelines.concepts import run_concepts
-    from difflens.pipelines.theme_config import ThemesConfig
-    from difflens.pipelines.trajectories import run_trajectories
 
-    def kwargs(fn: Callable[..., Any], drop: Sequence[str]) -> set[str]:
-        return {p.name for p in inspect.signature(fn).parameters.values()
-                if p.kind == p.KEYWORD_ONLY and p.name not in drop}
-
-    return {
-        "capture": kwargs(capture, ("store", "progress", "engine")),
-        "concepts": kwargs(run_concepts, ("progress", "index")),
-        "trajectories": kwargs(run_trajectories, ("progress", "index", "metadata")),
-        "collapse": {f.name for f in dataclasses.fields(CollapseConfig)} - {"prompts"}
-        | {"steps"},
-        "control": ({f.name for f in dataclasses.fields(ControlConfig)} - {"generation"})
-        | {"max_new_tokens", "batch_size"},
-        "themes": {f.name for f in dataclasses.fields(ThemesConfig)} - {"prompts", "truth"},
-    }[section]
+    return {p.name for p in inspect.signature(capture).parameters.values()
+            if p.kind == p.KEYWORD_ONLY and p.name not in ("store", "progress", "engine")}
 
 
-def check_options(section: str, options: Mapping[str, Any], where: str) -> None:
-    """Refuse an option the section does not have, naming ``where`` and the valid ones."""
-    unknown = sorted(set(options) - _option_names(section))
+def check_capture_options(options: Mapping[str, Any], where: str) -> None:
+    """Refuse an option the capture section does not have, naming ``where``."""
+    unknown = sorted(set(options) - _capture_options())
     if unknown:
-        raise InputError(f"{where}: [{section}] has no option {', '.join(unknown)}; its options "
-                         f"are {', '.join(sorted(_option_names(section)))}")
+        raise InputError(f"{where}: [capture] has no option {', '.join(unknown)}; its options "
+                         f"are {', '.join(sorted(_capture_options()))}")
 
 
 def read_compare_config(path: str | Path) -> dict[str, Any]:
     """Read ``compare.toml``: one table per section (``[collapse]``, ``[concepts]``, ...)
-    with that section's options, and optional top-level ``sections`` and ``seed``.
+    with that section's options under their command-line names (``samples``,
+    ``max_new_tokens``; see ``difflens <section> ... --help``), and optional top-level
+    ``sections`` and ``seed``.
 
-    Returns keyword arguments of :class:`CompareConfig`. Raises :class:`InputError` with the
-    file (and line, for a syntax error) on anything it cannot use.
+    Returns keyword arguments of :class:`CompareConfig` (each section's table as a mapping of
+    options, checked against its config; :class:`CompareConfig` reads it into the section's
+    ``quick()`` preset). Raises :class:`InputError` with the file (and line, for a syntax
+    error) on anything it cannot use.
     """
     import tomllib
 
     p = Path(path)
     if not p.is_file():
         raise InputError(f"{p}: no such config file; write one table per section, e.g. "
-                         f"[collapse] k_samples = 8")
+                         f"[collapse] samples = 8")
     try:
         raw = tomllib.loads(p.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise InputError(f"{p}: not valid TOML: {exc}") from None
     out: dict[str, Any] = {}
+    seed = raw.get("seed", 0)
+    if not isinstance(seed, int):
+        raise InputError(f"{p}: seed must be an integer, e.g. seed = 1")
     for key, value in raw.items():
         if key in SECTIONS:
             if not isinstance(value, dict):
                 raise InputError(f"{p}: {key} must be a table ([{key}]) of options")
-            check_options(key, value, str(p))
-            out[key] = {k: tuple(v) if isinstance(v, list) else v for k, v in value.items()}
+            if key == "capture":
+                check_capture_options(value, str(p))
+                out[key] = {k: tuple(v) if isinstance(v, list) else v for k, v in value.items()}
+            else:  # checked here, naming the file; CompareConfig reads it into the preset
+                config_from(config_class(key), value, where=f"{p} [{key}]",
+                            base=quick(key, seed))
+                out[key] = dict(value)
         elif key == "sections":
             if not isinstance(value, list):
                 raise InputError(f"{p}: sections must be a list, e.g. sections = "
                                  f"[\"collapse\", \"concepts\"]")
             out["sections"] = tuple(value)
         elif key == "seed":
-            out["seed"] = int(value)
+            out["seed"] = seed
         else:
             raise InputError(f"{p}: unknown key {key!r}; use sections, seed or a table per "
                              f"section ({', '.join(SECTIONS)})")

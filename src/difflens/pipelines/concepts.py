@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from difflens._config import option
 from difflens._io import check_writable, write_json_atomic
 from difflens.analysis.attribution import Attribution
 from difflens.analysis.bootstrap import bootstrap_mean
@@ -35,10 +36,12 @@ from difflens.capture.concepts import (
 from difflens.control.steering import dose_response, greedy_texts, steering
 from difflens.errors import InputError
 from difflens.inputs.ab_items import ABDataset, tokenize_items
+from difflens.models.layers import parse_layer_list
 from difflens.models.loading import LoadedModel
 from difflens.models.model_set import ModelSet
 from difflens.models.pair import ModelPair, models_of
 from difflens.models.wrapping import Models, as_models
+from difflens.pipelines.result import InstrumentResult
 from difflens.report.concepts import (
     behaviours_figure,
     compare_figures,
@@ -56,12 +59,10 @@ STEPS = ("extract", "compare", "steer")
 
 
 @dataclasses.dataclass(frozen=True)
-class ConceptsRun:
-    """What :func:`run_concepts` wrote: the summary and the figures (for other reports)."""
+class ConceptsResult(InstrumentResult):
+    """What :func:`run_concepts` wrote: the summary, the figures, the extraction."""
 
-    summary: dict[str, Any]
-    figures: list[AnyFigure]
-    extraction: ConceptExtraction
+    extraction: ConceptExtraction | None = None
     attributions: dict[str, Attribution] = dataclasses.field(default_factory=dict)
     """A model set's attribution of the cosine with the base to the lineage's stages, by
     metric (``concept_cosine_L<layer>``); empty for one model or a pair, or without the
@@ -72,12 +73,80 @@ class ConceptsRun:
     None where :attr:`attributions` is empty."""
 
 
+ConceptsRun = ConceptsResult  # the name of earlier releases
+
+
 DEFAULT_ALPHAS = (-4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0)
 #: ``vector``: alpha multiplies the concept vector itself (the CAA convention; alpha=1 adds
 #: the mean matching-minus-non-matching difference). ``residual``: the vector is rescaled to
 #: the mean norm of the residual stream at that layer (over all items' read positions), so
 #: alpha=0.1 adds 10% of a typical state's norm, comparable across layers and models.
 ALPHA_UNITS = ("vector", "residual")
+
+
+@dataclasses.dataclass(frozen=True)
+class ConceptsConfig:
+    """Every setting of a concepts run; each default is here only (the CLI's options and
+    ``compare.toml``'s ``[concepts]`` table are these fields, under their flag names)."""
+
+    steps: tuple[str, ...] = option(STEPS, flag="--steps", cli=False, help="Steps to run: "
+                                    "extract, compare, steer (the CLI's verb chooses them).")
+    layers: str | tuple[int, ...] = option("all", flag="--layers", parse=parse_layer_list,
+                                           help="'all' or a list like 0,3,5.")
+    position: str = option("answer", flag="--position", help="answer (the answer letter) | "
+                           "last.")
+    method: str = option("mean_diff", flag="--method", help="mean_diff (CAA) | pca.")
+    chat: bool | None = option(None, flag="--chat/--no-chat", help="Wrap in the chat "
+                               "template (default: if the tokenizer has one).")
+    test_fraction: float = option(0.2, flag="--test-fraction", help="Held-out share of "
+                                  "items.")
+    seed: int = option(0, flag="--seed", help="Seed of the split and the bootstraps.")
+    steer_layers: tuple[int, ...] = option((), flag="--steer-layers", help="Layers to steer "
+                                           "(default: the best + 1/3, 2/3 depth).")
+    alphas: tuple[float, ...] = option(DEFAULT_ALPHAS, flag="--alphas", help="Steering "
+                                       "multipliers.")
+    alpha_unit: str = option("vector", flag="--alpha-unit", help="vector (alpha x the concept "
+                             "vector, CAA) | residual (alpha x the layer's mean residual "
+                             "norm, along the vector).")
+    n_generations: int = option(3, flag="--n-generations", help="Steered greedy generations "
+                                "to show.")
+    max_new_tokens: int = option(24, flag="--max-new-tokens", help="Tokens per steered "
+                                 "generation.")
+    batch_size: int = option(32, flag="--batch-size", help="Most inputs per forward pass.")
+    n_boot: int = option(500, flag="--n-boot", help="Bootstrap resamples of each CI.")
+    settle_threshold: float = option(0.9, flag="--settle-threshold", help="compare: the least "
+                                     "cosine between consecutive layers' vectors that counts "
+                                     "as settled (the settling layer).")
+
+    def __post_init__(self) -> None:
+        from difflens.capture.concepts import METHODS
+        from difflens.inputs.ab_items import POSITIONS
+
+        if self.position not in POSITIONS:
+            raise InputError(f"--position must be one of {', '.join(POSITIONS)}, got "
+                             f"{self.position!r}")
+        if self.method not in METHODS:
+            raise InputError(f"--method must be one of {', '.join(METHODS)}, got "
+                             f"{self.method!r}")
+        if self.alpha_unit not in ALPHA_UNITS:
+            raise InputError(f"--alpha-unit must be one of {', '.join(ALPHA_UNITS)}, got "
+                             f"{self.alpha_unit!r}")
+        if not -1.0 <= self.settle_threshold <= 1.0:
+            raise InputError(f"--settle-threshold is a cosine, in [-1, 1]; got "
+                             f"{self.settle_threshold}")
+        if not 0 <= self.test_fraction < 1:
+            raise InputError(f"--test-fraction must be in [0, 1), got {self.test_fraction}")
+        bad = [s for s in self.steps if s not in STEPS]
+        if bad:
+            raise InputError(f"unknown step {bad[0]!r}; steps are {', '.join(STEPS)}")
+
+    @classmethod
+    def quick(cls) -> "ConceptsConfig":
+        """``difflens compare``'s setting: the last token's state (the built-in items are
+        free text, with no answer letter), 30% held out, alpha in units of the residual
+        norm (comparable across the lineage's models), two generations."""
+        return cls(position="last", test_fraction=0.3, alpha_unit="residual",
+                   n_generations=2)
 
 
 def steering_vector(ex: ConceptExtraction, label: str, layer: int, unit: str) -> Any:
@@ -103,32 +172,18 @@ def default_steer_layers(n_layers: int, separation: Sequence[dict[str, Any]]) ->
 
 
 def run_concepts(
-    target: "LoadedModel | ModelPair | ModelSet | Models",
+    models: "LoadedModel | ModelPair | ModelSet | Models",
     dataset: ABDataset,
     out: Path,
+    config: ConceptsConfig = ConceptsConfig(),
     *,
-    steps: Sequence[str] = STEPS,
-    layers: str | Sequence[int] = "all",
-    position: str = "answer",
-    method: str = "mean_diff",
-    chat: bool | None = None,
-    test_fraction: float = 0.2,
-    seed: int = 0,
-    steer_layers: Sequence[int] | None = None,
-    alphas: Sequence[float] = DEFAULT_ALPHAS,
-    alpha_unit: str = "vector",
-    n_generations: int = 3,
-    max_new_tokens: int = 24,
-    batch_size: int = 32,
-    n_boot: int = 500,
-    settle_threshold: float = 0.9,
     progress: bool = False,
     index: bool = True,
     tokenizer: Any = None,
-) -> ConceptsRun:
-    """Run the asked ``steps`` of the concepts pipeline into ``out``.
+) -> ConceptsResult:
+    """Run ``config.steps`` of the concepts pipeline on ``dataset`` into ``out``.
 
-    ``settle_threshold``: the least consecutive-layer cosine that counts as settled
+    ``config.settle_threshold``: the least consecutive-layer cosine that counts as settled
     (``settling_layer`` in the summary, written by the ``compare`` step).
 
     Every estimate of the summary is ``{value, ci_low, ci_high, n, resampled}`` (with what
@@ -143,24 +198,22 @@ def run_concepts(
     the tables ``data/cosine_vs_base`` and ``data/attribution_concepts`` and their two
     figures (:func:`cosine_vs_base`).
     """
-    target = as_models(target, tokenizer=tokenizer)
+    target = as_models(models, tokenizer=tokenizer)
     from difflens._io import rich_progress
 
-    if alpha_unit not in ALPHA_UNITS:
-        raise InputError(f"alpha unit must be one of {', '.join(ALPHA_UNITS)}, got "
-                         f"{alpha_unit!r}")
-    bad = [s for s in steps if s not in STEPS]
-    if bad:
-        raise InputError(f"unknown step {bad[0]!r}; steps are {', '.join(STEPS)}")
+    c = config
+    steps, layers, position, method, chat = c.steps, c.layers, c.position, c.method, c.chat
+    test_fraction, seed, alphas, alpha_unit = c.test_fraction, c.seed, c.alphas, c.alpha_unit
+    batch_size, n_boot, settle_threshold = c.batch_size, c.n_boot, c.settle_threshold
     check_writable(out)
-    models = models_of(target)
+    by_name = models_of(target)
     lineage = list(target.names) if isinstance(target, ModelSet) else []
     if lineage and any(k not in COLORS for k in lineage):
         use_lineage_colors(lineage)  # unless a report has already coloured this lineage
     attribution_table: pd.DataFrame | None = None
     lc: LineageCosines | None = None
     with rich_progress(progress) as bar:
-        tick = bar("extract", len(dataset) * len(models))
+        tick = bar("extract", len(dataset) * len(by_name))
         ex = extract_concepts(target, dataset, layers=layers, position=position, method=method,
                               chat=chat, test_fraction=test_fraction, seed=seed,
                               batch_size=batch_size, cache_dir=out / "activations",
@@ -174,7 +227,7 @@ def run_concepts(
             "n_items": len(dataset), "n_train": len(ex.train), "n_test": len(ex.test),
             "layers": list(ex.layers), "position": position, "method": method,
             "chat": ex.chat, "n_truncated": ex.n_truncated,
-            "models": {k: m.identity.name for k, m in models.items()},
+            "models": {k: m.identity.name for k, m in by_name.items()},
             **({"lineage": lineage} if lineage else {}),
             "unsteered_p_match": {k: bootstrap_mean(
                 ex.p_match(k)[ex.test if len(ex.test) else ex.train], seed=seed,
@@ -226,8 +279,8 @@ def run_concepts(
             summary["steering"] = {}
             summary["alpha_unit"] = alpha_unit
             summary["steering_best_layer"] = {}
-            for k, lm in models.items():
-                chosen = (list(steer_layers) if steer_layers
+            for k, lm in by_name.items():
+                chosen = (list(c.steer_layers) if c.steer_layers
                           else default_steer_layers(lm.n_layers, cmp.separation.get(k, [])))
                 chosen = [lm.layers.normalize(x) for x in chosen]
                 vecs = {x: steering_vector(ex, k, x, alpha_unit) for x in chosen}
@@ -248,7 +301,7 @@ def run_concepts(
                 figures.append(dose_figure(k, rows, alpha_unit))
                 generations += _generations(lm, k, dataset, ex, vecs[summary[
                     "steering_best_layer"][k]], summary["steering_best_layer"][k], alphas,
-                    n_generations, max_new_tokens)
+                    c.n_generations, c.max_new_tokens)
             if generations:
                 write_table(pd.DataFrame(generations), data, "generations")
                 summary["generations"] = generations
@@ -258,10 +311,10 @@ def run_concepts(
     if index:
         write_index(out / "index.html", f"difflens concepts: {dataset.name}",
                     intro_html(summary), figures, headline(summary))
-    return ConceptsRun(summary=summary, figures=figures, extraction=ex,
-                       attributions={attribution_metric(layer): a
-                                     for layer, a in lc.attribution.items()} if lc else {},
-                       attribution_table=attribution_table)
+    return ConceptsResult(out=out, summary_json=summary, figures=figures, extraction=ex,
+                          attributions={attribution_metric(layer): a
+                                        for layer, a in lc.attribution.items()} if lc else {},
+                          attribution_table=attribution_table)
 
 
 def _lineage_outputs(lc: LineageCosines, summary: dict[str, Any], data: Path,
@@ -333,13 +386,11 @@ def _generations(lm: LoadedModel, label: str, dataset: ABDataset, ex: ConceptExt
 
 
 @dataclasses.dataclass(frozen=True)
-class BehavioursRun:
+class BehavioursRun(InstrumentResult):
     """What :func:`compare_behaviours` wrote: the summary, the figures and each dataset's
     own run (in ``OUT/<folder>``)."""
 
-    summary: dict[str, Any]
-    figures: list[AnyFigure]
-    runs: dict[str, ConceptsRun]
+    runs: dict[str, ConceptsResult] = dataclasses.field(default_factory=dict)
 
 
 def behaviour_labels(paths: Sequence[str]) -> list[str]:
@@ -356,17 +407,18 @@ def behaviour_labels(paths: Sequence[str]) -> list[str]:
 
 
 def compare_behaviours(
-    target: LoadedModel | ModelPair,
+    models: "LoadedModel | ModelPair | ModelSet | Models",
     datasets: Sequence[ABDataset],
     out: Path,
+    config: ConceptsConfig = ConceptsConfig(),
     *,
     progress: bool = False,
-    **options: Any,
+    tokenizer: Any = None,
 ) -> BehavioursRun:
     """``compare`` on several datasets (one behaviour each), and their curves together.
 
     Each dataset gets its own run in ``OUT/<folder>`` (:func:`run_concepts`, steps extract
-    and compare, with ``options``). ``OUT`` holds ``summary.json`` (``behaviours.<name>``:
+    and compare, with ``config``). ``OUT`` holds ``summary.json`` (``behaviours.<name>``:
     the dataset, its ``cosine_by_layer``, ``consecutive_cosine`` and ``settling_layer``),
     the behaviour x layer tables ``data/cosine_by_behaviour`` and
     ``data/settling_by_behaviour`` (Parquet + CSV), the figure ``cosine_by_behaviour`` and
@@ -378,17 +430,18 @@ def compare_behaviours(
         raise InputError("compare_behaviours needs two or more datasets; for one, use "
                          "run_concepts")
     check_writable(out)
+    target = as_models(models, tokenizer=tokenizer)
+    each = dataclasses.replace(config, steps=("extract", "compare"))
     labels = behaviour_labels([d.path for d in datasets])
-    runs: dict[str, ConceptsRun] = {}
+    runs: dict[str, ConceptsResult] = {}
     summary: dict[str, Any] = {"behaviours": {}}
     cos_rows: list[dict[str, Any]] = []
     settle_rows: list[dict[str, Any]] = []
     for label, ds in zip(labels, datasets, strict=True):
         folder = re.sub(r"[^\w.-]+", "-", label)
-        run = run_concepts(target, ds, out / folder, steps=("extract", "compare"),
-                           progress=progress, **options)
+        run = run_concepts(target, ds, out / folder, each, progress=progress)
         runs[label] = run
-        s = run.summary
+        s = run.summary()
         summary["behaviours"][label] = {
             "folder": folder, "dataset": s["dataset"], "n_items": s["n_items"],
             "n_train": s["n_train"], "cosine_by_layer": s.get("cosine_by_layer", []),
@@ -398,11 +451,11 @@ def compare_behaviours(
                      for r in s.get("cosine_by_layer", [])]
         settle_rows += [dict(settling_row(v), behaviour=label, model=k)
                         for k, v in s.get("settling_layer", {}).items()]
-    first = next(iter(runs.values())).summary
+    first = next(iter(runs.values())).summary()
     summary |= {"layers": first["layers"], "models": first["models"],
                 "position": first["position"], "method": first["method"],
                 "seed": first["seed"], "test_fraction": first["test_fraction"],
-                "settle_threshold": options.get("settle_threshold", 0.9)}
+                "settle_threshold": config.settle_threshold}
     data = out / "data"
     figures: list[AnyFigure] = []
     if cos_rows:
@@ -422,4 +475,4 @@ def compare_behaviours(
             for k in labels for m, v in summary["behaviours"][k]["settling_layer"].items()}
     write_index(out / "index.html", "difflens concepts: several behaviours", intro, figures,
                 head)
-    return BehavioursRun(summary=summary, figures=figures, runs=runs)
+    return BehavioursRun(out=out, summary_json=summary, figures=figures, runs=runs)

@@ -22,14 +22,18 @@ import pandas as pd
 from torch import Tensor
 
 from difflens._io import check_writable, write_json_atomic
-from difflens.analysis.summary_spelling import respell
+from difflens.analysis.summary_spelling import ESTIMATE_KEYS, respell
 from difflens.control.evaluate import ControlConfig, ControlEvaluation, Measure, evaluate_control
 from difflens.control.self_judge import SelfJudgeConfig, judge_sentences, self_judge_summary
 from difflens.control.state_probe import ProbeConfig, ProbeFit, StateProbe, train_probe
 from difflens.errors import InputError
 from difflens.inputs.labelled import LabelledText
 from difflens.models.loading import LoadedModel
-from difflens.models.wrapping import Models, as_loaded
+from difflens.models.model_set import ModelSet
+from difflens.models.pair import ModelPair, models_of
+from difflens.models.wrapping import Models, as_loaded, as_models
+from difflens.pipelines.result import InstrumentResult
+from difflens.report.compare import per_model_figure
 from difflens.report.control import (
     control_headline,
     control_intro,
@@ -47,9 +51,27 @@ from difflens.report.tables import write_table
 
 
 @dataclasses.dataclass(frozen=True)
-class ControlRun:
-    summary: dict[str, Any]
-    figures: list[AnyFigure]
+class ControlResult(InstrumentResult):
+    """What :func:`run_control_evaluation` (one model) or :func:`run_control` (every model
+    of a set, ``OUT/<model>`` each) wrote."""
+
+
+ControlRun = ControlResult  # the name of earlier releases
+
+
+@dataclasses.dataclass(frozen=True)
+class ControlInputs:
+    """What :func:`run_control` runs on."""
+
+    examples: tuple[LabelledText, ...]
+    """Labelled texts the state probe learns (1 = the behaviour to steer away from)."""
+    prompts: tuple[str, ...]
+    """Prompts every controller continues."""
+    independent: Measure | None = None
+    """A second judge of the continuations (None: the probe's verdict only)."""
+    independent_name: str = ""
+    source: str = ""
+    """What the examples are, for the page."""
 
 
 def _read_summary(path: Path) -> dict[str, Any]:
@@ -165,4 +187,60 @@ def run_control_evaluation(lm: "LoadedModel | Models", probe: StateProbe,
     if index:
         write_index(out / "index.html", "difflens control", control_intro(summary), figures,
                     control_headline(summary, independent_name))
-    return ControlRun(summary=summary, figures=figures)
+    return ControlResult(out=out, summary_json=summary, figures=figures)
+
+
+# -- every model of a set ------------------------------------------------------------------
+
+
+def run_control(models: "LoadedModel | ModelPair | ModelSet | Models", inputs: ControlInputs,
+                out: Path, config: ControlConfig = ControlConfig(), *,
+                probe: ProbeConfig = ProbeConfig(), progress: bool = False,
+                index: bool = True, tokenizer: Any = None) -> ControlResult:
+    """For every model: a state probe trained on the model's own states
+    (:func:`run_probe_training`, ``probe`` settings), then every controller of ``config``
+    evaluated with it (:func:`run_control_evaluation`), into ``OUT/<model>``.
+
+    ``OUT/summary.json`` holds each model's control summary under its name, and the figure
+    ``control_uncontrolled`` compares the models' bad share without control (each graded by
+    its own probe); the other figures returned are the last model's.
+    """
+    from difflens._io import rich_progress
+
+    check_writable(out)
+    by_name = models_of(as_models(models, tokenizer=tokenizer))
+    summary: dict[str, Any] = {}
+    figures: list[AnyFigure] = []
+    values: dict[str, dict[str, Any]] = {}
+    last = list(by_name)[-1]
+    with rich_progress(progress) as bar:
+        for name, lm in by_name.items():
+            folder = out / name
+            step = bar(f"control {name}: probe", len(inputs.examples))
+            fit, probe_figs = run_probe_training(lm, list(inputs.examples), folder,
+                                                 config=probe, source=inputs.source,
+                                                 progress=_ticks(step), index=index)
+            step = bar(f"control {name}: generating",
+                       len(inputs.prompts) * config.k_samples * len(config.controllers()))
+            run = run_control_evaluation(lm, fit.probe, list(inputs.prompts), folder,
+                                         config=config, independent=inputs.independent,
+                                         independent_name=inputs.independent_name,
+                                         progress=_ticks(step), index=index)
+            summary[name] = run.summary()
+            cell = next(iter(run.summary()["controllers"]["none"].values()))
+            values[name] = {k: cell["bad_rate"][k] for k in ESTIMATE_KEYS}
+            if name == last:
+                figures += [*probe_figs, *run.figures]
+    if values:
+        figures.insert(0, per_model_figure(
+            "control_uncontrolled", "Share of bad continuations without control, per model",
+            values, "bad share", caption="Graded by each model's own probe; the figures below "
+            f"are {last}'s."))
+        figures[0].save(out / "figures")
+    write_json_atomic(out / "summary.json", summary)
+    return ControlResult(out=out, summary_json=summary, figures=figures)
+
+
+def _ticks(step: Callable[[int, str], None]) -> Callable[[int], None]:
+    """A progress callback of ``n`` for a rich bar step that also takes a description."""
+    return lambda n: step(n, "")

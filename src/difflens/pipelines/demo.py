@@ -123,23 +123,24 @@ def sft_question(attributions: dict[str, Attribution]) -> dict[str, Any]:
 
 
 def demo_config(seed: int, small: bool = False) -> CompareConfig:
-    """The demo's section options (the reduced organism gets smaller ones)."""
+    """The demo's section options, by their command-line names, on each section's
+    ``quick()`` preset (the reduced organism gets smaller ones)."""
     if small:
         return CompareConfig(
-            seed=seed, collapse={"k_samples": 4, "max_new_tokens": 16},
+            seed=seed, collapse={"samples": 4, "max_new_tokens": 16},
             concepts={"alphas": (-0.5, 0.0, 0.5), "n_generations": 1},
-            trajectories={"continuations": 2, "max_new_tokens": 10, "method": "pca",
+            trajectories={"samples": 2, "max_new_tokens": 10, "method": "pca",
                           "min_count": 2},
-            control={"max_new_tokens": 16, "k_samples": 1,
-                     "gains": (("open_loop", (0.5, 1.0)), ("rollback", (1.0,)))},
-            themes={"k_samples": 4, "max_new_tokens": 24, "k_min": 3, "k_max": 6})
+            control={"max_new_tokens": 16, "samples": 1,
+                     "controllers": (("open_loop", (0.5, 1.0)), ("rollback", (1.0,)))},
+            themes={"samples": 4, "max_new_tokens": 24, "k_min": 3, "k_max": 6})
     return CompareConfig(
-        seed=seed, collapse={"k_samples": 8, "max_new_tokens": 40, "prob_caps": ()},
+        seed=seed, collapse={"samples": 8, "max_new_tokens": 40, "prob_caps": ()},
         concepts={"alphas": (-0.5, -0.25, 0.0, 0.25, 0.5), "n_generations": 1},
-        trajectories={"continuations": 4, "max_new_tokens": 30, "method": "pca"},
-        control={"max_new_tokens": 40, "k_samples": 2},
+        trajectories={"samples": 4, "max_new_tokens": 30, "method": "pca"},
+        control={"max_new_tokens": 40, "samples": 2},
         # the world has 10 themes; k is still chosen by silhouette, within 6..14
-        themes={"k_samples": 8, "max_new_tokens": 48, "k_min": 6, "k_max": 14})
+        themes={"samples": 8, "max_new_tokens": 48, "k_min": 6, "k_max": 14})
 
 
 def run_demo(out: Path, *, config: OrganismConfig | None = None, small: bool = False,

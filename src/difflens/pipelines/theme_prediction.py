@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 
 from difflens.analysis.bootstrap import bootstrap_paired
-from difflens.analysis.embeddings import embed_texts
 from difflens.analysis.theme_predict import (
     ChainTransformer,
     evaluate_prediction,
@@ -21,6 +20,7 @@ from difflens.analysis.theme_predict import (
 from difflens.analysis.themes import OUTLIER, ChainDistributions
 from difflens.capture.prompt_end import prompt_ends
 from difflens.errors import InputError
+from difflens.models.encoders import embed_texts
 from difflens.models.layers import parse_layers
 from difflens.models.loading import LoadedModel
 from difflens.pipelines.theme_config import ThemesConfig

@@ -14,7 +14,6 @@ import pandas as pd
 
 from difflens._io import fingerprint, write_parquet_atomic
 from difflens.analysis.bootstrap import bootstrap_mean
-from difflens.analysis.embeddings import embed_texts
 from difflens.analysis.themes import (
     ChainDistributions,
     ThemeConsistency,
@@ -26,6 +25,7 @@ from difflens.analysis.themes import (
 )
 from difflens.control.monitor import generate_monitored
 from difflens.errors import InputError
+from difflens.models.encoders import embed_texts
 from difflens.models.engines import map_with_models, resolve_engine
 from difflens.models.loading import LoadedModel
 from difflens.pipelines.theme_config import ThemesConfig

@@ -2,7 +2,7 @@
 their chains, and how well the prompt's activations predict them.
 
 Every step reads what the earlier steps left in ``OUT`` and merges its keys into
-``OUT/summary.json``; ``run_themes(..., steps=STEPS)`` runs them all.
+``OUT/summary.json``; ``run_themes`` with ``ThemesConfig(steps=STEPS)`` (the default) runs them all.
 
 - ``sample``: K continuations per prompt per model (batched, seeded), stored with token ids
   and text in ``OUT/samples/<model>/`` one part per batch, so a rerun resumes;
@@ -50,11 +50,13 @@ from difflens.analysis.themes import (
     load_theme_model,
 )
 from difflens.errors import InputError
+from difflens.models.encoders import embedder
 from difflens.models.loading import LoadedModel
 from difflens.models.model_set import ModelSet
 from difflens.models.pair import ModelPair, models_of
 from difflens.models.wrapping import Models, as_models
-from difflens.pipelines.theme_config import ThemesConfig
+from difflens.pipelines.result import InstrumentResult
+from difflens.pipelines.theme_config import EXTRA_STEPS, STEPS, ThemesConfig
 from difflens.pipelines.theme_prediction import predict_generalisation, predict_themes
 from difflens.pipelines.theme_steps import (
     chain_summary,
@@ -79,43 +81,42 @@ from difflens.report.themes import (
     theme_map_figure,
 )
 
-STEPS = ("sample", "fit", "chains", "predict", "evaluate")
-EXTRA_STEPS = ("consistency", "generalisation")
-
 
 @dataclasses.dataclass(frozen=True)
-class ThemesRun:
-    summary: dict[str, Any]
-    figures: list[AnyFigure]
+class ThemesResult(InstrumentResult):
+    """What :func:`run_themes` wrote: the merged summary and this run's figures."""
+
+
+ThemesRun = ThemesResult  # the name of earlier releases
 
 
 # -- the run ------------------------------------------------------------------------------
 
 
-def run_themes(target: "LoadedModel | ModelPair | ModelSet | Models", out: Path, *,
-               config: ThemesConfig, steps: Sequence[str] = STEPS, progress: bool = False,
-               index: bool = True, tokenizer: Any = None) -> ThemesRun:
-    """Run ``steps`` into ``out``; later steps reuse what earlier ones stored there."""
-    target = as_models(target, tokenizer=tokenizer)
+def run_themes(models: "LoadedModel | ModelPair | ModelSet | Models", prompts: Sequence[str],
+               out: Path, config: ThemesConfig = ThemesConfig(), *, progress: bool = False,
+               index: bool = True, tokenizer: Any = None) -> ThemesResult:
+    """Run ``config.steps`` on ``prompts`` into ``out``; later steps reuse what earlier ones
+    stored there. ``config.truth`` and ``config.groups``, where given, have one entry per
+    prompt."""
+    target = as_models(models, tokenizer=tokenizer)
     from difflens._io import rich_progress
 
-    unknown = [s for s in steps if s not in STEPS + EXTRA_STEPS]
-    if unknown:
-        raise InputError(f"unknown step(s) {unknown}; choose among "
-                         f"{', '.join(STEPS + EXTRA_STEPS)}")
+    config = dataclasses.replace(config, prompts=tuple(prompts))
+    steps = config.steps
     groups = config.groups if config.groups is not None else config.truth
     if "generalisation" in steps and groups is None:
         raise InputError("the generalisation step holds out groups of prompts; give "
                          "ThemesConfig.groups (one group per prompt) or use --organism N")
     if not config.prompts:
         raise InputError("no usable prompts; pass --prompts FILE with at least one prompt")
-    models = models_of(target)
+    by_name = models_of(target)
     check_writable(out)
     data, figdir = out / "data", out / "figures"
     spath = out / "summary.json"
     # an earlier step's summary (of an older difflens too: in the one spelling)
     summary: dict[str, Any] = respell(json.loads(spath.read_text())) if spath.is_file() else {}
-    summary.update({"models": {k: m.identity.name for k, m in models.items()},
+    summary.update({"models": {k: m.identity.name for k, m in by_name.items()},
                     "n_prompts": len(config.prompts), "k_samples": config.k_samples})
     figures: list[AnyFigure] = []
     with rich_progress(progress) as rich_bar:
@@ -126,7 +127,7 @@ def run_themes(target: "LoadedModel | ModelPair | ModelSet | Models", out: Path,
         samples: dict[str, pd.DataFrame] = {}
         need_samples = {*STEPS, *EXTRA_STEPS} & set(steps)
         if need_samples:
-            for label, lm in models.items():
+            for label, lm in by_name.items():
                 samples[label] = sample_continuations(
                     lm, label, config, out / "samples",
                     bar(f"themes: sampling {label}", len(config.prompts))
@@ -135,7 +136,7 @@ def run_themes(target: "LoadedModel | ModelPair | ModelSet | Models", out: Path,
             write_table(allsamp.drop(columns=["token_ids"]), data, "samples")
             summary["n_continuations"] = int(len(allsamp))
             summary["empty_continuations"] = int((allsamp["text"].str.strip() == "").sum())
-        segs = segments_of(samples, config, next(iter(models.values())))
+        segs = segments_of(samples, config, next(iter(by_name.values())))
         model_path = out / "themes.safetensors"
         if "fit" in steps:
             if segs.empty:
@@ -143,7 +144,9 @@ def run_themes(target: "LoadedModel | ModelPair | ModelSet | Models", out: Path,
             advance = bar("themes: embed + cluster", 1)
             labeller = (chat_labeller(config.labeller_url, config.labeller_model)
                         if config.labeller_url else None)
-            fit = fit_themes(segs["text"].tolist(), encoder=config.encoder,
+            fit = fit_themes(segs["text"].tolist(), encoder=embedder(config.encoder),
+                             encoder_name=(config.encoder if isinstance(config.encoder, str)
+                                           else "callable"),
                              method=config.method, k_range=(config.k_min, config.k_max),
                              seed=config.seed, min_cluster_size=config.min_cluster_size,
                              labeller=labeller)
@@ -168,7 +171,8 @@ def run_themes(target: "LoadedModel | ModelPair | ModelSet | Models", out: Path,
             if "theme" not in segs:
                 segs["theme"] = stored_themes(data / "segments.parquet", segs)
             if segs["theme"].isna().any():  # not stored for these segments: assign them
-                segs["theme"] = (theme_model.assign(segs["text"].tolist(), encoder=config.encoder)
+                segs["theme"] = (theme_model.assign(segs["text"].tolist(),
+                                                    encoder=embedder(config.encoder))
                                  if len(segs) else [])
             write_table(segs, data, "segments")
         dists: dict[str, ChainDistributions] = {}
@@ -190,7 +194,7 @@ def run_themes(target: "LoadedModel | ModelPair | ModelSet | Models", out: Path,
                                      for label, d in dists.items()}
                 figures.append(flow_figure(dists, theme_model, config.max_chain))
         if "predict" in steps and theme_model is not None:
-            label, lm = next(iter(models.items()))
+            label, lm = next(iter(by_name.items()))
             advance = bar("themes: predictors", 1)
             pred = predict_themes(lm, config, dists[label], chains_by[label])
             advance(1)
@@ -204,7 +208,7 @@ def run_themes(target: "LoadedModel | ModelPair | ModelSet | Models", out: Path,
             figures += [layer_sweep_figure(pred), calibration_figure(pred)]
         if "generalisation" in steps and theme_model is not None:
             assert groups is not None
-            label, lm = next(iter(models.items()))
+            label, lm = next(iter(by_name.items()))
             advance = bar("themes: generalisation", 1)
             gen = predict_generalisation(lm, config, dists[label], groups)
             advance(1)
@@ -214,7 +218,7 @@ def run_themes(target: "LoadedModel | ModelPair | ModelSet | Models", out: Path,
                              else "the world's theme of the prompt's last sentence")}
             figures.append(generalisation_figure(gen))
         if "consistency" in steps:
-            label, lm = next(iter(models.items()))
+            label, lm = next(iter(by_name.items()))
             cons, fit_a, fit_b, both = theme_consistency(
                 lm, label, samples[label], config, out / "samples",
                 bar(f"themes: second sample set ({label})", len(config.prompts)))
@@ -240,4 +244,4 @@ def run_themes(target: "LoadedModel | ModelPair | ModelSet | Models", out: Path,
     if index:
         write_index(out / "index.html", "difflens themes", intro_html(summary), figures,
                     headline(summary))
-    return ThemesRun(summary=summary, figures=figures)
+    return ThemesResult(out=out, summary_json=summary, figures=figures)

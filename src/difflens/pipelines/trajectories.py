@@ -7,11 +7,12 @@ descendants); a set's paths share one sphere, and every pair of its models is co
 import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 
+from difflens._config import option
 from difflens._io import check_writable, write_parquet_atomic
 from difflens.analysis.sphere import SphereProjection, faithfulness
 from difflens.analysis.trajectories import trajectory_stats
@@ -25,22 +26,68 @@ from difflens.models.loading import LoadedModel
 from difflens.models.model_set import ModelSet
 from difflens.models.pair import ModelPair, models_of
 from difflens.models.wrapping import Models, as_models
-from difflens.report.figures import COLORS, AnyFigure, use_lineage_colors
+from difflens.pipelines.result import InstrumentResult
+from difflens.report.figures import COLORS, use_lineage_colors
 from difflens.report.tables import write_table
 from difflens.report.trajectories import page_intro, summarize, write_outputs
 
+RANK_SEGMENTS = ("all", "prompt", "continuation")
+METHODS = ("umap", "pca")
+
 
 @dataclasses.dataclass(frozen=True)
-class TrajectoriesRun:
-    summary: dict[str, Any]
-    figures: list[AnyFigure]
-    table: pd.DataFrame
+class TrajectoriesConfig:
+    """Every setting of a trajectories run; each default is here only (the CLI's options and
+    ``compare.toml``'s ``[trajectories]`` table are these fields, under their flag names)."""
+
+    layer: int | None = option(None, flag="--layer", help="Layer (default: the middle; 0 = "
+                               "embeddings).")
+    continuations: int = option(4, flag="--samples", help="Sampled continuations per prompt "
+                                "(and model).")
+    max_new_tokens: int = option(40, flag="--max-new-tokens", help="Tokens per continuation.")
+    method: str = option("umap", flag="--method", help="Projection: umap | pca.")
+    min_count: int = option(5, flag="--min-count", help="Least occurrences for a token to be "
+                            "ranked.")
+    first_n: int | None = option(None, flag="--first-n", help="Rank tokens in the first N "
+                                 "continuation steps only.")
+    rank_segments: str = option("all", flag="--rank-segments", help="Jumps used for token "
+                                "ranking and sentiment: all | prompt | continuation.")
+    seed: int = option(0, flag="--seed", help="Seed of sampling, projection and bootstraps.")
+
+    #: Python names of earlier releases -> option names (read with a warning).
+    RENAMED: ClassVar[dict[str, str]] = {"continuations": "samples"}
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise InputError(f"--method must be umap or pca, got {self.method!r}")
+        if self.rank_segments not in RANK_SEGMENTS:
+            raise InputError(f"--rank-segments must be all, prompt or continuation, got "
+                             f"{self.rank_segments!r}")
+        if self.continuations < 0 or self.max_new_tokens < 0:
+            raise InputError(f"--samples and --max-new-tokens must be >= 0, got "
+                             f"{self.continuations} and {self.max_new_tokens}")
+
+    @classmethod
+    def quick(cls) -> "TrajectoriesConfig":
+        """``difflens compare``'s lighter setting: 30 tokens per continuation."""
+        return cls(max_new_tokens=30)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrajectoriesResult(InstrumentResult):
+    """What :func:`run_trajectories` (and :func:`import_trajectories`) wrote."""
+
+    table: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)
+    """Every point: prompt, model, segment, token index, sphere coordinates, ``state_ref``."""
     distance_to_base_by_prompt: pd.DataFrame | None = None
     """A model set's run: ``prompt_id, model, distance``, each model's mean full-dimension
     distance to the base along each prompt's tokens (the per-prompt values of a lineage
     attribution;
     :func:`~difflens.analysis.trajectory_distance.distance_to_base_by_prompt`). None for one
     model or a pair."""
+
+
+TrajectoriesRun = TrajectoriesResult  # the name of earlier releases
 
 
 def _labels(table: pd.DataFrame) -> tuple[str, str]:
@@ -53,27 +100,20 @@ def _labels(table: pd.DataFrame) -> tuple[str, str]:
 
 
 def run_trajectories(
-    target: "LoadedModel | ModelPair | ModelSet | Models",
-    prompts: list[str],
+    models: "LoadedModel | ModelPair | ModelSet | Models",
+    prompts: Sequence[str],
     out: Path,
+    config: TrajectoriesConfig = TrajectoriesConfig(),
     *,
-    layer: int | None = None,
-    continuations: int = 4,
-    max_new_tokens: int = 40,
-    method: str = "umap",
-    seed: int = 0,
-    min_count: int = 5,
-    first_n: int | None = None,
-    rank_segments: str = "all",
     metadata: Sequence[Mapping[str, Any]] | None = None,
     progress: bool = False,
     index: bool = True,
     tokenizer: Any = None,
-) -> TrajectoriesRun:
+) -> TrajectoriesResult:
     """Paths from the models, projected together, compared on the sphere and in full.
 
-    ``rank_segments`` (``all``, ``prompt`` or ``continuation``) picks the jumps that the
-    token ranking and the sentiment use, as in :func:`import_trajectories`. ``metadata``
+    ``config.rank_segments`` (``all``, ``prompt`` or ``continuation``) picks the jumps that
+    the token ranking and the sentiment use, as in :func:`import_trajectories`. ``metadata``
     (one dict per prompt, e.g. the other fields of a JSONL prompt file) is written with
     each prompt's id and text to ``data/prompts.parquet``, where the explorer's atlas can
     colour points by it.
@@ -84,45 +124,44 @@ def run_trajectories(
     of every pair of models. The per-prompt distance of each model to the base is returned
     as ``distance_to_base_by_prompt`` and written to ``data/``.
     """
-    target = as_models(target, tokenizer=tokenizer)
+    target = as_models(models, tokenizer=tokenizer)
+    prompts = list(prompts)
+    c = config
     if metadata is not None and len(metadata) != len(prompts):
         raise InputError(f"metadata has {len(metadata)} rows for {len(prompts)} prompts; give "
                          f"one per prompt")
     from difflens._io import rich_progress
 
     check_writable(out)
-    if rank_segments not in ("all", "prompt", "continuation"):
-        raise InputError(f"rank segments must be all, prompt or continuation, got "
-                         f"{rank_segments!r}")
     lineage = list(target.names) if isinstance(target, ModelSet) else None
     n_models = len(models_of(target))
     with rich_progress(progress) as bar:
         tick = bar("paths", len(prompts) * n_models)
-        paths = build_paths(target, prompts, layer=layer, continuations=continuations,
-                            max_new_tokens=max_new_tokens, seed=seed,
+        paths = build_paths(target, prompts, layer=c.layer, continuations=c.continuations,
+                            max_new_tokens=c.max_new_tokens, seed=c.seed,
                             progress=lambda n: tick(n, ""), cache_dir=out / "paths")
-        done = bar(f"project ({method})", 1)
-        proj = SphereProjection(method=method, dim=2, random_state=seed)
+        done = bar(f"project ({c.method})", 1)
+        proj = SphereProjection(method=c.method, dim=2, random_state=c.seed)
         xyz = proj.fit_transform(paths.points.astype(np.float32))
         done(1, "")
     table = paths.table.assign(x=xyz[:, 0], y=xyz[:, 1], z=xyz[:, 2],
                                row=np.arange(len(xyz)))
     table = check_table(table)
     full_points = paths.points[table.row.to_numpy()]
-    models: tuple[str, ...] = _labels(table) if lineage is None else tuple(lineage)
+    labels: tuple[str, ...] = _labels(table) if lineage is None else tuple(lineage)
     pairs = lineage_pairs(lineage) if lineage is not None else []
-    sphere = trajectory_stats(table, models=models, pairs=pairs, min_count=min_count,
-                              first_n=first_n, rank_segments=rank_segments, seed=seed,
+    sphere = trajectory_stats(table, models=labels, pairs=pairs, min_count=c.min_count,
+                              first_n=c.first_n, rank_segments=c.rank_segments, seed=c.seed,
                               score_words=sentiment)
-    full = trajectory_stats(table, full_points, models=models, pairs=pairs,
-                            min_count=min_count, first_n=first_n, rank_segments=rank_segments,
-                            seed=seed, score_words=sentiment)
-    faith = faithfulness(full_points, table[["x", "y", "z"]].to_numpy(), seed=seed)
+    full = trajectory_stats(table, full_points, models=labels, pairs=pairs,
+                            min_count=c.min_count, first_n=c.first_n,
+                            rank_segments=c.rank_segments, seed=c.seed, score_words=sentiment)
+    faith = faithfulness(full_points, table[["x", "y", "z"]].to_numpy(), seed=c.seed)
     summary = summarize(sphere, full, n_prompts=len(prompts), layer=paths.layer,
                         faithfulness=faith, extra={
-                            "projection_method": method, "continuations": continuations,
-                            "max_new_tokens": max_new_tokens, "seed": seed,
-                            "models": list(models), "rank_segments": rank_segments}
+                            "projection_method": c.method, "continuations": c.continuations,
+                            "max_new_tokens": c.max_new_tokens, "seed": c.seed,
+                            "models": list(labels), "rank_segments": c.rank_segments}
                         | ({"model_set": target.describe()}
                            if isinstance(target, ModelSet) else {}))
     out.mkdir(parents=True, exist_ok=True)
@@ -149,8 +188,8 @@ def run_trajectories(
         out, table, sphere, full, summary, {str(i): p for i, p in enumerate(prompts)},
         "difflens trajectories", page_intro(summary), n_spheres=3,
         lineage=lineage) if index else []
-    return TrajectoriesRun(summary=summary, figures=figures, table=table,
-                           distance_to_base_by_prompt=to_base)
+    return TrajectoriesResult(out=out, summary_json=summary, figures=figures, table=table,
+                              distance_to_base_by_prompt=to_base)
 
 
 def import_trajectories(path: Path, out: Path, *, name_pattern: str | None = None,
@@ -177,5 +216,5 @@ def import_trajectories(path: Path, out: Path, *, name_pattern: str | None = Non
                                     "states, so no faithfulness or full-dimension statistics"})
     figures = write_outputs(out, table, sphere, None, summary, imp.titles,
                             f"difflens trajectories: {Path(path).name}", page_intro(summary))
-    return TrajectoriesRun(summary=summary, figures=figures, table=table)
+    return TrajectoriesResult(out=out, summary_json=summary, figures=figures, table=table)
 

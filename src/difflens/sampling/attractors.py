@@ -36,8 +36,8 @@ import pandas as pd
 import torch
 
 from difflens.analysis.bootstrap import bootstrap_ratio
-from difflens.analysis.embeddings import DEFAULT_ENCODER, Encoder, embed_texts
 from difflens.errors import InputError
+from difflens.models.encoders import DEFAULT_ENCODER, Encoder, embedder
 from difflens.models.loading import LoadedModel
 from difflens.models.model_set import ModelSet
 from difflens.models.pair import ModelPair, models_of
@@ -179,7 +179,8 @@ def attractor_test(
         kinds: ``replace`` and/or ``insert``.
         insert: the phrase inserted by ``insert``.
         ending_tokens: length of the compared ending (default ``max(4, max_new_tokens // 4)``).
-        encoder: sentence encoder for the cosine of endings (None: skip the cosine).
+        encoder: sentence encoder for the cosine of endings, a name or folder or an embedder
+            callable (see :func:`difflens.models.encoders.embedder`; None: skip the cosine).
         progress: called with 1 per model.
     """
     bad = sorted(set(kinds) - set(KINDS))
@@ -255,8 +256,9 @@ def attractor_test(
         raise InputError(f"no completion was long enough to perturb before its last {w} "
                          f"tokens; raise max_new_tokens or lower ending_tokens")
     if encoder is not None:
-        a = embed_texts(table.original_ending.tolist(), encoder)
-        b = embed_texts(table.new_ending.tolist(), encoder)
+        embed = embedder(encoder)
+        a = embed(table.original_ending.tolist())
+        b = embed(table.new_ending.tolist())
         table["cosine"] = (a * b).sum(1)
     else:
         table["cosine"] = np.nan

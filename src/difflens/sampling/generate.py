@@ -35,6 +35,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from difflens._config import option
 from difflens.errors import InputError
 from difflens.models.batching import pad_batch
 from difflens.models.engines import RayEngine, map_with_models, resolve_engine
@@ -48,14 +49,16 @@ SAMPLERS = ("inverse_cdf", "multinomial")
 class GenerationConfig:
     """How continuations are drawn."""
 
-    max_new_tokens: int = 40
-    temperature: float = 1.0
+    max_new_tokens: int = option(40, flag="--max-new-tokens", help="Tokens per generation.")
+    temperature: float = option(1.0, flag="--temperature", help="Sampling temperature (0 = "
+                                "greedy).")
     """0 = greedy; otherwise sampling from ``softmax(logits / temperature)``."""
     seed: int = 0
     """The chunk starting at row ``start`` uses a generator seeded with ``seed + start``."""
-    batch_size: int = 16
+    batch_size: int = option(16, flag="--batch-size", help="Rows generated together (one KV "
+                             "cache each).")
     """Rows per chunk (one KV cache each)."""
-    chat: bool = False
+    chat: bool = option(False, flag="--chat", help="Wrap prompts in the chat template.")
     """Wrap each prompt text in the model's chat template."""
     sampler: str = "inverse_cdf"
     """``inverse_cdf`` (common random numbers) or ``multinomial`` (Hugging Face's draw)."""
