@@ -27,7 +27,9 @@ site_dir=$(mktemp -d)
 NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet --site-dir "$site_dir"
 rm -rf "$site_dir"
 set +e
-.venv/bin/python -m pytest "$@"
+# Every annotation of difflens checked at run time (beartype), jaxtyping shapes included;
+# the quick local loop leaves this out for speed (docs/development/index.md).
+.venv/bin/python -m pytest --jaxtyping-packages=difflens,beartype.beartype "$@"
 code=$?
 set -e
 if [ "$code" -eq 5 ]; then

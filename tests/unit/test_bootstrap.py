@@ -185,6 +185,23 @@ def test_percentile_ci_is_numpy_quantile():
         percentile_ci(reps, level=95.0)
 
 
+def test_rank_auc_is_scikit_learns_with_ties_and_any_two_labels():
+    from sklearn.metrics import roc_auc_score
+
+    from difflens.analysis.roc import auc
+
+    rng = np.random.default_rng(3)
+    for i in range(300):
+        n = int(rng.integers(2, 60))
+        y = rng.integers(0, 2, n)
+        score = rng.integers(0, 4, n).astype(float) if i % 2 else rng.normal(size=n)
+        labels = y.astype(bool) if i % 3 == 0 else y + 5  # bool, or labels 5 and 6
+        if len(np.unique(y)) < 2:
+            assert np.isnan(auc(labels, score))
+            continue
+        assert auc(labels, score) == pytest.approx(roc_auc_score(labels, score), abs=1e-12)
+
+
 def test_roc_auc_ci_is_a_cluster_loop_that_leaves_one_class_resamples_out():
     from sklearn.metrics import roc_auc_score
 
@@ -193,20 +210,20 @@ def test_roc_auc_ci_is_a_cluster_loop_that_leaves_one_class_resamples_out():
     y = (rng0.uniform(size=40) < 0.3).astype(int)
     s = y * 0.8 + rng0.normal(size=40)
     other = rng0.normal(size=40)
-    roc = roc_curve(y, s, groups, n_boot=300, seed=4)
+    roc = roc_curve(y, s, groups, n_boot=100, seed=4)
     assert roc.auc.value == pytest.approx(roc_auc_score(y, s))
     assert roc.fpr[0] == 0 and roc.tpr[-1] == 1
     uniq = np.unique(groups)
     rng = np.random.default_rng(4)
     reps, diffs = [], []
-    for _ in range(300):
+    for _ in range(100):
         pick = np.concatenate([np.flatnonzero(groups == uniq[g])
                                for g in rng.integers(0, len(uniq), len(uniq))])
         if len(np.unique(y[pick])) == 2:
             reps.append(roc_auc_score(y[pick], s[pick]))
             diffs.append(reps[-1] - roc_auc_score(y[pick], other[pick]))
     assert roc.auc.ci == pytest.approx(_ci(reps), abs=1e-12)
-    assert auc_ci(y, s, groups, n_boot=300, seed=4) == roc.auc
-    a, d = paired_auc_ci(y, s, other, groups, n_boot=300, seed=4)
+    assert auc_ci(y, s, groups, n_boot=100, seed=4) == roc.auc
+    a, d = paired_auc_ci(y, s, other, groups, n_boot=100, seed=4)
     assert a.ci == roc.auc.ci and d.ci == pytest.approx(_ci(diffs), abs=1e-12)
     assert d.value == pytest.approx(roc_auc_score(y, s) - roc_auc_score(y, other))

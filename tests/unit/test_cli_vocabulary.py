@@ -133,6 +133,7 @@ VOCABULARY: dict[str, str] = {
     "--keep-repeats": "keep consecutive repeated themes",
     "--max-chain": "chain length of the distributions",
     "--m-act": "last prompt states fed to the predictor",
+    "--transformer-steps": "training steps of the chain transformer",
     "--labeller-url": "endpoint that names themes",
     "--labeller-model": "model name of the labeller",
     # the organism

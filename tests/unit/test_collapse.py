@@ -246,6 +246,16 @@ def test_diversity_metrics_order_synthetic_sets():
     # Known closed form: N(0, I) vs N(0, 4I) in 4 dims -> 4 * (1 + 4 - 2 * 2) = 4.
     b = rng.normal(size=(200_000, 4))
     assert frechet_distance(b, 2 * b) == pytest.approx(4.0, rel=0.02)
+    # fewer texts than dimensions: the sample-space form is the definition, computed with
+    # scipy's matrix square root of the full covariances
+    from scipy.linalg import sqrtm
+
+    for n, m in ((12, 30), (30, 12), (40, 40)):
+        x, y = rng.normal(size=(n, 50)), rng.normal(size=(m, 50)) * 1.3 + 0.2
+        sx, sy = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
+        mu = x.mean(0) - y.mean(0)
+        want = mu @ mu + np.trace(sx) + np.trace(sy) - 2 * np.trace(sqrtm(sx @ sy)).real
+        assert frechet_distance(x, y) == pytest.approx(want, rel=1e-6)
 
 
 @pytest.mark.filterwarnings("ignore::scipy.linalg.LinAlgWarning")  # singular covariances
@@ -359,7 +369,7 @@ def test_rank_correlation_recovers_planted_orderings(tmp_path, scale, want):
     tuned = bigram_model(WORDS, table * scale, name="tuned")
     probe = load_probes(_pick_probe(tmp_path))[:1]
     res = run_probes(ModelPair(base, tuned), probe)
-    r = rank_correlation(res, seed=0)["pick"]
+    r = rank_correlation(res, seed=0, n_boot=200)["pick"]
     x = res.answers[res.answers.model == "base"].p.to_numpy()
     y = res.answers[res.answers.model == "tuned"].p.to_numpy()
     assert spearmanr(x, y).statistic == pytest.approx(want)
@@ -386,11 +396,11 @@ def test_rank_correlation_of_a_fixed_ordering_and_its_reverse():
                         for m in ("base", "tuned", "same")])
     res = ProbeResults(answers=pd.DataFrame(rows), phrasings=phr, temperatures=(1.0,),
                        logprobs={})
-    rev = rank_correlation(res)["n"]
+    rev = rank_correlation(res, n_boot=200)["n"]
     assert rev["spearman"]["value"] == pytest.approx(-1.0)
     assert rev["kendall"]["value"] == pytest.approx(-1.0)
     assert rev["spearman"]["ci_high"] == pytest.approx(-1.0)  # every resample is reversed too
-    same = rank_correlation(res, tuned="same")["n"]
+    same = rank_correlation(res, tuned="same", n_boot=200)["n"]
     assert same["spearman"]["value"] == pytest.approx(1.0)
     assert same["kendall"]["ci_low"] == pytest.approx(1.)
 

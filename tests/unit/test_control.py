@@ -1,15 +1,15 @@
 """Monitoring and control on planted models: probes, traces, controllers, rollback, errors."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from typer.testing import CliRunner
 
 from difflens.analysis.summary_spelling import leftover_ci_keys
+from difflens.cli.main import app
 from difflens.control.evaluate import (
     ControlConfig,
     evaluate_control,
@@ -34,6 +34,11 @@ from difflens.sampling.generate import GenerationConfig
 GOOD = ["sun", "tree", "song", "play", "cake", "friend"]
 BAD = ["storm", "fear", "wolf"]
 SPECIALS = 4  # <pad> <unk> <bos> <eos>
+
+
+def _cli(args: list[str]):
+    """``difflens ARGS`` run in this process (stdout and stderr kept apart)."""
+    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +78,7 @@ def _examples(n: int, seed: int = 0) -> list[LabelledText]:
 
 @pytest.fixture(scope="module")
 def probe(planted):
-    fit = train_probe(planted, _examples(120), config=ProbeConfig(layers=(0, 1, 2)),
+    fit = train_probe(planted, _examples(120), config=ProbeConfig(layers=(0, 1, 2), n_boot=200),
                       threshold=0.5)
     return fit
 
@@ -350,28 +355,26 @@ def test_cli_monitor_and_errors(probe, planted, tmp_path):
     from difflens.models.loading import load_model
 
     loaded = load_model(str(folder), device="cpu")
-    fit = train_probe(loaded, _examples(60), config=ProbeConfig(layers=(1,)), threshold=0.5)
+    fit = train_probe(loaded, _examples(60), config=ProbeConfig(layers=(1,), n_boot=50),
+                      threshold=0.5)
     fit.probe.save(probe_path)
-    cmd = [sys.executable, "-m", "difflens.cli.main", "control", "monitor", "--model",
-           str(folder),
-           "--probe", str(probe_path), "--max-new-tokens", "6"]
-    ok = subprocess.run(cmd + ["--prompt", "sun storm", "--out", str(tmp_path / "m")],
-                        capture_output=True, text=True)
-    assert ok.returncode == 0, ok.stderr
+    cmd = ["control", "monitor", "--model", str(folder), "--probe", str(probe_path),
+           "--max-new-tokens", "6"]
+    ok = _cli(cmd + ["--prompt", "sun storm", "--out", str(tmp_path / "m")])
+    assert ok.exit_code == 0, ok.output
     assert "tokens" in ok.stdout and (tmp_path / "m" / "data" / "trace.parquet").is_file()
     for extra, msg in ((["--prompt", " "], "--prompt is empty"),
                        (["--prompt", "sun", "--threshold", "1.5"], "threshold must be"),
                        (["--prompt", "sun", "--controller", "pid"], "unknown controller")):
-        r = subprocess.run(cmd + extra, capture_output=True, text=True)
-        assert r.returncode == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1
+        r = _cli(cmd + extra)
+        assert r.exit_code == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1
     other = tmp_path / "tiny"
     t = tiny_model(0)
     t.model.save_pretrained(other)
     t.tokenizer.save_pretrained(other)
-    r = subprocess.run([sys.executable, "-m", "difflens.cli.main", "control", "monitor",
-                        "--model", str(other), "--probe", str(probe_path), "--prompt", "the fox"],
-                       capture_output=True, text=True)
-    assert r.returncode == 2 and "d_model" in r.stderr
+    r = _cli(["control", "monitor", "--model", str(other), "--probe", str(probe_path),
+              "--prompt", "the fox"])
+    assert r.exit_code == 2 and "d_model" in r.stderr
 
 
 def test_cli_probe_train_and_control_evaluate(planted, tmp_path):
@@ -386,12 +389,9 @@ def test_cli_probe_train_and_control_evaluate(planted, tmp_path):
         lines.append(json.dumps({"text": " ".join(words), "label": int(words[-1] in BAD),
                                  "group": i}))
     data.write_text("\n".join(lines) + "\n")
-    main = [sys.executable, "-m", "difflens.cli.main"]
-    r = subprocess.run(main + ["control", "train-probe", "--model", str(folder), "--data",
-                               str(data),
-                               "--out", str(tmp_path / "p"), "--layers", "0,1"],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+    r = _cli(["control", "train-probe", "--model", str(folder), "--data", str(data),
+              "--out", str(tmp_path / "p"), "--layers", "0,1", "--n-boot", "100"])
+    assert r.exit_code == 0, r.output
     s = json.loads((tmp_path / "p" / "summary.json").read_text())
     assert s["probe"]["layer"] in (0, 1) and 0.5 < s["probe"]["auc"]["value"] <= 1
     assert leftover_ci_keys(s) == []
@@ -402,12 +402,12 @@ def test_cli_probe_train_and_control_evaluate(planted, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("sun storm\nfear wolf\ntree\n")
     out = tmp_path / "c"
-    args = main + ["control", "evaluate", "--model", str(folder), "--probe",
-                   str(tmp_path / "p"), "--prompts", str(prompts), "--out", str(out),
-                   "--samples", "2", "--max-new-tokens", "8", "--controllers",
-                   "proportional=1;rollback=1", "--independent", "none"]
-    r = subprocess.run(args, capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+    args = ["control", "evaluate", "--model", str(folder), "--probe", str(tmp_path / "p"),
+            "--prompts", str(prompts), "--out", str(out), "--samples", "2",
+            "--max-new-tokens", "8", "--controllers", "proportional=1;rollback=1",
+            "--independent", "none", "--n-boot", "100"]
+    r = _cli(args)
+    assert r.exit_code == 0, r.output
     s = json.loads((out / "summary.json").read_text())
     assert s["probe"]["layer"] in (0, 1) and "auc" in s["probe"]
     # every cell recounted from the per-sample rows: the probe's bad region over the
@@ -430,14 +430,13 @@ def test_cli_probe_train_and_control_evaluate(planted, tmp_path):
     first = (out / "data" / "generations.csv").read_text()
     cells = sorted((out / "cells").iterdir())
     assert len(cells) == 3
-    r = subprocess.run(args, capture_output=True, text=True)  # resumes from the cells
-    assert r.returncode == 0
+    r = _cli(args)  # resumes from the cells
+    assert r.exit_code == 0, r.output
     again = (out / "data" / "generations.csv").read_text()
     assert again == first
-    r = subprocess.run(main + ["control", "evaluate", "--model", str(folder), "--probe",
-                               str(tmp_path / "p"), "--out", str(out)],
-                       capture_output=True, text=True)
-    assert r.returncode == 2 and "exactly one of" in r.stderr
+    r = _cli(["control", "evaluate", "--model", str(folder), "--probe", str(tmp_path / "p"),
+              "--out", str(out)])
+    assert r.exit_code == 2 and "exactly one of" in r.stderr
 
 
 # -- the MLP probe ----------------------------------------------------------------------------
@@ -589,7 +588,7 @@ def test_self_judge_auc_against_the_independent_judge(judge_model):
                                                             for t in ts], config=cfg)
     assert len(judged) == 20 and judged["independent"].sum() == 10
     assert set(np.round(judged["self_judge"], 6)) == {round(6 / 7, 6), round(1 / 5, 6)}
-    s = self_judge_summary(judged, cfg, n_boot=300)
+    s = self_judge_summary(judged, cfg, n_boot=200)
     assert s["auc"]["value"] == pytest.approx(0.8)
     assert s["auc"]["n"] == 20 and s["auc"]["n_bad"] == 10 and s["auc"]["n_prompts"] == 10
     assert s["auc"]["ci_low"] <= 0.8 <= s["auc"]["ci_high"]
@@ -602,8 +601,9 @@ def test_control_evaluation_with_the_self_judge(judge_model, tmp_path):
     from difflens.control.self_judge import SelfJudgeConfig
     from difflens.pipelines.control import run_control_evaluation
 
-    fit = train_probe(judge_model, _examples(60), config=ProbeConfig(layers=(1,)), threshold=0.5)
-    cfg = ControlConfig(gains=(("proportional", (1.0,)),), k_samples=4,
+    fit = train_probe(judge_model, _examples(60), config=ProbeConfig(layers=(1,), n_boot=50),
+                      threshold=0.5)
+    cfg = ControlConfig(gains=(("proportional", (1.0,)),), k_samples=4, n_boot=200,
                         generation=GenerationConfig(max_new_tokens=16, batch_size=8))
     judge = SelfJudgeConfig(question="", answers=(" yes", " no"))
 
@@ -631,7 +631,6 @@ def test_cli_mlp_and_self_judge_errors_are_one_line(tmp_path):
                               for i in range(10)) + "\n")
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("sun storm\n")
-    main = [sys.executable, "-m", "difflens.cli.main", "control"]
     cases = (
         (["train-probe", "--model", "x", "--data", str(data), "--method", "forest", "--out",
           str(tmp_path / "p")], "--method"),
@@ -641,6 +640,6 @@ def test_cli_mlp_and_self_judge_errors_are_one_line(tmp_path):
           str(tmp_path / "e"), "--self-judge", "--judge-answers", " Yes"], "two answers"),
     )
     for args, msg in cases:
-        r = subprocess.run(main + args, capture_output=True, text=True)
-        assert r.returncode == 2 and msg in r.stderr, r.stderr
+        r = _cli(["control", *args])
+        assert r.exit_code == 2 and msg in r.stderr, r.output
         assert len(r.stderr.strip().splitlines()) == 1

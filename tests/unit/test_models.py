@@ -49,45 +49,83 @@ def _fake_hub_cache(tiny_folder, tmp_path):
     (repo / "refs" / "main").write_text(commit)
 
 
-def test_hub_id_loads_through_the_hub_cache(tiny_folder, tmp_path):
+#: Loads each model named on the command line in one fresh process (the hub settings are
+#: read at import): stdout gets the identity of each model that loads; stderr gets
+#: ``=== NAME`` before each model, then its one-line failure (or nothing).
+_LOAD_EACH = """
+import json, sys, difflens
+for name, revision in (a.split("@") if "@" in a else (a, None) for a in sys.argv[1:]):
+    print(f"=== {name}", file=sys.stderr, flush=True)
+    try:
+        lm = difflens.load_model(name, revision=revision, device="cpu")
+    except Exception as exc:
+        print(f"failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+    else:
+        print(json.dumps(lm.identity.to_dict()), flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def hub_loads(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[list[dict],
+                                                                           dict[str, str]]]:
+    """The hub loads of the two tests below, each in its own fresh process with its own
+    copy of a fake hub cache holding ``difflens-test/tiny``; both processes run at once (most
+    of their time is the imports). Setting -> (identities loaded, stderr of each name)."""
+    folder = tmp_path_factory.mktemp("tiny") / "tiny-model"
+    lm = tiny_model(0)
+    lm.model.save_pretrained(folder)
+    lm.tokenizer.save_pretrained(folder)
+    plain = {k: v for k, v in os.environ.items()
+             if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    runs = {  # setting -> (env, names)
+        # the hub code path (from_pretrained by id + revision), served offline from a cache
+        "offline": ({"HF_HUB_OFFLINE": "1"}, ("difflens-test/tiny@main",
+                                               "difflens-test/absent")),
+        # the hub unreachable: a closed local port
+        "unreachable": ({"HF_ENDPOINT": "http://127.0.0.1:9"},
+                        ("difflens-test/tiny", "difflens-test/absent", "bad id!")),
+    }
+    procs = {}
+    for setting, (extra, names) in runs.items():
+        root = tmp_path_factory.mktemp(setting)
+        _fake_hub_cache(folder, root)
+        env = {**plain, **extra, "HF_HUB_CACHE": str(root / "hub"),
+               "DIFFLENS_CACHE": str(root / "difflens")}
+        procs[setting] = (names, subprocess.Popen(
+            [sys.executable, "-c", _LOAD_EACH, *names], env=env, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    out = {}
+    for setting, (names, proc) in procs.items():
+        stdout, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0, stderr
+        loaded = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+        parts = [p.split("\n", 1) for p in stderr.split("=== ")[1:]]
+        errs = {p[0]: p[1] if len(p) > 1 else "" for p in parts}
+        assert list(errs) == [n.split("@")[0] for n in names], stderr
+        out[setting] = loaded, errs
+    return out
+
+
+def test_hub_id_loads_through_the_hub_cache(hub_loads):
     """The hub code path (from_pretrained by id + revision), served offline from a cache."""
-    _fake_hub_cache(tiny_folder, tmp_path)
-    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
-    code = ("import difflens, json; lm = difflens.load_model('difflens-test/tiny', "
-            "revision='main', device='cpu'); print(json.dumps(lm.identity.to_dict()))")
-    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr
-    ident = json.loads(res.stdout.strip().splitlines()[-1])
+    loaded, errs = hub_loads["offline"]
+    assert len(loaded) == 1 and "failed" not in errs["difflens-test/tiny"]
+    ident = loaded[0]
     assert ident["name"] == "difflens-test/tiny" and ident["revision"] == "main"
     assert ident["n_layers"] == 4
-    code_missing = "import difflens; difflens.load_model('difflens-test/absent', device='cpu')"
-    res = subprocess.run([sys.executable, "-c", code_missing], env=env, capture_output=True,
-                         text=True)
-    assert "could not load model 'difflens-test/absent'" in res.stderr
+    assert "could not load model 'difflens-test/absent'" in errs["difflens-test/absent"]
 
 
-def test_unreachable_hub_fails_at_once_or_uses_the_cache(tiny_folder, tmp_path):
+def test_unreachable_hub_fails_at_once_or_uses_the_cache(hub_loads):
     """Hub unreachable: a cached id loads from the cache; an uncached one fails in one
     line, without the hub client's retry loop; an invalid id is named as such."""
-    _fake_hub_cache(tiny_folder, tmp_path)
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
-    env.update(HF_HUB_CACHE=str(tmp_path / "hub"), HF_ENDPOINT="http://127.0.0.1:9")
-
-    def load(name: str) -> subprocess.CompletedProcess:
-        code = f"import difflens; print(difflens.load_model({name!r}, device='cpu').n_layers)"
-        return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                              text=True)
-
-    res = load("difflens-test/tiny")
-    assert res.returncode == 0, res.stderr
-    assert res.stdout.strip().splitlines()[-1] == "4"
-    res = load("difflens-test/absent")
-    assert res.returncode != 0
-    assert "the Hugging Face hub cannot be reached" in res.stderr
-    assert "Retrying" not in res.stderr
-    res = load("bad id!")
-    assert "'bad id!' is not a model id the hub accepts" in res.stderr
+    loaded, errs = hub_loads["unreachable"]
+    assert "failed" not in errs["difflens-test/tiny"], errs["difflens-test/tiny"]
+    assert [ident["n_layers"] for ident in loaded] == [4]
+    assert errs["difflens-test/absent"].startswith("failed: ")
+    assert "the Hugging Face hub cannot be reached" in errs["difflens-test/absent"]
+    assert "Retrying" not in errs["difflens-test/absent"]
+    assert "'bad id!' is not a model id the hub accepts" in errs["bad id!"]
 
 
 def test_missing_path_and_non_model_folder(tmp_path):

@@ -83,7 +83,7 @@ def test_collapse_takes_plain_models(plain_pair, tmp_path):
     from difflens.pipelines.collapse import CollapseConfig, run_collapse
 
     pair, plain, tok = plain_pair
-    cfg = CollapseConfig(steps=("probes",), k_samples=2, max_new_tokens=4)
+    cfg = CollapseConfig(steps=("probes",), probe_names=("d6",), k_samples=2, max_new_tokens=4)
     a = run_collapse(plain, (), tmp_path / "plain", cfg, index=False, tokenizer=tok)
     b = run_collapse(pair, (), tmp_path / "pair", cfg, index=False)
     assert a.summary()["probes"] == b.summary()["probes"]
@@ -124,6 +124,7 @@ def test_compare_takes_a_mapping_of_plain_models(plain_pair, tmp_path):
 
 
 def test_probe_training_takes_a_plain_model(tmp_path):
+    from difflens.control.state_probe import ProbeConfig
     from difflens.pipelines.control import run_probe_training
 
     lm = tiny_model(0)
@@ -135,9 +136,10 @@ def test_probe_training_takes_a_plain_model(tmp_path):
         examples.append(LabelledText(
             segments=tuple(((" " if j else "") + w, int(w in ("fox", "forest")))
                            for j, w in enumerate(ws)), group=i))
+    cfg = ProbeConfig(n_boot=50)  # the CIs are not compared: few resamples
     fit, _ = run_probe_training(copy.deepcopy(lm.model), examples, tmp_path / "plain",
-                                tokenizer=lm.tokenizer, index=False)
-    ref, _ = run_probe_training(lm, examples, tmp_path / "ref", index=False)
+                                config=cfg, tokenizer=lm.tokenizer, index=False)
+    ref, _ = run_probe_training(lm, examples, tmp_path / "ref", config=cfg, index=False)
     assert fit.probe.layer == ref.probe.layer
     torch.testing.assert_close(fit.probe.weight, ref.probe.weight)
 

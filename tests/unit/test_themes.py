@@ -1,12 +1,11 @@
 """Themes and chain prediction: planted clusters, planted linear themes, the pipeline, errors."""
 
 import json
-import subprocess
-import sys
 from dataclasses import replace
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
 from difflens.analysis.summary_spelling import leftover_ci_keys
 from difflens.analysis.theme_predict import (
@@ -24,6 +23,7 @@ from difflens.analysis.themes import (
     segment,
     to_chain,
 )
+from difflens.cli.main import app
 from difflens.errors import InputError
 from difflens.pipelines.themes import ThemesConfig, run_themes
 
@@ -120,7 +120,7 @@ def test_chain_transformer_learns_planted_chains():
     A[np.arange(n), -1, first] += 3.0
     chains = [[(int(f), int((f + 1) % 3))] * 4 for f in first]
     mask = np.ones((n, m), dtype=bool)
-    ct = ChainTransformer(k=3, max_chain=3, steps=300, seed=0).fit(A[:150], mask[:150],
+    ct = ChainTransformer(k=3, max_chain=3, steps=100, seed=0).fit(A[:150], mask[:150],
                                                                     chains[:150])
     p = ct.first(A[150:], mask[150:])
     assert (p.argmax(1) == first[150:]).mean() > 0.95
@@ -150,7 +150,9 @@ def test_themes_pipeline_on_tiny_model_and_bad_input(tiny, tmp_path):
     prompts = tuple(f"the fox went to the forest {w}" for w in
                     ("to find a friend", "and was sad", "with a box of gold", "at night",
                      "and danced", "and the coin came up heads", "with the rabbit", "alone"))
+    # the transformer's learning is checked on planted chains above: 100 steps fit it here
     cfg = ThemesConfig(prompts=prompts, k_samples=4, max_new_tokens=12, k_min=2, k_max=4,
+                       transformer_steps=100,
                        segment="tokens", window=4, encoder="all-MiniLM-L6-v2", n_boot=50,
                        layers="0,2,4", m_act=4, test_fraction=0.25)
     run = run_themes(tiny, prompts, tmp_path / "t", cfg, progress=False)
@@ -183,16 +185,13 @@ def test_themes_pipeline_on_tiny_model_and_bad_input(tiny, tmp_path):
 def test_cli_themes_errors(tmp_path):
     empty = tmp_path / "p.txt"
     empty.write_text("\n\n")
-    main = [sys.executable, "-m", "difflens.cli.main", "themes", "sample"]
-    r = subprocess.run(main + ["--base", "x", "--out", str(tmp_path / "o")],
-                       capture_output=True, text=True)
-    assert r.returncode == 2 and "exactly one of" in r.stderr
-    r = subprocess.run(main + ["--base", "x", "--out", str(tmp_path / "o"), "--prompts",
-                               str(empty)], capture_output=True, text=True)
-    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
-    r = subprocess.run(main + ["--base", "x", "--out", str(tmp_path / "o"), "--organism", "5",
-                               "--samples", "0"], capture_output=True, text=True)
-    assert r.returncode == 2 and "K" in r.stderr
+    main = ["themes", "sample", "--base", "x", "--out", str(tmp_path / "o")]
+    r = CliRunner().invoke(app, main)
+    assert r.exit_code == 2 and "exactly one of" in r.stderr
+    r = CliRunner().invoke(app, [*main, "--prompts", str(empty)])
+    assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1
+    r = CliRunner().invoke(app, [*main, "--organism", "5", "--samples", "0"])
+    assert r.exit_code == 2 and "K" in r.stderr
 
 
 def _group_bigram():
@@ -235,6 +234,7 @@ def test_planted_pipeline_beats_the_marginal(tmp_path):
         return out / np.linalg.norm(out, axis=1, keepdims=True)
 
     cfg = ThemesConfig(prompts=prompts, k_samples=8, max_new_tokens=12, segment="tokens",
+                       transformer_steps=100,
                        window=4, encoder=encoder, k_min=2, k_max=5, n_boot=200, layers="0,1",
                        m_act=3, test_fraction=0.3, temperature=1.0)
     s = run_themes(lm, prompts, tmp_path / "p", cfg, progress=False).summary()

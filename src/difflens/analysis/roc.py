@@ -1,7 +1,9 @@
 """ROC curves and their AUC, with percentile bootstrap CIs (:mod:`difflens.analysis.bootstrap`).
 
-The AUC is scikit-learn's ``roc_auc_score`` (P(score of a positive > score of a negative),
-ties counting half). Its CI resamples units, or groups of units (a prompt's tokens or
+The AUC is P(score of a positive > score of a negative), ties counting half: scikit-learn's
+``roc_auc_score``, computed here from average ranks (the Mann-Whitney form), which gives the
+same value some 10 times faster, so that a bootstrap of a thousand resamples stays cheap.
+Its CI resamples units, or groups of units (a prompt's tokens or
 sentences together, as they are not independent); a resample that holds one class only
 has no AUC and is left out.
 """
@@ -21,11 +23,19 @@ from difflens.analysis.bootstrap import (
 
 
 def auc(y: Shaped[np.ndarray, " n"], score: Shaped[np.ndarray, " n"]) -> float:
-    """ROC AUC of ``score`` for the binary labels ``y``; NaN unless both classes occur."""
-    from sklearn.metrics import roc_auc_score
+    """ROC AUC of ``score`` for the binary labels ``y`` (the greater label is the positive
+    class, as in scikit-learn); NaN unless both classes occur."""
+    from scipy.stats import rankdata
 
     y = np.asarray(y)
-    return float(roc_auc_score(y, score)) if len(np.unique(y)) == 2 else float("nan")
+    classes = np.unique(y)
+    if len(classes) != 2:
+        return float("nan")
+    pos = y == classes[1]
+    n_pos = int(pos.sum())
+    n_neg = len(y) - n_pos
+    ranks = rankdata(np.asarray(score, dtype=np.float64))  # ties share their mean rank
+    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def auc_ci(y: Shaped[np.ndarray, " n"], score: Shaped[np.ndarray, " n"],

@@ -52,7 +52,6 @@ def friendly_errors(fn: F) -> F:
 _MODEL = "hub id, folder, .gguf or preset (see `difflens list presets`)"
 Base = Annotated[str, typer.Option("--base", help=f"Base model (or the only one): {_MODEL}.")]
 Tuned = Annotated[str | None, typer.Option("--tuned", help="Tuned sibling, for a pair.")]
-Model = Annotated[str, typer.Option("--model", help=f"Model: {_MODEL}.")]
 #: Commands that compare a whole lineage take ``--model`` repeated, each ``NAME=MODEL``.
 ModelSpecs = Annotated[list[str] | None, typer.Option(
     "--model", help=f"A model of the set as NAME=MODEL ({_MODEL}); repeat it in lineage "
@@ -88,7 +87,6 @@ LayersPath = Annotated[str | None, typer.Option(
 UnusedBatchSize = Annotated[int | None, typer.Option(
     "--batch-size", help="Most inputs per forward pass. Not used by this command yet: its "
     "library step takes no batch size.")]
-Samples = Annotated[int, typer.Option("--samples", help="Samples per prompt (and model).")]
 _MAX_INPUTS = typer.Option(
     "--max-inputs", help="Use only the first N inputs (prompts, items, examples).")
 MaxInputs = Annotated[int | None, _MAX_INPUTS]

@@ -69,15 +69,25 @@ def embed_texts(texts: Sequence[str], encoder: Encoder = DEFAULT_ENCODER, *,
 def embedder(encoder: Encoder = DEFAULT_ENCODER, *, batch_size: int = 128,
              device: str = "cpu") -> Embedder:
     """An :data:`~difflens._types.Embedder` for ``encoder``: a name or folder (loaded on the
-    first call, cached) or a callable (passed through); either way its rows are L2-normalised
-    float32, as :func:`embed_texts` gives them."""
+    first call, cached) or a callable (passed through as it is). Its rows are the encoder's
+    own, float32: the analyses that take an embedder normalise them once
+    (:func:`difflens.analysis.embeddings.embed`), so that a name and :func:`embed_texts`
+    give the same bits."""
     if callable(encoder):
-        fn = encoder
-        return lambda texts: embed(texts, fn)
+        return encoder
     if not isinstance(encoder, str) or not encoder:
         raise InputError(f"a sentence encoder is a name, a folder or a callable, got {encoder!r}")
     name = encoder
-    return lambda texts: embed_texts(texts, name, batch_size=batch_size, device=device)
+
+    def encode(texts: Sequence[str]) -> np.ndarray:
+        if not len(texts):
+            return np.zeros((0, 0), dtype=np.float32)
+        model = load_encoder(name, device)
+        return np.asarray(model.encode(list(texts), batch_size=batch_size,
+                                       convert_to_numpy=True, show_progress_bar=False),
+                          dtype=np.float32)
+
+    return encode
 
 
 __all__ = [

@@ -46,6 +46,8 @@ class ThemesConfig:
     layers: str = option("all", flag="--layers", help="Layers for the probes.")
     m_act: int = option(8, flag="--m-act", help="Last prompt states fed to the transformer.")
     """States of the last ``m_act`` prompt tokens feed the chain transformer."""
+    transformer_steps: int = option(400, flag="--transformer-steps", help="Training steps of "
+                                    "the chain transformer.")
     test_fraction: float = option(0.3, flag="--test-fraction", help="Held-out share of "
                                   "prompts.")
     n_boot: int = option(1000, flag="--n-boot", help="Bootstrap resamples of each CI.")

@@ -92,7 +92,8 @@ def predict_themes(lm: LoadedModel, config: ThemesConfig, dist: ChainDistributio
     baselines["sentence_embedding"] = _strip(evaluate_prediction(
         epred, dist, test, chain_ll(epred), n_boot=config.n_boot, seed=config.seed,
         reference=mpred))
-    ct = ChainTransformer(k=k, max_chain=config.max_chain, seed=config.seed).fit(
+    ct = ChainTransformer(k=k, max_chain=config.max_chain, seed=config.seed,
+                          steps=config.transformer_steps).fit(
         last[best][train], mask[train], [chains[i] for i in train])
     tpred = ct.first(last[best][test], mask[test])
     pairs = [(row, ch) for row, i in enumerate(test) for ch in chains[i]

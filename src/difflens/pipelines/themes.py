@@ -238,7 +238,7 @@ def run_themes(models: "LoadedModel | ModelPair | ModelSet | Models", prompts: S
         fig.save(figdir)
     summary["config"] = {k: (v if k != "encoder" or isinstance(v, str) else "callable")
                          for k, v in dataclasses.asdict(config).items()
-                         if k not in ("prompts", "truth", "groups")
+                         if k not in ("prompts", "truth", "groups", "steps")
                          and not (k == "resample_seed" and v is None)}
     write_json_atomic(spath, summary)
     if index:

@@ -37,7 +37,7 @@ import torch
 
 from difflens.analysis.bootstrap import bootstrap_ratio
 from difflens.errors import InputError
-from difflens.models.encoders import DEFAULT_ENCODER, Encoder, embedder
+from difflens.models.encoders import DEFAULT_ENCODER, Encoder, embed_texts
 from difflens.models.loading import LoadedModel
 from difflens.models.model_set import ModelSet
 from difflens.models.pair import ModelPair, models_of
@@ -256,9 +256,8 @@ def attractor_test(
         raise InputError(f"no completion was long enough to perturb before its last {w} "
                          f"tokens; raise max_new_tokens or lower ending_tokens")
     if encoder is not None:
-        embed = embedder(encoder)
-        a = embed(table.original_ending.tolist())
-        b = embed(table.new_ending.tolist())
+        a = embed_texts(table.original_ending.tolist(), encoder)
+        b = embed_texts(table.new_ending.tolist(), encoder)
         table["cosine"] = (a * b).sum(1)
     else:
         table["cosine"] = np.nan
