@@ -241,3 +241,27 @@ def test_sections_from_only_skip_and_the_config():
         choose_sections("collapse", "collapse")
     with pytest.raises(InputError, match="--skip takes section names"):
         choose_sections(None, "nope")
+
+
+def test_overview_takeaways_and_headline_leave_undefined_changes_out():
+    from difflens.pipelines.compare import CompareRun, _headline, overview_takeaways
+
+    nan = float("nan")
+    rows = [  # section, metric, from, to, delta, ci_low, ci_high, n
+        ("capture", "entropy", "base", "sft", -0.30, -0.40, -0.20, 40),
+        ("capture", "kl_to_base", "base", "sft", 0.05, -0.01, 0.11, 40),
+        ("capture", "entropy", "sft", "dpo", 0.90, 0.10, 1.70, 40),
+        ("concepts", "concept_cosine_L0", "base", "sft", nan, nan, nan, 60),
+        ("concepts", "concept_cosine_L2", "base", "sft", -0.10, -0.30, 0.10, 60),
+    ]
+    table = pd.DataFrame(rows, columns=["section", "metric", "from", "to", "delta", "ci_low",
+                                        "ci_high", "n"])
+    lines = overview_takeaways(table)
+    # entropy base -> sft is 3 half-widths from 0; sft -> dpo only 1.125
+    assert lines == [
+        "capture: 2 of 3 stage changes have a 95% CI that excludes 0; clearest: entropy, "
+        "base → sft -0.300 [-0.400, -0.200] n=40",
+        "concepts: 0 of 1 stage changes have a 95% CI that excludes 0"]
+    head = _headline(CompareRun(summary={}, sections=[], attribution=table))
+    assert "concept_cosine_L0: base → sft" not in head and len(head) == 4
+    assert head["concept_cosine_L2: base → sft"] == "-0.100 [-0.300, 0.100] n=60"

@@ -107,3 +107,12 @@ def test_compare_runs_each_sections_visible_quick_preset():
     assert cfg.themes.k_samples == 8 and ThemesConfig().k_samples == 16
     with pytest.raises(InputError, match="CompareConfig.themes takes a ThemesConfig"):
         CompareConfig(themes=ConceptsConfig())
+
+
+def test_compare_help_shows_the_toml_table_names():
+    """The help's markup once ate ``[collapse]`` (a rich style tag); it is escaped."""
+    from typer.testing import CliRunner
+
+    res = CliRunner().invoke(app, ["compare", "--help"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0
+    assert "([collapse], [concepts], ...)" in res.output

@@ -177,6 +177,29 @@ def test_open_runs_needs_existing_folders(tmp_path: Path) -> None:
         open_runs([tmp_path / "nope"])
 
 
+def test_a_compare_folder_opens_with_every_section(tmp_path: Path) -> None:
+    """``explore OUT`` of a compare/demo folder serves its overview, each section that wrote
+    a summary and each per-model run inside a section; nothing outside the folder."""
+    out = tmp_path / "demo"
+    for rel in ("", "collapse", "control", "control/base", "control/sft", "themes/samples"):
+        (out / rel).mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(
+        {"sections": ["capture", "collapse", "control", "themes", "../elsewhere"]}))
+    for rel in ("collapse", "control", "control/base", "control/sft"):
+        (out / rel / "summary.json").write_text("{}")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "summary.json").write_text("{}")
+    runs = open_runs([out])
+    assert [r.name for r in runs] == ["demo", "demo/collapse", "demo/control",
+                                      "demo/control/base", "demo/control/sft"]
+    assert [r.id for r in runs] == list(range(5))
+    assert runs[3].root == (out / "control" / "base").resolve()
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "summary.json").write_text(json.dumps({"sections": "not a list"}))
+    assert [r.name for r in open_runs([plain])] == ["plain"]
+
+
 # -- table view -----------------------------------------------------------------------------
 
 

@@ -64,8 +64,8 @@ Only = Annotated[str | None, typer.Option(
 Skip = Annotated[str | None, typer.Option(
     "--skip", help="Skip these sections (comma-separated).")]
 ConfigFile = Annotated[Path | None, typer.Option(
-    "--config", help="A TOML file with one table per section ([collapse], [concepts], ...) "
-    "setting that section's options.")]
+    "--config", help="A TOML file with one table per section (\\[collapse], \\[concepts], "
+    "...) setting that section's options, under their command-line names (samples = 8).")]
 BatchSize = Annotated[int, typer.Option("--batch-size", help="Most inputs per forward pass.")]
 Device = Annotated[str | None, typer.Option(
     "--device", help="cpu or cuda[:N] (default: cuda if available).")]

@@ -68,18 +68,44 @@ def open_runs(folders: Sequence[Path], *, allow_empty: bool = False) -> list[Run
     if not folders and not allow_empty:
         raise InputError("difflens explore needs at least one run folder or --base MODEL, "
                          "e.g. `difflens explore runs/demo`")
-    runs = []
+    runs: list[Run] = []
     names: dict[str, int] = {}
-    for i, folder in enumerate(folders):
+    for folder in folders:
         if not folder.is_dir():
             raise InputError(f"run folder {folder} does not exist or is not a folder; give the "
                              f"--out folder of a difflens command")
         root = folder.resolve()
-        name = root.name or str(root)
-        names[name] = names.get(name, 0) + 1
-        runs.append(Run(id=i, root=root, name=name if names[name] == 1
-                        else f"{name} ({names[name]})"))
+        base = root.name or str(root)
+        for path, name in [(root, base), *_sections(root, base)]:
+            names[name] = names.get(name, 0) + 1
+            runs.append(Run(id=len(runs), root=path, name=name if names[name] == 1
+                            else f"{name} ({names[name]})"))
     return runs
+
+
+def _sections(root: Path, name: str) -> list[tuple[Path, str]]:
+    """The section runs inside a ``difflens compare`` or ``difflens demo`` folder (its
+    ``summary.json`` lists ``sections``): each ``OUT/<section>`` with a summary, and the
+    per-model runs inside a section (``OUT/control/<model>``), so that ``explore OUT``
+    opens every part of the report. Other folders have none."""
+    try:
+        listed = json.loads((root / "summary.json").read_text()).get("sections")
+    except (OSError, ValueError, AttributeError):
+        return []
+    if not isinstance(listed, list):
+        return []
+    out = []
+    for section in listed:
+        folder = root / str(section)
+        if not folder.is_dir() or folder.resolve().parent != root:
+            continue  # a section that did not run, or a name that leaves the folder
+        if (folder / "summary.json").is_file():
+            out.append((folder.resolve(), f"{name}/{section}"))
+        out += [(sub.resolve(), f"{name}/{section}/{sub.name}")
+                for sub in sorted(folder.iterdir())
+                if sub.is_dir() and (sub / "summary.json").is_file()
+                and sub.resolve().parent == folder.resolve()]
+    return out
 
 
 def safe_path(root: Path, rel: str) -> Path | None:

@@ -183,7 +183,8 @@ def compare(models: "ModelSet | Models", out: str | Path, *,
     names = " → ".join(model_set.names)
     write_compare_index(out, run, title or f"difflens compare: {names}",
                         intro=f"<p>Every instrument on {names}, with {source}.</p>",
-                        takeaways=[f"sections: {', '.join(config.sections)}"])
+                        takeaways=overview_takeaways(run.attribution)
+                        or [f"sections: {', '.join(config.sections)}"])
     return run
 
 
@@ -199,10 +200,34 @@ def write_compare_index(out: Path, run: CompareRun, title: str, intro: str = "",
 
 
 def _headline(run: CompareRun) -> dict[str, Any]:
+    """Every stage's change with its CI; a change that is not defined (a layer whose vectors
+    are the same in every model has no cosine change: NaN) is left out."""
     out: dict[str, Any] = {}
     for r in run.attribution.to_dict("records"):
+        if not np.isfinite(r["delta"]):
+            continue
         out[f"{r['metric']}: {r['from']} → {r['to']}"] = format_ci(
             r["delta"], [r["ci_low"], r["ci_high"]], int(r["n"]))
+    return out
+
+
+def overview_takeaways(attribution: pd.DataFrame) -> list[str]:
+    """Per section, how many of its stage changes have a 95% CI that excludes 0, and the
+    one whose CI lies furthest from 0 (in units of its CI's half-width)."""
+    out = []
+    for section, rows in attribution.groupby("section", sort=False):
+        rows = rows[np.isfinite(rows["delta"].astype(float))]
+        if rows.empty:
+            continue
+        clear = rows[(rows.ci_low > 0) | (rows.ci_high < 0)]
+        line = (f"{section}: {len(clear)} of {len(rows)} stage changes have a 95% CI that "
+                f"excludes 0")
+        if len(clear):
+            half = ((clear.ci_high - clear.ci_low) / 2).where(lambda h: h > 0, np.nan)
+            top = clear.loc[(clear.delta.abs() / half).fillna(np.inf).idxmax()]
+            line += (f"; clearest: {top.metric}, {top['from']} → {top['to']} "
+                     f"{format_ci(top.delta, [top.ci_low, top.ci_high], int(top.n))}")
+        out.append(line)
     return out
 
 
