@@ -111,13 +111,14 @@ def _labels(models: ModelSet) -> dict[str, str]:
 
 
 def run_compare(models: ModelSet, out: Path, inputs: CompareInputs, *,
-                config: CompareConfig = CompareConfig(), progress: bool = False
+                config: CompareConfig | None = None, progress: bool = False
                 ) -> CompareRun:
     """Run the chosen sections of ``config`` on ``models`` into ``out``; write every
     section's outputs, ``OUT/summary.json`` (the sections' summaries, ``models``,
     ``attribution``) and ``OUT/data/attribution.*``. The page is the caller's
     (:func:`write_compare_index`)."""
     check_writable(out)
+    config = CompareConfig() if config is None else config  # built when run, not at import
     colors = use_lineage_colors(list(_labels(models)))
     summary: dict[str, Any] = {"models": models.describe(), "lineage": list(models.names),
                                "sections": list(config.sections)}
@@ -156,7 +157,7 @@ def run_compare(models: ModelSet, out: Path, inputs: CompareInputs, *,
 
 
 def compare(models: "ModelSet | Models", out: str | Path, *,
-            inputs: CompareInputs | None = None, config: CompareConfig = CompareConfig(),
+            inputs: CompareInputs | None = None, config: CompareConfig | None = None,
             tokenizer: Any = None, title: str | None = None, progress: bool = False
             ) -> CompareRun:
     """Every instrument on ``models`` into ``out``, with the report page ``OUT/index.html``.
@@ -168,7 +169,8 @@ def compare(models: "ModelSet | Models", out: str | Path, *,
         out: the output folder.
         inputs: what the sections run on; default: the inputs that ship with difflens
             (:func:`~difflens.pipelines.compare_inputs.builtin_inputs`).
-        config: the sections to run and each one's options.
+        config: the sections to run and each one's config (default: every section, each
+            its config's ``quick()`` preset).
         tokenizer: the tokenizer of plain ``transformers`` models.
         title: the page's title (default: the lineage, ``base → sft → dpo``).
         progress: show progress bars.
@@ -176,6 +178,7 @@ def compare(models: "ModelSet | Models", out: str | Path, *,
     from difflens.pipelines.compare_inputs import builtin_inputs
 
     model_set = as_model_set(models, tokenizer=tokenizer)
+    config = CompareConfig() if config is None else config
     out = Path(out)
     source = "difflens's built-in inputs" if inputs is None else "the given inputs"
     run = run_compare(model_set, out, builtin_inputs() if inputs is None else inputs,
