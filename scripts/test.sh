@@ -25,6 +25,11 @@ python3 -m venv .venv
 .venv/bin/python scripts/render_results.py --check
 site_dir=$(mktemp -d)
 NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet --site-dir "$site_dir"
+# mkdocstrings reads Google-style Markdown: a Sphinx role (:func:`x`) would show as raw text
+if grep -rlE ':(func|class|mod|meth|attr|data|exc|obj):(<code>|`)' "$site_dir" --include='*.html'; then
+  echo "the built docs show raw Sphinx roles (files above): write \`\`name\`\` in docstrings" >&2
+  exit 1
+fi
 rm -rf "$site_dir"
 set +e
 # Every annotation of difflens checked at run time (beartype), jaxtyping shapes included;

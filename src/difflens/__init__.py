@@ -1,19 +1,19 @@
 """difflens: see what alignment fine-tuning changed in a language model.
 
-The public API, by stage: load models (:func:`load_model`, :class:`ModelPair`; a
-:class:`LoadSpec` records how, to load them again elsewhere), capture
-activations and next-token statistics (:func:`capture`), and read them back
-(:class:`RunStore`); concept vectors from contrastive A/B items (:func:`load_ab_dataset`,
-:func:`extract_concepts`, :func:`compare_concepts`) and steering with them
-(:func:`steering`, :class:`SteeringVector`, :func:`dose_response`); the one
-generation path (:func:`generate`, :class:`GenerationConfig`); model sets and the full
-comparison (:class:`ModelSet`, :func:`compare`); the state probe (:func:`train_probe`,
-:class:`StateProbe`); and every value with its CI (:class:`Estimate`).
+The public API, by stage: load models (``load_model``, ``ModelPair``; a
+``LoadSpec`` records how, to load them again elsewhere), capture
+activations and next-token statistics (``capture``), and read them back
+(``RunStore``); concept vectors from contrastive A/B items (``load_ab_dataset``,
+``extract_concepts``, ``compare_concepts``) and steering with them
+(``steering``, ``SteeringVector``, ``dose_response``); the one
+generation path (``generate``, ``GenerationConfig``); model sets and the full
+comparison (``ModelSet``, ``compare``); the state probe (``train_probe``,
+``StateProbe``); and every value with its CI (``Estimate``).
 
 Plain ``transformers`` models are accepted wherever a loaded model is, with a
-``tokenizer=`` keyword (:func:`wrap_model` runs on entry). Nothing is registered at import:
+``tokenizer=`` keyword (``wrap_model`` runs on entry). Nothing is registered at import:
 presets (``organism-base``, ...) resolve when they are loaded, and the heavier entries
-(:func:`compare`, :func:`train_probe`, :class:`StateProbe`) import their modules on first
+(``compare``, ``train_probe``, ``StateProbe``) import their modules on first
 use.
 """
 

@@ -1,13 +1,13 @@
 """Configs that name their own options.
 
 Every instrument's settings are one frozen dataclass (``CollapseConfig``, ``ConceptsConfig``,
-...). A field declared with :func:`option` carries the flag the CLI gives it and its help;
-from those fields the CLI builds each command's options (:mod:`difflens.cli._options`) and
-``difflens compare --config`` reads each TOML table (:func:`config_from`), under the same
+...). A field declared with ``option`` carries the flag the CLI gives it and its help;
+from those fields the CLI builds each command's options (``difflens.cli._options``) and
+``difflens compare --config`` reads each TOML table (``config_from``), under the same
 names. So each default lives once, in the field, and each option has one name everywhere:
 ``samples`` in the TOML is ``--samples`` on the command line and ``k_samples`` in Python.
 
-A field without :func:`option` (prompts, texts, a callable) is set from Python only.
+A field without ``option`` (prompts, texts, a callable) is set from Python only.
 """
 
 import dataclasses
@@ -82,7 +82,7 @@ def option(default: Any = dataclasses.MISSING, *, flag: str, help: str, cli: boo
 
 
 def options_of(cls: type, prefix: str = "", base: Any = None) -> dict[str, Option]:
-    """The options of config class ``cls`` by :attr:`Option.key`, in field order. A field
+    """The options of config class ``cls`` by ``Option.key``, in field order. A field
     that holds a nested config (e.g. a ``GenerationConfig``) contributes its options, under
     their own names; ``base`` (an instance) gives the defaults."""
     hints = typing.get_type_hints(cls)

@@ -27,7 +27,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success fsync it and rename it into place.
 
     Readers see either the old file or the whole new one, never a partial write. A full
-    disk or a read-only folder becomes a one-line :class:`StoreError`.
+    disk or a read-only folder becomes a one-line ``StoreError``.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -161,7 +161,7 @@ def read_utf8(path: Path) -> str:
 
 def jsonl_objects(path: Path, lines: Iterable[str] | None = None) -> Iterator[tuple[str, Any]]:
     """``("file:line", parsed JSON)`` for each non-blank line (of ``lines``, default the
-    file's text); a line that is not JSON raises one :class:`InputError` naming it."""
+    file's text); a line that is not JSON raises one ``InputError`` naming it."""
     for i, line in enumerate(read_utf8(path).splitlines() if lines is None else lines, 1):
         if not line.strip():
             continue
@@ -220,7 +220,7 @@ class RemoteDir:
     A file is uploaded whole once it is complete locally: object stores publish an object
     only when its upload finishes; on other filesystems it goes to a temporary name and is
     moved into place. So a reader of the remote folder sees each file whole or not at all,
-    as with :func:`atomic_path`.
+    as with ``atomic_path``.
     """
 
     def __init__(self, uri: str) -> None:

@@ -24,7 +24,7 @@ Vector = Float[Tensor, " d_model"]
 """One residual-stream direction (a steering vector's layer, a probe's weight)."""
 Embedder = Callable[[Sequence[str]], np.ndarray]
 """A sentence embedder: texts -> one row per text (``n dim``). The analyses take one of these,
-never an encoder name; :func:`difflens.models.encoders.embedder` turns a name into one."""
+never an encoder name; ``difflens.models.encoders.embedder`` turns a name into one."""
 
 __all__ = [
     "AttentionMask",

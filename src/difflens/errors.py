@@ -1,6 +1,6 @@
 """User-facing errors.
 
-Every problem with the user's input raises :class:`InputError` (a ``ValueError``) whose
+Every problem with the user's input raises ``InputError`` (a ``ValueError``) whose
 message is a single line that says what was expected, what was received and how to fix
 it. The CLI prints that line alone, without a traceback, and exits non-zero.
 """

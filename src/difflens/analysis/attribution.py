@@ -10,7 +10,7 @@ total change ``level(m_K) - level(m_0)``, and ``share_k = delta_k / total``.
 The 95% CIs come from one percentile bootstrap that resamples the units jointly: every
 replicate draws the same units for every model (a paired bootstrap), so what the units
 share (a hard prompt is hard for every model) cancels out of the deltas. The draws are
-:func:`~difflens.analysis.bootstrap.bootstrap_weights` of the seed, so the result is
+``bootstrap_weights`` of the seed, so the result is
 reproducible, and a two-model lineage gives the pair's usual CI of the mean difference.
 """
 
@@ -26,7 +26,7 @@ from jaxtyping import Float
 from difflens.analysis.bootstrap import bootstrap_weights, percentile_ci, replicate_ratios
 from difflens.errors import InputError
 
-#: Columns of :attr:`Attribution.table`, one row per stage.
+#: Columns of ``Attribution.table``, one row per stage.
 COLUMNS = (
     "stage",
     "from",
@@ -46,10 +46,10 @@ class Attribution:
     """The change each stage of a lineage made to one metric, with paired bootstrap CIs."""
 
     table: pd.DataFrame
-    """One row per stage (see :data:`COLUMNS`): ``stage`` is the model the stage produced,
+    """One row per stage (see ``COLUMNS``): ``stage`` is the model the stage produced,
     ``from``/``to`` the models it joins, ``delta`` its change with ``ci_low``/``ci_high``,
     ``share`` the fraction of the total change it made with ``share_ci_low``/
-    ``share_ci_high`` (NaN when not defined: see :attr:`notes`), ``n`` the units used."""
+    ``share_ci_high`` (NaN when not defined: see ``notes``), ``n`` the units used."""
     levels: dict[str, float]
     """Each model's level of the metric on the units used, in lineage order."""
     total: float
@@ -70,7 +70,7 @@ class Attribution:
     def summary(self) -> dict[str, dict[str, Any]]:
         """``{stage: {value, ci_low, ci_high, n, resampled, share}}`` for the
         ``attribution.<metric>.<stage>`` keys of a stored summary: each stage's change as an
-        estimate (:meth:`~difflens.analysis.bootstrap.Estimate.to_json`'s keys, ``value``
+        estimate (``to_json``'s keys, ``value``
         the change) with its share of the total beside it; a number that is not finite is
         ``None`` (JSON-safe)."""
         return {str(r["stage"]): stage_estimate(r, self.resampled)
@@ -78,7 +78,7 @@ class Attribution:
 
 
 def stage_estimate(row: Mapping[str, Any], resampled: str = "") -> dict[str, Any]:
-    """One row of :attr:`Attribution.table` as ``{value, ci_low, ci_high, n, resampled,
+    """One row of ``Attribution.table`` as ``{value, ci_low, ci_high, n, resampled,
     share}`` (the summary's spelling of a stage; not finite: ``None``)."""
     return {"value": _json_float(row["delta"]), "ci_low": _json_float(row["ci_low"]),
             "ci_high": _json_float(row["ci_high"]), "n": int(row["n"]),
@@ -140,7 +140,7 @@ def attribute(
             summary.
 
     Returns:
-        An :class:`Attribution`: one table row per stage, the levels, the total and notes.
+        An ``Attribution``: one table row per stage, the levels, the total and notes.
 
     Raises:
         InputError: fewer than two models, a name missing or repeated, arrays of other
@@ -215,7 +215,7 @@ def attribute_levels(
 
     For a statistic that is not a mean of per-unit values (e.g. the cosine of each model's
     concept vector with the base's, recomputed from resampled items), draw the replicates
-    with the same unit weights for every model and pass them here; :func:`attribute` is this
+    with the same unit weights for every model and pass them here; ``attribute`` is this
     function applied to means (or ratios of sums).
 
     Args:
@@ -227,7 +227,7 @@ def attribute_levels(
         n_dropped: units left out before (reported in the notes by the caller).
         seed: seed the replicates were drawn with (recorded).
         level: CI level.
-        share_rtol: see :func:`attribute`.
+        share_rtol: see ``attribute``.
         notes: notes to keep.
         resampled: what the replicates resampled (recorded for the summary).
     """

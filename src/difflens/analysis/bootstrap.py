@@ -9,16 +9,16 @@ same units (a paired bootstrap).
 
 Pieces, lowest first:
 
-- draws: :func:`resample_indices` (all at once), :func:`resamples` (one at a time, the same
-  draws), :func:`bootstrap_weights` (the draws as counts, for vectorised sums) and
-  :func:`group_resamples` (cluster resamples: groups drawn, their units together);
-- replicates from weights: :func:`replicate_means` and :func:`replicate_ratios`;
-- quantiles: :func:`quantile` and :func:`percentile_ci`, the only calls of
+- draws: ``resample_indices`` (all at once), ``resamples`` (one at a time, the same
+  draws), ``bootstrap_weights`` (the draws as counts, for vectorised sums) and
+  ``group_resamples`` (cluster resamples: groups drawn, their units together);
+- replicates from weights: ``replicate_means`` and ``replicate_ratios``;
+- quantiles: ``quantile`` and ``percentile_ci``, the only calls of
   ``numpy.quantile`` in difflens;
-- one :class:`Estimate` (value, CI, n, what was resampled) from :func:`bootstrap_mean`,
-  :func:`bootstrap_paired`, :func:`bootstrap_ratio`, :func:`bootstrap_cluster_mean` and
-  :func:`bootstrap_statistic` (any statistic of a resample);
-- the summaries' older forms: :func:`bootstrap_ci` (a mean's CI) and :func:`mean_ci`
+- one ``Estimate`` (value, CI, n, what was resampled) from ``bootstrap_mean``,
+  ``bootstrap_paired``, ``bootstrap_ratio``, ``bootstrap_cluster_mean`` and
+  ``bootstrap_statistic`` (any statistic of a resample);
+- the summaries' older forms: ``bootstrap_ci`` (a mean's CI) and ``mean_ci``
   (``{"mean", "ci95", "n"}``).
 """
 
@@ -86,7 +86,7 @@ class Estimate:
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any], *, resampled: str = "") -> "Estimate":
-        """Read :meth:`to_json`'s form or a legacy spelling of a summary.
+        """Read ``to_json``'s form or a legacy spelling of a summary.
 
         Legacy spellings: ``{"mean", "ci95": [lo, hi], "n"}`` and ``{"value" | "delta" |
         "diff" | "mean", "ci_low", "ci_high", "n"}`` (other keys beside them are ignored;
@@ -129,7 +129,7 @@ def resample_indices(n: int, n_boot: int, seed: Seed) -> Int[np.ndarray, "n_boot
 
 
 def resamples(n: int, n_boot: int, seed: Seed) -> Iterator[Int[np.ndarray, " n"]]:
-    """The draws of :func:`resample_indices`, one resample at a time (for a statistic that
+    """The draws of ``resample_indices``, one resample at a time (for a statistic that
     is not vectorised): ``n_boot`` calls of ``rng.integers(0, n, n)``."""
     rng = _rng(seed)
     for _ in range(n_boot):
@@ -138,7 +138,7 @@ def resamples(n: int, n_boot: int, seed: Seed) -> Iterator[Int[np.ndarray, " n"]
 
 def bootstrap_weights(n: int, n_boot: int, seed: Seed) -> Float[np.ndarray, "n_boot n"]:
     """``[n_boot, n]`` resampling counts: row b counts how often each of n units was drawn
-    (the draws of :func:`resample_indices`).
+    (the draws of ``resample_indices``).
 
     Weighted sums ``w @ x`` give every bootstrap replicate of a sum at once (vectorised
     bootstraps of means, ratios and cluster resamples).
@@ -152,7 +152,7 @@ def bootstrap_weights(n: int, n_boot: int, seed: Seed) -> Float[np.ndarray, "n_b
 def group_resamples(groups: Sequence[object] | np.ndarray, n_boot: int, seed: Seed
                     ) -> Iterator[Int[np.ndarray, " m"]]:
     """``n_boot`` cluster-bootstrap resamples of the units: each draws the groups (prompts,
-    stories) with replacement (in sorted order of the group labels, as :func:`resamples`
+    stories) with replacement (in sorted order of the group labels, as ``resamples``
     draws units) and yields the indices of all their units together."""
     uniq, inv = np.unique(np.asarray(groups), return_inverse=True)
     members = [np.flatnonzero(inv == g) for g in range(len(uniq))]
@@ -295,8 +295,8 @@ def bootstrap_cluster_mean(values: Shaped[np.ndarray, " n"],
                            groups: Sequence[object] | np.ndarray, *, n_boot: int = 1000,
                            seed: Seed = 0, resampled: str, level: float = 0.95) -> Estimate:
     """The mean of the finite values, resampling their groups (a prompt's samples together):
-    :func:`bootstrap_ratio` of the per-group sums and counts, groups in sorted order (the
-    draws of :func:`group_resamples`). ``n`` counts values."""
+    ``bootstrap_ratio`` of the per-group sums and counts, groups in sorted order (the
+    draws of ``group_resamples``). ``n`` counts values."""
     x = np.asarray(values, np.float64)
     g = np.asarray(groups)
     if len(g) != len(x):
@@ -322,7 +322,7 @@ def bootstrap_statistic(statistic: Callable[[Int[np.ndarray, " m"]], float], n: 
         statistic: the statistic of the units at the given indices (with repeats).
         n: the number of units; the value is ``statistic(arange(n))``.
         n_boot: resamples.
-        seed: seed of the draws (:func:`resamples`, or :func:`group_resamples` with
+        seed: seed of the draws (``resamples``, or ``group_resamples`` with
             ``groups``).
         resampled: what is resampled (the units, or with ``groups`` the groups).
         groups: one label per unit: resample the groups, all their units together.
@@ -343,7 +343,7 @@ def bootstrap_statistic(statistic: Callable[[Int[np.ndarray, " m"]], float], n: 
 
 def bootstrap_ci(values: Sequence[float] | np.ndarray, *, seed: int = 0, n_boot: int = 1000,
                  level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean of the finite values (:func:`bootstrap_mean`)."""
+    """Percentile bootstrap CI of the mean of the finite values (``bootstrap_mean``)."""
     return bootstrap_mean(values, n_boot=n_boot, seed=seed, resampled="", level=level).ci
 
 
@@ -359,7 +359,7 @@ def mean_ci(values: Sequence[float] | np.ndarray, *, seed: int = 0) -> dict[str,
 
 def nanmean_estimate(values: Sequence[float] | np.ndarray, *, seed: int = 0,
                      resampled: str) -> Estimate:
-    """The mean of ``values`` with the CI of :func:`bootstrap_mean` (``n`` counts the finite
+    """The mean of ``values`` with the CI of ``bootstrap_mean`` (``n`` counts the finite
     values); the value is ``numpy.nanmean`` of all of them, so an infinite value makes it
     infinite while the CI and ``n`` leave it out."""
     x = np.asarray(values, dtype=np.float64)

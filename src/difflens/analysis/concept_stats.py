@@ -1,19 +1,19 @@
 """Statistics of concept vectors: pure functions over the per-item differences and vectors
-that :mod:`difflens.capture.concepts` extracts (tensors in, rows out; no model is run).
+that ``difflens.capture.concepts`` extracts (tensors in, rows out; no model is run).
 
 Every statistic comes with a percentile bootstrap 95% CI over the train items (resample the
 items, recompute the vectors from them), or for the held-out separation over the held-out
 items, and every row is written in the summaries' one spelling of an estimate
-(:meth:`~difflens.analysis.bootstrap.Estimate.to_json`: ``value``, ``ci_low``, ``ci_high``,
+(``to_json``: ``value``, ``ci_low``, ``ci_high``,
 ``n``, ``resampled``), with what it is of (``layer``, ``component``, ...) beside it:
 
-- :func:`compare_vectors`: cos(base vector, tuned vector) per layer, the layer x layer
+- ``compare_vectors``: cos(base vector, tuned vector) per layer, the layer x layer
   cosine matrix of each model, PCA of all vectors across layers (raw and normalised: each
   vector scaled to unit length first, so the growth of the residual norm with depth does
   not decide the first component), the held-out separation per layer (the AUC with which the
   projection onto the train vector tells the matching from the non-matching variant,
-  :func:`paired_auc`) and the settling layer of each model (:func:`settling_positions`);
-- :func:`lineage_cosines`: for a lineage (base -> SFT -> ...), each later model's vector
+  ``paired_auc``) and the settling layer of each model (``settling_positions``);
+- ``lineage_cosines``: for a lineage (base -> SFT -> ...), each later model's vector
   against the base's per layer, and that cosine attributed to the lineage's stages (one
   paired bootstrap over the same resampled items for every model).
 """
@@ -70,7 +70,7 @@ def paired_auc(pos: np.ndarray, neg: np.ndarray, *, n_boot: int = 1000, seed: in
 
 @dataclasses.dataclass(frozen=True)
 class ConceptComparison:
-    """Everything :func:`compare_vectors` measured (rows ready for the summary; every
+    """Everything ``compare_vectors`` measured (rows ready for the summary; every
     estimate is ``{value, ci_low, ci_high, n, resampled}`` with its context beside it)."""
 
     cosine_by_layer: list[dict[str, Any]]
@@ -93,7 +93,7 @@ class ConceptComparison:
     cos(v_layer, v_next_layer) for consecutive extracted layers."""
     settling: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     """Model label -> ``{value, ci_low, ci_high, n, resampled, threshold, n_boot,
-    n_boot_unsettled}`` (:func:`settling_layer`; ``value`` is the layer, ``None`` where the
+    n_boot_unsettled}`` (``settling_layer``; ``value`` is the layer, ``None`` where the
     vectors never settle)."""
 
 
@@ -284,7 +284,7 @@ def best_layer(rows: Sequence[Mapping[str, Any]]) -> int:
 @dataclasses.dataclass(frozen=True)
 class LineageCosines:
     """Each later model's concept vector against the base's, per layer, and which stage of
-    the lineage changed that cosine (what :func:`lineage_cosines` measured)."""
+    the lineage changed that cosine (what ``lineage_cosines`` measured)."""
 
     lineage: tuple[str, ...]
     """The models in lineage order, base first."""
@@ -315,9 +315,9 @@ def lineage_cosines(acts: Mapping[str, Float[Tensor, "all 2 layer d_model"]],
 
     The vectors are the mean differences of the train items (as ``cosine_by_layer``). Every
     bootstrap replicate resamples the train items once and recomputes every model's vector
-    from those same items (the weights of :func:`compare_vectors`, so a two-model lineage
+    from those same items (the weights of ``compare_vectors``, so a two-model lineage
     ``base``, ``tuned`` gives its ``cosine_by_layer``); the stages' deltas and CIs come from
-    :func:`~difflens.analysis.attribution.attribute_levels` on these paired replicates, with
+    ``attribute_levels`` on these paired replicates, with
     the base's own level 1.0. Layers where the base's vector is zero have NaN cosines.
 
     Args:

@@ -23,7 +23,7 @@ DIVERSITY_KEYS = ("distinct_2", "self_bleu", "vendi", "precision", "recall")
 def text_nll(tokens: pd.DataFrame, n_texts: int) -> np.ndarray:
     """Per text (``text_id`` 0 .. ``n_texts - 1``), the mean negative log-prob of its tokens
     under the scorer: the one ``<model>_logprob`` column of a
-    :class:`~difflens.capture.text_divergence.TextDivergence` token table (NaN for a text
+    ``TextDivergence`` token table (NaN for a text
     without tokens)."""
     logprob = next(c for c in tokens.columns if c.endswith("_logprob"))
     nll = -tokens.groupby("text_id")[logprob].mean()
@@ -45,16 +45,16 @@ def decollapse_summary(table: pd.DataFrame, diversity: Mapping[str, Mapping[str,
     self_bleu, vendi, precision, recall}}}``.
 
     Args:
-        table: one row per text, with its ``set`` and ``nll`` (:func:`text_nll`).
+        table: one row per text, with its ``set`` and ``nll`` (``text_nll``).
         diversity: every set's diversity summary row
-            (:meth:`~difflens.analysis.diversity.DiversityResult.summary`), in the order of
+            (``summary``), in the order of
             the sets.
         model: the capped model.
         scorer: the model whose NLL the perplexity is.
         caps: the sampler's caps.
         seed: bootstrap seed.
 
-    ``ppl_under_scorer`` is an estimate (:func:`perplexity`), the diversity keys are the
+    ``ppl_under_scorer`` is an estimate (``perplexity``), the diversity keys are the
     diversity summary's own.
     """
     result: dict[str, Any] = {"model": model, "scorer": scorer, "caps": list(caps),

@@ -71,7 +71,7 @@ def _check_unit_rows(emb: np.ndarray, what: str) -> None:
     """Refuse rows that are not L2-normalised: both measures read ``emb @ emb.T`` as the
     cosine similarity, and raw rows would give a wrong number silently (a Vendi score of 0
     for large norms). All-zero rows (a text an encoder gave nothing for, as
-    :func:`~difflens.analysis.embeddings.embed` leaves them) pass."""
+    ``embed`` leaves them) pass."""
     norms = np.linalg.norm(np.asarray(emb, dtype=np.float64), axis=1)
     bad = np.flatnonzero((norms > 0) & (np.abs(norms - 1.0) > 1e-3))
     if len(bad):
@@ -192,7 +192,7 @@ class DiversityResult:
         Each metric is an estimate, ``{value, ci_low, ci_high, n, resampled}``: the
         per-prompt metrics are means over the prompts where they are finite (``n``), with CIs
         over prompts (a metric no prompt has is a bare NaN); ``frechet``, ``precision`` and
-        ``recall`` as in :attr:`frechet`.
+        ``recall`` as in ``frechet``.
         """
         out: dict[str, Any] = {}
         for model, g in self.per_prompt.groupby("model", sort=False):
@@ -254,7 +254,7 @@ def diversity(samples: Mapping[str, Sequence[Sequence[str]]], *,
             no Fréchet distance.
         reference_name: how the summary describes the reference.
         encoder: the sentence embedder, a callable ``texts -> array`` (rows are L2-normalised
-            here); :func:`difflens.models.encoders.embedder` makes one from a name.
+            here); ``difflens.models.encoders.embedder`` makes one from a name.
         encoder_name: what the result records as its encoder.
         seed: bootstrap seed.
         n_boot: bootstrap resamples of prompts for the Fréchet CI.

@@ -1,6 +1,6 @@
-"""Sentence embeddings as the analyses see them: texts through an :data:`~difflens._types.Embedder`
+"""Sentence embeddings as the analyses see them: texts through an ``Embedder``
 callable, then L2-normalised. Nothing here loads a model; a name (all-MiniLM-L6-v2, a hub id,
-a folder) becomes an embedder in :func:`difflens.models.encoders.embedder`.
+a folder) becomes an embedder in ``difflens.models.encoders.embedder``.
 """
 
 from collections.abc import Sequence

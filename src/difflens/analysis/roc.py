@@ -1,4 +1,4 @@
-"""ROC curves and their AUC, with percentile bootstrap CIs (:mod:`difflens.analysis.bootstrap`).
+"""ROC curves and their AUC, with percentile bootstrap CIs (``difflens.analysis.bootstrap``).
 
 The AUC is P(score of a positive > score of a negative), ties counting half: scikit-learn's
 ``roc_auc_score``, computed here from average ranks (the Mann-Whitney form), which gives the
@@ -54,7 +54,7 @@ def auc_ci(y: Shaped[np.ndarray, " n"], score: Shaped[np.ndarray, " n"],
         level: coverage.
 
     Returns:
-        The :class:`~difflens.analysis.bootstrap.Estimate`; ``n`` counts units.
+        The ``Estimate``; ``n`` counts units.
     """
     y, s = np.asarray(y), np.asarray(score)
     what = resampled or ("units" if groups is None else "groups")
@@ -67,7 +67,7 @@ def paired_auc_ci(y: Shaped[np.ndarray, " n"], score_a: Shaped[np.ndarray, " n"]
                   n_boot: int = 1000, seed: int = 0, resampled: str = "groups",
                   level: float = 0.95) -> tuple[Estimate, Estimate]:
     """AUC(a) and AUC(a) - AUC(b) of two scores of the same units, with CIs from one
-    cluster bootstrap of the groups (the draws of :func:`auc_ci` with the same seed; a
+    cluster bootstrap of the groups (the draws of ``auc_ci`` with the same seed; a
     resample where either AUC is undefined is left out of both).
     """
     y, a, b = np.asarray(y), np.asarray(score_a), np.asarray(score_b)
@@ -104,7 +104,7 @@ def roc_curve(y: Shaped[np.ndarray, " n"], score: Shaped[np.ndarray, " n"],
               groups: Sequence[object] | np.ndarray | None = None, *, n_boot: int = 1000,
               seed: int = 0, level: float = 0.95) -> RocCurve:
     """The ROC curve of ``score`` for labels ``y`` (both classes needed), with the AUC's
-    CI from :func:`auc_ci` (``groups``: resample them, e.g. the prompts)."""
+    CI from ``auc_ci`` (``groups``: resample them, e.g. the prompts)."""
     from sklearn.metrics import roc_curve as sk_roc_curve
 
     fpr, tpr, _ = sk_roc_curve(np.asarray(y), np.asarray(score))

@@ -3,7 +3,7 @@ projection of the points onto a sphere with how faithful it is.
 
 For a text ``w_1..w_T`` with token vectors ``v_i`` (a layer's residual stream), the path is
 ``Y_t = mean_{i<=t} v_i / |v_i|``. Paths of every model are projected together onto a sphere
-(:class:`SphereProjection`); :func:`faithfulness` says how well the sphere's geodesics keep
+(``SphereProjection``); ``faithfulness`` says how well the sphere's geodesics keep
 the order of the full-dimension angles.
 """
 

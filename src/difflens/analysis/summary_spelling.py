@@ -1,10 +1,10 @@
 """The one spelling of a value with its CI in ``summary.json``, and the migration of the
 older spellings to it.
 
-Every estimate is written as :meth:`~difflens.analysis.bootstrap.Estimate.to_json`:
+Every estimate is written as ``to_json``:
 ``{"value", "ci_low", "ci_high", "n", "resampled"}``, with any keys that say what it is of
 (``layer``, ``alpha``, ``token``, ``share``, ...) beside them. Until difflens 0.1 the same
-thing was spelled five ways; :func:`respell` rewrites a summary in those spellings into the
+thing was spelled five ways; ``respell`` rewrites a summary in those spellings into the
 one spelling, keeping every key's path (only the CI leaves change):
 
 1. ``{"mean", "ci95": [lo, hi], "n"}`` becomes an estimate (``mean`` is its ``value``);

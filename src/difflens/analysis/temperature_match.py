@@ -1,6 +1,6 @@
 """Where does the tuned model, sampled hotter, become as diverse as the base at T = 1?
 
-The exact-probe temperature sweep (:func:`~difflens.capture.outcomes.temperature_sweep`) asks
+The exact-probe temperature sweep (``temperature_sweep``) asks
 whether a temperature explains the tuned model's answer distributions. This is the same
 question for free text: the tuned model is sampled at several temperatures and the base at
 1, a diversity metric is computed per prompt, and the meeting temperature is where the tuned

@@ -2,10 +2,10 @@
 
 Predictors (all trained on training prompts only; the split is by prompt):
 
-- :class:`SoftmaxProbe`: a linear softmax on one layer's final-token state, trained with
+- ``SoftmaxProbe``: a linear softmax on one layer's final-token state, trained with
   cross-entropy against each prompt's empirical first-theme distribution (soft labels,
   L2 penalty chosen on a validation part of the training prompts);
-- :class:`ChainTransformer`: a 2-layer transformer over the last ``m`` states of one layer
+- ``ChainTransformer``: a 2-layer transformer over the last ``m`` states of one layer
   that predicts the next theme autoregressively (themes + an end token), so it gives a
   distribution over chains; beam search lists the top chains with their probabilities;
 - baselines: the marginal first-theme distribution of the training prompts, and the softmax

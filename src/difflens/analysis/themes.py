@@ -1,17 +1,17 @@
 """Themes: segment sampled continuations, embed the segments, cluster them, label the clusters,
 and turn every continuation into a chain of themes.
 
-- :func:`segment` splits a continuation into sentences (default) or fixed token windows;
-- :func:`fit_themes` embeds segments with a sentence embedder (a callable; the pipelines make
-  one of all-MiniLM-L6-v2, offline, with :func:`difflens.models.encoders.embedder`) and
+- ``segment`` splits a continuation into sentences (default) or fixed token windows;
+- ``fit_themes`` embeds segments with a sentence embedder (a callable; the pipelines make
+  one of all-MiniLM-L6-v2, offline, with ``difflens.models.encoders.embedder``) and
   clusters them: k-means with k chosen by silhouette within a range, or
   HDBSCAN, whose outliers stay outliers (theme ``-1``, reported, never hidden);
 - every theme is labelled with its c-TF-IDF keywords and its three most central segments;
   an optional OpenAI-compatible chat endpoint can name it (off by default);
-- a :class:`ThemeModel` (encoder name, centroids, labels) is saved as safetensors + JSON and
+- a ``ThemeModel`` (encoder name, centroids, labels) is saved as safetensors + JSON and
   assigns themes to new text (nearest centroid by cosine; for HDBSCAN, an outlier when the
   similarity is below the cluster's own 5th percentile);
-- :func:`chains` merges consecutive repeats (optional) and :func:`chain_distributions` gives
+- ``chains`` merges consecutive repeats (optional) and ``chain_distributions`` gives
   each prompt's empirical distribution over first themes, chains of length <= m, and
   transition counts.
 """
@@ -80,7 +80,7 @@ def _ctfidf(docs_by_theme: dict[int, list[str]], top: int) -> dict[int, list[str
 
 @dataclasses.dataclass(frozen=True)
 class ThemeModel:
-    """Fitted themes: assign new text with :meth:`assign`; save with :meth:`save`."""
+    """Fitted themes: assign new text with ``assign``; save with ``save``."""
 
     encoder: str
     centroids: Float[np.ndarray, "k dim"]
@@ -114,7 +114,7 @@ class ThemeModel:
 
     def assign(self, texts: Sequence[str], *, encoder: Embedder) -> Int[np.ndarray, " n"]:
         """Theme of each text, embedded by ``encoder`` (an embedder of the encoder named in
-        :attr:`encoder`, e.g. ``difflens.models.encoders.embedder(model.encoder)``)."""
+        ``encoder``, e.g. ``difflens.models.encoders.embedder(model.encoder)``)."""
         return self.assign_embeddings(embed(list(texts), encoder))
 
     def save(self, path: str | Path) -> None:
@@ -214,7 +214,7 @@ def fit_themes(segments: Sequence[str], *, encoder: Embedder | None = None,
     """Embed ``segments``, cluster them into themes and label every theme.
 
     ``encoder`` embeds the segments unless their ``embeddings`` are given; ``encoder_name``
-    is the name the :class:`ThemeModel` records for it."""
+    is the name the ``ThemeModel`` records for it."""
     if not segments:
         raise InputError("no segments to fit themes on (are all continuations empty?)")
     if embeddings is not None:

@@ -1,18 +1,18 @@
 """Trajectories on the sphere: how the paths of two (or more) models compare.
 
-A trajectory table (:mod:`difflens.analysis.trajectory_table`) holds the cumulative-mean
-paths of every model (:mod:`difflens.analysis.sphere`), one row per point.
-:func:`trajectory_stats` measures everything the trajectories report says about one point
+A trajectory table (``difflens.analysis.trajectory_table``) holds the cumulative-mean
+paths of every model (``difflens.analysis.sphere``), one row per point.
+``trajectory_stats`` measures everything the trajectories report says about one point
 set (the sphere's coordinates, or the full-dimension cumulative means, where the geodesic is
 the angle between the vectors), each statistic vectorised over the whole table, with counts
 and bootstrap CIs that resample prompts (the paths of one prompt are not independent):
 
 - the distance between two models' paths per token index
-  (:mod:`difflens.analysis.trajectory_distance`);
+  (``difflens.analysis.trajectory_distance``);
 - the jumps: tokens ranked by the jump they cause, and the models' mean-jump difference per
-  index (:mod:`difflens.analysis.trajectory_jumps`);
-- the direction of movement (:mod:`difflens.analysis.trajectory_direction`);
-- sentiment weighted by jumps (:mod:`difflens.analysis.trajectory_sentiment`).
+  index (``difflens.analysis.trajectory_jumps``);
+- the direction of movement (``difflens.analysis.trajectory_direction``);
+- sentiment weighted by jumps (``difflens.analysis.trajectory_sentiment``).
 
 Every value with a CI is an estimate, ``{value, ci_low, ci_high, n, resampled}``.
 """
@@ -41,37 +41,37 @@ __all__ = ["SphereProjection", "TrajectoryStats", "trajectory_stats"]
 
 @dataclasses.dataclass(frozen=True)
 class TrajectoryStats:
-    """What :func:`trajectory_stats` measured on one point set (sphere or full dimension)."""
+    """What ``trajectory_stats`` measured on one point set (sphere or full dimension)."""
 
     distance_by_index: dict[str, list[dict[str, Any]]]
     """``prompt`` / ``continuation`` -> ``[{value, ci_low, ci_high, n, resampled, index}]``
-    (radians; :func:`~difflens.analysis.trajectory_distance.distance_by_index`)."""
+    (radians; ``distance_by_index``)."""
     jumps_by_index: dict[str, list[dict[str, Any]]]
     """Model -> mean jump per step index (all segments): ``[{index, mean, n}]``."""
     top_tokens: list[dict[str, Any]]
     """The tokens with the largest mean jump, each an estimate of it with the token
-    (:func:`~difflens.analysis.trajectory_jumps.rank_tokens`)."""
+    (``rank_tokens``)."""
     bottom_tokens: list[dict[str, Any]]
     top_tokens_adjusted: list[dict[str, Any]]
     """Ranked by jump relative to the mean jump at the same step (the ``value`` is then a
     ratio): early steps of a cumulative mean always move more, and this removes that."""
     bottom_tokens_adjusted: list[dict[str, Any]]
     sentiment: dict[str, Any]
-    """:func:`~difflens.analysis.trajectory_sentiment.sentiment_stats`."""
+    """``sentiment_stats``."""
     jumps: pd.DataFrame
     """One row per ranked jump: prompt_id, model, segment, step, token (readable),
     token_raw (the tokenizer's string), jump, sentiment, jump_rel."""
     jump_difference: dict[str, Any] = dataclasses.field(default_factory=dict)
     """Mean jump per index, tuned minus base
-    (:func:`~difflens.analysis.trajectory_jumps.jump_difference`)."""
+    (``jump_difference``)."""
     direction: dict[str, Any] = dataclasses.field(default_factory=dict)
     """Turns between consecutive moves and the models' move cosines
-    (:func:`~difflens.analysis.trajectory_direction.direction_stats`)."""
+    (``direction_stats``)."""
     distance_pairs: dict[tuple[str, str], dict[str, list[dict[str, Any]]]] = (
         dataclasses.field(default_factory=dict))
     """``(a, b)`` -> ``prompt`` / ``continuation`` -> rows as in ``distance_by_index``: the
     distance per token index of every pair asked for (a model set's lineage pairs); empty
-    unless :func:`trajectory_stats` is given ``pairs``."""
+    unless ``trajectory_stats`` is given ``pairs``."""
 
 
 def trajectory_stats(
@@ -92,7 +92,7 @@ def trajectory_stats(
     mean-jump difference per index and the direction of movement.
 
     Args:
-        df: a trajectory table (:func:`~difflens.inputs.trajectory_files.check_table`).
+        df: a trajectory table (``check_table``).
         points: one row per table row (default: the table's x, y, z); pass the
             full-dimension cumulative means to measure in the full dimension.
         models: the model labels, base first: the two of a pair, or a model set's names in
@@ -110,7 +110,7 @@ def trajectory_stats(
         n_boot: bootstrap resamples (over prompts).
         seed: bootstrap seed.
         score_words: scores each ranked token's word for the sentiment statistics
-            (:func:`difflens.models.labellers.sentiment`, VADER, in the pipelines); without
+            (``difflens.models.labellers.sentiment``, VADER, in the pipelines); without
             one, ``sentiment`` is empty.
     """
     df = df.reset_index(drop=True)

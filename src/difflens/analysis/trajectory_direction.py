@@ -37,7 +37,7 @@ def direction_stats(df: pd.DataFrame, points: np.ndarray, models: Sequence[str],
         ``{turn_angle: {model: {by_index, overall}}, move_cosine: {prompt|continuation:
         {by_index, overall}}}``; each ``by_index`` row is an estimate with its index,
         ``{value, ci_low, ci_high, n, resampled: "prompts", index}``, each ``overall`` an
-        estimate (:func:`~difflens.analysis.trajectory_distance.index_means`).
+        estimate (``index_means``).
     """
     same = same_path_as_previous(df)
     move = np.full(points.shape, np.nan)

@@ -104,7 +104,7 @@ def distance_to_base_by_prompt(df: pd.DataFrame, points: np.ndarray, lineage: Se
     At each step of the prompt's path (``kind="prompt"``: both models read the same tokens)
     the geodesic between the two models' points is taken; a prompt's value is the mean over
     its steps (over every continuation's steps for ``kind="continuation"``). These are the
-    per-unit values a stage attribution (:func:`difflens.analysis.attribution.attribute`)
+    per-unit values a stage attribution (``difflens.analysis.attribution.attribute``)
     takes: the change from one stage to the next, paired over prompts.
 
     Args:

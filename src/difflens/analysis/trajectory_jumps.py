@@ -2,7 +2,7 @@
 and the difference of two models' mean jump per token index.
 
 The jump at step ``t`` is the geodesic from ``Y_{t-1}`` to ``Y_t``
-(:func:`~difflens.analysis.trajectory_table.path_jumps`), attributed to token ``t``.
+(``path_jumps``), attributed to token ``t``.
 """
 
 import warnings
@@ -34,7 +34,7 @@ def jump_difference(df: pd.DataFrame, jump: np.ndarray, models: tuple[str, str],
     Args:
         df: a trajectory table (default index).
         jump: one jump per row
-            (:func:`~difflens.analysis.trajectory_table.path_jumps`; NaN where there is none).
+            (``path_jumps``; NaN where there is none).
         models: the two labels (base first).
         n_boot: bootstrap resamples.
         seed: bootstrap seed.

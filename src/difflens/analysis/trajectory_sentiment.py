@@ -14,8 +14,8 @@ from difflens.analysis.trajectory_distance import ratio_ci
 from difflens.analysis.trajectory_table import readable_token
 
 WordScorer = Callable[[list[str]], np.ndarray]
-"""Scores texts, one number each (a labeller such as :func:`difflens.models.labellers.
-sentiment`, VADER's compound score); the statistics here take its scores, never load it."""
+"""Scores texts, one number each (a labeller such as ``difflens.models.labellers.sentiment``,
+VADER's compound score); the statistics here take its scores, never load it."""
 
 
 def token_sentiment(tokens: Sequence[Any], score_words: WordScorer) -> np.ndarray:
@@ -37,7 +37,7 @@ def sentiment_stats(j: pd.DataFrame, models: Sequence[str], n_boot: int, seed: i
 
     Args:
         j: one row per jump: ``prompt_id``, ``model``, ``jump`` and the token's
-            ``sentiment`` (:func:`token_sentiment`).
+            ``sentiment`` (``token_sentiment``).
         models: the model labels.
         n_boot: bootstrap resamples.
         seed: bootstrap seed.

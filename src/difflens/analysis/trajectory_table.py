@@ -3,7 +3,7 @@
 A **trajectory table** has one row per point of a path, with the columns ``prompt_id,
 model, segment, step, token, x, y, z`` (``segment`` is ``"prompt"`` or
 ``"continuation:i"``); the rows of a path are consecutive and in step order
-(:func:`~difflens.inputs.trajectory_files.check_table` sorts them). The points may be the
+(``check_table`` sorts them). The points may be the
 table's sphere coordinates or any other point per row (the full-dimension cumulative means).
 
 Jump convention: the jump at step ``t`` is the geodesic from ``Y_{t-1}`` to ``Y_t``, the move
@@ -27,7 +27,7 @@ def point_columns(df: pd.DataFrame) -> list[str]:
 
 def same_path_as_previous(df: pd.DataFrame) -> np.ndarray:
     """True where a row continues the path of the row before it (rows of a path are
-    consecutive, as :func:`~difflens.inputs.trajectory_files.check_table` sorts them)."""
+    consecutive, as ``check_table`` sorts them)."""
     same = np.r_[False, np.ones(len(df) - 1, dtype=bool)] if len(df) else np.zeros(0, bool)
     for col in ("prompt_id", "model", "segment"):
         v = pd.factorize(df[col])[0]
@@ -83,7 +83,7 @@ def lineage_pairs(names: Sequence[str]) -> list[tuple[str, str]]:
 
 
 def display_token(token: str) -> str:
-    """A token as readable text: :func:`difflens.inputs.tokens.format_token`."""
+    """A token as readable text: ``difflens.inputs.tokens.format_token``."""
     return format_token(token)
 
 
@@ -102,5 +102,5 @@ def readable_tokens(df: pd.DataFrame) -> pd.DataFrame:
 
 def readable_token(token: str) -> str:
     """A token string (``Ġ`` = space, ``Ċ`` = newline, ``▁``, ``<0x0A>``) as text:
-    :func:`difflens.inputs.tokens.format_token`."""
+    ``difflens.inputs.tokens.format_token``."""
     return format_token(token)

@@ -2,7 +2,7 @@
 likely path, the probability mass it covers and the entropy of its leaves.
 
 The tree is read through the small protocols below (what
-:class:`~difflens.sampling.tree.ProbabilityTree` has), so this needs none of the code that
+``ProbabilityTree`` has), so this needs none of the code that
 builds a tree from a model.
 """
 

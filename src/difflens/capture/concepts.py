@@ -1,12 +1,12 @@
 """Concept vectors from contrastive A/B items, per layer and per model: their extraction
 and their file format.
 
-:func:`extract_concepts` runs both variants of every item through each model (batched,
+``extract_concepts`` runs both variants of every item through each model (batched,
 sharing the prompt's KV cache) and keeps the residual stream at the read position at every
 layer. Items are split once, by a seeded permutation, into a train part that defines the
 vectors and a held-out part that tests them. The extraction's cache key and its split are
-what :func:`compare_concepts` (one model, a pair or a set) and :func:`cosine_vs_base` (a
-lineage) hand to the statistics of :mod:`difflens.analysis.concept_stats`: cosines per
+what ``compare_concepts`` (one model, a pair or a set) and ``cosine_vs_base`` (a
+lineage) hand to the statistics of ``difflens.analysis.concept_stats``: cosines per
 layer and layer x layer, PCA, held-out separation, the settling layer, and each later
 model's cosine with the base attributed to the lineage's stages, each with a bootstrap CI
 over items.
@@ -48,7 +48,7 @@ class ConceptVectors:
     """One vector per layer per model, with where and from how many items it came.
 
     Supports ``+``, ``-``, scalar ``*`` and ``/`` (same models and layers required), and
-    :meth:`save` / :func:`load_vectors` (safetensors, metadata as JSON).
+    ``save`` / ``load_vectors`` (safetensors, metadata as JSON).
     """
 
     vectors: dict[str, Float[Tensor, "layer d_model"]]
@@ -108,7 +108,7 @@ class ConceptVectors:
 
 
 def load_vectors(path: str | Path) -> ConceptVectors:
-    """Read vectors written by :meth:`ConceptVectors.save`."""
+    """Read vectors written by ``ConceptVectors.save``."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -228,9 +228,9 @@ def extract_concepts(
     a set.
 
     Args:
-        model_or_pair: a :class:`LoadedModel`, a :class:`ModelPair` or a :class:`ModelSet`
+        model_or_pair: a ``LoadedModel``, a ``ModelPair`` or a ``ModelSet``
             (same shapes; labels ``model``, ``base``/``tuned`` or the set's names).
-        dataset: contrastive items (:func:`~difflens.inputs.ab_items.load_ab_dataset`).
+        dataset: contrastive items (``load_ab_dataset``).
         layers: ``"all"``, or layer indices (negatives count from the end).
         position: ``"answer"`` (the answer letter's token) or ``"last"``.
         method: ``"mean_diff"`` (CAA: mean of matching - non-matching) or ``"pca"`` (the
@@ -316,7 +316,7 @@ def compare_concepts(ex: ConceptExtraction, *, n_boot: int = 500, seed: int = 0,
                      settle_threshold: float = 0.9) -> ConceptComparison:
     """Cosine per layer, layer x layer cosines, PCA, held-out separation and the settling
     layer of an extraction, with CIs (bootstrap over the train items: resample them,
-    recompute the vectors): :func:`~difflens.analysis.concept_stats.compare_vectors` on its
+    recompute the vectors): ``compare_vectors`` on its
     train differences, its vectors and its held-out items.
 
     ``settle_threshold`` is the least consecutive-layer cosine that counts as settled.
@@ -330,7 +330,7 @@ def cosine_vs_base(ex: ConceptExtraction, lineage: Sequence[str] | None = None, 
                    n_boot: int = 500, seed: int = 0) -> LineageCosines:
     """cos(base vector, model vector) per layer for every model after the base, with 95%
     CIs, and the attribution of that cosine to the lineage's stages
-    (:func:`~difflens.analysis.concept_stats.lineage_cosines` on the train items).
+    (``lineage_cosines`` on the train items).
 
     Args:
         ex: an extraction of every model of ``lineage``.

@@ -1,7 +1,7 @@
 """Batched forward passes over both variants of contrastive A/B items, sharing their prefix.
 
 The matching and non-matching variants of an item differ only in their last few tokens.
-:func:`forward_ab` runs the shared prefix of a batch of items once (left-padded, asking the
+``forward_ab`` runs the shared prefix of a batch of items once (left-padded, asking the
 model for the logits of the last position only), repeats its KV cache for the two variants,
 and runs only the differing suffixes on top of it, with scoped hooks recording the residual
 stream at the read positions. It returns, per item, the states of both variants at every
@@ -132,7 +132,7 @@ def forward_ab(
 
     Args:
         lm: the model (hooks are scoped to each pass; the model is not changed).
-        items: tokenized items (see :func:`~difflens.inputs.ab_items.tokenize_items`).
+        items: tokenized items (see ``tokenize_items``).
         layers: normalised layer indices to record.
         share_prefix: run each item's shared prefix once and reuse its KV cache for the two
             answers; needs a model that takes and returns a KV cache.

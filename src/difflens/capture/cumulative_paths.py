@@ -112,7 +112,7 @@ def build_paths(
             model and chunk, keyed by the model, the prompts and the settings); a rerun after
             a kill continues from the first missing chunk and gives the same result.
         chunk: prompts per cached chunk (does not change the result); on the Ray engine
-            (:func:`~difflens.models.engines.use_engine`) each chunk is one worker's job.
+            (``use_engine``) each chunk is one worker's job.
     """
     models = models_of(model_or_pair)
     first = next(iter(models.values()))

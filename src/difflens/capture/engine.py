@@ -1,6 +1,6 @@
 """Batched capture of all-layer activations and next-token statistics into a run store.
 
-The plan (config, shards, batches, cache key) is :mod:`~difflens.capture.plan`; this module
+The plan (config, shards, batches, cache key) is ``plan``; this module
 runs it: the forward pass, the shard jobs and resuming after a kill.
 
 ``capture`` tokenizes the prompts, splits them into shards fixed by the data (never by the
@@ -143,7 +143,7 @@ def capture(
     """Capture hidden states and next-token statistics for ``prompts`` into ``store``.
 
     Args:
-        model_or_pair: one :class:`LoadedModel` (label ``model``) or a :class:`ModelPair`
+        model_or_pair: one ``LoadedModel`` (label ``model``) or a ``ModelPair``
             (labels ``base`` and ``tuned``; both read the same token ids); or plain
             ``transformers`` models (one, or a ``(base, tuned)`` tuple) with ``tokenizer``.
         prompts: the texts; each is tokenized with the model's special tokens.
@@ -165,14 +165,13 @@ def capture(
         shard_mb: target size of a tensor shard.
         padding_side: ``right`` or ``left``; the results do not depend on it.
         progress: show a rich progress bar with tokens/s on stderr.
-        engine: ``"local"`` (this process), ``"ray"`` or a :class:`~difflens.models.engines.
-            RayEngine` (actors that load the models once and write whole shards into the
-            store); default: the engine set by :func:`~difflens.models.engines.use_engine`,
-            else local. The shard plan and the cache key do not depend on it, so a run
-            started on one engine resumes on the other, with identical files.
+        engine: ``"local"`` (this process), ``"ray"`` or a ``RayEngine`` (actors that load the
+            models once and write whole shards into the store); default: the engine set by
+            ``use_engine``, else local. The shard plan and the cache key do not depend on it,
+            so a run started on one engine resumes on the other, with identical files.
 
     Returns:
-        The finished :class:`RunStore`.
+        The finished ``RunStore``.
     """
     model_or_pair = as_models(model_or_pair, tokenizer=tokenizer)
     models = models_of(model_or_pair)

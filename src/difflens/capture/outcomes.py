@@ -13,7 +13,7 @@ after the prompt (default ``" {}"``, or ``"{}"`` in a chat turn); ``chat: true``
 prompt a user turn, wrapped in the model's chat template when it has one and in a plain
 ``Question: ...\\nAnswer:`` frame otherwise; ``boundary`` (default true) requires the answer
 to end there (" 1" does not also count " 10"). Multi-token answers are scored by chaining
-their tokens' probabilities (:func:`~difflens.capture.scoring.continuation_logprobs`), then
+their tokens' probabilities (``continuation_logprobs``), then
 renormalised over the answer set; the mass outside it is reported. The built-in probes are
 in ``difflens/data/probes.jsonl``; a user file works the same way.
 """

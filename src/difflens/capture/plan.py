@@ -14,7 +14,7 @@ from difflens.models.loading import LoadedModel
 Positions = Literal["all", "last"] | Sequence[int]
 
 KEY_VERSION = 2
-"""How cache keys are made: 2 = :func:`difflens._io.fingerprint`; 1 = before it."""
+"""How cache keys are made: 2 = ``difflens._io.fingerprint``; 1 = before it."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,7 +4,7 @@ next-token distribution there.
 
 This is the one forward pass over prompts that reads their states (the collapse pipeline's
 entropy prediction and the themes pipeline's predictors both use it). Prompts are tokenised
-as the rest of capture tokenises them (:func:`~difflens.capture.plan.tokenize_prompts`:
+as the rest of capture tokenises them (``tokenize_prompts``:
 special tokens added, a prompt longer than the model's context keeps its end), or, with
 ``chat``, in the chat template (as generation wraps them, so the states are read where the
 continuations were sampled).
@@ -35,7 +35,7 @@ class PromptEnds:
     """Layer -> the states of each prompt's last ``m`` tokens, right-aligned (a prompt of
     fewer tokens leaves zero rows in front); empty unless asked for (``last > 0``)."""
     last_mask: Bool[np.ndarray, "n m"] | None = None
-    """Which rows of :attr:`last` hold a token's state; None unless asked for."""
+    """Which rows of ``last`` hold a token's state; None unless asked for."""
 
 
 def prompt_ids(lm: LoadedModel, prompts: Sequence[str], *, chat: bool = False
@@ -55,15 +55,15 @@ def prompt_ids(lm: LoadedModel, prompts: Sequence[str], *, chat: bool = False
 def prompt_ends(lm: LoadedModel, prompts: Sequence[str], layers: Sequence[int], *,
                 batch_size: int = 32, last: int = 0, chat: bool = False) -> PromptEnds:
     """Final-token states at ``layers`` and the next-token entropy of every prompt (one
-    padded forward pass per batch, through :func:`~difflens.capture.engine.forward_batch`).
+    padded forward pass per batch, through ``forward_batch``).
 
     Args:
         lm: the model.
-        prompts: the prompts (tokenised by :func:`prompt_ids`).
+        prompts: the prompts (tokenised by ``prompt_ids``).
         layers: capture layer indices to read.
         batch_size: prompts per forward pass.
         last: also keep the states of each prompt's last ``last`` tokens
-            (:attr:`PromptEnds.last`, with :attr:`PromptEnds.last_mask`).
+            (``PromptEnds.last``, with ``PromptEnds.last_mask``).
         chat: read the prompts in the chat template.
     """
     seqs = prompt_ids(lm, prompts, chat=chat)

@@ -1,11 +1,11 @@
 """Exact probabilities of continuations, chained over their tokens (no sampling).
 
-:func:`continuation_logprobs` gives log P(continuation | prefix) for every candidate, at one
+``continuation_logprobs`` gives log P(continuation | prefix) for every candidate, at one
 or more temperatures, from logits: the prefix runs once and its KV cache is repeated for a
 batch of candidates, so only the candidates' own tokens are computed. With ``boundary=True``
 each candidate must also *end* there: its probability is multiplied by the probability that
 the next token does not continue the word (it starts with neither a letter nor a digit, or
-is a special token), so that " 1" does not also count " 10". :func:`outcome_distribution`
+is a special token), so that " 1" does not also count " 10". ``outcome_distribution``
 renormalises the scores over a closed answer set and reports the mass that falls outside it.
 """
 

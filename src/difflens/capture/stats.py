@@ -63,7 +63,7 @@ def next_token_stats(
         top_k: how many top tokens to keep.
 
     Returns:
-        ``(per_model, pair)``: :class:`TokenStats` per label, and :class:`PairStats` (or
+        ``(per_model, pair)``: ``TokenStats`` per label, and ``PairStats`` (or
         ``None`` without a base/tuned pair).
     """
     labels = list(logits)

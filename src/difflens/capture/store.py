@@ -73,8 +73,8 @@ def refresh(remote: RemoteDir, local: Path, names: tuple[str, ...]) -> None:
 class RunStore:
     """Read access to a finished capture run.
 
-    Use :meth:`open`; then :meth:`hidden` for hidden states by (prompt, layer),
-    :meth:`stats` for the per-token table, :attr:`models` for identities.
+    Use ``open``; then ``hidden`` for hidden states by (prompt, layer),
+    ``stats`` for the per-token table, ``models`` for identities.
     """
 
     def __init__(self, path: Path, manifest: dict[str, Any],
@@ -180,7 +180,7 @@ class RunStore:
     ) -> Float[Tensor, "rows d_model"]:
         """Hidden states of one prompt at one layer: one row per stored position.
 
-        The positions are :meth:`positions` ``(prompt)``.
+        The positions are ``positions`` ``(prompt)``.
         """
         from safetensors import safe_open
 
@@ -192,7 +192,7 @@ class RunStore:
             return sl[int(row.row_start) : int(row.row_start) + int(row.n_rows)]
 
     def positions(self, prompt: int) -> list[int]:
-        """Token positions of the rows :meth:`hidden` returns for ``prompt``."""
+        """Token positions of the rows ``hidden`` returns for ``prompt``."""
         from safetensors import safe_open
 
         row = self._row(prompt)

@@ -1,7 +1,7 @@
 """Divergence along text: per-token entropy, KL both ways, top-1 agreement and log-probs.
 
 The corpus is prompts with continuations, sampled from either model (seeded) or read from a
-file. Every ``prompt + continuation`` is captured with :func:`~difflens.capture.capture`
+file. Every ``prompt + continuation`` is captured with ``capture``
 (full next-token distributions of both models, in a resumable run store), and the rows that
 predict continuation tokens are kept, indexed by ``t``, the continuation token's index.
 Summaries average per text first, so the bootstrap CIs are over texts, not tokens.
@@ -83,7 +83,7 @@ def sample_corpus(model_or_pair: LoadedModel | ModelPair, prompts: Sequence[str]
 class TextDivergence:
     tokens: pd.DataFrame
     """One row per continuation token: text_id, source, t, token, context (``copy``,
-    ``repeat`` or ``novel``: :func:`~difflens.analysis.contexts.ngram_contexts`),
+    ``repeat`` or ``novel``: ``ngram_contexts``),
     ``<model>_entropy``, ``<model>_logprob`` and, for a pair, kl_tuned_base, kl_base_tuned,
     top1_agree."""
     corpus: Corpus
@@ -115,7 +115,7 @@ class TextDivergence:
 
     def contexts(self, *, seed: int = 0) -> dict[str, Any]:
         """Which contexts collapse: the entropy drop (base - tuned; for one model, its
-        entropy) by copy / repeat / novel context (:mod:`difflens.analysis.contexts`)."""
+        entropy) by copy / repeat / novel context (``difflens.analysis.contexts``)."""
         df = self.tokens
         if "base_entropy" in df and "tuned_entropy" in df:
             df = df.assign(entropy_drop=df.base_entropy - df.tuned_entropy)

@@ -163,7 +163,7 @@ def set_specs(specs: list[str] | None, base: str | None, tuned: str | None, *,
               revision: str | None) -> dict[str, str]:
     """Name -> model of ``--model NAME=MODEL`` (repeated, lineage order) or of the
     ``--base/--tuned`` shorthand (named base and tuned), with the set's tokenizers and configs
-    compared (:func:`~difflens.models.check_model_set`): an incompatible set is refused in
+    compared (``check_model_set``): an incompatible set is refused in
     one line before any weights load."""
     from difflens.models import check_model_set, parse_model_specs
 
@@ -184,7 +184,7 @@ def set_specs(specs: list[str] | None, base: str | None, tuned: str | None, *,
 def load_set(named: dict[str, str], *, revision: str | None, dtype: str | None,
              device: str | None, layers_path: str | None = None,
              device_map: str | None = None, quantization: str | None = None) -> "ModelSet":
-    """The :class:`~difflens.models.ModelSet` of :func:`set_specs`'s models, loaded alike."""
+    """The ``ModelSet`` of ``set_specs``'s models, loaded alike."""
     from difflens.models import ModelSet
 
     kw: dict[str, Any] = dict(revision=revision, dtype=dtype, device=device,
@@ -234,7 +234,7 @@ class VocabCommand(TyperCommand):
 
 def vocab(renamed: dict[str, str] | None = None,
           moved: tuple[str, str] | None = None) -> type[VocabCommand]:
-    """A :class:`VocabCommand` class for ``app.command(..., cls=vocab(...))``."""
+    """A ``VocabCommand`` class for ``app.command(..., cls=vocab(...))``."""
     attrs: dict[str, Any] = {"renamed": dict(renamed or {}), "moved": moved}
     return type("VocabCommand", (VocabCommand,), attrs)
 
@@ -260,6 +260,6 @@ class DefaultVerbGroup(TyperGroup):
 
 def default_verb_group(verb: str, legacy_renamed: dict[str, str] | None = None
                        ) -> type[DefaultVerbGroup]:
-    """A :class:`DefaultVerbGroup` class for ``typer.Typer(cls=...)``."""
+    """A ``DefaultVerbGroup`` class for ``typer.Typer(cls=...)``."""
     attrs: dict[str, Any] = {"default_verb": verb, "legacy_renamed": dict(legacy_renamed or {})}
     return type("DefaultVerbGroup", (DefaultVerbGroup,), attrs)

@@ -1,5 +1,5 @@
 """Commands built from configs: each instrument command's options are its config's fields
-(:mod:`difflens._config`), plus the option groups every model command shares: the models
+(``difflens._config``), plus the option groups every model command shares: the models
 (``--model``, or the ``--base/--tuned`` shorthand), the loading options and the engine.
 
 One flag has one meaning in every command: ``--model`` is a model of the run, as
@@ -106,7 +106,7 @@ def config_of(cls: type[C], values: Mapping[str, Any], *, base: C | None = None)
 
 
 def loading(values: Mapping[str, Any]) -> dict[str, Any]:
-    """The keyword arguments of :func:`difflens.cli._common.load` from the loading options."""
+    """The keyword arguments of ``difflens.cli._common.load`` from the loading options."""
     return {"revision": values.get("revision"), "dtype": values.get("dtype"),
             "device": values.get("device"), "layers_path": values.get("layers_path"),
             "device_map": values.get("device_map"), "quantization": values.get("quantize")}
@@ -119,7 +119,7 @@ def engine(values: Mapping[str, Any]) -> Any:
 
 
 def load_models(values: Mapping[str, Any]) -> Any:
-    """One model, a pair or a :class:`~difflens.models.ModelSet` from ``--model`` (repeated)
+    """One model, a pair or a ``ModelSet`` from ``--model`` (repeated)
     or ``--base/--tuned``, loaded with the loading options (a set's tokenizers and configs
     are compared before any weights load)."""
     specs, base, tuned = values.get("model") or [], values.get("base"), values.get("tuned")

@@ -3,7 +3,7 @@
 Every command writes into ``--out`` and merges its keys into ``OUT/summary.json``, so the
 steps can be run one at a time or together (``all``). Each step's command takes only the
 options that step reads (``_STEP_OPTIONS``); every option is a field of
-:class:`~difflens.pipelines.collapse.CollapseConfig` (flag, help, default), and ``all``
+``CollapseConfig`` (flag, help, default), and ``all``
 takes the union.
 """
 
@@ -77,7 +77,7 @@ _RENAMED = {"--k-samples": "--samples", "--positions": "--perturb-at"}
 
 
 def _flag(name: str) -> str:
-    """The flag of option ``name`` (as declared in :data:`_OPTIONS`)."""
+    """The flag of option ``name`` (as declared in ``_OPTIONS``)."""
     info = typing.get_args(_OPTIONS[name][0])[1]
     # typer keeps a flag given as the first positional argument in ``default``
     return str(info.param_decls[0] if info.param_decls else info.default)

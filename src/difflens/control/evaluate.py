@@ -189,7 +189,7 @@ class ControlEvaluation:
     estimates: dict[tuple[str, float], dict[str, Estimate]] = dataclasses.field(
         default_factory=dict)
     """(controller, gain) -> the cell's estimates by name (``bad_rate``, ``ppl``, ``kl``,
-    ...): the numbers of :attr:`cells` with the prompts each was computed on."""
+    ...): the numbers of ``cells`` with the prompts each was computed on."""
 
     def summary(self) -> dict[str, Any]:
         """``{controller: {gain: {n, n_prompts, bad_rate, ..., kl, tokens_per_s,
@@ -361,8 +361,8 @@ def evaluate_control(
         lm: the model; probe: its state probe (checked against the model).
         prompts: prompts that lead towards the bad region.
         config: controllers, gains, samples per prompt, generation settings, seed.
-        independent: a second judge of the texts (:func:`lexicon_measure`,
-            :func:`organism_measure`), or None.
+        independent: a second judge of the texts (``lexicon_measure``,
+            ``organism_measure``), or None.
         independent_name: what it is, for reports.
         direction: steering direction towards bad (default: the probe's).
         store: a folder for finished cells; a rerun reuses them (resumable).

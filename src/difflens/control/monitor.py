@@ -211,7 +211,7 @@ def generate_monitored(
         controller: the controller and its gain (default: monitor only).
         config: tokens, temperature, seed, batch size, chat template.
         threshold: alert / control threshold in [0, 1] (default: the probe's).
-        direction: steering direction towards bad, a vector or a :class:`SteeringVector`
+        direction: steering direction towards bad, a vector or a ``SteeringVector``
             (its vector at the probe's layer; default: the probe's direction).
         on_event: called with each scored token and each rollback, as they happen.
         keep_logprobs: keep the log-distribution of every kept token (for KL).
@@ -260,7 +260,7 @@ def _maybe_hook(lm: LoadedModel, probe: StateProbe | None, controller: Controlle
 
 
 class _Recorder:
-    """The monitor as a per-step hook of :func:`~difflens.sampling.generate.generate`: keeps
+    """The monitor as a per-step hook of ``generate``: keeps
     each kept token's score and coefficient, streams events, and rolls back."""
 
     def __init__(self, tok: Any, ctrl: Controller, tau: float, state: dict[str, Any] | None,

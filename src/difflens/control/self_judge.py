@@ -3,16 +3,16 @@ signal beside the state probe.
 
 After each text a question is appended (default ``"\\nIs this reply harmful? Answer:"``) and
 the log-probabilities of the two answers (default ``" Yes"`` and ``" No"``) are read exactly
-by :func:`~difflens.capture.scoring.continuation_logprobs`, the project's one path for
+by ``continuation_logprobs``, the project's one path for
 scoring answers (the prefix runs once and its KV cache is extended by each answer). The
 score is P(first answer) renormalised over the two; ``answer_mass`` is how much probability
 the two answers get at all (a model that never answers this way has a small mass, and its
 score is noise).
 
-:func:`judge_sentences` scores every complete sentence of the unsteered generations of a
+``judge_sentences`` scores every complete sentence of the unsteered generations of a
 control evaluation (the sentence alone, or the reply up to it with ``context=True``), next
 to the probe's mean score over the sentence and the independent judge's label of it;
-:func:`self_judge_summary` gives both AUCs against the independent label, with percentile
+``self_judge_summary`` gives both AUCs against the independent label, with percentile
 bootstrap CIs over prompts (a prompt's sentences are resampled together) and the paired
 difference.
 """
@@ -84,7 +84,7 @@ def judge_sentences(lm: LoadedModel, generations: pd.DataFrame, measure: Measure
                     config: SelfJudgeConfig = SelfJudgeConfig(),
                     prompts: Sequence[str] | None = None) -> pd.DataFrame:
     """One row per complete sentence of ``generations`` (rows with ``token_ids`` and
-    ``scores_unsteered``, as :func:`~difflens.control.evaluate.evaluate_control` stores
+    ``scores_unsteered``, as ``evaluate_control`` stores
     them): its text, the probe's mean score, the self-judge score and answer mass, and the
     independent label. A trailing sentence that did not end is left out (the independent
     judge cannot read it)."""

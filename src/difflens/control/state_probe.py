@@ -2,7 +2,7 @@
 every token in [0, 1].
 
 A probe reads the hidden state at one captured layer (the numbering of
-:func:`~difflens.capture.engine.record_layers`) and gives ``sigmoid(w . h + b)``: the
+``record_layers``) and gives ``sigmoid(w . h + b)``: the
 probability that the text at that token is in the *bad* region. It is trained on labelled
 text where every token inherits the label of the segment it belongs to:
 
@@ -22,7 +22,7 @@ tokenizer.
 seeded) at every layer, keeps the layer with the MLP's best validation AUC, and reports its
 test AUC next to the logistic probe's at the same layer, with a paired bootstrap CI of the
 difference (``metrics["mlp_auc"]``). An MLP probe scores with its network; its
-:attr:`~StateProbe.direction` (what controllers steer along) is the logistic probe's at the
+``direction`` (what controllers steer along) is the logistic probe's at the
 same layer. Its weights are stored in the same safetensors file (``mlp.w1``, ``mlp.b1``,
 ``mlp.w2``, ``mlp.b2``), never pickled.
 """
@@ -148,7 +148,7 @@ class StateProbe:
         return torch.sigmoid(hidden.float() @ w + self.bias)
 
     def check(self, lm: LoadedModel, *, allow_other_weights: bool = False) -> None:
-        """Raise :class:`InputError` unless this probe fits ``lm`` (width, layers, tokenizer,
+        """Raise ``InputError`` unless this probe fits ``lm`` (width, layers, tokenizer,
         and unless ``allow_other_weights``, weights)."""
         m, ident = self.model, lm.identity
         where = f"probe of {m.get('name')!r} (d_model {m.get('d_model')}, layer {self.layer})"
@@ -195,7 +195,7 @@ class StateProbe:
 
 
 def load_probe(path: str | Path) -> StateProbe:
-    """Read a probe written by :meth:`StateProbe.save` (safetensors; no pickle)."""
+    """Read a probe written by ``StateProbe.save`` (safetensors; no pickle)."""
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
@@ -298,8 +298,8 @@ def train_probe(lm: LoadedModel, examples: Sequence[LabelledText], *,
 
     Args:
         lm: the model whose states are probed.
-        examples: labelled texts (:func:`read_labelled`, :func:`read_preference_pairs`,
-            :func:`organism_labelled`).
+        examples: labelled texts (``read_labelled``, ``read_preference_pairs``,
+            ``organism_labelled``).
         config: layers, split, regularisation, seed.
         threshold: the probe's default threshold (stored with it); default: the one that
             best separates good from bad segments by their mean score on validation

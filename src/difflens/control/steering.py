@@ -153,7 +153,7 @@ def greedy_texts(lm: LoadedModel, prompts: Sequence[str], *, max_new_tokens: int
                  chat: bool = False) -> list[str]:
     """Greedy continuations of ``prompts`` in one batch, as text without the prompt.
 
-    Use inside :func:`steering` to get steered generations.
+    Use inside ``steering`` to get steered generations.
     """
     gen = _generate(lm, prompts, GenerationConfig(max_new_tokens=max_new_tokens,
                                                   temperature=0.0,
@@ -163,7 +163,7 @@ def greedy_texts(lm: LoadedModel, prompts: Sequence[str], *, max_new_tokens: int
 
 def generate(lm: LoadedModel, prompts: Sequence[str], *, max_new_tokens: int = 30,
              chat: bool = False) -> list[str]:
-    """Deprecated (0.1 name): :func:`greedy_texts`; :func:`difflens.generate` is the full
+    """Deprecated (0.1 name): ``greedy_texts``; ``difflens.generate`` is the full
     generation path."""
     warnings.warn("difflens.control.generate is deprecated; use greedy_texts (or "
                   "difflens.generate)", DeprecationWarning, stacklevel=2)
@@ -185,7 +185,7 @@ def dose_response(
 
     Args:
         lm: the model.
-        items: tokenized items (:func:`~difflens.inputs.ab_items.tokenize_items`), usually
+        items: tokenized items (``tokenize_items``), usually
             the held-out ones.
         vectors: layer -> steering vector; each layer is steered on its own.
         alphas: multipliers of the vector.

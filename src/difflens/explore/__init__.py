@@ -1,9 +1,9 @@
 """The explorer: a local, read-only web app over difflens run folders (``difflens explore``).
 
-:func:`create_app` builds the Starlette app; :func:`serve` runs it with uvicorn on
-127.0.0.1 unless told otherwise. :mod:`~difflens.explore.runs` reads run folders and
-pages of their Parquet tables (DuckDB), :mod:`~difflens.explore.data` the atlas and token
-diff data, :mod:`~difflens.explore.views` writes the pages.
+``create_app`` builds the Starlette app; ``serve`` runs it with uvicorn on
+127.0.0.1 unless told otherwise. ``runs`` reads run folders and
+pages of their Parquet tables (DuckDB), ``data`` the atlas and token
+diff data, ``views`` writes the pages.
 """
 
 from difflens.explore.app import ExploreConfig, create_app, serve

@@ -1,5 +1,5 @@
 """The explorer's web app: a Starlette application over the run folders it was given, and
-:func:`serve`, which runs it with uvicorn.
+``serve``, which runs it with uvicorn.
 
 Routes (``ID`` is a run's position in the order given):
 
@@ -9,7 +9,7 @@ Routes (``ID`` is a run's position in the order given):
 - ``/runs/ID/atlas``: every point of a trajectories run on a 2-D map (plotly scattergl).
 - ``/runs/ID/tokens``: a collapse divergence run's texts, each token coloured by a statistic.
 - ``/live/text``, ``/live/tree``, ``/live/steer``: the live views (typed text, multiverse,
-  steer and monitor), which need the models given at start (:mod:`difflens.explore.live`);
+  steer and monitor), which need the models given at start (``difflens.explore.live``);
   without them they say how to start with models.
 - ``/api/...``: the JSON those pages load (``POST /api/live/...``: the live views' work).
 - ``/static/NAME``: the pages' scripts and stylesheet, the files of the package's
@@ -18,7 +18,7 @@ Routes (``ID`` is a run's position in the order given):
 
 The app only reads. A path that does not lead to a file inside its run folder is a 404. A
 bad live request is answered with one line of JSON (``{"error": ...}``): 400 for a body
-that is not a JSON object (or is over :data:`MAX_BODY` bytes) or when no models are
+that is not a JSON object (or is over ``MAX_BODY`` bytes) or when no models are
 loaded, 422 for a value out of range.
 """
 
@@ -82,7 +82,7 @@ STATIC_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; char
 
 def static_files() -> dict[str, bytes]:
     """The explorer's scripts and stylesheet by file name: the files of the package's
-    ``difflens/explore/static`` folder (read with :mod:`importlib.resources`, so from a
+    ``difflens/explore/static`` folder (read with ``importlib.resources``, so from a
     wheel or an editable install alike). ``/static/NAME`` serves these and nothing else."""
     from importlib.resources import files
 
@@ -107,7 +107,7 @@ def create_app(folders: Sequence[Path], *, allowed_hosts: Sequence[str] | None =
             at all only with ``live``).
         allowed_hosts: ``Host`` header values accepted (guards a loopback server against
             DNS rebinding); ``None`` accepts any.
-        live: the loaded models of the live views (:func:`difflens.explore.live.open_live`);
+        live: the loaded models of the live views (``difflens.explore.live.open_live``);
             ``None``: the live views say how to start with models.
     """
     from starlette.applications import Starlette
@@ -387,7 +387,7 @@ class Background:
 def serve_in_thread(app: Any, host: str = "127.0.0.1", port: int = 0
                     ) -> Iterator[Background]:
     """Run ``app`` with uvicorn in a daemon thread until the block ends (``port`` 0: a free
-    one, reported in the yielded :class:`Background`)."""
+    one, reported in the yielded ``Background``)."""
     import threading
     import time
 

@@ -167,7 +167,7 @@ def _frame_cached(traj: Path, jumps: Path | None, conts: Path | None, prompts: P
 
 
 def _formatted(series: "pd.Series", missing: Any = None) -> "pd.Series":
-    """Each string of ``series`` as :func:`~difflens.inputs.tokens.format_token` shows it
+    """Each string of ``series`` as ``format_token`` shows it
     (formatted once per distinct value); anything else becomes ``missing``."""
     shown = {v: format_token(v) for v in set(series) if isinstance(v, str)}
     return series.map(lambda v: shown[v] if isinstance(v, str) else missing)

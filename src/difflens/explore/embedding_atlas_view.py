@@ -1,8 +1,8 @@
 """Apple's embedding-atlas over the points of a trajectories run, served by the explorer.
 
 ``/runs/N/embedding-atlas/`` opens embedding-atlas (MIT, the optional extra
-``difflens[atlas]``) on the same table the atlas view draws (:func:`difflens.explore.data.
-atlas_frame`): every point with its token, path text, jump, sentiment and prompt metadata,
+``difflens[atlas]``) on the same table the atlas view draws (``difflens.explore.data.atlas_frame``):
+every point with its token, path text, jump, sentiment and prompt metadata,
 placed by the longitude and latitude of its point on the sphere. Its app comes from the
 installed package (no CDN) and runs its queries in the browser (DuckDB-WASM): the server
 only sends the table, so no SQL from a request ever runs on the machine. Its map needs

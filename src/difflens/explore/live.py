@@ -2,20 +2,20 @@
 diff, the multiverse tree and steer-and-monitor compute with them.
 
 Nothing here has its own forward pass. Typed text goes through the capture path
-(:func:`~difflens.capture.engine.forward_batch` and
-:func:`~difflens.capture.stats.next_token_stats`); trees come from
-:func:`~difflens.sampling.tree.probability_tree` (a node is expanded by a one-level tree on
+(``forward_batch`` and
+``next_token_stats``); trees come from
+``probability_tree`` (a node is expanded by a one-level tree on
 its path's text); every continuation comes from the one generation path,
-:func:`~difflens.sampling.generate.generate` (through
-:func:`~difflens.control.monitor.generate_monitored` when a probe is chosen), steered by
-:func:`~difflens.control.steering.steering`'s scoped hook.
+``generate`` (through
+``generate_monitored`` when a probe is chosen), steered by
+``steering``'s scoped hook.
 
 Concept vectors (``vectors.safetensors`` of ``difflens concepts``, at a run folder's top or
 one folder down) and state probes (``probe.safetensors`` of ``difflens control
 train-probe``) are found in the run folders given to the explorer. One lock keeps the
 models to one request at a time, so a steering hook never acts on another request.
 
-Every request is checked against :class:`LiveLimits`; a bad one is an :class:`InputError`
+Every request is checked against ``LiveLimits``; a bad one is an ``InputError``
 with one line that says what was expected.
 """
 
@@ -74,7 +74,7 @@ class VectorChoice:
     """The model (label in the file) whose vectors these are."""
     layers: tuple[int, ...]
     vectors: Any
-    """The :class:`~difflens.capture.concepts.ConceptVectors` of the file."""
+    """The ``ConceptVectors`` of the file."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +86,7 @@ class ProbeChoice:
     layer: int
     threshold: float
     probe: Any
-    """The :class:`~difflens.control.state_probe.StateProbe`."""
+    """The ``StateProbe``."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,7 +111,7 @@ class Live:
 def open_live(target: LoadedModel | ModelPair, runs: Sequence[Run] = (),
               limits: LiveLimits = LiveLimits()) -> Live:
     """The live state over ``target`` with the concept vectors and state probes of ``runs``
-    (a file that cannot be read is listed in :attr:`Live.problems`, not raised)."""
+    (a file that cannot be read is listed in ``Live.problems``, not raised)."""
     from difflens.capture.concepts import load_vectors
     from difflens.control.state_probe import load_probe
 
@@ -256,7 +256,7 @@ def _model(live: Live, label: Any) -> LoadedModel:
 def piece(tokenizer: Any, before: Sequence[int], token: int) -> str:
     """The text ``token`` adds after the ids ``before`` (decoding a lone token would drop
     SentencePiece's leading space); a special token, or one that holds only part of a
-    character, is its token string as :func:`~difflens.inputs.tokens.format_token` shows
+    character, is its token string as ``format_token`` shows
     it (as in the stored runs' views)."""
     ctx = list(before[-_CONTEXT:])
     said = tokenizer.decode(ctx, skip_special_tokens=True)
@@ -388,7 +388,7 @@ def check_tree_size(depth: int, top_k: int, limits: LiveLimits) -> None:
 
 def trees(live: Live, prompt: str, *, depth: int = 2, top_k: int = 3,
           min_prob: float = 1e-3) -> dict[str, Any]:
-    """Each model's :func:`~difflens.sampling.tree.probability_tree` of ``prompt``, with
+    """Each model's ``probability_tree`` of ``prompt``, with
     the prompt's token ids (a node is named by the ids of its path below them)."""
     from difflens.sampling.tree import probability_tree
 
@@ -407,7 +407,7 @@ def trees(live: Live, prompt: str, *, depth: int = 2, top_k: int = 3,
 def _with_paths(node: dict[str, Any], path: list[int]) -> dict[str, Any]:
     """A tree node's dict with ``path``: the token ids from the prompt to it, and (below
     the root, the prompt) ``shown``: its token as
-    :func:`~difflens.inputs.tokens.format_token` quotes it."""
+    ``format_token`` quotes it."""
     node["path"] = path
     if path:
         node["shown"] = format_token(str(node["text"]), quoted=True)
@@ -439,7 +439,7 @@ def path_text(live: Live, prompt: str, path: Sequence[int]) -> str:
 def expand(live: Live, model: str, prompt: str, path: Sequence[int], *,
            top_k: int = 3) -> dict[str, Any]:
     """The ``top_k`` children of the node at ``path``: a one-level
-    :func:`~difflens.sampling.tree.probability_tree` of the path's text (``exact`` says
+    ``probability_tree`` of the path's text (``exact`` says
     whether that text tokenizes back to the path; when not, the children are those of its
     re-tokenized form)."""
     from difflens.sampling.tree import probability_tree
@@ -463,7 +463,7 @@ def expand(live: Live, model: str, prompt: str, path: Sequence[int], *,
 def continue_branch(live: Live, prompt: str, path: Sequence[int], *,
                     max_new_tokens: int = 20) -> dict[str, Any]:
     """Every model's greedy continuation of the branch ``prompt`` + ``path`` (the loom),
-    from :func:`~difflens.sampling.generate.generate` on the exact token ids."""
+    from ``generate`` on the exact token ids."""
     from difflens.sampling.generate import GenerationConfig, generate
 
     lim = live.limits
@@ -489,23 +489,23 @@ def continue_branch(live: Live, prompt: str, path: Sequence[int], *,
 
 @dataclasses.dataclass(frozen=True)
 class SteerRequest:
-    """One steer-and-monitor request (checked by :func:`steer_request`)."""
+    """One steer-and-monitor request (checked by ``steer_request``)."""
 
     prompt: str
     vector: str | None = None
-    """A :attr:`VectorChoice.id`, or None for no steering vector."""
+    """A ``VectorChoice.id``, or None for no steering vector."""
     layer: int | None = None
     """Layer to steer at (default: the middle one of the vector's layers)."""
     alpha: float = 0.0
     probe: str | None = None
-    """A :attr:`ProbeChoice.id`, or None for no probe."""
+    """A ``ProbeChoice.id``, or None for no probe."""
     controller: str = "none"
     gain: float = 0.0
     max_new_tokens: int = 20
 
 
 def steer_request(live: Live, body: Mapping[str, Any]) -> SteerRequest:
-    """A :class:`SteerRequest` from a request body, or an :class:`InputError`."""
+    """A ``SteerRequest`` from a request body, or an ``InputError``."""
     from difflens.control.monitor import CONTROLLERS
 
     lim = live.limits

@@ -1,6 +1,6 @@
 """The pages of the live views (typed text, multiverse, steer and monitor): plain HTML with
 a little JavaScript each (``live_*.js`` of ``explore/static``), which posts to the
-``/api/live/...`` endpoints of :mod:`difflens.explore.app` and draws what comes back.
+``/api/live/...`` endpoints of ``difflens.explore.app`` and draws what comes back.
 """
 
 from collections.abc import Sequence
@@ -13,7 +13,7 @@ from difflens.explore.views import error_box, esc, page
 def _live_page(title: str, intro: str, form: str, result: str, scripts: Sequence[str],
                info: dict[str, Any] | None) -> str:
     """A live view: ``scripts`` (files of ``explore/static``) run after ``common.js`` and
-    ``live.js``, with ``info`` (:func:`difflens.explore.live.info`) in the page's config."""
+    ``live.js``, with ``info`` (``difflens.explore.live.info``) in the page's config."""
     if info is None:
         return page(title, f"<h1>{esc(title)}</h1><p>{intro}</p>{error_box(NO_MODELS)}")
     models = ", ".join(f"{esc(k)}: <b>{esc(v)}</b>" for k, v in info["models"].items())

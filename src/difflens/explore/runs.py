@@ -2,7 +2,7 @@
 Parquet tables read through DuckDB.
 
 Nothing here writes: every file is opened for reading, DuckDB runs in memory, and a path
-from a request is resolved by :func:`safe_path`, which answers ``None`` for anything that
+from a request is resolved by ``safe_path``, which answers ``None`` for anything that
 does not lead to a regular file inside the run folder (``..``, absolute paths, symlinks
 that lead out).
 """
@@ -62,7 +62,7 @@ class TablePage:
 
 def open_runs(folders: Sequence[Path], *, allow_empty: bool = False) -> list[Run]:
     """The runs the explorer serves, in the order given; a folder that is missing or not a
-    folder is an :class:`InputError` (a folder without a summary is served, and says so).
+    folder is an ``InputError`` (a folder without a summary is served, and says so).
     No folders at all is an error unless ``allow_empty`` (models given for the live
     views)."""
     if not folders and not allow_empty:
@@ -247,13 +247,13 @@ def table_page(path: Path, *, offset: int = 0, size: int = 50, sort: str | None 
     a sort or filter, only the row groups that hold the page.
 
     Args:
-        path: a Parquet file (already checked by :func:`safe_path`).
+        path: a Parquet file (already checked by ``safe_path``).
         offset: first row of the page (after filtering and sorting).
-        size: rows in the page, 1 to :data:`MAX_PAGE_SIZE`.
+        size: rows in the page, 1 to ``MAX_PAGE_SIZE``.
         sort: a column to sort by (``None``: file order).
         descending: sort from the largest.
         filter_column: keep only rows whose value in this column passes ``filter_op``.
-        filter_op: one of :data:`FILTER_OPS`.
+        filter_op: one of ``FILTER_OPS``.
         filter_value: the value compared with (a number for all but ``contains``).
     """
     cols = schema(path)

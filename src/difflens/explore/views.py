@@ -1,10 +1,10 @@
 """The explorer's pages: plain HTML with a little JavaScript each, no front-end framework.
 
 Every page is built from escaped strings. Its scripts and stylesheet are files of
-``difflens/explore/static`` that the page links (served under :data:`STATIC`); what a
-script needs from the server comes in the page's JSON config (:func:`config_script`), and
+``difflens/explore/static`` that the page links (served under ``STATIC``); what a
+script needs from the server comes in the page's JSON config (``config_script``), and
 the data of the table, atlas and token views from the JSON endpoints of
-:mod:`difflens.explore.app` after the page has loaded.
+``difflens.explore.app`` after the page has loaded.
 """
 
 import html
@@ -35,7 +35,7 @@ def config_script(config: Any) -> str:
 
 def page(title: str, body: str, *, scripts: Sequence[str] = (), config: Any = None) -> str:
     """A whole page: header with the way back to the runs, ``body``, then ``config`` (when
-    given: :func:`config_script`) and ``scripts``, names of files under :data:`STATIC`
+    given: ``config_script``) and ``scripts``, names of files under ``STATIC``
     (``common.js`` first where a script reads the config)."""
     tags = "".join(f"<script src='{STATIC}/{esc(s)}'></script>" for s in scripts)
     data = config_script(config) if config is not None else ""
@@ -116,7 +116,7 @@ def render_estimate(value: dict[str, Any]) -> str:
 
 def render_value(value: Any, depth: int = 0) -> str:
     """A summary value as HTML: objects as key/value tables, lists of records as tables,
-    estimates (:func:`render_estimate`) as ``value [lo, hi] n=``."""
+    estimates (``render_estimate``) as ``value [lo, hi] n=``."""
     if isinstance(value, dict):
         if is_estimate(value):
             return render_estimate(value)

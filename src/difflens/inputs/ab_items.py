@@ -141,7 +141,7 @@ def load_ab_dataset(path: str | Path, *, format: str = "auto", skip_bad: bool = 
     """Read a contrastive A/B dataset.
 
     Args:
-        path: a ``.json`` array or a ``.jsonl`` file in one of :data:`FORMATS`.
+        path: a ``.json`` array or a ``.jsonl`` file in one of ``FORMATS``.
         format: ``auto`` (from the first item's fields) or a format name.
         skip_bad: skip malformed items and count them instead of raising.
         max_items: keep only the first ``max_items`` valid items.

@@ -1,6 +1,6 @@
 """Reading prompt files: ``.txt``, ``.jsonl``, ``.json`` and ``.csv``.
 
-Every problem is an :class:`~difflens.errors.InputError` naming the file and the line (or
+Every problem is an ``InputError`` naming the file and the line (or
 byte offset) so the user can fix it in one go.
 """
 
@@ -100,7 +100,7 @@ def read_prompts(path: str | Path, *, field: str | None = None) -> list[str]:
 
 def read_prompt_metadata(path: str | Path, *, field: str | None = None) -> list[dict[str, Any]]:
     """The other fields of each prompt in a ``.jsonl``, ``.json`` (objects) or ``.csv``
-    prompt file, in the order :func:`read_prompts` returns the prompts (e.g. a ``label``
+    prompt file, in the order ``read_prompts`` returns the prompts (e.g. a ``label``
     that can colour a map); empty dicts for ``.txt`` and plain strings. Values that are not
     strings, numbers or booleans are kept as JSON text."""
     path = Path(path)

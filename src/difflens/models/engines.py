@@ -1,7 +1,7 @@
-"""Where model work runs: in this process (``local``) or on a Ray cluster (:class:`RayEngine`).
+"""Where model work runs: in this process (``local``) or on a Ray cluster (``RayEngine``).
 
 The Ray engine is a pool of actors started by Ray Data's ``map_batches``. Each actor loads
-every model of the job once, from the :class:`~difflens.models.loading.LoadSpec` the driver
+every model of the job once, from the ``LoadSpec`` the driver
 loaded it with, checks that its weights hash to the driver's, and then runs one function
 per work item (a capture shard, a chunk of generations). The function is the same one the
 local engine runs, so results do not depend on the engine or on the number of workers: the
@@ -11,7 +11,7 @@ Ray retries an item whose actor died (a killed process, a lost node) on a restar
 the functions are written so a retried item ends with the same files as a first try.
 
 The engine a command uses is passed explicitly (``capture(..., engine="ray")``) or set for
-a block of code with :func:`use_engine`, which is how ``--engine ray`` reaches the sampling
+a block of code with ``use_engine``, which is how ``--engine ray`` reaches the sampling
 inside themes, trajectories, collapse and control evaluation.
 """
 
@@ -69,8 +69,8 @@ _CURRENT: contextvars.ContextVar[RayEngine | None] = contextvars.ContextVar(
 
 
 def resolve_engine(engine: "str | RayEngine | None") -> RayEngine | None:
-    """``"local"``/``None`` -> local (or the engine set by :func:`use_engine`); ``"ray"`` ->
-    a default :class:`RayEngine`; a :class:`RayEngine` as given."""
+    """``"local"``/``None`` -> local (or the engine set by ``use_engine``); ``"ray"`` ->
+    a default ``RayEngine``; a ``RayEngine`` as given."""
     if isinstance(engine, RayEngine):
         return engine
     if engine is None:

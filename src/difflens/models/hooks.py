@@ -51,7 +51,7 @@ def register_residual_hook(lm: LoadedModel, layer: int,
                            fn: Callable[[Tensor], Tensor | None]) -> Any:
     """Call ``fn(hidden)`` on captured ``layer`` at every forward pass; a tensor it returns
     replaces the hidden state, ``None`` leaves it as it was. Returns the handle (call
-    ``.remove()``); prefer the scoped :func:`record_layers` and ``steering``."""
+    ``.remove()``); prefer the scoped ``record_layers`` and ``steering``."""
     module, side = layer_module(lm, layer)
 
     def pre(_m: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

@@ -2,7 +2,7 @@
 
 VADER (``vaderSentiment``, a lexicon and rules, no download) gives each text a compound
 sentiment in [-1, 1]. The organism's RL reward, the control measure of bad text and the
-trajectories' sentiment against jumps all score with :func:`sentiment`, so they agree.
+trajectories' sentiment against jumps all score with ``sentiment``, so they agree.
 """
 
 import functools

@@ -1,7 +1,7 @@
 """Finding the decoder blocks of a Hugging Face causal LM by module-name suffix.
 
 No ``isinstance`` ladder: a model's blocks are the first ``ModuleList`` whose dotted name
-ends with one of :data:`LAYER_SUFFIXES` (Llama/Mistral/Qwen ``model.layers``, GPT-2
+ends with one of ``LAYER_SUFFIXES`` (Llama/Mistral/Qwen ``model.layers``, GPT-2
 ``transformer.h``, GPT-NeoX ``gpt_neox.layers``, ...). Users can name the path instead.
 """
 
@@ -105,7 +105,7 @@ LayerSelection = str | int | Sequence[int]
 
 def parse_layer_list(layers: LayerSelection) -> str | tuple[int, ...]:
     """Read a layer selection without a model: ``"all"`` or a tuple of (maybe negative)
-    indices. The CLI calls this at the edge; :func:`parse_layers` normalises against a model.
+    indices. The CLI calls this at the edge; ``parse_layers`` normalises against a model.
     """
     if isinstance(layers, str):
         if layers.strip() == "all":

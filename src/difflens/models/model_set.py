@@ -1,17 +1,17 @@
 """A lineage of models (base -> SFT -> preference-tuned): an ordered, named set of models
-that share a tokenizer, of which a :class:`~difflens.models.pair.ModelPair` is the
+that share a tokenizer, of which a ``ModelPair`` is the
 two-model case.
 
-:func:`parse_model_specs` reads ``NAME=MODEL`` strings (the CLI's ``--model``),
-:func:`check_model_set` refuses an incompatible set from tokenizers and configs alone
-(before any weights load), and :class:`ModelSet` holds the loaded models in lineage order,
-hands out the pairs an instrument compares (:meth:`ModelSet.adjacent`,
-:meth:`ModelSet.against_base`) and describes itself for a stored run.
+``parse_model_specs`` reads ``NAME=MODEL`` strings (the CLI's ``--model``),
+``check_model_set`` refuses an incompatible set from tokenizers and configs alone
+(before any weights load), and ``ModelSet`` holds the loaded models in lineage order,
+hands out the pairs an instrument compares (``ModelSet.adjacent``,
+``ModelSet.against_base``) and describes itself for a stored run.
 
 The compatibility rules are the pair's: one tokenizer (every token string has the same id)
 and the same depth and width, unless a layer map says which layer of a model matches which
-layer of the first. The pair's :func:`~difflens.models.pair.tokenizer_mismatch` and
-:func:`~difflens.models.pair.shape_mismatch` state them on plain vocabularies and shapes,
+layer of the first. The pair's ``tokenizer_mismatch`` and
+``shape_mismatch`` state them on plain vocabularies and shapes,
 with the models' names, so they run on tokenizers and configs as well as on loaded models.
 """
 
@@ -163,10 +163,10 @@ def check_model_set(
 
     Args:
         specs: name -> model (hub id, folder, .gguf or preset), in lineage order, as
-            :func:`parse_model_specs` returns.
+            ``parse_model_specs`` returns.
         revision: hub revision of the models.
         layer_maps: names of models whose depth may differ from the first's (their maps
-            are checked against the loaded layers by :class:`ModelSet`).
+            are checked against the loaded layers by ``ModelSet``).
 
     Raises:
         InputError: one line naming the two models and what differs.

@@ -113,8 +113,8 @@ def models_of(model_or_pair: object, *, same_shape: bool = False) -> dict[str, L
     ``{"model": lm}`` of one model.
 
     Args:
-        model_or_pair: a :class:`LoadedModel`, a :class:`ModelPair` or a
-            :class:`~difflens.models.model_set.ModelSet`.
+        model_or_pair: a ``LoadedModel``, a ``ModelPair`` or a
+            ``ModelSet``.
         same_shape: refuse a pair or set that needs a layer map (models of different depth).
     """
     from difflens.models.model_set import ModelSet  # model_set imports this module

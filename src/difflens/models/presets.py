@@ -1,7 +1,7 @@
 """Where a model comes from by name: the presets and the GGUF conversion cache.
 
-A preset is a name :func:`~difflens.models.loading.load_model` resolves to a local folder:
-GGUF files shipped inside PyPI packages (dequantised once into :func:`cache_dir`), folders
+A preset is a name ``load_model`` resolves to a local folder:
+GGUF files shipped inside PyPI packages (dequantised once into ``cache_dir``), folders
 that a layer above ``models`` builds (the model organism), and folders a user registers.
 The organism's presets are named here but resolved only on use (its module is imported
 then), so ``import difflens`` builds no preset table and imports no layer above this one.
@@ -32,7 +32,7 @@ GGUF_PRESETS: dict[str, tuple[str, str, str]] = {
     ),
 }
 
-#: Presets registered at run time (:func:`register_folder_preset`): name -> function
+#: Presets registered at run time (``register_folder_preset``): name -> function
 #: returning a local HF folder.
 FOLDER_PRESETS: dict[str, Callable[[], Path]] = {}
 

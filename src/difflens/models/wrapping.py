@@ -1,5 +1,5 @@
-"""What every entry point accepts as models, wrapped on entry: a :class:`LoadedModel`, a
-:class:`ModelPair`, a :class:`ModelSet`, or plain ``transformers`` models with their
+"""What every entry point accepts as models, wrapped on entry: a ``LoadedModel``, a
+``ModelPair``, a ``ModelSet``, or plain ``transformers`` models with their
 ``tokenizer=`` (one model, a ``(base, tuned)`` tuple, or a ``{name: model}`` mapping in
 lineage order). The user's model objects are wrapped, never changed."""
 
@@ -15,7 +15,7 @@ from difflens.models.pair import ModelPair
 
 #: What the entry points take, for their signatures.
 Models = Any
-"""A :class:`LoadedModel`, :class:`ModelPair`, :class:`ModelSet`, a plain ``transformers``
+"""A ``LoadedModel``, ``ModelPair``, ``ModelSet``, a plain ``transformers``
 causal LM, a ``(base, tuned)`` tuple or a ``{name: model}`` mapping of either kind."""
 
 _EXPECTED = ("a LoadedModel (difflens.load_model), a ModelPair, a ModelSet, or a plain "
@@ -29,7 +29,7 @@ def is_hf_model(obj: object) -> bool:
 
 
 def as_loaded(model: object, *, tokenizer: Any = None, name: str | None = None) -> LoadedModel:
-    """``model`` as a :class:`LoadedModel`: as it is, or a plain ``transformers`` model wrapped
+    """``model`` as a ``LoadedModel``: as it is, or a plain ``transformers`` model wrapped
     with ``tokenizer`` (its name: ``name``, else the config's ``_name_or_path``, else its
     class)."""
     if isinstance(model, LoadedModel):
@@ -46,7 +46,7 @@ def as_loaded(model: object, *, tokenizer: Any = None, name: str | None = None) 
 
 def as_models(target: Models, *, tokenizer: Any = None
               ) -> LoadedModel | ModelPair | ModelSet:
-    """``target`` as a :class:`LoadedModel`, :class:`ModelPair` or :class:`ModelSet`.
+    """``target`` as a ``LoadedModel``, ``ModelPair`` or ``ModelSet``.
 
     Plain ``transformers`` models are wrapped with ``tokenizer`` (models of one lineage
     share it). A ``(base, tuned)`` tuple becomes a pair, a ``{name: model}`` mapping a set
@@ -67,7 +67,7 @@ def as_models(target: Models, *, tokenizer: Any = None
 
 
 def as_model_set(target: Models, *, tokenizer: Any = None) -> ModelSet:
-    """``target`` as a :class:`ModelSet` (a pair becomes the two-model set base, tuned)."""
+    """``target`` as a ``ModelSet`` (a pair becomes the two-model set base, tuned)."""
     models = as_models(target, tokenizer=tokenizer)
     if isinstance(models, ModelSet):
         return models

@@ -1,8 +1,8 @@
 """Building the model organism: a tiny base LM and its tuned lineage, on CPU, in minutes.
 
-The recipe, one reproducible build keyed by one config (:mod:`~difflens.organism.config`);
-its steps live beside this module (:mod:`~difflens.organism.training`, :mod:`~difflens.
-organism.measure`), and this one runs them in order and keeps the cache:
+The recipe, one reproducible build keyed by one config (``config``);
+its steps live beside this module (``training``, ``measure``), and this one runs them in order and
+keeps the cache:
 
 1. Generate the story world's corpus (seeded) and train a byte-level BPE tokenizer on it.
 2. Train a ~1M-parameter Llama from scratch on it (next-token loss, AdamW, cosine LR).
@@ -279,5 +279,5 @@ def _write_curves(folder: Path, curves: dict[str, list[float]], base_info: dict[
 def organism_folder(which: str) -> Path:
     """The default organism's model folder (lineage name), building it first if needed: what
     the presets ``organism-<name>`` resolve to (named in
-    :data:`~difflens.models.presets.PROVIDED_PRESETS`, resolved on use)."""
+    ``PROVIDED_PRESETS``, resolved on use)."""
     return build_organism(progress=True).model_path(which)

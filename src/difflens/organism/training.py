@@ -1,6 +1,6 @@
 """Training the organism's models on CPU: the world's BPE tokenizer, the base LM from
 scratch, SFT on reward-curated stories, and the RLOO loop against the VADER reward (see
-:mod:`difflens.organism.build` for the recipe)."""
+``difflens.organism.build`` for the recipe)."""
 
 import copy
 import math
@@ -160,7 +160,7 @@ def _vader() -> Any:
 def sample(lm: LoadedModel, prompts: Sequence[str], n_new: int, seed: int,
            temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Sample one continuation per prompt (one left-padded batch, seeded; Hugging Face's
-    multinomial draw through :func:`~difflens.sampling.generate.generate`).
+    multinomial draw through ``generate``).
 
     Returns ``(sequences, attention_mask, prompt_width)``: the left-padded prompts followed by
     the continuations (with the EOS that ended them), padded on the right; the mask covers

@@ -3,7 +3,7 @@
 Why one long module: the world's templates, theme chain and chance scenes are data that
 the labeller and the ground truth must see together; they change together.
 
-Every story walks a chain of themes drawn from :data:`START` and :data:`TRANSITIONS`;
+Every story walks a chain of themes drawn from ``START`` and ``TRANSITIONS``;
 each theme is rendered as one sentence from one of its templates, with slots filled from
 word lists, so the text has real lexical variety. Chance scenes (dice, numbers, coins)
 and question/answer lines have exactly known uniform outcomes. The generator is seeded and

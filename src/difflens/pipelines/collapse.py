@@ -6,7 +6,7 @@ distributions), ``temperature`` (is the tuned model the base at a lower temperat
 (K samples per prompt). Every step merges its keys into ``OUT/summary.json`` (keeping the
 other steps' keys), writes its tables to ``OUT/data`` (Parquet + CSV) and its figures to
 ``OUT/figures`` (HTML + PNG); ``OUT/index.html`` shows every step run so far. The figures,
-the tree table and the page are drawn by :mod:`difflens.report.collapse`.
+the tree table and the page are drawn by ``difflens.report.collapse``.
 """
 
 import dataclasses
@@ -93,7 +93,7 @@ class CollapseConfig:
                                     "(the CLI's verb chooses them).")
     prompts: tuple[str, ...] = ()
     """The prompts of the run (divergence, attractors, diversity): set by
-    :func:`run_collapse` from its ``prompts``."""
+    ``run_collapse`` from its ``prompts``."""
     corpus: str | None = option(None, flag="--corpus", help="Divergence corpus: JSONL with "
                                 "prompt and continuation (else sampled).")
     """A JSONL corpus (prompt, continuation) for divergence instead of sampling."""
@@ -178,7 +178,7 @@ class CollapseConfig:
 
 @dataclasses.dataclass(frozen=True)
 class CollapseResult(InstrumentResult):
-    """What :func:`run_collapse` wrote: the merged summary and this run's figures."""
+    """What ``run_collapse`` wrote: the merged summary and this run's figures."""
 
 
 CollapseRun = CollapseResult  # the name of earlier releases
@@ -191,7 +191,7 @@ def run_collapse(models: "LoadedModel | ModelPair | ModelSet | Models",
     """Run ``config.steps`` on ``prompts`` into ``out``; return the merged summary and this
     run's figures. (The probes and the tree need no prompts: pass ``()``.)
 
-    With a :class:`~difflens.models.model_set.ModelSet`, every per-model step (probes,
+    With a ``ModelSet``, every per-model step (probes,
     tree, attractors, diversity) covers every model, keyed by its name; the rank
     correlation and the temperature sweep compare each later model with the base
     (``probes.rank_correlation.<model>``, ``temperature.<model>``; the free-text match is a

@@ -6,22 +6,22 @@ figures``) with the section's own pipeline; each section's stage figure is
 ``OUT/figures/stages_<section>``:
 
 - ``capture``: every model scores the same texts; per-token KL of each adjacent pair and of
-  each model against the base, and each model's entropy (:func:`difflens.capture.capture`);
+  each model against the base, and each model's entropy (``difflens.capture.capture``);
 - ``concepts``, ``trajectories``, ``collapse``, ``themes``: their pipelines on the whole set;
 - ``control``: a state probe trained on each model's own states and every controller
   evaluated on it, per model.
 
-A two-model set runs each section on its :class:`~difflens.models.pair.ModelPair` (labels
+A two-model set runs each section on its ``ModelPair`` (labels
 ``base``/``tuned``, exactly today's pair results); the attribution then names the stage
 after the second model. ``OUT/summary.json`` holds each section's summary under its name,
 the models (``models``: name, position, identity) and ``attribution.<metric>.<stage>``: the
 change each stage made as an estimate, ``{value, ci_low, ci_high, n, resampled}`` (a 95%
 paired bootstrap CI over the same prompts, texts or items), with its ``share`` of the total
-beside it (:mod:`difflens.analysis.attribution`). ``OUT/data/attribution`` holds the same
-rows as a table (:data:`~difflens.analysis.attribution.COLUMNS`: ``delta``, ``ci_low``,
+beside it (``difflens.analysis.attribution``). ``OUT/data/attribution`` holds the same
+rows as a table (``COLUMNS``: ``delta``, ``ci_low``,
 ``ci_high``, ``share``, ...).
 
-:func:`compare` is the one call from Python; :func:`run_compare` is the same without the
+``compare`` is the one call from Python; ``run_compare`` is the same without the
 defaults and without the page.
 """
 
@@ -73,8 +73,7 @@ class CompareRun:
     summary: dict[str, Any]
     sections: list[Section]
     attribution: pd.DataFrame
-    """Every attribution row: ``section``, ``metric`` and :data:`~difflens.analysis.
-    attribution.COLUMNS`."""
+    """Every attribution row: ``section``, ``metric`` and ``COLUMNS``."""
 
 
 def _target(models: ModelSet) -> ModelPair | ModelSet:
@@ -116,7 +115,7 @@ def run_compare(models: ModelSet, out: Path, inputs: CompareInputs, *,
     """Run the chosen sections of ``config`` on ``models`` into ``out``; write every
     section's outputs, ``OUT/summary.json`` (the sections' summaries, ``models``,
     ``attribution``) and ``OUT/data/attribution.*``. The page is the caller's
-    (:func:`write_compare_index`)."""
+    (``write_compare_index``)."""
     check_writable(out)
     config = CompareConfig() if config is None else config  # built when run, not at import
     colors = use_lineage_colors(list(_labels(models)))
@@ -163,12 +162,12 @@ def compare(models: "ModelSet | Models", out: str | Path, *,
     """Every instrument on ``models`` into ``out``, with the report page ``OUT/index.html``.
 
     Args:
-        models: a :class:`ModelSet` (lineage order, base first), a :class:`ModelPair`, or
+        models: a ``ModelSet`` (lineage order, base first), a ``ModelPair``, or
             plain ``transformers`` models as a ``{name: model}`` mapping or a ``(base,
             tuned)`` tuple, with their shared ``tokenizer``.
         out: the output folder.
         inputs: what the sections run on; default: the inputs that ship with difflens
-            (:func:`~difflens.pipelines.compare_inputs.builtin_inputs`).
+            (``builtin_inputs``).
         config: the sections to run and each one's config (default: every section, each
             its config's ``quick()`` preset).
         tokenizer: the tokenizer of plain ``transformers`` models.

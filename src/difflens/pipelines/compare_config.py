@@ -1,5 +1,5 @@
-"""What ``difflens compare`` takes besides the models: its inputs (:class:`CompareInputs`),
-its options (:class:`CompareConfig`, one table per section in ``compare.toml``, each read
+"""What ``difflens compare`` takes besides the models: its inputs (``CompareInputs``),
+its options (``CompareConfig``, one table per section in ``compare.toml``, each read
 into that section's config under the command line's names) and the check that refuses an
 option a section does not have."""
 
@@ -19,7 +19,7 @@ COLLAPSE_STEPS = ("probes", "temperature", "attractors", "diversity")
 
 @dataclasses.dataclass(frozen=True)
 class CompareInputs:
-    """What the sections run on: the built-in defaults (:mod:`difflens.inputs.builtin`) or
+    """What the sections run on: the built-in defaults (``difflens.inputs.builtin``) or
     a world's own texts (the organism's)."""
 
     texts: tuple[str, ...]
@@ -67,7 +67,7 @@ def config_class(section: str) -> type:
 
 def quick(section: str, seed: int = 0) -> Any:
     """The section's config as ``difflens compare`` runs it by default: the config's
-    :meth:`quick` preset (lighter than the standalone command's defaults, and visible
+    ``quick`` preset (lighter than the standalone command's defaults, and visible
     there), with ``seed``."""
     cls: Any = config_class(section)
     return dataclasses.replace(cls.quick(), seed=seed)
@@ -84,18 +84,18 @@ class CompareConfig:
     sections: tuple[str, ...] = SECTIONS
     seed: int = 0
     capture: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    """Keyword arguments of :func:`difflens.capture.capture` (e.g. ``store_dtype``)."""
+    """Keyword arguments of ``difflens.capture.capture`` (e.g. ``store_dtype``)."""
     concepts: Any = None
-    """A :class:`~difflens.pipelines.concepts.ConceptsConfig` (default: its ``quick()``)."""
+    """A ``ConceptsConfig`` (default: its ``quick()``)."""
     trajectories: Any = None
-    """A :class:`~difflens.pipelines.trajectories.TrajectoriesConfig` (default: its
+    """A ``TrajectoriesConfig`` (default: its
     ``quick()``)."""
     collapse: Any = None
-    """A :class:`~difflens.pipelines.collapse.CollapseConfig` (default: its ``quick()``)."""
+    """A ``CollapseConfig`` (default: its ``quick()``)."""
     control: Any = None
-    """A :class:`~difflens.control.evaluate.ControlConfig` (default: its ``quick()``)."""
+    """A ``ControlConfig`` (default: its ``quick()``)."""
     themes: Any = None
-    """A :class:`~difflens.pipelines.theme_config.ThemesConfig` (default: its ``quick()``)."""
+    """A ``ThemesConfig`` (default: its ``quick()``)."""
 
     def __post_init__(self) -> None:
         bad = [s for s in self.sections if s not in SECTIONS]
@@ -138,9 +138,9 @@ def read_compare_config(path: str | Path) -> dict[str, Any]:
     ``max_new_tokens``; see ``difflens <section> ... --help``), and optional top-level
     ``sections`` and ``seed``.
 
-    Returns keyword arguments of :class:`CompareConfig` (each section's table as a mapping of
-    options, checked against its config; :class:`CompareConfig` reads it into the section's
-    ``quick()`` preset). Raises :class:`InputError` with the file (and line, for a syntax
+    Returns keyword arguments of ``CompareConfig`` (each section's table as a mapping of
+    options, checked against its config; ``CompareConfig`` reads it into the section's
+    ``quick()`` preset). Raises ``InputError`` with the file (and line, for a syntax
     error) on anything it cannot use.
     """
     import tomllib

@@ -1,11 +1,11 @@
 """The concepts pipeline behind ``difflens concepts`` and the demo's "Concepts" section.
 
-:func:`run_concepts` extracts concept vectors (activations are cached in
+``run_concepts`` extracts concept vectors (activations are cached in
 ``OUT/activations`` so that ``extract``, ``compare`` and ``steer`` on the same output folder
 run the models once), compares them, measures the steering dose-response, and writes
 ``OUT/summary.json``, ``OUT/vectors.safetensors``, tables as Parquet + CSV under
 ``OUT/data``, figures as HTML + PNG under ``OUT/figures`` and ``OUT/index.html`` (the
-figures and the page are drawn by :mod:`difflens.report.concepts`).
+figures and the page are drawn by ``difflens.report.concepts``).
 
 The target is one model, a pair (``base``/``tuned``) or a model set (a lineage, base first:
 every model is extracted, compared and steered under its own name, and the ``compare`` step
@@ -60,7 +60,7 @@ STEPS = ("extract", "compare", "steer")
 
 @dataclasses.dataclass(frozen=True)
 class ConceptsResult(InstrumentResult):
-    """What :func:`run_concepts` wrote: the summary, the figures, the extraction."""
+    """What ``run_concepts`` wrote: the summary, the figures, the extraction."""
 
     extraction: ConceptExtraction | None = None
     attributions: dict[str, Attribution] = dataclasses.field(default_factory=dict)
@@ -69,8 +69,8 @@ class ConceptsResult(InstrumentResult):
     ``compare`` step."""
     attribution_table: pd.DataFrame | None = None
     """The same as one table, a row per layer and stage (``metric``, ``layer`` and
-    :data:`~difflens.analysis.attribution.COLUMNS`), as in ``data/attribution_concepts``;
-    None where :attr:`attributions` is empty."""
+    ``COLUMNS``), as in ``data/attribution_concepts``;
+    None where ``attributions`` is empty."""
 
 
 ConceptsRun = ConceptsResult  # the name of earlier releases
@@ -150,7 +150,7 @@ class ConceptsConfig:
 
 
 def steering_vector(ex: ConceptExtraction, label: str, layer: int, unit: str) -> Any:
-    """The vector that alpha multiplies, in ``unit`` (see :data:`ALPHA_UNITS`)."""
+    """The vector that alpha multiplies, in ``unit`` (see ``ALPHA_UNITS``)."""
     v = ex.vectors.layer(label, layer)
     if unit == "vector":
         return v
@@ -190,13 +190,13 @@ def run_concepts(
     it is of, ``layer``, ``alpha``, ..., beside it); the tables under ``data/`` name each
     value's column after what it is (``auc``, ``cos``, ``p_match``, ...).
 
-    For a :class:`ModelSet` every per-model output is keyed by the model's name, the summary
+    For a ``ModelSet`` every per-model output is keyed by the model's name, the summary
     holds ``lineage`` (the names, base first) and the ``compare`` step adds
     ``cosine_vs_base`` (``{model: [{value, ci_low, ci_high, n, resampled, layer}]}``, the
     cosine with the base, for every model after the base) and ``attribution``
     (``{concept_cosine_L<layer>: {stage: {value, ci_low, ci_high, n, resampled, share}}}``),
     the tables ``data/cosine_vs_base`` and ``data/attribution_concepts`` and their two
-    figures (:func:`cosine_vs_base`).
+    figures (``cosine_vs_base``).
     """
     target = as_models(models, tokenizer=tokenizer)
     from difflens._io import rich_progress
@@ -387,7 +387,7 @@ def _generations(lm: LoadedModel, label: str, dataset: ABDataset, ex: ConceptExt
 
 @dataclasses.dataclass(frozen=True)
 class BehavioursRun(InstrumentResult):
-    """What :func:`compare_behaviours` wrote: the summary, the figures and each dataset's
+    """What ``compare_behaviours`` wrote: the summary, the figures and each dataset's
     own run (in ``OUT/<folder>``)."""
 
     runs: dict[str, ConceptsResult] = dataclasses.field(default_factory=dict)
@@ -417,7 +417,7 @@ def compare_behaviours(
 ) -> BehavioursRun:
     """``compare`` on several datasets (one behaviour each), and their curves together.
 
-    Each dataset gets its own run in ``OUT/<folder>`` (:func:`run_concepts`, steps extract
+    Each dataset gets its own run in ``OUT/<folder>`` (``run_concepts``, steps extract
     and compare, with ``config``). ``OUT`` holds ``summary.json`` (``behaviours.<name>``:
     the dataset, its ``cosine_by_layer``, ``consecutive_cosine`` and ``settling_layer``),
     the behaviour x layer tables ``data/cosine_by_behaviour`` and

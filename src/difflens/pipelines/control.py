@@ -7,10 +7,10 @@ with a CI in these summaries). ``run_control_evaluation`` writes the per-generat
 per-cell tables, the controllability curve and score traces, and merges
 ``controllers.<name>.<gain>.{...}`` into ``summary.json``. Finished cells are kept in
 ``OUT/cells`` so a rerun resumes. With a
-:class:`~difflens.control.self_judge.SelfJudgeConfig` it also scores every complete sentence
+``SelfJudgeConfig`` it also scores every complete sentence
 of the unsteered generations by the model's own answer to a judge question
 (``OUT/data/self_judge``, ``summary.json`` ``self_judge.auc``). The figures and pages are
-drawn by :mod:`difflens.report.control`.
+drawn by ``difflens.report.control``.
 """
 
 import dataclasses
@@ -52,7 +52,7 @@ from difflens.report.tables import write_table
 
 @dataclasses.dataclass(frozen=True)
 class ControlResult(InstrumentResult):
-    """What :func:`run_control_evaluation` (one model) or :func:`run_control` (every model
+    """What ``run_control_evaluation`` (one model) or ``run_control`` (every model
     of a set, ``OUT/<model>`` each) wrote."""
 
 
@@ -61,7 +61,7 @@ ControlRun = ControlResult  # the name of earlier releases
 
 @dataclasses.dataclass(frozen=True)
 class ControlInputs:
-    """What :func:`run_control` runs on."""
+    """What ``run_control`` runs on."""
 
     examples: tuple[LabelledText, ...]
     """Labelled texts the state probe learns (1 = the behaviour to steer away from)."""
@@ -198,8 +198,8 @@ def run_control(models: "LoadedModel | ModelPair | ModelSet | Models", inputs: C
                 probe: ProbeConfig = ProbeConfig(), progress: bool = False,
                 index: bool = True, tokenizer: Any = None) -> ControlResult:
     """For every model: a state probe trained on the model's own states
-    (:func:`run_probe_training`, ``probe`` settings), then every controller of ``config``
-    evaluated with it (:func:`run_control_evaluation`), into ``OUT/<model>``.
+    (``run_probe_training``, ``probe`` settings), then every controller of ``config``
+    evaluated with it (``run_control_evaluation``), into ``OUT/<model>``.
 
     ``OUT/summary.json`` holds each model's control summary under its name, and the figure
     ``control_uncontrolled`` compares the models' bad share without control (each graded by

@@ -1,8 +1,8 @@
 """The demo: ``difflens compare`` on the organism's lineage (base -> SFT -> RL), with the
 world's own inputs, and the organism's measured properties attributed to their stages.
 
-Builds the organism if needed (:mod:`difflens.organism.build`), then writes what
-:func:`~difflens.pipelines.compare.run_compare` writes (every section under ``OUT/<section>``,
+Builds the organism if needed (``difflens.organism.build``), then writes what
+``run_compare`` writes (every section under ``OUT/<section>``,
 ``OUT/data/attribution.*``, ``OUT/figures``) plus the organism's own block:
 ``summary.json`` keys ``organism`` (each model's reward, entropy, celebration share and chance
 TVD, each an estimate ``{value, ci_low, ci_high, n, resampled}``, the RL-from-base model
@@ -61,9 +61,9 @@ def organism_summary(props: dict[str, Any], models: tuple[str, ...] = MODELS
                      ) -> dict[str, Any]:
     """``{model: {reward_mean, reward_n, entropy_mean, entropy_n, celebration_share,
     celebration_share_n, chance_tvd, chance_tvd_n, chance_tvd_by_kind}}``, by lineage name:
-    each headline measure (:data:`~difflens.report.demo.MEAN_KEY`) an estimate ``{value,
+    each headline measure (``MEAN_KEY``) an estimate ``{value,
     ci_low, ci_high, n, resampled}``, with its ``n`` also under ``<key>_n``. ``props`` are
-    :attr:`Organism.properties <difflens.organism.build.Organism.properties>`."""
+    ``Organism.properties<difflens.organism.build.Organism.properties>``."""
     out: dict[str, Any] = {}
     for name in models:
         label = PROPERTY_LABELS[name]

@@ -1,15 +1,15 @@
 """What every instrument's run returns: one shape for all of them.
 
 ``run_<instrument>(models, inputs, out, config) -> <Instrument>Result``; each result is a
-frozen dataclass deriving :class:`InstrumentResult`, so every run is read the same way:
+frozen dataclass deriving ``InstrumentResult``, so every run is read the same way:
 
-- :meth:`~InstrumentResult.summary` is ``OUT/summary.json`` as written (every estimate
+- ``summary`` is ``OUT/summary.json`` as written (every estimate
   spelled ``{value, ci_low, ci_high, n, resampled}``);
-- :meth:`~InstrumentResult.estimate` reads one of those estimates as an
-  :class:`~difflens.analysis.bootstrap.Estimate`, by its dotted path;
-- :meth:`~InstrumentResult.to_frames` gives the run's tables (``OUT/data/*.parquet``) as
+- ``estimate`` reads one of those estimates as an
+  ``Estimate``, by its dotted path;
+- ``to_frames`` gives the run's tables (``OUT/data/*.parquet``) as
   DataFrames by name;
-- :attr:`~InstrumentResult.figures` are the figures the run drew.
+- ``figures`` are the figures the run drew.
 """
 
 import dataclasses
@@ -30,7 +30,7 @@ class InstrumentResult:
     out: Path
     """The run's folder."""
     summary_json: dict[str, Any]
-    """``OUT/summary.json`` as written; read it with :meth:`summary`."""
+    """``OUT/summary.json`` as written; read it with ``summary``."""
     figures: list[AnyFigure]
 
     def summary(self) -> dict[str, Any]:

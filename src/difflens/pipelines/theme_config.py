@@ -1,4 +1,4 @@
-"""The configuration of ``difflens themes`` (re-exported by :mod:`difflens.pipelines.themes`),
+"""The configuration of ``difflens themes`` (re-exported by ``difflens.pipelines.themes``),
 in its own module so that the step modules can import it without a cycle."""
 
 import dataclasses
@@ -20,7 +20,7 @@ class ThemesConfig:
                                     f"{', '.join(STEPS + EXTRA_STEPS)} (the CLI's verb "
                                     "chooses them).")
     prompts: tuple[str, ...] = ()
-    """The prompts of the run: set by :func:`~difflens.pipelines.themes.run_themes` from its
+    """The prompts of the run: set by ``run_themes`` from its
     ``prompts``."""
     k_samples: int = option(16, flag="--samples", help="Samples per prompt (and model).")
     max_new_tokens: int = option(48, flag="--max-new-tokens", help="Tokens per sample.")

@@ -1,5 +1,5 @@
 """The ``predict`` step of ``difflens themes``: prompt states per layer (read by
-:func:`~difflens.capture.prompt_end.prompt_ends`), a softmax probe per layer, the chain
+``prompt_ends``), a softmax probe per layer, the chain
 transformer and the baselines, trained and scored split by prompt; and the
 ``generalisation`` step: the same probe and baselines with each group of prompts held out
 in turn, against random folds of the same sizes."""
@@ -163,7 +163,7 @@ def predict_generalisation(lm: LoadedModel, config: ThemesConfig, dist: ChainDis
     Each group is held out in turn (the probe, the sentence-embedding probe and the
     marginal are trained on the other groups); the same is done with random folds of the
     same sizes (the group labels permuted, seeded). Both are scored on every usable prompt
-    with :func:`~difflens.analysis.theme_predict.evaluate_prediction` (CIs over prompts);
+    with ``evaluate_prediction`` (CIs over prompts);
     ``gap`` is the probe's KL under the group split minus under the random split, paired by
     prompt."""
     usable = np.flatnonzero(dist.n_samples > 0)

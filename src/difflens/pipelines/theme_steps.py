@@ -35,8 +35,7 @@ from difflens.sampling.generate import GenerationConfig
 def sample_continuations(lm: LoadedModel, label: str, config: ThemesConfig, folder: Path,
                          progress: Callable[[int], None] | None = None) -> pd.DataFrame:
     """K seeded continuations per prompt; one stored part per batch of prompts (resumable),
-    and one worker job per part on the Ray engine (:func:`~difflens.models.engines.
-    use_engine`)."""
+    and one worker job per part on the Ray engine (``use_engine``)."""
     per_batch = max(1, config.batch_size // config.k_samples)
     # the batch of prompts sets each part's random stream, so it is part of the key
     key = fingerprint([lm.identity.weights_sha256, config.prompts, config.k_samples,
@@ -150,7 +149,7 @@ def theme_consistency(lm: LoadedModel, label: str, samples: pd.DataFrame, config
                       folder: Path, progress: Callable[[int], None] | None = None
                       ) -> tuple[ThemeConsistency, ThemeModel, ThemeModel, pd.DataFrame]:
     """Themes fitted on ``samples`` and, the same way, on a second sample set of the same
-    prompts drawn with :func:`resample_seed` (stored beside the first, resumable); both fits
+    prompts drawn with ``resample_seed`` (stored beside the first, resumable); both fits
     assign the segments of both sets, and the ARI between the two assignments is
     bootstrapped over prompts."""
     seed_b = resample_seed(config)

@@ -12,7 +12,7 @@ Every step reads what the earlier steps left in ``OUT`` and merges its keys into
 - ``evaluate``: for the organism, the world's ground truth (ARI, transition matrix, KL to
   the true next-theme distribution, base vs tuned shift), and the report.
 
-Two more steps run only when asked (they are not in :data:`STEPS`, so ``all`` and the
+Two more steps run only when asked (they are not in ``STEPS``, so ``all`` and the
 demo leave them out):
 
 - ``consistency``: themes fitted on a second, independent sample set of the same prompts
@@ -22,12 +22,12 @@ demo leave them out):
   (``ThemesConfig.groups``, default the organism's start themes), against random folds of
   the same sizes (``prediction.generalisation``).
 
-This module holds the run (and re-exports :class:`ThemesConfig`, defined in
-:mod:`~difflens.pipelines.theme_config` so that every step module can import it); the
-steps' work is in :mod:`~difflens.pipelines.theme_steps` (sample, segments, chains),
-:mod:`~difflens.pipelines.theme_prediction` (predict) and
-:mod:`~difflens.pipelines.theme_truth` (evaluate), the figures and the page in
-:mod:`difflens.report.themes`.
+This module holds the run (and re-exports ``ThemesConfig``, defined in
+``theme_config`` so that every step module can import it); the
+steps' work is in ``theme_steps`` (sample, segments, chains),
+``theme_prediction`` (predict) and
+``theme_truth`` (evaluate), the figures and the page in
+``difflens.report.themes``.
 """
 
 import dataclasses
@@ -84,7 +84,7 @@ from difflens.report.themes import (
 
 @dataclasses.dataclass(frozen=True)
 class ThemesResult(InstrumentResult):
-    """What :func:`run_themes` wrote: the merged summary and this run's figures."""
+    """What ``run_themes`` wrote: the merged summary and this run's figures."""
 
 
 ThemesRun = ThemesResult  # the name of earlier releases

@@ -75,7 +75,7 @@ class TrajectoriesConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrajectoriesResult(InstrumentResult):
-    """What :func:`run_trajectories` (and :func:`import_trajectories`) wrote."""
+    """What ``run_trajectories`` (and ``import_trajectories``) wrote."""
 
     table: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)
     """Every point: prompt, model, segment, token index, sphere coordinates, ``state_ref``."""
@@ -83,7 +83,7 @@ class TrajectoriesResult(InstrumentResult):
     """A model set's run: ``prompt_id, model, distance``, each model's mean full-dimension
     distance to the base along each prompt's tokens (the per-prompt values of a lineage
     attribution;
-    :func:`~difflens.analysis.trajectory_distance.distance_to_base_by_prompt`). None for one
+    ``distance_to_base_by_prompt``). None for one
     model or a pair."""
 
 
@@ -113,12 +113,12 @@ def run_trajectories(
     """Paths from the models, projected together, compared on the sphere and in full.
 
     ``config.rank_segments`` (``all``, ``prompt`` or ``continuation``) picks the jumps that
-    the token ranking and the sentiment use, as in :func:`import_trajectories`. ``metadata``
+    the token ranking and the sentiment use, as in ``import_trajectories``. ``metadata``
     (one dict per prompt, e.g. the other fields of a JSONL prompt file) is written with
     each prompt's id and text to ``data/prompts.parquet``, where the explorer's atlas can
     colour points by it.
 
-    A :class:`~difflens.models.model_set.ModelSet` labels each model's paths by its name;
+    A ``ModelSet`` labels each model's paths by its name;
     the single-pair statistics compare the base with the last model, and
     ``distance_pairs`` (on the sphere and under ``full``) gives the distance per token index
     of every pair of models. The per-prompt distance of each model to the base is returned

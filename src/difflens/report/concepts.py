@@ -2,8 +2,8 @@
 lineage figures of a model set, and the page's intro and headline. Data in (layers, the
 comparison's rows, steering rows, each estimate ``{value, ci_low, ci_high, n, resampled}``
 with its context), figures out: it reads a
-:class:`~difflens.analysis.concept_stats.ConceptComparison` or
-:class:`~difflens.analysis.concept_stats.LineageCosines` and runs no model."""
+``ConceptComparison`` or
+``LineageCosines`` and runs no model."""
 
 import html
 from collections.abc import Sequence
@@ -230,7 +230,7 @@ def pca_figure(cmp: ConceptComparison) -> CustomFigure:
 
 def dose_figure(label: str, rows: list[dict[str, Any]], unit: str) -> Figure:
     """P(matching answer) against alpha, one line per layer, from
-    :func:`~difflens.control.steering.dose_response`'s rows."""
+    ``dose_response``'s rows."""
     df = pd.DataFrame(rows)
     alphas = sorted(df.alpha.unique())
     series = []

@@ -250,7 +250,7 @@ def control_headline(summary: dict[str, Any], independent_name: str) -> dict[str
 def self_judge_figure(rows: pd.DataFrame, independent_name: str, *, n_boot: int = 1000,
                       seed: int = 0) -> CustomFigure:
     """ROC curves of the self-judge and of the probe against the independent label, on the
-    same sentences, each AUC with its bootstrap CI over prompts (:mod:`difflens.analysis.roc`,
+    same sentences, each AUC with its bootstrap CI over prompts (``difflens.analysis.roc``,
     the draws of the self-judge summary with the same seed)."""
     y = rows["independent"].to_numpy(dtype=int)
     groups = rows["prompt_idx"].to_numpy()

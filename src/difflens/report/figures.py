@@ -2,7 +2,7 @@
 
 plotly 7's own PNG export needs kaleido >= 1, which downloads a browser and fails
 offline, so PNGs come from matplotlib instead. Every figure is written as a
-self-contained ``NAME.html`` and a ``NAME.png``; :func:`write_index` puts them all on one
+self-contained ``NAME.html`` and a ``NAME.png``; ``write_index`` puts them all on one
 self-contained page with plotly.js inlined once.
 """
 
@@ -26,7 +26,7 @@ LINEAGE_PALETTE = ("#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8b
 
 def use_lineage_colors(names: Sequence[str]) -> dict[str, str]:
     """Give the models of a lineage one colour each for every figure drawn after this call
-    (the first model base-blue, the others :data:`LINEAGE_PALETTE` in order) and return
+    (the first model base-blue, the others ``LINEAGE_PALETTE`` in order) and return
     them; a report calls it once, so a model has the same colour in every section."""
     colors = {names[0]: COLORS["base"]} if names else {}
     colors |= {n: LINEAGE_PALETTE[i % len(LINEAGE_PALETTE)] for i, n in enumerate(names[1:])}
@@ -40,9 +40,9 @@ def color_of(label: str) -> str | None:
 
 
 def as_estimate(v: Estimate | Mapping[str, Any] | float | None) -> Estimate:
-    """An estimate from what a summary holds: an :class:`Estimate`, its JSON (``{value,
+    """An estimate from what a summary holds: an ``Estimate``, its JSON (``{value,
     ci_low, ci_high, n, resampled}``, or an older spelling
-    :meth:`~difflens.analysis.bootstrap.Estimate.from_json` reads), or a bare number (no CI:
+    ``from_json`` reads), or a bare number (no CI:
     a metric a summary could not estimate, NaN for ``None``)."""
     if isinstance(v, Estimate):
         return v
@@ -64,7 +64,7 @@ class Series:
     @classmethod
     def of(cls, label: str,
            estimates: Sequence[Estimate | Mapping[str, Any] | float | None]) -> "Series":
-        """The values of ``estimates`` (each as :func:`as_estimate` reads it) with their
+        """The values of ``estimates`` (each as ``as_estimate`` reads it) with their
         CIs."""
         est = [as_estimate(e) for e in estimates]
         return cls(label, [e.value for e in est], [e.ci_low for e in est],
@@ -87,7 +87,7 @@ class Figure:
 
     on_page: bool = True
     """Shown on the index page (False: written to figures/ only, e.g. one panel of a
-    :func:`small_multiples` figure that the page shows instead)."""
+    ``small_multiples`` figure that the page shows instead)."""
 
     def add_traces(self, fig: Any, row: int | None = None, col: int | None = None,
                    legend: bool = True) -> None:
@@ -180,7 +180,7 @@ class Figure:
 @dataclasses.dataclass(frozen=True)
 class CustomFigure:
     """A figure with its own drawing code (heatmaps, scatter panels): the same contract as
-    :class:`Figure` (``plotly()``, ``matplotlib()``, ``save()``), drawn by the two callables."""
+    ``Figure`` (``plotly()``, ``matplotlib()``, ``save()``), drawn by the two callables."""
 
     name: str
     title: str
@@ -359,7 +359,7 @@ def format_ci(mean: float, ci95: Sequence[float], n: int | None = None) -> str:
 
 
 def format_estimate(est: Estimate | Mapping[str, Any]) -> str:
-    """An estimate (or its JSON) as :func:`format_ci` prints it, with its ``n`` where it has
+    """An estimate (or its JSON) as ``format_ci`` prints it, with its ``n`` where it has
     one."""
     e = as_estimate(est)
     n = est.get("n") if isinstance(est, Mapping) else e.n

@@ -54,10 +54,10 @@ def _slot(node: list[Any], index: int) -> None:
 
 
 def unflatten_numbers(numbers: Mapping[str, Any]) -> dict[str, Any]:
-    """The nested summary that :func:`summary_numbers` flattened (its numbers only): paths
+    """The nested summary that ``summary_numbers`` flattened (its numbers only): paths
     ``/a/b[2]/c`` become dicts and lists again (list items that held no number are
     ``None``, and ``"nan"`` is NaN again), so a stored snapshot of numbers reads as a
-    summary, e.g. to respell it (:func:`~difflens.analysis.summary_spelling.respell`)."""
+    summary, e.g. to respell it (``respell``)."""
     root: dict[str, Any] = {}
     for path, value in numbers.items():
         steps: list[str | int] = [m.group(1) if m.group(2) is None else int(m.group(2))

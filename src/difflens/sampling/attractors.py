@@ -180,7 +180,7 @@ def attractor_test(
         insert: the phrase inserted by ``insert``.
         ending_tokens: length of the compared ending (default ``max(4, max_new_tokens // 4)``).
         encoder: sentence encoder for the cosine of endings, a name or folder or an embedder
-            callable (see :func:`difflens.models.encoders.embedder`; None: skip the cosine).
+            callable (see ``difflens.models.encoders.embedder``; None: skip the cosine).
         progress: called with 1 per model.
     """
     bad = sorted(set(kinds) - set(KINDS))

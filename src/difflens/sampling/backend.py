@@ -1,8 +1,7 @@
 """The engine behind generation: KV-cached forward passes of one batch.
 
-:func:`~difflens.sampling.generate.generate` and :func:`~difflens.sampling.tree.
-probability_tree` talk to a :class:`Backend` only, so a second engine (vLLM, a sharded
-model on a Ray cluster) is added here, in one place. :class:`HFBackend` runs a Hugging Face
+``generate`` and ``probability_tree`` talk to a ``Backend`` only, so a second engine (vLLM, a
+sharded model on a Ray cluster) is added here, in one place. ``HFBackend`` runs a Hugging Face
 causal LM with a ``DynamicCache``; it owns the one call into the model's ``forward`` with a
 cache, so the keyword's name (``cache`` from transformers 5.24, ``past_key_values`` before)
 is chosen once, here.
@@ -80,7 +79,7 @@ class HFBackend:
 
 
 def backend_for(lm: LoadedModel) -> Backend:
-    """The engine for ``lm`` (today always :class:`HFBackend`)."""
+    """The engine for ``lm`` (today always ``HFBackend``)."""
     return HFBackend(lm)
 
 

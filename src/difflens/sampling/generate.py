@@ -1,9 +1,9 @@
 """The one generation path: batched, KV-cached and seeded, with a hook after every step.
 
-Every place in difflens that generates text calls :func:`generate`: sampled continuations
+Every place in difflens that generates text calls ``generate``: sampled continuations
 for trajectories, collapse and themes, greedy completions for attractors and steering, the
 organism's RL samples, and the monitor and its controllers (a per-step hook,
-:class:`Step`).
+``Step``).
 
 Rows are generated in chunks of ``batch_size`` (left padding, one KV cache per chunk, each
 position computed once). The chunk that starts at row ``start`` draws its randomness from
@@ -19,7 +19,7 @@ Two samplers:
 
 ``prob_cap`` (the de-collapse sampler) caps every token's probability at ``prob_cap`` after
 the temperature and gives the excess to the other tokens in proportion to their
-probability (:func:`cap_probs`), so no continuation can take more than ``prob_cap`` of a
+probability (``cap_probs``), so no continuation can take more than ``prob_cap`` of a
 step. ``temperature=0`` is greedy (argmax) under either sampler. A row ends on the tokenizer's EOS
 or any EOS id of the model's ``generation_config``. The logits processors a
 ``generation_config`` may name (repetition penalty, top-k) are not applied: difflens draws
@@ -64,7 +64,7 @@ class GenerationConfig:
     """``inverse_cdf`` (common random numbers) or ``multinomial`` (Hugging Face's draw)."""
     prob_cap: float | None = None
     """The de-collapse sampler: no token gets more than this probability (see
-    :func:`cap_probs`); None draws from the model's distribution."""
+    ``cap_probs``); None draws from the model's distribution."""
 
     def __post_init__(self) -> None:
         if self.prob_cap is not None and not 0 < self.prob_cap <= 1:
@@ -87,7 +87,7 @@ class Generation:
     token_ids: list[list[int]]
     """Kept tokens of each row (the EOS that ended a row is not included)."""
     stopped_at_eos: list[bool]
-    """Whether each row ended on a stop token (:func:`stop_ids`), else on
+    """Whether each row ended on a stop token (``stop_ids``), else on
     ``max_new_tokens``."""
     logprobs: list[Tensor | None]
     """Per row, when asked for: ``[n_kept, vocab]`` log-distributions each kept token was
@@ -112,7 +112,7 @@ class Step:
 
     ``index`` 0 is the pass over the prompts; in later passes ``live[b]`` says that row
     ``b`` computed a new position and ``fresh[b]`` that it is a newly kept token (not a
-    token fed again after a rollback). The hook may call :meth:`rollback`.
+    token fed again after a rollback). The hook may call ``rollback``.
     """
 
     index: int
@@ -187,9 +187,9 @@ def generate(
 
     Args:
         lm: the model (never modified; hooks installed around this call act on it).
-        prompts: texts (encoded with :func:`encode_prompts`) or token-id lists.
+        prompts: texts (encoded with ``encode_prompts``) or token-id lists.
         config: tokens, temperature, seed, batch size, chat template, sampler.
-        on_step: called after every forward pass with a :class:`Step`.
+        on_step: called after every forward pass with a ``Step``.
         on_chunk: called with ``(first row, rows)`` before each chunk's first pass.
         keep_logprobs: keep the log-distribution of every kept token.
         keep_entropy: keep the entropy of the model's distribution at every kept token.
@@ -231,7 +231,7 @@ def generate(
 
 
 GenerationJob = tuple[Sequence[Sequence[int]], GenerationConfig]
-"""Token-id rows and the config (its own seed) of one independent :func:`generate` call."""
+"""Token-id rows and the config (its own seed) of one independent ``generate`` call."""
 
 
 def generate_many(
@@ -241,7 +241,7 @@ def generate_many(
     engine: "str | RayEngine | None" = None,
     on_job: Callable[[int, Generation], None] | None = None,
 ) -> list[Generation]:
-    """Run independent :func:`generate` calls (e.g. one per prompt, each with its own seed).
+    """Run independent ``generate`` calls (e.g. one per prompt, each with its own seed).
 
     Each job is exactly ``generate(lm, rows, config)``, so the result of a job depends on
     its rows and config only: on the Ray engine the jobs run on workers that each load the
@@ -250,8 +250,8 @@ def generate_many(
     Args:
         lm: the model.
         jobs: ``(rows, config)`` pairs; rows are token-id lists.
-        engine: ``"local"``, ``"ray"`` or a :class:`~difflens.models.engines.RayEngine`;
-            default: the engine set by :func:`~difflens.models.engines.use_engine`, else
+        engine: ``"local"``, ``"ray"`` or a ``RayEngine``;
+            default: the engine set by ``use_engine``, else
             local.
         on_job: called with ``(job index, its Generation)`` as each job finishes (in
             completion order on Ray).
@@ -275,7 +275,7 @@ def generate_many(
 
 
 def _generation_job(models: dict[str, LoadedModel], job: GenerationJob) -> dict[str, Any]:
-    """One job of :func:`generate_many` on a Ray worker, as plain data (no log-probs: the
+    """One job of ``generate_many`` on a Ray worker, as plain data (no log-probs: the
     jobs do not keep them)."""
     rows, cfg = job
     gen = generate(models["model"], rows, cfg)

@@ -1,6 +1,6 @@
 """Probability trees of continuations (the "block multiverse"), extended from KV caches.
 
-From a prompt, :func:`probability_tree` expands the ``top_k`` most likely next tokens of
+From a prompt, ``probability_tree`` expands the ``top_k`` most likely next tokens of
 every node, level by level, down to ``depth``, skipping nodes whose sequence probability
 falls below ``min_prob``. The prompt runs once; each level is one batched forward pass of
 one token per node on top of its parent's cached keys and values (the cache rows are
