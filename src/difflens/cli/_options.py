@@ -24,6 +24,7 @@ from difflens.cli._common import (
     Quantize,
     RayAddress,
     Revision,
+    Tuned,  # the one --tuned
     WorkerGpus,
     Workers,
     engine_of,
@@ -46,8 +47,6 @@ OneModel = Annotated[str, typer.Option(
     "--model", help=f"The model, [NAME=]MODEL ({_MODEL}).")]
 Base = Annotated[str | None, typer.Option(
     "--base", help="Two-model shorthand: the base (or the only model).")]
-Tuned = Annotated[str | None, typer.Option("--tuned", help="Two-model shorthand: the tuned "
-                                           "sibling.")]
 
 #: the loading options every model command takes: name -> (annotated type, default).
 LOADING: dict[str, tuple[Any, Any]] = {

@@ -14,7 +14,6 @@ from difflens.errors import InputError
 from difflens.inputs.labelled import LabelledText
 
 SECTIONS = ("capture", "concepts", "trajectories", "collapse", "control", "themes")
-COLLAPSE_STEPS = ("probes", "temperature", "attractors", "diversity")
 
 
 @dataclasses.dataclass(frozen=True)
