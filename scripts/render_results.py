@@ -204,10 +204,12 @@ def _table(header: Iterable[str], rows: Iterable[Iterable[str]]) -> str:
     return "\n".join(lines)
 
 
-def _controllers(run: str) -> str:
-    """Controllers by gain. The runs' `speed_ratio` is left out: these runs shared the CPU with
-    other jobs, so their timings say nothing (benchmarks/control.py measures speed)."""
-    prefix = "control.controllers" if "control" in summary(run) else "controllers"
+def _controllers(run: str, model: str | None = None) -> str:
+    """Controllers by gain (of ``model``'s section in a compare run). The runs' `speed_ratio`
+    is left out: these runs shared the CPU with other jobs, so their timings say nothing
+    (benchmarks/control.py measures speed)."""
+    prefix = (f"control.{model}.controllers" if model else
+              "control.controllers" if "control" in summary(run) else "controllers")
     ctl = value(run, prefix)
     names = {"none": "unsteered", "open_loop": "open loop", "proportional": "proportional",
              "rollback": "rollback"}
@@ -218,13 +220,13 @@ def _controllers(run: str) -> str:
             rows.append([names.get(name, name), plain(gain), est(run, f"{p}.bad_rate"),
                          est(run, f"{p}.bad_rate_independent"), est(run, f"{p}.ppl_ratio"),
                          num(run, f"{p}.kl")])
-    judge = "world labeller" if run == "demo" else "lexicon"
+    judge = "world labeller" if run == "organism-pair" else "lexicon"
     return _table(["controller", "gain", "bad rate (probe)", f"bad rate ({judge})",
                    "perplexity ratio", "KL (nats/token)"], rows)
 
 
 def control_organism() -> str:
-    return _controllers("demo")
+    return _controllers("organism-pair", "tuned")
 
 
 def control_smollm2() -> str:
@@ -232,15 +234,19 @@ def control_smollm2() -> str:
 
 
 def organism_properties() -> str:
+    """The shipped organism's measured properties, every model of the lineage and RL from
+    the base, each with its 95% CI over the units it resampled."""
+    models = ("base", "sft", "rl", "rl-from-base")
     rows = []
     for key, label in (("reward_mean", "reward (VADER compound)"),
                        ("celebration_share", "celebration share"),
                        ("entropy_mean", "next-token entropy (nats)"),
                        ("chance_tvd", "chance scenes: TVD from uniform")):
         stem = key.removesuffix("_mean")
-        rows.append([label] + [est("demo", f"organism.{m}.{key}") for m in ("base", "tuned")]
-                    + [num("demo", f"organism.base.{stem}_n")])
-    return _table(["property", "base", "tuned", "n"], rows)
+        rows.append([label] + [est("demo", f"organism.{m}.{key}") for m in models]
+                    + [f"{num('demo', f'organism.base.{stem}_n')} "
+                       f"{value('demo', f'organism.base.{key}.resampled')}"])
+    return _table(["property", *models, "n"], rows)
 
 
 def _unanswered(run: str, path: str) -> str:
@@ -253,17 +259,17 @@ def _unanswered(run: str, path: str) -> str:
 
 def collapse_probes_organism() -> str:
     rows = []
-    for probe in value("demo", "collapse.probes"):
+    for probe in value("organism-pair", "collapse.probes"):
         if probe == "rank_correlation":
             continue
         for model in ("base", "tuned"):
             p = f"collapse.probes.{probe}.{model}"
-            entropy = f"{est('demo', f'{p}.entropy_bits')} / {num('demo', f'{p}.max_entropy_bits')}"
+            entropy = f"{est('organism-pair', f'{p}.entropy_bits')} / {num('organism-pair', f'{p}.max_entropy_bits')}"
             rows.append([probe, model, entropy,
-                         est("demo", f"{p}.tvd_uniform"),
-                         f"{value('demo', f'{p}.top_answer')} ({num('demo', f'{p}.top_prob', 2)})"
-                         + _unanswered("demo", p),
-                         num("demo", f"{p}.outside_mass"), fmt(value("demo", f"{p}.n_phrasings"))])
+                         est("organism-pair", f"{p}.tvd_uniform"),
+                         f"{value('organism-pair', f'{p}.top_answer')} ({num('organism-pair', f'{p}.top_prob', 2)})"
+                         + _unanswered("organism-pair", p),
+                         num("organism-pair", f"{p}.outside_mass"), fmt(value("organism-pair", f"{p}.n_phrasings"))])
     return _table(["probe", "model", "entropy (bits) / max", "TVD from uniform",
                    "top answer (p)", "outside mass", "scenes"], rows)
 
@@ -289,20 +295,20 @@ def collapse_probes_smollm2() -> str:
 
 def concepts_by_layer() -> str:
     rows = []
-    for entry in value("demo", "concepts.cosine_by_layer"):
+    for entry in value("organism-pair", "concepts.cosine_by_layer"):
         layer = entry["layer"]
-        rows.append([str(layer), est("demo", f"concepts.cosine_by_layer[layer={layer}].cos"),
-                     est("demo", f"concepts.separation_auc.base[layer={layer}].auc"),
-                     est("demo", f"concepts.separation_auc.tuned[layer={layer}].auc")])
+        rows.append([str(layer), est("organism-pair", f"concepts.cosine_by_layer[layer={layer}].cos"),
+                     est("organism-pair", f"concepts.separation_auc.base[layer={layer}].auc"),
+                     est("organism-pair", f"concepts.separation_auc.tuned[layer={layer}].auc")])
     return _table(["layer", "cos(base, tuned)", "AUC base", "AUC tuned"], rows)
 
 
 def concepts_dose_response() -> str:
-    layer = value("demo", "concepts.steering_best_layer.base")
-    steps = value("demo", f"concepts.steering.base.{layer}")
+    layer = value("organism-pair", "concepts.steering_best_layer.base")
+    steps = value("organism-pair", f"concepts.steering.base.{layer}")
     rows = [[plain(s["alpha"], signed=True),
-             est("demo", f"concepts.steering.base.{layer}[alpha={s['alpha']}].p_match"),
-             est("demo", f"concepts.steering.tuned.{layer}[alpha={s['alpha']}].p_match")]
+             est("organism-pair", f"concepts.steering.base.{layer}[alpha={s['alpha']}].p_match"),
+             est("organism-pair", f"concepts.steering.tuned.{layer}[alpha={s['alpha']}].p_match")]
             for s in steps]
     return _table(["α (residual units)", f"P(kind) base, layer {layer}",
                    f"P(kind) tuned, layer {layer}"], rows)
@@ -328,8 +334,8 @@ def trajectories_organism() -> str:
     for step in (0, 5, 10, 25):
         sphere = f"trajectories.continuation.distance_by_index[index={step}]"
         full = f"trajectories.full.continuation.distance_by_index[index={step}]"
-        rows.append([str(step), est("demo", f"{sphere}.mean"), est("demo", f"{full}.mean"),
-                     fmt(value("demo", f"{full}.n"))])
+        rows.append([str(step), est("organism-pair", f"{sphere}.mean"), est("organism-pair", f"{full}.mean"),
+                     fmt(value("organism-pair", f"{full}.n"))])
     return _table(["step", "sphere (rad)", "full dimension (rad)", "n paths"], rows)
 
 
@@ -339,7 +345,7 @@ def gptj_continuation_distance() -> str:
 
 
 def themes_predictors() -> str:
-    run, th = "demo", "themes"
+    run, th = "organism-pair", "themes"
     best = value(run, f"{th}.best_layer")
     rows = []
     for name, label in (("probe", f"probe, layer {best}"),
@@ -368,7 +374,7 @@ def collapse_probes_stories260k() -> str:
 
 
 def collapse_rank_organism() -> str:
-    run, p0 = "demo", "collapse.probes.rank_correlation"
+    run, p0 = "organism-pair", "collapse.probes.rank_correlation"
     rows = [[probe, fmt(value(run, f"{p0}.{probe}.n_answers")),
              est(run, f"{p0}.{probe}.spearman", 2), est(run, f"{p0}.{probe}.kendall", 2)]
             for probe in value(run, p0)]
@@ -376,7 +382,7 @@ def collapse_rank_organism() -> str:
 
 
 def collapse_decollapse_organism() -> str:
-    run, p0 = "demo", "collapse.decollapse.sets"
+    run, p0 = "organism-pair", "collapse.decollapse.sets"
     rows = []
     for name in value(run, p0):
         p = f"{p0}[{name}]"
@@ -388,7 +394,7 @@ def collapse_decollapse_organism() -> str:
 
 
 def collapse_free_text_organism() -> str:
-    run, p0 = "demo", "collapse.temperature.free_text.meet"
+    run, p0 = "organism-pair", "collapse.temperature.free_text.meet"
     rows = []
     for metric in value(run, p0):
         p = f"{p0}.{metric}"
@@ -401,47 +407,89 @@ def collapse_free_text_organism() -> str:
 
 
 def lineage_attribution() -> str:
-    """Every stage's change of every attributed metric of the lineage demo, with its CI,
-    share and n (concept cosines: the layer where a stage moved it most)."""
-    run = "demo-lineage"
+    """Every stage's change of every attributed metric of the demo, with its CI, share and n,
+    stages in lineage order and metrics in the order the sections run (concept cosines: the
+    layer where a stage moved it most), as the demo's own report shows it
+    (``report.compare.attribution_rows``)."""
+    from difflens.report.compare import (
+        ATTRIBUTION_HEADER,
+        attribution_footnotes,
+        attribution_rows,
+    )
+
+    run = "demo"
     att = value(run, "attribution")
-    rows = []
     cosines = {k: v for k, v in att.items() if k.startswith("concept_cosine_L")}
-    keep = [k for k in att if not k.startswith("concept_cosine_L")]
+    keep = {k: v for k, v in att.items() if not k.startswith("concept_cosine_L")}
     if cosines:  # one row per stage: the layer of its largest finite change
-        keep.append(max(cosines, key=lambda k: max(
+        best = max(cosines, key=lambda k: max(
             (abs(r["value"]) for r in cosines[k].values() if r["value"] is not None),
-            default=0.0)))
+            default=0.0))
+        keep[best] = cosines[best]
     names = value(run, "themes.theme_names") if "themes" in summary(run) else {}
-    for metric in keep:
-        for stage, r in att[metric].items():
-            if r["value"] is None:
-                continue
-            share = "—" if r["share"] is None else f"{r['share'] * 100:.0f}%"
-            label = f"{metric} ({names[metric]})" if metric in names else metric
-            rows.append([label, stage, f"{fmt(r['value'], 3)} [{fmt(r['ci_low'], 3)}, "
-                         f"{fmt(r['ci_high'], 3)}]", share, str(r["n"])])
-    return _table(["metric", "stage", "change [95% CI]", "share of the total", "n"], rows)
+    rows = attribution_rows(keep, value(run, "lineage"), names, keep_undefined=False)
+    notes = attribution_footnotes(rows)
+    return _table(ATTRIBUTION_HEADER, rows) + ("\n\n" + "\n".join(f"{n}" for n in notes)
+                                              if notes else "")
+
+
+def organism_seeds() -> str:
+    """The organism's training variance: each headline number's spread across builds
+    beside its prompt CI."""
+    run = "organism-seeds"
+    spread = value(run, "spread")
+    rows = []
+    for model, metrics in spread.items():
+        for metric, s in metrics.items():
+            rows.append([model, metric.replace("_", " "), fmt(s["mean"]), fmt(s["sd"], 2),
+                         f"{fmt(s['min'])} to {fmt(s['max'])}",
+                         f"±{fmt(s['prompt_ci_halfwidth'], 2)}"])
+    return _table(["model", "number", "mean over builds", "sd across builds",
+                   "range across builds", "prompt CI half-width (median)"], rows)
+
+
+def organism_seed_stages() -> str:
+    """Each stage's change across builds, beside its prompt CI."""
+    run = "organism-seeds"
+    rows = []
+    for metric, stages in value(run, "stage_spread").items():
+        for stage, s in stages.items():
+            rows.append([metric.replace("_", " "), stage, fmt(s["mean"], signed=True),
+                         fmt(s["sd"], 2), f"{fmt(s['min'], signed=True)} to "
+                         f"{fmt(s['max'], signed=True)}", f"±{fmt(s['prompt_ci_halfwidth'], 2)}"])
+    return _table(["number", "stage", "mean change", "sd across builds",
+                   "range across builds", "prompt CI half-width (median)"], rows)
+
+
+def organism_findings() -> str:
+    """Each finding about the organism's lineage, with the builds in which it held."""
+    run = "organism-seeds"
+    rows = [[f["finding"], f"{f['held']}/{f['n_builds']}",
+             ", ".join(f["failed_in"]) or "—"] for f in value(run, "findings")]
+    return _table(["finding", "held in", "did not hold in"], rows)
 
 
 TABLES: dict[str, tuple[str, Callable[[], str]]] = {
-    "lineage_attribution": ("demo-lineage", lineage_attribution),
+    "lineage_attribution": ("demo", lineage_attribution),
+    "organism_seeds": ("organism-seeds", organism_seeds),
+    "organism_seed_stages": ("organism-seeds", organism_seed_stages),
+    "organism_findings": ("organism-seeds", organism_findings),
     "organism_properties": ("demo", organism_properties),
-    "collapse_probes_organism": ("demo", collapse_probes_organism),
+    "collapse_probes_organism": ("organism-pair", collapse_probes_organism),
     "collapse_probes_smollm2": ("smollm2-probes", collapse_probes_smollm2),
-    "collapse_rank_organism": ("demo", collapse_rank_organism),
+    "collapse_rank_organism": ("organism-pair", collapse_rank_organism),
     "collapse_probes_stories260k": ("issue19-collapse-stories260k-probes",
                                     collapse_probes_stories260k),
-    "collapse_decollapse_organism": ("demo", collapse_decollapse_organism),
-    "collapse_free_text_organism": ("demo", collapse_free_text_organism),
-    "concepts_by_layer": ("demo", concepts_by_layer),
-    "concepts_dose_response": ("demo", concepts_dose_response),
+    "collapse_decollapse_organism": ("organism-pair", collapse_decollapse_organism),
+    "collapse_free_text_organism": ("organism-pair", collapse_free_text_organism),
+    "concepts_by_layer": ("organism-pair", concepts_by_layer),
+    "concepts_dose_response": ("organism-pair", concepts_dose_response),
     "concepts_smollm2_auc": ("smollm2-persona", concepts_smollm2_auc),
-    "trajectories_organism": ("demo", trajectories_organism),
+    "trajectories_organism": ("organism-pair", trajectories_organism),
     "gptj_continuation_distance": ("gptj", gptj_continuation_distance),
-    "control_organism": ("demo", control_organism),
+    "control_organism": ("organism-pair", control_organism),
     "control_smollm2": ("smollm2-control", control_smollm2),
-    "themes_predictors": ("demo", themes_predictors),
+    "themes_predictors": ("organism-pair", themes_predictors),
 }
 
 
@@ -489,7 +537,105 @@ def store(run: str, out: Path, command: str, figures: list[str], wall_s: float |
             "date": _dt.date.today().isoformat(), "wall_s": wall_s,
             "machine": "2 CPU cores, no GPU, float32",
             "figures": shas}
+    organism = organism_of(json.loads((out / "summary.json").read_text()))
+    if organism:
+        meta["organism_id"] = organism
     (dest / "run.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def _shipped_ids() -> dict[str, str]:
+    """Each shipped organism build's model weights hash -> its organism id."""
+    from difflens.organism.shipped import SHIPPED_ROOT, manifest
+
+    out = {}
+    for folder in sorted(SHIPPED_ROOT.iterdir()):
+        if (folder / "manifest.json").is_file():
+            m = manifest(folder)
+            out.update({sha: m["organism_id"] for sha in m["weights_sha256"].values()})
+    return out
+
+
+def organism_of(summary: dict[str, Any]) -> str | None:
+    """The id of the organism a run ran on: the demo's ``organism_build.organism_id``, or
+    the shipped build whose weights one of the run's models has; None for other models."""
+    found = summary.get("organism_build", {}).get("organism_id")
+    if found:
+        return str(found)
+    ids = _shipped_ids()
+    models = summary.get("models", [])
+    for m in models if isinstance(models, list) else []:
+        sha = (m.get("identity") or {}).get("weights_sha256") if isinstance(m, dict) else None
+        if sha in ids:
+            return ids[sha]
+    return None
+
+
+#: Commands that run on the organism (a preset or the demo): their runs must record it.
+ORGANISM_COMMAND = re.compile(r"organism-|difflens demo|organism_pair|--organism|--format organism")
+
+
+def _older(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether run ``a`` was made before run ``b``: its commit an ancestor of b's (by date
+    when git does not know one of them, e.g. in a shallow clone)."""
+    if a["commit"] == b["commit"]:
+        return False
+    done = subprocess.run(["git", "merge-base", "--is-ancestor", a["commit"], b["commit"]],
+                          cwd=ROOT, capture_output=True)
+    if done.returncode in (0, 1):
+        return done.returncode == 0
+    return str(a["date"]) < str(b["date"])
+
+
+def page_runs(text: str) -> set[str]:
+    """The stored runs a page renders: macro calls, included tables, shown figures."""
+    runs = set(re.findall(r"\b(?:num|est|pct|value|plain|cite|cmd|wall)\(\s*[\"']"
+                          r"([A-Za-z0-9_-]+)[\"']", text))
+    for name in re.findall(r'--8<-- "generated/([A-Za-z0-9_]+)\.md"', text):
+        if name in TABLES:
+            runs.add(TABLES[name][0])
+    runs.update(re.findall(r"results/([A-Za-z0-9_-]+)/figures/", text))
+    return runs
+
+
+def provenance_problems(pages: list[Path]) -> list[str]:
+    """Stored runs that would mislead a reader: two runs of one command made at different
+    commits (one of them is stale), an organism run that records no organism or another
+    organism than the shipped one, and a page that renders an organism run older than the
+    demo run it describes."""
+    from difflens.organism.shipped import manifest
+
+    problems = []
+    metas = {p.name: provenance(p.name) for p in sorted(RESULTS.iterdir())
+             if (p / "run.json").is_file()}
+    by_command: dict[str, list[str]] = {}
+    for run, meta in metas.items():
+        by_command.setdefault(meta["command"], []).append(run)
+    for command, runs in by_command.items():
+        if len({metas[r]["commit"] for r in runs}) > 1:
+            listed = ", ".join(f"{r} ({metas[r]['commit'][:7]})" for r in runs)
+            problems.append(f"runs {listed} record the same command `{command}` at different "
+                            "commits: re-store the stale one, or rename it and record its "
+                            "true command")
+    shipped = manifest()["organism_id"]
+    organism_runs = {r for r, m in metas.items() if ORGANISM_COMMAND.search(m["command"])}
+    for run in sorted(organism_runs):
+        got = metas[run].get("organism_id")
+        if got is None:
+            problems.append(f"run {run!r} ran on the organism but records no organism id "
+                            f"(it predates the shipped organism {shipped}): re-store it")
+        elif got != shipped:
+            problems.append(f"run {run!r} ran on organism {got}, not the shipped {shipped}: "
+                            "re-store it")
+    for page in pages:
+        runs = page_runs(page.read_text()) & set(metas)
+        if "demo" not in runs:
+            continue
+        for run in sorted((runs & organism_runs) - {"demo"}):
+            if _older(metas[run], metas["demo"]):
+                problems.append(f"{page.relative_to(ROOT)} renders run {run!r} "
+                                f"({metas[run]['commit'][:7]}), older than the demo run it "
+                                f"describes ({metas['demo']['commit'][:7]}): re-store it")
+    return problems
 
 
 def bench(run: str, command: list[str]) -> None:
@@ -551,8 +697,10 @@ def check() -> list[str]:
             if not fig.is_file() or hashlib.sha256(fig.read_bytes()).hexdigest() != sha:
                 problems.append(f"{fig.relative_to(ROOT)} is missing or not the figure the run "
                                 "wrote (sha256 differs from run.json)")
-    pages = sorted((ROOT / "docs").rglob("*.md")) + [ROOT / "README.md"]
-    for page in (p for p in pages if p.is_file()):
+    pages = [p for p in sorted((ROOT / "docs").rglob("*.md")) + [ROOT / "README.md"]
+             if p.is_file() and GENERATED not in p.parents]
+    problems += provenance_problems(pages)
+    for page in pages:
         for run, name in re.findall(r"results/([A-Za-z0-9_-]+)/figures/([A-Za-z0-9_.-]+\.png)",
                                     page.read_text()):
             manifest = RESULTS / run / "run.json"

@@ -110,6 +110,23 @@ def test_a_total_whose_ci_includes_zero_gives_no_share_ci():
     assert any("includes 0" in n for n in att.notes)
 
 
+def test_the_table_carries_the_total_with_its_ci_and_what_was_resampled():
+    """Every row has the lineage's total change and its CI (what a reader needs to judge a
+    share: a total whose CI includes 0 makes every share meaningless) and the units."""
+    v = _lineage_values(400, (0.3, -0.29), seed=6, unit_sd=1.0, noise=0.05)
+    att = attribute(v, LINEAGE, seed=2, resampled="prompts")
+    t = att.table
+    assert (t["total"] == att.total).all()
+    assert att.total == pytest.approx(t["delta"].sum(), abs=1e-12)
+    assert (t["total_ci_low"] == att.total_ci[0]).all()
+    assert (t["total_ci_high"] == att.total_ci[1]).all()
+    assert att.total_ci[0] < 0.01 < att.total_ci[1]  # the planted total, 0.3 - 0.29
+    assert list(t["resampled"]) == ["prompts", "prompts"]
+    # the stored summary keeps its spelling (the docs and the snapshots read it)
+    assert set(att.summary()["sft"]) == {"value", "ci_low", "ci_high", "n", "resampled",
+                                         "share"}
+
+
 def test_ratio_of_sums_with_denominators():
     rng = np.random.default_rng(5)
     tokens = rng.integers(1, 30, 200).astype(np.float64)

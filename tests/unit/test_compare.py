@@ -97,6 +97,21 @@ def test_a_planted_change_is_attributed_to_its_stage(tmp_path, changed_stage):
     assert (tmp_path / "out" / "figures" / "stages_capture.png").stat().st_size > 1000
     # every adjacent pair and every model against the base were captured
     assert set(run.summary["capture"]["pairs"]) == {"base-vs-m1", "base-vs-m2", "m1-vs-m2"}
+    # the section's table: metrics as the section runs them, stages in lineage order, the
+    # stage that made the change with 100% of it, the other 0% (never -0%), share CIs shown
+    capture = next(s for s in run.sections if s.heading == "Capture")
+    page = capture.intro
+    assert page.index(">entropy<") < page.index(">kl_to_base<")
+    assert page.index("base → m1") < page.index("m1 → m2")
+    assert "100% [" in page and "-0%" not in page and "−0%" not in page
+    assert "nan" not in page.lower()
+    # the stage figure: one panel per metric, each on its own axis with its unit
+    stages = next(f for f in capture.figures if f.name == "stages_capture")
+    chart = stages.plotly()
+    assert [a.text for a in chart.layout.annotations] == ["Next-token entropy",
+                                                          "KL to the base"]
+    assert chart.layout.yaxis.title.text == "change (nats/token)"
+    assert "n = 24 texts" in stages.caption
 
 
 def test_two_models_give_todays_pair_results(tmp_path):
@@ -183,7 +198,7 @@ def test_cli_compare_organism_pair_collapse_and_concepts(tmp_path, monkeypatch, 
     """The issue's command, end to end, on the reduced organism (its presets patched to it)."""
     from difflens.organism import build as B
 
-    monkeypatch.setattr(B, "build_organism", lambda *a, **k: small_organism)
+    monkeypatch.setattr(B, "shipped_organism", lambda *a, **k: small_organism)
     cfg = tmp_path / "compare.toml"
     cfg.write_text("[collapse]\nsamples = 2\nmax_new_tokens = 8\n"
                    "[concepts]\nalphas = [0.0, 0.5]\nn_generations = 1\n")
@@ -260,8 +275,8 @@ def test_overview_takeaways_and_headline_leave_undefined_changes_out():
     # entropy base -> sft is 3 half-widths from 0; sft -> dpo only 1.125
     assert lines == [
         "capture: 2 of 3 stage changes have a 95% CI that excludes 0; clearest: entropy, "
-        "base → sft -0.300 [-0.400, -0.200] n=40",
+        "base → sft −0.300 [−0.400, −0.200] n=40",  # one minus sign, U+2212
         "concepts: 0 of 1 stage changes have a 95% CI that excludes 0"]
     head = _headline(CompareRun(summary={}, sections=[], attribution=table))
     assert "concept_cosine_L0: base → sft" not in head and len(head) == 4
-    assert head["concept_cosine_L2: base → sft"] == "-0.100 [-0.300, 0.100] n=60"
+    assert head["concept_cosine_L2: base → sft"] == "−0.100 [−0.300, 0.100] n=60"

@@ -108,3 +108,48 @@ def test_check_fails_when_a_stored_figure_was_swapped(stored):
 def test_the_repository_docs_are_rendered_from_their_stored_runs():
     """The committed tables equal a fresh rendering of the committed runs (CI runs this too)."""
     assert rr.check() == []
+
+
+def _store(results, name: str, command: str, commit: str, date: str, **extra) -> None:
+    run = results / name
+    run.mkdir(parents=True)
+    (run / "summary.json").write_text(json.dumps({"x": 1.0}))
+    (run / "run.json").write_text(json.dumps({"command": command, "commit": commit,
+                                              "date": date, "figures": {}, **extra}))
+
+
+def test_check_fails_on_one_command_stored_at_two_commits(stored):
+    _store(stored.parent, "r-old", "difflens x --out r", "fedcba9876543210", "2026-11-30")
+    problems = rr.check()
+    assert any("record the same command `difflens x --out r` at different commits" in p
+               for p in problems), problems
+
+
+def test_check_fails_on_organism_runs_of_another_organism_or_older_than_the_demo(
+        stored, monkeypatch):
+    from difflens.organism.shipped import manifest
+
+    monkeypatch.setattr(rr, "TABLES", {})  # the docs' tables read keys these runs lack
+    shipped = manifest()["organism_id"]
+    results = stored.parent
+    _store(results, "demo", "difflens demo --out d", "1111111111111111", "2026-12-07",
+           organism_id=shipped)
+    _store(results, "pair-new", "difflens compare --base organism-base --tuned organism-rl",
+           "2222222222222222", "2026-12-07", organism_id=shipped)
+    assert rr.check() == []
+    _store(results, "pair-old", "difflens collapse probes --base organism-base",
+           "3333333333333333", "2026-12-01")
+    _store(results, "other-organism", "difflens trajectories run --base organism-base",
+           "4444444444444444", "2026-12-08", organism_id="w000000000000")
+    page = rr.ROOT / "docs" / "page.md"
+    page.parent.mkdir()
+    page.write_text('{{ num("demo", "x") }} and {{ est("pair-old", "x") }}, '
+                    '{{ num("pair-new", "x") }}')
+    problems = rr.check()
+    assert any("'pair-old' ran on the organism but records no organism id" in p
+               for p in problems), problems
+    assert any("'other-organism' ran on organism w000000000000, not the shipped" in p
+               for p in problems), problems
+    assert any("docs/page.md renders run 'pair-old'" in p and "older than the demo" in p
+               for p in problems), problems
+    assert not any("'pair-new'" in p for p in problems)

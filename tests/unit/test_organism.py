@@ -8,18 +8,17 @@ import pandas as pd
 import pytest
 from scipy.special import comb
 from scipy.stats import entropy
-from syrupy.extensions.json import JSONSnapshotExtension
 from typer.testing import CliRunner
 
 import difflens as dl
-from difflens.analysis.summary_spelling import leftover_ci_keys, respell
+from difflens.analysis.summary_spelling import leftover_ci_keys
 from difflens.cli.main import app
 from difflens.models import presets
 from difflens.organism import build as B
 from difflens.organism import training as T
 from difflens.organism import world as W
 from difflens.organism.truth import organism_measure
-from difflens.report.summary_numbers import summary_numbers, unflatten_numbers
+from difflens.report.summary_numbers import summary_numbers
 
 
 @pytest.fixture
@@ -32,7 +31,10 @@ pytestmark = pytest.mark.organism
 
 def test_small_build_is_complete_and_cached(small_organism, small_cfg):
     org = small_organism
-    assert org.path == B.organism_dir(small_cfg)
+    # stored under the config's folder name and its own weights' id
+    assert org.path.name == f"{B.organism_dir(small_cfg).name}-{org.organism_id}"
+    assert org.build_info["weights_sha256"]["base"] == dl.load_model(
+        org.path / "base", device="cpu").identity.weights_sha256
     for name in ("base", "tuned", "sft", "rl"):
         lm = dl.load_model(org.path / name, device="cpu")
         assert lm.identity.architecture == "LlamaForCausalLM"
@@ -67,12 +69,14 @@ def test_build_is_deterministic(small_organism, small_cfg, tmp_path, monkeypatch
     monkeypatch.setenv("DIFFLENS_CACHE", str(tmp_path / "other"))
     b = B.build_organism(small_cfg)
     assert (b.path / "base" / "model.safetensors").read_bytes() == wa
+    assert b.organism_id == a.organism_id
     assert a.properties["tuned"]["reward"] == b.properties["tuned"]["reward"]
 
 
 def test_half_finished_build_is_not_taken_for_finished(small_cfg, monkeypatch):
     target = B.organism_dir(small_cfg)
     (target / "base").mkdir(parents=True)  # e.g. a build killed half-way by an old version
+    (target.parent / f"{target.name}-w000000000000" / "base").mkdir(parents=True)
     assert B.find_organism(small_cfg) is None
 
     real = B.rl_tune
@@ -91,7 +95,7 @@ def test_half_finished_build_is_not_taken_for_finished(small_cfg, monkeypatch):
 
 def test_presets_resolve_to_the_organism(small_organism, monkeypatch):
     org = small_organism
-    monkeypatch.setattr(B, "build_organism", lambda *a, **k: org)
+    monkeypatch.setattr(B, "shipped_organism", lambda *a, **k: org)
     base = dl.load_model("organism-base", device="cpu")
     tuned = dl.load_model("organism-tuned", device="cpu")
     assert base.identity.name == "organism-base"
@@ -295,43 +299,53 @@ def _check_demo_against_its_data(out: Path, summary: dict) -> None:
     _check_trajectories(out, summary)
 
 
-#: Every number of the small demo at the start of issue 26 (commit 0278c15, on the machine
-#: that made this change), flattened by summary_numbers: the old spellings of a CI.
-BEFORE_RESPELLING = Path(__file__).parent / "data" / "demo_small_numbers_before_issue26.json"
+#: Every number of the small demo on the shipped reduced organism (timings left out).
+DEMO_SMALL_NUMBERS = Path(__file__).parent / "data" / "demo_small_numbers.json"
+#: How far a number may move when another CPU runs the same weights: relative and absolute
+#: tolerance. Measured (issue 27) by running the small demo under ATEN_CPU_CAPABILITY
+#: default/avx2/avx512 and 1 or 2 threads; see ``CPU_NOTE``.
+REL, ABS = 1e-3, 1e-4
+CPU_NOTE = "see tests/unit/data/demo_small_numbers.json's neighbour demo_small_cpu.json"
 
 
-def _same_numbers_as_before_the_respelling(summary: dict) -> None:
-    """Issue 26 changed how a value with its CI is spelled and nothing else: the numbers
-    taken before it, respelled, are the demo's numbers now, at the same paths and to the
-    same 6 digits. The demo has more numbers only where an estimate now records its ``n``,
-    which the old spellings did not keep beside it."""
-    before = summary_numbers(respell(unflatten_numbers(json.loads(
-        BEFORE_RESPELLING.read_text()))))
-    now = summary_numbers(summary)
-    missing = sorted(set(before) - set(now))
-    assert not missing, missing[:10]
-    # besides the ``n`` of each estimate, the themes config now records its chain
-    # transformer's training steps (a setting, 400 as before, now a ThemesConfig field)
-    added = sorted(p for p in set(now) - set(before)
-                   if not p.endswith("/n") and p != "/themes/config/transformer_steps")
-    assert not added, added[:10]
-    assert now["/themes/config/transformer_steps"] == 400
-    changed = [(p, before[p], now[p]) for p in sorted(before) if before[p] != now[p]]
-    assert not changed, changed[:10]
+def same_numbers(summary: dict, stored: Path) -> None:
+    """Every number of ``summary`` at the same path as in ``stored``, within ``REL``/``ABS``
+    (no more digits than inference on another CPU keeps); DIFFLENS_UPDATE_NUMBERS=1
+    rewrites ``stored`` instead."""
+    import math
+    import os
+
+    now = summary_numbers(summary, digits=8)
+    if os.environ.get("DIFFLENS_UPDATE_NUMBERS"):
+        stored.write_text(json.dumps(now, indent=1, sort_keys=True) + "\n")
+    before = json.loads(stored.read_text())
+    assert sorted(set(before) ^ set(now)) == [], sorted(set(before) ^ set(now))[:10]
+
+    def close(a, b) -> bool:
+        if isinstance(a, str) or isinstance(b, str):
+            return a == b
+        return math.isclose(a, b, rel_tol=REL, abs_tol=ABS)
+
+    off = [(p, before[p], now[p]) for p in sorted(before) if not close(before[p], now[p])]
+    assert not off, off[:10]
     assert leftover_ci_keys(summary) == []
 
 
-def test_cli_build_info_and_demo(tmp_path, snapshot, monkeypatch, organism_build):
+def test_cli_build_info_and_demo(tmp_path, monkeypatch, organism_build):
     runner = CliRunner()
-    res = runner.invoke(app, ["organism", "info", "--small"])  # this test's empty cache
+    res = runner.invoke(app, ["organism", "info", "--seed", "0", "--small"])  # empty cache
     assert res.exit_code == 2 and "run: difflens organism build --small" in res.output
     cache, build_output = organism_build  # `organism build --small` on an empty cache
     assert "built organism" in build_output
     monkeypatch.setenv("DIFFLENS_CACHE", str(cache))
     res = runner.invoke(app, ["organism", "build", "--small"])
     assert "cached organism" in res.output
+    built = json.loads(runner.invoke(app, ["organism", "info", "--seed", "0", "--small",
+                                           "--json"]).output)
+    assert not built["shipped"] and built["organism_id"] in built["path"]
+    # without --seed: the shipped (reduced) organism, the one the demo runs on
     info = json.loads(runner.invoke(app, ["organism", "info", "--small", "--json"]).output)
-    assert set(info["models"]) == {"base", "sft", "rl", "rl-from-base"}
+    assert info["shipped"] and set(info["models"]) == {"base", "sft", "rl", "rl-from-base"}
     blocker = tmp_path / "blocker"
     blocker.write_text("")
     res = runner.invoke(app, ["demo", "--small", "--out", str(blocker / "demo")])
@@ -341,22 +355,26 @@ def test_cli_build_info_and_demo(tmp_path, snapshot, monkeypatch, organism_build
     assert res.exit_code == 0, res.output
     summary = json.loads((out / "summary.json").read_text())
     _check_demo_against_its_data(out, summary)
-    # the demo ends with the command that opens its runs in the explorer, and it works: every
-    # folder is a run the explorer serves, with the organism's base and rl for the live views
+    # the demo ends with the command that opens it in the explorer, `difflens explore OUT`,
+    # and it works: the explorer opens every section of the demo's folder
     import shlex
 
     import difflens.explore
+    from difflens.explore.runs import open_runs
 
     line = next(x for x in res.stdout.splitlines() if x.startswith("difflens explore "))
     args = shlex.split(line)[1:]
+    assert args == ["explore", str(out)]
     served = {}
     monkeypatch.setattr(difflens.explore, "serve", lambda folders, config, live=None:
                         served.update(folders=list(folders), live=live))
     assert runner.invoke(app, args).exit_code == 0
-    assert [Path(f) for f in served["folders"]][1:3] == [out / "trajectories", out / "collapse"]
-    assert set(served["live"].models) == {"base", "tuned"}
-    # `organism info` reads the same build the demo used
+    assert [Path(f) for f in served["folders"]] == [out]
+    opened = {r.path for r in open_runs([out])}
+    assert {out / "trajectories", out / "collapse", out / "themes"} <= opened
+    # `organism info` reads the organism the demo used: the shipped one
     assert info["path"] == summary["organism_build"]["path"]
+    assert summary["organism_build"]["organism_id"] == info["organism_id"]
     for label in ("base", "sft", "rl", "rl-from-base"):
         assert info["properties"][label]["reward_mean"] == summary["organism"][label]["reward_mean"]
     # the stored run records each model's identity and place in the lineage
@@ -373,11 +391,11 @@ def test_cli_build_info_and_demo(tmp_path, snapshot, monkeypatch, organism_build
             assert {"value", "ci_low", "ci_high", "share", "n", "resampled"} <= set(row)
     assert any(k.startswith("concept_cosine_L") for k in att)
     assert any(k.startswith("theme_share_") for k in att)
-    # Every number of the small demo (timings left out), to 6 significant digits: a change
-    # of any result shows up here. After a deliberate change, rerun with --snapshot-update
-    # and explain the diff.
-    _same_numbers_as_before_the_respelling(summary)
-    assert summary_numbers(summary) == snapshot(extension_class=JSONSnapshotExtension)
+    # Every number of the small demo (timings left out), against the stored ones within
+    # what inference on another CPU keeps (``same_numbers``): a change of any result shows
+    # up here. After a deliberate change, rerun with DIFFLENS_UPDATE_NUMBERS=1 and explain
+    # the diff.
+    same_numbers(summary, DEMO_SMALL_NUMBERS)
     page = (out / "index.html").read_text()
     assert "Headline figures" in page and "plotly" in page.lower()
     concepts = summary["concepts"]

@@ -38,6 +38,10 @@ COLUMNS = (
     "share_ci_low",
     "share_ci_high",
     "n",
+    "total",
+    "total_ci_low",
+    "total_ci_high",
+    "resampled",
 )
 
 
@@ -49,7 +53,10 @@ class Attribution:
     """One row per stage (see ``COLUMNS``): ``stage`` is the model the stage produced,
     ``from``/``to`` the models it joins, ``delta`` its change with ``ci_low``/``ci_high``,
     ``share`` the fraction of the total change it made with ``share_ci_low``/
-    ``share_ci_high`` (NaN when not defined: see ``notes``), ``n`` the units used."""
+    ``share_ci_high`` (NaN when not defined: see ``notes``), ``n`` the units used;
+    ``total`` with ``total_ci_low``/``total_ci_high`` the whole lineage's change (the same
+    on every row: what a reader needs to judge the shares) and ``resampled`` what the
+    units are."""
     levels: dict[str, float]
     """Each model's level of the metric on the units used, in lineage order."""
     total: float
@@ -68,7 +75,8 @@ class Attribution:
     """What the bootstrap resampled (``"prompts"``, ``"items"``, ``"texts"``, ...)."""
 
     def summary(self) -> dict[str, dict[str, Any]]:
-        """``{stage: {value, ci_low, ci_high, n, resampled, share}}`` for the
+        """``{stage: {value, ci_low, ci_high, n, resampled, share, share_ci_low,
+        share_ci_high}}`` for the
         ``attribution.<metric>.<stage>`` keys of a stored summary: each stage's change as an
         estimate (``to_json``'s keys, ``value``
         the change) with its share of the total beside it; a number that is not finite is
@@ -79,10 +87,13 @@ class Attribution:
 
 def stage_estimate(row: Mapping[str, Any], resampled: str = "") -> dict[str, Any]:
     """One row of ``Attribution.table`` as ``{value, ci_low, ci_high, n, resampled,
-    share}`` (the summary's spelling of a stage; not finite: ``None``)."""
+    share, share_ci_low, share_ci_high}`` (the summary's spelling of a stage; not finite:
+    ``None``, e.g. the share CI of a total whose CI includes 0)."""
     return {"value": _json_float(row["delta"]), "ci_low": _json_float(row["ci_low"]),
             "ci_high": _json_float(row["ci_high"]), "n": int(row["n"]),
-            "resampled": resampled, "share": _json_float(row["share"])}
+            "resampled": resampled, "share": _json_float(row["share"]),
+            "share_ci_low": _json_float(row.get("share_ci_low")),
+            "share_ci_high": _json_float(row.get("share_ci_high"))}
 
 
 def _json_float(x: Any) -> float | None:
@@ -278,6 +289,10 @@ def attribute_levels(
             "share_ci_low": s_lo,
             "share_ci_high": s_hi,
             "n": np.full(len(deltas), n, np.int64),
+            "total": np.full(len(deltas), total),
+            "total_ci_low": np.full(len(deltas), t_lo),
+            "total_ci_high": np.full(len(deltas), t_hi),
+            "resampled": [resampled] * len(deltas),
         },
         columns=list(COLUMNS),
     )

@@ -1,6 +1,7 @@
 """``difflens organism build`` and ``difflens organism info``."""
 
 import json
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -27,37 +28,65 @@ def build_cmd(
     small: bool = typer.Option(False, help="A reduced build (seconds; for tests)."),
     force: bool = typer.Option(False, help="Rebuild even if a finished build is cached."),
 ) -> None:
-    """Build the organism (idempotent: a finished build is reused)."""
+    """Train the organism from scratch (idempotent: a finished build is reused). The demo and
+    the presets use the shipped organism; a build is stored under its own weights' id and
+    says how far it lands from the shipped one."""
     from difflens.organism.build import build_organism, find_organism
 
     cfg = _config(seed, small)
     cached = find_organism(cfg) is not None and not force
     org = build_organism(cfg, progress=True, force=force)
-    times = org.build_info["times_s"]
-    out.print(f"[green]{'cached' if cached else 'built'}[/] organism at {org.path}")
+    info = org.build_info
+    times = info["times_s"]
+    out.print(f"[green]{'cached' if cached else 'built'}[/] organism {org.organism_id} at "
+              f"{org.path}")
     out.print("build times: " + ", ".join(f"{k} {v:.0f}s" for k, v in times.items()))
+    for line in shipped_lines(info.get("vs_shipped")):
+        out.print(line, highlight=False)
+
+
+def shipped_lines(vs: dict | None) -> list[str]:  # type: ignore[type-arg]
+    """How far a build of the shipped recipe landed from the shipped organism, in lines."""
+    if not vs:
+        return []
+    w = vs["weights"]
+    if all(m.get("identical") for m in w.values()):
+        return ["the same weights as the shipped organism, bit for bit"]
+    lines = ["weights differ from the shipped organism (this CPU sums in another order): "
+             + "; ".join(f"{name} relative L2 {m['relative_l2']:.2g}, max |Δ| "
+                         f"{m['max_abs']:.2g}" for name, m in w.items() if m["comparable"])]
+    for name, props in vs["properties"].items():
+        lines.append(f"  {name}: " + ", ".join(
+            f"{key} {p['built']:.3f} (shipped {p['shipped']:.3f})" for key, p in props.items()))
+    lines.append("the demo and the organism-* presets keep using the shipped organism; run "
+                 "the demo on this build with: difflens demo --seed N")
+    return lines
 
 
 @app.command("info")
 @friendly_errors
 def info_cmd(
-    seed: int = typer.Option(0, help="Seed of the build to describe."),
-    small: bool = typer.Option(False, help="Describe the reduced build."),
+    seed: int | None = typer.Option(
+        None, help="Describe your build of this seed (default: the shipped organism)."),
+    small: bool = typer.Option(False, help="Describe the reduced organism."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Model folders, ground-truth files and measured properties of a built organism."""
+    """Model folders, ground-truth files and measured properties of the shipped organism, or
+    of a build (--seed, --small)."""
     from difflens.errors import InputError
-    from difflens.organism.build import find_organism
+    from difflens.organism.build import find_organism, shipped_organism
     from difflens.pipelines.demo import MEAN_KEY, organism_summary
     from difflens.report.figures import format_ci
 
-    org = find_organism(_config(seed, small))
+    org = shipped_organism(small) if seed is None else find_organism(_config(seed, small))
     if org is None:
         raise InputError("the organism is not built yet; run: difflens organism build"
                          + (f" --seed {seed}" if seed else "") + (" --small" if small else ""))
     props = org.properties
     info = {
         "path": str(org.path),
+        "organism_id": org.organism_id,
+        "shipped": org.shipped,
         "models": {name: str(p) for name, p in org.model_paths.items()},
         "ground_truth": org.ground_truth_files(),
         "build": org.build_info,
@@ -69,7 +98,8 @@ def info_cmd(
     if as_json:
         print(json.dumps(info, indent=2))
         return
-    t = Table(title=f"organism {org.path.name}", show_header=True)
+    t = Table(title=f"organism {info['organism_id']}"
+              + (" (shipped)" if org.shipped else f" ({org.path})"), show_header=True)
     t.add_column("")
     s = info["properties"]
     for m in s:
@@ -86,3 +116,46 @@ def info_cmd(
         out.print(f"ground truth {name}: {path}")
     out.print(f"base validation loss {info['base_val_loss']:.3f}; build times "
               + ", ".join(f"{k} {v:.0f}s" for k, v in org.build_info["times_s"].items()))
+
+
+@app.command("seeds")
+@friendly_errors
+def seeds_cmd(
+    seeds: str = typer.Option("0,1,2,3,4", help="Seeds to build (or reuse from the cache), "
+                              "comma-separated."),
+    build: list[Path] = typer.Option(  # noqa: B008
+        [], "--build", help="A finished build folder to add (e.g. one made on another CPU "
+        "or with ATEN_CPU_CAPABILITY set); repeat for several."),
+    out_dir: Path = typer.Option(Path("organism-seeds"), "--out", help="Output directory."),
+) -> None:
+    """Training variance: build the organism recipe with several seeds and report, for each
+    headline number and stage change, the spread across builds beside its prompt CI, and
+    for each finding the builds in which it held."""
+    from difflens._io import check_writable
+    from difflens.errors import InputError
+    from difflens.organism.build import Organism, OrganismConfig, build_organism
+    from difflens.pipelines.organism_seeds import run_organism_seeds
+
+    check_writable(out_dir)
+    try:
+        wanted = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        raise InputError(f"--seeds {seeds!r}: expected comma-separated integers, "
+                         f"e.g. --seeds 0,1,2") from None
+    builds = [build_organism(OrganismConfig(seed=s), progress=True) for s in wanted]
+    for folder in build:
+        info = folder / "build.json"
+        if not info.is_file():
+            raise InputError(f"--build {folder}: no build.json there; expected a finished "
+                             f"organism build folder (difflens organism info prints one)")
+        config = OrganismConfig(**json.loads(info.read_text())["config"])
+        builds.append(Organism(folder, config))
+    summary = run_organism_seeds(builds, out_dir)
+    t = Table(title=f"findings over {summary['n_builds']} builds")
+    t.add_column("finding")
+    t.add_column("held in")
+    for f in summary["findings"]:
+        t.add_row(f["finding"], f"{f['held']}/{f['n_builds']}")
+    out.print(t)
+    out.print(f"[green]summary:[/] {out_dir / 'summary.json'}   figure: "
+              f"{out_dir / 'figures' / 'seeds.png'}")

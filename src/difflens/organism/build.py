@@ -64,6 +64,7 @@ from difflens.organism.training import (  # re-exported: the recipe's steps
 
 __all__ = ["BUILD_FORMAT", "LINEAGE", "MODEL_FOLDERS", "PROPERTY_LABELS", "Organism",
            "OrganismConfig", "build_organism", "curated_stories", "find_organism",
+           "load_organism", "shipped_organism",
            "organism_dir", "organism_folder", "reward_of_story", "rl_tune", "sft_tune",
            "train_base", "train_tokenizer"]
 
@@ -116,22 +117,63 @@ class Organism:
     def build_info(self) -> dict[str, Any]:
         return dict(json.loads((self.path / "build.json").read_text()))
 
+    @property
+    def organism_id(self) -> str:
+        """``w`` and 12 hex digits naming the four models' weights (``shipped.weights_id``);
+        a build of an older difflens that did not record it is hashed on reading."""
+        from difflens.organism.shipped import model_weights, weights_id
+
+        info = self.build_info
+        return str(info.get("organism_id") or weights_id(model_weights(self.path)))
+
+    @property
+    def shipped(self) -> bool:
+        """Whether this is the organism difflens ships."""
+        from difflens.organism.shipped import SHIPPED_ROOT
+
+        return self.path.resolve().parent == SHIPPED_ROOT
+
     def ground_truth_files(self) -> dict[str, str]:
         gt = self.path / "ground_truth"
         return {p.stem: str(p) for p in sorted(gt.iterdir())}
 
 
 def organism_dir(config: OrganismConfig) -> Path:
+    """Where builds of ``config`` go: ``<cache>/organism/v<generator>-seed<seed>-<key>``; a
+    finished build is stored beside it as ``<that>-<weights id>``, named by its own weights
+    (``shipped.weights_id``), so a build whose weights differ never takes another's name."""
     return cache_dir() / "organism" / f"v{W.GENERATOR_VERSION}-seed{config.seed}-{config.key()}"
 
 
 def find_organism(config: OrganismConfig | None = None) -> Organism | None:
-    """The finished build for ``config`` (default config), or None."""
+    """The finished build of ``config`` (default: the default recipe) in the cache, or None;
+    the newest when several builds of it (from other machines) share the cache."""
     cfg = config or OrganismConfig()
-    path = organism_dir(cfg)
-    return Organism(path, cfg) if (path / "build.json").is_file() else None
+    prefix = organism_dir(cfg)
+    found = sorted((p for p in prefix.parent.glob(f"{prefix.name}-w*")
+                    if (p / "build.json").is_file()),
+                   key=lambda p: (p / "build.json").stat().st_mtime_ns)
+    return Organism(found[-1], cfg) if found else None
 
 
+def shipped_organism(small: bool = False) -> Organism:
+    """The organism difflens ships (``organism.shipped``): what the demo and the presets
+    ``organism-*`` load unless a build is asked for (``small``: the reduced recipe's, which
+    the tests and ``difflens demo --small`` run on)."""
+    from difflens.organism.shipped import SHIPPED_CONFIGS, SHIPPED_ROOT, manifest
+
+    name = "small" if small else "default"
+    manifest(SHIPPED_ROOT / name)  # a one-line error when the shipped files are missing
+    return Organism(SHIPPED_ROOT / name, SHIPPED_CONFIGS[name])
+
+
+def load_organism(config: OrganismConfig | None = None, *, small: bool = False,
+                  progress: bool = False) -> Organism:
+    """The shipped organism (``config`` None; ``small``: the reduced one), or the build of
+    ``config`` (built first when the cache has none)."""
+    if config is None:
+        return shipped_organism(small)
+    return build_organism(config, progress=progress)
 
 
 def _opening(story: W.Story) -> str:
@@ -140,15 +182,20 @@ def _opening(story: W.Story) -> str:
 
 def build_organism(config: OrganismConfig | None = None, *, progress: bool = False,
                    force: bool = False) -> Organism:
-    """Build the organism for ``config`` (default: the full one), or return the cached build."""
+    """Train the organism for ``config`` (default: the default recipe, seed 0) from scratch,
+    or return its cached build. The build is stored under its own weights' id
+    (``organism_dir``); ``build.json`` records the id, each model's weights hash and, for the
+    shipped recipe, how far the weights and properties land from the shipped build."""
     cfg = config or OrganismConfig()
-    target = organism_dir(cfg)
-    if not force and (target / "build.json").is_file():
-        return Organism(target, cfg)
+    cached = find_organism(cfg)
+    if cached is not None and not force:
+        return cached
     from difflens._io import write_json_atomic
+    from difflens.organism import shipped
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-build-", dir=target.parent))
+    prefix = organism_dir(cfg)
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-build-", dir=prefix.parent))
     times: dict[str, float] = {}
     try:
         with rich_progress(progress) as prog:
@@ -190,24 +237,29 @@ def build_organism(config: OrganismConfig | None = None, *, progress: bool = Fal
             _write_curves(tmp, curves, base_info, rl_sft_curves, sft_losses)
 
             t2 = time.perf_counter()
-            eval_stories = W.generate_stories(cfg.n_eval, cfg.seed + 3_000_003)
-            chances = W.chance_prompts(cfg.n_eval, cfg.seed + 4_000_003)
-            props, units = measure(
-                cfg, {PROPERTY_LABELS[n]: tmp / MODEL_FOLDERS[n] for n in
-                      ("base", "rl-from-base", "sft", "rl")},
-                [_opening(s) for s in eval_stories], chances, prog, tmp)
+            props, units = measure_build(cfg, tmp, prog, tmp)
             from difflens._io import write_parquet_atomic
 
             write_parquet_atomic(tmp / "measurements.parquet", units)
             times["measure_s"] = time.perf_counter() - t2
             props["base_val_loss"] = base_info["val_loss"]
             write_json_atomic(tmp / "properties.json", props)
+            weights = shipped.model_weights(tmp)
+            ours = shipped.shipped_dir(cfg)
+            vs_shipped = (shipped.distance_to_shipped(tmp, ours)
+                          if ours is not None and (ours / "manifest.json").is_file() else None)
             write_json_atomic(tmp / "build.json", {
                 "config": dataclasses.asdict(cfg), "key": cfg.key(),
                 "generator_version": W.GENERATOR_VERSION, "times_s": times,
                 "base": {k: v for k, v in base_info.items() if k != "train_loss"},
                 "torch_threads": torch.get_num_threads(),
+                "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                "organism_id": shipped.weights_id(weights), "weights_sha256": weights,
+                "vs_shipped": vs_shipped,
             })
+        target = prefix.parent / f"{prefix.name}-{shipped.weights_id(weights)}"
+        for old in prefix.parent.glob(f"{prefix.name}-w*") if force else ():
+            shutil.rmtree(old)
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
@@ -215,6 +267,19 @@ def build_organism(config: OrganismConfig | None = None, *, progress: bool = Fal
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return Organism(target, cfg)
+
+
+def measure_build(cfg: OrganismConfig, folder: Path, progress: Any, work: Path
+                  ) -> tuple[dict[str, Any], Any]:
+    """Measure the four models of the build at ``folder`` on the recipe's own held-out
+    openings and chance scenes (``measure``): what a build stores in ``properties.json``
+    and ``measurements.parquet``, and what a test re-measures on the shipped build to show
+    how far inference on another CPU moves it."""
+    eval_stories = W.generate_stories(cfg.n_eval, cfg.seed + 3_000_003)
+    chances = W.chance_prompts(cfg.n_eval, cfg.seed + 4_000_003)
+    return measure(cfg, {PROPERTY_LABELS[n]: folder / MODEL_FOLDERS[n] for n in
+                         ("base", "rl-from-base", "sft", "rl")},
+                   [_opening(s) for s in eval_stories], chances, progress, work)
 
 
 def _save(model: Any, tokenizer: Any, folder: Path) -> None:
@@ -277,7 +342,6 @@ def _write_curves(folder: Path, curves: dict[str, list[float]], base_info: dict[
 
 
 def organism_folder(which: str) -> Path:
-    """The default organism's model folder (lineage name), building it first if needed: what
-    the presets ``organism-<name>`` resolve to (named in
-    ``PROVIDED_PRESETS``, resolved on use)."""
-    return build_organism(progress=True).model_path(which)
+    """The shipped organism's model folder (lineage name): what the presets
+    ``organism-<name>`` resolve to (named in ``PROVIDED_PRESETS``, resolved on use)."""
+    return shipped_organism().model_path(which)

@@ -52,6 +52,7 @@ from difflens.report.compare import (
     lineage_html,
     pair_colors,
     per_model_figure,
+    probe_gain_note,
     stage_takeaways,
 )
 from difflens.report.figures import (
@@ -137,14 +138,16 @@ def run_compare(models: ModelSet, out: Path, inputs: CompareInputs, *,
         seconds[f"{name}_s"] = time.perf_counter() - t0
         table = _attribution_table(name, attributions)
         stages |= {metric: a.summary() for metric, a in attributions.items()}
+        names = section_summary.get("theme_names") or {}  # metric -> a theme's words
         if not table.empty:
             tables.append(table)
             figure = attribution_figure(f"stages_{name}", f"{name}: the change each stage made",
-                                        table)
+                                        table, names=names)
             figure.save(out / "figures")  # the section's own figures are in OUT/<section>
             figures = [figure, *figures]
-        sections.append(Section(name.capitalize(), intro + attribution_html(table), figures,
-                                stage_takeaways(table) if not table.empty else []))
+        sections.append(Section(name.capitalize(),
+                                intro + attribution_html(table, list(models.names), names),
+                                figures, stage_takeaways(table) if not table.empty else []))
     attribution = (pd.concat(tables, ignore_index=True) if tables
                    else pd.DataFrame(columns=["section", "metric", *COLUMNS]))
     summary["attribution"] = stages
@@ -466,4 +469,4 @@ def _themes(models: ModelSet, out: Path, inputs: CompareInputs, config: CompareC
         attributions[key] = _attribute(units, list(models.names), config.seed, "n",
                                        resampled="prompts")
     summary["theme_names"] = {f"theme_share_{t}": n for t, n in names.items()}
-    return summary, run.figures, attributions, intro_html(summary)
+    return summary, run.figures, attributions, intro_html(summary) + probe_gain_note(summary)

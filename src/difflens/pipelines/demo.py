@@ -1,8 +1,8 @@
 """The demo: ``difflens compare`` on the organism's lineage (base -> SFT -> RL), with the
 world's own inputs, and the organism's measured properties attributed to their stages.
 
-Builds the organism if needed (``difflens.organism.build``), then writes what
-``run_compare`` writes (every section under ``OUT/<section>``,
+Loads the shipped organism (or builds the one asked for, ``difflens.organism.build``), then
+writes what ``run_compare`` writes (every section under ``OUT/<section>``,
 ``OUT/data/attribution.*``, ``OUT/figures``) plus the organism's own block:
 ``summary.json`` keys ``organism`` (each model's reward, entropy, celebration share and chance
 TVD, each an estimate ``{value, ci_low, ci_high, n, resampled}``, the RL-from-base model
@@ -27,7 +27,7 @@ from difflens.organism.build import (
     PROPERTY_LABELS,
     Organism,
     OrganismConfig,
-    build_organism,
+    load_organism,
 )
 from difflens.organism.measure import UNITS
 from difflens.pipelines.compare import (
@@ -145,10 +145,11 @@ def demo_config(seed: int, small: bool = False) -> CompareConfig:
 
 def run_demo(out: Path, *, config: OrganismConfig | None = None, small: bool = False,
              progress: bool = False) -> dict[str, Any]:
-    """Run the whole demo into ``out`` and return the summary."""
+    """Run the whole demo into ``out`` and return the summary: on the shipped organism
+    (``config`` None), or on the build of ``config`` (built first when not cached)."""
     check_writable(out)  # fail in a second, not after a 5-minute organism build
     t0 = time.perf_counter()
-    org = build_organism(config, progress=progress)
+    org = load_organism(config, small=small, progress=progress)
     t_build = time.perf_counter() - t0
     cfg = org.config
     models = ModelSet({name: load_model(org.model_path(name), device="cpu")
@@ -172,6 +173,7 @@ def run_demo(out: Path, *, config: OrganismConfig | None = None, small: bool = F
     write_table(table, out / "data", "attribution")
     summary["sft_question"] = sft_question(attributions)
     summary["organism_build"] = {"path": str(org.path), "times_s": org.build_info["times_s"],
+                                 "organism_id": org.organism_id, "shipped": org.shipped,
                                  "base_val_loss": props["base_val_loss"],
                                  "base_params": org.build_info["base"]["params"],
                                  "build_seconds": t_build}

@@ -6,7 +6,7 @@ with its context), figures out: it reads a
 ``LineageCosines`` and runs no model."""
 
 import html
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -245,12 +245,22 @@ def dose_figure(label: str, rows: list[dict[str, Any]], unit: str) -> Figure:
                   caption=f"held-out items (n={rows[0]['n']}); band: 95% bootstrap CI")
 
 
+def settling_text(label: str, est: Mapping[str, Any]) -> str:
+    """Where ``label``'s concept vector settles, or that it does not within the layers
+    measured (a value of None: no layer's cosine with the next reached the threshold)."""
+    if est.get("value") is None:
+        return f"{label} does not settle within the layers measured"
+    lo, hi = est.get("ci_low"), est.get("ci_high")
+    ci = f" [{lo}, {hi}]" if lo is not None and hi is not None else " (no CI: some "\
+        "resamples did not settle)"
+    return f"{label} settles at layer {est['value']}{ci}"
+
+
 def consecutive_figure(cmp: ConceptComparison, threshold: float) -> Figure:
     """cos(v_l, v_next) by layer for each model, with the settling threshold."""
     labels = list(cmp.consecutive)
     rows0 = cmp.consecutive[labels[0]]
-    settled = "; ".join(f"{k} settles at layer {v['value']} [{v['ci_low']}, {v['ci_high']}]"
-                        for k, v in cmp.settling.items())
+    settled = "; ".join(settling_text(k, v) for k, v in cmp.settling.items())
     return Figure(
         "consecutive_cosine", "Consecutive-layer cosine of the concept vector", "line",
         [r["layer"] for r in rows0],

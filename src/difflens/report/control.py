@@ -70,6 +70,18 @@ def _label(kind: str, gain: float) -> str:
     return "unsteered" if kind == "none" else f"{kind} g={gain:g}"
 
 
+#: A figure's ratio axis turns logarithmic when its ratios span more than this factor.
+LOG_AXIS_SPAN = 10.0
+
+
+def wide_ratio_span(ratios: Any, span: float = LOG_AXIS_SPAN) -> bool:
+    """Whether positive ``ratios`` span more than ``span`` times (max / min), so that a
+    linear axis would crowd all but the largest into one corner: use a log axis."""
+    x = np.asarray(ratios, dtype=np.float64)
+    x = x[np.isfinite(x) & (x > 0)]
+    return len(x) > 1 and float(x.max() / x.min()) > span
+
+
 def controllability_figure(cells: pd.DataFrame, independent_name: str) -> CustomFigure:
     """Bad rate (probe, and the independent measure) against the fluency cost, per controller."""
     kinds = [k for k in CONTROLLER_COLORS if k in set(cells["controller"])]
@@ -82,6 +94,9 @@ def controllability_figure(cells: pd.DataFrame, independent_name: str) -> Custom
     measures = [("bad_rate", "probe", "solid")]
     if independent_name:
         measures.append(("bad_rate_independent", independent_name, "dot"))
+    log_x = wide_ratio_span(cells["ppl_ratio"])
+    xlabel = "perplexity ratio (under the unsteered model; log scale)" if log_x else (
+        "perplexity ratio (under the unsteered model)")
 
     def draw_plotly() -> Any:
         import plotly.graph_objects as go
@@ -101,9 +116,11 @@ def controllability_figure(cells: pd.DataFrame, independent_name: str) -> Custom
                                 name=f"{kind} ({what})",
                                 line={"color": CONTROLLER_COLORS[kind], "dash": dash})
         fig.update_layout(title="Controllability: bad rate against fluency cost",
-                          xaxis_title="perplexity under the unsteered model / unsteered's",
+                          xaxis_title=xlabel,
                           yaxis_title="fraction of generations entering the bad region",
                           template="plotly_white", height=480)
+        if log_x:
+            fig.update_xaxes(type="log")
         return fig
 
     def draw_matplotlib() -> Any:
@@ -127,9 +144,10 @@ def controllability_figure(cells: pd.DataFrame, independent_name: str) -> Custom
                     for x, y, g in zip(df["ppl_ratio"], df[col], df["gain"], strict=True):
                         ax.annotate(f"{g:g}", (x, y), fontsize=7, xytext=(3, 3),
                                     textcoords="offset points")
-        ax.set(title="Controllability: bad rate against fluency cost",
-               xlabel="perplexity ratio (under the unsteered model)",
+        ax.set(title="Controllability: bad rate against fluency cost", xlabel=xlabel,
                ylabel="fraction entering the bad region")
+        if log_x:
+            ax.set_xscale("log")
         ax.legend(fontsize=7)
         fig.tight_layout()
         return fig
@@ -138,7 +156,9 @@ def controllability_figure(cells: pd.DataFrame, independent_name: str) -> Custom
                         caption="Each point is one gain (labelled); solid: judged by the probe "
                                 "on the unsteered model's reading of the text; dotted: judged "
                                 f"independently ({independent_name or 'none'}). 95% CIs over "
-                                "prompts.")
+                                "prompts." + (" The x axis is logarithmic: the perplexity "
+                                              "ratios span more than "
+                                              f"{LOG_AXIS_SPAN:g}×." if log_x else ""))
 
 
 def trace_figure(gens: pd.DataFrame, threshold: float, picks: Sequence[tuple[str, float]],

@@ -4,7 +4,11 @@ headline and takeaways. Data in (the organism's properties and attribution), fig
 the sections' figures are ``difflens compare``'s."""
 
 import dataclasses
+import json
+import math
+import shlex
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -22,6 +26,14 @@ MEAN_KEY = {"reward": "reward_mean", "entropy": "entropy_mean",
             "celebration_share": "celebration_share", "chance_tvd": "chance_tvd"}
 #: Property label (``properties.json``) of each lineage name.
 _LABEL = {"base": "base", "sft": "sft", "rl": "rl", "rl-from-base": "tuned"}
+#: The organism's attributed metric -> its headline key (what its ``n`` counts is that
+#: headline's ``resampled``).
+ORGANISM_METRICS = {"organism_reward": "reward", "organism_entropy": "entropy",
+                    "organism_celebration": "celebration_share",
+                    "organism_chance_tvd": "chance_tvd"}
+#: Outcome words in their natural order (a die's faces, a count), for ``outcome_order``.
+_NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight",
+                 "nine", "ten", "eleven", "twelve")
 
 
 def demo_intro(summary: Mapping[str, Any]) -> str:
@@ -78,12 +90,13 @@ def organism_figures(props: Mapping[str, Any], organism: Mapping[str, Any],
     COLORS.setdefault("rl-from-base", RL_FROM_BASE_COLOR)
     figures: list[AnyFigure] = []
     heads = []
+    first = next(iter(organism.values()))
     for key, name in HEADLINE_NAMES.items():
         series = [Series(m, [row[MEAN_KEY[key]]["value"]], [row[MEAN_KEY[key]]["ci_low"]],
                          [row[MEAN_KEY[key]]["ci_high"]]) for m, row in organism.items()]
-        n = next(iter(organism.values()))[f"{key}_n"]
-        heads.append(Figure(f"headline_{key}", name, "bar", [key], series, ylabel=key,
-                            caption=f"n = {n} per model, 95% bootstrap CIs."))
+        n, what = first[f"{key}_n"], first[MEAN_KEY[key]].get("resampled") or "units"
+        heads.append(Figure(f"headline_{key}", name, "bar", [""], series, ylabel=name,
+                            caption=f"n = {n} {what} per model, 95% bootstrap CIs."))
     figures.append(small_multiples(
         "headline", "The organism's measured properties, every model",
         [dataclasses.replace(f) for f in heads], cols=2))
@@ -93,19 +106,59 @@ def organism_figures(props: Mapping[str, Any], organism: Mapping[str, Any],
         dists = {m: d for m, d in dists.items() if d}
         if not dists:
             continue
-        outcomes = list(next(iter(dists.values()))["mean_distribution"])
+        outcomes = outcome_order(next(iter(dists.values()))["mean_distribution"])
         figures.append(Figure(
             f"chance_{kind}", f"Exact {kind} distribution in the world's chance scenes",
             "bar", outcomes, [Series(m, [d["mean_distribution"][o] for o in outcomes])
                               for m, d in dists.items()],
             xlabel="outcome", ylabel="mean probability", hline=1 / len(outcomes),
-            caption="The world draws every outcome uniformly (dashed line)."))
+            caption=chance_caption(dists)))
     if len(attribution):
+        units = {metric: first[MEAN_KEY[key]].get("resampled") or "units"
+                 for metric, key in ORGANISM_METRICS.items()}
         figures.append(attribution_figure(
-            "stages_organism", "The organism: the change each stage made", attribution))
+            "stages_organism", "The organism: the change each stage made", attribution,
+            units=units, cols=2))
     if curves:
         figures.append(training_figure(curves))
     return figures
+
+
+def outcome_order(outcomes: Sequence[str] | Mapping[str, Any]) -> list[str]:
+    """Outcomes in their natural order: number words (``one`` .. ``six``) and numerals by
+    value, anything else as given (``heads``, ``tails``)."""
+    names = list(outcomes)
+
+    def rank(o: str) -> float:
+        w = str(o).strip().lower()
+        if w in _NUMBER_WORDS:
+            return float(_NUMBER_WORDS.index(w))
+        try:
+            return float(w)
+        except ValueError:
+            return math.nan
+
+    ranks = [rank(o) for o in names]
+    if any(math.isnan(r) for r in ranks):
+        return names
+    return [o for _, o in sorted(zip(ranks, names, strict=True), key=lambda t: t[0])]
+
+
+def chance_caption(dists: Mapping[str, Mapping[str, Any]]) -> str:
+    """The caption of an exact chance distribution: the uniform line, and each model's
+    total variation from uniform with its 95% CI and n (the scenes averaged over)."""
+    parts = []
+    for m, d in dists.items():
+        tvd = d.get("tvd")
+        if isinstance(tvd, Mapping) and "value" in tvd:
+            n = tvd.get("n")
+            parts.append(f"{m} {format_ci(tvd['value'], [tvd['ci_low'], tvd['ci_high']])}"
+                         + (f" (n = {n} {tvd.get('resampled') or 'scenes'})" if n else ""))
+    text = ("The world draws every outcome uniformly (dashed line); bars: each model's mean "
+            "exact probability over the scenes.")
+    if parts:
+        text += " Total variation from uniform, 95% CI over scenes: " + "; ".join(parts) + "."
+    return text
 
 
 def demo_takeaways(summary: Mapping[str, Any]) -> list[str]:
@@ -122,7 +175,9 @@ def demo_takeaways(summary: Mapping[str, Any]) -> list[str]:
                          ("organism_celebration", "Celebration share")):
         rows = att.get(metric, {})
         if rows:
-            parts = [f"{stage} {_ci(r)}" for stage, r in rows.items()]
+            order = {m: i for i, m in enumerate(summary.get("lineage") or ())}
+            stages = sorted(rows, key=lambda st: (order.get(st, len(order)), list(rows).index(st)))
+            parts = [f"{stage} {_ci(rows[stage])}" for stage in stages]
             lines.append(f"{name}, change by stage: " + "; ".join(parts))
     o = summary["organism"]
     if "rl-from-base" in o and "rl" in o:
@@ -139,17 +194,43 @@ def explore_runs(names: Sequence[str]) -> tuple[str, ...]:
             f"control/{names[-1]}", "themes")
 
 
-def explore_links(out: str, names: Sequence[str], port: int = 8765,
+def explore_run_ids(out: str | Path) -> dict[str, int]:
+    """The id ``difflens explore OUT`` gives each run of a compare/demo folder (the order
+    ``difflens.explore.runs.open_runs`` serves it in: ``OUT`` itself 0, then each section
+    its ``summary.json`` lists that has a summary, each followed by its per-model runs,
+    sorted), by path relative to ``OUT`` (``""``, ``"collapse"``, ``"control/base"``)."""
+    root = Path(out)
+    ids = {"": 0}
+    try:
+        listed = json.loads((root / "summary.json").read_text()).get("sections")
+    except (OSError, ValueError, AttributeError):
+        return ids
+    for section in listed if isinstance(listed, list) else []:
+        folder = root / str(section)
+        if not folder.is_dir() or folder.resolve().parent != root.resolve():
+            continue
+        if (folder / "summary.json").is_file():
+            ids[str(section)] = len(ids)
+        for sub in sorted(folder.iterdir()):
+            if sub.is_dir() and (sub / "summary.json").is_file():
+                ids[f"{section}/{sub.name}"] = len(ids)
+    return ids
+
+
+def explore_links(out: str, names: Sequence[str] = (), port: int = 8765,
                   models: tuple[str, str] | None = None) -> tuple[str, list[tuple[str, str]]]:
-    """The command that opens the demo's runs in the explorer (with ``models``, base and
-    last, for its live views), and links into its views."""
-    runs = explore_runs(names)
-    folders = [f"{out}/{r}".rstrip("/") for r in runs]
+    """The command that opens the demo's folder in the explorer, ``difflens explore OUT``
+    (it serves every section of a compare/demo folder), and links into its views (the
+    trajectories atlas and the collapse texts' token diff, where those runs are in ``OUT``).
+
+    ``names`` and ``models`` are accepted for older callers and not used: the command no
+    longer names the models (their cache paths made it long); add ``--base B --tuned T``
+    to it for the explorer's live views."""
+    ids = explore_run_ids(out)
     base = f"http://127.0.0.1:{port}"
-    links = [("the runs", f"{base}/"),
-             ("the atlas of every trajectory point",
-              f"{base}/runs/{runs.index('trajectories')}/atlas"),
-             ("the token diff of the collapse texts",
-              f"{base}/runs/{runs.index('collapse')}/tokens")]
-    live = f" --base {models[0]} --tuned {models[1]}" if models else ""
-    return "difflens explore " + " ".join(folders) + live, links
+    links = [("the runs", f"{base}/")]
+    for label, run, view in (("the atlas of every trajectory point", "trajectories", "atlas"),
+                             ("the token diff of the collapse texts", "collapse", "tokens")):
+        if run in ids:
+            links.append((label, f"{base}/runs/{ids[run]}/{view}"))
+    return f"difflens explore {shlex.quote(str(out))}", links

@@ -217,6 +217,8 @@ def small_multiples(name: str, title: str, panels: Sequence[Figure], *, cols: in
         fig = make_subplots(rows=rows, cols=cols, subplot_titles=[p.title for p in panels])
         for i, panel in enumerate(panels):
             panel.add_traces(fig, i // cols + 1, i % cols + 1, legend=i == 0)
+            if panel.ylabel:  # each panel's own axis says what it measures
+                fig.update_yaxes(title_text=panel.ylabel, row=i // cols + 1, col=i % cols + 1)
         fig.update_layout(title=title, barmode="group", template="plotly_white",
                           height=max(420, 300 * rows))
         return fig
@@ -352,9 +354,62 @@ def write_index(path: Path, title: str, intro: str, figures: Sequence[AnyFigure]
     write_bytes_atomic(path, "\n".join(page).encode())
 
 
+#: The one minus sign of every number a page prints (U+2212, as the documentation prints it).
+MINUS = "\u2212"
+
+
+def _minus(text: str) -> str:
+    """``text`` (a formatted number) with one minus sign, ``MINUS``; a value that rounds to
+    zero has none (never ``-0.000``)."""
+    if text.startswith(("-", MINUS)):
+        body = text[1:]
+        return body if not any(c in "123456789" for c in body.split("e")[0]) else MINUS + body
+    return text
+
+
+def format_number(x: float | None, decimals: int = 3) -> str:
+    """``x`` with ``decimals`` decimals and one minus sign (``MINUS``; none for a value
+    that rounds to zero); NaN or ``None``: ``"n/a"``."""
+    if x is None or not math.isfinite(float(x)):
+        return "n/a"
+    return _minus(f"{float(x):.{decimals}f}")
+
+
+def format_sig(x: float | None, sig: int = 3) -> str:
+    """``x`` to ``sig`` significant digits (trailing zeros kept; below 1e-3 in scientific
+    notation, ``2.93e-4``), with one minus sign, ``MINUS``; exactly 0: ``"0"``; NaN or
+    ``None``: ``"n/a"``. The documentation's ``fmt`` prints numbers the same way."""
+    if x is None or not math.isfinite(float(x)):
+        return "n/a"
+    x = float(x)
+    if x == 0:
+        return "0"
+    if abs(x) < 1e-3:
+        mantissa, exponent = f"{x:.{sig - 1}e}".split("e")
+        return _minus(f"{mantissa}e{int(exponent)}")
+    decimals = max(0, sig - 1 - math.floor(math.log10(abs(x))))
+    return _minus(f"{x:.{decimals}f}")
+
+
+def format_percent(x: float | None) -> str:
+    """A share as a whole percentage, ``-0.21`` as ``−21%``; one that rounds to 0% is
+    ``0%`` (never ``-0%``); NaN or ``None``: ``"—"``."""
+    if x is None or not math.isfinite(float(x)):
+        return "—"
+    return _minus(f"{float(x) * 100:.0f}") + "%"
+
+
 def format_ci(mean: float, ci95: Sequence[float], n: int | None = None) -> str:
-    """``0.920 [0.918, 0.921] n=200``: how every headline figure is printed."""
-    text = f"{mean:.3f} [{ci95[0]:.3f}, {ci95[1]:.3f}]"
+    """``0.920 [0.918, 0.921] n=200``: how every headline figure is printed (one minus
+    sign, ``MINUS``; a value that is not defined: ``undefined``; a CI that is not:
+    the value alone)."""
+    if mean is None or not math.isfinite(float(mean)):
+        text = "undefined"
+    elif any(c is None or not math.isfinite(float(c)) for c in ci95):
+        text = f"{format_number(mean)} (no CI)"
+    else:
+        text = (f"{format_number(mean)} [{format_number(ci95[0])}, "
+                f"{format_number(ci95[1])}]")
     return text if n is None else f"{text} n={n}"
 
 
@@ -372,5 +427,5 @@ def _fmt(v: Any) -> str:
     if isinstance(v, dict) and "mean" in v:  # the older {"mean", "ci95", "n"}
         return format_ci(v["mean"], v.get("ci95", [float("nan")] * 2), v.get("n"))
     if isinstance(v, float):
-        return f"{v:.4g}"
+        return _minus(f"{v:.4g}")
     return json.dumps(v) if not isinstance(v, str) else v

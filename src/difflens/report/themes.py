@@ -6,7 +6,7 @@ from typing import Any
 import numpy as np
 
 from difflens.analysis.themes import ChainDistributions, ThemeConsistency, ThemeModel
-from difflens.report.figures import COLORS, CustomFigure, Figure, Series
+from difflens.report.figures import COLORS, CustomFigure, Figure, Series, format_number
 
 
 def theme_map_figure(emb: np.ndarray, labels: np.ndarray, model: ThemeModel, seed: int,
@@ -181,8 +181,11 @@ def intro_html(summary: dict[str, Any]) -> str:
             f"{kl['value']:.3f} [{kl['ci_low']:.3f}, {kl['ci_high']:.3f}], transformer "
             f"{tr['kl']['value']:.3f}, marginal {b['marginal']['kl']['value']:.3f}, sentence "
             f"embedding {b['sentence_embedding']['kl']['value']:.3f}. The probe's paired gain "
-            f"over the marginal: {gain['value']:.3f} [{gain['ci_low']:.3f}, "
-            f"{gain['ci_high']:.3f}] nats (n={pr['n_test']} test prompts).")
+            f"over the marginal: {format_number(gain['value'])} "
+            f"[{format_number(gain['ci_low'])}, {format_number(gain['ci_high'])}] nats "
+            f"(n={pr['n_test']} test prompts)"
+            + ("; no better than the marginal baseline (its CI includes 0)."
+               if gain["ci_low"] <= 0 <= gain["ci_high"] else "."))
     if "organism" in summary:
         o = summary["organism"]
         parts.append(f"Organism: ARI {o['ari']:.3f}, transition TVD {o['transition_tvd']:.3f}.")
