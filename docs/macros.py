@@ -63,6 +63,14 @@ def define_env(env):
         return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
     @env.macro
+    def rss(run: str) -> str:
+        """The stored run's peak resident memory (run.json's ``peak_rss_mib``)."""
+        mib = rr.provenance(run).get("peak_rss_mib")
+        if mib is None:
+            raise KeyError(f"stored run {run!r} has no peak_rss_mib in run.json")
+        return f"{mib:,.0f} MiB"
+
+    @env.macro
     def cli_reference() -> str:
         """Every visible command, argument and option of the typer app, with its help and
         default, rendered by typer's own documentation generator (`typer ... utils docs`).

@@ -204,6 +204,11 @@ def _table(header: Iterable[str], rows: Iterable[Iterable[str]]) -> str:
     return "\n".join(lines)
 
 
+#: The instrument pages' run: every instrument at its full settings on the shipped
+#: organism's base and rl (scripts/organism_pair.py).
+PAIR = "organism-pair"
+
+
 def _controllers(run: str, model: str | None = None) -> str:
     """Controllers by gain (of ``model``'s section in a compare run). The runs' `speed_ratio`
     is left out: these runs shared the CPU with other jobs, so their timings say nothing
@@ -220,13 +225,13 @@ def _controllers(run: str, model: str | None = None) -> str:
             rows.append([names.get(name, name), plain(gain), est(run, f"{p}.bad_rate"),
                          est(run, f"{p}.bad_rate_independent"), est(run, f"{p}.ppl_ratio"),
                          num(run, f"{p}.kl")])
-    judge = "world labeller" if run == "organism-pair" else "lexicon"
+    judge = "world labeller" if run == PAIR else "lexicon"
     return _table(["controller", "gain", "bad rate (probe)", f"bad rate ({judge})",
                    "perplexity ratio", "KL (nats/token)"], rows)
 
 
 def control_organism() -> str:
-    return _controllers("organism-pair", "tuned")
+    return _controllers(PAIR, "tuned")
 
 
 def control_smollm2() -> str:
@@ -259,17 +264,17 @@ def _unanswered(run: str, path: str) -> str:
 
 def collapse_probes_organism() -> str:
     rows = []
-    for probe in value("organism-pair", "collapse.probes"):
+    for probe in value(PAIR, "collapse.probes"):
         if probe == "rank_correlation":
             continue
         for model in ("base", "tuned"):
             p = f"collapse.probes.{probe}.{model}"
-            entropy = f"{est('organism-pair', f'{p}.entropy_bits')} / {num('organism-pair', f'{p}.max_entropy_bits')}"
+            entropy = f"{est(PAIR, f'{p}.entropy_bits')} / {num(PAIR, f'{p}.max_entropy_bits')}"
             rows.append([probe, model, entropy,
-                         est("organism-pair", f"{p}.tvd_uniform"),
-                         f"{value('organism-pair', f'{p}.top_answer')} ({num('organism-pair', f'{p}.top_prob', 2)})"
-                         + _unanswered("organism-pair", p),
-                         num("organism-pair", f"{p}.outside_mass"), fmt(value("organism-pair", f"{p}.n_phrasings"))])
+                         est(PAIR, f"{p}.tvd_uniform"),
+                         f"{value(PAIR, f'{p}.top_answer')} ({num(PAIR, f'{p}.top_prob', 2)})"
+                         + _unanswered(PAIR, p),
+                         num(PAIR, f"{p}.outside_mass"), fmt(value(PAIR, f"{p}.n_phrasings"))])
     return _table(["probe", "model", "entropy (bits) / max", "TVD from uniform",
                    "top answer (p)", "outside mass", "scenes"], rows)
 
@@ -295,20 +300,20 @@ def collapse_probes_smollm2() -> str:
 
 def concepts_by_layer() -> str:
     rows = []
-    for entry in value("organism-pair", "concepts.cosine_by_layer"):
+    for entry in value(PAIR, "concepts.cosine_by_layer"):
         layer = entry["layer"]
-        rows.append([str(layer), est("organism-pair", f"concepts.cosine_by_layer[layer={layer}].cos"),
-                     est("organism-pair", f"concepts.separation_auc.base[layer={layer}].auc"),
-                     est("organism-pair", f"concepts.separation_auc.tuned[layer={layer}].auc")])
+        rows.append([str(layer), est(PAIR, f"concepts.cosine_by_layer[layer={layer}].cos"),
+                     est(PAIR, f"concepts.separation_auc.base[layer={layer}].auc"),
+                     est(PAIR, f"concepts.separation_auc.tuned[layer={layer}].auc")])
     return _table(["layer", "cos(base, tuned)", "AUC base", "AUC tuned"], rows)
 
 
 def concepts_dose_response() -> str:
-    layer = value("organism-pair", "concepts.steering_best_layer.base")
-    steps = value("organism-pair", f"concepts.steering.base.{layer}")
+    layer = value(PAIR, "concepts.steering_best_layer.base")
+    steps = value(PAIR, f"concepts.steering.base.{layer}")
     rows = [[plain(s["alpha"], signed=True),
-             est("organism-pair", f"concepts.steering.base.{layer}[alpha={s['alpha']}].p_match"),
-             est("organism-pair", f"concepts.steering.tuned.{layer}[alpha={s['alpha']}].p_match")]
+             est(PAIR, f"concepts.steering.base.{layer}[alpha={s['alpha']}].p_match"),
+             est(PAIR, f"concepts.steering.tuned.{layer}[alpha={s['alpha']}].p_match")]
             for s in steps]
     return _table(["α (residual units)", f"P(kind) base, layer {layer}",
                    f"P(kind) tuned, layer {layer}"], rows)
@@ -334,8 +339,8 @@ def trajectories_organism() -> str:
     for step in (0, 5, 10, 25):
         sphere = f"trajectories.continuation.distance_by_index[index={step}]"
         full = f"trajectories.full.continuation.distance_by_index[index={step}]"
-        rows.append([str(step), est("organism-pair", f"{sphere}.mean"), est("organism-pair", f"{full}.mean"),
-                     fmt(value("organism-pair", f"{full}.n"))])
+        rows.append([str(step), est(PAIR, f"{sphere}.mean"), est(PAIR, f"{full}.mean"),
+                     fmt(value(PAIR, f"{full}.n"))])
     return _table(["step", "sphere (rad)", "full dimension (rad)", "n paths"], rows)
 
 
@@ -345,7 +350,7 @@ def gptj_continuation_distance() -> str:
 
 
 def themes_predictors() -> str:
-    run, th = "organism-pair", "themes"
+    run, th = PAIR, "themes"
     best = value(run, f"{th}.best_layer")
     rows = []
     for name, label in (("probe", f"probe, layer {best}"),
@@ -374,7 +379,7 @@ def collapse_probes_stories260k() -> str:
 
 
 def collapse_rank_organism() -> str:
-    run, p0 = "organism-pair", "collapse.probes.rank_correlation"
+    run, p0 = PAIR, "collapse.probes.rank_correlation"
     rows = [[probe, fmt(value(run, f"{p0}.{probe}.n_answers")),
              est(run, f"{p0}.{probe}.spearman", 2), est(run, f"{p0}.{probe}.kendall", 2)]
             for probe in value(run, p0)]
@@ -382,7 +387,7 @@ def collapse_rank_organism() -> str:
 
 
 def collapse_decollapse_organism() -> str:
-    run, p0 = "organism-pair", "collapse.decollapse.sets"
+    run, p0 = PAIR, "collapse.decollapse.sets"
     rows = []
     for name in value(run, p0):
         p = f"{p0}[{name}]"
@@ -394,7 +399,7 @@ def collapse_decollapse_organism() -> str:
 
 
 def collapse_free_text_organism() -> str:
-    run, p0 = "organism-pair", "collapse.temperature.free_text.meet"
+    run, p0 = PAIR, "collapse.temperature.free_text.meet"
     rows = []
     for metric in value(run, p0):
         p = f"{p0}.{metric}"
@@ -512,7 +517,8 @@ def _git(*args: str) -> str:
                           check=True).stdout.strip()
 
 
-def store(run: str, out: Path, command: str, figures: list[str], wall_s: float | None) -> None:
+def store(run: str, out: Path, command: str, figures: list[str], wall_s: float | None,
+          peak_rss_mib: float | None = None) -> None:
     """Copy a finished run into docs/results/RUN with its command and commit."""
     if not (out / "summary.json").is_file():
         raise SystemExit(f"{out}/summary.json not found: --store takes the OUT folder of a "
@@ -537,6 +543,8 @@ def store(run: str, out: Path, command: str, figures: list[str], wall_s: float |
             "date": _dt.date.today().isoformat(), "wall_s": wall_s,
             "machine": "2 CPU cores, no GPU, float32",
             "figures": shas}
+    if peak_rss_mib is not None:
+        meta["peak_rss_mib"] = peak_rss_mib
     organism = organism_of(json.loads((out / "summary.json").read_text()))
     if organism:
         meta["organism_id"] = organism
@@ -597,6 +605,18 @@ def page_runs(text: str) -> set[str]:
     return runs
 
 
+def rename(run: str, why: str) -> str:
+    """Keep a stored organism run that was not re-stored on the shipped organism, renamed
+    ``<run>-earlier-organism`` with its true command and ``stale`` (why it stays) in its
+    run.json; pages that render it must say so. Returns the new name."""
+    new = f"{run}-earlier-organism"
+    (RESULTS / run).rename(RESULTS / new)
+    meta = provenance(new)
+    meta["stale"] = why
+    (RESULTS / new / "run.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return new
+
+
 def provenance_problems(pages: list[Path]) -> list[str]:
     """Stored runs that would mislead a reader: two runs of one command made at different
     commits (one of them is stale), an organism run that records no organism or another
@@ -620,6 +640,11 @@ def provenance_problems(pages: list[Path]) -> list[str]:
     organism_runs = {r for r, m in metas.items() if ORGANISM_COMMAND.search(m["command"])}
     for run in sorted(organism_runs):
         got = metas[run].get("organism_id")
+        if metas[run].get("stale"):
+            if not run.endswith("-earlier-organism"):
+                problems.append(f"run {run!r} is marked stale but its name does not say so: "
+                                "rename it with --rename (NAME-earlier-organism)")
+            continue
         if got is None:
             problems.append(f"run {run!r} ran on the organism but records no organism id "
                             f"(it predates the shipped organism {shipped}): re-store it")
@@ -721,9 +746,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--command", help="the exact command that produced OUT (with --store)")
     parser.add_argument("--figures", default="", help="comma-separated figure paths inside OUT")
     parser.add_argument("--wall-s", type=float, default=None, help="the run's wall time")
+    parser.add_argument("--peak-rss-mib", type=float, default=None,
+                        help="the run's peak resident memory (e.g. from /usr/bin/time -v)")
+    parser.add_argument("--rename", nargs=2, metavar=("RUN", "WHY"),
+                        help="keep an organism run that stays old as RUN-earlier-organism")
     parser.add_argument("--bench", nargs=argparse.REMAINDER, metavar=("RUN", "SCRIPT"),
                         help="run benchmarks/SCRIPT [ARGS] and store its key=value line as RUN")
     args = parser.parse_args(argv)
+    if args.rename:
+        print(f"renamed to {rename(*args.rename)}")
+        return 0
     if args.bench:
         run, *command = args.bench
         bench(run, [sys.executable, *command])
@@ -732,7 +764,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.command:
             parser.error("--store needs --command: the exact command that produced the run")
         figures = [f for f in args.figures.split(",") if f]
-        store(args.store[0], Path(args.store[1]), args.command, figures, args.wall_s)
+        store(args.store[0], Path(args.store[1]), args.command, figures, args.wall_s,
+              args.peak_rss_mib)
         return 0
     if args.check:
         problems = check()

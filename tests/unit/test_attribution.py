@@ -52,7 +52,8 @@ def test_planted_deltas_and_shares_are_recovered_with_paired_cis():
     assert att.summary() == {
         s: {"value": float(t.loc[s, "delta"]), "ci_low": float(t.loc[s, "ci_low"]),
             "ci_high": float(t.loc[s, "ci_high"]), "n": 2000, "resampled": "prompts",
-            "share": float(t.loc[s, "share"])}
+            "share": float(t.loc[s, "share"]), "share_low": float(t.loc[s, "share_ci_low"]),
+            "share_high": float(t.loc[s, "share_ci_high"])}
         for s in ("sft", "dpo")
     }
     assert leftover_ci_keys(att.summary()) == []
@@ -122,9 +123,9 @@ def test_the_table_carries_the_total_with_its_ci_and_what_was_resampled():
     assert (t["total_ci_high"] == att.total_ci[1]).all()
     assert att.total_ci[0] < 0.01 < att.total_ci[1]  # the planted total, 0.3 - 0.29
     assert list(t["resampled"]) == ["prompts", "prompts"]
-    # the stored summary keeps its spelling (the docs and the snapshots read it)
+    # the stored summary's spelling: the change an estimate, the share and its CI beside it
     assert set(att.summary()["sft"]) == {"value", "ci_low", "ci_high", "n", "resampled",
-                                         "share"}
+                                         "share", "share_low", "share_high"}
 
 
 def test_ratio_of_sums_with_denominators():

@@ -217,7 +217,8 @@ def test_cli_compare_organism_pair_collapse_and_concepts(tmp_path, monkeypatch, 
     assert any(k.startswith("concept_cosine_L") for k in att)
     for rows in att.values():
         assert set(rows) == {"tuned"}
-        assert set(rows["tuned"]) == {"value", "ci_low", "ci_high", "n", "resampled", "share"}
+        assert set(rows["tuned"]) == {"value", "ci_low", "ci_high", "n", "resampled", "share",
+                                      "share_low", "share_high"}
     assert "capture" not in summary and not (out / "capture").exists()
     page = (out / "index.html").read_text()
     assert "Concepts" in page and "Collapse" in page and "attribution" in page

@@ -140,3 +140,22 @@ def test_seeds_command_writes_the_report(tmp_path, small_organism):
     res = CliRunner().invoke(app, ["organism", "seeds", "--seeds", "x", "--out",
                                    str(tmp_path / "bad")])
     assert res.exit_code == 2 and "expected comma-separated integers" in res.output
+
+
+def test_the_demo_headline_is_the_stored_runs():
+    """What `difflens demo` prints as its headline (and puts in its headline table) comes
+    from the shipped organism's stored measurements, so a fresh clone on any CPU prints the
+    stored demo run's numbers, to the digits shown."""
+    from pathlib import Path
+
+    from difflens.pipelines.demo import organism_block
+    from difflens.report.demo import demo_headline, demo_takeaways
+
+    stored = json.loads((Path(__file__).resolve().parents[2] / "docs" / "results" / "demo" /
+                         "summary.json").read_text())
+    assert stored["organism_build"]["organism_id"] == SHIPPED_IDS["default"]
+    block, _ = organism_block(B.shipped_organism())
+    now = {**stored, **block, "attribution": {**stored["attribution"], **block["attribution"]}}
+    assert demo_headline(now) == demo_headline(stored)
+    assert demo_takeaways(now) == demo_takeaways(stored)
+    assert len(demo_takeaways(now)) >= 3

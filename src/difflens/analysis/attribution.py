@@ -75,8 +75,8 @@ class Attribution:
     """What the bootstrap resampled (``"prompts"``, ``"items"``, ``"texts"``, ...)."""
 
     def summary(self) -> dict[str, dict[str, Any]]:
-        """``{stage: {value, ci_low, ci_high, n, resampled, share, share_ci_low,
-        share_ci_high}}`` for the
+        """``{stage: {value, ci_low, ci_high, n, resampled, share, share_low,
+        share_high}}`` (the share's 95% CI: ``share_low``, ``share_high``) for the
         ``attribution.<metric>.<stage>`` keys of a stored summary: each stage's change as an
         estimate (``to_json``'s keys, ``value``
         the change) with its share of the total beside it; a number that is not finite is
@@ -87,13 +87,13 @@ class Attribution:
 
 def stage_estimate(row: Mapping[str, Any], resampled: str = "") -> dict[str, Any]:
     """One row of ``Attribution.table`` as ``{value, ci_low, ci_high, n, resampled,
-    share, share_ci_low, share_ci_high}`` (the summary's spelling of a stage; not finite:
+    share, share_low, share_high}`` (the summary's spelling of a stage; not finite:
     ``None``, e.g. the share CI of a total whose CI includes 0)."""
     return {"value": _json_float(row["delta"]), "ci_low": _json_float(row["ci_low"]),
             "ci_high": _json_float(row["ci_high"]), "n": int(row["n"]),
             "resampled": resampled, "share": _json_float(row["share"]),
-            "share_ci_low": _json_float(row.get("share_ci_low")),
-            "share_ci_high": _json_float(row.get("share_ci_high"))}
+            "share_low": _json_float(row.get("share_ci_low")),
+            "share_high": _json_float(row.get("share_ci_high"))}
 
 
 def _json_float(x: Any) -> float | None:

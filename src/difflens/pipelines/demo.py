@@ -122,6 +122,17 @@ def sft_question(attributions: dict[str, Attribution]) -> dict[str, Any]:
             "n_scenes": int(sft["n"]), "answer": verdict}
 
 
+def organism_block(org: Organism) -> tuple[dict[str, Any], dict[str, Attribution]]:
+    """The demo summary's organism part, read from the build's stored measurements (no
+    model runs): ``organism`` (each model's headline estimates), ``attribution``
+    (``organism_<metric>``) and ``sft_question``; with the attributions. On the shipped
+    organism it is the same on every machine: what the demo prints as its headline."""
+    attributions = organism_attribution(org, org.config.seed)
+    return ({"organism": organism_summary(org.properties),
+             "attribution": {k: a.summary() for k, a in attributions.items()},
+             "sft_question": sft_question(attributions)}, attributions)
+
+
 def demo_config(seed: int, small: bool = False) -> CompareConfig:
     """The demo's section options, by their command-line names, on each section's
     ``quick()`` preset (the reduced organism gets smaller ones)."""
@@ -163,15 +174,14 @@ def run_demo(out: Path, *, config: OrganismConfig | None = None, small: bool = F
                       progress=progress)
     summary = dict(run.summary)
     props = org.properties
-    summary["organism"] = organism_summary(props)
-    attributions = organism_attribution(org, cfg.seed)
-    summary["attribution"] = {**{k: a.summary() for k, a in attributions.items()},
-                              **summary["attribution"]}
+    block, attributions = organism_block(org)
+    summary["organism"] = block["organism"]
+    summary["attribution"] = {**block["attribution"], **summary["attribution"]}
     table = pd.concat([a.table.assign(section="organism", metric=k)
                        for k, a in attributions.items()] + [run.attribution],
                       ignore_index=True)
     write_table(table, out / "data", "attribution")
-    summary["sft_question"] = sft_question(attributions)
+    summary["sft_question"] = block["sft_question"]
     summary["organism_build"] = {"path": str(org.path), "times_s": org.build_info["times_s"],
                                  "organism_id": org.organism_id, "shipped": org.shipped,
                                  "base_val_loss": props["base_val_loss"],

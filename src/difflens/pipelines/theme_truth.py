@@ -19,7 +19,8 @@ def organism_validation(segs: pd.DataFrame, model: ThemeModel,
                         config: ThemesConfig, predictions: pd.DataFrame | None
                         ) -> dict[str, Any]:
     """Discovered themes against the world's truth: ARI of segment themes vs the world's
-    sentence labels, the learned vs true transition matrix (mean row TVD, weighted by
+    sentence labels (pooled over the models, and each model's own: ``ari_by_model``), the
+    learned vs true transition matrix (mean row TVD, weighted by
     visits), each predictor's KL to the *true* next-theme distribution of its test prompts
     (carried into the discovered themes through P(discovered | true) measured on the
     segments; next to the KL to the empirical distribution in ``predictors``), and the base
@@ -55,8 +56,17 @@ def organism_validation(segs: pd.DataFrame, model: ThemeModel,
     # no transition between two labelled themes (tiny runs): the distance is undefined
     tm_distance = (float(np.average(tvd_rows, weights=counts[rows].sum(1))) if rows.any()
                    else float("nan"))
+    # The pooled ARI depends on which models' sentences are pooled: a collapsed model's one
+    # repeated sentence is an easy block under any clustering (issue 27: base+rl 0.63,
+    # base+sft+rl 0.48 on the same organism). Each model's own ARI does not.
+    models = segs["model"].to_numpy()
+    ari_by_model = {
+        str(label): float(adjusted_rand_score(true[known & (models == label)],
+                                              disc[known & (models == label)]))
+        for label in dict.fromkeys(models) if (known & (models == label)).sum() > 1}
     out: dict[str, Any] = {
-        "ari": ari, "n_segments_labelled": int(known.sum()), "mapping": mapping,
+        "ari": ari, "ari_by_model": ari_by_model,
+        "n_segments_labelled": int(known.sum()), "mapping": mapping,
         "transition_tvd": tm_distance, "transition_rows": int(rows.sum())}
     if predictions is not None and len(predictions):
         # P(discovered theme | true theme), from the segments the world can label
