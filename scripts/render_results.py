@@ -309,14 +309,18 @@ def concepts_by_layer() -> str:
 
 
 def concepts_dose_response() -> str:
-    layer = value(PAIR, "concepts.steering_best_layer.base")
-    steps = value(PAIR, f"concepts.steering.base.{layer}")
+    """P(matching answer) against α for each model, at its own best steering layer."""
+    lb = value(PAIR, "concepts.steering_best_layer.base")
+    lt = value(PAIR, "concepts.steering_best_layer.tuned")
+    steps = value(PAIR, f"concepts.steering.base.{lb}")
+    tuned = {s["alpha"] for s in value(PAIR, f"concepts.steering.tuned.{lt}")}
     rows = [[plain(s["alpha"], signed=True),
-             est(PAIR, f"concepts.steering.base.{layer}[alpha={s['alpha']}].p_match"),
-             est(PAIR, f"concepts.steering.tuned.{layer}[alpha={s['alpha']}].p_match")]
+             est(PAIR, f"concepts.steering.base.{lb}[alpha={s['alpha']}].p_match"),
+             est(PAIR, f"concepts.steering.tuned.{lt}[alpha={s['alpha']}].p_match")
+             if s["alpha"] in tuned else "—"]
             for s in steps]
-    return _table(["α (residual units)", f"P(kind) base, layer {layer}",
-                   f"P(kind) tuned, layer {layer}"], rows)
+    return _table(["α (residual units)", f"P(kind) base, layer {lb}",
+                   f"P(kind) tuned, layer {lt}"], rows)
 
 
 def concepts_smollm2_auc() -> str:
@@ -336,7 +340,7 @@ def _distance_rows(run: str, prefix: str, steps: Iterable[int]) -> list[list[str
 
 def trajectories_organism() -> str:
     rows = []
-    for step in (0, 5, 10, 25):
+    for step in (0, 5, 10, 20):
         sphere = f"trajectories.continuation.distance_by_index[index={step}]"
         full = f"trajectories.full.continuation.distance_by_index[index={step}]"
         rows.append([str(step), est(PAIR, f"{sphere}.mean"), est(PAIR, f"{full}.mean"),
@@ -387,7 +391,7 @@ def collapse_rank_organism() -> str:
 
 
 def collapse_decollapse_organism() -> str:
-    run, p0 = PAIR, "collapse.decollapse.sets"
+    run, p0 = "demo-earlier-organism", "collapse.decollapse.sets"
     rows = []
     for name in value(run, p0):
         p = f"{p0}[{name}]"
@@ -438,14 +442,20 @@ def lineage_attribution() -> str:
                                               if notes else "")
 
 
+#: The seeds tables' order: the lineage, then RL from the base; the headline metrics.
+SEED_MODELS = ("base", "sft", "rl", "rl-from-base")
+SEED_METRICS = ("reward", "entropy", "celebration_share", "chance_tvd")
+
+
 def organism_seeds() -> str:
     """The organism's training variance: each headline number's spread across builds
     beside its prompt CI."""
     run = "organism-seeds"
     spread = value(run, "spread")
     rows = []
-    for model, metrics in spread.items():
-        for metric, s in metrics.items():
+    for model in SEED_MODELS:
+        for metric in SEED_METRICS:
+            s = spread[model][metric]
             rows.append([model, metric.replace("_", " "), fmt(s["mean"]), fmt(s["sd"], 2),
                          f"{fmt(s['min'])} to {fmt(s['max'])}",
                          f"±{fmt(s['prompt_ci_halfwidth'], 2)}"])
@@ -457,8 +467,10 @@ def organism_seed_stages() -> str:
     """Each stage's change across builds, beside its prompt CI."""
     run = "organism-seeds"
     rows = []
-    for metric, stages in value(run, "stage_spread").items():
-        for stage, s in stages.items():
+    spread = value(run, "stage_spread")
+    for metric in SEED_METRICS:
+        for stage in ("sft", "rl"):
+            s = spread[metric][stage]
             rows.append([metric.replace("_", " "), stage, fmt(s["mean"], signed=True),
                          fmt(s["sd"], 2), f"{fmt(s['min'], signed=True)} to "
                          f"{fmt(s['max'], signed=True)}", f"±{fmt(s['prompt_ci_halfwidth'], 2)}"])
@@ -485,7 +497,7 @@ TABLES: dict[str, tuple[str, Callable[[], str]]] = {
     "collapse_rank_organism": ("organism-pair", collapse_rank_organism),
     "collapse_probes_stories260k": ("issue19-collapse-stories260k-probes",
                                     collapse_probes_stories260k),
-    "collapse_decollapse_organism": ("organism-pair", collapse_decollapse_organism),
+    "collapse_decollapse_organism": ("demo-earlier-organism", collapse_decollapse_organism),
     "collapse_free_text_organism": ("organism-pair", collapse_free_text_organism),
     "concepts_by_layer": ("organism-pair", concepts_by_layer),
     "concepts_dose_response": ("organism-pair", concepts_dose_response),
@@ -546,6 +558,11 @@ def store(run: str, out: Path, command: str, figures: list[str], wall_s: float |
     if peak_rss_mib is not None:
         meta["peak_rss_mib"] = peak_rss_mib
     organism = organism_of(json.loads((out / "summary.json").read_text()))
+    if organism is None and ORGANISM_COMMAND.search(command):
+        # the command names the organism's presets, which load the shipped organism
+        from difflens.organism.shipped import manifest
+
+        organism = manifest()["organism_id"]
     if organism:
         meta["organism_id"] = organism
     (dest / "run.json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -579,7 +596,8 @@ def organism_of(summary: dict[str, Any]) -> str | None:
 
 
 #: Commands that run on the organism (a preset or the demo): their runs must record it.
-ORGANISM_COMMAND = re.compile(r"organism-|difflens demo|organism_pair|--organism|--format organism")
+ORGANISM_COMMAND = re.compile(r"--(?:base|tuned|model)[ =](?:\S+=)?organism-|difflens demo|"
+                              r"organism_pair|--organism|--format organism")
 
 
 def _older(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -621,7 +639,8 @@ def provenance_problems(pages: list[Path]) -> list[str]:
     """Stored runs that would mislead a reader: two runs of one command made at different
     commits (one of them is stale), an organism run that records no organism or another
     organism than the shipped one, and a page that renders an organism run older than the
-    demo run it describes."""
+    demo run it describes. A run kept old on purpose (``rename``: named
+    ``*-earlier-organism``, its run.json saying why) is exempt from the last two."""
     from difflens.organism.shipped import manifest
 
     problems = []
@@ -656,6 +675,8 @@ def provenance_problems(pages: list[Path]) -> list[str]:
         if "demo" not in runs:
             continue
         for run in sorted((runs & organism_runs) - {"demo"}):
+            if metas[run].get("stale"):  # kept as old on purpose, named so (see rename)
+                continue
             if _older(metas[run], metas["demo"]):
                 problems.append(f"{page.relative_to(ROOT)} renders run {run!r} "
                                 f"({metas[run]['commit'][:7]}), older than the demo run it "

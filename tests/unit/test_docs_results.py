@@ -153,3 +153,21 @@ def test_check_fails_on_organism_runs_of_another_organism_or_older_than_the_demo
     assert any("docs/page.md renders run 'pair-old'" in p and "older than the demo" in p
                for p in problems), problems
     assert not any("'pair-new'" in p for p in problems)
+
+
+def test_a_run_kept_old_on_purpose_is_named_so(stored, monkeypatch):
+    monkeypatch.setattr(rr, "TABLES", {})
+    results = stored.parent
+    _store(results, "traj", "difflens trajectories run --base organism-base", "5555555555555555",
+           "2026-12-01")
+    assert any("'traj' ran on the organism but records no organism id" in p
+               for p in rr.check())
+    new = rr.rename("traj", "not re-run on the shipped organism yet")
+    assert new == "traj-earlier-organism"
+    meta = json.loads((results / new / "run.json").read_text())
+    assert meta["stale"] == "not re-run on the shipped organism yet"
+    assert meta["command"].startswith("difflens trajectories run")
+    assert not any("traj" in p for p in rr.check())
+    (results / new).rename(results / "traj-old")  # stale, but its name does not say so
+    assert any("'traj-old' is marked stale but its name does not say so" in p
+               for p in rr.check())

@@ -67,7 +67,9 @@ def read_build(org: Organism, label: str | None = None) -> Build:
                     "ci_high": rows[stage]["ci_high"], "n": int(rows[stage]["n"])}
             for stage in LINEAGE[1:]}
     kernels = str(info.get("cpu_capability") or "unrecorded")
-    return Build(label=label or f"seed {org.config.seed} ({kernels})", seed=org.config.seed,
+    threads = info.get("torch_threads")
+    where = f"{kernels}, {threads} thread{'s' if threads != 1 else ''}" if threads else kernels
+    return Build(label=label or f"seed {org.config.seed} ({where})", seed=org.config.seed,
                  kernels=kernels, organism_id=org.organism_id,
                  base_val_loss=float(props["base_val_loss"]), values=values, stages=stages)
 
