@@ -367,7 +367,7 @@ def _minus(text: str) -> str:
     return text
 
 
-def format_number(x: float | None, decimals: int = 3) -> str:
+def format_number(x: float | int | None, decimals: int = 3) -> str:
     """``x`` with ``decimals`` decimals and one minus sign (``MINUS``; none for a value
     that rounds to zero); NaN or ``None``: ``"n/a"``."""
     if x is None or not math.isfinite(float(x)):
@@ -375,7 +375,7 @@ def format_number(x: float | None, decimals: int = 3) -> str:
     return _minus(f"{float(x):.{decimals}f}")
 
 
-def format_sig(x: float | None, sig: int = 3) -> str:
+def format_sig(x: float | int | None, sig: int = 3) -> str:
     """``x`` to ``sig`` significant digits (trailing zeros kept; below 1e-3 in scientific
     notation, ``2.93e-4``), with one minus sign, ``MINUS``; exactly 0: ``"0"``; NaN or
     ``None``: ``"n/a"``. The documentation's ``fmt`` prints numbers the same way."""
@@ -391,7 +391,7 @@ def format_sig(x: float | None, sig: int = 3) -> str:
     return _minus(f"{x:.{decimals}f}")
 
 
-def format_percent(x: float | None) -> str:
+def format_percent(x: float | int | None) -> str:
     """A share as a whole percentage, ``-0.21`` as ``−21%``; one that rounds to 0% is
     ``0%`` (never ``-0%``); NaN or ``None``: ``"—"``."""
     if x is None or not math.isfinite(float(x)):
