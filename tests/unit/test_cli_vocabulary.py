@@ -140,6 +140,8 @@ VOCABULARY: dict[str, str] = {
     "--small": "the reduced organism",
     "--no-small": "the full organism",
     "--force": "rebuild",
+    "--seeds": "the organism seeds to build and compare (comma-separated)",
+    "--build": "a finished organism build folder to add",
     "--no-force": "reuse a finished build",
     # the root
     "--version": "print the version",

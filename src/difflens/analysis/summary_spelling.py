@@ -59,6 +59,11 @@ def _same(a: Any, b: Any) -> bool:
 def _respell_dict(d: Mapping[str, Any]) -> dict[str, Any]:
     out = {k: respell(v) for k, v in d.items()}
     if is_estimate(out):
+        # an attribution stage's share CI, spelled share_ci_low/_high for a few commits
+        # (issue 27): share_low/share_high beside the share
+        for old, new in (("share_ci_low", "share_low"), ("share_ci_high", "share_high")):
+            if old in out:
+                out[new] = out.pop(old)
         return out
     # 1. {"mean", "ci95": [lo, hi], "n"} (a value key and a ci95 pair)
     ci95 = _pair(out.get("ci95"))
