@@ -23,8 +23,11 @@ keeps the cache:
    CIs; the per-unit values are kept (``measurements.parquet``) for stage attribution.
 
 Everything is written to a versioned cache folder keyed by the generator version, the seed
-and the hyperparameters. It is built in a temporary folder and renamed into place at the
-end, so a half-finished build is never taken for a finished one.
+and the hyperparameters, and named by the build's own weights (``shipped.weights_id``): a
+build on another CPU gets other weights and so another name. The demo and the presets load
+the shipped build instead (``shipped_organism``), the same weights on every machine. A
+build is made in a temporary folder and renamed into place at the end, so a half-finished
+build is never taken for a finished one.
 """
 
 
