@@ -1,7 +1,8 @@
-"""``difflens organism build`` and ``difflens organism info``."""
+"""``difflens organism build``, ``difflens organism info`` and ``difflens organism seeds``."""
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -45,7 +46,7 @@ def build_cmd(
         out.print(line, highlight=False)
 
 
-def shipped_lines(vs: dict | None) -> list[str]:  # type: ignore[type-arg]
+def shipped_lines(vs: dict[str, Any] | None) -> list[str]:
     """How far a build of the shipped recipe landed from the shipped organism, in lines."""
     if not vs:
         return []
