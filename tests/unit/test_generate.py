@@ -185,3 +185,85 @@ def test_capped_sampler_draws_from_the_capped_distribution():
     assert 0.43 < share < 0.57  # binomial(400, 0.5): 3.5 sd
     with pytest.raises(InputError, match="prob_cap must be in"):
         GenerationConfig(prob_cap=0.0)
+
+
+def _stop_on(lm, ids):
+    """The generation config's stop ids set to EOS and ``ids`` (restore it after)."""
+    gc = lm.model.generation_config
+    saved = gc.eos_token_id
+    gc.eos_token_id = [lm.tokenizer.eos_token_id, *ids]
+    return gc, saved
+
+
+def test_rows_that_end_leave_the_batch_and_hugging_faces_draw_is_kept(lm):
+    # planted: two frequent tokens stop rows, so rows end at different steps and leave the
+    # batch; Hugging Face keeps them (feeding pads), and every kept token is still its draw
+    seqs = [lm.tokenizer(p)["input_ids"] for p in PROMPTS[:4]]
+    cfg = GenerationConfig(max_new_tokens=15, seed=4, batch_size=4, sampler="multinomial")
+    free = generate(lm, seqs, cfg).token_ids
+    counts = torch.bincount(torch.tensor([t for row in free for t in row]))
+    stops = counts.argsort(descending=True)[:2].tolist()
+    rows_seen = []
+    gc, saved = _stop_on(lm, stops)
+    try:
+        handle = lm.model.get_output_embeddings().register_forward_hook(
+            lambda _m, args, _o: rows_seen.append(args[0].shape[0]))
+        try:
+            gen = generate(lm, seqs, cfg)
+        finally:
+            handle.remove()
+        ids, mask, _ = pad_batch(seqs, "left", lm.device)
+        torch.manual_seed(4)
+        with torch.inference_mode():
+            ref = lm.model.generate(ids, attention_mask=mask, do_sample=True, top_k=0,
+                                    top_p=1.0, max_new_tokens=15,
+                                    pad_token_id=lm.tokenizer.pad_token_id)
+    finally:
+        gc.eos_token_id = saved
+    expect = []
+    for row in ref[:, ids.shape[1]:].tolist():
+        cut = next((i for i, t in enumerate(row) if t in {*stops, lm.tokenizer.eos_token_id}),
+                   len(row))
+        expect.append(row[:cut])
+    assert gen.token_ids == expect
+    assert len({len(t) for t in gen.token_ids}) > 1  # rows really ended apart
+    assert rows_seen[0] == 4 and min(rows_seen) < 4  # and the batch shrank as they did
+
+
+@pytest.mark.parametrize("sampler", ["multinomial", "inverse_cdf"])
+def test_streams_packed_in_one_batch_draw_what_each_draws_alone(lm, sampler):
+    # one stream per row (each continuation seeded on its own): batched, every row is the
+    # row generated alone with its seed (batch size 1); rows end apart (stop tokens planted)
+    seqs = [lm.tokenizer(p)["input_ids"] for p in PROMPTS[:3] for _ in range(3)]
+    seeds = [100 + 7 * i for i in range(len(seqs))]
+    cfg = GenerationConfig(max_new_tokens=12, batch_size=4, sampler=sampler)
+    gc, saved = _stop_on(lm, [5, 9])
+    try:
+        batched = generate(lm, seqs, cfg, streams=[(1, s) for s in seeds])
+        alone = [generate(lm, [row], GenerationConfig(max_new_tokens=12, seed=s, batch_size=1,
+                                                      sampler=sampler)).token_ids[0]
+                 for row, s in zip(seqs, seeds, strict=True)]
+    finally:
+        gc.eos_token_id = saved
+    assert batched.token_ids == alone
+    assert len({tuple(t) for t in alone}) > 3  # really sampled
+
+
+def test_generate_many_packs_jobs_and_each_keeps_its_own_draws(lm):
+    from difflens.sampling.generate import generate_many
+
+    # one job per prompt (3 samples each, drawn together under seed + prompt index), as the
+    # diversity step runs them: packed 2 jobs to a batch, each job's tokens are its own
+    jobs = [([lm.tokenizer(p)["input_ids"]] * 3, GenerationConfig(
+        max_new_tokens=10, seed=20 + j, batch_size=3, sampler="multinomial"))
+        for j, p in enumerate(PROMPTS)]
+    finished = []
+    packed = generate_many(lm, jobs, batch_size=6, on_job=lambda j, _g: finished.append(j))
+    apart = generate_many(lm, jobs)
+    assert [g.token_ids for g in packed] == [g.token_ids for g in apart]
+    assert sorted(finished) == list(range(len(jobs)))
+    # each job's share (by rows) of its batches' positions, rounded per job
+    assert abs(sum(g.n_forward_tokens for g in packed)
+               - sum(g.n_forward_tokens for g in apart)) <= len(jobs)
+    with pytest.raises(InputError, match="streams must be"):
+        generate(lm, PROMPTS[:2], streams=[(1, 0)])

@@ -46,21 +46,22 @@ class PathSet:
 
 
 def sample_continuations(lm: LoadedModel, prompt_ids: Sequence[Sequence[int]], k: int,
-                         max_new_tokens: int, seed: int, temperature: float = 1.0
-                         ) -> list[list[list[int]]]:
+                         max_new_tokens: int, seed: int, temperature: float = 1.0,
+                         batch_size: int = 16) -> list[list[list[int]]]:
     """``k`` sampled continuations (token ids, cut at EOS) per prompt.
 
-    Continuation ``i`` of the ``p``-th prompt given uses seed ``seed + 1000 * p + i``.
+    Continuation ``i`` of the ``p``-th prompt given draws from its own stream, seeded
+    ``seed + 1000 * p + i``: every prompt's continuations are generated together, in batches
+    of ``batch_size`` rows, and each is the one that seed gives alone.
     """
-    out: list[list[list[int]]] = []
     if k == 0:
         return [[] for _ in prompt_ids]
-    for p, ids in enumerate(prompt_ids):
-        gen = generate(lm, [ids] * k, GenerationConfig(
-            max_new_tokens=max_new_tokens, temperature=temperature, seed=seed + 1000 * p,
-            batch_size=1, sampler="multinomial"))
-        out.append(gen.token_ids)
-    return out
+    rows = [list(ids) for ids in prompt_ids for _ in range(k)]
+    streams = [(1, seed + 1000 * p + i) for p in range(len(prompt_ids)) for i in range(k)]
+    gen = generate(lm, rows, GenerationConfig(
+        max_new_tokens=max_new_tokens, temperature=temperature, batch_size=batch_size,
+        sampler="multinomial"), streams=streams)
+    return [gen.token_ids[p * k:(p + 1) * k] for p in range(len(prompt_ids))]
 
 
 def _set_layers(models: ModelSet, layer: int) -> dict[str, int]:
@@ -93,6 +94,7 @@ def build_paths(
     progress: Callable[[int], None] | None = None,
     cache_dir: str | Path | None = None,
     chunk: int = 16,
+    batch_size: int = 16,
 ) -> PathSet:
     """Paths of every prompt and ``continuations`` sampled continuations, per model.
 
@@ -113,6 +115,8 @@ def build_paths(
             a kill continues from the first missing chunk and gives the same result.
         chunk: prompts per cached chunk (does not change the result); on the Ray engine
             (``use_engine``) each chunk is one worker's job.
+        batch_size: rows sampled together and sequences read back in one forward pass (does
+            not change the result: each continuation has its own seeded stream).
     """
     models = models_of(model_or_pair)
     first = next(iter(models.values()))
@@ -125,7 +129,7 @@ def build_paths(
     conts: list[pd.DataFrame] = []
     for label, lm in models.items():
         settings = dict(layer=layers[label], k=continuations, max_new_tokens=max_new_tokens,
-                        seed=seed, temperature=temperature)
+                        seed=seed, temperature=temperature, batch_size=batch_size)
         for done in _label_paths(lm, label, prompts, chunk, cache_dir, settings, progress):
             frames.append(done[0])
             conts.append(done[1])
@@ -195,7 +199,8 @@ def _paths_job(models: dict[str, LoadedModel], item: tuple[int, list[str]], *, l
 
 
 def _key(lm: LoadedModel, prompts: Sequence[str], start: int, layer: int, k: int,
-         max_new_tokens: int, seed: int, temperature: float) -> str:
+         max_new_tokens: int, seed: int, temperature: float, batch_size: int = 16) -> str:
+    """The cache key of one chunk (``batch_size`` does not change the paths: not in it)."""
     ident = {f: v for f, v in lm.identity.to_dict().items() if f != "name"}
     payload = [ident, list(prompts), start, layer, k, max_new_tokens, seed, temperature,
                PATHS_FORMAT]
@@ -214,27 +219,36 @@ def _read_chunk(path: Path | None, key: str) -> tuple[pd.DataFrame, pd.DataFrame
 
 def _paths_of(lm: LoadedModel, label: str, prompts: Sequence[str], start: int, layer: int,
               k: int, max_new_tokens: int, seed: int, temperature: float,
-              progress: Callable[[int], None] | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+              progress: Callable[[int], None] | None, batch_size: int = 16
+              ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The paths of one chunk of prompts: every continuation sampled in one batched call,
+    then the texts read back in forward batches of ``batch_size`` sequences."""
     tok = lm.tokenizer
     rows: list[dict] = []
     conts_rows: list[dict] = []
-    for q, text in enumerate(prompts):
-        p = start + q
-        ids = list(tok(text, add_special_tokens=True)["input_ids"])
-        samples = sample_continuations(lm, [ids], k, max_new_tokens, seed + 1000 * p,
-                                       temperature)[0]
-        kept = [c for c in samples if c]
-        res = forward_batch(lm, [ids] + [ids + c for c in kept], [layer])
+    ids_of = [list(tok(text, add_special_tokens=True)["input_ids"]) for text in prompts]
+    samples = sample_continuations(lm, ids_of, k, max_new_tokens, seed + 1000 * start,
+                                   temperature, batch_size=batch_size)
+    kept = [[c for c in conts if c] for conts in samples]
+    seqs = [s for ids, conts in zip(ids_of, kept, strict=True)
+            for s in [ids] + [ids + c for c in conts]]
+    states: list[torch.Tensor] = []
+    for b in range(0, len(seqs), batch_size):
+        batch = seqs[b:b + batch_size]
+        res = forward_batch(lm, batch, [layer])
         h = res.hidden[layer]
-        segs: list[tuple[str, list[int], torch.Tensor]] = [
-            ("prompt", ids, h[0, res.sequence(0, len(ids))])]
-        for i, c in enumerate(kept):
-            sl = res.sequence(i + 1, len(ids) + len(c))
-            segs.append((f"continuation:{i}", c, h[i + 1, sl][len(ids):]))
+        states += [h[i, res.sequence(i, len(s))] for i, s in enumerate(batch)]
+    at = 0
+    for q, (ids, conts) in enumerate(zip(ids_of, kept, strict=True)):
+        p = start + q
+        segs: list[tuple[str, list[int], torch.Tensor]] = [("prompt", ids, states[at])]
+        for i, c in enumerate(conts):
+            segs.append((f"continuation:{i}", c, states[at + 1 + i][len(ids):]))
             conts_rows.append({"prompt_id": p, "model": label, "segment": f"continuation:{i}",
                                "token_ids": c, "text": tok.decode(c, skip_special_tokens=True)})
-        for segment, token_ids, states in segs:
-            path = cumulative_mean_path(states.float()).double().cpu().numpy()
+        at += 1 + len(conts)
+        for segment, token_ids, seg_states in segs:
+            path = cumulative_mean_path(seg_states.float()).double().cpu().numpy()
             toks = tok.convert_ids_to_tokens(token_ids)
             for s, (tid, t) in enumerate(zip(token_ids, toks, strict=True)):
                 rows.append({"prompt_id": p, "model": label, "segment": segment, "step": s,

@@ -58,8 +58,9 @@ def read_corpus(path: str | Path) -> Corpus:
 
 def sample_corpus(model_or_pair: LoadedModel | ModelPair, prompts: Sequence[str], *,
                   sources: Sequence[str] | None = None, max_new_tokens: int = 40,
-                  seed: int = 0, temperature: float = 1.0) -> Corpus:
-    """One sampled continuation per prompt from each model in ``sources`` (default: all)."""
+                  seed: int = 0, temperature: float = 1.0, batch_size: int = 16) -> Corpus:
+    """One sampled continuation per prompt from each model in ``sources`` (default: all),
+    prompt ``p``'s seeded ``seed + 1000 * p``, sampled ``batch_size`` prompts at a time."""
     models = models_of(model_or_pair)
     sources = list(sources or models)
     unknown = sorted(set(sources) - set(models))
@@ -70,7 +71,8 @@ def sample_corpus(model_or_pair: LoadedModel | ModelPair, prompts: Sequence[str]
         lm = models[label]
         ids = [lm.tokenizer(p)["input_ids"] for p in prompts]
         for p, conts in zip(prompts, sample_continuations(lm, ids, 1, max_new_tokens, seed,
-                                                          temperature), strict=True):
+                                                          temperature, batch_size),
+                              strict=True):
             text = lm.tokenizer.decode(conts[0], skip_special_tokens=True)
             if text.strip():
                 out.prompts.append(p)

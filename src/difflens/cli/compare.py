@@ -83,7 +83,8 @@ def compare_cmd(
     options = read_compare_config(config) if config is not None else {}
     sections = choose_sections(only, skip, options.pop("sections", None))
     options.setdefault("seed", seed)
-    for section in ("capture", "collapse"):  # the sections with a batch size of their own
+    # the sections with a batch size of their own (control's is its generation config's)
+    for section in ("capture", "collapse", "trajectories", "themes"):
         options[section] = {"batch_size": batch_size, **options.get(section, {})}
     cfg = CompareConfig(sections=sections, **options)
     named = set_specs(models, base, tuned, revision=revision)  # before any weights load

@@ -11,9 +11,7 @@ from difflens.cli._common import (
     MaxInputs,
     OutDir,
     Seed,
-    UnusedBatchSize,
     friendly_errors,
-    unused_batch_size,
     vocab,
 )
 from difflens.cli._options import (
@@ -74,7 +72,6 @@ def _run(**v: Any) -> None:
     from difflens.pipelines.trajectories import TrajectoriesConfig, run_trajectories
 
     config = config_of(TrajectoriesConfig, v)  # options checked before anything loads
-    unused_batch_size(v["batch_size"], "trajectories run")
     ray_engine = engine(v)
     texts = read_prompts(v["prompts"], field=v["field"])
     metadata = read_prompt_metadata(v["prompts"], field=v["field"])
@@ -99,7 +96,7 @@ def _run_params() -> dict[str, tuple[Any, Any]]:
         "field": (Annotated[str | None, typer.Option(
             "--field", help="JSONL/JSON/CSV field holding the prompt.")], None),
         **config_params(TrajectoriesConfig),
-        "batch_size": (UnusedBatchSize, None), **LOADING, **ENGINE}
+        **LOADING, **ENGINE}
 
 
 app.command("run", cls=vocab({"--continuations": "--samples"}))(build(

@@ -237,7 +237,8 @@ def run_collapse(models: "LoadedModel | ModelPair | ModelSet | Models",
             assert not isinstance(target, ModelSet)  # refused above
             corpus = (read_corpus(config.corpus) if config.corpus else sample_corpus(
                 target, config.prompts, sources=config.sources or None,
-                max_new_tokens=config.max_new_tokens, seed=config.seed))
+                max_new_tokens=config.max_new_tokens, seed=config.seed,
+                batch_size=config.batch_size))
             # One store per corpus, so a rerun with other prompts does not meet a finished
             # store of different texts (and the same corpus resumes or reuses its store).
             corpus_key = fingerprint([corpus.prompts, corpus.continuations], length=12)
@@ -448,7 +449,8 @@ def _samples(lm: LoadedModel, label: str, config: CollapseConfig, data: Path,
              advance: Any, *, temperature: float = 1.0, prob_cap: float | None = None
              ) -> list[list[str]]:
     """K samples per prompt at ``temperature`` (one generate job per prompt, seed + prompt
-    index, on the engine set by ``use_engine``), cached in ``data/samples_<label>.parquet``
+    index, on the engine set by ``use_engine``; locally the jobs share forward batches of
+    ``batch_size`` rows, each drawing its own stream), cached in ``data/samples_<label>.parquet``
     (``samples_<label>_T<t>`` away from T = 1) under a key of the model, prompts and
     settings."""
     parts: list[Any] = [lm.identity.weights_sha256, list(config.prompts), config.k_samples,
@@ -473,7 +475,8 @@ def _samples(lm: LoadedModel, label: str, config: CollapseConfig, data: Path,
         max_new_tokens=config.max_new_tokens, temperature=temperature, seed=config.seed + p,
         batch_size=config.k_samples, sampler="multinomial", prob_cap=prob_cap))
         for p, prompt in enumerate(config.prompts)]
-    gens = generate_many(lm, jobs, on_job=None if advance is None else lambda _j, _g: advance(1))
+    gens = generate_many(lm, jobs, batch_size=config.batch_size,
+                         on_job=None if advance is None else lambda _j, _g: advance(1))
     for p, gen in enumerate(gens):
         for i, row in enumerate(gen.token_ids):
             rows.append({"prompt_id": p, "sample": i,

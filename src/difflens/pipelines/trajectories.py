@@ -53,6 +53,8 @@ class TrajectoriesConfig:
     rank_segments: str = option("all", flag="--rank-segments", help="Jumps used for token "
                                 "ranking and sentiment: all | prompt | continuation.")
     seed: int = option(0, flag="--seed", help="Seed of sampling, projection and bootstraps.")
+    batch_size: int = option(16, flag="--batch-size", help="Rows sampled together and texts "
+                             "read back in one forward pass (does not change the result).")
 
     #: Python names of earlier releases -> option names (read with a warning).
     RENAMED: ClassVar[dict[str, str]] = {"continuations": "samples"}
@@ -63,6 +65,8 @@ class TrajectoriesConfig:
         if self.rank_segments not in RANK_SEGMENTS:
             raise InputError(f"--rank-segments must be all, prompt or continuation, got "
                              f"{self.rank_segments!r}")
+        if self.batch_size < 1:
+            raise InputError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.continuations < 0 or self.max_new_tokens < 0:
             raise InputError(f"--samples and --max-new-tokens must be >= 0, got "
                              f"{self.continuations} and {self.max_new_tokens}")
@@ -139,7 +143,8 @@ def run_trajectories(
         tick = bar("paths", len(prompts) * n_models)
         paths = build_paths(target, prompts, layer=c.layer, continuations=c.continuations,
                             max_new_tokens=c.max_new_tokens, seed=c.seed,
-                            progress=lambda n: tick(n, ""), cache_dir=out / "paths")
+                            progress=lambda n: tick(n, ""), cache_dir=out / "paths",
+                            batch_size=c.batch_size)
         done = bar(f"project ({c.method})", 1)
         proj = SphereProjection(method=c.method, dim=2, random_state=c.seed)
         xyz = proj.fit_transform(paths.points.astype(np.float32))

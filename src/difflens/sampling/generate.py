@@ -5,10 +5,17 @@ for trajectories, collapse and themes, greedy completions for attractors and ste
 organism's RL samples, and the monitor and its controllers (a per-step hook,
 ``Step``).
 
-Rows are generated in chunks of ``batch_size`` (left padding, one KV cache per chunk, each
-position computed once). The chunk that starts at row ``start`` draws its randomness from
-its own generator seeded with ``seed + start``; nothing touches torch's global generator.
-Two samplers:
+Rows are generated in batches of at most ``batch_size`` (left padding, one KV cache per
+batch, each position computed once); a row that ends leaves the batch, so the rows still
+running are the only ones computed. Randomness comes in *streams*: consecutive rows that
+draw from one generator, as one chunk run alone would. By default the chunk of
+``batch_size`` rows that starts at row ``start`` is one stream seeded with ``seed + start``;
+``generate(..., streams=[(rows, seed), ...])`` names them instead, e.g. one stream per row
+(``[(1, s0), (1, s1), ...]``) for continuations each seeded on their own, or ``(k, s)`` per
+prompt for ``k`` samples drawn together. Streams are packed whole into batches, and a row's
+tokens depend on its stream only (up to float rounding of the batched forward), never on
+which other streams share its batch. Nothing touches torch's global generator. Two
+samplers:
 
 - ``multinomial``: ``torch.multinomial(softmax(logits / T))``, the draw Hugging Face's
   ``generate(do_sample=True, top_k=0, top_p=1)`` makes, so a chunk seeded with ``s`` gives
@@ -27,6 +34,7 @@ from the model's own distribution, the one its analyses measure.
 """
 
 import dataclasses
+import itertools
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -54,10 +62,12 @@ class GenerationConfig:
                                 "greedy).")
     """0 = greedy; otherwise sampling from ``softmax(logits / temperature)``."""
     seed: int = 0
-    """The chunk starting at row ``start`` uses a generator seeded with ``seed + start``."""
+    """Without explicit ``streams``, the chunk of ``batch_size`` rows starting at row
+    ``start`` draws from a generator seeded with ``seed + start``."""
     batch_size: int = option(16, flag="--batch-size", help="Rows generated together (one KV "
                              "cache each).")
-    """Rows per chunk (one KV cache each)."""
+    """Most rows in one forward batch (one KV cache each); without explicit ``streams`` also
+    the rows of one random stream."""
     chat: bool = option(False, flag="--chat", help="Wrap prompts in the chat template.")
     """Wrap each prompt text in the model's chat template."""
     sampler: str = "inverse_cdf"
@@ -173,11 +183,37 @@ def cut_at_eos(ids: list[int], eos: int | None) -> list[int]:
     return ids[: ids.index(eos)] if eos is not None and eos in ids else ids
 
 
+Stream = tuple[int, int]
+"""``(rows, seed)``: that many consecutive rows draw from one generator seeded with ``seed``."""
+
+
+def default_streams(n_rows: int, config: GenerationConfig) -> list[Stream]:
+    """The chunks of ``batch_size`` rows, the chunk starting at row ``start`` seeded with
+    ``seed + start``: the streams of ``generate`` when none are given."""
+    bs = config.batch_size
+    return [(min(bs, n_rows - start), config.seed + start) for start in range(0, n_rows, bs)]
+
+
+def pack_streams(streams: Sequence[Stream], batch_size: int) -> list[list[Stream]]:
+    """Consecutive streams packed whole into batches of at most ``batch_size`` rows (a
+    stream of more rows is a batch of its own)."""
+    batches: list[list[Stream]] = []
+    rows = 0
+    for stream in streams:
+        if not batches or rows + stream[0] > batch_size:
+            batches.append([])
+            rows = 0
+        batches[-1].append(stream)
+        rows += stream[0]
+    return batches
+
+
 def generate(
     lm: LoadedModel,
     prompts: Sequence[str] | Sequence[Sequence[int]],
     config: GenerationConfig = GenerationConfig(),
     *,
+    streams: Sequence[Stream] | None = None,
     on_step: StepHook | None = None,
     on_chunk: Callable[[int, int], None] | None = None,
     keep_logprobs: bool = False,
@@ -189,8 +225,12 @@ def generate(
         lm: the model (never modified; hooks installed around this call act on it).
         prompts: texts (encoded with ``encode_prompts``) or token-id lists.
         config: tokens, temperature, seed, batch size, chat template, sampler.
-        on_step: called after every forward pass with a ``Step``.
-        on_chunk: called with ``(first row, rows)`` before each chunk's first pass.
+        streams: ``(rows, seed)`` groups of consecutive rows, covering every row, each
+            drawing from its own generator as one chunk of those rows would alone
+            (``config.seed`` is then unused); default ``default_streams``.
+        on_step: called after every forward pass with a ``Step`` (rows then stay in their
+            batch until it ends, so the hook's batch index is the row's).
+        on_chunk: called with ``(first row, rows)`` before each batch's first pass.
         keep_logprobs: keep the log-distribution of every kept token.
         keep_entropy: keep the entropy of the model's distribution at every kept token.
 
@@ -204,20 +244,26 @@ def generate(
             if isinstance(prompts[0], str) else [list(map(int, p)) for p in prompts])
     if any(len(s) == 0 for s in seqs):
         raise InputError("a prompt has no tokens; every prompt needs at least one")
+    streams = default_streams(len(seqs), config) if streams is None else list(streams)
+    if any(n < 1 for n, _ in streams) or sum(n for n, _ in streams) != len(seqs):
+        raise InputError(f"streams must be (rows >= 1, seed) groups covering the "
+                         f"{len(seqs)} rows; they cover {sum(n for n, _ in streams)}")
     tokens: list[list[int]] = []
     eos_stops: list[bool] = []
     lps: list[Tensor | None] = []
     ents: list[list[float]] = []
     seconds, n_forward = 0.0, 0
-    for start in range(0, len(seqs), config.batch_size):
-        chunk = seqs[start:start + config.batch_size]
-        # multinomial draws on the model's device, as Hugging Face's generate does (so a GPU
-        # run matches it too); inverse_cdf's uniforms always come from the CPU
-        device = lm.device if config.sampler == "multinomial" else torch.device("cpu")
-        gen = torch.Generator(device=device).manual_seed(config.seed + start)
+    # multinomial draws on the model's device, as Hugging Face's generate does (so a GPU
+    # run matches it too); inverse_cdf's uniforms always come from the CPU
+    device = lm.device if config.sampler == "multinomial" else torch.device("cpu")
+    start = 0
+    for batch in pack_streams(streams, config.batch_size):
+        n_rows = sum(n for n, _ in batch)
+        chunk = seqs[start:start + n_rows]
+        gens = [(n, torch.Generator(device=device).manual_seed(seed)) for n, seed in batch]
         if on_chunk is not None:
-            on_chunk(start, len(chunk))
-        out = _run_chunk(lm, backend_for(lm), chunk, config, gen, on_step, start, keep_logprobs,
+            on_chunk(start, n_rows)
+        out = _run_chunk(lm, backend_for(lm), chunk, config, gens, on_step, start, keep_logprobs,
                          keep_entropy)
         tokens += out[0]
         eos_stops += out[1]
@@ -225,6 +271,7 @@ def generate(
         seconds += out[3]
         n_forward += out[4]
         ents += out[5]
+        start += n_rows
     return Generation(prompt_ids=seqs, token_ids=tokens, stopped_at_eos=eos_stops,
                       logprobs=lps, seconds=seconds, n_forward_tokens=n_forward,
                       entropies=ents if keep_entropy else None)
@@ -240,6 +287,7 @@ def generate_many(
     *,
     engine: "str | RayEngine | None" = None,
     on_job: Callable[[int, Generation], None] | None = None,
+    batch_size: int | None = None,
 ) -> list[Generation]:
     """Run independent ``generate`` calls (e.g. one per prompt, each with its own seed).
 
@@ -255,23 +303,66 @@ def generate_many(
             local.
         on_job: called with ``(job index, its Generation)`` as each job finishes (in
             completion order on Ray).
+        batch_size: run locally, pack the jobs' rows into forward batches of this many
+            rows (each job keeps its own streams, so its tokens are those it gets alone);
+            default: each job on its own, in batches of its config's ``batch_size``. Jobs
+            whose configs differ in more than the seed and batch size run on their own.
     """
-    jobs = [([list(map(int, r)) for r in rows], cfg) for rows, cfg in jobs]
+    plain_jobs = [([list(map(int, r)) for r in rows], cfg) for rows, cfg in jobs]
     ray_engine = resolve_engine(engine)
     if ray_engine is None:
+        return _many_local(lm, plain_jobs, batch_size, on_job)
+
+    def rebuilt(plain: dict[str, Any]) -> Generation:
+        return Generation(**plain, logprobs=[None] * len(plain["token_ids"]))
+
+    out = [rebuilt(g) for g in map_with_models(
+        ray_engine, {"model": lm}, _generation_job, plain_jobs,
+        on_result=None if on_job is None else lambda j, g: on_job(j, rebuilt(g)))]
+    return out
+
+
+def _many_local(lm: LoadedModel, jobs: Sequence[tuple[list[list[int]], GenerationConfig]],
+                batch_size: int | None, on_job: Callable[[int, Generation], None] | None
+                ) -> list[Generation]:
+    """The jobs of ``generate_many`` in this process: packed into shared batches of
+    ``batch_size`` rows when their configs agree, else one ``generate`` each."""
+    plain = {dataclasses.replace(cfg, seed=0, batch_size=1) for _, cfg in jobs}
+    if batch_size is None or len(plain) > 1 or any(not rows for rows, _ in jobs):
         out = []
         for j, (rows, cfg) in enumerate(jobs):
             out.append(generate(lm, rows, cfg))
             if on_job is not None:
                 on_job(j, out[-1])
         return out
-    def rebuilt(plain: dict[str, Any]) -> Generation:
-        return Generation(**plain, logprobs=[None] * len(plain["token_ids"]))
-
-    out = [rebuilt(g) for g in map_with_models(
-        ray_engine, {"model": lm}, _generation_job, jobs,
-        on_result=None if on_job is None else lambda j, g: on_job(j, rebuilt(g)))]
-    return out
+    cfg = dataclasses.replace(jobs[0][1], batch_size=batch_size)
+    rows = [r for job_rows, _ in jobs for r in job_rows]
+    owner = [j for j, (job_rows, _) in enumerate(jobs) for _ in job_rows]
+    ends = list(itertools.accumulate(len(job_rows) for job_rows, _ in jobs))
+    streams = [s for job_rows, c in jobs for s in default_streams(len(job_rows), c)]
+    per_row: list[tuple[list[int], bool, Tensor | None]] = []
+    cost = [[0.0, 0.0] for _ in jobs]  # each job's share (by rows) of its batches' time, work
+    out_by_job: dict[int, Generation] = {}
+    start = 0
+    for batch in pack_streams(streams, batch_size):
+        n = sum(k for k, _ in batch)
+        gen = generate(lm, rows[start:start + n], cfg, streams=batch)
+        per_row += zip(gen.token_ids, gen.stopped_at_eos, gen.logprobs, strict=True)
+        for j in owner[start:start + n]:
+            cost[j][0] += gen.seconds / n
+            cost[j][1] += gen.n_forward_tokens / n
+        start += n
+        for j in sorted({owner[i] for i in range(start - n, start)}):
+            if ends[j] <= start:
+                lo = ends[j] - len(jobs[j][0])
+                out_by_job[j] = Generation(
+                    prompt_ids=jobs[j][0], token_ids=[r[0] for r in per_row[lo:ends[j]]],
+                    stopped_at_eos=[r[1] for r in per_row[lo:ends[j]]],
+                    logprobs=[r[2] for r in per_row[lo:ends[j]]], seconds=cost[j][0],
+                    n_forward_tokens=round(cost[j][1]))
+                if on_job is not None:
+                    on_job(j, out_by_job[j])
+    return [out_by_job[j] for j in range(len(jobs))]
 
 
 def _generation_job(models: dict[str, LoadedModel], job: GenerationJob) -> dict[str, Any]:
@@ -311,6 +402,19 @@ def _probs(logits: Tensor, config: GenerationConfig) -> Tensor:
     return probs if config.prob_cap is None else cap_probs(probs, config.prob_cap)
 
 
+def _draw_streams(logits: Tensor, config: GenerationConfig,
+                  gens: Sequence[tuple[int, torch.Generator]]) -> list[int]:
+    """Each stream's rows drawn together from its generator, as that chunk alone draws."""
+    if len(gens) == 1:
+        return _draw(logits, config, gens[0][1])
+    out: list[int] = []
+    start = 0
+    for n, gen in gens:
+        out += _draw(logits[start:start + n], config, gen)
+        start += n
+    return out
+
+
 def _draw(logits: Tensor, config: GenerationConfig, gen: torch.Generator) -> list[int]:
     if config.sampler == "inverse_cdf":
         u = torch.rand(logits.shape[0], generator=gen)
@@ -325,10 +429,15 @@ def _draw(logits: Tensor, config: GenerationConfig, gen: torch.Generator) -> lis
 
 
 def _run_chunk(lm: LoadedModel, engine: Backend, seqs: Sequence[Sequence[int]],
-               cfg: GenerationConfig, gen: torch.Generator, on_step: StepHook | None,
-               row0: int, keep_logprobs: bool, keep_entropy: bool = False
+               cfg: GenerationConfig, gens: Sequence[tuple[int, torch.Generator]],
+               on_step: StepHook | None, row0: int, keep_logprobs: bool,
+               keep_entropy: bool = False
                ) -> tuple[list[list[int]], list[bool], list[Tensor | None], float, int,
                           list[list[float]]]:
+    """One batch: its rows drawn by stream (``gens``: rows and generator of each). Without
+    a step hook, a row that ends leaves the batch (its cache rows are dropped); each stream
+    still draws for all its rows at every step (an ended row's draw is discarded), so its
+    random stream does not depend on when the others end."""
     tok, dev = lm.tokenizer, lm.device
     eos = tok.eos_token_id
     stops = stop_ids(lm)
@@ -343,6 +452,7 @@ def _run_chunk(lm: LoadedModel, engine: Backend, seqs: Sequence[Sequence[int]],
     refeed: dict[int, int] = {}
     step = Step(index=0, row0=row0, prompt_ids=[list(s) for s in seqs], tokens=tokens,
                 live=[True] * B, fresh=[False] * B)
+    in_batch = list(range(B))  # the rows still in the forward batch, in order
     n_forward = int(mask.sum())
     t0 = time.perf_counter()
     with torch.inference_mode():
@@ -350,7 +460,11 @@ def _run_chunk(lm: LoadedModel, engine: Backend, seqs: Sequence[Sequence[int]],
         if on_step is not None:
             on_step(step)
         while True:
-            nxt = _draw(logits, cfg, gen)
+            if len(in_batch) < B:  # ended rows left the batch: their draws read zeros
+                full = logits.new_zeros((B, logits.shape[-1]))
+                full[in_batch] = logits
+                logits = full
+            nxt = _draw_streams(logits, cfg, gens)
             feed = [pad] * B
             live, fresh = [False] * B, [False] * B
             step_lp = torch.log_softmax(logits, -1).cpu() if keep_logprobs else None
@@ -377,10 +491,16 @@ def _run_chunk(lm: LoadedModel, engine: Backend, seqs: Sequence[Sequence[int]],
                 feed[b], live[b], fresh[b] = t, True, True
             if not any(live):
                 break
-            col = torch.tensor(live, dtype=mask.dtype, device=dev)[:, None]
+            if on_step is None and not all(live[b] for b in in_batch):
+                keep = torch.tensor([i for i, b in enumerate(in_batch) if live[b]], device=dev)
+                engine.select_rows(keep)
+                mask, hist = mask[keep], hist[keep]
+                in_batch = [b for b in in_batch if live[b]]
+            col = torch.tensor([live[b] for b in in_batch], dtype=mask.dtype, device=dev)[:, None]
             position = mask.sum(-1, keepdim=True)
             mask = torch.cat([mask, col], dim=1)
-            feed_t = torch.tensor(feed, dtype=hist.dtype, device=dev)[:, None]
+            feed_t = torch.tensor([feed[b] for b in in_batch], dtype=hist.dtype,
+                                  device=dev)[:, None]
             hist = torch.cat([hist, feed_t], dim=1)
             logits = engine.step(feed_t, mask, position)
             n_forward += sum(live)
@@ -399,10 +519,10 @@ def _run_chunk(lm: LoadedModel, engine: Backend, seqs: Sequence[Sequence[int]],
                 refeed[b] = int(hist[b, cols[-(n + 1)]])
             step._drop.clear()
             if refeed:
-                keep = int(mask.any(0).nonzero().max()) + 1
-                if keep < mask.shape[1]:  # columns every row dropped: crop the cache
-                    engine.crop(mask.shape[1] - keep)
-                    mask, hist = mask[:, :keep], hist[:, :keep]
+                keep_cols = int(mask.any(0).nonzero().max()) + 1
+                if keep_cols < mask.shape[1]:  # columns every row dropped: crop the cache
+                    engine.crop(mask.shape[1] - keep_cols)
+                    mask, hist = mask[:, :keep_cols], hist[:, :keep_cols]
     seconds = time.perf_counter() - t0
     kept_lps: list[Tensor | None] = [torch.stack(x) if keep_logprobs and x else None
                                      for x in lps]
