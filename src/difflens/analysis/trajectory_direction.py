@@ -47,9 +47,9 @@ def direction_stats(df: pd.DataFrame, points: np.ndarray, models: Sequence[str],
     at = np.flatnonzero(turn_ok)
     turn[at] = _angles(move[at - 1], move[at])
     out: dict[str, Any] = {"turn_angle": {}, "move_cosine": {}}
-    pid, step, model = df.prompt_id.to_numpy(), df.step.to_numpy(), df.model.to_numpy()
+    pid, step = df.prompt_id.to_numpy(), df.step.to_numpy()
     for m in dict.fromkeys(models):
-        sel = model == m
+        sel = (df.model == m).to_numpy()
         rows, overall = index_means(pid[sel], step[sel], turn[sel], n_boot=n_boot, seed=seed)
         if rows:
             out["turn_angle"][str(m)] = {"by_index": rows, "overall": overall}

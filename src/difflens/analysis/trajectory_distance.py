@@ -29,6 +29,19 @@ def ratio_ci(num: np.ndarray, den: np.ndarray, w: np.ndarray) -> tuple[np.ndarra
     return percentile_ci(replicate_ratios(w, num, den), omit_nan=True)
 
 
+def cell_sums(cells: tuple[np.ndarray, ...], shape: tuple[int, ...], values: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """The sum and the count of ``values`` in each cell of an array of ``shape``, the cell of
+    value ``k`` at ``cells[0][k], cells[1][k], ...``: ``np.add.at`` of the values and of 1,
+    added in the same order (so to the same bits) by ``np.bincount``, many times faster."""
+    flat = np.ravel_multi_index(cells, shape, mode="wrap")  # wrap: a -1 indexes as in add.at
+    size = int(np.prod(shape))
+    sums = np.bincount(flat, weights=values, minlength=size)  # int64 when empty
+    counts = np.bincount(flat, minlength=size)
+    return (sums.astype(np.float64, copy=False).reshape(shape),
+            counts.astype(np.float64).reshape(shape))
+
+
 def _rows(index: np.ndarray, mean: np.ndarray, lo: np.ndarray, hi: np.ndarray,
           count: np.ndarray) -> list[dict[str, Any]]:
     return [Estimate(value=float(mean[k]), ci_low=float(lo[k]), ci_high=float(hi[k]),
@@ -57,14 +70,18 @@ def distance_by_index(df: pd.DataFrame, points: np.ndarray, models: tuple[str, s
     pi, prompts = pd.factorize(m.prompt_id)
     steps = np.sort(m.step.unique())
     si = np.searchsorted(steps, m.step.to_numpy())
-    num = np.zeros((len(prompts), len(steps)))
-    den = np.zeros_like(num)
-    np.add.at(num, (pi, si), m.d.to_numpy())
-    np.add.at(den, (pi, si), 1.0)
+    num, den = cell_sums((pi, si), (len(prompts), len(steps)), m.d.to_numpy())
     w = bootstrap_weights(len(prompts), n_boot, seed)
     lo, hi = ratio_ci(num, den, w)
     mean = num.sum(0) / den.sum(0)
     return _rows(steps, mean, lo, hi, den.sum(0))
+
+
+def _ids(prompt_ids: np.ndarray) -> np.ndarray:
+    """Prompt ids to factorize: integers as they are, anything else as Python objects (the
+    same codes either way; integers as objects only factorize slower)."""
+    ids = np.asarray(prompt_ids)
+    return ids if ids.dtype.kind in "iu" else np.asarray(prompt_ids, dtype=object)
 
 
 def index_means(prompt_ids: np.ndarray, steps: np.ndarray, values: np.ndarray, *,
@@ -79,14 +96,11 @@ def index_means(prompt_ids: np.ndarray, steps: np.ndarray, values: np.ndarray, *
     ok = np.isfinite(values)
     if not ok.any():
         return [], {}
-    pi, prompts = pd.factorize(pd.Series(np.asarray(prompt_ids, dtype=object)[ok]))
+    pi, prompts = pd.factorize(_ids(prompt_ids)[ok])
     step = np.asarray(steps)[ok]
     idx = np.sort(np.unique(step))
     si = np.searchsorted(idx, step)
-    num = np.zeros((len(prompts), len(idx) + 1))
-    den = np.zeros_like(num)
-    np.add.at(num, (pi, si), values[ok])
-    np.add.at(den, (pi, si), 1.0)
+    num, den = cell_sums((pi, si), (len(prompts), len(idx) + 1), values[ok])
     num[:, -1], den[:, -1] = num[:, :-1].sum(1), den[:, :-1].sum(1)  # the pooled column
     w = bootstrap_weights(len(prompts), n_boot, seed)
     lo, hi = ratio_ci(num, den, w)

@@ -19,6 +19,7 @@ from difflens.analysis.bootstrap import (
     replicate_ratios,
     resample_indices,
 )
+from difflens.analysis.trajectory_distance import cell_sums
 from difflens.analysis.trajectory_table import display_token
 
 
@@ -64,10 +65,7 @@ def jump_difference(df: pd.DataFrame, jump: np.ndarray, models: tuple[str, str],
     idx = np.sort(sub.step.unique())
     si = np.searchsorted(idx, sub.step.to_numpy())
     mi = (sub.model == models[1]).to_numpy().astype(np.int64)
-    s = np.zeros((2, len(prompts), len(idx)))
-    c = np.zeros_like(s)
-    np.add.at(s, (mi, pi, si), sub.jump.to_numpy())
-    np.add.at(c, (mi, pi, si), 1.0)
+    s, c = cell_sums((mi, pi, si), (2, len(prompts), len(idx)), sub.jump.to_numpy())
     if paired:
         both = (c[0] > 0) & (c[1] > 0)  # a prompt counts at an index where both jump
         s, c = s * both, c * both

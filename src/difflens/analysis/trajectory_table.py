@@ -11,7 +11,8 @@ caused by adding token ``t``; it is attributed to token ``t`` (the token *after 
 path stands at its new point).
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -67,11 +68,11 @@ def paired_rows(df: pd.DataFrame, models: tuple[str, str], kind: str
     step = sub.step.to_numpy().astype(np.int64)
     key = (pc.astype(np.int64) * (sc.max() + 1) + sc) * (step.max() + 1) + step
     cell = pd.factorize(key)[0]
-    model = sub.model.to_numpy()
     ia = np.full(cell.max() + 1, -1)
     ib = np.full(cell.max() + 1, -1)
-    ia[cell[model == models[0]]] = rows[model == models[0]]
-    ib[cell[model == models[1]]] = rows[model == models[1]]
+    for i, m in ((ia, models[0]), (ib, models[1])):
+        own = (sub.model == m).to_numpy()  # not the labels as objects: slow on string columns
+        i[cell[own]] = rows[own]
     both = (ia >= 0) & (ib >= 0)
     return ia[both], ib[both]
 
@@ -87,14 +88,22 @@ def display_token(token: str) -> str:
     return format_token(token)
 
 
+def _map_distinct(s: pd.Series, fn: Callable[[Any], Any]) -> pd.Series:
+    """``s.map(fn)`` (the same values and dtype), calling ``fn`` once per distinct value: a
+    table repeats a vocabulary of a few thousand tokens over millions of rows."""
+    codes, uniques = pd.factorize(s, use_na_sentinel=False)
+    mapped = pd.Series(uniques, dtype=s.dtype).map(fn)
+    return pd.Series(mapped.array.take(codes), index=s.index, name=s.name)
+
+
 def readable_tokens(df: pd.DataFrame) -> pd.DataFrame:
     """The table with ``token`` as readable text and the tokenizer's string in
     ``token_raw`` (kept when the table already has it)."""
     if "token" not in df.columns:
         return df
     raw = df["token_raw"] if "token_raw" in df.columns else df["token"]
-    shown = raw.map(lambda t: display_token(t) if isinstance(t, str) else None)
-    out = df.assign(token=shown)
+    out = df.assign(token=_map_distinct(raw, lambda t: display_token(t)
+                                        if isinstance(t, str) else None))
     if "token_raw" not in out.columns:
         out.insert(int(out.columns.get_loc("token")) + 1, "token_raw", raw)
     return out
