@@ -10,6 +10,7 @@ import difflens as dl
 from difflens import _io as store_mod
 from difflens.capture import engine as engine_mod
 from difflens.capture import plan as plan_mod
+from difflens.capture import store as capture_store
 from difflens.models.tiny import tiny_model, word_tokenizer
 
 LONG = [
@@ -161,7 +162,7 @@ def test_stats_columns_match_logits(tiny, tmp_path):
 def test_rerun_reuses_store_and_other_run_is_refused(tiny, tmp_path, monkeypatch):
     first = dl.capture(tiny, LONG, store=tmp_path / "run")
     calls = []
-    monkeypatch.setattr(engine_mod, "_run_shard", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(engine_mod, "_capture_shard", lambda *a, **k: calls.append(1))
     again = dl.capture(tiny, LONG, store=tmp_path / "run", batch_size=2)
     assert again.key == first.key and calls == []
     with pytest.raises(dl.StoreError, match="already holds a different finished run"):
@@ -197,7 +198,7 @@ def test_resume_after_crash_is_byte_identical(pair, tmp_path, monkeypatch):
             raise KeyboardInterrupt("simulated kill")
         real(path, tensors, metadata)
 
-    monkeypatch.setattr(engine_mod, "write_tensors_atomic", flaky)
+    monkeypatch.setattr(capture_store, "write_tensors_atomic", flaky)
     monkeypatch.setattr(engine_mod, "plan_shards",
                         lambda rows, bpr, mb: [[i, min(i + 50, len(rows))]
                                                for i in range(0, len(rows), 50)])
@@ -205,7 +206,7 @@ def test_resume_after_crash_is_byte_identical(pair, tmp_path, monkeypatch):
         dl.capture(pair, prompts, store=tmp_path / "crashed", shard_mb=1)
     with pytest.raises(dl.StoreError, match="did not finish"):
         dl.RunStore.open(tmp_path / "crashed")
-    monkeypatch.setattr(engine_mod, "write_tensors_atomic", real)
+    monkeypatch.setattr(capture_store, "write_tensors_atomic", real)
     resumed = dl.capture(pair, prompts, store=tmp_path / "crashed", shard_mb=1)
     uninterrupted = dl.capture(pair, prompts, store=tmp_path / "straight", shard_mb=1)
     assert resumed.manifest["n_shards"] == 4
@@ -229,12 +230,12 @@ def test_out_of_disk_keeps_finished_shards(tiny, tmp_path, monkeypatch):
             raise OSError(errno.ENOSPC, "No space left on device")
         orig_save(path, tensors, metadata)
 
-    monkeypatch.setattr(engine_mod, "write_tensors_atomic", full_disk)
+    monkeypatch.setattr(capture_store, "write_tensors_atomic", full_disk)
     with pytest.raises(OSError):
         dl.capture(tiny, prompts, store=tmp_path / "run")
     done = sorted((tmp_path / "run" / "stats").glob("*.parquet"))
     assert len(done) == 2
-    monkeypatch.setattr(engine_mod, "write_tensors_atomic", orig_save)
+    monkeypatch.setattr(capture_store, "write_tensors_atomic", orig_save)
     store = dl.capture(tiny, prompts, store=tmp_path / "run")
     assert store.manifest["n_shards"] == 4
 
@@ -420,13 +421,13 @@ def test_uri_store_from_the_cli_and_described(tiny, tmp_path):
 def test_a_run_that_ends_with_a_shard_missing_writes_no_manifest(pair, tmp_path,
                                                                  monkeypatch):
     """As when --out is a folder only some nodes of a cluster see."""
-    real = engine_mod.write_parquet_atomic
+    real = capture_store.write_parquet_atomic
 
     def lose_shard_1(path, df):
         if path.name != "shard-00001.parquet":
             real(path, df)
 
-    monkeypatch.setattr(engine_mod, "write_parquet_atomic", lose_shard_1)
+    monkeypatch.setattr(capture_store, "write_parquet_atomic", lose_shard_1)
     with pytest.raises(dl.StoreError, match=r"lacks 1 of \d+ shards after the run "
                                             r"\(first: shard-00001\)") as err:
         dl.capture(pair, LONG * 40, store=tmp_path / "run", shard_mb=1)

@@ -3,7 +3,7 @@ tokenized prompts, the stored rows of each prompt, the shards, the length-bucket
 and the cache key (the one fingerprint of everything that changes the result)."""
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from difflens._io import fingerprint
@@ -22,7 +22,8 @@ class CaptureConfig:
     """What to capture. Everything here except the batching fields is in the cache key."""
 
     layers: tuple[int, ...]
-    """Captured layers, normalised to ``0..n_layers`` (base numbering for a pair)."""
+    """Captured layers, normalised to ``0..n_layers`` (base numbering for a pair or set);
+    empty: no hidden states are stored, only the statistics."""
     positions: str | tuple[int, ...] = "all"
     """``"all"`` token positions, the ``"last"`` one, or a tuple of indices (negatives
     count from the end; indices a prompt does not have are skipped)."""
@@ -42,6 +43,12 @@ class CaptureConfig:
     """Target size of one tensor shard; fixed per run once written to ``run.json``."""
     padding_side: str = "right"
     """Where padding goes inside a batch; results do not depend on it."""
+    pairs: tuple[tuple[str, str], ...] | None = None
+    """Label pairs ``(a, b)`` whose KL both ways and top-1 agreement are stored, in
+    columns ``<a>-vs-<b>:kl_tuned_base`` (KL(b ‖ a)), ``<a>-vs-<b>:kl_base_tuned`` and
+    ``<a>-vs-<b>:top1_agree``; ``None``: a pair's own (base, tuned) in the columns without
+    a prefix, or none for one model. In the key only when not ``None``, so the keys of
+    captures made before pairs existed do not change."""
 
     def __post_init__(self) -> None:
         if self.store_dtype not in ("float32", "float16"):
@@ -54,6 +61,18 @@ class CaptureConfig:
             raise InputError("batch_size, max_batch_tokens and shard_mb must be positive")
         if self.top_k < 1:
             raise InputError(f"top_k must be at least 1, got {self.top_k}")
+        for pr in self.pairs or ():
+            if (not isinstance(pr, tuple) or len(pr) != 2
+                    or not all(isinstance(x, str) for x in pr) or pr[0] == pr[1]):
+                raise InputError(f"a pair is two different model labels (a, b), got {pr!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        """The config as ``run.json`` records it (``pairs`` only when set, so the
+        ``run.json`` of a capture without pairs is what it was before they existed)."""
+        out = dataclasses.asdict(self)
+        if self.pairs is None:
+            del out["pairs"]
+        return out
 
     def key_fields(self) -> dict[str, Any]:
         return {
@@ -64,7 +83,7 @@ class CaptureConfig:
             "top_k": self.top_k,
             "logprob_positions": list(self.logprob_positions),
             "truncate": self.truncate,
-        }
+        } | ({} if self.pairs is None else {"pairs": [list(p) for p in self.pairs]})
 
 
 
@@ -101,6 +120,13 @@ def rows_of(n_tokens: int, positions: str | tuple[int, ...]) -> list[int]:
     return sorted({p for p in resolved if 0 <= p < n_tokens})
 
 
+def stats_bytes_per_token(n_models: int, n_pairs: int) -> int:
+    """About what one token's statistics take in memory before they are written (the
+    frame's top-k columns hold one small array per token and model): how shards are sized
+    when no hidden states are stored."""
+    return 64 + 256 * n_models + 16 * n_pairs
+
+
 def plan_shards(row_counts: Sequence[int], bytes_per_row: int, shard_mb: int) -> list[list[int]]:
     """Consecutive prompt ranges ``[start, end)`` whose stored rows fill about ``shard_mb``."""
     budget = max(1, shard_mb * 2**20 // max(bytes_per_row, 1))
@@ -118,7 +144,7 @@ def cache_key(
     models: dict[str, LoadedModel],
     token_ids: Sequence[Sequence[int]],
     cfg: CaptureConfig,
-    layer_map: dict[int, int] | None,
+    layer_map: Mapping[Any, Any] | None,
 ) -> str:
     """Hash of everything that changes the stored result, and nothing else."""
     idents = {k: {f: v for f, v in m.identity.to_dict().items() if f != "name"}

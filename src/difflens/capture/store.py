@@ -10,14 +10,32 @@ Layout of a run directory::
     stats/shard-NNNNN.parquet     one row per token: next-token statistics (and KL for a pair)
     manifest.json                 written last: the run is complete when it exists
 
+A capture with no layers and no full log-probs (``layers=()``) writes no ``tensors/``: its
+shards are the statistics alone.
+
+Columns of the statistics: ``prompt_idx, pos, token_id, token``; per model label
+``<label>_entropy``, ``<label>_logprob_next``, ``<label>_topk_ids``,
+``<label>_topk_logprobs``; a ``ModelPair``'s ``kl_tuned_base`` (KL(tuned ‖ base)),
+``kl_base_tuned`` and ``top1_agree``; and for each pair ``(a, b)`` asked for by ``pairs=``
+(a model set's pairs), the same three prefixed with the pair: ``<a>-vs-<b>:kl_tuned_base``
+(KL(b ‖ a): ``a`` plays the base, ``b`` the tuned model), ``<a>-vs-<b>:kl_base_tuned`` and
+``<a>-vs-<b>:top1_agree`` (``pair_column``). A model name holds no ``:``, so the prefix
+is unambiguous.
+
 Every file is written to a temporary name in the same folder, flushed to disk and renamed
 into place, so no half-written file is ever visible. A shard is complete when its stats
 file exists (it is written after the shard's tensors), which is what resuming relies on.
+
+The module is long because it holds both sides of the format: ``RunStore`` reads a run,
+and ``write_shard`` (run by a ``ShardWriter``, a writer thread) writes a shard's files.
 """
 
+import dataclasses
 import json
 import os
-from collections.abc import Iterator
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -28,7 +46,14 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from difflens._io import RemoteDir, fingerprint, is_uri
+from difflens._io import (
+    RemoteDir,
+    fingerprint,
+    is_uri,
+    write_parquet_atomic,
+    write_tensors_atomic,
+)
+from difflens.capture.stats import PairStats, TokenStats
 from difflens.errors import StoreError
 from difflens.models.identity import ModelIdentity
 from difflens.models.presets import cache_dir
@@ -38,8 +63,24 @@ MANIFEST = "manifest.json"
 RUN_JSON = "run.json"
 
 
+#: The statistics of a pair, as a ``ModelPair``'s capture names them.
+PAIR_COLUMNS = ("kl_tuned_base", "kl_base_tuned", "top1_agree")
+
+
 def shard_name(i: int) -> str:
     return f"shard-{i:05d}"
+
+
+def pair_column(pair: tuple[str, str] | None, stat: str) -> str:
+    """The stats column of ``stat`` (one of ``PAIR_COLUMNS``) for the pair ``(a, b)``:
+    ``<a>-vs-<b>:<stat>``; ``None`` is a ``ModelPair``'s own pair (the bare ``stat``)."""
+    return stat if pair is None else f"{pair[0]}-vs-{pair[1]}:{stat}"
+
+
+def stores_tensors(config: dict[str, Any]) -> bool:
+    """Whether a capture of ``config`` (``CaptureConfig.key_fields``) writes tensor files:
+    with layers or full log-probs; else its shards are the statistics alone."""
+    return bool(config["layers"]) or bool(config["logprob_positions"])
 
 
 def mirror_dir(uri: str) -> Path:
@@ -74,7 +115,8 @@ class RunStore:
     """Read access to a finished capture run.
 
     Use ``open``; then ``hidden`` for hidden states by (prompt, layer),
-    ``stats`` for the per-token table, ``models`` for identities.
+    ``stats`` for the per-token table, ``pair_stats`` for one pair's columns under a
+    pair's names, ``models`` for identities.
     """
 
     def __init__(self, path: Path, manifest: dict[str, Any],
@@ -132,8 +174,48 @@ class RunStore:
 
     @property
     def labels(self) -> list[str]:
-        """Model labels: ``["model"]`` for one model, ``["base", "tuned"]`` for a pair."""
-        return list(self.manifest["models"])
+        """Model labels: ``["model"]`` for one model, ``["base", "tuned"]`` for a pair, the
+        names (in lineage order) for a model set."""
+        return list(self.manifest.get("labels") or self.manifest["models"])
+
+    @property
+    def pairs(self) -> list[tuple[str, str]]:
+        """The pairs ``(a, b)`` whose KL and top-1 agreement the statistics hold: those
+        given to ``capture(pairs=...)``, else a pair run's ``(base, tuned)`` (columns
+        without a prefix)."""
+        given = self.manifest["config"].get("pairs")
+        if given is not None:
+            return [(str(a), str(b)) for a, b in given]
+        return [("base", "tuned")] if {"base", "tuned"} <= set(self.labels) else []
+
+    def pair_stats(self, a: str, b: str, columns: list[str] | None = None) -> pd.DataFrame:
+        """The statistics of the pair ``(a, b)`` under a pair run's names, whatever the run
+        (a pair or a model set): ``a`` as ``base``, ``b`` as ``tuned``.
+
+        Args:
+            a: the model playing the base.
+            b: the model playing the tuned one.
+            columns: which of ``prompt_idx, pos, token_id, token, base_*, tuned_*,
+                kl_tuned_base, kl_base_tuned, top1_agree`` to read (default:
+                ``prompt_idx, pos, base_entropy, tuned_entropy`` and the pair's three).
+        """
+        if (a, b) not in self.pairs:
+            raise StoreError(f"{self.path} holds no statistics of the pair ({a}, {b}); it "
+                             f"holds {self.pairs or 'no pairs'}")
+        legacy = self.manifest["config"].get("pairs") is None
+        wanted = columns or ["prompt_idx", "pos", "base_entropy", "tuned_entropy",
+                             *PAIR_COLUMNS]
+        stored = {}
+        for col in wanted:
+            if col in PAIR_COLUMNS:
+                stored[col] = pair_column(None if legacy else (a, b), col)
+            elif col.startswith(("base_", "tuned_")):
+                role, _, stat = col.partition("_")
+                stored[col] = f"{a if role == 'base' else b}_{stat}"
+            else:
+                stored[col] = col
+        df = self.stats(list(dict.fromkeys(stored.values())))
+        return pd.DataFrame({col: df[src] for col, src in stored.items()})
 
     @property
     def models(self) -> dict[str, ModelIdentity]:
@@ -141,8 +223,14 @@ class RunStore:
 
     @property
     def layers(self) -> list[int]:
-        """Captured layers (in the base model's numbering for a pair)."""
+        """Captured layers (in the base model's numbering for a pair); empty when the run
+        stores no hidden states."""
         return list(self.manifest["config"]["layers"])
+
+    @property
+    def has_tensors(self) -> bool:
+        """Whether the run holds tensor files (hidden states or full log-probs)."""
+        return stores_tensors(self.manifest["config"])
 
     @property
     def n_prompts(self) -> int:
@@ -196,6 +284,12 @@ class RunStore:
         from safetensors import safe_open
 
         row = self._row(prompt)
+        if not self.has_tensors:  # the plan's rows, as the engine stores them
+            from difflens.capture.plan import rows_of  # plan imports this module
+
+            cfg = self.manifest["config"]["positions"]
+            n = int(self.prompts.loc[prompt, "n_tokens"])
+            return rows_of(n, cfg if isinstance(cfg, str) else tuple(cfg))
         with safe_open(str(self._shard_file(self.labels[0], int(row.shard))), "pt") as f:
             sl = f.get_slice("token_pos")
             return sl[int(row.row_start) : int(row.row_start) + int(row.n_rows)].tolist()
@@ -215,6 +309,9 @@ class RunStore:
 
         label = self._label(model)
         row = self._row(prompt)
+        if not self.manifest["config"]["logprob_positions"]:
+            raise StoreError(
+                f"{self.path} stores no full log-probs (capture with logprob_positions)")
         with safe_open(str(self._shard_file(label, int(row.shard))), "pt") as f:
             if "logprobs" not in f.keys():  # noqa: SIM118 (safe_open has no __contains__)
                 raise StoreError(
@@ -237,6 +334,9 @@ class RunStore:
 
     # -- helpers -----------------------------------------------------------------------
     def _layer(self, layer: int) -> int:
+        if not self.layers:
+            raise StoreError(f"{self.path} stores no hidden states (captured with layers=()); "
+                             f"capture again with layers to read them")
         n = int(self.manifest["n_layers"])
         idx = layer + n + 1 if layer < 0 else layer
         if idx not in self.layers:
@@ -309,3 +409,134 @@ def layer_divergence(store: RunStore) -> list[dict[str, Any]]:
         rows.append({"layer": layer, "max_abs_diff": max_diff,
                      "mean_cosine": cos_sum / n if n else float("nan"), "n_rows": n})
     return rows
+
+
+# -- writing a shard ------------------------------------------------------------------------
+
+
+def push_shard(remote: RemoteDir, local: Path, shard: int, labels: list[str], *,
+               keep_stats: bool) -> None:
+    """Upload a finished shard: its tensors first, its stats (which mark it done) last;
+    then drop the uploaded tensors (and, unless ``keep_stats``, the stats) from the mirror,
+    which fetches them again if they are read."""
+    files = [f"tensors/{label}/{shard_name(shard)}.safetensors" for label in labels]
+    files.append(f"stats/{shard_name(shard)}.parquet")
+    for rel in files:
+        remote.push(local / rel, rel)
+    for rel in files if not keep_stats else files[:-1]:
+        (local / rel).unlink()
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchStats:
+    """The statistics of one batch, still as tensors (the writer makes the table)."""
+
+    batch: list[int]
+    seqs: list[Sequence[int]]
+    per_model: dict[str, TokenStats]
+    per_pair: dict[tuple[str, str], PairStats]
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardResult:
+    """A shard computed and not yet written: its tensor files' contents and statistics."""
+
+    shard: int
+    key: str
+    tensors: dict[str, dict[str, Tensor]]
+    """label -> the tensors of its file; empty when the run writes no tensor files."""
+    batches: list[BatchStats]
+    tokenizer: Any
+    pairs: tuple[tuple[str, str], ...] | None
+
+
+class ShardWriter:
+    """Writes shards on one background thread, in the order they are submitted, while the
+    caller computes the next: at most one shard waits in the queue besides the one being
+    written (back-pressure: ``submit`` blocks until there is room).
+
+    The first error of a write stops the writer (later shards are dropped, never written
+    out of order) and is raised in the caller: by ``submit``, ``check`` or on leaving the
+    ``with`` block, which waits for every submitted shard first. When the caller fails, the
+    shards already computed are still written before its error goes on."""
+
+    def __init__(self, depth: int = 1) -> None:
+        self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._loop, name="difflens-shard-writer",
+                                        daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            if self._error is None:
+                try:
+                    job()
+                except BaseException as exc:  # noqa: BLE001 (raised again in the caller)
+                    self._error = exc
+
+    def check(self) -> None:
+        """Raise the writer's error, if a write failed."""
+        if self._error is not None:
+            raise self._error
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self.check()
+        self._jobs.put(job)
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self._jobs.put(None)
+        self._thread.join()
+        if exc_type is None:
+            self.check()
+
+
+def write_shard(out: Path, result: ShardResult, remote: RemoteDir | None, *,
+                 keep_stats: bool = True) -> None:
+    """Write a computed shard: its tensor files, then its statistics (which mark it done);
+    then, for a remote store, upload them in that order."""
+    shard = result.shard
+    meta = {"difflens_key": result.key, "shard": str(shard)}
+    for label, tensors in result.tensors.items():
+        write_tensors_atomic(out / "tensors" / label / f"{shard_name(shard)}.safetensors",
+                             tensors, {**meta, "model": label})
+    frames = [stats_frame(b, result.tokenizer, result.pairs) for b in result.batches]
+    frame = pd.concat(frames, ignore_index=True).sort_values(["prompt_idx", "pos"], kind="stable")
+    write_parquet_atomic(out / "stats" / f"{shard_name(shard)}.parquet",
+                         frame.reset_index(drop=True))
+    if remote is not None:
+        push_shard(remote, out, shard, list(result.tensors), keep_stats=keep_stats)
+
+
+def stats_frame(
+    b: BatchStats,
+    tokenizer: Any,
+    pairs: tuple[tuple[str, str], ...] | None,
+) -> pd.DataFrame:
+    """Per-token statistics of one batch (rows: every token of every sequence, in order).
+    ``pairs`` is the config's: ``None`` names a pair's own columns without a prefix."""
+    ids = [t for s in b.seqs for t in s]
+    cols: dict[str, Any] = {
+        "prompt_idx": np.repeat(np.asarray(b.batch, dtype=np.int64), [len(s) for s in b.seqs]),
+        "pos": np.concatenate([np.arange(len(s)) for s in b.seqs]),
+        "token_id": np.asarray(ids, dtype=np.int64),
+        "token": tokenizer.convert_ids_to_tokens(ids),
+    }
+    for label, st in b.per_model.items():
+        cols[f"{label}_entropy"] = st.entropy.numpy()
+        cols[f"{label}_logprob_next"] = st.logprob_next.numpy()
+        cols[f"{label}_topk_ids"] = list(st.topk_ids.numpy().astype("int32"))
+        cols[f"{label}_topk_logprobs"] = list(st.topk_logprobs.numpy())
+    for pr, ps in b.per_pair.items():
+        name = None if pairs is None else pr
+        for stat, values in zip(PAIR_COLUMNS, (ps.kl_tuned_base, ps.kl_base_tuned,
+                                               ps.top1_agree), strict=True):
+            v = values.numpy()
+            cols[pair_column(name, stat)] = v.astype(bool) if stat == "top1_agree" else v
+    return pd.DataFrame(cols)

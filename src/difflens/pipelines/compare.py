@@ -270,20 +270,24 @@ Result = tuple[dict[str, Any], list[AnyFigure], dict[str, Attribution], str]
 
 def _capture(models: ModelSet, out: Path, inputs: CompareInputs, config: CompareConfig,
              progress: bool) -> Result:
-    """Every adjacent pair and every model against the base, on the same texts."""
+    """Every adjacent pair and every model against the base, on the same texts: one
+    capture of the whole set (each model reads each text once), whose statistics hold
+    every pair's KL, from the full next-token distributions. It stores no hidden states
+    unless ``[capture]`` asks for layers."""
     from difflens.capture import capture
 
     names = models.names
-    pairs = {**models.against_base(), **models.adjacent()}
-    options = {"store_dtype": "float16", **config.capture}
+    pairs = list(dict.fromkeys([*models.against_base(), *models.adjacent()]))
+    options = {"layers": (), "store_dtype": "float16", **config.capture}
+    asked = [tuple(p) for p in options.pop("pairs", None) or ()]
+    store = capture(models, list(inputs.texts), store=out / "store", progress=progress,
+                    pairs=pairs + [p for p in asked if p not in pairs], **options)
     per_text: list[pd.DataFrame] = []
     pair_summary: dict[str, Any] = {}
     by_position: list[pd.DataFrame] = []
-    for (a, b), pair in pairs.items():
-        store = capture(pair, list(inputs.texts), store=out / f"{a}-vs-{b}", progress=progress,
-                        **options)
-        stats = store.stats(["prompt_idx", "pos", "base_entropy", "tuned_entropy",
-                             "kl_tuned_base", "kl_base_tuned", "top1_agree"])
+    for a, b in pairs:
+        # a pair's table under a pair capture's names: a is "base", b is "tuned"
+        stats = store.pair_stats(a, b)
         write_table(stats, out / "data", f"per_token_{a}-vs-{b}")
         # "a-vs-b" in lineage order, as trajectories' distance_pairs; the pair's "tuned" is b
         pair_summary[f"{a}-vs-{b}"] = summarize_pair_stats(stats, seed=config.seed)
