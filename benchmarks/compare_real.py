@@ -27,6 +27,7 @@ Usage: python benchmarks/compare_real.py [--quick] [--batch-size 16] [--out DIR]
 
 import argparse
 import copy
+import dataclasses
 import json
 import sys
 import tempfile
@@ -42,7 +43,12 @@ from difflens.models.loading import LoadedModel, load_model
 from difflens.models.model_set import ModelSet
 from difflens.models.wrapping import as_loaded
 from difflens.pipelines.compare import compare
-from difflens.pipelines.compare_config import SECTIONS, CompareConfig, CompareInputs
+from difflens.pipelines.compare_config import (
+    SECTIONS,
+    CompareConfig,
+    CompareInputs,
+    config_class,
+)
 from difflens.pipelines.compare_inputs import builtin_inputs
 from difflens.sampling.generate import GenerationConfig, generate, stop_ids
 
@@ -62,8 +68,6 @@ def perturbed(lm: LoadedModel, name: str, seed: int) -> LoadedModel:
 
 
 def quick_inputs(inputs: CompareInputs) -> CompareInputs:
-    import dataclasses
-
     return dataclasses.replace(
         inputs, texts=inputs.texts[:8], prompts=inputs.prompts[:8],
         trajectory_prompts=inputs.trajectory_prompts[:6],
@@ -147,10 +151,12 @@ def main() -> None:
     counts: dict[str, dict[str, int]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for section in args.sections.split(","):
-            overrides = {s: {"batch_size": args.batch_size}
-                         for s in ("collapse", "trajectories", "themes")}
+            # the batch size of each section whose config has one (an older difflens's
+            # trajectories had none: it sampled one row at a time)
+            own = section in ("collapse", "trajectories", "themes") and "batch_size" in {
+                f.name for f in dataclasses.fields(config_class(section))}
             cfg = CompareConfig(sections=(section,), capture={"batch_size": args.batch_size},
-                                **{k: v for k, v in overrides.items() if k == section})
+                                **({section: {"batch_size": args.batch_size}} if own else {}))
             with counting_rows(models) as rows:
                 t1 = time.perf_counter()
                 compare(models, Path(tmp) / section, inputs=inputs, config=cfg)

@@ -9,7 +9,8 @@ reused (the shipped organism is read from the installed package, as on a fresh m
 Each section's seconds come from the run's own ``seconds`` summary. The budget of the issue
 is 180 s for the demo on 2 CPU cores.
 
-Last line: ``demo_s=<a> [pair_s=<b>] [cold_s=<c> build_s=<d>] models=4 <section>_s=...``.
+Last line: ``demo_s=<a> [pair_s=<b>] [cold_s=<c> build_s=<d>] models=<lineage length>
+<section>_s=...``.
 """
 
 import argparse

@@ -57,6 +57,29 @@ def test_capture_and_info(tiny_folder, prompt_file, tmp_path):
     assert res.exit_code == 0 and "n_tokens" in res.output
 
 
+def test_capture_of_statistics_only(tiny_folder, prompt_file, tmp_path):
+    out = tmp_path / "stats-only"
+    res = capture("--base", str(tiny_folder), "--tuned", str(tiny_folder), "--prompts",
+                  str(prompt_file), "--layers", "none", "--out", str(out))
+    assert res.exit_code == 0, res.output
+    assert not list(out.glob("tensors/*/*.safetensors")) or all(
+        "layer." not in name for name in _tensor_names(out))
+    info = json.loads(run("capture", "info", str(out), "--json").output)
+    assert info["layers"] == [] and "kl_tuned_base" in info["stats_columns"]
+    res = run("capture", "info", str(out))
+    assert res.exit_code == 0 and "none (statistics only)" in res.output, res.output
+
+
+def _tensor_names(store: Path) -> list[str]:
+    from safetensors import safe_open
+
+    names = []
+    for path in store.glob("tensors/*/*.safetensors"):
+        with safe_open(str(path), "pt") as f:
+            names += list(f.keys())
+    return names
+
+
 @pytest.mark.parametrize(
     ("content", "args", "pattern"),
     [

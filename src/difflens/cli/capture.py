@@ -45,7 +45,8 @@ def run_cmd(
     out_dir: StoreOut,
     prompts: Path = typer.Option(..., "--prompts", help="Prompt file: .txt .jsonl .json .csv"),
     tuned: Tuned = None,
-    layers: str = typer.Option("all", help="'all' or a list like 0,3,5 (negatives allowed)."),
+    layers: str = typer.Option("all", help="'all', a list like 0,3,5 (negatives allowed), "
+                               "or 'none' (next-token statistics only)."),
     positions: str = typer.Option("all", help="'all', 'last' or a list like -1,-2."),
     field: str | None = typer.Option(None, help="JSONL/JSON/CSV field holding the prompt."),
     store_dtype: str = typer.Option("float32", help="Stored hidden-state dtype: "
@@ -75,7 +76,8 @@ def run_cmd(
     target = load_target(base, tuned, revision=revision, dtype=dtype, device=device,
                          layers_path=layers_path, device_map=device_map, quantization=quantize)
     store = capture(
-        target, texts, store=out_dir, layers=layers, positions=pos,  # type: ignore[arg-type]
+        target, texts, store=out_dir, layers=() if layers.strip() == "none" else layers,
+        positions=pos,  # type: ignore[arg-type]
         store_dtype=store_dtype,
         top_k=top_k, logprob_positions=_ints(logprob_positions, "--logprob-positions"),
         truncate=not no_truncate, batch_size=batch_size, shard_mb=shard_mb, progress=True,
@@ -97,6 +99,8 @@ def _ints(text: str, option: str) -> list[int]:
 
 
 def _span(layers: list[int]) -> str:
+    if not layers:
+        return "none (statistics only)"
     if layers == list(range(layers[0], layers[-1] + 1)) and len(layers) > 2:
         return f"{layers[0]}..{layers[-1]}"
     return ",".join(map(str, layers))

@@ -150,14 +150,15 @@ class SteeringVector:
 
 
 def greedy_texts(lm: LoadedModel, prompts: Sequence[str], *, max_new_tokens: int = 30,
-                 chat: bool = False) -> list[str]:
-    """Greedy continuations of ``prompts`` in one batch, as text without the prompt.
+                 chat: bool = False, batch_size: int = 32) -> list[str]:
+    """Greedy continuations of ``prompts`` in batches of ``batch_size``, as text without the
+    prompt.
 
     Use inside ``steering`` to get steered generations.
     """
     gen = _generate(lm, prompts, GenerationConfig(max_new_tokens=max_new_tokens,
-                                                  temperature=0.0,
-                                                  batch_size=max(1, len(prompts)), chat=chat))
+                                                  temperature=0.0, batch_size=batch_size,
+                                                  chat=chat))
     return gen.texts(lm.tokenizer)
 
 

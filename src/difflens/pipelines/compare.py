@@ -5,8 +5,10 @@ Sections (``SECTIONS``) run into ``OUT/<section>/`` (their figures in ``OUT/<sec
 figures``) with the section's own pipeline; each section's stage figure is
 ``OUT/figures/stages_<section>``:
 
-- ``capture``: every model scores the same texts; per-token KL of each adjacent pair and of
-  each model against the base, and each model's entropy (``difflens.capture.capture``);
+- ``capture``: every model scores the same texts, once each (one ``difflens.capture.capture``
+  of the whole set into ``OUT/capture/store``, statistics only); per-token KL of each
+  adjacent pair and of each model against the base, from the models' full log-probs in the
+  same batch, and each model's entropy;
 - ``concepts``, ``trajectories``, ``collapse``, ``themes``: their pipelines on the whole set;
 - ``control``: a state probe trained on each model's own states and every controller
   evaluated on it, per model.

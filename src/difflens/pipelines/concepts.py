@@ -301,7 +301,7 @@ def run_concepts(
                 figures.append(dose_figure(k, rows, alpha_unit))
                 generations += _generations(lm, k, dataset, ex, vecs[summary[
                     "steering_best_layer"][k]], summary["steering_best_layer"][k], alphas,
-                    c.n_generations, c.max_new_tokens)
+                    c.n_generations, c.max_new_tokens, c.batch_size)
             if generations:
                 write_table(pd.DataFrame(generations), data, "generations")
                 summary["generations"] = generations
@@ -370,8 +370,8 @@ def _previous(out: Path, key: str, method: str, test_fraction: float, seed: int
 
 
 def _generations(lm: LoadedModel, label: str, dataset: ABDataset, ex: ConceptExtraction,
-                 vec: Any, layer: int, alphas: Sequence[float], n: int, max_new_tokens: int
-                 ) -> list[dict[str, Any]]:
+                 vec: Any, layer: int, alphas: Sequence[float], n: int, max_new_tokens: int,
+                 batch_size: int = 32) -> list[dict[str, Any]]:
     if n <= 0:
         return []
     prompts = [dataset.items[i].prompt for i in ex.test[:n]]
@@ -379,7 +379,8 @@ def _generations(lm: LoadedModel, label: str, dataset: ABDataset, ex: ConceptExt
     rows = []
     for alpha in chosen:
         with steering(lm, {layer: vec}, alpha):
-            texts = greedy_texts(lm, prompts, max_new_tokens=max_new_tokens, chat=ex.chat[label])
+            texts = greedy_texts(lm, prompts, max_new_tokens=max_new_tokens, chat=ex.chat[label],
+                                 batch_size=batch_size)
         rows += [{"model": label, "layer": layer, "alpha": alpha, "prompt": p, "text": t}
                  for p, t in zip(prompts, texts, strict=True)]
     return rows

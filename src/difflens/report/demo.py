@@ -189,8 +189,8 @@ def demo_takeaways(summary: Mapping[str, Any]) -> list[str]:
 
 def explore_runs(names: Sequence[str]) -> tuple[str, ...]:
     """The demo's run folders, in the order ``difflens explore`` is given them (run k of the
-    explorer is the k-th): the capture of the last model against the base first."""
-    return (f"capture/{names[0]}-vs-{names[-1]}", "trajectories", "collapse", "concepts",
+    explorer is the k-th): the capture store of every model (one forward each) first."""
+    return ("capture/store", "trajectories", "collapse", "concepts",
             f"control/{names[-1]}", "themes")
 
 
