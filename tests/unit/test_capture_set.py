@@ -2,7 +2,6 @@
 columns' names, statistics without hidden states, and the keys of single-model and pair
 captures unchanged."""
 
-import copy
 
 import numpy as np
 import pandas as pd
@@ -13,24 +12,14 @@ import difflens as dl
 from difflens.capture import plan as plan_mod
 from difflens.capture.stats import next_token_stats, pair_stats, set_token_stats
 from difflens.models import ModelSet
-from difflens.models.loading import wrap_model
-from difflens.models.tiny import EXAMPLE_PROMPTS, tiny_model
+from difflens.models.tiny import EXAMPLE_PROMPTS, tiny_lineage, tiny_model
 
 TEXTS = [*EXAMPLE_PROMPTS, "and", "the fox went to the forest and the rabbit was afraid"]
 
 
 @pytest.fixture
 def lineage() -> ModelSet:
-    base = tiny_model(0, name="tiny-base")
-
-    def variant(scale: float, block: int, name: str):
-        model = copy.deepcopy(base.model)
-        with torch.no_grad():
-            model.model.layers[block].mlp.down_proj.weight.mul_(1 + scale)
-        return wrap_model(model, base.tokenizer, name=name)
-
-    return ModelSet({"base": base, "sft": variant(2.0, 1, "tiny-sft"),
-                     "rl": variant(4.0, 2, "tiny-rl")})
+    return tiny_lineage(0)
 
 
 def test_set_token_stats_equals_each_pair_on_its_own():

@@ -2,7 +2,6 @@
 whole set, every pair's KL from the same logits), no hidden states stored, and the same
 per-pair numbers as a capture of each pair on its own."""
 
-import copy
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +12,7 @@ import torch
 import difflens as dl
 from difflens.analysis.divergence import summarize_pair_stats
 from difflens.models import ModelSet
-from difflens.models.loading import wrap_model
-from difflens.models.tiny import EXAMPLE_PROMPTS, tiny_model
+from difflens.models.tiny import EXAMPLE_PROMPTS, tiny_lineage
 from difflens.pipelines.compare import run_compare
 from difflens.pipelines.compare_config import CompareConfig, CompareInputs
 
@@ -22,16 +20,7 @@ from difflens.pipelines.compare_config import CompareConfig, CompareInputs
 def _lineage() -> ModelSet:
     """base -> sft -> rl: tiny Llamas that differ at planted blocks (so every pair has a
     KL above zero)."""
-    base = tiny_model(0, name="tiny-base")
-
-    def variant(scale: float, block: int, name: str):
-        model = copy.deepcopy(base.model)
-        with torch.no_grad():
-            model.model.layers[block].mlp.down_proj.weight.mul_(1 + scale)
-        return wrap_model(model, base.tokenizer, name=name)
-
-    return ModelSet({"base": base, "sft": variant(2.0, 1, "tiny-sft"),
-                     "rl": variant(4.0, 2, "tiny-rl")})
+    return tiny_lineage(0)
 
 
 def _inputs(n: int = 23) -> CompareInputs:

@@ -10,6 +10,7 @@ import copy
 import torch
 
 from difflens.models.loading import LoadedModel, wrap_model
+from difflens.models.model_set import ModelSet
 from difflens.models.pair import ModelPair
 
 EXAMPLE_PROMPTS: tuple[str, ...] = (
@@ -79,6 +80,21 @@ def tiny_pair(seed: int = 0, *, planted_block: int = 2, scale: float = 0.5,
         block.mlp.down_proj.weight.mul_(1.0 + scale)
     tuned = wrap_model(tuned_model, base.tokenizer, name="tiny-tuned")
     return ModelPair(base, tuned)
+
+
+def tiny_lineage(seed: int = 0) -> ModelSet:
+    """base -> sft -> rl: a tiny base, ``sft`` with block 1's MLP output scaled by 3 and
+    ``rl`` with block 2's scaled by 5 (each a copy of the base), so every pair differs."""
+    base = tiny_model(seed, name="tiny-base")
+
+    def variant(scale: float, block: int, name: str) -> LoadedModel:
+        model = copy.deepcopy(base.model)
+        with torch.no_grad():
+            model.model.layers[block].mlp.down_proj.weight.mul_(1 + scale)
+        return wrap_model(model, base.tokenizer, name=name)
+
+    return ModelSet({"base": base, "sft": variant(2.0, 1, "tiny-sft"),
+                     "rl": variant(4.0, 2, "tiny-rl")})
 
 
 def bigram_model(words: list[str], logits: torch.Tensor, *, n_layers: int = 2,
