@@ -2,7 +2,7 @@
 
 ``difflens NOUN VERB [OPTIONS]``, in the manner of the ``hf`` CLI: ``capture run|info``,
 ``concepts``, ``trajectories``, ``collapse``, ``control``, ``themes``, ``organism`` and
-``list``; ``demo``, ``compare`` and ``explore`` are the top-level
+``list``; ``demo``, ``compare``, ``discover`` and ``explore`` are the top-level
 verbs. A flag means the same in every
 command (see ``difflens.cli._common``). Old paths (``info``, ``monitor``, ``probe train``, ``capture
 OPTIONS``) and old flag names still work for one release, with a warning on stderr.
@@ -20,6 +20,7 @@ from difflens.cli.concepts import app as concepts_app
 from difflens.cli.control import app as control_app
 from difflens.cli.control import monitor_cmd, probe_app
 from difflens.cli.demo import demo_cmd
+from difflens.cli.discover import discover_cmd
 from difflens.cli.explore import explore_cmd
 from difflens.cli.listing import app as list_app
 from difflens.cli.organism import app as organism_app
@@ -59,6 +60,7 @@ app.add_typer(organism_app, name="organism")
 app.add_typer(list_app, name="list")
 app.command("demo")(demo_cmd)
 app.command("compare")(compare_cmd)
+app.command("discover")(discover_cmd)
 app.command("explore")(explore_cmd)
 
 # Old command paths, hidden, for one release (each prints where the command went).

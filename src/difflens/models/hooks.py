@@ -99,3 +99,34 @@ def record_layers(lm: LoadedModel, layers: Sequence[int],
     finally:
         for h in handles:
             h.remove()
+
+
+_FINAL_NORMS = ("norm", "final_layernorm", "ln_f", "final_layer_norm")
+
+
+def final_norm(lm: LoadedModel) -> Any:
+    """The final norm between the last block and the LM head (``model.norm`` of a Llama,
+    ``transformer.ln_f`` of a GPT-2): the module a logit lens applies before the head. It
+    is found beside the blocks (the parent of the blocks' ``ModuleList``)."""
+    parent_path = lm.layers.path.rpartition(".")[0]
+    parent = lm.model.get_submodule(parent_path) if parent_path else lm.model
+    for name in _FINAL_NORMS:
+        module = getattr(parent, name, None)
+        if isinstance(module, torch.nn.Module):
+            return module
+    raise InputError(f"{lm.identity.name}: no final norm beside its blocks ({parent_path}."
+                     f"{{{','.join(_FINAL_NORMS)}}}), so the logit lens cannot read layer "
+                     f"states; use the last layer ({lm.n_layers}), which is already normed")
+
+
+def unembed(lm: LoadedModel, states: Tensor, layer: int) -> Tensor:
+    """Logits of residual states read at captured ``layer`` through the model's own final
+    norm and LM head (the logit lens; the last layer is already normed, so only the head
+    is applied). ``states``: ``[..., d_model]``; returns float32 ``[..., vocab]``."""
+    layer = lm.layers.normalize(layer)
+    head = lm.model.get_output_embeddings()
+    x = states.to(lm.device, next(head.parameters()).dtype)
+    with torch.inference_mode():
+        if layer < lm.n_layers:
+            x = final_norm(lm)(x)
+        return head(x).float()

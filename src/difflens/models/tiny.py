@@ -131,3 +131,57 @@ def bigram_model(words: list[str], logits: torch.Tensor, *, n_layers: int = 2,
         # RMSNorm(e_i) = sqrt(d) * e_i, so the head's column i is the table's row i / sqrt(d).
         model.lm_head.weight.copy_(logits.T / d ** 0.5)
     return wrap_model(model, tok, name=name)
+
+
+def planted_shift_pair(words: list[str], planted: list[str], *, strength: float = 3.0,
+                       shift: float = 1.0, seed: int = 0, n_layers: int = 2) -> ModelPair:
+    """A bigram base and a tuned copy whose residual stream carries one planted direction
+    that raises ``planted`` tokens everywhere: the ground truth of every discover method.
+
+    Both are exact bigram models (attention and MLP outputs zeroed) with one extra residual
+    dimension ``e_x`` that the base never uses: embeddings are one-hot in the first
+    ``vocab`` dimensions, the LM head maps them to a seeded random table (specials never
+    drawn) and maps ``e_x`` to ``strength`` on the planted tokens. The tuned model's
+    embeddings add ``shift * e_x`` to every token, so ``h_tuned - h_base = shift * e_x`` at
+    every layer before the final norm, its logit lens is the planted set, and every
+    next-token distribution leans towards it. ``shift=0`` gives a tuned model equal to the
+    base.
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = word_tokenizer(words)
+    vocab = len(tok)  # type: ignore[arg-type]
+    d = vocab + 1
+    gen = torch.Generator().manual_seed(seed)
+    table = 0.5 * torch.randn((vocab, vocab), generator=gen)
+    table[:, :4] = -10.0  # never draw <pad> <unk> <bos> <eos>
+    lean = torch.zeros(vocab)
+    ids = tok.convert_tokens_to_ids(list(planted))  # type: ignore[attr-defined]
+    lean[ids] = strength
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=d, intermediate_size=8,
+                      num_hidden_layers=n_layers, num_attention_heads=1,
+                      num_key_value_heads=1, head_dim=8, max_position_embeddings=256,
+                      bos_token_id=tok.bos_token_id,  # type: ignore[attr-defined]
+                      eos_token_id=tok.eos_token_id,  # type: ignore[attr-defined]
+                      pad_token_id=tok.pad_token_id,  # type: ignore[attr-defined]
+                      tie_word_embeddings=False, rms_norm_eps=0.0)
+
+    def build(extra: float, name: str) -> LoadedModel:
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(cfg).eval()
+        with torch.no_grad():
+            for block in model.model.layers:
+                block.self_attn.o_proj.weight.zero_()
+                block.mlp.down_proj.weight.zero_()
+            emb = torch.zeros((vocab, d))
+            emb[:, :vocab] = torch.eye(vocab)
+            emb[:, vocab] = extra
+            model.model.embed_tokens.weight.copy_(emb)
+            model.model.norm.weight.fill_(1.0)
+            head = torch.zeros((vocab, d))
+            head[:, :vocab] = table.T
+            head[:, vocab] = lean
+            model.lm_head.weight.copy_(head / d ** 0.5)
+        return wrap_model(model, tok, name=name)
+
+    return ModelPair(build(0.0, "planted-base"), build(shift, "planted-tuned"))

@@ -20,8 +20,23 @@ the models (``models``: name, position, identity) and ``attribution.<metric>.<st
 change each stage made as an estimate, ``{value, ci_low, ci_high, n, resampled}`` (a 95%
 paired bootstrap CI over the same prompts, texts or items), with its ``share`` of the total
 beside it (``difflens.analysis.attribution``). ``OUT/data/attribution`` holds the same
-rows as a table (``COLUMNS``: ``delta``, ``ci_low``,
+rows as a table (``section``, ``metric``, ``label`` and ``COLUMNS``: ``delta``, ``ci_low``,
 ``ci_high``, ``share``, ...).
+
+A metric keeps its key (``theme_share_3``: the key of ``attribution``, stable for code and
+stored runs) and is shown by its label where its section names it (a section's
+``SectionResult.labels``; the themes section names each ``theme_share_<t>`` ``theme <t>
+(<its words>)``, e.g. ``theme 3 (harbor, boat, shore)``, from the themes' own names):
+``summary.json``'s ``metric_labels`` (``{metric: label}``, every attributed metric; the key
+itself where no section names it) and the table's ``label`` column hold it, and the page's
+tables, stage figures, takeaways and headline show it.
+
+Where the themes section ran, ``themes_moved`` lists the themes whose share of segments moved
+most from the base to the last model (at most ``THEMES_MOVED``, largest ``|change|`` first):
+each ``{theme, name, label, metric, from, to, change, levels}``, with ``change`` the total
+change of the theme's share (last model minus base) as an estimate ``{value, ci_low,
+ci_high, n, resampled}`` (95% paired bootstrap CI over prompts) and ``levels`` the share of
+each of the two models (``{base: 0.12, rl: 0.41}``).
 
 ``compare`` is the one call from Python; ``run_compare`` is the same without the
 defaults and without the page.
@@ -31,14 +46,14 @@ import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 
 from difflens._io import check_writable, write_json_atomic
 from difflens.analysis.attribution import COLUMNS, Attribution, attribute
-from difflens.analysis.bootstrap import bootstrap_mean
+from difflens.analysis.bootstrap import Estimate, bootstrap_mean
 from difflens.analysis.divergence import summarize_pair_stats
 from difflens.models.model_set import ModelSet
 from difflens.models.pair import ModelPair
@@ -69,6 +84,8 @@ from difflens.report.tables import write_table
 
 #: The bootstrap replicates of every attribution.
 N_BOOT = 1000
+#: The most themes ``themes_moved`` lists.
+THEMES_MOVED = 5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +93,25 @@ class CompareRun:
     summary: dict[str, Any]
     sections: list[Section]
     attribution: pd.DataFrame
-    """Every attribution row: ``section``, ``metric`` and ``COLUMNS``."""
+    """Every attribution row: ``section``, ``metric``, ``label`` and ``COLUMNS``."""
+
+
+class SectionResult(NamedTuple):
+    """What a section's runner returns to ``run_compare``."""
+
+    summary: dict[str, Any]
+    """The section's summary (``summary.json``'s key of the section's name)."""
+    figures: list[AnyFigure]
+    attributions: dict[str, Attribution]
+    """Its attributed metrics, by key (``theme_share_3``)."""
+    intro: str
+    """The section's intro on the page (HTML)."""
+    labels: Mapping[str, str] = {}
+    """How the page shows a metric of ``attributions`` (``theme 3 (harbor, boat, shore)``);
+    one left out is shown by its key."""
+    top_level: Mapping[str, Any] = {}
+    """Keys the section adds to compare's own summary (the themes section's
+    ``themes_moved``)."""
 
 
 def _target(models: ModelSet) -> ModelPair | ModelSet:
@@ -127,6 +162,8 @@ def run_compare(models: ModelSet, out: Path, inputs: CompareInputs, *,
     sections: list[Section] = []
     tables: list[pd.DataFrame] = []
     stages: dict[str, dict[str, Any]] = {}  # attribution.<metric>.<stage>
+    labels: dict[str, str] = {}  # metric_labels: metric -> how the page shows it
+    top_level: dict[str, Any] = {}
     seconds: dict[str, float] = {}
     runners = {"capture": _capture, "concepts": _concepts, "trajectories": _trajectories,
                "collapse": _collapse, "control": _control, "themes": _themes}
@@ -134,25 +171,28 @@ def run_compare(models: ModelSet, out: Path, inputs: CompareInputs, *,
         if name not in config.sections:
             continue
         t0 = time.perf_counter()
-        section_summary, figures, attributions, intro = runners[name](
-            models, out / name, inputs, config, progress)
-        summary[name] = section_summary
+        result = SectionResult(*runners[name](models, out / name, inputs, config, progress))
+        summary[name] = result.summary
         seconds[f"{name}_s"] = time.perf_counter() - t0
-        table = _attribution_table(name, attributions)
-        stages |= {metric: a.summary() for metric, a in attributions.items()}
-        names = section_summary.get("theme_names") or {}  # metric -> a theme's words
+        table = _attribution_table(name, result.attributions, result.labels)
+        stages |= {metric: a.summary() for metric, a in result.attributions.items()}
+        labels |= dict(zip(table["metric"], table["label"], strict=True))
+        top_level |= result.top_level
+        figures = list(result.figures)
         if not table.empty:
             tables.append(table)
             figure = attribution_figure(f"stages_{name}", f"{name}: the change each stage made",
-                                        table, names=names)
+                                        table)  # each panel titled by the table's label
             figure.save(out / "figures")  # the section's own figures are in OUT/<section>
             figures = [figure, *figures]
         sections.append(Section(name.capitalize(),
-                                intro + attribution_html(table, list(models.names), names),
+                                result.intro + attribution_html(table, list(models.names)),
                                 figures, stage_takeaways(table) if not table.empty else []))
     attribution = (pd.concat(tables, ignore_index=True) if tables
-                   else pd.DataFrame(columns=["section", "metric", *COLUMNS]))
+                   else pd.DataFrame(columns=["section", "metric", "label", *COLUMNS]))
     summary["attribution"] = stages
+    summary["metric_labels"] = labels
+    summary |= top_level
     summary["colors"] = colors
     summary["seconds"] = seconds
     write_table(attribution, out / "data", "attribution")
@@ -206,21 +246,29 @@ def write_compare_index(out: Path, run: CompareRun, title: str, intro: str = "",
                 dict(headline or _headline(run)), sections=run.sections, **kwargs)
 
 
+def _shown(row: "Mapping[str, Any] | pd.Series") -> str:
+    """How the page names the metric of an attribution row (a record or a table's row): its
+    ``label``, else its key."""
+    label = row.get("label")
+    return label if isinstance(label, str) and label else str(row["metric"])
+
+
 def _headline(run: CompareRun) -> dict[str, Any]:
-    """Every stage's change with its CI; a change that is not defined (a layer whose vectors
-    are the same in every model has no cosine change: NaN) is left out."""
+    """Every stage's change with its CI, each metric by its label; a change that is not
+    defined (a layer whose vectors are the same in every model has no cosine change: NaN)
+    is left out."""
     out: dict[str, Any] = {}
     for r in run.attribution.to_dict("records"):
         if not np.isfinite(r["delta"]):
             continue
-        out[f"{r['metric']}: {r['from']} → {r['to']}"] = format_ci(
+        out[f"{_shown(r)}: {r['from']} → {r['to']}"] = format_ci(
             r["delta"], [r["ci_low"], r["ci_high"]], int(r["n"]))
     return out
 
 
 def overview_takeaways(attribution: pd.DataFrame) -> list[str]:
     """Per section, how many of its stage changes have a 95% CI that excludes 0, and the
-    one whose CI lies furthest from 0 (in units of its CI's half-width)."""
+    one whose CI lies furthest from 0 (in units of its CI's half-width), by its label."""
     out = []
     for section, rows in attribution.groupby("section", sort=False):
         rows = rows[np.isfinite(rows["delta"].astype(float))]
@@ -232,18 +280,22 @@ def overview_takeaways(attribution: pd.DataFrame) -> list[str]:
         if len(clear):
             half = ((clear.ci_high - clear.ci_low) / 2).where(lambda h: h > 0, np.nan)
             top = clear.loc[(clear.delta.abs() / half).fillna(np.inf).idxmax()]
-            line += (f"; clearest: {top.metric}, {top['from']} → {top['to']} "
+            line += (f"; clearest: {_shown(top)}, {top['from']} → {top['to']} "
                      f"{format_ci(top.delta, [top.ci_low, top.ci_high], int(top.n))}")
         out.append(line)
     return out
 
 
-def _attribution_table(section: str, attributions: Mapping[str, Attribution]) -> pd.DataFrame:
-    rows = [a.table.assign(metric=metric, section=section)
+def _attribution_table(section: str, attributions: Mapping[str, Attribution],
+                       labels: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """A section's attribution rows: ``section``, ``metric``, ``label`` (``labels``' label
+    of the metric, else its key) and ``COLUMNS``."""
+    labels = labels or {}
+    rows = [a.table.assign(metric=metric, section=section, label=labels.get(metric) or metric)
             for metric, a in attributions.items()]
     if not rows:
-        return pd.DataFrame(columns=["section", "metric", *COLUMNS])
-    return pd.concat(rows, ignore_index=True)[["section", "metric", *COLUMNS]]
+        return pd.DataFrame(columns=["section", "metric", "label", *COLUMNS])
+    return pd.concat(rows, ignore_index=True)[["section", "metric", "label", *COLUMNS]]
 
 
 def _attribute(per_unit: pd.DataFrame, lineage: Sequence[str], seed: int,
@@ -264,7 +316,8 @@ def _attribute(per_unit: pd.DataFrame, lineage: Sequence[str], seed: int,
                      denominators=den, seed=seed, n_boot=N_BOOT, resampled=resampled)
 
 
-Result = tuple[dict[str, Any], list[AnyFigure], dict[str, Attribution], str]
+#: A section runner's return: a ``SectionResult``, or its first four fields as a tuple.
+Result = SectionResult | tuple[dict[str, Any], list[AnyFigure], dict[str, Attribution], str]
 
 
 # -- capture -------------------------------------------------------------------------------
@@ -475,4 +528,39 @@ def _themes(models: ModelSet, out: Path, inputs: CompareInputs, config: CompareC
         attributions[key] = _attribute(units, list(models.names), config.seed, "n",
                                        resampled="prompts")
     summary["theme_names"] = {f"theme_share_{t}": n for t, n in names.items()}
-    return summary, run.figures, attributions, intro_html(summary) + probe_gain_note(summary)
+    keywords = {t["theme"]: t.get("keywords") or [] for t in summary.get("themes", [])}
+    labels = {f"theme_share_{t}": theme_label(t, n, keywords.get(t, ()))
+              for t, n in names.items()}
+    return SectionResult(summary, run.figures, attributions,
+                         intro_html(summary) + probe_gain_note(summary), labels,
+                         {"themes_moved": themes_moved(attributions, names, labels)})
+
+
+def theme_label(theme: int, name: str, keywords: Sequence[str] = ()) -> str:
+    """How compare shows theme ``theme``: ``theme 3 (harbor, boat, shore)`` (its name; a
+    name that is its top keywords is listed with commas), ``theme 3`` without one."""
+    words = [str(w) for w in keywords[:3]]
+    if words and name == " ".join(words):
+        name = ", ".join(words)
+    return f"theme {theme}" if not name or name == f"theme {theme}" else f"theme {theme} ({name})"
+
+
+def themes_moved(attributions: Mapping[str, Attribution], names: Mapping[int, str],
+                 labels: Mapping[str, str], limit: int = THEMES_MOVED) -> list[dict[str, Any]]:
+    """The themes whose share moved most from the first model to the last, ``|change|``
+    largest first (at most ``limit``; a change that is not defined is left out): the
+    ``themes_moved`` of the compare summary (see the module's docstring)."""
+    rows: list[dict[str, Any]] = []
+    for theme, name in names.items():
+        metric = f"theme_share_{theme}"
+        a = attributions.get(metric)
+        if a is None or not np.isfinite(a.total):
+            continue
+        first, last = next(iter(a.levels)), list(a.levels)[-1]
+        change = Estimate(value=a.total, ci_low=a.total_ci[0], ci_high=a.total_ci[1], n=a.n,
+                          resampled=a.resampled)
+        rows.append({"theme": int(theme), "name": name, "label": labels.get(metric, metric),
+                     "metric": metric, "from": first, "to": last, "change": change.to_json(),
+                     "levels": {first: a.levels[first], last: a.levels[last]}})
+    rows.sort(key=lambda r: -abs(r["change"]["value"]))
+    return rows[:limit]

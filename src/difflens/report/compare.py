@@ -6,6 +6,13 @@ with the change each stage made and its 95% CI (one colour per stage: the colour
 model that stage produced), so a reader sees at a glance which stage moved what; the table
 beside it adds the shares. ``attribution_rows`` is that table as text cells, for the page
 and for the documentation's renderer alike.
+
+A metric is stored under its key (``theme_share_3``) and shown by its *label* where a section
+names it (``theme 3 (harbor, boat, shore)``): an attribution table's ``label`` column (as
+``difflens compare`` writes ``OUT/data/attribution``), or a ``labels`` mapping (``metric ->
+label``, ``summary.json``'s ``metric_labels``). Every view here (the table, its HTML, the
+stage figure's panels and caption, the takeaways) shows the label, the key on hover; a metric
+without one is shown by its key.
 """
 
 import dataclasses
@@ -102,9 +109,14 @@ def metric_text(metric: str) -> str:
     return METRIC_TEXT.get(metric, metric)
 
 
-def metric_label(metric: str, names: Mapping[str, str] | None = None) -> tuple[str, str]:
-    """``(short name, unit)`` of ``metric`` for a figure panel; ``names`` may name a
-    metric (a theme's top words), shown after it."""
+def metric_label(metric: str, names: Mapping[str, str] | None = None,
+                 labels: Mapping[str, str] | None = None) -> tuple[str, str]:
+    """``(short name, unit)`` of ``metric`` for a figure panel; ``labels`` may give its
+    label (shown instead of the short name, first letter capitalised), ``names`` a name
+    shown after the short name (an older summary's theme words)."""
+    if labels and labels.get(metric):
+        label = labels[metric]
+        return label[:1].upper() + label[1:], metric_label(metric)[1]
     if metric.startswith("concept_cosine_L"):
         label, unit = f"Concept cosine with the base, layer {metric[16:]}", "cosine"
     elif metric.startswith("theme_share_"):
@@ -114,6 +126,23 @@ def metric_label(metric: str, names: Mapping[str, str] | None = None) -> tuple[s
     if names and metric in names:
         label = f"{label} ({names[metric]})"
     return label, unit
+
+
+def labels_of(table: pd.DataFrame, labels: Mapping[str, str] | None = None
+              ) -> dict[str, str]:
+    """``{metric: label}`` of an attribution table's ``label`` column (a row without one, or
+    whose label is its key, names nothing), with ``labels`` over it."""
+    out: dict[str, str] = {}
+    if "label" in table and "metric" in table:
+        for metric, label in zip(table["metric"], table["label"], strict=True):
+            if _text(label) and label != metric:
+                out.setdefault(str(metric), label)
+    return out | {k: v for k, v in (labels or {}).items() if v}
+
+
+def metric_shown(metric: str, labels: Mapping[str, str] | None = None) -> str:
+    """How a page names ``metric``: its label where ``labels`` has one, else its key."""
+    return (labels or {}).get(metric) or metric
 
 
 def metric_order(metrics: Sequence[str]) -> list[str]:
@@ -196,6 +225,8 @@ class StageChange:
     share_ci: tuple[float, float]
     near_zero: bool
     """The total change is not distinguishable from 0: no share is shown."""
+    label: str = ""
+    """How the metric is shown (``theme 3 (harbor, boat, shore)``); ``""``: by its key."""
 
     @property
     def defined(self) -> bool:
@@ -203,12 +234,14 @@ class StageChange:
 
 
 def stage_changes(attribution: Mapping[str, Mapping[str, Mapping[str, Any]]],
-                  lineage: Sequence[str], *, cancel_ratio: float = CANCEL_RATIO
-                  ) -> list[StageChange]:
+                  lineage: Sequence[str], *, cancel_ratio: float = CANCEL_RATIO,
+                  labels: Mapping[str, str] | None = None) -> list[StageChange]:
     """Every stage change of ``attribution`` (``{metric: {stage: row}}``), metrics in
     ``metric_order``, stages in lineage order, each with the share shown only when the total
-    change is distinguishable from 0. See ``attribution_rows`` for the arguments."""
+    change is distinguishable from 0, and its label (``labels``, else a row's ``label``).
+    See ``attribution_rows`` for the arguments."""
     position = {m: i for i, m in enumerate(lineage)}
+    labels = labels or {}
     out = []
     for metric in metric_order(list(attribution)):
         by_stage = attribution[metric]
@@ -229,11 +262,13 @@ def stage_changes(attribution: Mapping[str, Mapping[str, Mapping[str, Any]]],
                         _pair(r, ("share_ci_low", "share_ci_high"), ("share_low", "share_high"),
                               ("share_ci", ""), ("share_ci95", "")))
             n = _num(r.get("n"))
+            label = labels.get(metric) or _text(r.get("label"))
             out.append(StageChange(
                 metric=metric, stage=str(stage), source=source, value=float(v),
                 ci=(float(lo), float(hi)), n=int(n) if math.isfinite(n) else None,
                 resampled=_text(r.get("resampled")), share=share,
-                share_ci=share_ci, near_zero=near_zero and math.isfinite(v)))
+                share_ci=share_ci, near_zero=near_zero and math.isfinite(v),
+                label="" if label == metric else label))
     return out
 
 
@@ -261,12 +296,12 @@ def attribution_mapping(table: pd.DataFrame) -> dict[str, dict[str, dict[str, An
     """An attribution table (``metric`` and ``difflens.analysis.attribution.COLUMNS``, as
     ``data/attribution`` holds it) as the summary spells it: ``{metric: {stage: {value,
     ci_low, ci_high, n, resampled, share, share_ci_low, share_ci_high, total_ci_low,
-    total_ci_high, from}}}``."""
+    total_ci_high, from, label}}}`` (``label`` where the table has one)."""
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for r in table.to_dict("records"):
         row = {k: r.get(k) for k in ("ci_low", "ci_high", "n", "resampled", "share",
                                       "share_ci_low", "share_ci_high", "total_ci_low",
-                                      "total_ci_high", "from") if k in r}
+                                      "total_ci_high", "from", "label") if k in r}
         out.setdefault(str(r["metric"]), {})[str(r["stage"])] = {"value": r["delta"], **row}
     return out
 
@@ -293,7 +328,7 @@ def _undefined_why(metric: str) -> str:
 
 
 def _cells(c: StageChange, names: Mapping[str, str]) -> list[str]:
-    label = f"{c.metric} ({names[c.metric]})" if c.metric in names else c.metric
+    label = c.label or (f"{c.metric} ({names[c.metric]})" if c.metric in names else c.metric)
     stage = f"{c.source} → {c.stage}" if c.source else c.stage
     n = "" if c.n is None else f"{c.n} {c.resampled}".strip()
     if not c.defined:
@@ -314,6 +349,7 @@ def _cells(c: StageChange, names: Mapping[str, str]) -> list[str]:
 
 def attribution_rows(attribution: Mapping[str, Mapping[str, Mapping[str, Any]]],
                      lineage: Sequence[str], names: Mapping[str, str] | None = None, *,
+                     labels: Mapping[str, str] | None = None,
                      keep_undefined: bool = True, cancel_ratio: float = CANCEL_RATIO
                      ) -> list[list[str]]:
     """The lineage attribution table as text cells, one row per metric and stage, under
@@ -339,12 +375,14 @@ def attribution_rows(attribution: Mapping[str, Mapping[str, Mapping[str, Any]]],
             is named after the model it produced, and reads ``sft → rl``.
         names: optional display names of metrics (``summary["themes"]["theme_names"]``: a
             theme's top words), shown after the metric's key.
+        labels: optional labels of metrics (``summary["metric_labels"]``), shown instead of
+            the key (and instead of a name of ``names``).
         keep_undefined: keep the rows of undefined changes (False: leave them out).
         cancel_ratio: see ``CANCEL_RATIO``.
     """
     names = names or {}
     return [_cells(c, names) for c in stage_changes(attribution, lineage,
-                                                    cancel_ratio=cancel_ratio)
+                                                    cancel_ratio=cancel_ratio, labels=labels)
             if keep_undefined or c.defined]
 
 
@@ -356,8 +394,8 @@ def attribution_footnotes(rows: Sequence[Sequence[str]]) -> list[str]:
 # -- figure and page -------------------------------------------------------------------------
 
 
-def _units_text(table: pd.DataFrame, units: Mapping[str, str], names: Mapping[str, str]
-                ) -> str:
+def _units_text(table: pd.DataFrame, units: Mapping[str, str], names: Mapping[str, str],
+                labels: Mapping[str, str]) -> str:
     """``200 openings (Reward, Celebration share); 798 texts (Entropy)``: each n with what
     it counts and the metrics it is of."""
     groups: dict[str, list[str]] = {}
@@ -366,7 +404,7 @@ def _units_text(table: pd.DataFrame, units: Mapping[str, str], names: Mapping[st
         stored = _text(rows["resampled"].iloc[0]) if "resampled" in rows else ""
         what = units.get(metric) or stored or "units"
         n = ", ".join(str(int(v)) for v in dict.fromkeys(rows["n"]))
-        groups.setdefault(f"{n} {what}", []).append(metric_label(metric, names)[0])
+        groups.setdefault(f"{n} {what}", []).append(metric_label(metric, names, labels)[0])
     if len(groups) == 1:
         return next(iter(groups))
     return "; ".join(f"{k} ({', '.join(v)})" for k, v in groups.items())
@@ -374,20 +412,24 @@ def _units_text(table: pd.DataFrame, units: Mapping[str, str], names: Mapping[st
 
 def attribution_figure(name: str, title: str, table: pd.DataFrame, *,
                        units: Mapping[str, str] | None = None,
-                       names: Mapping[str, str] | None = None, cols: int = 3) -> AnyFigure:
+                       names: Mapping[str, str] | None = None,
+                       labels: Mapping[str, str] | None = None, cols: int = 3) -> AnyFigure:
     """Each metric in its own panel (its own axis and unit): each stage's change with its
     95% CI, one bar per stage in the stage's colour. Metrics in ``metric_order``; a metric
     whose change is not defined is left out and named in the caption.
 
     Args:
         name, title: the figure's file name and title.
-        table: attribution rows (``metric`` and ``COLUMNS``).
+        table: attribution rows (``metric`` and ``COLUMNS``, and ``label`` where a section
+            names its metrics: each panel's title).
         units: what each metric's ``n`` counts (``{metric: "openings"}``); default the
             table's ``resampled`` column.
-        names: display names of metrics (theme words).
+        names: display names of metrics (theme words), shown after the short name.
+        labels: labels of metrics (over the table's ``label`` column).
         cols: panels per row.
     """
     names = names or {}
+    labels = labels_of(table, labels)
     lineage = table_lineage(table) if len(table) else []
     position = {m: i for i, m in enumerate(lineage)}
     metrics = metric_order(list(dict.fromkeys(table["metric"])))
@@ -399,7 +441,7 @@ def attribution_figure(name: str, title: str, table: pd.DataFrame, *,
         rows = finite[finite["metric"] == metric]
         rows = rows.iloc[np.argsort([position.get(s, len(lineage)) for s in rows["stage"]],
                                     kind="stable")]
-        label, unit = metric_label(metric, names)
+        label, unit = metric_label(metric, names, labels)
         series = [Series(str(r["stage"]), [r["delta"]], [r["ci_low"]], [r["ci_high"]])
                   for r in rows.to_dict("records")]
         panels.append(Figure(f"{name}_{metric}", label, "bar", [""], series,
@@ -407,9 +449,10 @@ def attribution_figure(name: str, title: str, table: pd.DataFrame, *,
     caption = ("One panel per metric, each on its own axis (its unit in the axis title): "
                "each bar is the change a stage made (the named model minus the one before "
                "it) with a 95% paired bootstrap CI over the same units; n = "
-               f"{_units_text(finite if len(finite) else table, units or {}, names)}.")
+               f"{_units_text(finite if len(finite) else table, units or {}, names, labels)}.")
     if undefined:
-        caption += (" Left out, not defined: " + ", ".join(undefined) + " ("
+        left_out = ", ".join(metric_shown(m, labels) for m in undefined)
+        caption += (" Left out, not defined: " + left_out + " ("
                     + _undefined_why(undefined[0]).removeprefix("undefined: ").replace(
                         " (", ", ").replace(")", "") + ").")
     if not panels:
@@ -419,20 +462,24 @@ def attribution_figure(name: str, title: str, table: pd.DataFrame, *,
 
 
 def attribution_html(table: pd.DataFrame, lineage: Sequence[str] | None = None,
-                     names: Mapping[str, str] | None = None) -> str:
-    """The attribution table (``attribution_rows`` of ``table``, with each metric's
+                     names: Mapping[str, str] | None = None,
+                     labels: Mapping[str, str] | None = None) -> str:
+    """The attribution table (``attribution_rows`` of ``table``, each metric by its label
+    where the table's ``label`` column or ``labels`` gives one, with its key and
     description on hover) and its footnotes; ``lineage`` defaults to the table's own
     ``from``/``to`` chain."""
     if table.empty:
         return ""
     names = names or {}
     changes = stage_changes(attribution_mapping(table),
-                            list(lineage) if lineage else table_lineage(table))
+                            list(lineage) if lineage else table_lineage(table),
+                            labels=labels_of(table, labels))
     head = "".join(f"<th>{html.escape(h)}</th>" for h in ATTRIBUTION_HEADER)
     rows = []
     for c in changes:
         cells = [html.escape(x) for x in _cells(c, names)]
-        cells[0] = f"<span title='{html.escape(metric_text(c.metric))}'>{cells[0]}</span>"
+        hover = f"{c.metric}: {metric_text(c.metric)}" if c.label else metric_text(c.metric)
+        cells[0] = f"<span title='{html.escape(hover)}'>{cells[0]}</span>"
         rows.append("<tr>" + "".join(f"<td>{x}</td>" for x in cells) + "</tr>")
     notes = attribution_footnotes([_cells(c, names) for c in changes])
     foot = "".join(f"<p class='footnote'><small>{html.escape(n)}</small></p>" for n in notes)
@@ -452,10 +499,13 @@ def lineage_html(models: Sequence[Mapping[str, Any]], colors: Mapping[str, str])
     return "<ol class='lineage'>" + "".join(cells) + "</ol>"
 
 
-def stage_takeaways(table: pd.DataFrame, limit: int = 4) -> list[str]:
+def stage_takeaways(table: pd.DataFrame, limit: int = 4,
+                    labels: Mapping[str, str] | None = None) -> list[str]:
     """At most ``limit`` lines, for the metrics a stage moved most clearly (largest change
     over its CI width): which stage moved it most, with the CI, its share of the total
-    (where the total is distinguishable from 0), and whose CIs include 0."""
+    (where the total is distinguishable from 0), and whose CIs include 0. Each metric is
+    named by its label (the table's ``label`` column, or ``labels``), else its key."""
+    labels = labels_of(table, labels)
     lines = []
     finite = table[np.isfinite(table["delta"].astype(float))]
     if finite.empty:
@@ -474,7 +524,8 @@ def stage_takeaways(table: pd.DataFrame, limit: int = 4) -> list[str]:
                  else f", {format_percent(c.share)} of the total")
         rest = f"; {', '.join(zero)}: CI includes 0" if zero else ""
         what = f" {c.resampled}" if c is not None and c.resampled else ""
-        lines.append(f"{metric}: the {top['from']} → {top['to']} stage moved it most, "
+        lines.append(f"{metric_shown(str(metric), labels)}: the {top['from']} → {top['to']} "
+                     f"stage moved it most, "
                      f"{format_ci(top['delta'], [top['ci_low'], top['ci_high']])}{share}"
                      f" (n = {int(top['n'])}{what}){rest}")
     return lines

@@ -7,6 +7,7 @@ cache, so the keyword's name (``cache`` from transformers 5.24, ``past_key_value
 is chosen once, here.
 """
 
+from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
 from jaxtyping import Int
@@ -83,4 +84,42 @@ def backend_for(lm: LoadedModel) -> Backend:
     return HFBackend(lm)
 
 
-__all__ = ["Backend", "HFBackend", "backend_for"]
+class AmplifiedBackend:
+    """Logit-difference amplification: two models on the same rows, whose next-token
+    logits are combined as ``l_tuned + alpha * (l_tuned - l_base)``. ``alpha = 0`` is the
+    tuned model itself; a behaviour the fine-tune made a little likelier becomes much
+    likelier as ``alpha`` grows. Both caches are kept in step (crop, select rows); the two
+    models must share the tokenizer (a ``ModelPair`` checks it)."""
+
+    def __init__(self, tuned: Backend, base: Backend, alpha: float) -> None:
+        self.tuned, self.base, self.alpha = tuned, base, float(alpha)
+
+    def _mix(self, tuned: NextLogits, base: NextLogits) -> NextLogits:
+        return tuned + self.alpha * (tuned - base.to(tuned.device))
+
+    def prefill(self, ids: TokenIds, mask: AttentionMask,
+                positions: Int[Tensor, "batch seq"]) -> NextLogits:
+        return self._mix(self.tuned.prefill(ids, mask, positions),
+                         self.base.prefill(ids, mask, positions))
+
+    def step(self, ids: Int[Tensor, "batch 1"], mask: AttentionMask,
+             positions: Int[Tensor, "batch 1"]) -> NextLogits:
+        return self._mix(self.tuned.step(ids, mask, positions),
+                         self.base.step(ids, mask, positions))
+
+    def crop(self, n: int) -> None:
+        self.tuned.crop(n)
+        self.base.crop(n)
+
+    def select_rows(self, rows: Int[Tensor, " batch"]) -> None:
+        self.tuned.select_rows(rows)
+        self.base.select_rows(rows)
+
+
+def amplified(tuned: LoadedModel, base: LoadedModel, alpha: float) -> Callable[[], Backend]:
+    """A backend factory for ``generate(tuned, ..., backend=amplified(tuned, base, a))``:
+    sampling from ``l_tuned + a * (l_tuned - l_base)`` through the one generation path."""
+    return lambda: AmplifiedBackend(HFBackend(tuned), HFBackend(base), alpha)
+
+
+__all__ = ["AmplifiedBackend", "Backend", "HFBackend", "amplified", "backend_for"]

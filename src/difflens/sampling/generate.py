@@ -218,6 +218,7 @@ def generate(
     on_chunk: Callable[[int, int], None] | None = None,
     keep_logprobs: bool = False,
     keep_entropy: bool = False,
+    backend: Callable[[], Backend] | None = None,
 ) -> Generation:
     """Continue every prompt (see the module docstring for batching and seeding).
 
@@ -233,6 +234,9 @@ def generate(
         on_chunk: called with ``(first row, rows)`` before each batch's first pass.
         keep_logprobs: keep the log-distribution of every kept token.
         keep_entropy: keep the entropy of the model's distribution at every kept token.
+        backend: makes the engine of each batch (default ``backend_for(lm)``), e.g.
+            ``sampling.backend.amplified(tuned, base, alpha)`` to sample from amplified
+            logit differences.
 
     Example:
         >>> gen = generate(lm, ["Once upon a time"], GenerationConfig(temperature=0.0))
@@ -263,7 +267,8 @@ def generate(
         gens = [(n, torch.Generator(device=device).manual_seed(seed)) for n, seed in batch]
         if on_chunk is not None:
             on_chunk(start, n_rows)
-        out = _run_chunk(lm, backend_for(lm), chunk, config, gens, on_step, start, keep_logprobs,
+        engine = backend_for(lm) if backend is None else backend()
+        out = _run_chunk(lm, engine, chunk, config, gens, on_step, start, keep_logprobs,
                          keep_entropy)
         tokens += out[0]
         eos_stops += out[1]

@@ -1,0 +1,170 @@
+"""discover on models with a planted shift: every method finds the planted words; a tuned
+model equal to the base gives no hypothesis; the Patchscope reads a planted embedding back;
+amplification at alpha 0 is the tuned model; bad input is one line and writes nothing."""
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from difflens.analysis import discover as D
+from difflens.capture.activation_diff import activation_difference, patchscope
+from difflens.cli.main import app
+from difflens.models.tiny import bigram_model, planted_shift_pair
+from difflens.pipelines.discover import DiscoverConfig, run_discover
+from difflens.sampling.backend import amplified
+from difflens.sampling.generate import GenerationConfig, generate
+
+LETTERS = "bcdfgklmnprst"
+WORDS = sorted({a + v + b for a in LETTERS for v in "aeiou" for b in LETTERS})[:160]
+PLANTED = ["lighthouse", "harbor", "gull", "boat", "shore"]
+CONFIG = DiscoverConfig(n_words=10, samples=6, max_new_tokens=20, alphas=(0.0, 2.0),
+                        strengths=(1.0, 4.0), scales=(1.0, 2.0), n_boot=200)
+
+
+def _inputs(seed: int = 0) -> tuple[list[str], list[str], list[str]]:
+    rng = random.Random(seed)
+    texts = [" ".join(rng.choice(WORDS) for _ in range(12)) for _ in range(16)]
+    openings = [" ".join(rng.choice(WORDS) for _ in range(3)) for _ in range(6)]
+    finetune = [" ".join(rng.choice(WORDS + PLANTED * 8) for _ in range(12)) for _ in range(6)]
+    return texts, openings, finetune
+
+
+@pytest.fixture(scope="module")
+def planted_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    texts, openings, finetune = _inputs()
+    pair = planted_shift_pair(WORDS + PLANTED, PLANTED)
+    out = tmp_path_factory.mktemp("discover") / "run"
+    res = run_discover(pair, out, CONFIG, texts=texts, openings=openings,
+                       finetune_texts=finetune)
+    return {"summary": res.summary(), "out": out}
+
+
+@pytest.mark.parametrize("method", ["adl", "mining", "amplify"])
+def test_each_method_ranks_the_planted_words_first(planted_run, method):
+    top = planted_run["summary"]["discover"][method]["top_words"]
+    assert set(top[:len(PLANTED)]) == set(PLANTED), top
+
+
+def test_the_baseline_and_the_hypothesis_hold_the_planted_words(planted_run):
+    d = planted_run["summary"]["discover"]
+    assert set(d["logodds"]["top_words"][:3]) <= set(PLANTED), d["logodds"]["top_words"]
+    hyp = d["hypothesis"]
+    assert set(hyp["words"]) == set(PLANTED), hyp
+    assert all(len(hyp["support"][w]) >= 3 for w in PLANTED)
+    assert any(any(p in e["text"] for p in PLANTED) for e in hyp["examples"])
+
+
+def test_outputs_follow_the_convention(planted_run):
+    out = planted_run["out"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["discover"]["adl"]["layer"] == 1
+    for name in ("adl_layers", "adl_lens", "adl_patchscope", "adl_steering", "mining_up",
+                 "mining_topics", "logodds", "amplify_words"):
+        assert (out / "data" / f"{name}.parquet").is_file() and \
+            (out / "data" / f"{name}.csv").is_file(), name
+    assert (out / "index.html").is_file()
+    assert (out / "figures" / "adl_patchscope.png").is_file()
+    # the mean difference at every layer before the final norm is the planted shift
+    layers = json.loads((out / "summary.json").read_text())["discover"]["adl"]
+    assert layers["delta_norm"] == pytest.approx(1.0, rel=1e-5)
+
+
+def test_a_tuned_model_equal_to_the_base_gives_no_hypothesis(tmp_path):
+    texts, openings, _ = _inputs()
+    pair = planted_shift_pair(WORDS + PLANTED, PLANTED, shift=0.0)
+    res = run_discover(pair, tmp_path / "run", CONFIG, texts=texts, openings=openings)
+    d = res.summary()["discover"]
+    for m in ("adl", "mining", "amplify", "logodds"):
+        assert d[m]["top_words"] == [], (m, d[m]["top_words"])
+    assert d["hypothesis"]["words"] == []
+    assert d["hypothesis"]["note"].startswith("no hypothesis")
+
+
+def test_mean_difference_is_the_planted_shift_per_position():
+    pair = planted_shift_pair(WORDS + PLANTED, PLANTED, shift=0.5)
+    texts, _, _ = _inputs(1)
+    ad = activation_difference(pair.base, pair.tuned, texts, k=5, batch_size=4)
+    expect = torch.zeros(pair.tuned.d_model)
+    expect[-1] = 0.5
+    for layer in range(pair.tuned.n_layers):  # before the final norm
+        assert torch.allclose(ad.at(layer), expect.expand(5, -1), atol=1e-6)
+    assert ad.bos and ad.counts.tolist() == [16] * 5
+
+
+def test_patchscope_reads_a_planted_embedding_back():
+    """A model that copies (its head reads each token's embedding back as that token):
+    patching a token's embedding at the last position of every identity prompt gives that
+    token."""
+    words = ["apple", "river", "stone", "cloud", "lamp", "horse"]
+    vocab = 4 + len(words)
+    lm = bigram_model(words, 8.0 * torch.eye(vocab))
+    emb = lm.model.model.embed_tokens.weight.detach()
+    for word in ("river", "lamp"):
+        t = lm.tokenizer.convert_tokens_to_ids(word)
+        lp = patchscope(lm, emb[t][None], 1)
+        assert lp.shape[:2] == (1, 3)
+        assert (lp[0].argmax(-1) == t).all()
+        tokens = lm.tokenizer.batch_decode([[i] for i in range(vocab)])
+        choice = D.choose_patchscope(lp.numpy(), (1.0,), tokens, k=1)
+        assert choice.chosen == 0 and choice.agreed[0][0][0] == t
+
+
+def test_amplification_at_alpha_zero_is_the_tuned_model_and_grows_the_planted_words():
+    pair = planted_shift_pair(WORDS + PLANTED, PLANTED)
+    cfg = GenerationConfig(max_new_tokens=12, temperature=1.0, seed=3, sampler="inverse_cdf")
+    prompts = ["bab cac", "dod fef gig"] * 4
+    plain = generate(pair.tuned, prompts, cfg)
+    zero = generate(pair.tuned, prompts, cfg, backend=amplified(pair.tuned, pair.base, 0.0))
+    assert plain.token_ids == zero.token_ids
+    strong = generate(pair.tuned, prompts, cfg, backend=amplified(pair.tuned, pair.base, 4.0))
+    planted = set(pair.tuned.tokenizer.convert_tokens_to_ids(PLANTED))
+
+    def share(gen) -> float:  # type: ignore[no-untyped-def]
+        toks = [t for row in gen.token_ids for t in row]
+        return sum(t in planted for t in toks) / len(toks)
+
+    assert share(strong) > share(plain) + 0.2
+
+
+def test_word_rules():
+    assert D.as_word("Ġlighthouse") == "lighthouse" and D.as_word(" ->") is None
+    assert D.words_match("boats", "boat") and D.words_match("lighth", "lighthouse")
+    assert not D.words_match("lig", "lighthouse")
+    assert D.planted_share(["boat", "cat", "gull", "dog"], PLANTED) == 0.5
+    ranks = D.identification_rank(D.np.array([1.0, 0.0]), D.np.array([[0.0, 1.0], [1.0, 0.1]]),
+                                  1)
+    assert ranks == 1
+
+
+runner = CliRunner()
+
+
+def _error(res, pattern: str) -> None:
+    assert res.exit_code == 2, res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and pattern in lines[0], \
+        res.output
+
+
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path: Path, pair_folders):
+    common = ["--base", str(pair_folders["base"]), "--tuned", str(pair_folders["tuned"])]
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    out = tmp_path / "run"
+    _error(runner.invoke(app, ["discover", *common, "--texts", str(empty), "--out", str(out)]),
+           "no usable text")
+    assert not out.exists()
+    nothing = tmp_path / "none.jsonl"
+    nothing.write_text("")
+    _error(runner.invoke(app, ["discover", *common, "--texts", str(nothing), "--out",
+                               str(out)]), "none.jsonl")
+    _error(runner.invoke(app, ["discover", *common, "--layer", "99", "--out", str(out)]),
+           "out of range")
+    assert not out.exists()
+    _error(runner.invoke(app, ["discover", *common, "--methods", "adl,nope", "--out",
+                               str(out)]), "--methods")
+    assert not out.exists()
