@@ -486,7 +486,42 @@ def organism_findings() -> str:
     return _table(["finding", "held in", "did not hold in"], rows)
 
 
+DISCOVER_METHODS = ("adl", "mining", "amplify", "logodds", "hypothesis")
+
+
+def _est_cell(e: dict[str, Any], *, pct: bool = False) -> str:
+    if e is None or e.get("value") is None or e["value"] != e["value"]:
+        return "—"
+    if e.get("ci_low") is None or e["ci_low"] != e["ci_low"]:
+        return fmt(e["value"], pct=pct)
+    return f"{fmt(e['value'], pct=pct)} [{fmt(e['ci_low'], pct=pct)}, {fmt(e['ci_high'], pct=pct)}]"
+
+
+def discover_zoo() -> str:
+    """Every discover method on every zoo organism and mixing ratio: the share of its top 20
+    words in the organism's planted set (and in the other organisms' sets), how often its
+    words pick the right description of four, and ADL's steering gain."""
+    run = "discover-zoo"
+    grades = value(run, "grades")
+    rows = []
+    for organism, by_ratio in grades.items():
+        for ratio, by_method in by_ratio.items():
+            for method in DISCOVER_METHODS:
+                g = by_method.get(method)
+                if not g:
+                    continue
+                rows.append([organism, f"{ratio}:1", method,
+                             _est_cell(g["planted_share"], pct=True),
+                             _est_cell(g["other_share"], pct=True),
+                             _est_cell(g["identified"], pct=True),
+                             _est_cell(g["steering_gain"]) if method == "adl" else ""])
+    return _table(["organism", "ordinary:narrow", "method", "planted share of top 20",
+                   "share in other organisms' sets", "identified (1 of 4)",
+                   "steering gain vs random"], rows)
+
+
 TABLES: dict[str, tuple[str, Callable[[], str]]] = {
+    "discover_zoo": ("discover-zoo", discover_zoo),
     "lineage_attribution": ("demo", lineage_attribution),
     "organism_seeds": ("organism-seeds", organism_seeds),
     "organism_seed_stages": ("organism-seeds", organism_seed_stages),

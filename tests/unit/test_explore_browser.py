@@ -422,3 +422,84 @@ def test_embedding_atlas_shows_the_runs_points_table_and_counts(
     assert "zebra" in text  # a planted token in the table
     page.screenshot(path=str(shots / "embedding_atlas.png"))
     assert not outside, outside
+
+
+# -- the discover view, on test_explore_discover's planted-shift run -------------------------
+
+
+@pytest.fixture(scope="module")
+def discover_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str | None]:
+    """The explorer over a discover run of the planted-shift pair, with the pair loaded (so
+    a change's token is marked in its text)."""
+    if _missing() is not None:
+        yield None
+        return
+    from test_explore_discover import make_discover_run
+
+    from difflens.explore import create_app
+    from difflens.explore.app import serve_in_thread
+    from difflens.explore.live import open_live
+
+    out, pair = make_discover_run(tmp_path_factory.mktemp("discover-runs"))
+    with serve_in_thread(create_app([out], live=open_live(pair))) as srv:
+        yield srv.url
+
+
+def test_discover_words_open_their_texts_and_the_slider_moves_the_samples(
+        require: Callable[[bool, str], None], browser: Any, discover_site: str | None,
+        shots: Path) -> None:
+    require(browser is not None and discover_site is not None,
+            _missing() or "the browser did not start")
+    pg = browser.new_page(viewport={"width": 1280, "height": 900})
+    pg.set_default_timeout(15_000)
+    errors: list[str] = []
+    pg.on("pageerror", lambda exc: errors.append(str(exc)))
+    pg.goto(f"{discover_site}/runs/0/discover")
+    # alpha 0 (the tuned model) is shown first
+    pg.wait_for_selector("#samples[data-alpha='0'] li")
+    assert pg.locator("#alpha-value").inner_text() == "α = 0"
+    assert pg.locator("#alpha-table tr.sel").get_attribute("data-i") == "0"
+    at_zero = pg.locator("#samples li").all_inner_texts()
+    # the Patchscope grid: the most probable cell is the most intense
+    cells = pg.locator("#grid td[data-p]")
+    ps = [float(cells.nth(i).get_attribute("data-p")) for i in range(cells.count())]
+    top = cells.nth(max(range(len(ps)), key=ps.__getitem__))
+    assert float(top.get_attribute("data-intensity")) == 1.0
+    assert _alpha(top.evaluate("e => getComputedStyle(e).backgroundColor")) == \
+        pytest.approx(1.0, abs=0.01)
+    # a hypothesis word opens its texts, the token after which the tuned model raised it
+    # marked (the word tokenizer: one word a token)
+    assert pg.locator("#word-view").is_hidden()
+    pg.click("#hyp-words .word[data-word='harbor']")
+    pg.wait_for_selector("#word-texts .wtext")
+    assert pg.locator("#word-title").inner_text() == "harbor"
+    assert "listed by" in pg.locator("#word-support").inner_text()
+    assert pg.locator("#hyp-words .word[data-word='harbor']").get_attribute("class") \
+        .split() == ["word", "in-hyp", "selected"]
+    texts = pg.locator("#word-texts .wtext")
+    assert texts.count() >= 1
+    first = texts.first
+    assert "raised “harbor”" in first.locator(".path").inner_text()
+    assert first.locator("mark.at").count() == 1
+    assert first.locator(".then").inner_text() == "→ harbor"
+    pg.screenshot(path=str(shots / "discover_word.png"))
+    # a word of a method's list opens its own texts in the same place
+    pg.click("#methods .method[data-method='mining'] .word >> nth=0")
+    pg.wait_for_function("document.querySelector('#word-title').textContent != 'harbor'")
+    pg.click("#word-close")
+    assert pg.locator("#word-view").is_hidden()
+    # the slider: alpha 2 shows its own samples, more of them with a hypothesis word
+    marked_zero = pg.locator("#samples li:has(mark)").count()
+    pg.locator("#alpha").fill("1")
+    pg.wait_for_selector("#samples[data-alpha='2'] li")
+    assert pg.locator("#alpha-value").inner_text() == "α = 2"
+    assert pg.locator("#alpha-table tr.sel").get_attribute("data-i") == "1"
+    at_two = pg.locator("#samples li").all_inner_texts()
+    assert len(at_two) == len(at_zero) and at_two != at_zero
+    assert pg.locator("#samples li:has(mark)").count() >= marked_zero
+    assert pg.locator("#samples li mark").count() > 0
+    assert "hypothesis rate" in pg.locator("#alpha-stats").inner_text()
+    pg.locator("#amplify").screenshot(path=str(shots / "discover_amplify.png"))
+    pg.screenshot(path=str(shots / "discover.png"), full_page=True)
+    pg.close()
+    assert not errors, errors

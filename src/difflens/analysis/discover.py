@@ -5,7 +5,9 @@ Stated rules (each is a default a user can read here):
 
 - **A word** is a token or a text piece of letters (an apostrophe or hyphen inside), at
   least two of them, lower-cased, with a tokenizer's leading-space mark removed. Methods
-  rank tokens; only word-like tokens make a method's ``top_words``.
+  rank tokens; only word-like tokens that are not English stop words (scikit-learn's list:
+  ``the``, ``and``, ``they``, ...) make a method's ``top_words``: a fine-tune's topic is in
+  its content words.
 - **A match** of a found word and a planted word: equal, equal up to a plural ``s``/``es``,
   or the found word is a sub-word piece of four letters or more that starts the planted word
   (``lighth`` matches ``lighthouse``).
@@ -17,6 +19,7 @@ Stated rules (each is a default a user can read here):
 """
 
 import dataclasses
+import functools
 import math
 import re
 import warnings
@@ -39,13 +42,27 @@ _WORD = re.compile(r"[a-z][a-z'\-]*[a-z]|[a-z]{2,}")
 _LEADING = ("Ġ", "▁", "Ċ")
 
 
+@functools.lru_cache(maxsize=1)
+def _stop_words() -> frozenset[str]:
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    return frozenset(ENGLISH_STOP_WORDS)
+
+
 def as_word(token_text: str) -> str | None:
-    """The word a token or text piece spells (see the module's rules), or None."""
+    """The word a token or text piece spells (see the module's rules), or None (also for
+    a stop word)."""
     t = token_text
     for mark in _LEADING:
         t = t.replace(mark, " ")
     t = t.strip().lower()
-    return t if len(t) >= 2 and _WORD.fullmatch(t) else None
+    return t if len(t) >= 2 and _WORD.fullmatch(t) and t not in _stop_words() else None
+
+
+def content_words(text: str) -> list[str]:
+    """The words of a text that are not stop words, in order."""
+    stop = _stop_words()
+    return [w for w in text_words(text) if w not in stop]
 
 
 def text_words(text: str) -> list[str]:
@@ -195,7 +212,7 @@ def log_odds_words(tuned_texts: Sequence[str], base_texts: Sequence[str], *, n: 
     the base's (each count smoothed by ``prior``), with a 95% bootstrap CI over samples
     (each model's samples resampled on their own). Rows: words seen ``min_count`` times in
     the tuned samples whose CI is above 0, by the CI's lower end; at most ``n``."""
-    counts_t = Counter(w for t in tuned_texts for w in text_words(t))
+    counts_t = Counter(w for t in tuned_texts for w in content_words(t))
     vocab_words = sorted(w for w, c in counts_t.items() if c >= min_count)
     cols = ["word", "log_odds", "ci_low", "ci_high", "n_tuned", "n_base", "count_tuned",
             "count_base"]
@@ -231,7 +248,8 @@ def log_odds_words(tuned_texts: Sequence[str], base_texts: Sequence[str], *, n: 
 
 
 def word_presence(texts: Sequence[str]) -> list[set[str]]:
-    return [set(text_words(t)) for t in texts]
+    """The content words each text holds."""
+    return [set(content_words(t)) for t in texts]
 
 
 def growing_words(samples: Mapping[float, Sequence[str]], *, n: int = 20, min_samples: int = 3,

@@ -81,3 +81,50 @@ def logit_diff_records(base: LoadedModel, tuned: LoadedModel, texts: Sequence[st
 
 
 __all__ = ["MIN_DIFF", "LogitDiffRecords", "logit_diff_records"]
+
+
+_WORD_START = ("▁", "Ġ", " ")
+
+
+def starts_word(lm: LoadedModel, token: int) -> bool:
+    """Whether ``token`` begins a new word (a leading-space mark, as in ``▁l`` or ``Ġl``)."""
+    piece = lm.tokenizer.convert_ids_to_tokens(int(token))
+    return isinstance(piece, str) and piece.startswith(_WORD_START) and len(piece) > 1
+
+
+def word_completions(lm: LoadedModel, tokens: Sequence[int], *, max_pieces: int = 5,
+                     batch_size: int = 64) -> dict[int, str]:
+    """The word each word-starting token grows into under ``lm``: greedy continuation after
+    the token alone (after BOS when the tokenizer adds one), kept while the next piece does
+    not start a new word, at most ``max_pieces`` more. A token that ends its word at once,
+    or does not start one, is its own text. With a small vocabulary (stories260k's 512
+    pieces spell ``lighthouse`` as ``▁l ig h t h ou se``) this turns a method's pieces into
+    the words the model means by them."""
+    from difflens.sampling.generate import GenerationConfig, generate
+
+    tok = lm.tokenizer
+    out = {int(t): tok.decode([int(t)]).strip() for t in tokens}
+    starts = [int(t) for t in tokens if starts_word(lm, int(t))]
+    if not starts:
+        return out
+    bos = tok.bos_token_id
+    prefix = [bos] if bos is not None and tok("a")["input_ids"][:1] == [bos] else []
+    gen = generate(lm, [prefix + [t] for t in starts],
+                   GenerationConfig(max_new_tokens=max_pieces, temperature=0.0,
+                                    batch_size=batch_size))
+    for t, cont in zip(starts, gen.token_ids, strict=True):
+        pieces = [t]
+        for c in cont:
+            piece = tok.convert_ids_to_tokens(int(c))
+            if not isinstance(piece, str) or piece.startswith(_WORD_START) or \
+                    not any(ch.isalpha() for ch in tok.decode([int(c)])):
+                break
+            pieces.append(int(c))
+        else:
+            if len(pieces) > max_pieces:  # never reached a word's end: keep the token
+                continue
+        out[t] = tok.decode(pieces).strip()
+    return out
+
+
+__all__ += ["starts_word", "word_completions"]

@@ -8,6 +8,10 @@ Routes (``ID`` is a run's position in the order given):
 - ``/runs/ID/table?path=P``: a sortable, filterable, paged view of a Parquet table.
 - ``/runs/ID/atlas``: every point of a trajectories run on a 2-D map (plotly scattergl).
 - ``/runs/ID/tokens``: a collapse divergence run's texts, each token coloured by a statistic.
+- ``/runs/ID/discover``: a discover run's hypothesis, each method's words, the Patchscope
+  grid, steered samples and amplification; ``/api/runs/ID/discover/word?word=W`` (the
+  texts where the models differ most on a word) and ``.../samples?alpha=A`` (the amplified
+  samples at one alpha) are its data.
 - ``/live/text``, ``/live/tree``, ``/live/steer``: the live views (typed text, multiverse,
   steer and monitor), which need the models given at start (``difflens.explore.live``);
   without them they say how to start with models.
@@ -42,10 +46,12 @@ from difflens.explore.live import (
     ids_field,
     info,
     int_field,
+    run_tokenizer,
     score_text,
     steer,
     steer_request,
     text_field,
+    token_span,
     trees,
 )
 
@@ -233,6 +239,66 @@ def create_app(folders: Sequence[Path], *, allowed_hosts: Sequence[str] | None =
         return (missing("no such run") if run is None
                 else HTMLResponse(views.tokens_page(run, data.STATISTICS)))
 
+    def discover_view(request: Request) -> HTMLResponse:
+        run = run_of(request)
+        if run is None:
+            return missing("no such run")
+        summary = runs.read_summary(run)
+        if not runs.is_discover(summary):
+            return HTMLResponse(views.page(run.name, views.error_box(
+                summary.error or "this run's summary has no discover results: the discover "
+                "view shows the --out folder of `difflens discover`")), status_code=404)
+        assert summary.data is not None
+        d = summary.data["discover"]
+        hyp = d.get("hypothesis") if isinstance(d.get("hypothesis"), dict) else {}
+        words = [str(w) for w in hyp.get("words", [])]
+        examples = [(str(e.get("source", "")), data.word_marks(str(e.get("text", "")), words))
+                    for e in hyp.get("examples", []) if isinstance(e, dict)]
+        try:
+            grid, steering = data.patchscope_grid(run), data.steering_rows(run)
+        except InputError as exc:
+            return HTMLResponse(views.page(run.name, views.error_box(str(exc))))
+        stages = []
+        listed = summary.data.get("stages")
+        for name, stage in (listed.items() if isinstance(listed, dict) else ()):
+            root = (run.root / "stages" / str(name)).resolve()
+            found = next((r.id for r in served if r.root == root), None)
+            hyp = stage.get("hypothesis") if isinstance(stage, dict) else None
+            stages.append((str(name), found, [str(w) for w in (hyp or {}).get("words", [])]))
+        return HTMLResponse(views.discover_page(
+            run, d, examples=examples, grid=grid, steering=steering,
+            models=summary.data.get("models"), stages=stages,
+            placed=span_of(summary.data) is not None))
+
+    def span_of(summary: dict[str, Any]) -> data.SpanOf | None:
+        """Where a change's token sits in its text: with the run's own models loaded (their
+        tokenizer is used under the live views' lock, as a fast tokenizer is not to be
+        called from two threads at once)."""
+        tok = run_tokenizer(live, summary.get("models")) if live is not None else None
+        if tok is None or live is None:
+            return None
+        lock = live.lock
+
+        def span(text: str, position: int) -> tuple[int, int] | None:
+            with lock:
+                return token_span(tok, text, position)
+        return span
+
+    def word_work(run: runs.Run, q: Any) -> Any:
+        summary = runs.read_summary(run)
+        data.discover_of(run)
+        return data.word_texts(run, q.get("word", ""), span_of(summary.data or {}))
+
+    def samples_work(run: runs.Run, q: Any) -> Any:
+        try:
+            alpha = float(q.get("alpha", ""))
+        except ValueError:
+            raise InputError("alpha must be a number, e.g. ?alpha=2") from None
+        return data.amplify_samples(run, alpha)
+
+    word_api = run_api(word_work)
+    samples_api = run_api(samples_work)
+
     def plotly_js(request: Request) -> Response:
         return Response(_plotly_js(), media_type="text/javascript",
                         headers={"Cache-Control": "max-age=86400"})
@@ -341,11 +407,14 @@ def create_app(folders: Sequence[Path], *, allowed_hosts: Sequence[str] | None =
         Route("/runs/{run}/table", table),
         Route("/runs/{run}/atlas", atlas),
         Route("/runs/{run}/tokens", tokens),
+        Route("/runs/{run}/discover", discover_view),
         Route("/api/runs/{run}/table", table_api),
         Route("/api/runs/{run}/atlas", atlas_api),
         Route("/api/runs/{run}/path", path_api),
         Route("/api/runs/{run}/texts", texts_api),
         Route("/api/runs/{run}/tokens", tokens_api),
+        Route("/api/runs/{run}/discover/word", word_api),
+        Route("/api/runs/{run}/discover/samples", samples_api),
         Route("/static/plotly.min.js", plotly_js),
         Route("/static/{name}", static),
         Mount("/runs/{run}/embedding-atlas", app=EmbeddingAtlasMount(served)),

@@ -4,17 +4,23 @@ The atlas puts every stored point of a trajectories run (``data/trajectories.par
 points ``x, y, z`` on the unit sphere) on a 2-D map by longitude and latitude, with the
 jumps and sentiment of ``data/jumps.parquet``, the text of each path and the columns of an
 optional ``data/prompts.parquet`` (prompt metadata, keyed by ``prompt_id``) joined on. The
-token diff reads ``data/divergence_tokens.parquet`` of a collapse divergence run.
+token diff reads ``data/divergence_tokens.parquet`` of a collapse divergence run. The
+discover view reads a discover run's ``data/adl_patchscope``, ``adl_steering``,
+``amplify_samples`` and ``mining_examples`` tables.
 """
 
 import dataclasses
 import functools
 import json
+import math
+import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from difflens.analysis.discover import words_match
 from difflens.errors import InputError
-from difflens.explore.runs import Run, cell, connection, query, quote, schema
+from difflens.explore.runs import Run, cell, connection, query, quote, read_summary, schema
 from difflens.inputs.tokens import format_token
 
 if TYPE_CHECKING:
@@ -269,3 +275,197 @@ def text_tokens(run: Run, text_id: int) -> list[dict[str, Any]]:
             d["base_minus_tuned"] = cell(float(b) - float(t))
         out.append(d)
     return out
+
+
+# -- discover -------------------------------------------------------------------------------
+
+#: Most rows (words) of the Patchscope grid.
+MAX_GRID_WORDS = 40
+#: Most samples the amplification view shows at one alpha.
+MAX_SAMPLES = 200
+#: Most texts the word view lists.
+MAX_WORD_TEXTS = 12
+#: Columns of ``data/adl_steering.parquet`` the steering table shows (the last two when
+#: present).
+STEERING_COLUMNS = ("model", "opening", "strength", "coherent", "steered", "unsteered",
+                    "random")
+STEERING_EXTRA = ("steered_ppl_base", "unsteered_ppl_base")
+#: Columns of ``data/mining_examples.parquet`` the word view needs.
+EXAMPLE_COLUMNS = ("direction", "word", "text", "position", "diff", "content")
+#: A word of a text: ``difflens.analysis.discover``'s rule, on lower-cased text.
+_WORD = re.compile(r"[a-z][a-z'\-]*[a-z]|[a-z]{2,}")
+
+#: A text cut into pieces, each ``[text, marked]``.
+Pieces = list[list[Any]]
+#: ``(text, position) -> (start, end)``: the characters of the token at ``position`` of the
+#: text as the run's tokenizer reads it, or ``None`` (``difflens.explore.live.token_span``).
+SpanOf = Callable[[str, int], "tuple[int, int] | None"]
+
+
+def discover_of(run: Run) -> dict[str, Any]:
+    """The ``discover`` object of a discover run's summary (an ``InputError`` for any other
+    run)."""
+    summary = read_summary(run)
+    found = summary.data.get("discover") if summary.data is not None else None
+    if not isinstance(found, dict):
+        raise InputError(summary.error or "this run's summary has no discover results: the "
+                         "discover view shows the --out folder of `difflens discover`")
+    return found
+
+
+def word_marks(text: str, words: Sequence[str]) -> Pieces:
+    """``text`` in pieces, the words that match one of ``words`` marked (the rule of
+    ``difflens.analysis.discover.hypothesis_rate``: equal, a plural, or a sub-word piece of
+    four letters or more that starts the other)."""
+    lower = text.lower()
+    found = (_WORD.finditer(lower) if len(lower) == len(text)
+             else re.finditer(_WORD.pattern, text, re.IGNORECASE))
+    out: Pieces = []
+    at = 0
+    for m in found:
+        w = m.group(0).lower()
+        if any(words_match(w, h) or words_match(h, w) for h in words):
+            if m.start() > at:
+                out.append([text[at:m.start()], False])
+            out.append([text[m.start():m.end()], True])
+            at = m.end()
+    if at < len(text) or not out:
+        out.append([text[at:], False])
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class PatchscopeGrid:
+    """The Patchscope's words by scale: ``probability[i][j]`` of ``words[i]`` at
+    ``scales[j]`` (``None``: not in that scale's agreed top k)."""
+
+    scales: list[float]
+    chosen: float | None
+    words: list[str]
+    probability: list[list[float | None]]
+    left_out: int
+    """Words beyond ``MAX_GRID_WORDS``, and tokens that spell no word."""
+
+
+def patchscope_grid(run: Run) -> PatchscopeGrid | None:
+    """``data/adl_patchscope.parquet`` as a words x scales grid (a word's largest
+    probability over the tokens that spell it), the chosen scale's words first in its
+    order, then the others by their largest probability; ``None`` without the table."""
+    path = run.file("data/adl_patchscope.parquet")
+    if path is None:
+        return None
+    _require(path, ("scale", "rank", "word", "probability", "chosen"),
+             "data/adl_patchscope.parquet")
+    scales = [float(r[0]) for r in query("SELECT DISTINCT scale FROM read_parquet(?) "
+                                         "ORDER BY scale", [str(path)])]
+    chosen = query("SELECT any_value(scale) FROM read_parquet(?) WHERE chosen", [str(path)])
+    chosen_scale = float(chosen[0][0]) if chosen and chosen[0][0] is not None else None
+    rows = query("SELECT lower(word) AS w, scale, max(probability), "
+                 "min(CASE WHEN chosen THEN rank END) FROM read_parquet(?) "
+                 "WHERE word IS NOT NULL AND word <> '' GROUP BY w, scale", [str(path)])
+    n_tokens = int(query("SELECT count(*) FROM read_parquet(?)", [str(path)])[0][0])
+    cells: dict[str, dict[float, float]] = {}
+    chosen_rank: dict[str, int] = {}
+    for word, scale, prob, rank in rows:
+        cells.setdefault(str(word), {})[float(scale)] = float(prob)
+        if rank is not None:
+            chosen_rank[str(word)] = int(rank)
+    order = sorted(cells, key=lambda w: (w not in chosen_rank, chosen_rank.get(w, 0),
+                                         -max(cells[w].values()), w))
+    shown = order[:MAX_GRID_WORDS]
+    n_word_tokens = int(query("SELECT count(*) FROM read_parquet(?) WHERE word IS NOT NULL "
+                              "AND word <> ''", [str(path)])[0][0])
+    return PatchscopeGrid(
+        scales=scales, chosen=chosen_scale, words=shown,
+        probability=[[_finite(cells[w].get(s)) for s in scales] for w in shown],
+        left_out=len(order) - len(shown) + n_tokens - n_word_tokens)
+
+
+def _finite(v: float | None) -> float | None:
+    return v if v is not None and math.isfinite(v) else None
+
+
+def steering_rows(run: Run) -> list[dict[str, Any]] | None:
+    """The rows of ``data/adl_steering.parquet`` (each model's openings, steered with delta
+    at the chosen strength, unsteered, and steered with a random vector); ``None``
+    without the table."""
+    path = run.file("data/adl_steering.parquet")
+    if path is None:
+        return None
+    names = _require(path, STEERING_COLUMNS, "data/adl_steering.parquet")
+    cols = [*STEERING_COLUMNS, *(c for c in STEERING_EXTRA if c in names)]
+    rows = query(f"SELECT {', '.join(quote(c) for c in cols)} FROM read_parquet(?)",
+                 [str(path)])
+    return [{c: (v if isinstance(v, str) else cell(v)) for c, v in zip(cols, r, strict=True)}
+            for r in rows]
+
+
+def amplify_samples(run: Run, alpha: float) -> dict[str, Any]:
+    """The samples of ``data/amplify_samples.parquet`` at ``alpha``, each in pieces with the
+    hypothesis words marked (``word_marks``)."""
+    path = run.file("data/amplify_samples.parquet")
+    if path is None:
+        raise InputError("no data/amplify_samples.parquet in this run: amplification did not "
+                         "run (--methods without amplify)")
+    _require(path, ("alpha", "sample", "text"), "data/amplify_samples.parquet")
+    hyp = discover_of(run).get("hypothesis")
+    words = [str(w) for w in hyp.get("words", [])] if isinstance(hyp, dict) else []
+    rows = query("SELECT sample, text FROM read_parquet(?) WHERE alpha = ? ORDER BY sample",
+                 [str(path), float(alpha)])
+    if not rows:
+        have = [float(r[0]) for r in query("SELECT DISTINCT alpha FROM read_parquet(?) ORDER "
+                                           "BY alpha", [str(path)])]
+        raise InputError(f"no samples at alpha {alpha:g}; the run has alphas "
+                         f"{', '.join(f'{a:g}' for a in have)}")
+    pieces = [word_marks(str(t or ""), words) for _, t in rows[:MAX_SAMPLES]]
+    samples = [{"sample": int(r[0]), "pieces": p} for r, p in zip(rows, pieces, strict=False)]
+    marked = sum(any(m for _, m in p) for p in pieces)
+    return {"alpha": float(alpha), "total": len(rows), "marked": marked, "samples": samples,
+            "words": words}
+
+
+def word_texts(run: Run, word: str, span_of: SpanOf | None = None) -> dict[str, Any]:
+    """The texts where the two models differ most on ``word`` (``data/mining_examples``:
+    the tokens whose log-probability the fine-tune raised, or lowered, at the most
+    positions, with the texts of their largest changes), raised first, then by the size of
+    the change. Each text comes in pieces: before, at and after the token at the change's
+    position (the model read up to it and then predicted ``word``) when ``span_of`` can
+    place it, else whole. A word with no rows of its own takes the rows of the words that
+    match it (``words_match``)."""
+    path = run.file("data/mining_examples.parquet")
+    if path is None:
+        raise InputError("no data/mining_examples.parquet in this run: diff mining did not "
+                         "run (--methods without mining)")
+    _require(path, EXAMPLE_COLUMNS, "data/mining_examples.parquet")
+    word = word.strip().lower()
+    if not word:
+        raise InputError("give a word, e.g. ?word=harbor")
+    have = [str(r[0]) for r in query("SELECT DISTINCT lower(word) FROM read_parquet(?) "
+                                     "WHERE word IS NOT NULL", [str(path)])]
+    matched = [word] if word in have else sorted(
+        w for w in have if words_match(w, word) or words_match(word, w))
+    rows = query("SELECT direction, word, text, position, diff, content FROM read_parquet(?) "
+                 "WHERE list_contains(?, lower(word)) ORDER BY direction <> 'up', abs(diff) "
+                 "DESC, text, position", [str(path), matched]) if matched else []
+    seen: set[tuple[str, int, int]] = set()
+    out = []
+    for direction, w, text_id, position, diff, content in rows:
+        key = (str(direction), int(text_id), int(position))
+        if key in seen:
+            continue
+        seen.add(key)
+        text = str(content or "")
+        span = span_of(text, int(position)) if span_of is not None else None
+        if span is not None and not 0 <= span[0] <= span[1] <= len(text):
+            span = None
+        pieces = ([[text[:span[0]], False], [text[span[0]:span[1]], True],
+                   [text[span[1]:], False]] if span is not None else [[text, False]])
+        out.append({"direction": str(direction), "word": str(w), "text": int(text_id),
+                    "position": int(position), "diff": cell(diff), "pieces": pieces,
+                    "placed": span is not None})
+        if len(out) >= MAX_WORD_TEXTS:
+            break
+    note = "" if out else (
+        f"no texts for {word!r}: mining_examples keeps the texts of the tokens that changed "
+        f"at the most positions, and no such token spells this word")
+    return {"word": word, "matched": matched, "texts": out, "note": note}

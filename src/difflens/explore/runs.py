@@ -76,7 +76,8 @@ def open_runs(folders: Sequence[Path], *, allow_empty: bool = False) -> list[Run
                              f"--out folder of a difflens command")
         root = folder.resolve()
         base = root.name or str(root)
-        for path, name in [(root, base), *_sections(root, base)]:
+        parts = [(root, base), *_sections(root, base)]
+        for path, name in [p for part in parts for p in (part, *_stages(*part))]:
             names[name] = names.get(name, 0) + 1
             runs.append(Run(id=len(runs), root=path, name=name if names[name] == 1
                             else f"{name} ({names[name]})"))
@@ -105,6 +106,28 @@ def _sections(root: Path, name: str) -> list[tuple[Path, str]]:
                 for sub in sorted(folder.iterdir())
                 if sub.is_dir() and (sub / "summary.json").is_file()
                 and sub.resolve().parent == folder.resolve()]
+    return out
+
+
+def _stages(root: Path, name: str) -> list[tuple[Path, str]]:
+    """The stage runs of a ``difflens discover`` lineage run (its summary's ``stages``:
+    ``OUT/stages/<a>-to-<b>``, each a discover run of one adjacent pair), whether the
+    folder was given or is a ``compare`` section (``OUT/discover``). Other runs have
+    none."""
+    try:
+        summary = json.loads((root / "summary.json").read_text())
+        listed = summary.get("stages") if _discover_body(summary) else None
+    except (OSError, ValueError, AttributeError):
+        return []
+    if not isinstance(listed, dict):
+        return []
+    folder = root / "stages"
+    out = []
+    for stage in listed:
+        sub = folder / str(stage)
+        if (sub / "summary.json").is_file() and sub.resolve().parent == folder.resolve() \
+                and folder.resolve().parent == root:
+            out.append((sub.resolve(), f"{name}/stages/{stage}"))
     return out
 
 
@@ -162,13 +185,28 @@ def figures(run: Run) -> list[tuple[str, str | None, str | None]]:
 
 def kinds(run: Run) -> list[str]:
     """The explorer views a run supports besides its overview: ``atlas`` (a trajectories
-    run) and ``tokens`` (a collapse divergence run)."""
+    run), ``tokens`` (a collapse divergence run) and ``discover`` (a discover run,
+    ``is_discover``)."""
     out = []
     if run.file("data/trajectories.parquet") is not None:
         out.append("atlas")
     if run.file("data/divergence_tokens.parquet") is not None:
         out.append("tokens")
+    if is_discover(read_summary(run)):
+        out.append("discover")
     return out
+
+
+def is_discover(summary: "Summary") -> bool:
+    """Whether a summary is a ``difflens discover`` run's (or a ``compare`` discover
+    section's): ``discover`` is an object with a ``hypothesis`` (a compare folder's own
+    summary holds the section's whole summary under ``discover``: not a discover run)."""
+    return summary.data is not None and _discover_body(summary.data)
+
+
+def _discover_body(data: Any) -> bool:
+    found = data.get("discover") if isinstance(data, dict) else None
+    return isinstance(found, dict) and isinstance(found.get("hypothesis"), dict)
 
 
 def read_summary(run: Run) -> Summary:

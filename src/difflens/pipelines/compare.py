@@ -43,8 +43,10 @@ defaults and without the page.
 """
 
 import dataclasses
+import functools
+import html
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -165,8 +167,10 @@ def run_compare(models: ModelSet, out: Path, inputs: CompareInputs, *,
     labels: dict[str, str] = {}  # metric_labels: metric -> how the page shows it
     top_level: dict[str, Any] = {}
     seconds: dict[str, float] = {}
-    runners = {"capture": _capture, "concepts": _concepts, "trajectories": _trajectories,
-               "collapse": _collapse, "control": _control, "themes": _themes}
+    runners: dict[str, Callable[..., Result]] = {
+               "capture": _capture, "concepts": _concepts, "trajectories": _trajectories,
+               "collapse": _collapse, "control": _control, "themes": _themes,
+               "discover": functools.partial(_discover, moved=top_level)}
     for name in SECTIONS:
         if name not in config.sections:
             continue
@@ -534,6 +538,26 @@ def _themes(models: ModelSet, out: Path, inputs: CompareInputs, config: CompareC
     return SectionResult(summary, run.figures, attributions,
                          intro_html(summary) + probe_gain_note(summary), labels,
                          {"themes_moved": themes_moved(attributions, names, labels)})
+
+
+def _discover(models: ModelSet, out: Path, inputs: CompareInputs, config: CompareConfig,
+              progress: bool, *, moved: Mapping[str, Any]) -> Result:
+    """What each stage changed, found without being told where to look (``discover``):
+    base against the last model, and each adjacent stage, with the themes whose share
+    moved most (``themes_moved``, when the themes section ran first) in the hypothesis."""
+    from difflens.pipelines.discover import run_discover
+    from difflens.report.discover import discover_intro
+
+    themes = [{"label": t["label"], "change": t["change"]}
+              for t in moved.get("themes_moved", [])]
+    run = run_discover(models, out, config.discover, themes=themes, progress=progress,
+                       index=False)
+    summary = run.summary()
+    intro = discover_intro(summary)
+    for stage, d in summary.get("stages", {}).items():
+        words = ", ".join(d["hypothesis"]["words"]) or d["hypothesis"]["note"]
+        intro += f"<p><b>{html.escape(stage)}</b>: {html.escape(words)}</p>"
+    return SectionResult(summary, run.figures, {}, intro)
 
 
 def theme_label(theme: int, name: str, keywords: Sequence[str] = ()) -> str:

@@ -13,7 +13,8 @@ from difflens._config import config_from
 from difflens.errors import InputError
 from difflens.inputs.labelled import LabelledText
 
-SECTIONS = ("capture", "concepts", "trajectories", "collapse", "control", "themes")
+SECTIONS = ("capture", "concepts", "trajectories", "collapse", "control", "themes",
+            "discover")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +54,7 @@ _CONFIGS = {
     "collapse": ("difflens.pipelines.collapse", "CollapseConfig"),
     "control": ("difflens.control.evaluate", "ControlConfig"),
     "themes": ("difflens.pipelines.theme_config", "ThemesConfig"),
+    "discover": ("difflens.pipelines.discover", "DiscoverConfig"),
 }
 
 
@@ -95,6 +97,8 @@ class CompareConfig:
     """A ``ControlConfig`` (default: its ``quick()``)."""
     themes: Any = None
     """A ``ThemesConfig`` (default: its ``quick()``)."""
+    discover: Any = None
+    """A ``DiscoverConfig`` (default: its ``quick()``)."""
 
     def __post_init__(self) -> None:
         bad = [s for s in self.sections if s not in SECTIONS]

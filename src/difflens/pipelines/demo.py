@@ -144,7 +144,9 @@ def demo_config(seed: int, small: bool = False) -> CompareConfig:
                           "min_count": 2},
             control={"max_new_tokens": 16, "samples": 1,
                      "controllers": (("open_loop", (0.5, 1.0)), ("rollback", (1.0,)))},
-            themes={"samples": 4, "max_new_tokens": 24, "k_min": 3, "k_max": 6})
+            themes={"samples": 4, "max_new_tokens": 24, "k_min": 3, "k_max": 6},
+            discover={"samples": 1, "max_new_tokens": 12, "alphas": (0.0, 2.0),
+                      "strengths": (1.0, 4.0), "scales": (1.0, 2.0), "n_boot": 200})
     return CompareConfig(
         seed=seed, collapse={"samples": 8, "max_new_tokens": 40, "prob_caps": ()},
         concepts={"alphas": (-0.5, -0.25, 0.0, 0.25, 0.5), "n_generations": 1},

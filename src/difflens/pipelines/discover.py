@@ -26,7 +26,6 @@ every method that ran, and ``discover.hypothesis`` (``words``, ``support``, ``ex
 """
 
 import dataclasses
-import functools
 import time
 from collections.abc import Mapping, Sequence
 from importlib import resources
@@ -40,7 +39,7 @@ import torch
 from difflens._config import option
 from difflens._io import check_writable, rich_progress, write_json_atomic
 from difflens.analysis import discover as D
-from difflens.analysis.bootstrap import bootstrap_mean, bootstrap_paired, bootstrap_statistic
+from difflens.analysis.bootstrap import bootstrap_mean, bootstrap_paired
 from difflens.analysis.diversity import distinct_n
 from difflens.capture.activation_diff import (
     IDENTITY_PROMPTS,
@@ -50,7 +49,7 @@ from difflens.capture.activation_diff import (
     patched_losses,
     patchscope,
 )
-from difflens.capture.logit_diff import logit_diff_records
+from difflens.capture.logit_diff import logit_diff_records, word_completions
 from difflens.control.steering import steering
 from difflens.errors import InputError
 from difflens.inputs.prompts import read_prompts
@@ -133,6 +132,9 @@ class DiscoverConfig:
     max_tokens: int = option(96, flag="--max-tokens", help="Tokens read per text.")
     random_vectors: int = option(4, flag="--random-vectors", help="Random directions of "
                                  "delta's norm in the causal check.")
+    max_finetune: int = option(128, flag="--max-finetune", help="Fine-tuning texts used "
+                               "(the first N): the causal check and steered-text "
+                               "similarity.")
     encoder: str = option(DEFAULT_ENCODER, flag="--encoder", help="Sentence encoder for "
                           "steered-text similarity to the fine-tuning texts.")
     seed: int = option(0, flag="--seed", help="Seed of sampling, random vectors and "
@@ -147,7 +149,7 @@ class DiscoverConfig:
             raise InputError(f"--methods takes a comma-separated list of {', '.join(METHODS)}; "
                              f"got {','.join(self.methods) or 'nothing'}")
         for name in ("positions", "top_k", "n_words", "samples", "max_new_tokens", "n_topics",
-                     "max_tokens", "batch_size", "n_boot"):
+                     "max_tokens", "batch_size", "n_boot", "max_finetune"):
             if getattr(self, name) < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be at least 1, got "
                                  f"{getattr(self, name)}")
@@ -173,9 +175,43 @@ class DiscoverResult(InstrumentResult):
 
 
 def _token_texts(lm: LoadedModel) -> list[str]:
+    """Each token's text, with ``""`` for a piece inside a word when the tokenizer marks
+    word starts (``▁the``, ``Ġthe``): such a piece (``ig`` of ``▁l ig h t h ou se``) names
+    no word, so no method lists it."""
     vocab = int(lm.model.get_output_embeddings().weight.shape[0])
     n = min(len(lm.tokenizer), vocab)
-    return list(lm.tokenizer.batch_decode([[i] for i in range(n)])) + [""] * (vocab - n)
+    texts = list(lm.tokenizer.batch_decode([[i] for i in range(n)])) + [""] * (vocab - n)
+    pieces = lm.tokenizer.convert_ids_to_tokens(list(range(n)))
+    marked = sum(isinstance(x, str) and x.startswith(("▁", "Ġ")) for x in pieces)
+    if marked > n // 10:  # the tokenizer marks word starts: drop the inner pieces
+        texts = [t if isinstance(x, str) and x.startswith(("▁", "Ġ")) else ""
+                 for t, x in zip(texts, pieces + [""] * (vocab - n), strict=True)]
+    return texts
+
+
+def _complete(p: "_Pair", tokens: Sequence[int]) -> dict[int, str]:
+    """Each token's readable text: a word-starting token as the word the tuned model
+    completes it to (``capture.logit_diff.word_completions``), cached per run."""
+    cache: dict[int, str] = p.extra.setdefault("completions", {})
+    todo = sorted({int(t) for t in tokens} - set(cache))
+    cache |= {t: "" for t in todo if not p.tokens[t]}  # a piece inside a word
+    todo = [t for t in todo if p.tokens[t]]
+    if todo:
+        cache |= word_completions(p.tuned, todo, batch_size=p.config.batch_size)
+    return {int(t): cache[int(t)] for t in tokens}
+
+
+def _word_of(p: "_Pair", token: int) -> str | None:
+    """A token's word: its completion when one was made, else its own text."""
+    return D.as_word(p.extra.get("completions", {}).get(int(token), p.tokens[int(token)]))
+
+
+def _ranked_words(p: "_Pair", scores: np.ndarray, n: int) -> list[tuple[str, float]]:
+    """The first ``n`` distinct words of the tokens ranked by ``scores`` (higher first),
+    each token read as its completed word."""
+    order = np.argsort(-np.asarray(scores), kind="stable")[:10 * n + 100]
+    words = _complete(p, order.tolist())
+    return D.dedupe_words([words[int(t)] for t in order], np.asarray(scores)[order], n)
 
 
 def _est(e: Any) -> dict[str, Any]:
@@ -236,7 +272,7 @@ def _adl(p: _Pair, summary: dict[str, Any]) -> None:
     for i, lay in enumerate(ad.layers):
         d = ad.mean_delta(lay)
         lens = logit_lens(tuned, d[None], lay)[0]
-        words = D.dedupe_words(p.tokens, lens.numpy(), 5) if float(d.norm()) > 0 else []
+        words = _ranked_words(p, lens.numpy(), 5) if float(d.norm()) > 0 else []
         rows.append({"layer": lay, "delta_norm": float(d.norm()),
                      "tuned_norm": float(ad.tuned_norm[i]), "base_norm": float(ad.base_norm[i]),
                      "relative_norm": float(d.norm()) / max(float(ad.tuned_norm[i]), 1e-12),
@@ -257,29 +293,32 @@ def _adl(p: _Pair, summary: dict[str, Any]) -> None:
         for sign in (1, -1):
             lp = logit_lens(lm, sign * delta[None], layer)[0].numpy()
             key = f"{model_name}_{'plus' if sign > 0 else 'minus'}"
-            lens_top[key] = D.dedupe_words(p.tokens, lp, c.n_words)
+            lens_top[key] = _ranked_words(p, lp, c.n_words)
             lens_rows += [{"lens": key, "position": "mean", "rank": r, "word": w,
                            "logprob": s} for r, (w, s) in enumerate(lens_top[key])]
     per_pos = ad.at(layer)
     for j in range(per_pos.shape[0]):
         lp = logit_lens(tuned, per_pos[j][None], layer)[0].numpy()
         lens_rows += [{"lens": "tuned_plus", "position": str(j), "rank": r, "word": w,
-                       "logprob": s} for r, (w, s) in enumerate(D.dedupe_words(p.tokens, lp,
-                                                                              10))]
+                       "logprob": s} for r, (w, s) in enumerate(_ranked_words(p, lp, 10))]
     p.frames["adl_lens"] = pd.DataFrame(lens_rows)
     # Patchscope: delta scaled to multiples of the tuned model's mean norm
     unit = delta / delta.norm()
     vecs = torch.stack([unit * s * norm for s in c.scales])
     lp = patchscope(tuned, vecs, layer, batch_size=c.batch_size).numpy()
-    choice = D.choose_patchscope(lp, c.scales, p.tokens, prompts=IDENTITY_PROMPTS,
-                                 k=c.n_words)
+    cand = {int(t) for row in lp.reshape(-1, lp.shape[-1])
+            for t in np.argsort(-row, kind="stable")[:c.n_words]}
+    readable = _complete(p, sorted(cand))
+    texts = [readable.get(i, t) for i, t in enumerate(p.tokens)]
+    choice = D.choose_patchscope(lp, c.scales, texts, prompts=IDENTITY_PROMPTS, k=c.n_words)
     p.frames["adl_patchscope"] = pd.DataFrame(
-        [{"scale": choice.scales[s], "rank": r, "token": t, "word": D.as_word(p.tokens[t]),
+        [{"scale": choice.scales[s], "rank": r, "token": t, "word": D.as_word(texts[t]),
           "probability": pr, "chosen": s == choice.chosen}
          for s, agreed in enumerate(choice.agreed) for r, (t, pr) in enumerate(agreed)],
         columns=["scale", "rank", "token", "word", "probability", "chosen"])
-    patch_words = ([w for t, _ in choice.agreed[choice.chosen] if (w := D.as_word(p.tokens[t]))]
-                   if choice.chosen >= 0 else [])
+    patch_words = list(dict.fromkeys(
+        w for t, _ in choice.agreed[choice.chosen] if (w := D.as_word(texts[t])))) \
+        if choice.chosen >= 0 else []
     lens_words = [w for w, _ in lens_top["tuned_plus"]]
     score: dict[str, float] = {}
     for ws in (lens_words, patch_words):
@@ -361,7 +400,8 @@ def _steer(p: _Pair, layer: int, unit: torch.Tensor, norm: float) -> dict[str, A
     p.frames["adl_steering"] = df
     for model_name in ("tuned", "base"):
         d = df[df["model"] == model_name]
-        out[model_name] = {"strength": _est(bootstrap_mean(d["strength"], seed=c.seed,
+        strength = d["strength"].to_numpy(float)
+        out[model_name] = {"strength": _est(bootstrap_mean(strength, seed=c.seed,
                                                             resampled="openings")),
                            "examples": [{"opening": r.opening, "steered": r.steered,
                                          "unsteered": r.unsteered}
@@ -417,24 +457,31 @@ def _causal(p: _Pair, layer: int, delta: torch.Tensor) -> dict[str, Any]:
     }
 
 
+def _texts(column: pd.Series) -> list[str]:
+    return [w if isinstance(w, str) else "" for w in column]
+
+
 def _mining(p: _Pair, summary: dict[str, Any]) -> None:
     c = p.config
     tick = p.bar("mining: logit differences", len(p.texts))
     rec = logit_diff_records(p.base, p.tuned, p.texts, top_k=c.top_k, batch_size=c.batch_size,
                              max_tokens=c.max_tokens, progress=lambda n: tick(n, ""))
-    r = rec.records.assign(token_text=lambda d: [p.tokens[t] for t in d["token"]])
+    raw = p.tuned.tokenizer.convert_ids_to_tokens
+    r = rec.records.assign(token_text=lambda d: raw([int(t) for t in d["token"]]))
     p.extra["mining_records"] = r
     up, down = D.token_counts(rec.records, "up"), D.token_counts(rec.records, "down")
     for df in (up, down):
-        df["token_text"] = [p.tokens[t] for t in df["token"]]
-        df["word"] = [D.as_word(t) for t in df["token_text"]]
+        df["token_text"] = raw([int(t) for t in df["token"]])
+        head = _complete(p, [int(t) for t in df["token"][:10 * c.n_words + 100]])
+        df["word"] = [D.as_word(head.get(int(t), p.tokens[t])) for t in df["token"]]
     p.frames["mining_up"], p.frames["mining_down"] = up, down
     p.frames["mining_examples"] = _word_texts(p, r)
-    top = D.dedupe_words(list(up["token_text"]), list(up["count"].astype(float)), c.n_words)
+    top = D.dedupe_words(_texts(up["word"]), list(up["count"].astype(float)), c.n_words)
     topics = D.nmf_topics(rec.records, rec.n_texts, n_topics=c.n_topics, seed=c.seed)
+    _complete(p, [t for k in topics.tokens for t, _ in k])
     topic_rows: list[dict[str, Any]] = [{"topic": k, "weight": topics.weight[k],
                    "tokens": " ".join(w for t, _ in topics.tokens[k]
-                                      if (w := D.as_word(p.tokens[t]))),
+                                      if (w := _word_of(p, t))),
                    "examples": [p.texts[i] for i in topics.texts[k]]}
                   for k in range(len(topics.tokens))]
     p.frames["mining_topics"] = pd.DataFrame(
@@ -443,7 +490,7 @@ def _mining(p: _Pair, summary: dict[str, Any]) -> None:
     summary["mining"] = {
         "top_words": [w for w, _ in top],
         "counts": [int(x) for _, x in top],
-        "down_words": [w for w, _ in D.dedupe_words(list(down["token_text"]),
+        "down_words": [w for w, _ in D.dedupe_words(_texts(down["word"]),
                                                     list(down["count"].astype(float)), 10)],
         "topics": topic_rows, "n_texts": rec.n_texts, "n_positions": rec.n_positions,
         "top_k": c.top_k,
@@ -457,6 +504,7 @@ def _word_texts(p: _Pair, r: pd.DataFrame, n_tokens: int = 100, n_texts: int = 5
     change was largest, the position and the text's tokens around it (the explorer opens
     these when a word is clicked)."""
     rows = []
+    raw = p.tuned.tokenizer.convert_ids_to_tokens
     for direction in ("up", "down"):
         d = r[r["direction"] == direction]
         top = d["token"].value_counts().index[:n_tokens]
@@ -464,13 +512,30 @@ def _word_texts(p: _Pair, r: pd.DataFrame, n_tokens: int = 100, n_texts: int = 5
                 .sort_values("size", ascending=False, kind="stable")
                 .drop_duplicates(["token", "text"]).groupby("token").head(n_texts))
         for row in best.itertuples():
+            start, end = _char_span(p, int(row.text), int(row.position))
             rows.append({"direction": direction, "token": int(row.token),
-                         "word": D.as_word(p.tokens[int(row.token)]) or
-                         p.tokens[int(row.token)].strip(), "text": int(row.text),
-                         "position": int(row.position), "diff": float(row.diff),
+                         "word": _word_of(p, int(row.token)) or
+                         str(raw(int(row.token))), "text": int(row.text),
+                         "position": int(row.position), "char_start": start,
+                         "char_end": end, "diff": float(row.diff),
                          "content": p.texts[int(row.text)]})
-    return pd.DataFrame(rows, columns=["direction", "token", "word", "text", "position", "diff",
-                                       "content"])
+    return pd.DataFrame(rows, columns=["direction", "token", "word", "text", "position",
+                                       "char_start", "char_end", "diff", "content"])
+
+
+def _char_span(p: _Pair, text: int, position: int) -> tuple[int, int]:
+    """Characters of ``p.texts[text]`` that token ``position`` covers (the token just read
+    when the candidate's change was measured); ``(-1, -1)`` without a fast tokenizer."""
+    spans = p.extra.setdefault("spans", {})
+    if text not in spans:
+        try:
+            enc = p.tuned.tokenizer(p.texts[text], add_special_tokens=True,
+                                    return_offsets_mapping=True)
+            spans[text] = [tuple(map(int, o)) for o in enc["offset_mapping"]]
+        except (NotImplementedError, KeyError, TypeError, ValueError):
+            spans[text] = []
+    got = spans[text]
+    return got[position] if position < len(got) else (-1, -1)
 
 
 def _samples(p: _Pair) -> dict[str, Any]:
@@ -507,9 +572,9 @@ def _amplify(p: _Pair, summary: dict[str, Any], words: Sequence[str]) -> None:
     c = p.config
     s = _samples(p)
     by_alpha: dict[float, list[str]] = {}
-    rows = []
+    rows: list[dict[str, Any]] = []
     tick = p.bar("amplification", len(c.alphas))
-    for a in c.alphas:
+    for a in sorted(c.alphas):
         if a == 0:
             texts, pids, toks = s["tuned"]
         else:
@@ -518,16 +583,24 @@ def _amplify(p: _Pair, summary: dict[str, Any], words: Sequence[str]) -> None:
         nll = continuation_nll(p.base, pids, toks, batch_size=c.batch_size).numpy()
         rate = D.hypothesis_rate(texts, words) if words else np.full(len(texts), np.nan)
         ppl = bootstrap_mean(nll, seed=c.seed, resampled="samples")
-        d2 = bootstrap_statistic(functools.partial(_distinct2, texts), len(texts),
-                                 seed=c.seed, resampled="samples")
+        per_sample = np.array([distinct_n([t], 2) for t in texts], dtype=float)
+        d2 = bootstrap_mean(per_sample, seed=c.seed, resampled="samples")
         rows.append({"alpha": a, "hypothesis_rate": _est(bootstrap_mean(
             rate, seed=c.seed, resampled="samples")) if words else None,
-            "distinct_2": _est(d2),
+            "distinct_2": _est(d2), "distinct_2_pooled": distinct_n(texts, 2),
             "perplexity_base": {**_est(ppl), "value": float(np.exp(ppl.value)),
                                 "ci_low": float(np.exp(ppl.ci_low)),
                                 "ci_high": float(np.exp(ppl.ci_high))}})
         tick(1, "")
-    grow = D.growing_words(by_alpha, n=c.n_words, n_boot=c.n_boot, seed=c.seed)
+    # the words that grow, up to the largest alpha whose samples stay coherent (perplexity
+    # under the base within coherence_factor of alpha 0's), as steering's strength is chosen
+    alphas = sorted(by_alpha)
+    ppls = [float(r["perplexity_base"]["value"]) for r in rows]
+    coherent = [a for a, x in zip(alphas[1:], ppls[1:], strict=True)
+                if x <= c.coherence_factor * ppls[0]]
+    top_alpha = max(coherent) if coherent else alphas[min(1, len(alphas) - 1)]
+    grow = D.growing_words({a: by_alpha[a] for a in (alphas[0], top_alpha)},
+                           n=c.n_words, n_boot=c.n_boot, seed=c.seed)
     p.frames["amplify_words"] = grow
     p.frames["amplify_samples"] = pd.DataFrame(
         [{"alpha": a, "sample": i, "text": t} for a, ts in by_alpha.items()
@@ -538,14 +611,13 @@ def _amplify(p: _Pair, summary: dict[str, Any], words: Sequence[str]) -> None:
         "growth": [{"word": r.word, "value": r.growth, "ci_low": r.ci_low,
                     "ci_high": r.ci_high, "n": int(r.n), "resampled": "samples"}
                    for r in grow.itertuples()],
-        "rule": f"words in more samples at alpha {max(c.alphas):g} than at "
-                f"{min(c.alphas):g} (paired by sample, CI above 0)",
+        "compared_alpha": top_alpha,
+        "rule": f"words in more samples at alpha {top_alpha:g} (the largest whose perplexity "
+                f"under the base is within {c.coherence_factor:g}x alpha "
+                f"{min(c.alphas):g}'s) than at {min(c.alphas):g} (paired by sample, CI above "
+                f"0)",
         **({} if len(grow) else {"note": "no word grows with amplification"}),
     }
-
-
-def _distinct2(texts: Sequence[str], idx: np.ndarray) -> float:
-    return distinct_n([texts[int(i)] for i in idx], 2)
 
 
 def _examples(p: _Pair, words: Sequence[str], n: int = 5) -> list[dict[str, str]]:
@@ -556,7 +628,7 @@ def _examples(p: _Pair, words: Sequence[str], n: int = 5) -> list[dict[str, str]
     if rec is not None and len(rec) and words:
         r = rec[(rec["direction"] == "up")]
         hits = {t for t in r["token"].unique()
-                if (w := D.as_word(p.tokens[int(t)])) is not None
+                if (w := _word_of(p, int(t))) is not None
                 and any(D.words_match(w, h) or D.words_match(h, w) for h in words)}
         hit = r[r["token"].isin(hits)]
         for text in hit.sort_values("diff", ascending=False)["text"].drop_duplicates()[:n]:
@@ -570,6 +642,21 @@ def _examples(p: _Pair, words: Sequence[str], n: int = 5) -> list[dict[str, str]
     return out[:2 * n]
 
 
+def _whole_words(p: _Pair, summary: Mapping[str, Any], methods: Sequence[str]
+                 ) -> dict[str, list[str]]:
+    """Each method's top words that occur as whole words in what the run read or wrote
+    (the texts, the samples, the amplified and the steered texts): a token that only ever
+    stood inside a word (``itt``) names nothing the hypothesis can say."""
+    texts = list(p.texts) + [t for s in p.extra.get("samples", {}).values() for t in s[0]]
+    texts += [t for ts in p.extra.get("amplified", {}).values() for t in ts]
+    steer = p.frames.get("adl_steering")
+    if steer is not None:
+        texts += list(steer["steered"]) + list(steer["unsteered"])
+    seen = {w for t in texts for w in D.text_words(t)}
+    return {m: [w for w in summary[m]["top_words"] if w in seen] for m in methods
+            if m in summary}
+
+
 def _run_pair(p: _Pair, themes: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
     c = p.config
     summary: dict[str, Any] = {}
@@ -579,14 +666,12 @@ def _run_pair(p: _Pair, themes: Sequence[Mapping[str, Any]] = ()) -> dict[str, A
     if "mining" in c.methods:
         _mining(p, summary)
     _logodds(p, summary)
-    first = D.agree({m: summary[m]["top_words"] for m in ("adl", "mining", "logodds")
-                     if m in summary})
+    first = D.agree(_whole_words(p, summary, ("adl", "mining", "logodds")))
     words = first.words or [w for m in ("adl", "mining", "logodds") if m in summary
                             for w in summary[m]["top_words"][:3]]
     if "amplify" in c.methods:
         _amplify(p, summary, words)
-    hyp = D.agree({m: summary[m]["top_words"] for m in ("adl", "mining", "amplify", "logodds")
-                   if m in summary})
+    hyp = D.agree(_whole_words(p, summary, ("adl", "mining", "amplify", "logodds")))
     summary["hypothesis"] = {**hyp.to_json(), "examples": _examples(p, hyp.words)}
     if themes:
         summary["hypothesis"]["themes"] = [dict(t) for t in themes]
@@ -669,7 +754,7 @@ def run_discover(
         base.layers.normalize(config.layer)  # a layer out of range: one line, nothing written
     check_writable(out)
     tokens = _token_texts(base)
-    finetune = list(finetune_texts) if finetune_texts else None
+    finetune = list(finetune_texts)[:config.max_finetune] if finetune_texts else None
     with rich_progress(progress) as bar:
         names = list(mset.names)
         final = (names[0], names[-1])

@@ -76,7 +76,7 @@ def _bar_words(name: str, title: str, words: list[str], values: list[float],
                   ylabel=ylabel, caption=caption)
 
 
-def _patchscope_figure(df: pd.DataFrame) -> CustomFigure | None:
+def _patchscope_figure(df: pd.DataFrame | None) -> CustomFigure | None:
     if df is None or df.empty:
         return None
     words = list(dict.fromkeys(df.sort_values("probability", ascending=False)["word"]))[:20]
@@ -127,7 +127,7 @@ def discover_figures(summary: Mapping[str, Any], frames: Mapping[str, pd.DataFra
                            ylabel="|delta| / mean |h_tuned|",
                            caption="The mean of h_tuned - h_base over the first positions, "
                                    "relative to the tuned model's mean state norm."))
-    ps = _patchscope_figure(frames.get("adl_patchscope"))  # type: ignore[arg-type]
+    ps = _patchscope_figure(frames.get("adl_patchscope"))
     if ps is not None:
         figs.append(ps)
     up = frames.get("mining_up")
