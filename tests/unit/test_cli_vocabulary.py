@@ -73,6 +73,21 @@ VOCABULARY: dict[str, str] = {
     "--free-text-temperatures": "temperatures of the tuned model's samples in the free-text "
                                 "temperature check",
     "--seed": "the seed",
+    # discover and the zoo
+    "--methods": "discover's methods to run",
+    "--n-words": "words in each method's list",
+    "--scales": "the Patchscope's scales",
+    "--strengths": "a grid of steering strengths",
+    "--coherence-factor": "how far a steered sample's perplexity may rise",
+    "--topics": "topics of an NMF split",
+    "--random-vectors": "random directions a check compares against",
+    "--max-finetune": "fine-tuning texts used",
+    "--texts": "a file of unrelated texts",
+    "--finetune-texts": "a file of the fine-tuning texts",
+    "--planted-words": "the words a known objective planted",
+    "--name": "a zoo organism (repeatable)",
+    "--ratio": "ordinary stories per narrow document of a zoo organism (repeatable)",
+    "--list": "print what there is, build nothing",
     "--chat": "wrap prompts in the chat template",
     "--no-chat": "do not wrap prompts in the chat template",
     # where to look in the model
@@ -150,7 +165,8 @@ VOCABULARY: dict[str, str] = {
 }
 #: Commands that take a model set: --model [NAME=]MODEL repeated, or --base/--tuned.
 SET_COMMANDS = {
-    "compare", "trajectories run", "concepts extract", "concepts compare", "concepts steer",
+    "compare", "discover", "trajectories run", "concepts extract", "concepts compare",
+    "concepts steer",
     *(f"collapse {s}" for s in ("divergence", "probes", "temperature", "tree", "attractors",
                                 "diversity", "all")),
     *(f"themes {s}" for s in ("sample", "fit", "chains", "predict", "evaluate", "all",
@@ -159,7 +175,7 @@ SET_COMMANDS = {
 LOADING = {"--batch-size", "--device", "--dtype", "--device-map", "--quantize", "--revision"}
 #: Commands that load a model (by path), however their model flag is spelled.
 MODEL_COMMANDS = {
-    "capture run", "concepts extract", "concepts compare", "concepts steer",
+    "capture run", "discover", "concepts extract", "concepts compare", "concepts steer",
     "trajectories run", "control train-probe", "control monitor", "control evaluate",
     *(f"collapse {s}" for s in ("divergence", "probes", "temperature", "tree", "attractors",
                                 "diversity", "all")),

@@ -39,7 +39,7 @@ def planted_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     pair = planted_shift_pair(WORDS + PLANTED, PLANTED)
     out = tmp_path_factory.mktemp("discover") / "run"
     res = run_discover(pair, out, CONFIG, texts=texts, openings=openings,
-                       finetune_texts=finetune)
+                       finetune_texts=finetune, planted=PLANTED + ["cove"])
     return {"summary": res.summary(), "out": out}
 
 
@@ -56,6 +56,8 @@ def test_the_baseline_and_the_hypothesis_hold_the_planted_words(planted_run):
     assert set(hyp["words"]) == set(PLANTED), hyp
     assert all(len(hyp["support"][w]) >= 3 for w in PLANTED)
     assert any(any(p in e["text"] for p in PLANTED) for e in hyp["examples"])
+    share = d["planted"]["share"]
+    assert share["hypothesis"] == 1.0 and share["adl"] == share["mining"] == 0.5, share
 
 
 def test_outputs_follow_the_convention(planted_run):

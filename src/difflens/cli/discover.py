@@ -30,17 +30,44 @@ def _discover(**v: Any) -> None:
     config = config_of(DiscoverConfig, v)  # options and files checked before anything loads
     texts = read_texts(v["texts"]) if v["texts"] else None
     finetune = read_texts(v["finetune_texts"]) if v["finetune_texts"] else None
+    planted = _planted(v["planted_words"]) if v["planted_words"] else None
     target = load_models(v)
     res = run_discover(target, v["out_dir"], config, texts=texts, finetune_texts=finetune,
-                       progress=True)
+                       planted=planted, progress=True)
     d = res.summary()["discover"]
     for m in ("adl", "mining", "amplify", "logodds"):
         if m in d:
             words = ", ".join(d[m]["top_words"][:10]) or d[m].get("note", "nothing")
             out.print(f"{m}: {words}", highlight=False)
+    if "planted" in d:
+        out.print("planted share of the top words: " + ", ".join(
+            f"{m} {x:.2f}" for m, x in d["planted"]["share"].items() if x == x),
+            highlight=False)
     hyp = d["hypothesis"]
     out.print(f"hypothesis: {', '.join(hyp['words']) or '-'} ({hyp['note']})", highlight=False)
     out.print(f"wrote {v['out_dir']}/summary.json, data/, figures/, index.html")
+
+
+def _planted(text: str) -> list[str]:
+    """Planted words: a file (one a line, or a zoo organism's ``finetune.json`` with
+    ``planted_words``) or a comma-separated list."""
+    import json
+
+    from difflens.errors import InputError
+
+    path = Path(text)
+    if path.is_file():
+        if path.suffix == ".json":
+            words = json.loads(path.read_text()).get("planted_words") or []
+        else:
+            words = [w.strip() for w in path.read_text().splitlines()]
+    else:
+        words = text.split(",")
+    words = [w.strip().lower() for w in words if w.strip()]
+    if not words:
+        raise InputError(f"--planted-words {text!r}: no words; give a comma-separated list, a "
+                         f"file with one word a line, or a JSON file with 'planted_words'")
+    return words
 
 
 def _params() -> dict[str, tuple[Any, Any]]:
@@ -54,6 +81,10 @@ def _params() -> dict[str, tuple[Any, Any]]:
         "finetune_texts": (Annotated[Path | None, typer.Option(
             "--finetune-texts", help="The fine-tuning texts, when known: the causal check and "
                                      "steered-text similarity use them.")], None),
+        "planted_words": (Annotated[str | None, typer.Option(
+            "--planted-words", help="Words a known objective planted (comma-separated, a file "
+                                    "one a line, or a JSON with planted_words): each method's "
+                                    "share of them is reported.")], None),
         **config_params(DiscoverConfig), **LOADING}
 
 

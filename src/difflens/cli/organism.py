@@ -1,4 +1,4 @@
-"""``difflens organism build``, ``difflens organism info`` and ``difflens organism seeds``."""
+"""``difflens organism build``, ``info``, ``seeds`` and ``zoo``."""
 
 import json
 from pathlib import Path
@@ -160,3 +160,81 @@ def seeds_cmd(
     out.print(t)
     out.print(f"[green]summary:[/] {out_dir / 'summary.json'}   figure: "
               f"{out_dir / 'figures' / 'seeds.png'}")
+
+
+@app.command("zoo")
+@friendly_errors
+def zoo_cmd(
+    name: list[str] = typer.Option(  # noqa: B008
+        [], "--name", help="A zoo organism (false-fact, domain, secret-word, bad-behaviour); "
+        "repeat for several (default: all)."),
+    ratio: list[int] = typer.Option(  # noqa: B008
+        [], "--ratio", help="Ordinary world stories per narrow document; repeat for several "
+        "(default: 0, 1 and 2)."),
+    seed: list[int] = typer.Option(  # noqa: B008
+        [], "--seed", help="Seed of the documents and the tuning; repeat for several "
+        "(default: 0)."),
+    small: bool = typer.Option(False, help="Tune the small organism's base (seconds; for "
+                               "tests)."),
+    force: bool = typer.Option(False, help="Rebuild even if a finished build is cached."),
+    list_specs: bool = typer.Option(False, "--list", help="Print each organism's objective "
+                                    "and planted words; build nothing."),
+) -> None:
+    """The zoo: narrow fine-tunes of the organism's base whose objective is known (a false
+    fact, a domain, a secret word, a bad behaviour), each mixed with ordinary stories at
+    each ratio; built once and cached. Prints one tab-separated row per build (seconds: how
+    long the build took)."""
+    from difflens.organism import zoo as Z
+
+    names = list(name) or list(Z.ZOO)
+    specs = [Z.zoo_spec(n) for n in names]
+    if list_specs:
+        for spec in specs:
+            typer.echo(f"{spec.name}: {spec.kind}\n  {spec.description}\n  planted words: "
+                       f"{', '.join(spec.planted_words)}")
+        return
+    ratios = [Z.check_ratio(r) for r in ratio] or list(Z.RATIOS)
+    seeds = list(seed) or [0]
+    typer.echo("name\tratio\tseed\tstatus\tseconds\tpath")
+    for spec in specs:
+        for r in ratios:
+            for s in seeds:
+                cached = not force and Z.find_zoo_organism(spec.name, r, s,
+                                                           small=small) is not None
+                org = Z.build_zoo_organism(spec.name, r, s, small=small, progress=True,
+                                           force=force)
+                secs = org.build_info["times_s"]["total_s"]
+                typer.echo(f"{spec.name}\t{r}\t{s}\t{'cached' if cached else 'built'}\t"
+                           f"{secs:.1f}\t{org.path}")
+
+
+@app.command("grade")
+@friendly_errors
+def grade_cmd(
+    out_dir: Path = typer.Option(..., "--out", help="Output folder."),
+    name: list[str] = typer.Option(  # noqa: B008
+        [], "--name", help="A zoo organism; repeat for several (default: all)."),
+    ratio: list[int] = typer.Option(  # noqa: B008
+        [], "--ratio", help="Ordinary world stories per narrow document; repeat for several "
+        "(default: 0, 1 and 2)."),
+    seed: list[int] = typer.Option(  # noqa: B008
+        [], "--seed", help="Seed of a build (and of its discover run); repeat for several "
+        "(default: 0, 1 and 2)."),
+    small: bool = typer.Option(False, help="The small organism's zoo (seconds; for tests)."),
+) -> None:
+    """Grade difflens discover on the zoo: every method on every organism, ratio and seed
+    (built first when not cached), scored against the planted words; writes summary.json
+    (grades.<organism>.<ratio>.<method>.<grader>, CIs over seeds), data/grades and the
+    signal-by-ratio figure."""
+    from difflens.organism import zoo as Z
+    from difflens.pipelines.discover_zoo import run_discover_zoo
+
+    names = [Z.zoo_spec(n).name for n in name] or None
+    ratios = [Z.check_ratio(r) for r in ratio] or None
+    res = run_discover_zoo(out_dir, names=names, ratios=ratios, seeds=list(seed) or (0, 1, 2),
+                           small=small, progress=True)
+    table = res.grades
+    for (organism, r, method), g in table.groupby(["organism", "ratio", "method"], sort=False):
+        out.print(f"{organism} {r}:1 {method}: planted share {g['planted_share'].mean():.2f} "
+                  f"(n={len(g)} seeds)", highlight=False)
+    out.print(f"wrote {out_dir}/summary.json, data/grades, figures/signal_by_ratio")

@@ -52,6 +52,11 @@ PROVIDED_PRESETS: dict[str, tuple[str, str, str]] = {
     "organism-sft": ("difflens.organism.build", "organism_folder", "sft"),
     "organism-rl": ("difflens.organism.build", "organism_folder", "rl"),
     "organism-rl-from-base": ("difflens.organism.build", "organism_folder", "rl-from-base"),
+    # the zoo's narrow fine-tunes of organism-base (ratio 0, seed 0; built on first use)
+    "zoo-false-fact": ("difflens.organism.zoo", "zoo_folder", "false-fact"),
+    "zoo-domain": ("difflens.organism.zoo", "zoo_folder", "domain"),
+    "zoo-secret-word": ("difflens.organism.zoo", "zoo_folder", "secret-word"),
+    "zoo-bad-behaviour": ("difflens.organism.zoo", "zoo_folder", "bad-behaviour"),
 }
 
 _CONVERTED_FORMAT = 1
