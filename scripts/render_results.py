@@ -520,8 +520,40 @@ def discover_zoo() -> str:
                    "steering gain vs random"], rows)
 
 
+def _discover_rows(label: str, d: dict[str, Any]) -> list[list[str]]:
+    share = (d.get("planted") or {}).get("share", {})
+    rows = []
+    for method in DISCOVER_METHODS:
+        node = d.get(method)
+        if node is None:
+            continue
+        words = node["words"] if method == "hypothesis" else node["top_words"]
+        rows.append([label, method, ", ".join(words[:10]) or "— (" + node.get(
+            "note", "none") + ")", fmt(share[method], pct=True) if method in share else "—"])
+    return rows
+
+
+def discover_organism() -> str:
+    """discover on the organism's lineage: each stage's words, and the whole fine-tune's."""
+    run = "discover-organism"
+    rows = []
+    for stage, d in value(run, "stages").items():
+        rows += _discover_rows(stage.replace("-to-", " → "), d)
+    rows += _discover_rows("base → rl", value(run, "discover"))
+    return _table(["stage", "method", "top 10 words", "planted share"], rows)
+
+
+def discover_stories260k() -> str:
+    """discover on stories260k against its narrow fine-tune by the sea."""
+    return _table(["pair", "method", "top 10 words", "planted share of top 20"],
+                  _discover_rows("stories260k → sea fine-tune",
+                                 value("discover-stories260k", "discover")))
+
+
 TABLES: dict[str, tuple[str, Callable[[], str]]] = {
     "discover_zoo": ("discover-zoo", discover_zoo),
+    "discover_organism": ("discover-organism", discover_organism),
+    "discover_stories260k": ("discover-stories260k", discover_stories260k),
     "lineage_attribution": ("demo", lineage_attribution),
     "organism_seeds": ("organism-seeds", organism_seeds),
     "organism_seed_stages": ("organism-seeds", organism_seed_stages),

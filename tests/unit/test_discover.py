@@ -64,8 +64,12 @@ def test_outputs_follow_the_convention(planted_run):
     out = planted_run["out"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["discover"]["adl"]["layer"] == 1
-    for name in ("adl_layers", "adl_lens", "adl_patchscope", "adl_steering", "mining_up",
-                 "mining_topics", "logodds", "amplify_words"):
+    from safetensors.torch import load_file
+
+    delta = load_file(out / "adl_delta.safetensors")["delta"]
+    assert delta.shape == (3, 5, len(WORDS) + len(PLANTED) + 5)  # layers, positions, d_model
+    for name in ("adl_layers", "adl_positions", "adl_lens", "adl_patchscope", "adl_steering",
+                 "mining_up", "mining_topics", "logodds", "amplify_words"):
         assert (out / "data" / f"{name}.parquet").is_file() and \
             (out / "data" / f"{name}.csv").is_file(), name
     assert (out / "index.html").is_file()

@@ -32,7 +32,12 @@ from typing import Any
 
 import pandas as pd
 
-from difflens._io import check_writable, rich_progress, write_json_atomic
+from difflens._io import (
+    check_writable,
+    rich_progress,
+    write_json_atomic,
+    write_tensors_atomic,
+)
 from difflens.analysis import discover as D
 from difflens.errors import InputError
 from difflens.models.loading import LoadedModel
@@ -93,6 +98,12 @@ def _pair_run(base: LoadedModel, tuned: LoadedModel, names: tuple[str, str], out
                "n_finetune_texts": len(finetune or []), "config": _config_json(config)}
     figures = _write(out, summary, p.frames, f"difflens discover: {names[0]} -> {names[1]}",
                      index)
+    if "adl_delta" in p.extra:  # the mean differences themselves, to steer with later
+        ad = p.extra["adl_delta"]
+        write_tensors_atomic(out / "adl_delta.safetensors", {"delta": ad.delta.contiguous()},
+                             {"layers": ",".join(map(str, ad.layers)), "positions": str(ad.k),
+                              "base": base.identity.name, "tuned": tuned.identity.name,
+                              "layer": str(found["adl"]["layer"])})
     return summary, figures
 
 

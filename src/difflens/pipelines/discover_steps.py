@@ -137,6 +137,12 @@ def _adl(p: Pair, summary: dict[str, Any]) -> None:
                      "relative_norm": float(d.norm()) / max(float(ad.tuned_norm[i]), 1e-12),
                      "lens_words": " ".join(w for w, _ in words)})
     p.frames["adl_layers"] = pd.DataFrame(rows)
+    p.frames["adl_positions"] = pd.DataFrame(
+        [{"layer": lay, "position": j, "n_texts": int(ad.counts[j]),
+          "delta_norm": float(ad.delta[i, j].norm()),
+          "relative_norm": float(ad.delta[i, j].norm()) / max(float(ad.tuned_norm[i]), 1e-12)}
+         for i, lay in enumerate(ad.layers) for j in range(ad.k)])
+    p.extra["adl_delta"] = ad
     out: dict[str, Any] = {"layer": layer, "positions": c.positions, "n_texts": len(p.texts),
                            "relative_norm": rel, "delta_norm": float(delta.norm()),
                            "tuned_mean_norm": norm, "bos_left_out": ad.bos}
