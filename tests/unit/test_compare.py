@@ -248,10 +248,10 @@ def test_sections_from_only_skip_and_the_config():
     from difflens.errors import InputError
 
     assert choose_sections(None, None) == ("capture", "concepts", "trajectories", "collapse",
-                                           "control", "themes")
+                                           "control", "themes", "discover")
     assert choose_sections("collapse,concepts", None) == ("concepts", "collapse")
-    assert choose_sections(None, "control,themes") == ("capture", "concepts", "trajectories",
-                                                       "collapse")
+    assert choose_sections(None, "control,themes,discover") == (
+        "capture", "concepts", "trajectories", "collapse")
     assert choose_sections(None, "capture", ["capture", "themes"]) == ("themes",)
     with pytest.raises(InputError, match="leave no section"):
         choose_sections("collapse", "collapse")
