@@ -1,8 +1,8 @@
 """The explorer's discover view over a real ``difflens discover`` run of the planted-shift
 pair (``test_discover``'s setup: every method finds the planted words): the page shows the
 hypothesis, each method's words, the Patchscope grid and the steering rows; a word opens
-the texts where the models differ most on it (the token placed when the run's models are
-loaded); the amplification endpoint gives the samples at one alpha with the hypothesis
+the texts where the models differ most on it (the token marked by the span discover
+stored); the amplification endpoint gives the samples at one alpha with the hypothesis
 words marked; a lineage's stages and a compare folder's discover section open too."""
 
 import json
@@ -18,9 +18,8 @@ from starlette.testclient import TestClient
 
 from difflens.analysis.discover import words_match
 from difflens.explore import create_app
-from difflens.explore.live import open_live
 from difflens.explore.runs import open_runs
-from difflens.models.tiny import planted_shift_pair, tiny_pair
+from difflens.models.tiny import planted_shift_pair
 from difflens.pipelines.discover import DiscoverConfig, run_discover
 
 # test_discover's planted world and small config
@@ -125,15 +124,23 @@ def test_a_word_opens_the_texts_where_the_models_differ_most(
     texts = got["texts"]
     mine = examples[examples["word"] == "harbor"]
     assert 0 < len(texts) <= len(mine)
-    # raised first, then the largest change first; each text whole, not placed (no models)
+    # raised first, then the largest change first; the token read before the change is
+    # marked by the span discover stored (the word tokenizer: one token a word after <bos>)
     ups = [t for t in texts if t["direction"] == "up"]
     assert texts[:len(ups)] == ups and ups
     assert [abs(t["diff"]) for t in ups] == sorted((abs(t["diff"]) for t in ups), reverse=True)
     assert abs(ups[0]["diff"]) == pytest.approx(mine[mine["direction"] == "up"]["diff"]
                                                 .abs().max())
     for t in texts:
-        assert not t["placed"] and len(t["pieces"]) == 1
-        assert t["pieces"][0][0] == mine[mine["text"] == t["text"]]["content"].iloc[0]
+        content = mine[mine["text"] == t["text"]]["content"].iloc[0]
+        assert "".join(p for p, _ in t["pieces"]) == content
+        if t["position"] == 0:  # <bos> spells no characters: the text comes whole
+            assert not t["placed"] and len(t["pieces"]) == 1
+            continue
+        before, at, after = (p for p, _ in t["pieces"])
+        assert t["placed"] and [m for _, m in t["pieces"]] == [False, True, False]
+        assert at == content.split()[t["position"] - 1]
+        assert len(before.split()) == t["position"] - 1
     # a piece of a word names it (the words_match rule); a word with no texts says why
     assert client.get("/api/runs/0/discover/word?word=lighth").json()["matched"] == [
         "lighthouse"]
@@ -142,26 +149,19 @@ def test_a_word_opens_the_texts_where_the_models_differ_most(
     assert client.get("/api/runs/0/discover/word?word=").status_code == 422
 
 
-def test_with_the_runs_models_loaded_the_changed_token_is_marked(
-        planted: dict[str, Any]) -> None:
-    """Started with the run's own models, each text comes as before / at / after the token
-    after which the tuned model raised the word (the word tokenizer: one token a word after
-    <bos>); other models are not the run's, and nothing is placed."""
-    app = create_app([planted["out"]], live=open_live(planted["pair"]))
-    texts = TestClient(app).get("/api/runs/0/discover/word?word=harbor").json()["texts"]
-    assert texts
-    for t in texts:
-        before, at, after = (p for p, _ in t["pieces"])
-        assert t["placed"] and [m for _, m in t["pieces"]] == [False, True, False]
-        words = (before + at + after).split()
-        assert at.strip() == (words[t["position"] - 1] if t["position"] else "")
-        assert len(before.split()) == max(t["position"] - 1, 0)
-    assert '"placed": true' in TestClient(app).get("/runs/0/discover").text
-    # models other than the run's (by name) would place the token wrongly: none is placed
-    other = TestClient(create_app([planted["out"]], live=open_live(tiny_pair())))
-    assert not any(t["placed"] for t in
-                   other.get("/api/runs/0/discover/word?word=harbor").json()["texts"])
-    assert '"placed": false' in other.get("/runs/0/discover").text
+def test_a_run_without_stored_spans_shows_each_text_whole(planted: dict[str, Any],
+                                                          tmp_path: Path) -> None:
+    """A run written before discover stored each change's character span: the texts come
+    whole, and the page says why."""
+    old = tmp_path / "old"
+    shutil.copytree(planted["out"], old)
+    path = old / "data" / "mining_examples.parquet"
+    pd.read_parquet(path).drop(columns=["char_start", "char_end"]).to_parquet(path)
+    client = TestClient(create_app([old]))
+    texts = client.get("/api/runs/0/discover/word?word=harbor").json()["texts"]
+    assert texts and not any(t["placed"] for t in texts)
+    assert all(len(t["pieces"]) == 1 for t in texts)
+    assert '"placed": false' in client.get("/runs/0/discover").text
 
 
 def test_amplified_samples_at_one_alpha_mark_the_hypothesis_words(

@@ -46,12 +46,10 @@ from difflens.explore.live import (
     ids_field,
     info,
     int_field,
-    run_tokenizer,
     score_text,
     steer,
     steer_request,
     text_field,
-    token_span,
     trees,
 )
 
@@ -268,26 +266,11 @@ def create_app(folders: Sequence[Path], *, allowed_hosts: Sequence[str] | None =
         return HTMLResponse(views.discover_page(
             run, d, examples=examples, grid=grid, steering=steering,
             models=summary.data.get("models"), stages=stages,
-            placed=span_of(summary.data) is not None))
-
-    def span_of(summary: dict[str, Any]) -> data.SpanOf | None:
-        """Where a change's token sits in its text: with the run's own models loaded (their
-        tokenizer is used under the live views' lock, as a fast tokenizer is not to be
-        called from two threads at once)."""
-        tok = run_tokenizer(live, summary.get("models")) if live is not None else None
-        if tok is None or live is None:
-            return None
-        lock = live.lock
-
-        def span(text: str, position: int) -> tuple[int, int] | None:
-            with lock:
-                return token_span(tok, text, position)
-        return span
+            placed=data.examples_placed(run)))
 
     def word_work(run: runs.Run, q: Any) -> Any:
-        summary = runs.read_summary(run)
         data.discover_of(run)
-        return data.word_texts(run, q.get("word", ""), span_of(summary.data or {}))
+        return data.word_texts(run, q.get("word", ""))
 
     def samples_work(run: runs.Run, q: Any) -> Any:
         try:

@@ -14,7 +14,7 @@ import functools
 import json
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -297,9 +297,6 @@ _WORD = re.compile(r"[a-z][a-z'\-]*[a-z]|[a-z]{2,}")
 
 #: A text cut into pieces, each ``[text, marked]``.
 Pieces = list[list[Any]]
-#: ``(text, position) -> (start, end)``: the characters of the token at ``position`` of the
-#: text as the run's tokenizer reads it, or ``None`` (``difflens.explore.live.token_span``).
-SpanOf = Callable[[str, int], "tuple[int, int] | None"]
 
 
 def discover_of(run: Run) -> dict[str, Any]:
@@ -424,14 +421,23 @@ def amplify_samples(run: Run, alpha: float) -> dict[str, Any]:
             "words": words}
 
 
-def word_texts(run: Run, word: str, span_of: SpanOf | None = None) -> dict[str, Any]:
+def examples_placed(run: Run) -> bool:
+    """Whether ``data/mining_examples`` stores each change's character span
+    (``char_start``, ``char_end``)."""
+    path = run.file("data/mining_examples.parquet")
+    if path is None:
+        return False
+    return {"char_start", "char_end"} <= {c for c, _ in schema(path)}
+
+
+def word_texts(run: Run, word: str) -> dict[str, Any]:
     """The texts where the two models differ most on ``word`` (``data/mining_examples``:
     the tokens whose log-probability the fine-tune raised, or lowered, at the most
     positions, with the texts of their largest changes), raised first, then by the size of
     the change. Each text comes in pieces: before, at and after the token at the change's
-    position (the model read up to it and then predicted ``word``) when ``span_of`` can
-    place it, else whole. A word with no rows of its own takes the rows of the words that
-    match it (``words_match``)."""
+    position (the model read up to it and then predicted ``word``; ``char_start`` and
+    ``char_end``, which discover stores), else whole. A word with no rows of its own takes
+    the rows of the words that match it (``words_match``)."""
     path = run.file("data/mining_examples.parquet")
     if path is None:
         raise InputError("no data/mining_examples.parquet in this run: diff mining did not "
@@ -444,19 +450,21 @@ def word_texts(run: Run, word: str, span_of: SpanOf | None = None) -> dict[str, 
                                      "WHERE word IS NOT NULL", [str(path)])]
     matched = [word] if word in have else sorted(
         w for w in have if words_match(w, word) or words_match(word, w))
-    rows = query("SELECT direction, word, text, position, diff, content FROM read_parquet(?) "
-                 "WHERE list_contains(?, lower(word)) ORDER BY direction <> 'up', abs(diff) "
-                 "DESC, text, position", [str(path), matched]) if matched else []
+    spans = ("char_start, char_end" if examples_placed(run)
+             else "-1 AS char_start, -1 AS char_end")
+    rows = query(f"SELECT direction, word, text, position, diff, content, {spans} FROM "
+                 f"read_parquet(?) WHERE list_contains(?, lower(word)) ORDER BY direction <> "
+                 f"'up', abs(diff) DESC, text, position", [str(path), matched]) if matched else []
     seen: set[tuple[str, int, int]] = set()
     out = []
-    for direction, w, text_id, position, diff, content in rows:
+    for direction, w, text_id, position, diff, content, start, end in rows:
         key = (str(direction), int(text_id), int(position))
         if key in seen:
             continue
         seen.add(key)
         text = str(content or "")
-        span = span_of(text, int(position)) if span_of is not None else None
-        if span is not None and not 0 <= span[0] <= span[1] <= len(text):
+        span: tuple[int, int] | None = (int(start), int(end))
+        if span is None or not 0 <= span[0] < span[1] <= len(text):
             span = None
         pieces = ([[text[:span[0]], False], [text[span[0]:span[1]], True],
                    [text[span[1]:], False]] if span is not None else [[text, False]])

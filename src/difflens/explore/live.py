@@ -169,40 +169,6 @@ def info(live: Live) -> dict[str, Any]:
             "limits": dataclasses.asdict(live.limits)}
 
 
-def run_tokenizer(live: Live, models: Any) -> Any:
-    """The loaded models' tokenizer when they are the models a stored run names
-    (``models``: its summary's ``{"base": name, "tuned": name}``, every name loaded here),
-    else ``None``: a run read with another tokenizer would be placed wrongly."""
-    names = {lm.identity.name for lm in live.models.values()}
-    if not isinstance(models, Mapping) or not models or \
-            not all(isinstance(n, str) and n in names for n in models.values()):
-        return None
-    return live.tokenizer
-
-
-def token_span(tokenizer: Any, text: str, position: int) -> tuple[int, int] | None:
-    """The characters of ``text`` that the token at ``position`` spells, as ``tokenizer``
-    reads the text (special tokens added, as diff mining reads it); ``(0, 0)`` for a
-    leading special token, ``None`` when it cannot be placed."""
-    try:
-        enc = tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
-        offsets = enc["offset_mapping"]
-        if 0 <= position < len(offsets):
-            start, end = (int(x) for x in offsets[position])
-            return (start, end) if 0 <= start <= end <= len(text) else None
-        return None
-    except (NotImplementedError, KeyError, TypeError, ValueError):
-        pass  # a slow tokenizer has no offsets: place the token by decoding
-    ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
-    if not 0 <= position < len(ids):
-        return None
-    before = tokenizer.decode(ids[:position], skip_special_tokens=True)
-    upto = tokenizer.decode(ids[:position + 1], skip_special_tokens=True)
-    if not (text.startswith(upto) and upto.startswith(before)):
-        return None
-    return len(before), len(upto)
-
-
 def statistics(labels: Sequence[str], probes: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
     """The statistics typed text is coloured by: name -> ``{"label", "columns": {model:
     column}}``; KL and the log-prob difference read from each panel's model (a pair only);

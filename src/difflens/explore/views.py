@@ -459,8 +459,8 @@ def discover_page(run: Run, d: dict[str, Any], *, examples: Sequence[tuple[str, 
         steering: the rows of ``data/adl_steering`` (``None``: no such table).
         models: the summary's ``models`` (``{"base": name, "tuned": name}``).
         stages: a lineage's stages: ``(name, run id or None, hypothesis words)``.
-        placed: whether the changes' tokens can be placed in the texts (the run's models
-            are loaded).
+        placed: whether the changes' tokens can be placed in the texts (``mining_examples``
+            stores their character spans).
     """
     pair = (f" · {esc(models.get('base', '?'))} → {esc(models.get('tuned', '?'))}"
             if isinstance(models, dict) else "")

@@ -50,8 +50,8 @@ async function openWord(word) {
   const matched = d.matched.length && (d.matched.length > 1 || d.matched[0] !== d.word)
     ? `<p class="path">texts of ${d.matched.map(esc).join(', ')}</p>` : '';
   const where = d.texts.length && !CONFIG.placed
-    ? '<p class="path">Start the explorer with the run\'s models (--base/--tuned) to mark ' +
-      'the token after which each change happens.</p>' : '';
+    ? '<p class="path">This run stores no token positions (an older difflens wrote it), ' +
+      'so each text is shown whole.</p>' : '';
   list.innerHTML = (d.note ? `<p>${esc(d.note)}</p>` : '') + matched + where +
     d.texts.map(wordText).join('');
 }
