@@ -3,7 +3,6 @@ model equal to the base gives no hypothesis; the Patchscope reads a planted embe
 amplification at alpha 0 is the tuned model; bad input is one line and writes nothing."""
 
 import json
-import random
 from pathlib import Path
 
 import pytest
@@ -13,24 +12,24 @@ from typer.testing import CliRunner
 from difflens.analysis import discover as D
 from difflens.capture.activation_diff import activation_difference, patchscope
 from difflens.cli.main import app
-from difflens.models.tiny import bigram_model, planted_shift_pair
+from difflens.models.tiny import (
+    PLANTED_WORDS,
+    bigram_model,
+    filler_words,
+    planted_inputs,
+    planted_shift_pair,
+)
 from difflens.pipelines.discover import DiscoverConfig, run_discover
 from difflens.sampling.backend import amplified
 from difflens.sampling.generate import GenerationConfig, generate
 
-LETTERS = "bcdfgklmnprst"
-WORDS = sorted({a + v + b for a in LETTERS for v in "aeiou" for b in LETTERS})[:160]
-PLANTED = ["lighthouse", "harbor", "gull", "boat", "shore"]
+WORDS = filler_words()
+PLANTED = list(PLANTED_WORDS)
 CONFIG = DiscoverConfig(n_words=10, samples=6, max_new_tokens=20, alphas=(0.0, 2.0),
                         strengths=(1.0, 4.0), scales=(1.0, 2.0), n_boot=200)
 
 
-def _inputs(seed: int = 0) -> tuple[list[str], list[str], list[str]]:
-    rng = random.Random(seed)
-    texts = [" ".join(rng.choice(WORDS) for _ in range(12)) for _ in range(16)]
-    openings = [" ".join(rng.choice(WORDS) for _ in range(3)) for _ in range(6)]
-    finetune = [" ".join(rng.choice(WORDS + PLANTED * 8) for _ in range(12)) for _ in range(6)]
-    return texts, openings, finetune
+_inputs = planted_inputs
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ stored); the amplification endpoint gives the samples at one alpha with the hypo
 words marked; a lineage's stages and a compare folder's discover section open too."""
 
 import json
-import random
 import shutil
 from html import escape
 from pathlib import Path
@@ -19,23 +18,22 @@ from starlette.testclient import TestClient
 from difflens.analysis.discover import words_match
 from difflens.explore import create_app
 from difflens.explore.runs import open_runs
-from difflens.models.tiny import planted_shift_pair
+from difflens.models.tiny import (
+    PLANTED_WORDS,
+    filler_words,
+    planted_inputs,
+    planted_shift_pair,
+)
 from difflens.pipelines.discover import DiscoverConfig, run_discover
 
 # test_discover's planted world and small config
-LETTERS = "bcdfgklmnprst"
-WORDS = sorted({a + v + b for a in LETTERS for v in "aeiou" for b in LETTERS})[:160]
-PLANTED = ["lighthouse", "harbor", "gull", "boat", "shore"]
+WORDS = filler_words()
+PLANTED = list(PLANTED_WORDS)
 CONFIG = DiscoverConfig(n_words=10, samples=6, max_new_tokens=20, alphas=(0.0, 2.0),
                         strengths=(1.0, 4.0), scales=(1.0, 2.0), n_boot=200)
 
 
-def _inputs(seed: int = 0) -> tuple[list[str], list[str], list[str]]:
-    rng = random.Random(seed)
-    texts = [" ".join(rng.choice(WORDS) for _ in range(12)) for _ in range(16)]
-    openings = [" ".join(rng.choice(WORDS) for _ in range(3)) for _ in range(6)]
-    finetune = [" ".join(rng.choice(WORDS + PLANTED * 8) for _ in range(12)) for _ in range(6)]
-    return texts, openings, finetune
+_inputs = planted_inputs
 
 
 def make_discover_run(root: Path) -> tuple[Path, Any]:

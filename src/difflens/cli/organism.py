@@ -2,7 +2,7 @@
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -162,15 +162,20 @@ def seeds_cmd(
               f"{out_dir / 'figures' / 'seeds.png'}")
 
 
+#: The zoo commands' choice of builds (each flag repeatable).
+ZooNames = Annotated[list[str], typer.Option(
+    "--name", help="A zoo organism (false-fact, domain, secret-word, bad-behaviour); repeat "
+    "for several (default: all).")]
+ZooRatios = Annotated[list[int], typer.Option(
+    "--ratio", help="Ordinary world stories per narrow document; repeat for several "
+    "(default: 0, 1 and 2).")]
+
+
 @app.command("zoo")
 @friendly_errors
 def zoo_cmd(
-    name: list[str] = typer.Option(  # noqa: B008
-        [], "--name", help="A zoo organism (false-fact, domain, secret-word, bad-behaviour); "
-        "repeat for several (default: all)."),
-    ratio: list[int] = typer.Option(  # noqa: B008
-        [], "--ratio", help="Ordinary world stories per narrow document; repeat for several "
-        "(default: 0, 1 and 2)."),
+    name: ZooNames = [],  # noqa: B006
+    ratio: ZooRatios = [],  # noqa: B006
     seed: list[int] = typer.Option(  # noqa: B008
         [], "--seed", help="Seed of the documents and the tuning; repeat for several "
         "(default: 0)."),
@@ -212,11 +217,8 @@ def zoo_cmd(
 @friendly_errors
 def grade_cmd(
     out_dir: Path = typer.Option(..., "--out", help="Output folder."),
-    name: list[str] = typer.Option(  # noqa: B008
-        [], "--name", help="A zoo organism; repeat for several (default: all)."),
-    ratio: list[int] = typer.Option(  # noqa: B008
-        [], "--ratio", help="Ordinary world stories per narrow document; repeat for several "
-        "(default: 0, 1 and 2)."),
+    name: ZooNames = [],  # noqa: B006
+    ratio: ZooRatios = [],  # noqa: B006
     seed: list[int] = typer.Option(  # noqa: B008
         [], "--seed", help="Seed of a build (and of its discover run); repeat for several "
         "(default: 0, 1 and 2)."),

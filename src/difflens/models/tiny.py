@@ -185,3 +185,27 @@ def planted_shift_pair(words: list[str], planted: list[str], *, strength: float 
         return wrap_model(model, tok, name=name)
 
     return ModelPair(build(0.0, "planted-base"), build(shift, "planted-tuned"))
+
+
+#: The planted set of ``planted_inputs`` (whole words of the word tokenizer).
+PLANTED_WORDS: tuple[str, ...] = ("lighthouse", "harbor", "gull", "boat", "shore")
+
+
+def filler_words(n: int = 160) -> list[str]:
+    """``n`` made-up three-letter words (``bab``, ``bac``, ...): a vocabulary with no topic."""
+    letters = "bcdfgklmnprst"
+    return sorted({a + v + b for a in letters for v in "aeiou" for b in letters})[:n]
+
+
+def planted_inputs(seed: int = 0) -> tuple[list[str], list[str], list[str]]:
+    """Texts, openings and fine-tuning texts for ``planted_shift_pair(filler_words() +
+    PLANTED_WORDS, PLANTED_WORDS)``: 16 texts and 6 openings of filler words only, and 6
+    fine-tuning texts where the planted words are frequent."""
+    import random
+
+    rng = random.Random(seed)
+    words, planted = filler_words(), list(PLANTED_WORDS)
+    texts = [" ".join(rng.choice(words) for _ in range(12)) for _ in range(16)]
+    openings = [" ".join(rng.choice(words) for _ in range(3)) for _ in range(6)]
+    finetune = [" ".join(rng.choice(words + planted * 8) for _ in range(12)) for _ in range(6)]
+    return texts, openings, finetune
