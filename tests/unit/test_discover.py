@@ -173,3 +173,39 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path: Path, pair_folders):
     _error(runner.invoke(app, ["discover", *common, "--methods", "adl,nope", "--out",
                                str(out)]), "--methods")
     assert not out.exists()
+
+
+def test_a_lineage_reads_each_model_once_for_all_its_stages(tmp_path, monkeypatch):
+    """base -> sft -> rl runs three pairs (base -> rl, and each stage); each model's mean
+    states, own samples and greedy openings are made once and shared by its pairs, and the
+    stages' mean differences equal those of the pair run alone."""
+    from difflens.models.tiny import tiny_lineage
+    from difflens.pipelines import discover_steps
+
+    calls: dict[str, list[str]] = {"means": [], "samples": []}
+    real_means, real_sample = discover_steps.mean_states, discover_steps._sample
+
+    def counted_means(lm, *a, **k):  # type: ignore[no-untyped-def]
+        calls["means"].append(lm.identity.name)
+        return real_means(lm, *a, **k)
+
+    def counted_sample(p, lm, backend=None, temperature=1.0):  # type: ignore[no-untyped-def]
+        if backend is None:
+            calls["samples"].append(lm.identity.name)
+        return real_sample(p, lm, backend, temperature)
+
+    monkeypatch.setattr(discover_steps, "mean_states", counted_means)
+    monkeypatch.setattr(discover_steps, "_sample", counted_sample)
+    models = tiny_lineage()
+    texts, openings, _ = planted_inputs()
+    config = DiscoverConfig(samples=1, max_new_tokens=6, alphas=(0.0, 1.0), strengths=(1.0,),
+                            scales=(1.0,), n_boot=50)
+    res = run_discover(models, tmp_path / "run", config, texts=texts, openings=openings)
+    assert sorted(calls["means"]) == sorted(calls["samples"]) == [
+        "tiny-base", "tiny-rl", "tiny-sft"]
+    assert set(res.summary()["stages"]) == {"base-to-sft", "sft-to-rl"}
+    alone = run_discover(models.pair("sft", "rl"), tmp_path / "alone", config, texts=texts,
+                         openings=openings).summary()["discover"]["adl"]
+    staged = res.summary()["stages"]["sft-to-rl"]["adl"]
+    assert staged["delta_norm"] == pytest.approx(alone["delta_norm"], rel=1e-6)
+    assert staged["top_words"] == alone["top_words"]

@@ -2,10 +2,11 @@
 finetuning leaves clearly readable traces in activation differences").
 
 - ``activation_difference``: the mean of ``h_tuned - h_base`` over texts, per captured
-  layer and per position, for the first ``k`` positions of each text (both models read the
-  same tokens; one forward per model per batch, every layer recorded by the one hook site),
-  and each model's mean state norm per layer (positions after the first), which the
-  Patchscope and steering scale to.
+  layer and per position, for the first ``k`` positions of each text, as the difference of
+  the two models' ``mean_states`` over the same token ids (one forward per model per batch,
+  every layer recorded by the one hook site; a lineage reuses each model's means for all
+  its pairs), and each model's mean state norm per layer (positions after the first), which
+  the Patchscope and steering scale to.
 - ``logit_lens``: vectors read through a model's own final norm and LM head.
 - ``patchscope``: the next-token distribution of identity prompts (``man -> man\\n1135 ->
   1135\\nhello -> hello\\n?``) whose last token's state at a layer is *replaced* by a
@@ -89,31 +90,43 @@ def _bos(lm: LoadedModel) -> bool:
     return bos is not None and len(ids) > 0 and ids[0] == bos
 
 
-def activation_difference(base: LoadedModel, tuned: LoadedModel, texts: Sequence[str], *,
-                          k: int = 5, batch_size: int = 32,
-                          progress: Callable[[int], None] | None = None
-                          ) -> ActivationDifference:
-    """The ADL's mean difference at every captured layer for the first ``k`` positions of
-    ``texts`` (each model runs the same token ids once per batch)."""
+@dataclasses.dataclass(frozen=True)
+class MeanStates:
+    """One model's mean state per captured layer and position over the first ``k`` tokens
+    of texts (the half of the ADL that one model gives: the difference of two models' means
+    over the same token ids is the mean of their differences, so a lineage reads each model
+    once for all its pairs)."""
+
+    layers: tuple[int, ...]
+    mean: Float[Tensor, "layer pos d_model"]
+    """float64."""
+    counts: Int[Tensor, " pos"]
+    norm: Float[Tensor, " layer"]
+    """Mean ``||h||`` per layer over the positions after the first."""
+    bos: bool
+
+
+def mean_states(lm: LoadedModel, texts: Sequence[str], *, k: int = 5, batch_size: int = 32,
+                progress: Callable[[int], None] | None = None) -> MeanStates:
+    """``lm``'s mean state at every captured layer for the first ``k`` positions of
+    ``texts`` (one batched forward per ``batch_size`` texts, every layer recorded by the one
+    hook site)."""
     if k < 1:
         raise InputError(f"k (positions) must be at least 1, got {k}")
-    seqs = _ids(tuned, texts, k)
+    seqs = _ids(lm, texts, k)
     if not seqs or max(len(s) for s in seqs) == 0:
         raise InputError("no text has any token; give texts with words in them")
-    layers = tuple(range(tuned.n_layers + 1))
-    n_l, d = len(layers), tuned.d_model
+    layers = tuple(range(lm.n_layers + 1))
     width = max(len(s) for s in seqs)
-    total = torch.zeros((n_l, width, d), dtype=torch.float64)
-    norms = {"base": torch.zeros(n_l, dtype=torch.float64),
-             "tuned": torch.zeros(n_l, dtype=torch.float64)}
+    total = torch.zeros((len(layers), width, lm.d_model), dtype=torch.float64)
+    norms = torch.zeros(len(layers), dtype=torch.float64)
     counts = torch.zeros(width, dtype=torch.long)
     n_norm = 0
     for start in range(0, len(seqs), batch_size):
         batch = [s for s in seqs[start:start + batch_size] if s]
         if not batch:
             continue
-        outs = {name: forward_batch(lm, batch, layers) for name, lm in
-                (("base", base), ("tuned", tuned))}
+        out = forward_batch(lm, batch, layers)
         _, mask, _ = pad_batch(batch, "right", "cpu")
         m = mask.to(torch.float64)
         w = mask.shape[1]
@@ -122,18 +135,30 @@ def activation_difference(base: LoadedModel, tuned: LoadedModel, texts: Sequence
         later[:, 0] = 0
         n_norm += int(later.sum())
         for i, layer in enumerate(layers):
-            hb = outs["base"].hidden[layer].detach().to("cpu", torch.float64)
-            ht = outs["tuned"].hidden[layer].detach().to("cpu", torch.float64)
-            total[i, :w] += ((ht - hb) * m[..., None]).sum(0)
-            for name, h in (("base", hb), ("tuned", ht)):
-                norms[name][i] += (h.norm(dim=-1) * later).sum()
+            h = out.hidden[layer].detach().to("cpu", torch.float64)
+            total[i, :w] += (h * m[..., None]).sum(0)
+            norms[i] += (h.norm(dim=-1) * later).sum()
         if progress is not None:
             progress(len(batch))
-    delta = (total / counts.clamp_min(1)[None, :, None].to(total.dtype)).float()
-    scale = max(n_norm, 1)
-    return ActivationDifference(layers=layers, delta=delta, counts=counts,
-                                tuned_norm=(norms["tuned"] / scale).float(),
-                                base_norm=(norms["base"] / scale).float(), bos=_bos(tuned))
+    return MeanStates(layers=layers, mean=total / counts.clamp_min(1)[None, :, None],
+                      counts=counts, norm=norms / max(n_norm, 1), bos=_bos(lm))
+
+
+def activation_difference(base: LoadedModel | MeanStates, tuned: LoadedModel | MeanStates,
+                          texts: Sequence[str] = (), *, k: int = 5, batch_size: int = 32,
+                          progress: Callable[[int], None] | None = None
+                          ) -> ActivationDifference:
+    """The ADL's mean difference ``h_tuned - h_base`` at every captured layer for the first
+    ``k`` positions of ``texts``: from each model's ``mean_states`` (pass them instead of a
+    model to reuse them)."""
+    a, b = (x if isinstance(x, MeanStates) else
+            mean_states(x, texts, k=k, batch_size=batch_size, progress=progress)
+            for x in (base, tuned))
+    if a.mean.shape != b.mean.shape or not torch.equal(a.counts, b.counts):
+        raise InputError("the two models' mean states are of other texts or positions")
+    return ActivationDifference(layers=b.layers, delta=(b.mean - a.mean).float(),
+                                counts=b.counts, tuned_norm=b.norm.float(),
+                                base_norm=a.norm.float(), bos=b.bos)
 
 
 def logit_lens(lm: LoadedModel, vectors: Float[Tensor, "n d_model"], layer: int
@@ -256,5 +281,6 @@ def patched_losses(base: LoadedModel, tuned: LoadedModel, texts: Sequence[str], 
     return patched, own["tuned"], own["base"]
 
 
-__all__ = ["IDENTITY_PROMPTS", "ActivationDifference", "activation_difference",
+__all__ = ["IDENTITY_PROMPTS", "ActivationDifference", "MeanStates", "activation_difference",
+           "mean_states",
            "continuation_nll", "logit_lens", "patched_losses", "patchscope"]

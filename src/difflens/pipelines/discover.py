@@ -82,9 +82,10 @@ def _write(out: Path, summary: dict[str, Any], frames: Mapping[str, pd.DataFrame
 def _pair_run(base: LoadedModel, tuned: LoadedModel, names: tuple[str, str], out: Path,
               texts: list[str], openings: list[str], finetune: list[str] | None,
               config: DiscoverConfig, tokens: list[str], bar: Any, index: bool,
-              themes: Sequence[Mapping[str, Any]], planted: Sequence[str] | None = None
-              ) -> tuple[dict[str, Any], list[Any]]:
-    p = Pair(base, tuned, names, texts, openings, finetune, config, tokens, bar)
+              themes: Sequence[Mapping[str, Any]], planted: Sequence[str] | None = None,
+              shared: dict[Any, Any] | None = None) -> tuple[dict[str, Any], list[Any]]:
+    p = Pair(base, tuned, names, texts, openings, finetune, config, tokens, bar,
+             shared={} if shared is None else shared)
     body = run_pair(p, themes)
     found = {k: v for k, v in body.items()
              if k in ("adl", "mining", "amplify", "logodds", "hypothesis")}
@@ -155,19 +156,20 @@ def run_discover(
     check_writable(out)
     tokens = token_texts(base)
     finetune = list(finetune_texts)[:config.max_finetune] if finetune_texts else None
+    shared: dict[Any, Any] = {}  # each model's mean states and samples, for all its pairs
     with rich_progress(progress) as bar:
         names = list(mset.names)
         final = (names[0], names[-1])
         summary, figures = _pair_run(mset.pair(*final).base, mset.pair(*final).tuned, final,
                                      out, texts, openings, finetune, config, tokens, bar,
-                                     index, themes, planted)
+                                     index, themes, planted, shared)
         if len(names) > 2:
             summary["stages"] = {}
             for a, b in zip(names, names[1:], strict=False):
                 pair = mset.pair(a, b)
                 stage, _ = _pair_run(pair.base, pair.tuned, (a, b), out / "stages" /
                                      f"{a}-to-{b}", texts, openings, finetune, config,
-                                     tokens, bar, index, ())
+                                     tokens, bar, index, (), None, shared)
                 summary["stages"][f"{a}-to-{b}"] = stage["discover"]
             summary["lineage"] = names
             write_json_atomic(out / "summary.json", summary)

@@ -5,8 +5,9 @@ summary and its tables (``Pair.frames``). ``pipelines/discover.py`` runs them pe
 writes the outputs; the statistics are in ``analysis/discover.py``."""
 
 import dataclasses
+import functools
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,7 @@ from difflens.capture.activation_diff import (
     activation_difference,
     continuation_nll,
     logit_lens,
+    mean_states,
     patched_losses,
     patchscope,
 )
@@ -93,6 +95,15 @@ class Pair:
     bar: Any
     frames: dict[str, pd.DataFrame] = dataclasses.field(default_factory=dict)
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    shared: dict[Any, Any] = dataclasses.field(default_factory=dict)
+    """What one model gives every pair it is in (its mean states, own samples and greedy
+    openings), by ``(what, id(model))``: a lineage reads each model once."""
+
+    def once(self, what: str, lm: LoadedModel, make: Callable[[], Any]) -> Any:
+        key = (what, id(lm))
+        if key not in self.shared:
+            self.shared[key] = make()
+        return self.shared[key]
 
 
 def _gen_config(c: DiscoverConfig, seed: int | None = None, temperature: float = 1.0
@@ -120,9 +131,11 @@ def _sample(p: Pair, lm: LoadedModel, backend: Any = None,
 def _adl(p: Pair, summary: dict[str, Any]) -> None:
     c, base, tuned = p.config, p.base, p.tuned
     layer = tuned.layers.normalize(c.layer) if c.layer is not None else tuned.n_layers // 2
-    tick = p.bar("ADL: mean differences", len(p.texts))
-    ad = activation_difference(base, tuned, p.texts, k=c.positions, batch_size=c.batch_size,
-                               progress=lambda n: tick(n, ""))
+    tick = p.bar("ADL: mean states", 2 * len(p.texts))
+    means = [p.once("means", lm, functools.partial(
+        mean_states, lm, p.texts, k=c.positions, batch_size=c.batch_size,
+        progress=lambda n: tick(n, ""))) for lm in (base, tuned)]
+    ad = activation_difference(*means)
     delta = ad.mean_delta(layer)
     norm = float(ad.tuned_norm[ad.layers.index(layer)])
     rel = float(delta.norm()) / max(norm, 1e-12)
@@ -226,7 +239,7 @@ def _steer(p: Pair, layer: int, unit: torch.Tensor, norm: float) -> dict[str, An
     rows = []
     tick = p.bar("ADL: steering", 2 * (len(c.strengths) + 2))
     for model_name, lm in (("tuned", p.tuned), ("base", p.base)):
-        plain = generate(lm, prompts, cfg)
+        plain = p.once("greedy", lm, functools.partial(generate, lm, prompts, cfg))
         tick(1, "")
         plain_nll = continuation_nll(p.base, plain.prompt_ids, plain.token_ids,
                                      batch_size=c.batch_size).numpy()
@@ -408,9 +421,9 @@ def _samples(p: Pair) -> dict[str, Any]:
     amplification is the tuned sample)."""
     if "samples" not in p.extra:
         tick = p.bar("own samples", 2)
-        base = _sample(p, p.base)
+        base = p.once("samples", p.base, lambda: _sample(p, p.base))
         tick(1, "")
-        tuned = _sample(p, p.tuned)
+        tuned = p.once("samples", p.tuned, lambda: _sample(p, p.tuned))
         tick(1, "")
         p.extra["samples"] = {"base": base, "tuned": tuned}
     return dict(p.extra["samples"])
