@@ -85,6 +85,7 @@ VOCABULARY: dict[str, str] = {
     "--texts": "a file of unrelated texts",
     "--finetune-texts": "a file of the fine-tuning texts",
     "--planted-words": "the words a known objective planted",
+    "--merge-adapters": "merge a BASE+ADAPTER model's adapter into its weights",
     "--name": "a zoo organism (repeatable)",
     "--ratio": "ordinary stories per narrow document of a zoo organism (repeatable)",
     "--list": "print what there is, build nothing",
@@ -258,7 +259,8 @@ def test_collapse_steps_show_only_their_own_options():
     assert "--temperatures" in own["temperature"] and "--temperatures" not in own["probes"]
     assert _flags(cmds["collapse all"]) == set().union(*own.values())
     shared = set.intersection(*own.values())
-    assert shared == {"--model", "--base", "--tuned", "--out", *LOADING, "--layers-path"}
+    assert shared == {"--model", "--base", "--tuned", "--out", *LOADING, "--layers-path",
+                      "--merge-adapters"}
 
 
 def test_version():
@@ -306,7 +308,7 @@ def files(tmp_path: Path) -> dict[str, str]:
 
 
 LOAD_ARGS = ["--dtype", "bfloat16", "--revision", "abc", "--device", "cpu", "--layers-path",
-             "model.layers", "--device-map", "auto", "--quantize", "4bit"]
+             "model.layers", "--device-map", "auto", "--quantize", "4bit", "--merge-adapters"]
 
 
 @pytest.mark.parametrize("args", [
@@ -338,7 +340,7 @@ def test_loading_options_reach_load_model(monkeypatch, files, args):
     assert res.exit_code == 2 and "stopped at load_model" in res.output, res.output
     assert calls == [("M", {"revision": "abc", "dtype": "bfloat16", "device": "cpu",
                             "layers_path": "model.layers", "device_map": "auto",
-                            "quantization": "4bit"})]
+                            "quantization": "4bit", "merge_adapters": True})]
 
 
 @pytest.mark.parametrize(("args", "warnings", "error"), [

@@ -82,6 +82,9 @@ Quantize = Annotated[str | None, typer.Option(
     "GPU).")]
 Revision = Annotated[str | None, typer.Option(
     "--revision", help="Hub revision (branch, tag or commit) of the model(s).")]
+MergeAdapters = Annotated[bool, typer.Option(
+    "--merge-adapters", help="Merge a BASE+ADAPTER model's peft adapter into its weights "
+    "(default: its LoRA layers run beside them; the same outputs to float rounding).")]
 LayersPath = Annotated[str | None, typer.Option(
     "--layers-path", help="Module path of the decoder blocks (default: found).")]
 UnusedBatchSize = Annotated[int | None, typer.Option(
@@ -135,26 +138,26 @@ def engine_of(engine: str, address: str | None, workers: int, worker_gpus: float
 
 def load(name: str, *, revision: str | None, dtype: str | None, device: str | None,
          layers_path: str | None = None, device_map: str | None = None,
-         quantization: str | None = None) -> "LoadedModel":
+         quantization: str | None = None, merge_adapters: bool = False) -> "LoadedModel":
     """``load_model`` with the loading options every model command takes (``device_map``
     is ``--device-map`` as typed: ``load_model`` reads a strategy, JSON or a file)."""
     from difflens.models import load_model
 
     return load_model(name, revision=revision, dtype=dtype, device=device,
                       layers_path=layers_path, device_map=device_map,
-                      quantization=quantization)
+                      quantization=quantization, merge_adapters=merge_adapters)
 
 
 def load_target(base: str, tuned: str | None, *, revision: str | None, dtype: str | None,
                 device: str | None, layers_path: str | None = None,
-                device_map: str | None = None, quantization: str | None = None
-                ) -> "LoadedModel | ModelPair":
+                device_map: str | None = None, quantization: str | None = None,
+                merge_adapters: bool = False) -> "LoadedModel | ModelPair":
     """One model, or the (base, tuned) pair when ``tuned`` is given (both loaded alike)."""
     from difflens.models import ModelPair
 
     kw: dict[str, Any] = dict(revision=revision, dtype=dtype, device=device,
                               layers_path=layers_path, device_map=device_map,
-                              quantization=quantization)
+                              quantization=quantization, merge_adapters=merge_adapters)
     model = load(base, **kw)
     return model if tuned is None else ModelPair(model, load(tuned, **kw))
 
@@ -183,13 +186,14 @@ def set_specs(specs: list[str] | None, base: str | None, tuned: str | None, *,
 
 def load_set(named: dict[str, str], *, revision: str | None, dtype: str | None,
              device: str | None, layers_path: str | None = None,
-             device_map: str | None = None, quantization: str | None = None) -> "ModelSet":
+             device_map: str | None = None, quantization: str | None = None,
+             merge_adapters: bool = False) -> "ModelSet":
     """The ``ModelSet`` of ``set_specs``'s models, loaded alike."""
     from difflens.models import ModelSet
 
     kw: dict[str, Any] = dict(revision=revision, dtype=dtype, device=device,
                               layers_path=layers_path, device_map=device_map,
-                              quantization=quantization)
+                              quantization=quantization, merge_adapters=merge_adapters)
     return ModelSet({name: load(model, **kw) for name, model in named.items()})
 
 

@@ -21,6 +21,7 @@ from difflens.cli._common import (
     Dtype,
     EngineName,
     LayersPath,
+    MergeAdapters,
     Quantize,
     RayAddress,
     Revision,
@@ -52,7 +53,7 @@ Base = Annotated[str | None, typer.Option(
 LOADING: dict[str, tuple[Any, Any]] = {
     "device": (Device, None), "dtype": (Dtype, None), "device_map": (DeviceMap, None),
     "quantize": (Quantize, None), "revision": (Revision, None),
-    "layers_path": (LayersPath, None),
+    "layers_path": (LayersPath, None), "merge_adapters": (MergeAdapters, False),
 }
 #: where the model work runs (commands that sample or capture much).
 ENGINE: dict[str, tuple[Any, Any]] = {
@@ -108,7 +109,8 @@ def loading(values: Mapping[str, Any]) -> dict[str, Any]:
     """The keyword arguments of ``difflens.cli._common.load`` from the loading options."""
     return {"revision": values.get("revision"), "dtype": values.get("dtype"),
             "device": values.get("device"), "layers_path": values.get("layers_path"),
-            "device_map": values.get("device_map"), "quantization": values.get("quantize")}
+            "device_map": values.get("device_map"), "quantization": values.get("quantize"),
+            "merge_adapters": bool(values.get("merge_adapters", False))}
 
 
 def engine(values: Mapping[str, Any]) -> Any:

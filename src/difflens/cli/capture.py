@@ -19,6 +19,7 @@ from difflens.cli._common import (
     Dtype,
     EngineName,
     LayersPath,
+    MergeAdapters,
     Quantize,
     RayAddress,
     Revision,
@@ -62,6 +63,7 @@ def run_cmd(
     quantize: Quantize = None,
     revision: Revision = None,
     layers_path: LayersPath = None,
+    merge_adapters: MergeAdapters = False,
     engine: EngineName = "local",
     address: RayAddress = None,
     workers: Workers = 2,
@@ -74,7 +76,8 @@ def run_cmd(
         positions if positions in ("all", "last") else _ints(positions, "--positions"))
     ray_engine = engine_of(engine, address, workers, worker_gpus)
     target = load_target(base, tuned, revision=revision, dtype=dtype, device=device,
-                         layers_path=layers_path, device_map=device_map, quantization=quantize)
+                         layers_path=layers_path, device_map=device_map, quantization=quantize,
+                         merge_adapters=merge_adapters)
     store = capture(
         target, texts, store=out_dir, layers=() if layers.strip() == "none" else layers,
         positions=pos,  # type: ignore[arg-type]

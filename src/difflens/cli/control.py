@@ -24,6 +24,7 @@ from difflens.cli._common import (
     MaxInputs,
     MaxInputsCount,
     MaxNewTokens,
+    MergeAdapters,
     OutDir,
     Quantize,
     Revision,
@@ -131,12 +132,14 @@ def _train(**v: Any) -> None:
 
 def _load(model: str, probe_path: Path, allow_other_model: bool, *, revision: str | None,
           dtype: str | None, device: str | None, layers_path: str | None,
-          device_map: str | None, quantization: str | None):  # type: ignore[no-untyped-def]
+          device_map: str | None, quantization: str | None,
+          merge_adapters: bool = False):  # type: ignore[no-untyped-def]
     from difflens.control.state_probe import load_probe
 
     probe = load_probe(probe_path)  # fail before loading the model
     lm = load(one_model(model), revision=revision, dtype=dtype, device=device,
-              layers_path=layers_path, device_map=device_map, quantization=quantization)
+              layers_path=layers_path, device_map=device_map, quantization=quantization,
+              merge_adapters=merge_adapters)
     probe.check(lm, allow_other_weights=allow_other_model)
     return lm, probe
 
@@ -170,6 +173,7 @@ def monitor_cmd(
     quantize: Quantize = None,
     revision: Revision = None,
     layers_path: LayersPath = None,
+    merge_adapters: MergeAdapters = False,
 ) -> None:
     """Generate live, each token coloured by its probe score, with alerts at the threshold."""
     from difflens._io import check_writable, write_json_atomic
@@ -193,7 +197,7 @@ def monitor_cmd(
         check_writable(out_dir)
     lm, probe = _load(model, probe_path, allow_other_model, revision=revision, dtype=dtype,
                       device=device, layers_path=layers_path, device_map=device_map,
-                      quantization=quantize)
+                      quantization=quantize, merge_adapters=merge_adapters)
     tau = probe.threshold if threshold is None else threshold
     alerted = [False]
     out.print(Text(prompt, style="bold"), end="")

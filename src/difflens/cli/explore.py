@@ -11,6 +11,7 @@ from difflens.cli._common import (
     DeviceMap,
     Dtype,
     LayersPath,
+    MergeAdapters,
     Quantize,
     Revision,
     Tuned,
@@ -41,6 +42,7 @@ def explore_cmd(run_dirs: RunDirs = None, base: OptionalBase = None, tuned: Tune
                 port: Port = 8765, host: Host = "127.0.0.1", revision: Revision = None,
                 dtype: Dtype = None, device: Device = None, layers_path: LayersPath = None,
                 device_map: DeviceMap = None, quantize: Quantize = None,
+                merge_adapters: MergeAdapters = False,
                 batch_size: UnusedBatchSize = None) -> None:
     """Browse runs (summaries, figures, tables, the trajectories atlas and the token diff);
     with --base/--tuned also the live views: typed text, the multiverse, steer and monitor."""
@@ -64,7 +66,7 @@ def explore_cmd(run_dirs: RunDirs = None, base: OptionalBase = None, tuned: Tune
 
         target = load_target(base, tuned, revision=revision, dtype=dtype, device=device,
                              layers_path=layers_path, device_map=device_map,
-                             quantization=quantize)
+                             quantization=quantize, merge_adapters=merge_adapters)
         live = open_live(target, served)
         for problem in live.problems:
             err.print(f"[yellow]warning:[/] {problem}", highlight=False, soft_wrap=True)

@@ -34,6 +34,12 @@ class ModelIdentity:
     """The dtype the weights were loaded in."""
     layers_path: str
     """Module path of the decoder blocks, e.g. ``model.layers``."""
+    adapter: str | None = None
+    """The peft adapter applied to the base (``BASE+ADAPTER``), as given; None for none."""
+    adapter_sha256: str | None = None
+    """SHA-256 of the adapter folder's files (None for none, or a hub adapter)."""
+    adapter_merged: bool = False
+    """Whether the adapter was merged into the weights (``--merge-adapters``)."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

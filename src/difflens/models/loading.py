@@ -81,6 +81,8 @@ class LoadSpec:
     offload_folder: str | None = None
     """Where disk-offloaded weights are written when they cannot be read from the
     checkpoint in place (default: under ``cache_dir``)."""
+    merge_adapters: bool = False
+    """Merge a ``BASE+ADAPTER`` model's adapter into its weights."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.name_or_path, str) or not self.name_or_path:
@@ -112,7 +114,8 @@ class LoadSpec:
         return load_model(
             self.name_or_path, revision=self.revision, dtype=self.dtype, device=self.device,
             layers_path=self.layers_path, device_map=self.device_map,
-            quantization=self.quantization, offload_folder=self.offload_folder)
+            quantization=self.quantization, offload_folder=self.offload_folder,
+            merge_adapters=self.merge_adapters)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,13 +230,15 @@ def load_model(
     device_map: str | Mapping[str, Any] | None = None,
     quantization: str | None = None,
     offload_folder: str | os.PathLike[str] | None = None,
+    merge_adapters: bool = False,
 ) -> LoadedModel:
     """Load a causal LM with its tokenizer and identity.
 
     Args:
         name_or_path: a hub id (``org/name``), a local HF folder, a ``.gguf`` file, or a
             preset (``smollm2-135m-instruct``; ``organism-base``/``organism-tuned`` once
-            the organism is built).
+            the organism is built); ``BASE+ADAPTER`` applies a peft adapter (a folder or
+            hub id) to any of these (``models.adapters``).
         revision: hub revision (branch, tag or commit).
         dtype: weights dtype; default float32 on CPU, bfloat16 on CUDA.
         device: ``cpu`` or ``cuda[:N]``; default CUDA when available. With a
@@ -246,6 +251,8 @@ def load_model(
         quantization: ``8bit`` or ``4bit`` with bitsandbytes (needs a CUDA GPU).
         offload_folder: where weights mapped to ``disk`` are written when they cannot be
             read from the checkpoint in place (default: under ``cache_dir``).
+        merge_adapters: merge an adapter into the weights (default: its LoRA layers run
+            beside them, the same outputs to float rounding).
 
     Raises:
         InputError: the path does not exist, the hub cannot provide the model, or the
@@ -253,26 +260,35 @@ def load_model(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from difflens.models.adapters import (
+        adapter_sha256,
+        apply_adapter,
+        check_adapter,
+        split_spec,
+    )
+
     name = str(name_or_path)
+    base_name, adapter_name = split_spec(name)
+    adapter = check_adapter(adapter_name) if adapter_name else None  # before any weights
     device_given = device
     device = device or default_device()
     torch_dtype = resolve_dtype(dtype, device)
     dmap = parse_device_map(device_map)
     quant = quantization_config(quantization, device, torch_dtype)
     source: Path | str
-    preset = preset_path(name)
+    preset = preset_path(base_name)
     if preset is not None:
         source = preset
-    elif _looks_like_path(name):
+    elif _looks_like_path(base_name):
         # absolute: accelerate keeps the paths of disk-offloaded weights, read at each pass
-        source = Path(name).expanduser().absolute()
+        source = Path(base_name).expanduser().absolute()
         if not source.exists():
             raise InputError(
-                f"model path {name!r} does not exist: give an existing HF folder, a .gguf "
+                f"model path {base_name!r} does not exist: give an existing HF folder, a .gguf "
                 f"file, a hub id like 'org/name', or a preset ({', '.join(known_presets())})"
             )
     else:
-        source = name
+        source = base_name
     if isinstance(source, Path) and source.is_file():
         if source.suffix != ".gguf":
             raise InputError(f"{source} is a file but not .gguf: give the model's folder instead")
@@ -317,12 +333,22 @@ def load_model(
     if dmap is None:
         model = model.to(device)  # type: ignore[arg-type]
     model = model.eval()
+    if adapter is not None:
+        model = apply_adapter(model, adapter, merge=merge_adapters, name=name)
     lm = wrap_model(model, tokenizer, name=name, revision=revision, layers_path=layers_path)
+    if adapter is not None:
+        lm = dataclasses.replace(lm, identity=dataclasses.replace(
+            lm.identity, adapter=str(adapter_name), adapter_sha256=adapter_sha256(adapter),
+            adapter_merged=merge_adapters))
+    spec_name = _spec_name(base_name, source)
+    if adapter is not None:
+        spec_name += f"+{adapter}"
     spec = LoadSpec(
-        name_or_path=_spec_name(name, source), revision=revision,
+        name_or_path=spec_name, revision=revision,
         dtype=dtype_name(torch_dtype), device=str(device_given) if device_given else None,
         device_map=parse_device_map(device_map), quantization=quantization,
-        layers_path=layers_path, offload_folder=str(offload_folder) if offload_folder else None)
+        layers_path=layers_path, offload_folder=str(offload_folder) if offload_folder else None,
+        merge_adapters=merge_adapters)
     return dataclasses.replace(lm, spec=spec)
 
 

@@ -129,6 +129,11 @@ def _read_tokenizer_and_config(name: str, model: str, revision: str | None) -> t
     weights are read."""
     from transformers import AutoConfig, AutoTokenizer
 
+    from difflens.models.adapters import check_adapter, split_spec
+
+    model, adapter = split_spec(model)  # an adapter keeps its base's tokenizer and config
+    if adapter:
+        check_adapter(adapter)
     source: str | Path = preset_path(model) or Path(model).expanduser()
     if not isinstance(source, Path) or not source.exists():
         source = model  # a hub id
