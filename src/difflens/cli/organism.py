@@ -28,10 +28,23 @@ def build_cmd(
     seed: int = typer.Option(0, help="Seed of the world, the training and the RL samples."),
     small: bool = typer.Option(False, help="A reduced build (seconds; for tests)."),
     force: bool = typer.Option(False, help="Rebuild even if a finished build is cached."),
+    from_model: str | None = typer.Option(
+        None, "--from", help="Build a lineage from this model instead (a preset, folder, hub "
+        "id or BASE+ADAPTER): sft on its own samples curated by the reward, then rl."),
+    stages: str = typer.Option("sft,rl", help="With --from: the stages to build (sft, "
+                               "sft,rl or sft,dpo)."),
+    preferences: Path | None = typer.Option(
+        None, "--preferences", help="With --from and a dpo stage: preference pairs (JSONL of "
+        "{prompt, chosen, rejected}, or hh-rlhf transcripts)."),
 ) -> None:
     """Train the organism from scratch (idempotent: a finished build is reused). The demo and
     the presets use the shipped organism; a build is stored under its own weights' id and
-    says how far it lands from the shipped one."""
+    says how far it lands from the shipped one. With --from MODEL, build a lineage from any
+    causal LM with the organism's recipe (cached; the folders print at the end)."""
+    if from_model is not None:
+        _build_from(from_model, [s.strip() for s in stages.split(",") if s.strip()], seed,
+                    small, force, preferences)
+        return
     from difflens.organism.build import build_organism, find_organism
 
     cfg = _config(seed, small)
@@ -44,6 +57,25 @@ def build_cmd(
     out.print("build times: " + ", ".join(f"{k} {v:.0f}s" for k, v in times.items()))
     for line in shipped_lines(info.get("vs_shipped")):
         out.print(line, highlight=False)
+
+
+def _build_from(model: str, stages: list[str], seed: int, small: bool, force: bool,
+                preferences: Path | None) -> None:
+    from difflens.organism.from_model import LineageRecipe, build_lineage_from
+    from difflens.report.figures import format_ci
+
+    recipe = LineageRecipe.small(seed) if small else LineageRecipe(seed=seed)
+    build = build_lineage_from(model, recipe, stages=stages, preferences=preferences,
+                               progress=True, force=force)
+    info = build.info
+    out.print(f"[green]lineage[/] of {model} at {build.path} ("
+              + ", ".join(f"{k} {v:.0f}s" for k, v in info["times_s"].items()) + ")")
+    for name, r in info["reward"].items():
+        out.print(f"  {name}: reward {format_ci(r['value'], [r['ci_low'], r['ci_high']], r['n'])}",
+                  highlight=False)
+    models = " ".join(f"--model {s}={build.model_path(s)}" for s in info["stages"])
+    out.print(f"compare it: difflens compare --model base={model} {models} --out OUT",
+              highlight=False, soft_wrap=True)
 
 
 def shipped_lines(vs: dict[str, Any] | None) -> list[str]:

@@ -117,3 +117,45 @@ def _checked(examples: list[LabelledText], source: str) -> list[LabelledText]:
         raise InputError(f"{source}: a probe needs both good (0) and bad (1) examples; found "
                          f"labels {sorted(labels)} in {len(examples)} examples")
     return examples
+
+
+@dataclasses.dataclass(frozen=True)
+class Preference:
+    """One preference pair: a prompt and the reply preferred to the other."""
+
+    prompt: str
+    chosen: str
+    rejected: str
+
+
+def read_preferences(path: str | Path, *, limit: int | None = None) -> list[Preference]:
+    """Preference pairs for DPO: JSONL (or ``.jsonl.gz``) of ``{prompt, chosen, rejected}``
+    (the replies without the prompt), or hh-rlhf transcripts (``chosen``/``rejected`` only:
+    the dialogue before the last assistant reply is the prompt; pairs whose dialogues
+    differ before it, or whose replies are equal, are skipped). A line without ``chosen`` or
+    ``rejected`` is an error with its file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"preference file {path} does not exist")
+    out: list[Preference] = []
+    for where, obj in jsonl_objects(path, text_lines(path)):
+        if not isinstance(obj, dict) or not isinstance(obj.get("chosen"), str) or \
+                not isinstance(obj.get("rejected"), str):
+            raise InputError(f"{where}: expected {{\"prompt\": ..., \"chosen\": ..., "
+                             f"\"rejected\": ...}} or hh-rlhf {{\"chosen\", \"rejected\"}} "
+                             f"transcripts; this line has no chosen and rejected text")
+        if isinstance(obj.get("prompt"), str):
+            pair = Preference(obj["prompt"], obj["chosen"], obj["rejected"])
+        else:
+            good, bad = _last_reply(obj["chosen"]), _last_reply(obj["rejected"])
+            if good is None or bad is None or good[0] != bad[0] or good[1] == bad[1]:
+                continue
+            pair = Preference(good[0], good[1], bad[1])
+        if pair.chosen != pair.rejected:
+            out.append(pair)
+        if limit is not None and len(out) >= limit:
+            break
+    if not out:
+        raise InputError(f"{path}: no usable preference pair (each needs a chosen and a "
+                         f"rejected reply that differ)")
+    return out

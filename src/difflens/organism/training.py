@@ -251,5 +251,68 @@ def rl_tune(cfg: OrganismConfig, base: Any, tokenizer: Any, openings: Sequence[s
     return policy, curves
 
 
+def _reply_logprob(model: Any, tokenizer: Any, prompts: Sequence[str],
+                   replies: Sequence[str], max_len: int) -> torch.Tensor:
+    """Sum of log p(reply tokens | prompt) per row (right-padded, cut at ``max_len``)."""
+    rows, starts = [], []
+    for prompt, reply in zip(prompts, replies, strict=True):
+        p_ids = tokenizer(prompt)["input_ids"]
+        r_ids = tokenizer(reply, add_special_tokens=False)["input_ids"] + [
+            tokenizer.eos_token_id]
+        ids = (p_ids + r_ids)[-max_len:]
+        rows.append(ids)
+        starts.append(max(1, len(ids) - len(r_ids)))
+    width = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    seqs = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(seqs)
+    for b, r in enumerate(rows):
+        seqs[b, :len(r)] = torch.tensor(r)
+        mask[b, :len(r)] = 1
+    lp = _token_logprobs(model, seqs, mask)  # [batch, width-1]: token t given tokens < t
+    cols = torch.arange(1, width)[None, :]
+    in_reply = cols >= torch.tensor(starts)[:, None]
+    return (lp * in_reply).sum(-1)
+
+
+def dpo_tune(start: Any, tokenizer: Any, prefs: Sequence[Any], *, steps: int, lr: float,
+             beta: float, batch_size: int, seed: int, max_len: int,
+             progress: Progress) -> tuple[Any, dict[str, list[float]]]:
+    """Direct preference optimisation (Rafailov et al. 2023) of a copy of ``start`` against
+    ``start`` frozen as the reference: ``-log sigmoid(beta * ((log pi(c) - log ref(c)) -
+    (log pi(r) - log ref(r))))`` over seeded batches of ``prefs`` (``prompt``, ``chosen``,
+    ``rejected``). A loop in the organism's manner (seeded, AdamW, clipped) rather than
+    trl's trainer: the same few lines as ``rl_tune``, and no trainer stack to configure."""
+    policy = copy.deepcopy(start)
+    policy.train()
+    opt = torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=0.0)
+    rng = random.Random(seed)
+    curves: dict[str, list[float]] = {"loss": [], "margin": [], "accuracy": []}
+    advance = progress("DPO", steps)
+    for _ in range(steps):
+        batch = rng.sample(list(prefs), min(batch_size, len(prefs)))
+        prompts = [b.prompt for b in batch]
+        with torch.no_grad():
+            ref_c = _reply_logprob(start, tokenizer, prompts, [b.chosen for b in batch],
+                                   max_len)
+            ref_r = _reply_logprob(start, tokenizer, prompts, [b.rejected for b in batch],
+                                   max_len)
+        pol_c = _reply_logprob(policy, tokenizer, prompts, [b.chosen for b in batch], max_len)
+        pol_r = _reply_logprob(policy, tokenizer, prompts, [b.rejected for b in batch],
+                               max_len)
+        margin = beta * ((pol_c - ref_c) - (pol_r - ref_r))
+        loss = -torch.nn.functional.logsigmoid(margin).mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        curves["loss"].append(float(loss.detach()))
+        curves["margin"].append(float(margin.detach().mean()))
+        curves["accuracy"].append(float((margin.detach() > 0).float().mean()))
+        advance(1, f"loss {loss.item():.3f}")
+    policy.eval()
+    return policy, curves
+
+
 # -- measured properties -------------------------------------------------------------------
 
