@@ -15,7 +15,7 @@ The build is cached under ``<cache>/lineages/<name>-<key>``, the key a fingerpri
 recipe and the base's weights and tokenizer hashes; ``lineage.json`` records the recipe, the
 SFT set's reward threshold, the RL curves, the times and each model's mean reward on the
 same held-out openings (paired, with bootstrap CIs): the reward that curated ``sft`` must
-rise along the lineage. The models are plain folders (``<build>/sft``, ``<build>/rl``) that
+rise along the lineage (also as ``summary.json``, the name every command's output has). The models are plain folders (``<build>/sft``, ``<build>/rl``) that
 ``difflens compare --model base=MODEL --model sft=<build>/sft --model rl=<build>/rl`` loads.
 """
 
@@ -251,6 +251,7 @@ def build_lineage_from(model: str, recipe: LineageRecipe | None = None, *,
             times["measure_s"] = time.perf_counter() - t2
             info["times_s"] = times
             write_json_atomic(tmp / "lineage.json", info)
+            write_json_atomic(tmp / "summary.json", info)  # the output convention's name
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
