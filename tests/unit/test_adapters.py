@@ -88,3 +88,32 @@ def test_bad_adapters_are_one_line(tiny_folder: Path, tmp_path: Path):
     lines = res.output.strip().splitlines()
     assert len(lines) == 1 and "does not exist" in lines[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_a_zero_step_adapter_stage_changes_nothing_in_compare(tiny_folder: Path,
+                                                              tmp_path: Path):
+    """base -> zero (a zero-step adapter) -> lora (a trained one), as compare takes them by
+    BASE+ADAPTER: every attribution of the zero stage is 0 with a CI that includes 0; the
+    trained stage's KL to the base is above 0."""
+    from difflens.models.model_set import ModelSet
+    from difflens.pipelines.compare import run_compare
+    from difflens.pipelines.compare_config import CompareConfig, CompareInputs
+
+    base = load_model(tiny_folder)
+    zero = _adapter(base, tmp_path / "zero", trained=False)
+    lora = _adapter(base, tmp_path / "lora")
+    models = ModelSet({"base": base, "zero": load_model(f"{tiny_folder}+{zero}"),
+                       "lora": load_model(f"{tiny_folder}+{lora}")})
+    texts = tuple(EXAMPLE_PROMPTS) * 2
+    inputs = CompareInputs(texts=texts, prompts=texts[:4], trajectory_prompts=texts[:4],
+                           concept_items="", control_examples=(), control_prompts=(),
+                           theme_prompts=(), probes="")
+    run = run_compare(models, tmp_path / "out", inputs,
+                      config=CompareConfig(sections=("capture",)))
+    att = run.summary["attribution"]
+    assert set(att) >= {"entropy", "kl_to_base"}
+    for metric, stages in att.items():
+        zero_stage = stages["zero"]
+        assert zero_stage["value"] == 0.0 and zero_stage["ci_low"] <= 0 <= \
+            zero_stage["ci_high"], (metric, zero_stage)
+    assert att["kl_to_base"]["lora"]["ci_low"] > 0
