@@ -15,8 +15,9 @@ The build is cached under ``<cache>/lineages/<name>-<key>``, the key a fingerpri
 recipe and the base's weights and tokenizer hashes; ``lineage.json`` records the recipe, the
 SFT set's reward threshold, the RL curves, the times and each model's mean reward on the
 same held-out openings (paired, with bootstrap CIs): the reward that curated ``sft`` must
-rise along the lineage (also as ``summary.json``, the name every command's output has). The models are plain folders (``<build>/sft``, ``<build>/rl``) that
-``difflens compare --model base=MODEL --model sft=<build>/sft --model rl=<build>/rl`` loads.
+rise along the lineage (also as ``summary.json``, the name every command's output has).
+The models are plain folders (``<build>/sft``, ``<build>/rl``) that ``difflens compare
+--model base=MODEL --model sft=<build>/sft --model rl=<build>/rl`` loads.
 """
 
 import copy
