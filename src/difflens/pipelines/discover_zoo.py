@@ -110,6 +110,7 @@ def run_discover_zoo(out: Path, *, names: Sequence[str] | None = None,
     texts, openings = zoo_inputs()
     rows: list[dict[str, Any]] = []
     runs: list[dict[str, Any]] = []
+    bases: dict[str, Any] = {}
     with rich_progress(progress) as bar:
         tick = bar("zoo: build, discover, grade", len(names) * len(ratios) * len(seeds))
         for name in names:
@@ -118,7 +119,9 @@ def run_discover_zoo(out: Path, *, names: Sequence[str] | None = None,
                     t0 = time.perf_counter()
                     org = build_zoo_organism(name, ratio, seed, small=small)
                     built = time.perf_counter() - t0
-                    pair = ModelPair(load_model(str(org.base_path)),
+                    if str(org.base_path) not in bases:  # every build shares one base
+                        bases[str(org.base_path)] = load_model(str(org.base_path))
+                    pair = ModelPair(bases[str(org.base_path)],
                                      load_model(str(org.tuned_path)))
                     folder = out / "runs" / f"{name}-r{ratio}-s{seed}"
                     t1 = time.perf_counter()
