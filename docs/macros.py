@@ -13,6 +13,31 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 import render_results as rr  # noqa: E402
 
+#: The lineages each instrument page shows side by side: (label, stored compare run).
+LINEAGES = (
+    ("organism (0.9M, built-in)", "demo"),
+    ("stories260k (full fine-tuning)", "stories260k-lineage"),
+    ("SmolLM2-135M-Instruct (LoRA)", "smollm2-lineage"),
+)
+
+
+def _metric(run: str, metric: str) -> tuple[str, str]:
+    """The attribution key ``metric`` stands for in ``run`` and its label there:
+    ``concept_cosine_L*`` is the deepest layer the run has; ``theme_share_*`` the theme
+    whose share the lineage moved most (base to its last model)."""
+    attribution = rr.summary(run)["attribution"]
+    labels = rr.summary(run).get("metric_labels", {})
+    if metric == "concept_cosine_L*":
+        keys = [k for k in attribution if k.startswith("concept_cosine_L") and all(
+            e.get("value") is not None for e in attribution[k].values())]
+        key = max(keys, key=lambda k: int(k.rsplit("L", 1)[1]))
+        return key, f"concept cosine, layer {key.rsplit('L', 1)[1]}"
+    if metric == "theme_share_*":
+        keys = [k for k in attribution if k.startswith("theme_share_")]
+        key = max(keys, key=lambda k: abs(sum(e["value"] for e in attribution[k].values())))
+        return key, f"share of {labels.get(key, key).replace('_', ' ')}"
+    return metric, metric.replace("_", " ")
+
 
 def define_env(env):
     """Register the macros: num, est, pct, value, plain, cite, cmd."""
@@ -69,6 +94,36 @@ def define_env(env):
         if mib is None:
             raise KeyError(f"stored run {run!r} has no peak_rss_mib in run.json")
         return f"{mib:,.0f} MiB"
+
+    @env.macro
+    def lineages(metrics: list[str]) -> str:
+        """Each stage's change of each of ``metrics`` (``attribution.<metric>.<stage>``,
+        with 95% CIs) on the organism and the two real lineages, a row per lineage and
+        stage. A change whose CI includes 0 is marked "(CI includes 0)"; under the table a
+        line names each metric that no stage of a lineage moved."""
+        header = "| lineage | stage | " + " | ".join(
+            m.replace("_", " ").replace(" *", "").replace("L*", "(deepest layer)")
+            for m in metrics) + " |"
+        rows = [header, "|" + "---|" * (len(metrics) + 2)]
+        nothing = []
+        for label, run in LINEAGES:
+            stages = rr.summary(run)["lineage"][1:]
+            still = dict.fromkeys(metrics, True)
+            for stage in stages:
+                cells = []
+                for m in metrics:
+                    key, what = _metric(run, m)
+                    path = f"attribution.{key}.{stage}"
+                    lo, hi = rr.interval(run, path)
+                    zero = lo <= 0 <= hi
+                    still[m] = still[m] and zero
+                    extra = f" ({what.split(', ')[-1]})" if m.endswith("*") else ""
+                    cells.append(rr.est(run, path) + (" (CI includes 0)" if zero else "")
+                                 + extra)
+                rows.append(f"| {label} | {stage} | " + " | ".join(cells) + " |")
+            nothing += [f"- {label}: no stage moved {m.replace('_', ' ')} (every CI includes 0)."
+                        for m in metrics if still[m]]
+        return "\n".join(rows) + ("\n\n" + "\n".join(nothing) if nothing else "")
 
     @env.macro
     def cli_reference() -> str:

@@ -117,3 +117,30 @@ def test_a_zero_step_adapter_stage_changes_nothing_in_compare(tiny_folder: Path,
         assert zero_stage["value"] == 0.0 and zero_stage["ci_low"] <= 0 <= \
             zero_stage["ci_high"], (metric, zero_stage)
     assert att["kl_to_base"]["lora"]["ci_low"] > 0
+
+
+def test_a_weights_folder_without_a_tokenizer_loads_on_its_base(tiny_folder: Path,
+                                                                  tmp_path: Path):
+    """Full weights shipped without the base's tokenizer (``config.json`` and
+    ``model.safetensors``): ``BASE+FOLDER`` is those weights with the base's tokenizer,
+    the same logits as the full folder; another base's weights are one line."""
+    base = load_model(tiny_folder)
+    tuned = copy.deepcopy(base.model)
+    with torch.no_grad():
+        for p in tuned.parameters():
+            p.add_(0.05)
+    full = tmp_path / "full"
+    tuned.save_pretrained(full)
+    base.tokenizer.save_pretrained(full)
+    weights = tmp_path / "weights"
+    tuned.save_pretrained(weights)  # no tokenizer files
+    assert not any("tokenizer" in p.name for p in weights.iterdir())
+    lm = load_model(f"{tiny_folder}+{weights}")
+    assert torch.equal(_logits(lm), _logits(load_model(full)))
+    assert not torch.allclose(_logits(lm), _logits(base), atol=1e-3)
+    assert lm.identity.adapter == str(weights) and lm.identity.adapter_sha256
+    assert torch.equal(_logits(lm.spec.load()), _logits(lm))
+    other = tmp_path / "other"
+    tiny_model(d_model=64).model.save_pretrained(other)
+    with pytest.raises(InputError, match="do not fit the base"):
+        load_model(f"{tiny_folder}+{other}")

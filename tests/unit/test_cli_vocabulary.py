@@ -89,6 +89,7 @@ VOCABULARY: dict[str, str] = {
     "--from": "the model a lineage is built from",
     "--stages": "the stages of a lineage build",
     "--preferences": "a file of preference pairs",
+    "--recipe": "a TOML file of a lineage build's recipe fields",
     "--name": "a zoo organism (repeatable)",
     "--ratio": "ordinary stories per narrow document of a zoo organism (repeatable)",
     "--list": "print what there is, build nothing",

@@ -60,11 +60,15 @@ def test_dpo_raises_the_chosen_reply_over_the_rejected(stories_path: Path, tmp_p
     from difflens.organism.training import _reply_logprob
 
     prefs_file = _prefs(tmp_path / "prefs.jsonl")
-    recipe = dataclasses.replace(LineageRecipe.small(), dpo_steps=12, dpo_lr=1e-3)
+    recipe = dataclasses.replace(LineageRecipe.small(), dpo_steps=12, dpo_lr=1e-3,
+                                 dpo_pairs=16, dpo_eval_pairs=8)
     build = build_lineage_from(str(stories_path), recipe, stages=("sft", "dpo"),
                                preferences=prefs_file)
     info = build.info
-    assert set(info["reward"]) == {"base", "sft", "dpo"} and info["dpo"]["pairs"] == 24
+    assert set(info["reward"]) == {"base", "sft", "dpo"} and info["dpo"]["pairs"] == 16
+    # the margin on the 8 pairs after the 16 it trained on rose, and its CI says so
+    assert info["dpo"]["held_out_pairs"] == 8
+    assert info["preference_margin_change"]["sft->dpo"]["ci_low"] > 0
     prefs = read_preferences(prefs_file)
 
     def margin(folder: Path) -> float:
@@ -92,3 +96,57 @@ def test_a_preference_file_without_chosen_is_one_line(stories_path: Path, tmp_pa
     res = CliRunner().invoke(app, ["organism", "build", "--from", str(stories_path),
                                    "--stages", "sft,dpo", "--small"])
     assert res.exit_code == 2 and "needs preference pairs" in res.output
+
+
+def test_a_lora_lineage_ships_adapters_that_load_as_base_plus_adapter(
+        stories_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """``lora_rank > 0``: each stage is a peft adapter folder (no full weights), loaded as
+    ``BASE+ADAPTER`` and by its preset name; DPO on planted preferences moved the adapter's
+    margin, so the saved adapter is the trained one (not a fresh init)."""
+    import dataclasses
+
+    import torch
+
+    from difflens.inputs.labelled import read_preferences
+    from difflens.models.loading import load_model
+    from difflens.models.presets import known_presets
+    from difflens.organism.training import _reply_logprob
+
+    monkeypatch.setenv("DIFFLENS_CACHE", str(tmp_path / "cache"))
+    prefs_file = _prefs(tmp_path / "prefs.jsonl")
+    recipe_file = tmp_path / "recipe.toml"
+    recipe_file.write_text("lora_rank = 8\nsft_lr = 3e-3\ndpo_lr = 3e-3\ndpo_steps = 12\n")
+    res = CliRunner().invoke(app, ["organism", "build", "--from", str(stories_path),
+                                   "--stages", "sft,dpo", "--preferences", str(prefs_file),
+                                   "--recipe", str(recipe_file), "--small"])
+    assert res.exit_code == 0, res.output
+    recipe = dataclasses.replace(LineageRecipe.small(), lora_rank=8, sft_lr=3e-3,
+                                 dpo_lr=3e-3, dpo_steps=12)
+    build = build_lineage_from(str(stories_path), recipe, stages=("sft", "dpo"),
+                               preferences=prefs_file)  # the CLI's build, cached
+    assert f"dpo={build.model_spec('dpo')}" in res.output.replace("\n", "")
+    for stage in ("sft", "dpo"):
+        files = {p.name for p in build.model_path(stage).iterdir()}
+        assert "adapter_model.safetensors" in files and "model.safetensors" not in files
+    prefs = read_preferences(prefs_file)
+
+    def margin(spec: str) -> float:
+        lm = load_model(spec)
+        with torch.inference_mode():
+            c = _reply_logprob(lm.model, lm.tokenizer, [p.prompt for p in prefs],
+                               [p.chosen for p in prefs], 128)
+            r = _reply_logprob(lm.model, lm.tokenizer, [p.prompt for p in prefs],
+                               [p.rejected for p in prefs], 128)
+        return float((c - r).mean())
+
+    assert margin(build.model_spec("dpo")) > margin(build.model_spec("sft")) + 0.5
+    preset = f"{build.path.name}-dpo"
+    assert preset in known_presets()
+    assert margin(preset) == pytest.approx(margin(build.model_spec("dpo")), abs=1e-5)
+    check_model_set({"base": str(stories_path), "sft": build.model_spec("sft"),
+                     "dpo": preset}, revision=None)
+    bad = tmp_path / "bad.toml"
+    bad.write_text("lora_rnak = 8\n")
+    res = CliRunner().invoke(app, ["organism", "build", "--from", str(stories_path),
+                                   "--recipe", str(bad), "--small"])
+    assert res.exit_code == 2 and "no recipe field 'lora_rnak'" in res.output, res.output

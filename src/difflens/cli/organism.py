@@ -36,6 +36,9 @@ def build_cmd(
     preferences: Path | None = typer.Option(
         None, "--preferences", help="With --from and a dpo stage: preference pairs (JSONL of "
         "{prompt, chosen, rejected}, or hh-rlhf transcripts)."),
+    recipe: Path | None = typer.Option(
+        None, "--recipe", help="With --from: a TOML file of LineageRecipe fields (e.g. "
+        "lora_rank = 8 for LoRA adapters instead of full fine-tuning; sft_steps = 60)."),
 ) -> None:
     """Train the organism from scratch (idempotent: a finished build is reused). The demo and
     the presets use the shipped organism; a build is stored under its own weights' id and
@@ -43,7 +46,7 @@ def build_cmd(
     causal LM with the organism's recipe (cached; the folders print at the end)."""
     if from_model is not None:
         _build_from(from_model, [s.strip() for s in stages.split(",") if s.strip()], seed,
-                    small, force, preferences)
+                    small, force, preferences, recipe)
         return
     from difflens.organism.build import build_organism, find_organism
 
@@ -60,11 +63,13 @@ def build_cmd(
 
 
 def _build_from(model: str, stages: list[str], seed: int, small: bool, force: bool,
-                preferences: Path | None) -> None:
-    from difflens.organism.from_model import LineageRecipe, build_lineage_from
+                preferences: Path | None, recipe_file: Path | None) -> None:
+    from difflens.organism.from_model import LineageRecipe, build_lineage_from, read_recipe
     from difflens.report.figures import format_ci
 
     recipe = LineageRecipe.small(seed) if small else LineageRecipe(seed=seed)
+    if recipe_file is not None:  # the file's fields over --small's (or the defaults)
+        recipe = read_recipe(recipe_file, base=recipe)
     build = build_lineage_from(model, recipe, stages=stages, preferences=preferences,
                                progress=True, force=force)
     info = build.info
@@ -73,7 +78,7 @@ def _build_from(model: str, stages: list[str], seed: int, small: bool, force: bo
     for name, r in info["reward"].items():
         out.print(f"  {name}: reward {format_ci(r['value'], [r['ci_low'], r['ci_high']], r['n'])}",
                   highlight=False)
-    models = " ".join(f"--model {s}={build.model_path(s)}" for s in info["stages"])
+    models = " ".join(f"--model {s}={build.model_spec(s)}" for s in info["stages"])
     out.print(f"compare it: difflens compare --model base={model} {models} --out OUT",
               highlight=False, soft_wrap=True)
 

@@ -161,11 +161,44 @@ def quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+#: The stages a built lineage may hold (``difflens organism build --from``).
+LINEAGE_STAGES = ("sft", "rl", "dpo")
+
+
+def lineage_presets() -> dict[str, str]:
+    """The stages of the lineages built in this cache (``cache_dir()/lineages/<build>``, each
+    with its ``lineage.json``): ``<build>-<stage>`` -> the model spec that loads it (the
+    stage's folder, or ``BASE+ADAPTER`` for a LoRA stage). Read from the files, so a build
+    made in another process is a preset here."""
+    root = cache_dir() / "lineages"
+    out: dict[str, str] = {}
+    for info_path in sorted(root.glob("*/lineage.json")) if root.is_dir() else []:
+        try:
+            info = json.loads(info_path.read_text())
+        except (OSError, ValueError):
+            continue
+        for stage in info.get("stages", []):
+            folder = info_path.parent / stage
+            base = info.get("base_spec", info.get("base"))
+            out[f"{info_path.parent.name}-{stage}"] = (
+                f"{base}+{folder}" if info.get("lora") else str(folder))
+    return out
+
+
+def lineage_spec(name: str) -> str | None:
+    """The model spec behind a built lineage's stage name, or ``None``."""
+    if "/" in name or "+" in name or not name.endswith(tuple(f"-{s}" for s in LINEAGE_STAGES)):
+        return None
+    return lineage_presets().get(name)
+
+
 def is_preset(name: str) -> bool:
     """Whether ``name`` is a preset (resolving it may still fail, e.g. a missing package)."""
-    return name in FOLDER_PRESETS or name in GGUF_PRESETS or name in PROVIDED_PRESETS
+    return name in FOLDER_PRESETS or name in GGUF_PRESETS or name in PROVIDED_PRESETS or \
+        lineage_spec(name) is not None
 
 
 def known_presets() -> list[str]:
-    """Every preset name, without resolving any (nothing is imported or built)."""
-    return sorted({*GGUF_PRESETS, *FOLDER_PRESETS, *PROVIDED_PRESETS})
+    """Every preset name, without resolving any (nothing is imported or built); built
+    lineages' stages included."""
+    return sorted({*GGUF_PRESETS, *FOLDER_PRESETS, *PROVIDED_PRESETS, *lineage_presets()})

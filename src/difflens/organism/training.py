@@ -275,6 +275,21 @@ def _reply_logprob(model: Any, tokenizer: Any, prompts: Sequence[str],
     return (lp * in_reply).sum(-1)
 
 
+def preference_margins(model: Any, tokenizer: Any, prefs: Sequence[Any], *, max_len: int,
+                       batch_size: int = 8) -> np.ndarray:
+    """``log p(chosen | prompt) - log p(rejected | prompt)`` per pair (summed over each
+    reply's tokens, cut as DPO cuts them), in batches, without gradients."""
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(prefs), batch_size):
+            chunk = prefs[i:i + batch_size]
+            prompts = [p.prompt for p in chunk]
+            c = _reply_logprob(model, tokenizer, prompts, [p.chosen for p in chunk], max_len)
+            r = _reply_logprob(model, tokenizer, prompts, [p.rejected for p in chunk], max_len)
+            out.append((c - r).float().numpy())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
 def dpo_tune(start: Any, tokenizer: Any, prefs: Sequence[Any], *, steps: int, lr: float,
              beta: float, batch_size: int, seed: int, max_len: int,
              progress: Progress) -> tuple[Any, dict[str, list[float]]]:
