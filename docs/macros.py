@@ -31,11 +31,11 @@ def _metric(run: str, metric: str) -> tuple[str, str]:
         keys = [k for k in attribution if k.startswith("concept_cosine_L") and all(
             e.get("value") is not None for e in attribution[k].values())]
         key = max(keys, key=lambda k: int(k.rsplit("L", 1)[1]))
-        return key, f"concept cosine, layer {key.rsplit('L', 1)[1]}"
+        return key, f"layer {key.rsplit('L', 1)[1]}"
     if metric == "theme_share_*":
         keys = [k for k in attribution if k.startswith("theme_share_")]
         key = max(keys, key=lambda k: abs(sum(e["value"] for e in attribution[k].values())))
-        return key, f"share of {labels.get(key, key).replace('_', ' ')}"
+        return key, labels.get(key, f"theme {key.rsplit('_', 1)[1]}")
     return metric, metric.replace("_", " ")
 
 
@@ -102,7 +102,8 @@ def define_env(env):
         stage. A change whose CI includes 0 is marked "(CI includes 0)"; under the table a
         line names each metric that no stage of a lineage moved."""
         header = "| lineage | stage | " + " | ".join(
-            m.replace("_", " ").replace(" *", "").replace("L*", "(deepest layer)")
+            m.replace("concept_cosine_L*", "concept cosine (deepest layer)").replace(
+                "theme_share_*", "share of the theme that moved most").replace("_", " ")
             for m in metrics) + " |"
         rows = [header, "|" + "---|" * (len(metrics) + 2)]
         nothing = []
@@ -117,13 +118,36 @@ def define_env(env):
                     lo, hi = rr.interval(run, path)
                     zero = lo <= 0 <= hi
                     still[m] = still[m] and zero
-                    extra = f" ({what.split(', ')[-1]})" if m.endswith("*") else ""
+                    extra = f" ({what})" if m.endswith("*") else ""
                     cells.append(rr.est(run, path) + (" (CI includes 0)" if zero else "")
                                  + extra)
                 rows.append(f"| {label} | {stage} | " + " | ".join(cells) + " |")
             nothing += [f"- {label}: no stage moved {m.replace('_', ' ')} (every CI includes 0)."
                         for m in metrics if still[m]]
         return "\n".join(rows) + ("\n\n" + "\n".join(nothing) if nothing else "")
+
+    @env.macro
+    def control_lineages() -> str:
+        """Per model of the organism and the two real lineages: the state probe's AUC, the
+        bad rate without control, and the controller (and gain) with the lowest bad rate,
+        with its perplexity ratio (the fluency it cost), all with their stored CIs."""
+        rows = ["| lineage | model | probe AUC | bad rate, no control | best controller | "
+                "its bad rate | its perplexity ratio |", "|---|---|---|---|---|---|---|"]
+        for label, run in LINEAGES:
+            for model in rr.summary(run)["lineage"]:
+                base = f"control.{model}"
+                ctl = rr.value(run, f"{base}.controllers")
+                best = min(((name, gain) for name, gains in ctl.items() if name != "none"
+                            for gain in gains),
+                           key=lambda c: rr.value(run, f"{base}.controllers.{c[0]}[{c[1]}]"
+                                                  f".bad_rate"))
+                at = f"{base}.controllers.{best[0]}[{best[1]}]"
+                rows.append(
+                    f"| {label} | {model} | {rr.est(run, f'{base}.probe.auc')} | "
+                    f"{rr.est(run, f'{base}.controllers.none[0].bad_rate')} | "
+                    f"{best[0].replace('_', ' ')}, gain {best[1]} | "
+                    f"{rr.est(run, f'{at}.bad_rate')} | {rr.est(run, f'{at}.ppl_ratio')} |")
+        return "\n".join(rows)
 
     @env.macro
     def cli_reference() -> str:

@@ -14,6 +14,10 @@ Three methods and a baseline, on a pair (base, tuned) or on each stage of a line
 - ``amplify``: samples from ``l_tuned + alpha (l_tuned - l_base)`` for ``alpha`` on a grid
   (the one generation path with an amplified backend); per alpha, how often the hypothesis
   words appear, distinct-2 and perplexity under the base; the words that grow with alpha.
+- ``crosscoder`` and ``diff_sae`` (opt-in): a BatchTopK crosscoder on both models'
+  per-token states, and an SAE on their differences; the tuned-only latents that survive
+  Latent Scaling (every latent, for the SAE) read through the logit lens and their
+  max-activating texts (``pipelines/discover_crosscoder.py``).
 - ``logodds`` (always, the baseline every method must beat): words ranked by the log-odds
   of their rate in the two models' own samples from neutral openings, CIs over samples.
 
@@ -26,6 +30,7 @@ every method that ran, and ``discover.hypothesis`` (``words``, ``support``, ``ex
 """
 
 import dataclasses
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -51,6 +56,7 @@ from difflens.pipelines.discover_config import (  # re-exported: the command's s
     builtin_texts,
     read_texts,
 )
+from difflens.pipelines.discover_crosscoder import DICTIONARY_METHODS, run_dictionaries
 from difflens.pipelines.discover_steps import Pair, run_pair, token_texts
 from difflens.pipelines.result import InstrumentResult
 from difflens.report.discover import discover_figures, discover_intro, headline
@@ -87,8 +93,12 @@ def _pair_run(base: LoadedModel, tuned: LoadedModel, names: tuple[str, str], out
     p = Pair(base, tuned, names, texts, openings, finetune, config, tokens, bar,
              shared={} if shared is None else shared)
     body = run_pair(p, themes)
+    t0 = time.perf_counter()
+    run_dictionaries(p, body, out)  # crosscoder, diff_sae: when config.methods names them
+    body["seconds"] += time.perf_counter() - t0
     found = {k: v for k, v in body.items()
-             if k in ("adl", "mining", "amplify", "logodds", "hypothesis")}
+             if k in ("adl", "mining", "amplify", *DICTIONARY_METHODS, "logodds",
+                      "hypothesis")}
     if planted:
         found["planted"] = {"words": list(planted), "share": {
             m: D.planted_share(v["words"] if m == "hypothesis" else v["top_words"], planted)

@@ -10,7 +10,9 @@ from difflens.errors import InputError
 from difflens.inputs.prompts import read_prompts
 from difflens.models.encoders import DEFAULT_ENCODER
 
-METHODS = ("adl", "mining", "amplify")
+METHODS = ("adl", "mining", "amplify", "crosscoder", "diff_sae")
+"""Every method ``--methods`` takes; ``DiscoverConfig.methods`` runs the first three by
+default (the dictionary methods train models: opt-in)."""
 
 
 def _data(name: str) -> Path:
@@ -49,9 +51,10 @@ class DiscoverConfig:
     """Every setting of a discover run (each default here only; the CLI's options are these
     fields under their flags)."""
 
-    methods: tuple[str, ...] = option(METHODS, flag="--methods", help="Methods to run: "
-                                      "adl, mining, amplify (the logodds baseline always "
-                                      "runs).")
+    methods: tuple[str, ...] = option(METHODS[:3], flag="--methods", help="Methods to run "
+                                      "(default adl, mining, amplify; crosscoder and "
+                                      "diff_sae train dictionaries and are opt-in; the "
+                                      "logodds baseline always runs).")
     layer: int | None = option(None, flag="--layer", help="ADL's layer (default: the "
                                "middle; 0 = embeddings).")
     positions: int = option(5, flag="--positions", help="ADL: the first k positions of each "
@@ -82,6 +85,10 @@ class DiscoverConfig:
                                "similarity.")
     encoder: str = option(DEFAULT_ENCODER, flag="--encoder", help="Sentence encoder for "
                           "steered-text similarity to the fine-tuning texts.")
+    crosscoder_tokens: int = option(1_000_000, flag="--crosscoder-tokens", cli=False,
+                                    help="crosscoder, diff_sae: tokens trained on "
+                                    "(epochs over the captured tokens; a config-file "
+                                    "setting).")
     seed: int = option(0, flag="--seed", help="Seed of sampling, random vectors and "
                        "bootstraps.")
     n_boot: int = option(1000, flag="--n-boot", help="Bootstrap replicates.")
@@ -94,7 +101,8 @@ class DiscoverConfig:
             raise InputError(f"--methods takes a comma-separated list of {', '.join(METHODS)}; "
                              f"got {','.join(self.methods) or 'nothing'}")
         for name in ("positions", "top_k", "n_words", "samples", "max_new_tokens", "n_topics",
-                     "max_tokens", "batch_size", "n_boot", "max_finetune"):
+                     "max_tokens", "batch_size", "n_boot", "max_finetune",
+                     "crosscoder_tokens"):
             if getattr(self, name) < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be at least 1, got "
                                  f"{getattr(self, name)}")

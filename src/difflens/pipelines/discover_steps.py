@@ -50,7 +50,7 @@ def token_texts(lm: LoadedModel) -> list[str]:
     return texts
 
 
-def _complete(p: "Pair", tokens: Sequence[int]) -> dict[int, str]:
+def complete_words(p: "Pair", tokens: Sequence[int]) -> dict[int, str]:
     """Each token's readable text: a word-starting token as the word the tuned model
     completes it to (``capture.logit_diff.word_completions``), cached per run."""
     cache: dict[int, str] = p.extra.setdefault("completions", {})
@@ -62,16 +62,16 @@ def _complete(p: "Pair", tokens: Sequence[int]) -> dict[int, str]:
     return {int(t): cache[int(t)] for t in tokens}
 
 
-def _word_of(p: "Pair", token: int) -> str | None:
+def word_of(p: "Pair", token: int) -> str | None:
     """A token's word: its completion when one was made, else its own text."""
     return D.as_word(p.extra.get("completions", {}).get(int(token), p.tokens[int(token)]))
 
 
-def _ranked_words(p: "Pair", scores: np.ndarray, n: int) -> list[tuple[str, float]]:
+def ranked_words(p: "Pair", scores: np.ndarray, n: int) -> list[tuple[str, float]]:
     """The first ``n`` distinct words of the tokens ranked by ``scores`` (higher first),
     each token read as its completed word."""
     order = np.argsort(-np.asarray(scores), kind="stable")[:10 * n + 100]
-    words = _complete(p, order.tolist())
+    words = complete_words(p, order.tolist())
     return D.dedupe_words([words[int(t)] for t in order], np.asarray(scores)[order], n)
 
 
@@ -144,7 +144,7 @@ def _adl(p: Pair, summary: dict[str, Any]) -> None:
     for i, lay in enumerate(ad.layers):
         d = ad.mean_delta(lay)
         lens = logit_lens(tuned, d[None], lay)[0]
-        words = _ranked_words(p, lens.numpy(), 5) if float(d.norm()) > 0 else []
+        words = ranked_words(p, lens.numpy(), 5) if float(d.norm()) > 0 else []
         rows.append({"layer": lay, "delta_norm": float(d.norm()),
                      "tuned_norm": float(ad.tuned_norm[i]), "base_norm": float(ad.base_norm[i]),
                      "relative_norm": float(d.norm()) / max(float(ad.tuned_norm[i]), 1e-12),
@@ -171,14 +171,14 @@ def _adl(p: Pair, summary: dict[str, Any]) -> None:
         for sign in (1, -1):
             lp = logit_lens(lm, sign * delta[None], layer)[0].numpy()
             key = f"{model_name}_{'plus' if sign > 0 else 'minus'}"
-            lens_top[key] = _ranked_words(p, lp, c.n_words)
+            lens_top[key] = ranked_words(p, lp, c.n_words)
             lens_rows += [{"lens": key, "position": "mean", "rank": r, "word": w,
                            "logprob": s} for r, (w, s) in enumerate(lens_top[key])]
     per_pos = ad.at(layer)
     for j in range(per_pos.shape[0]):
         lp = logit_lens(tuned, per_pos[j][None], layer)[0].numpy()
         lens_rows += [{"lens": "tuned_plus", "position": str(j), "rank": r, "word": w,
-                       "logprob": s} for r, (w, s) in enumerate(_ranked_words(p, lp, 10))]
+                       "logprob": s} for r, (w, s) in enumerate(ranked_words(p, lp, 10))]
     p.frames["adl_lens"] = pd.DataFrame(lens_rows)
     # Patchscope: delta scaled to multiples of the tuned model's mean norm
     unit = delta / delta.norm()
@@ -186,7 +186,7 @@ def _adl(p: Pair, summary: dict[str, Any]) -> None:
     lp = patchscope(tuned, vecs, layer, batch_size=c.batch_size).numpy()
     cand = {int(t) for row in lp.reshape(-1, lp.shape[-1])
             for t in np.argsort(-row, kind="stable")[:c.n_words]}
-    readable = _complete(p, sorted(cand))
+    readable = complete_words(p, sorted(cand))
     texts = [readable.get(i, t) for i, t in enumerate(p.tokens)]
     choice = D.choose_patchscope(lp, c.scales, texts, prompts=IDENTITY_PROMPTS, k=c.n_words)
     p.frames["adl_patchscope"] = pd.DataFrame(
@@ -350,16 +350,16 @@ def _mining(p: Pair, summary: dict[str, Any]) -> None:
     up, down = D.token_counts(rec.records, "up"), D.token_counts(rec.records, "down")
     for df in (up, down):
         df["token_text"] = raw([int(t) for t in df["token"]])
-        head = _complete(p, [int(t) for t in df["token"][:10 * c.n_words + 100]])
+        head = complete_words(p, [int(t) for t in df["token"][:10 * c.n_words + 100]])
         df["word"] = [D.as_word(head.get(int(t), p.tokens[t])) for t in df["token"]]
     p.frames["mining_up"], p.frames["mining_down"] = up, down
     p.frames["mining_examples"] = _word_texts(p, r)
     top = D.dedupe_words(_texts(up["word"]), list(up["count"].astype(float)), c.n_words)
     topics = D.nmf_topics(rec.records, rec.n_texts, n_topics=c.n_topics, seed=c.seed)
-    _complete(p, [t for k in topics.tokens for t, _ in k])
+    complete_words(p, [t for k in topics.tokens for t, _ in k])
     topic_rows: list[dict[str, Any]] = [{"topic": k, "weight": topics.weight[k],
                    "tokens": " ".join(w for t, _ in topics.tokens[k]
-                                      if (w := _word_of(p, t))),
+                                      if (w := word_of(p, t))),
                    "examples": [p.texts[i] for i in topics.texts[k]]}
                   for k in range(len(topics.tokens))]
     p.frames["mining_topics"] = pd.DataFrame(
@@ -392,7 +392,7 @@ def _word_texts(p: Pair, r: pd.DataFrame, n_tokens: int = 100, n_texts: int = 5
         for row in best.itertuples():
             start, end = _char_span(p, int(row.text), int(row.position))
             rows.append({"direction": direction, "token": int(row.token),
-                         "word": _word_of(p, int(row.token)) or
+                         "word": word_of(p, int(row.token)) or
                          str(raw(int(row.token))), "text": int(row.text),
                          "position": int(row.position), "char_start": start,
                          "char_end": end, "diff": float(row.diff),
@@ -506,7 +506,7 @@ def _examples(p: Pair, words: Sequence[str], n: int = 5) -> list[dict[str, str]]
     if rec is not None and len(rec) and words:
         r = rec[(rec["direction"] == "up")]
         hits = {t for t in r["token"].unique()
-                if (w := _word_of(p, int(t))) is not None
+                if (w := word_of(p, int(t))) is not None
                 and any(D.words_match(w, h) or D.words_match(h, w) for h in words)}
         hit = r[r["token"].isin(hits)]
         for text in hit.sort_values("diff", ascending=False)["text"].drop_duplicates()[:n]:

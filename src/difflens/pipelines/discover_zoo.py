@@ -44,7 +44,8 @@ from difflens.pipelines.result import InstrumentResult
 from difflens.report.figures import Figure, Series, small_multiples, write_index
 from difflens.report.tables import write_table
 
-GRADED = ("adl", "mining", "amplify", "logodds", "hypothesis")
+GRADED = ("adl", "mining", "amplify", "crosscoder", "diff_sae", "logodds", "hypothesis")
+"""Graded when they ran (the dictionary methods only when ``config.methods`` names them)."""
 N_TEXTS, N_OPENINGS, N_FINETUNE = 64, 24, 64
 
 
