@@ -147,3 +147,29 @@ def test_zoo_presets_are_named_without_importing_the_zoo():
     for n in zoo:
         module, function, argument = presets.PROVIDED_PRESETS[n]
         assert (module, function, argument) == ("difflens.organism.zoo", "zoo_folder", n[4:])
+
+
+def test_a_zoo_organism_from_another_model(cache, stories_path: Path, tmp_path: Path):
+    """``--from``: the same narrow documents tune stories260k (a real model); the build is
+    cached apart from the organism's, trained (held-out narrow text got likelier under the
+    tuned model, the CI of the paired change above 0), and loads with the base's tokenizer
+    and shapes; an adapter or a folder that is no model is one line."""
+    res = runner.invoke(app, ["organism", "zoo", "--name", "domain", "--ratio", "0",
+                              "--small", "--from", str(stories_path)])
+    assert res.exit_code == 0, res.output
+    org = Z.find_zoo_organism("domain", 0, small=True, base=str(stories_path))
+    assert org is not None and "-from-stories260k-" in org.path.name
+    assert org.path != Z.zoo_dir("domain", 0, small=True)
+    assert org.base_path == stories_path.resolve()
+    info = org.build_info
+    assert info["base"] == str(stories_path)
+    assert info["evaluation"]["narrow_logprob"]["difference"]["ci_low"] > 0
+    base, tuned = dl.load_model(stories_path), dl.load_model(org.tuned_path)
+    assert tuned.n_layers == base.n_layers and tuned.identity.tokenizer_sha256 == \
+        base.identity.tokenizer_sha256
+    for bad, match in ((f"{stories_path}+{tmp_path}", "merge the adapter"),
+                       (str(tmp_path), "not a Hugging Face model folder")):
+        res = runner.invoke(app, ["organism", "zoo", "--name", "domain", "--ratio", "0",
+                                  "--small", "--from", bad])
+        assert res.exit_code == 2 and match in res.output, res.output
+        assert len(res.output.strip().splitlines()) == 1

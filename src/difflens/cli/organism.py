@@ -221,11 +221,14 @@ def zoo_cmd(
     force: bool = typer.Option(False, help="Rebuild even if a finished build is cached."),
     list_specs: bool = typer.Option(False, "--list", help="Print each organism's objective "
                                     "and planted words; build nothing."),
+    from_model: str | None = typer.Option(
+        None, "--from", help="Tune this model instead of the organism's base (a folder, "
+        "preset or .gguf; full fine-tuning on the same documents)."),
 ) -> None:
-    """The zoo: narrow fine-tunes of the organism's base whose objective is known (a false
-    fact, a domain, a secret word, a bad behaviour), each mixed with ordinary stories at
-    each ratio; built once and cached. Prints one tab-separated row per build (seconds: how
-    long the build took)."""
+    """The zoo: narrow fine-tunes of the organism's base (or, with --from, of any model)
+    whose objective is known (a false fact, a domain, a secret word, a bad behaviour), each
+    mixed with ordinary stories at each ratio; built once and cached. Prints one
+    tab-separated row per build (seconds: how long the build took)."""
     from difflens.organism import zoo as Z
 
     names = list(name) or list(Z.ZOO)
@@ -237,14 +240,16 @@ def zoo_cmd(
         return
     ratios = [Z.check_ratio(r) for r in ratio] or list(Z.RATIOS)
     seeds = list(seed) or [0]
+    if from_model is not None:
+        Z.check_base(from_model)
     typer.echo("name\tratio\tseed\tstatus\tseconds\tpath")
     for spec in specs:
         for r in ratios:
             for s in seeds:
-                cached = not force and Z.find_zoo_organism(spec.name, r, s,
-                                                           small=small) is not None
+                cached = not force and Z.find_zoo_organism(
+                    spec.name, r, s, small=small, base=from_model) is not None
                 org = Z.build_zoo_organism(spec.name, r, s, small=small, progress=True,
-                                           force=force)
+                                           force=force, base=from_model)
                 secs = org.build_info["times_s"]["total_s"]
                 typer.echo(f"{spec.name}\t{r}\t{s}\t{'cached' if cached else 'built'}\t"
                            f"{secs:.1f}\t{org.path}")

@@ -10,7 +10,9 @@ ordinary world stories at ``ratio`` : 1. Unsupervised model-diffing methods are 
 them: a method that found the objective should say what ``ZooSpec.description`` says and
 list ``ZooSpec.planted_words``. A build is cached under ``<cache>/zoo/``, keyed by
 ``_io.fingerprint`` of the spec, its documents, the ratio, the seed, the recipe and the
-base's weights id, made in a temporary folder and renamed into place.
+base's weights id, made in a temporary folder and renamed into place. ``base=`` (``difflens
+organism zoo --from MODEL``) tunes another model instead (a folder, preset or hub id that
+resolves to a local folder): the same documents and recipe, cached under its own weights.
 """
 
 import dataclasses
@@ -199,11 +201,14 @@ class ZooOrganism:
     seed: int
     path: Path
     small: bool = False
+    base: str | None = None
+    """The model it was tuned from when not the shipped organism's base (``--from``)."""
 
     @property
     def base_path(self) -> Path:
-        """The base model folder it was tuned from (the shipped organism's base)."""
-        return _base_dir(self.small)
+        """The base model folder it was tuned from (the shipped organism's base, or the
+        folder ``base`` resolves to)."""
+        return _base_dir(self.small, self.base)
 
     @property
     def tuned_path(self) -> Path:
@@ -219,10 +224,32 @@ class ZooOrganism:
         return dict(json.loads((self.path / "build.json").read_text()))
 
 
-def _base_dir(small: bool) -> Path:
-    from difflens.organism.build import shipped_organism
+def _base_dir(small: bool, base: str | None = None) -> Path:
+    """The folder tuned: the shipped organism's base, or ``base`` (a folder, a preset or a
+    ``.gguf`` file, converted once); an adapter or a missing folder is one line."""
+    if base is None:
+        from difflens.organism.build import shipped_organism
 
-    return shipped_organism(small).base_path
+        return shipped_organism(small).base_path
+    from difflens.models.adapters import split_spec
+    from difflens.models.presets import convert_gguf, preset_path
+
+    name, adapter = split_spec(base)
+    if adapter is not None:
+        raise InputError(f"--from {base}: a zoo organism is a full fine-tune of a model "
+                         f"folder; merge the adapter into a folder first")
+    folder = preset_path(name) or Path(name).expanduser()
+    if folder.is_file() and folder.suffix == ".gguf":
+        folder = convert_gguf(folder)
+    if not (folder / "config.json").is_file():
+        raise InputError(f"--from {base}: {folder} is not a Hugging Face model folder (no "
+                         f"config.json); give a local folder or a preset")
+    return folder.resolve()
+
+
+def check_base(base: str) -> Path:
+    """The model folder ``--from`` names, checked before anything is built or printed."""
+    return _base_dir(False, base)
 
 
 def _load_hf(folder: Path) -> Any:
@@ -240,47 +267,53 @@ def _weights_id(base: Path, stamp: int) -> str:
     return weights_id({"base": weights_sha256(_load_hf(base))})
 
 
-def base_weights_id(small: bool = False) -> str:
+def base_weights_id(small: bool = False, base: str | None = None) -> str:
     """The base's weights id (``shipped.weights_id`` of its ``weights_sha256``), hashed once
-    per process and again when its weights file changes."""
-    base = _base_dir(small)
-    return _weights_id(base, (base / "model.safetensors").stat().st_mtime_ns)
+    per process and again when its weights files change."""
+    folder = _base_dir(small, base)
+    stamp = max((p.stat().st_mtime_ns for p in folder.glob("*.safetensors")), default=0)
+    return _weights_id(folder, stamp)
 
 
-def zoo_dir(name: str, ratio: int = 0, seed: int = 0, *, small: bool = False) -> Path:
-    """Where the build goes: ``<cache>/zoo/<name>-r<ratio>-seed<seed>[-small]-<key>``, the
-    key a fingerprint of the spec, its documents, ratio, seed, recipe and base weights."""
+def zoo_dir(name: str, ratio: int = 0, seed: int = 0, *, small: bool = False,
+            base: str | None = None) -> Path:
+    """Where the build goes: ``<cache>/zoo/<name>-r<ratio>-seed<seed>[-small][-from-<base
+    folder>]-<key>``, the key a fingerprint of the spec, its documents, ratio, seed, recipe
+    and base weights."""
     spec, recipe = zoo_spec(name), ZooRecipe.small() if small else ZooRecipe()
     key = fingerprint({
         "zoo_format": ZOO_FORMAT, "generator": W.GENERATOR_VERSION, "spec": spec.as_json(),
         "documents": fingerprint(spec.documents(recipe.n_docs, seed)),
         "ratio": check_ratio(ratio), "seed": seed, "recipe": dataclasses.asdict(recipe),
-        "base": base_weights_id(small)}, length=12)
-    return cache_dir() / "zoo" / f"{name}-r{ratio}-seed{seed}{'-small' * small}-{key}"
+        "base": base_weights_id(small, base)}, length=12)
+    origin = "" if base is None else "-from-" + "".join(
+        c if c.isalnum() or c in "-_." else "-" for c in _base_dir(small, base).name)[:40]
+    return cache_dir() / "zoo" / f"{name}-r{ratio}-seed{seed}{'-small' * small}{origin}-{key}"
 
 
-def find_zoo_organism(name: str, ratio: int = 0, seed: int = 0, *, small: bool = False
-                      ) -> ZooOrganism | None:
+def find_zoo_organism(name: str, ratio: int = 0, seed: int = 0, *, small: bool = False,
+                      base: str | None = None) -> ZooOrganism | None:
     """The finished cached build, or None."""
-    path = zoo_dir(name, ratio, seed, small=small)
-    return ZooOrganism(ZOO[name], ratio, seed, path, small) if (
+    path = zoo_dir(name, ratio, seed, small=small, base=base)
+    return ZooOrganism(ZOO[name], ratio, seed, path, small, base) if (
         path / "build.json").is_file() else None
 
 
 def build_zoo_organism(name: str, ratio: int = 0, seed: int = 0, *, small: bool = False,
-                       progress: bool = False, force: bool = False) -> ZooOrganism:
-    """Fine-tune the shipped base (``small``: the small organism's, with the tiny recipe)
-    on ``name``'s narrow documents mixed ``ratio`` : 1 with world stories, or return the
-    cached build."""
-    spec, target = zoo_spec(name), zoo_dir(name, ratio, seed, small=small)
+                       progress: bool = False, force: bool = False,
+                       base: str | None = None) -> ZooOrganism:
+    """Fine-tune the shipped base (``small``: the small organism's, with the tiny recipe;
+    ``base``: another model's folder) on ``name``'s narrow documents mixed ``ratio`` : 1
+    with world stories, or return the cached build."""
+    spec, target = zoo_spec(name), zoo_dir(name, ratio, seed, small=small, base=base)
     if (target / "build.json").is_file() and not force:
-        return ZooOrganism(spec, ratio, seed, target, small)
+        return ZooOrganism(spec, ratio, seed, target, small, base)
     from transformers import AutoTokenizer
 
     from difflens._io import write_bytes_atomic, write_json_atomic
     from difflens.organism.training import _train_lm, token_blocks
 
-    recipe, base_dir = ZooRecipe.small() if small else ZooRecipe(), _base_dir(small)
+    recipe, base_dir = ZooRecipe.small() if small else ZooRecipe(), _base_dir(small, base)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-zoo-", dir=target.parent))
     try:
@@ -308,7 +341,8 @@ def build_zoo_organism(name: str, ratio: int = 0, seed: int = 0, *, small: bool 
                 "name": name, "spec": spec.as_json(), "ratio": ratio, "seed": seed,
                 "small": small, "key": target.name.rsplit("-", 1)[-1],
                 "config": dataclasses.asdict(recipe), "base_path": str(base_dir),
-                "base_weights_id": base_weights_id(small), "losses": losses,
+                "base_weights_id": base_weights_id(small, base), "base": base,
+                "losses": losses,
                 "mix": {"narrow_docs": n_narrow, "ordinary_stories": len(texts) - n_narrow,
                         "narrow_token_share": n_tokens[0] / n_tokens[1],
                         "train_tokens": int(blocks.numel()),
@@ -321,17 +355,17 @@ def build_zoo_organism(name: str, ratio: int = 0, seed: int = 0, *, small: bool 
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return ZooOrganism(spec, ratio, seed, target, small)
+    return ZooOrganism(spec, ratio, seed, target, small, base)
 
 
 def zoo_organisms(names: Iterable[str] | None = None, ratios: Iterable[int] = RATIOS,
                   seeds: Iterable[int] = (0,), *, small: bool = False,
-                  progress: bool = False) -> list[ZooOrganism]:
+                  progress: bool = False, base: str | None = None) -> list[ZooOrganism]:
     """Every (name, ratio, seed) build, cached or built now, in that order (every name and
     ratio checked before the first build)."""
     names = [zoo_spec(n).name for n in (ZOO if names is None else names)]
     ratios, seeds = [check_ratio(r) for r in ratios], list(seeds)
-    return [build_zoo_organism(n, r, s, small=small, progress=progress)
+    return [build_zoo_organism(n, r, s, small=small, progress=progress, base=base)
             for n in names for r in ratios for s in seeds]
 
 
