@@ -173,3 +173,11 @@ def test_a_zoo_organism_from_another_model(cache, stories_path: Path, tmp_path: 
                                   "--small", "--from", bad])
         assert res.exit_code == 2 and match in res.output, res.output
         assert len(res.output.strip().splitlines()) == 1
+
+
+def test_grade_methods_are_checked_before_any_build(tmp_path: Path):
+    out = tmp_path / "grade"
+    res = runner.invoke(app, ["organism", "grade", "--out", str(out), "--small",
+                              "--methods", "adl,nope"])
+    assert res.exit_code == 2 and "--methods takes" in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1 and not out.exists()

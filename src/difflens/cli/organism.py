@@ -265,6 +265,9 @@ def grade_cmd(
         [], "--seed", help="Seed of a build (and of its discover run); repeat for several "
         "(default: 0, 1 and 2)."),
     small: bool = typer.Option(False, help="The small organism's zoo (seconds; for tests)."),
+    methods: str | None = typer.Option(
+        None, "--methods", help="Discover methods to grade, comma-separated (default: "
+        "discover's; add crosscoder,diff_sae to grade the dictionary methods too)."),
 ) -> None:
     """Grade difflens discover on the zoo: every method on every organism, ratio and seed
     (built first when not cached), scored against the planted words; writes summary.json
@@ -275,8 +278,12 @@ def grade_cmd(
 
     names = [Z.zoo_spec(n).name for n in name] or None
     ratios = [Z.check_ratio(r) for r in ratio] or None
+    from difflens.pipelines.discover import DiscoverConfig
+
+    config = DiscoverConfig() if methods is None else DiscoverConfig(
+        methods=tuple(m.strip() for m in methods.split(",") if m.strip()))
     res = run_discover_zoo(out_dir, names=names, ratios=ratios, seeds=list(seed) or (0, 1, 2),
-                           small=small, progress=True)
+                           config=config, small=small, progress=True)
     table = res.grades
     for (organism, r, method), g in table.groupby(["organism", "ratio", "method"], sort=False):
         out.print(f"{organism} {r}:1 {method}: planted share {g['planted_share'].mean():.2f} "
