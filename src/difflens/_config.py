@@ -15,6 +15,7 @@ import types
 import typing
 import warnings
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 
 from difflens.errors import DifflensWarning, InputError
@@ -113,6 +114,20 @@ def _replace(config: Any, changes: Mapping[str, Any]) -> Any:
     for head, sub in nested.items():
         top[head] = _replace(getattr(config, head), sub)
     return dataclasses.replace(config, **top)
+
+
+def read_toml(path: str | Path, *, example: str) -> dict[str, Any]:
+    """A TOML file as a dict; a missing file or a syntax error is one ``InputError`` naming
+    the file (and, for a syntax error, the line), with ``example`` of what to write."""
+    import tomllib
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: no such file; write TOML, e.g. {example}")
+    try:
+        return tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"{p}: not valid TOML: {exc}") from None
 
 
 def config_from(cls: type[C], values: Mapping[str, Any], *, where: str,

@@ -74,7 +74,9 @@ class ActivationDifference:
         return (d[first:] * w[:, None]).sum(0) / w.sum().clamp_min(1)
 
 
-def _ids(lm: LoadedModel, texts: Sequence[str], k: int | None) -> list[list[int]]:
+def token_ids(lm: LoadedModel, texts: Sequence[str], k: int | None) -> list[list[int]]:
+    """Each text's token ids as the model reads it (special tokens added, cut at the
+    model's length and at the first ``k`` when given)."""
     out = []
     for t in texts:
         ids = list(lm.tokenizer(t, add_special_tokens=True)["input_ids"])
@@ -113,7 +115,7 @@ def mean_states(lm: LoadedModel, texts: Sequence[str], *, k: int = 5, batch_size
     hook site)."""
     if k < 1:
         raise InputError(f"k (positions) must be at least 1, got {k}")
-    seqs = _ids(lm, texts, k)
+    seqs = token_ids(lm, texts, k)
     if not seqs or max(len(s) for s in seqs) == 0:
         raise InputError("no text has any token; give texts with words in them")
     layers = tuple(range(lm.n_layers + 1))
@@ -245,7 +247,7 @@ def patched_losses(base: LoadedModel, tuned: LoadedModel, texts: Sequence[str], 
     """The causal check: the tuned model's mean token NLL on each text when its state at
     ``layer`` is replaced, at every position, by the base's state plus each vector (rows of
     the first result); then the tuned and the base model's own NLL on each text."""
-    seqs = [s for s in _ids(tuned, texts, None)]
+    seqs = [s for s in token_ids(tuned, texts, None)]
     if any(len(s) < 2 for s in seqs):
         raise InputError("every fine-tuning text needs at least two tokens for its loss")
     m, n = len(vectors), len(seqs)

@@ -30,6 +30,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from difflens._io import fingerprint, write_json_atomic, write_tensors_atomic
+from difflens.capture.activation_diff import token_ids
 from difflens.capture.engine import forward_batch
 from difflens.errors import InputError
 from difflens.models.loading import LoadedModel
@@ -146,17 +147,6 @@ class PairedStates:
         return [torch.cat(base), torch.cat(tuned)]
 
 
-def _token_ids(lm: LoadedModel, texts: Sequence[str], max_tokens: int | None
-               ) -> list[list[int]]:
-    out = []
-    for t in texts:
-        ids = list(lm.tokenizer(t, add_special_tokens=True)["input_ids"])
-        if lm.max_length:
-            ids = ids[:lm.max_length]
-        out.append(ids[:max_tokens] if max_tokens else ids)
-    return out
-
-
 def _read_index(folder: Path, key: str) -> PairedStates | None:
     try:
         meta = json.loads((folder / _INDEX).read_text())
@@ -193,7 +183,7 @@ def capture_paired_states(base: LoadedModel, tuned: LoadedModel, texts: Sequence
         raise InputError(f"shard_tokens and batch_size must be at least 1, got "
                          f"{shard_tokens} and {batch_size}")
     layer = base.layers.normalize(layer)
-    seqs = _token_ids(base, texts, max_tokens)
+    seqs = token_ids(base, texts, max_tokens)
     key = fingerprint({"format": _FORMAT, "base": base.identity, "tuned": tuned.identity,
                        "seqs": seqs, "layer": layer})
     found = _read_index(folder, key)

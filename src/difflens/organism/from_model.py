@@ -127,16 +127,10 @@ def read_recipe(path: str | Path, base: LineageRecipe | None = None) -> LineageR
     """``base`` (default ``LineageRecipe()``) with the fields a TOML file sets
     (``lora_rank = 8``); a key that is no field, or a file that is no TOML, is one line
     naming the file."""
-    import tomllib
+    from difflens._config import read_toml
 
     p = Path(path)
-    if not p.is_file():
-        raise InputError(f"{p}: no such recipe file; write LineageRecipe fields as TOML, e.g. "
-                         f"lora_rank = 8")
-    try:
-        raw = tomllib.loads(p.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"{p}: not valid TOML: {exc}") from None
+    raw = read_toml(p, example="LineageRecipe fields, lora_rank = 8")
     start = base or LineageRecipe()
     fields = {f.name: type(getattr(start, f.name)) for f in dataclasses.fields(LineageRecipe)}
     for key, value in raw.items():

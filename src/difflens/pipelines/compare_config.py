@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from difflens._config import config_from
+from difflens._config import config_from, read_toml
 from difflens.errors import InputError
 from difflens.inputs.labelled import LabelledText
 
@@ -146,16 +146,8 @@ def read_compare_config(path: str | Path) -> dict[str, Any]:
     ``quick()`` preset). Raises ``InputError`` with the file (and line, for a syntax
     error) on anything it cannot use.
     """
-    import tomllib
-
     p = Path(path)
-    if not p.is_file():
-        raise InputError(f"{p}: no such config file; write one table per section, e.g. "
-                         f"[collapse] samples = 8")
-    try:
-        raw = tomllib.loads(p.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"{p}: not valid TOML: {exc}") from None
+    raw = read_toml(p, example="one table per section, [collapse] samples = 8")
     out: dict[str, Any] = {}
     seed = raw.get("seed", 0)
     if not isinstance(seed, int):
