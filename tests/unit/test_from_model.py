@@ -40,6 +40,15 @@ def test_bad_input_is_one_line_before_any_training(tmp_path: Path, stories_path:
     assert "does not exist" in res.output
 
 
+def _margin(spec: str, prefs) -> float:  # type: ignore[no-untyped-def]
+    """Mean log p(chosen) - log p(rejected) of the model ``spec`` over ``prefs``."""
+    from difflens.models.loading import load_model
+    from difflens.organism.training import preference_margins
+
+    lm = load_model(spec)
+    return float(preference_margins(lm.model, lm.tokenizer, prefs, max_len=128).mean())
+
+
 def _prefs(path: Path, n: int = 24) -> Path:
     """Planted preferences: the same opening, a happy reply chosen over a sad one."""
     rows = [{"prompt": f"Once upon a time, a girl named Lily found a {thing}.",
@@ -53,11 +62,7 @@ def _prefs(path: Path, n: int = 24) -> Path:
 def test_dpo_raises_the_chosen_reply_over_the_rejected(stories_path: Path, tmp_path: Path):
     import dataclasses
 
-    import torch
-
     from difflens.inputs.labelled import read_preferences
-    from difflens.models.loading import load_model
-    from difflens.organism.training import _reply_logprob
 
     prefs_file = _prefs(tmp_path / "prefs.jsonl")
     recipe = dataclasses.replace(LineageRecipe.small(), dpo_steps=12, dpo_lr=1e-3,
@@ -72,13 +77,7 @@ def test_dpo_raises_the_chosen_reply_over_the_rejected(stories_path: Path, tmp_p
     prefs = read_preferences(prefs_file)
 
     def margin(folder: Path) -> float:
-        lm = load_model(str(folder))
-        with torch.inference_mode():
-            c = _reply_logprob(lm.model, lm.tokenizer, [p.prompt for p in prefs],
-                               [p.chosen for p in prefs], 128)
-            r = _reply_logprob(lm.model, lm.tokenizer, [p.prompt for p in prefs],
-                               [p.rejected for p in prefs], 128)
-        return float((c - r).mean())
+        return _margin(str(folder), prefs)
 
     assert margin(build.model_path("dpo")) > margin(build.model_path("sft")) + 0.5
     assert info["dpo"]["curves"]["loss"][-1] < info["dpo"]["curves"]["loss"][0]
@@ -105,12 +104,8 @@ def test_a_lora_lineage_ships_adapters_that_load_as_base_plus_adapter(
     margin, so the saved adapter is the trained one (not a fresh init)."""
     import dataclasses
 
-    import torch
-
     from difflens.inputs.labelled import read_preferences
-    from difflens.models.loading import load_model
     from difflens.models.presets import known_presets
-    from difflens.organism.training import _reply_logprob
 
     monkeypatch.setenv("DIFFLENS_CACHE", str(tmp_path / "cache"))
     prefs_file = _prefs(tmp_path / "prefs.jsonl")
@@ -131,13 +126,7 @@ def test_a_lora_lineage_ships_adapters_that_load_as_base_plus_adapter(
     prefs = read_preferences(prefs_file)
 
     def margin(spec: str) -> float:
-        lm = load_model(spec)
-        with torch.inference_mode():
-            c = _reply_logprob(lm.model, lm.tokenizer, [p.prompt for p in prefs],
-                               [p.chosen for p in prefs], 128)
-            r = _reply_logprob(lm.model, lm.tokenizer, [p.prompt for p in prefs],
-                               [p.rejected for p in prefs], 128)
-        return float((c - r).mean())
+        return _margin(spec, prefs)
 
     assert margin(build.model_spec("dpo")) > margin(build.model_spec("sft")) + 0.5
     preset = f"{build.path.name}-dpo"
